@@ -1,0 +1,24 @@
+"""mlcycle: one automated, observable, reproducible ML lifecycle.
+
+Importing the package switches off every stack library's telemetry before any of them is imported:
+the machines mlcycle runs on are often offline, where a telemetry call is a wasted DNS look-up or a
+hang. ``setdefault`` lets an operator who really wants telemetry turn it back on.
+"""
+
+from __future__ import annotations
+
+import os
+
+TELEMETRY_OFF = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "BENTOML_DO_NOT_TRACK": "True",
+    "FEAST_USAGE": "False",
+    "HF_HUB_OFFLINE": "1",
+}
+
+for _key, _value in TELEMETRY_OFF.items():
+    os.environ.setdefault(_key, _value)
+
+__version__ = "0.1.0"

@@ -1,0 +1,184 @@
+"""Raw transactions → time-stamped feature tables, written as parquet sources for Feast.
+
+Point-in-time rule: a feature row stamped ``t`` uses only events strictly before ``t``.
+
+- ``user_txn_stats``: after each transaction, the user's rolling aggregates over 1h / 24h / 7d /
+  30d (count, sum, mean amount, distinct merchants), stamped one microsecond *after* the
+  transaction. A training row for a transaction at ``t`` therefore joins the state left by the
+  user's previous transactions, never its own; and the latest row, materialized online, is exactly
+  what the offline join returns for a request arriving after it, so training and serving agree.
+- ``merchant_stats``: a nightly snapshot per merchant stamped at midnight ``D``: volume over the
+  7 days before ``D`` and a fraud rate from labels that *arrived* (``label_available_at``) in the
+  90 days before ``D`` — not from labels of the same transactions that were still unknown then.
+- ``user_profile``: static attributes stamped at signup.
+
+The aggregates run in DuckDB (window functions over RANGE frames), which keeps 10M transactions
+to seconds rather than the minutes a pandas groupby-rolling takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+WINDOWS = {"1h": "1 HOUR", "24h": "24 HOUR", "7d": "7 DAY", "30d": "30 DAY"}
+MERCHANT_VOLUME_DAYS = 7
+MERCHANT_LABEL_DAYS = 90
+# Bayesian shrinkage of the merchant fraud rate toward a prior, so a merchant with three labels
+# and one fraud does not look 33% fraudulent.
+FRAUD_RATE_PRIOR = 0.01
+FRAUD_RATE_PRIOR_WEIGHT = 20.0
+
+USER_STATS_FEATURES = [
+    f"{stat}_{w}" for w in WINDOWS for stat in ("txn_count", "amount_sum", "amount_mean", "distinct_merchants")
+] + ["last_txn_unix"]
+MERCHANT_FEATURES = [
+    "merchant_txn_count_7d",
+    "merchant_amount_mean_7d",
+    "merchant_labelled_90d",
+    "merchant_fraud_rate_90d",
+]
+PROFILE_FEATURES = ["home_country", "age_band", "signup_unix"]
+
+
+@dataclass(frozen=True)
+class FeatureTables:
+    user_txn_stats: pd.DataFrame
+    merchant_stats: pd.DataFrame
+    user_profile: pd.DataFrame
+
+    def write(self, directory: str | Path) -> dict[str, Path]:
+        """Write each table atomically (temp file + rename) so a reader never sees half a file."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = {}
+        for name in ("user_txn_stats", "merchant_stats", "user_profile"):
+            path = directory / f"{name}.parquet"
+            tmp = path.with_suffix(".parquet.tmp")
+            # Microsecond timestamps: DuckDB reads nanosecond parquet as TIMESTAMPTZ_NS, which
+            # Feast's ibis-based materialization cannot cast.
+            getattr(self, name).to_parquet(tmp, index=False, coerce_timestamps="us")
+            tmp.replace(path)
+            paths[name] = path
+        return paths
+
+
+def _connect() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def user_txn_stats(transactions: pd.DataFrame, con: duckdb.DuckDBPyConnection | None = None) -> pd.DataFrame:
+    con = con or _connect()
+    con.register("tx", transactions[["transaction_id", "user_id", "merchant_id", "event_timestamp", "amount"]])
+    aggregates = ",\n".join(
+        f"count(*) OVER w{w} AS txn_count_{w}, sum(amount) OVER w{w} AS amount_sum_{w}, "
+        f"avg(amount) OVER w{w} AS amount_mean_{w}, count(DISTINCT merchant_id) OVER w{w} AS distinct_merchants_{w}"
+        for w in WINDOWS
+    )
+    windows = ",\n".join(
+        f"w{w} AS (PARTITION BY user_id ORDER BY event_timestamp "
+        f"RANGE BETWEEN INTERVAL {interval} PRECEDING AND CURRENT ROW)"
+        for w, interval in WINDOWS.items()
+    )
+    # Several transactions of one user in the same second share one state (the window's peers):
+    # keep a single row per (user, timestamp) so the point-in-time join has no ties to break.
+    sql = f"""
+        SELECT user_id,
+               event_timestamp + INTERVAL 1 MICROSECOND AS event_timestamp,
+               {aggregates},
+               epoch(event_timestamp)::BIGINT AS last_txn_unix
+        FROM tx
+        WINDOW {windows}
+        QUALIFY row_number() OVER (PARTITION BY user_id, event_timestamp ORDER BY transaction_id DESC) = 1
+        ORDER BY event_timestamp, user_id
+    """
+    out = con.execute(sql).df()
+    for col in out.columns:
+        if col.startswith(("txn_count", "distinct_merchants")):
+            out[col] = out[col].astype("int64")
+    return out
+
+
+def merchant_stats(transactions: pd.DataFrame, con: duckdb.DuckDBPyConnection | None = None) -> pd.DataFrame:
+    con = con or _connect()
+    con.register(
+        "tx", transactions[["merchant_id", "event_timestamp", "amount", "is_fraud", "label_available_at"]]
+    )
+    sql = f"""
+        WITH bounds AS (
+            SELECT date_trunc('day', min(event_timestamp)) + INTERVAL 1 DAY AS first_day,
+                   date_trunc('day', max(event_timestamp)) + INTERVAL 1 DAY AS last_day
+            FROM tx
+        ),
+        days AS (SELECT unnest(generate_series(first_day - INTERVAL 1 DAY, last_day, INTERVAL 1 DAY)) AS day
+                 FROM bounds),
+        merchants AS (SELECT DISTINCT merchant_id FROM tx),
+        volume AS (
+            SELECT merchant_id, date_trunc('day', event_timestamp) AS day,
+                   count(*) AS n, sum(amount) AS amount
+            FROM tx GROUP BY ALL
+        ),
+        labels AS (
+            SELECT merchant_id, date_trunc('day', label_available_at) AS day,
+                   count(*) AS labelled, sum(is_fraud) AS frauds
+            FROM tx GROUP BY ALL
+        ),
+        grid AS (
+            SELECT m.merchant_id, d.day,
+                   coalesce(v.n, 0) AS n, coalesce(v.amount, 0) AS amount,
+                   coalesce(l.labelled, 0) AS labelled, coalesce(l.frauds, 0) AS frauds
+            FROM merchants m CROSS JOIN days d
+            LEFT JOIN volume v ON v.merchant_id = m.merchant_id AND v.day = d.day
+            LEFT JOIN labels l ON l.merchant_id = m.merchant_id AND l.day = d.day
+        ),
+        rolled AS (
+            -- The row stamped at midnight D sums the days before D only (1 PRECEDING).
+            SELECT merchant_id, day AS event_timestamp,
+                   sum(n) OVER wv AS merchant_txn_count_7d,
+                   sum(amount) OVER wv AS amount_7d,
+                   sum(labelled) OVER wl AS merchant_labelled_90d,
+                   sum(frauds) OVER wl AS frauds_90d
+            FROM grid
+            WINDOW wv AS (PARTITION BY merchant_id ORDER BY day
+                          ROWS BETWEEN {MERCHANT_VOLUME_DAYS} PRECEDING AND 1 PRECEDING),
+                   wl AS (PARTITION BY merchant_id ORDER BY day
+                          ROWS BETWEEN {MERCHANT_LABEL_DAYS} PRECEDING AND 1 PRECEDING)
+        )
+        SELECT merchant_id, event_timestamp,
+               coalesce(merchant_txn_count_7d, 0)::BIGINT AS merchant_txn_count_7d,
+               CASE WHEN merchant_txn_count_7d > 0 THEN amount_7d / merchant_txn_count_7d END
+                   AS merchant_amount_mean_7d,
+               coalesce(merchant_labelled_90d, 0)::BIGINT AS merchant_labelled_90d,
+               (coalesce(frauds_90d, 0) + {FRAUD_RATE_PRIOR * FRAUD_RATE_PRIOR_WEIGHT})
+                   / (coalesce(merchant_labelled_90d, 0) + {FRAUD_RATE_PRIOR_WEIGHT}) AS merchant_fraud_rate_90d
+        FROM rolled
+        ORDER BY event_timestamp, merchant_id
+    """
+    return con.execute(sql).df()
+
+
+def user_profile(users: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "user_id": users["user_id"].astype("int64"),
+            "event_timestamp": users["signup_timestamp"],
+            "home_country": users["home_country"].astype(str),
+            "age_band": users["age_band"].astype(object).where(users["age_band"].notna(), None),
+            "signup_unix": (users["signup_timestamp"].astype("int64") // 1_000_000_000).astype("int64"),
+        }
+    )
+
+
+def build_feature_tables(transactions: pd.DataFrame, users: pd.DataFrame) -> FeatureTables:
+    """All feature tables from *validated* transactions (see ``mlcycle.validation``)."""
+    con = _connect()
+    return FeatureTables(
+        user_txn_stats=user_txn_stats(transactions, con),
+        merchant_stats=merchant_stats(transactions, con),
+        user_profile=user_profile(users),
+    )

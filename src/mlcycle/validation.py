@@ -1,0 +1,169 @@
+"""The data contract for raw transactions: what must hold before a row may become a feature.
+
+The contract is a pandera schema (declarative, with per-check failure cases) rather than
+hand-written checks. Validation is lazy: every broken check is collected, then summarised per
+column and check with the count of offending rows and a few examples, so a person can fix the
+upstream in one go instead of one error at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pandera.pandas as pa
+
+from mlcycle.data import CATEGORIES, CHANNELS, COUNTRIES
+
+TZ_DTYPE = pd.DatetimeTZDtype("ns", "UTC")
+CATEGORICAL_COLUMNS = ("merchant_category", "country", "channel")
+MAX_AMOUNT = 1_000_000.0
+
+
+@dataclass(frozen=True)
+class CheckFailure:
+    """One broken check: which column, which check, how many rows, and a few offending values."""
+
+    column: str
+    check: str
+    rows: int
+    examples: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        ex = f" (e.g. {', '.join(self.examples)})" if self.examples else ""
+        return f"column '{self.column}': check '{self.check}' failed for {self.rows} row(s){ex}"
+
+
+@dataclass(frozen=True)
+class ContractReport:
+    rows: int
+    failures: tuple[CheckFailure, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"data contract passed: {self.rows} rows"
+        lines = [f"data contract failed on {self.rows} rows:"] + [f"  - {f}" for f in self.failures]
+        return "\n".join(lines)
+
+
+class ContractViolation(ValueError):
+    """Raised when data breaks the contract; carries the full report."""
+
+    def __init__(self, report: ContractReport):
+        super().__init__(report.summary())
+        self.report = report
+
+
+def transaction_schema(
+    now: datetime | None = None, extra_categories: Iterable[str] = ()
+) -> pa.DataFrameSchema:
+    """The contract. ``now`` bounds timestamps (default: the wall clock at validation time);
+    ``extra_categories`` admits merchant categories beyond the known set, once a person has
+    decided a new category is legitimate rather than a broken upstream."""
+    now_ts = pd.Timestamp(now or datetime.now(UTC))
+    positive_id = [pa.Check.gt(0)]
+    return pa.DataFrameSchema(
+        {
+            "transaction_id": pa.Column("int64", positive_id),
+            "user_id": pa.Column("int64", positive_id),
+            "merchant_id": pa.Column("int64", positive_id),
+            "event_timestamp": pa.Column(
+                TZ_DTYPE, pa.Check.le(now_ts, name="not_in_future", error=f"event_timestamp <= {now_ts}")
+            ),
+            "amount": pa.Column(
+                "float64", [pa.Check.gt(0), pa.Check.lt(MAX_AMOUNT, name="finite_and_below_max")]
+            ),
+            "merchant_category": pa.Column(
+                "category", pa.Check.isin([*CATEGORIES, *extra_categories], name="known_category")
+            ),
+            "country": pa.Column("category", pa.Check.isin(COUNTRIES, name="known_country")),
+            "channel": pa.Column("category", pa.Check.isin(CHANNELS, name="known_channel"), nullable=True),
+            "is_fraud": pa.Column("int8", pa.Check.isin([0, 1])),
+            "label_available_at": pa.Column(TZ_DTYPE),
+        },
+        checks=[
+            pa.Check(
+                lambda df: df["label_available_at"] >= df["event_timestamp"],
+                name="label_after_event",
+                error="label_available_at >= event_timestamp",
+            )
+        ],
+        unique=["transaction_id"],
+        report_duplicates="all",
+        strict=False,
+        name="transactions",
+    )
+
+
+def normalize_transactions(df: pd.DataFrame) -> pd.DataFrame:
+    """Representation-only fixes at the edge (string columns → category, timestamp unit → ns).
+
+    Nothing that changes a value: a wrong type (amounts as text, naive timestamps) is left for the
+    contract to reject by name.
+    """
+    df = df.copy()
+    for col in CATEGORICAL_COLUMNS:
+        if col in df and (df[col].dtype == object or pd.api.types.is_string_dtype(df[col].dtype)):
+            df[col] = df[col].astype("category")
+    for col in ("event_timestamp", "label_available_at"):
+        if col in df and isinstance(df[col].dtype, pd.DatetimeTZDtype):
+            df[col] = df[col].dt.tz_convert("UTC").dt.as_unit("ns")
+    return df
+
+
+def _summarise(cases: pd.DataFrame) -> tuple[CheckFailure, ...]:
+    out = []
+    cases = cases.assign(column=cases["column"].fillna(cases["failure_case"].astype(str)))
+    for (column, check), group in cases.groupby(["column", "check"], sort=False, dropna=False):
+        is_schema = check in ("column_in_dataframe",) or str(check).startswith("dtype(")
+        rows = len(group) if not is_schema else 0
+        examples = tuple(str(v) for v in group["failure_case"].drop_duplicates().head(3))
+        if check == "column_in_dataframe":
+            check, examples = "column is missing", ()
+        elif str(check).startswith("dtype("):
+            examples = (f"got {examples[0]}",) if examples else ()
+        elif check == "not_nullable":
+            check = "not null"
+        elif check == "field_uniqueness" or check == "multiple_fields_uniqueness":
+            check = "unique"
+        out.append(CheckFailure(str(column), str(check), rows, examples))
+    return tuple(out)
+
+
+def validate_transactions(
+    df: pd.DataFrame, now: datetime | None = None, extra_categories: Iterable[str] = ()
+) -> ContractReport:
+    """Check ``df`` against the contract; never raises for bad data, returns the report."""
+    schema = transaction_schema(now, extra_categories)
+    try:
+        schema.validate(df, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        return ContractReport(rows=len(df), failures=_summarise(exc.failure_cases))
+    return ContractReport(rows=len(df))
+
+
+def require_valid(df: pd.DataFrame, now: datetime | None = None, extra_categories: Iterable[str] = ()) -> None:
+    report = validate_transactions(df, now, extra_categories)
+    if not report.ok:
+        raise ContractViolation(report)
+
+
+def load_transactions(path: str | Path) -> pd.DataFrame:
+    """Read a transactions file (parquet or CSV) into the contract's representation."""
+    path = Path(path)
+    if path.suffix == ".csv":
+        df = pd.read_csv(path)
+        for col in ("event_timestamp", "label_available_at"):
+            if col in df:
+                parsed = pd.to_datetime(df[col], errors="coerce", utc=False)
+                df[col] = parsed if parsed.notna().all() else df[col]
+    else:
+        df = pd.read_parquet(path)
+    return normalize_transactions(df)
