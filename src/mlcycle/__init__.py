@@ -8,6 +8,7 @@ hang. ``setdefault`` lets an operator who really wants telemetry turn it back on
 from __future__ import annotations
 
 import os
+import warnings
 
 TELEMETRY_OFF = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -20,5 +21,16 @@ TELEMETRY_OFF = {
 
 for _key, _value in TELEMETRY_OFF.items():
     os.environ.setdefault(_key, _value)
+
+
+def quiet_stack_warnings() -> None:
+    """Hide known, harmless notices from the stack that would drown mlcycle's own output.
+
+    Called again after importing Feast, which installs warning filters of its own."""
+    warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature")
+    warnings.filterwarnings("ignore", message=r"fetch_arrow_table\(\) is deprecated")
+
+
+quiet_stack_warnings()
 
 __version__ = "0.1.0"

@@ -1,8 +1,9 @@
 """Typed project configuration: one YAML file drives a project, validated at the edge.
 
 Every path in the file is relative to the file itself, so a project directory can be moved or
-copied (tests copy it into a temporary directory). Environment variables override single values:
-``MLCYCLE_DATA_DIR`` moves all generated state, ``MLCYCLE_PROFILE`` picks the storage profile.
+copied (tests copy it into a temporary directory). Generated state lives in ``data/`` beside the
+file, where ``feature_repo/feature_store.yaml`` points too. ``MLCYCLE_CONFIG`` names the file and
+``MLCYCLE_PROFILE`` overrides the storage profile.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ class DriftSpec(StrictModel):
     amount_inflation: float = Field(1.0, gt=0, description="Covariate shift: amounts multiply by this.")
     new_category: str | None = Field(None, description="A merchant category that appears at start_day.")
     new_category_share: float = Field(0.0, ge=0, le=1, description="Share of merchants moving to it.")
-    concept_drift: bool = Field(False, description="Fraud switches to a domestic, low-amount, daytime pattern.")
+    concept_drift: bool = Field(
+        False, description="Fraud switches to a domestic, low-amount, daytime pattern."
+    )
 
     @property
     def active(self) -> bool:
@@ -88,7 +91,6 @@ class FeaturesSpec(StrictModel):
 class ProjectConfig(StrictModel):
     project: str = "fraud"
     profile: Literal["local", "scale"] = "local"
-    data_dir: Path = Path("data")
     data: DataSpec = DataSpec()
     features: FeaturesSpec = FeaturesSpec()
 
@@ -99,7 +101,7 @@ class ProjectConfig(StrictModel):
 
     @property
     def data_path(self) -> Path:
-        return self.resolve(self.data_dir)
+        return self.root.resolve() / "data"
 
     @property
     def feature_repo_path(self) -> Path:
@@ -130,8 +132,6 @@ def load_config(path: str | Path | None = None) -> ProjectConfig:
         raw = yaml.safe_load(path.read_text()) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    if env_dir := os.environ.get("MLCYCLE_DATA_DIR"):
-        raw["data_dir"] = env_dir
     if env_profile := os.environ.get("MLCYCLE_PROFILE"):
         raw["profile"] = env_profile
     try:

@@ -158,7 +158,11 @@ def _pick_merchants(
 
 
 def generate(spec: DataSpec | None = None) -> Dataset:
-    """Generate users, merchants and transactions for ``spec``; the same spec gives the same frames."""
+    """Generate users, merchants and transactions for ``spec``; the same spec gives the same frames.
+
+    Every random draw happens whatever the drift knobs say, so turning a knob changes only the
+    columns it names: a drifted stream equals the undrifted one with the same seed everywhere else.
+    """
     spec = spec or DataSpec()
     rng = np.random.default_rng(spec.seed)
     start = pd.Timestamp(spec.resolved_start())
@@ -183,7 +187,9 @@ def generate(spec: DataSpec | None = None) -> Dataset:
     # Classic pattern: minutes apart, at night, in resellable goods at any merchant (mostly foreign),
     # high-value. Drifted pattern ("low and slow"): spread over three days, daytime, at domestic
     # everyday merchants, small amounts.
-    classic_offset = np.floor(b_day[rows]) + _time_of_day(rng, n_fb, NIGHT_HOUR_P) + rng.exponential(1.5, n_fb) / 24
+    classic_offset = (
+        np.floor(b_day[rows]) + _time_of_day(rng, n_fb, NIGHT_HOUR_P) + rng.exponential(1.5, n_fb) / 24
+    )
     drifted_offset = np.floor(b_day[rows]) + rng.integers(0, 3, n_fb) + _time_of_day(rng, n_fb, HOUR_P)
     f_offset = np.where(f_drifted, drifted_offset, classic_offset)
     f_offset = np.clip(f_offset, np.maximum(u["signup_offset"][f_user], 0), spec.days - 1e-6)
@@ -231,12 +237,12 @@ def generate(spec: DataSpec | None = None) -> Dataset:
     amount = np.maximum(np.round(amount, 2), 0.01)
 
     category = pd.Categorical.from_codes(m["category"][merchant_idx], CATEGORIES)
+    moved = rng.random(spec.n_merchants) < drift.new_category_share  # drawn always: see generate()
     if drift.start_day is not None and drift.new_category and drift.new_category_share > 0:
-        moved = rng.random(spec.n_merchants) < drift.new_category_share
         category = category.add_categories([drift.new_category])
         category[moved[merchant_idx] & after_drift] = drift.new_category
 
-    online = np.isin(np.asarray(category), list(ONLINE_CATEGORIES))
+    online = np.isin(m["category"][merchant_idx], [CATEGORIES.index(c) for c in ONLINE_CATEGORIES])
     channel = np.where(online, 1, np.where(rng.random(len(offset)) < 0.45, 2, 0))
     channel = np.where(rng.random(len(offset)) < CHANNEL_NULL_RATE, -1, channel)
 
@@ -258,7 +264,9 @@ def generate(spec: DataSpec | None = None) -> Dataset:
             "country": pd.Categorical.from_codes(m["country"][merchant_idx][order], COUNTRIES),
             "channel": pd.Categorical.from_codes(channel[order], CHANNELS),
             "is_fraud": is_fraud[order].astype(np.int8),
-            "label_available_at": pd.to_datetime(_ts(start, (offset + label_delay)[order])).as_unit("ns").tz_localize("UTC"),
+            "label_available_at": pd.to_datetime(_ts(start, (offset + label_delay)[order]))
+            .as_unit("ns")
+            .tz_localize("UTC"),
         }
     )
     tx.insert(0, "transaction_id", np.arange(1, len(tx) + 1, dtype=np.int64))

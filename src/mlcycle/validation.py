@@ -149,7 +149,9 @@ def validate_transactions(
     return ContractReport(rows=len(df))
 
 
-def require_valid(df: pd.DataFrame, now: datetime | None = None, extra_categories: Iterable[str] = ()) -> None:
+def require_valid(
+    df: pd.DataFrame, now: datetime | None = None, extra_categories: Iterable[str] = ()
+) -> None:
     report = validate_transactions(df, now, extra_categories)
     if not report.ok:
         raise ContractViolation(report)

@@ -33,7 +33,9 @@ FRAUD_RATE_PRIOR = 0.01
 FRAUD_RATE_PRIOR_WEIGHT = 20.0
 
 USER_STATS_FEATURES = [
-    f"{stat}_{w}" for w in WINDOWS for stat in ("txn_count", "amount_sum", "amount_mean", "distinct_merchants")
+    f"{stat}_{w}"
+    for w in WINDOWS
+    for stat in ("txn_count", "amount_sum", "amount_mean", "distinct_merchants")
 ] + ["last_txn_unix"]
 MERCHANT_FEATURES = [
     "merchant_txn_count_7d",
@@ -74,10 +76,13 @@ def _connect() -> duckdb.DuckDBPyConnection:
 
 def user_txn_stats(transactions: pd.DataFrame, con: duckdb.DuckDBPyConnection | None = None) -> pd.DataFrame:
     con = con or _connect()
-    con.register("tx", transactions[["transaction_id", "user_id", "merchant_id", "event_timestamp", "amount"]])
+    con.register(
+        "tx", transactions[["transaction_id", "user_id", "merchant_id", "event_timestamp", "amount"]]
+    )
     aggregates = ",\n".join(
         f"count(*) OVER w{w} AS txn_count_{w}, sum(amount) OVER w{w} AS amount_sum_{w}, "
-        f"avg(amount) OVER w{w} AS amount_mean_{w}, count(DISTINCT merchant_id) OVER w{w} AS distinct_merchants_{w}"
+        f"avg(amount) OVER w{w} AS amount_mean_{w}, "
+        f"count(DISTINCT merchant_id) OVER w{w} AS distinct_merchants_{w}"
         for w in WINDOWS
     )
     windows = ",\n".join(
@@ -155,7 +160,8 @@ def merchant_stats(transactions: pd.DataFrame, con: duckdb.DuckDBPyConnection | 
                    AS merchant_amount_mean_7d,
                coalesce(merchant_labelled_90d, 0)::BIGINT AS merchant_labelled_90d,
                (coalesce(frauds_90d, 0) + {FRAUD_RATE_PRIOR * FRAUD_RATE_PRIOR_WEIGHT})
-                   / (coalesce(merchant_labelled_90d, 0) + {FRAUD_RATE_PRIOR_WEIGHT}) AS merchant_fraud_rate_90d
+                   / (coalesce(merchant_labelled_90d, 0) + {FRAUD_RATE_PRIOR_WEIGHT})
+                   AS merchant_fraud_rate_90d
         FROM rolled
         ORDER BY event_timestamp, merchant_id
     """

@@ -113,7 +113,7 @@ class AsofRetrievalJob(RetrievalJob):
             if self._threads:
                 con.execute(f"SET threads = {int(self._threads)}")
             con.register("entity_df", self._entity_df)
-            return con.execute(self._sql).to_arrow_table().drop_columns([ROW_ID])
+            return con.sql(self._sql).to_arrow_table().drop_columns([ROW_ID])
         finally:
             con.close()
 
@@ -132,7 +132,9 @@ class AsofRetrievalJob(RetrievalJob):
     def metadata(self) -> RetrievalMetadata | None:
         return self._metadata
 
-    def persist(self, storage: SavedDatasetStorage, allow_overwrite: bool = False, timeout: int | None = None):
+    def persist(
+        self, storage: SavedDatasetStorage, allow_overwrite: bool = False, timeout: int | None = None
+    ):
         if not isinstance(storage, SavedDatasetFileStorage):
             raise TypeError("AsofRetrievalJob persists to SavedDatasetFileStorage (parquet) only")
         path = storage.file_options.uri

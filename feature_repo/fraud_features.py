@@ -78,7 +78,9 @@ merchant_stats = FeatureView(
 user_profile = FeatureView(
     name="user_profile",
     entities=[user],
-    ttl=timedelta(0),  # static attributes never expire
+    # Static attributes: ten years stands for "never expires" while keeping a TTL, which
+    # `feast materialize-incremental` needs to know how far back to load on its first run.
+    ttl=timedelta(days=3650),
     schema=[
         Field(name="home_country", dtype=String),
         Field(name="age_band", dtype=String),
@@ -101,6 +103,7 @@ transaction_request = RequestSource(
     ],
     description="Fields of the authorization request itself.",
 )
+
 
 @on_demand_feature_view(
     sources=[transaction_request, user_txn_stats, user_profile],
@@ -154,7 +157,13 @@ def transaction_features(inputs: pd.DataFrame) -> pd.DataFrame:
 
 fraud_model_v1 = FeatureService(
     name="fraud_model_v1",
-    features=[user_txn_stats, merchant_stats, transaction_features],
+    # last_txn_unix is an input of the on-demand features (seconds since the last transaction),
+    # not a model input: a raw clock value would let the model learn the calendar.
+    features=[
+        user_txn_stats[[f.name for f in user_txn_stats.schema if f.name != "last_txn_unix"]],
+        merchant_stats,
+        transaction_features,
+    ],
     description="Inputs of the card-fraud model; the same service builds training sets and online vectors.",
     tags={"model": "fraud"},
 )

@@ -1,0 +1,282 @@
+"""The ``mlcycle`` command line: every lifecycle step, and ``demo`` that runs them in order."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import mlcycle  # noqa: F401  (switches telemetry off before the stack is imported)
+from mlcycle.config import ConfigError, DriftSpec, ProjectConfig, load_config
+
+app = typer.Typer(
+    help="mlcycle: data → validation → Feast features → training → registry → serving → monitoring.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Generate and validate raw transaction data.", no_args_is_help=True)
+features_app = typer.Typer(help="Build, publish and read features (Feast).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(features_app, name="features")
+
+console = Console(highlight=False)
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="Project config file (default: ./mlcycle.yaml).")
+]
+
+
+def _config(path: Path | None) -> ProjectConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+class Steps:
+    """Numbered progress lines with timings, so a long run shows where it is."""
+
+    def __init__(self, total: int):
+        self.total, self.n, self.t0 = total, 0, time.perf_counter()
+
+    @contextlib.contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        self.n += 1
+        console.print(f"[bold cyan][{self.n}/{self.total}][/bold cyan] {title} …")
+        t = time.perf_counter()
+        yield
+        console.print(f"      done in {time.perf_counter() - t:.1f}s")
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def _fail_contract(exc: Exception) -> None:
+    console.print(f"[red]{exc}[/red]")
+    console.print("Nothing was written to the feature store. Fix the upstream data and run again.")
+    raise typer.Exit(1)
+
+
+@data_app.command("generate")
+def data_generate(
+    config: ConfigOption = None,
+    rows: Annotated[int | None, typer.Option(help="Number of transactions.")] = None,
+    days: Annotated[int | None, typer.Option(help="Span of the stream in days.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same data).")] = None,
+    drift_day: Annotated[int | None, typer.Option(help="Day the injected drift begins.")] = None,
+    amount_inflation: Annotated[float, typer.Option(help="Covariate shift: amounts × this.")] = 1.0,
+    new_category: Annotated[str | None, typer.Option(help="A merchant category that appears.")] = None,
+    new_category_share: Annotated[float, typer.Option(help="Share of merchants moving to it.")] = 0.1,
+    concept_drift: Annotated[bool, typer.Option(help="Fraud changes its pattern.")] = False,
+) -> None:
+    """Generate users, merchants and transactions into data/raw/ (deterministic for a seed)."""
+    from mlcycle.pipeline import generate_data
+
+    cfg = _config(config)
+    update = {k: v for k, v in {"n_transactions": rows, "days": days, "seed": seed}.items() if v is not None}
+    if drift_day is not None:
+        update["drift"] = DriftSpec(
+            start_day=drift_day,
+            amount_inflation=amount_inflation,
+            new_category=new_category,
+            new_category_share=new_category_share if new_category else 0.0,
+            concept_drift=concept_drift,
+        )
+    cfg.data = cfg.data.model_validate({**cfg.data.model_dump(), **update})
+    t = time.perf_counter()
+    dataset, paths = generate_data(cfg)
+    tx = dataset.transactions
+    console.print(
+        f"{len(tx):,} transactions, {len(dataset.users):,} users, {len(dataset.merchants):,} merchants "
+        f"({tx['event_timestamp'].min():%Y-%m-%d} → {tx['event_timestamp'].max():%Y-%m-%d}), "
+        f"fraud rate {tx['is_fraud'].mean():.2%}, in {time.perf_counter() - t:.1f}s → {paths['transactions']}"
+    )
+
+
+@data_app.command("validate")
+def data_validate(
+    path: Annotated[Path, typer.Argument(help="A transactions file (parquet or CSV).")],
+) -> None:
+    """Check a transactions file against the data contract; exit 1 naming every broken check."""
+    from mlcycle.validation import load_transactions, validate_transactions
+
+    report = validate_transactions(load_transactions(path))
+    console.print(report.summary(), style="green" if report.ok else "red")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@features_app.command("build")
+def features_build(
+    config: ConfigOption = None,
+    transactions: Annotated[Path | None, typer.Option(help="Transactions file (default data/raw/).")] = None,
+) -> None:
+    """Validate raw transactions, then write the feature tables (parquet) Feast reads."""
+    from mlcycle.pipeline import build_features
+    from mlcycle.validation import ContractViolation
+
+    cfg = _config(config)
+    try:
+        build = build_features(cfg, transactions)
+    except ContractViolation as exc:
+        _fail_contract(exc)
+    for name, path in build.tables.items():
+        console.print(f"{name}: {build.rows[name]:,} rows → {path}")
+
+
+@features_app.command("publish")
+def features_publish(config: ConfigOption = None) -> None:
+    """Register the feature repo (feast apply) and load the online store (materialize-incremental)."""
+    from mlcycle.pipeline import publish_features
+
+    cfg = _config(config)
+    end = publish_features(cfg)
+    console.print(f"applied {cfg.feature_repo_path} and materialized up to {end:%Y-%m-%d %H:%M:%S} UTC")
+
+
+@features_app.command("training-set")
+def features_training_set(
+    out: Annotated[Path, typer.Option(help="Where to write the training set (parquet).")] = Path(
+        "data/training_set.parquet"
+    ),
+    config: ConfigOption = None,
+) -> None:
+    """Build the point-in-time training set of every transaction whose label is known now."""
+    from mlcycle.features.store import open_store, plan_for
+    from mlcycle.pipeline import build_training_set
+
+    cfg = _config(config)
+    t = time.perf_counter()
+    frame = build_training_set(cfg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(out, index=False)
+    plan = plan_for(open_store(cfg.feature_repo_path), cfg.features.feature_service)
+    console.print(
+        f"{len(frame):,} rows × {len(plan.model_features)} features, label rate "
+        f"{frame['is_fraud'].mean():.2%}, in {time.perf_counter() - t:.1f}s → {out}"
+    )
+
+
+@features_app.command("online")
+def features_online(
+    user_id: Annotated[int, typer.Argument()],
+    merchant_id: Annotated[int, typer.Argument()],
+    amount: Annotated[float, typer.Option()] = 50.0,
+    country: Annotated[str, typer.Option()] = "US",
+    merchant_category: Annotated[str, typer.Option()] = "grocery",
+    channel: Annotated[str, typer.Option()] = "pos",
+    config: ConfigOption = None,
+) -> None:
+    """Show the online feature vector the model would get for one request now."""
+    from mlcycle.features.store import online_vector, open_store, plan_for
+
+    cfg = _config(config)
+    fs = open_store(cfg.feature_repo_path)
+    request = {
+        "amount": amount,
+        "country": country,
+        "merchant_category": merchant_category,
+        "channel": channel,
+    }
+    row = online_vector(
+        fs, [{"user_id": user_id, "merchant_id": merchant_id}], [request], cfg.features.feature_service
+    ).iloc[0]
+    table = Table("feature", "value")
+    for name in plan_for(fs, cfg.features.feature_service).model_features:
+        table.add_row(name, str(row[name]))
+    console.print(table)
+    if row["features_missing"]:
+        console.print(f"features_missing: {', '.join(row['features_missing'])}")
+
+
+@app.command()
+def demo(
+    config: ConfigOption = None,
+    rows: Annotated[int | None, typer.Option(help="Transactions to generate (default from config).")] = None,
+) -> None:
+    """Run the lifecycle end to end on embedded defaults (SQLite, local files): no server to start."""
+    from mlcycle import pipeline
+    from mlcycle.features import store
+    from mlcycle.validation import ContractViolation
+
+    cfg = _config(config)
+    if rows:
+        cfg.data = cfg.data.model_copy(update={"n_transactions": rows})
+    steps = Steps(total=6)
+    console.rule("[bold]mlcycle demo[/bold]")
+    console.print(f"project {cfg.project!r}, profile {cfg.profile!r}, state in {cfg.data_path}")
+
+    with steps.step(f"Generating {cfg.data.n_transactions:,} card transactions (seed {cfg.data.seed})"):
+        dataset, _ = pipeline.generate_data(cfg)
+        tx = dataset.transactions
+        console.print(
+            f"      {len(tx):,} transactions, {len(dataset.users):,} users, {len(dataset.merchants):,} "
+            f"merchants, {tx['event_timestamp'].min():%Y-%m-%d} → {tx['event_timestamp'].max():%Y-%m-%d}, "
+            f"fraud {tx['is_fraud'].mean():.2%}"
+        )
+    with steps.step("Validating against the data contract, then building feature tables"):
+        try:
+            build = pipeline.build_features(cfg)
+        except ContractViolation as exc:
+            _fail_contract(exc)
+        console.print(f"      {build.report.summary()}")
+        for name, n in build.rows.items():
+            console.print(f"      {name}: {n:,} rows")
+    with steps.step("feast apply + materialize-incremental (SQLite online store)"):
+        end = pipeline.publish_features(cfg)
+        console.print(f"      online store loaded up to {end:%Y-%m-%d %H:%M:%S} UTC")
+    with steps.step("Point-in-time training set through the FeatureService (labels known now)"):
+        frame = pipeline.build_training_set(cfg)
+        fs = store.open_store(cfg.feature_repo_path)
+        plan = store.plan_for(fs, cfg.features.feature_service)
+        summary = pipeline.summarize_training_set(frame, list(plan.model_features))
+        console.print(
+            f"      {len(frame):,} rows (every labelled transaction kept) × {len(plan.model_features)} "
+            f"features from '{plan.name}', label rate {frame['is_fraud'].mean():.2%}"
+        )
+        worst = summary.sort_values("null_rate", ascending=False).head(3)
+        console.print(
+            "      highest null rates: "
+            + ", ".join(f"{k} {v:.1%}" for k, v in worst["null_rate"].items())
+            + " (users' first transactions have no history)"
+        )
+        out = cfg.data_path / "training_set.parquet"
+        frame.to_parquet(out, index=False)
+    with steps.step("Train/serve check: online vector vs offline row for the same moment"):
+        now = datetime.now(UTC).replace(microsecond=0)
+        sample = tx.drop_duplicates("user_id").tail(200).reset_index(drop=True)
+        entity_rows = sample[["user_id", "merchant_id"]].to_dict("records")
+        request = store.entity_frame(sample).drop(columns=["user_id", "merchant_id", "event_timestamp"])
+        request["request_unix"] = int(now.timestamp())
+        online = store.online_vector(fs, entity_rows, request.to_dict("records"), plan.name, now=now)
+        offline = store.training_set(
+            fs, sample[["user_id", "merchant_id"]].assign(event_timestamp=now, **request), plan.name
+        )
+        skew = store.skew_report(online, offline, plan.model_features)
+        console.print(
+            f"      {len(sample)} entities × {len(plan.model_features)} features: "
+            + ("identical" if not skew else f"[red]skew in {skew}[/red]")
+        )
+        if skew:
+            raise typer.Exit(1)
+    with steps.step("Summary"):
+        table = Table("what", "where")
+        table.add_row("raw data", str(cfg.raw_dir))
+        table.add_row("feature tables", str(cfg.features_dir))
+        table.add_row("training set", str(out))
+        table.add_row("Feast registry / online store", str(cfg.feast_dir))
+        table.add_row("inspect features", "cd feature_repo && uv run feast feature-views list")
+        table.add_row("one online vector", "uv run mlcycle features online 2 5 --amount 120")
+        console.print(table)
+    console.rule(f"[bold green]demo finished in {steps.elapsed():.0f}s[/bold green]")
+
+
+if __name__ == "__main__":
+    app()

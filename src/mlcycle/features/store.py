@@ -1,0 +1,275 @@
+"""The one door to Feast: apply, materialize, training sets and online vectors.
+
+Training and serving both come through here, with the same FeatureService, so a feature has one
+definition for both paths. Two details keep the paths equal, which Feast alone does not:
+
+- TTL online. Feast's offline join nulls a value older than its view's TTL, but its online read
+  returns whatever was last materialized, however old. ``online_vector`` reads the views' values
+  through Feast's online store with their event timestamps, nulls those older than the TTL at the
+  request's time, and only then runs the on-demand views — through the same
+  ``OnDemandFeatureView.transform_arrow`` Feast applies to training sets.
+- Point in time. Training sets use ``AsofDuckDBOfflineStore``, which keeps every entity row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from feast import FeatureService, FeatureStore
+from feast.errors import FeatureViewNotFoundException
+from feast.on_demand_feature_view import OnDemandFeatureView
+from feast.repo_config import load_repo_config
+
+from mlcycle import quiet_stack_warnings
+
+quiet_stack_warnings()
+
+FS_YAML = "feature_store.yaml"
+ENTITY_KEYS = ("user_id", "merchant_id")
+REQUEST_FIELDS = ("amount", "country", "merchant_category", "channel", "request_unix")
+NUMERIC_VALUE_TYPES = {"INT32", "INT64", "FLOAT", "DOUBLE", "UNIX_TIMESTAMP"}
+
+
+class FeatureStoreUnavailable(RuntimeError):
+    """The online store could not be read: callers must not score (serving answers 503)."""
+
+
+def open_store(repo_path: str | Path, fs_yaml_file: str | Path | None = None) -> FeatureStore:
+    repo_path = Path(repo_path).resolve()
+    yaml_path = Path(fs_yaml_file).resolve() if fs_yaml_file else repo_path / FS_YAML
+    return FeatureStore(repo_path=str(repo_path), fs_yaml_file=yaml_path)
+
+
+def apply_repo(repo_path: str | Path, fs_yaml_file: str | Path | None = None, quiet: bool = True) -> None:
+    """What ``feast apply`` does, in-process (one Python start instead of two)."""
+    from feast.repo_operations import apply_total
+
+    repo_path = Path(repo_path).resolve()
+    yaml_path = Path(fs_yaml_file).resolve() if fs_yaml_file else repo_path / FS_YAML
+    config = load_repo_config(repo_path, yaml_path)
+    # Feast imports the repo's files as top-level modules (as the CLI does from the repo's
+    # directory); forget earlier imports of the same names so another repo copy is really read.
+    for module_file in repo_path.glob("*.py"):
+        sys.modules.pop(module_file.stem, None)
+    cwd = os.getcwd()  # apply_total changes directory into the repo
+    sys.path.insert(0, str(repo_path))
+    sink = io.StringIO() if quiet else None
+    try:
+        with contextlib.redirect_stdout(sink) if sink else contextlib.nullcontext():
+            apply_total(config, repo_path, skip_source_validation=False)
+    finally:
+        os.chdir(cwd)
+        sys.path.remove(str(repo_path))
+
+
+def materialize(store: FeatureStore, end: datetime | None = None, quiet: bool = True) -> datetime:
+    """Load feature rows up to ``end`` (default: now) into the online store, incrementally."""
+    end = end or datetime.now(UTC)
+    sink = io.StringIO() if quiet else None
+    with contextlib.redirect_stdout(sink) if sink else contextlib.nullcontext():
+        store.materialize_incremental(end_date=end)
+    return end
+
+
+def entity_frame(transactions: pd.DataFrame) -> pd.DataFrame:
+    """Entity rows for a point-in-time join: keys, the event time, and the request-time fields
+    exactly as an authorization request would carry them (strings, Unix seconds)."""
+    ts = transactions["event_timestamp"]
+
+    def as_str(col: str) -> pd.Series:
+        s = transactions[col]
+        return s.astype(object).where(s.notna(), None)
+
+    return pd.DataFrame(
+        {
+            "user_id": transactions["user_id"].astype("int64").to_numpy(),
+            "merchant_id": transactions["merchant_id"].astype("int64").to_numpy(),
+            "event_timestamp": ts.to_numpy(),
+            "amount": transactions["amount"].astype("float64").to_numpy(),
+            "country": as_str("country").to_numpy(),
+            "merchant_category": as_str("merchant_category").to_numpy(),
+            "channel": as_str("channel").to_numpy(),
+            "request_unix": (ts.astype("int64") // 1_000_000_000).to_numpy(),
+        }
+    ).assign(event_timestamp=lambda d: pd.to_datetime(d["event_timestamp"], utc=True))
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    """What a FeatureService needs, resolved once from the registry."""
+
+    name: str
+    view_refs: tuple[str, ...]  # "view:feature" read from views (service features + on-demand inputs)
+    view_ttl: Mapping[str, timedelta | None]
+    odfvs: tuple[OnDemandFeatureView, ...]
+    request_fields: tuple[str, ...]
+    model_features: tuple[str, ...]  # the service's declared outputs, in order: the model's inputs
+    numeric_features: frozenset[str]  # view features typed as numbers, cast from the online response
+
+    def feature_view_of(self, feature: str) -> str | None:
+        for ref in self.view_refs:
+            view, name = ref.split(":", 1)
+            if name == feature:
+                return view
+        return None
+
+
+def service_plan(store: FeatureStore, feature_service: str | FeatureService) -> ServicePlan:
+    service = (
+        store.get_feature_service(feature_service) if isinstance(feature_service, str) else feature_service
+    )
+    refs: list[str] = []
+    ttl: dict[str, timedelta | None] = {}
+    odfvs: list[OnDemandFeatureView] = []
+    request: list[str] = []
+    model: list[str] = []
+    numeric: set[str] = set()
+
+    def add_view(name: str, features: Iterable[str]) -> None:
+        fv = store.get_feature_view(name)
+        ttl[name] = fv.ttl if fv.ttl and fv.ttl.total_seconds() > 0 else None
+        numeric.update(f.name for f in fv.schema if f.dtype.to_value_type().name in NUMERIC_VALUE_TYPES)
+        for f in features:
+            if f"{name}:{f}" not in refs:
+                refs.append(f"{name}:{f}")
+
+    for projection in service.feature_view_projections:
+        # The registry keeps a view's features in no fixed order (it varies between processes):
+        # sort them so the model's input columns are the same everywhere.
+        selected = {f.name for f in projection.features}
+        try:
+            odfv = store.get_on_demand_feature_view(projection.name)
+        except FeatureViewNotFoundException:
+            odfv = None
+        if odfv is None:
+            names = sorted(selected)
+            add_view(projection.name, names)
+            model.extend(names)
+            continue
+        odfvs.append(odfv)
+        model.extend(f.name for f in odfv.features if f.name in selected)
+        for source in odfv.source_feature_view_projections.values():
+            add_view(source.name, [f.name for f in source.features])
+        for source in odfv.source_request_sources.values():
+            request.extend(f.name for f in source.schema if f.name not in request)
+    return ServicePlan(
+        service.name, tuple(refs), ttl, tuple(odfvs), tuple(request), tuple(model), frozenset(numeric)
+    )
+
+
+@lru_cache(maxsize=8)
+def _cached_plan(store_id: int, store: FeatureStore, name: str) -> ServicePlan:
+    return service_plan(store, name)
+
+
+def plan_for(store: FeatureStore, feature_service: str) -> ServicePlan:
+    return _cached_plan(id(store), store, feature_service)
+
+
+def training_set(store: FeatureStore, entity_df: pd.DataFrame, feature_service: str) -> pd.DataFrame:
+    """Point-in-time-correct rows for ``entity_df`` (one output row per input row, same order)."""
+    service = store.get_feature_service(feature_service)
+    job = store.get_historical_features(entity_df=entity_df, features=service)
+    out = job.to_df()
+    if len(out) != len(entity_df):
+        raise RuntimeError(
+            f"point-in-time join returned {len(out)} rows for {len(entity_df)} entity rows: "
+            "the offline store dropped rows; use AsofDuckDBOfflineStore"
+        )
+    return out
+
+
+def online_vector(
+    store: FeatureStore,
+    entity_rows: Sequence[Mapping[str, object]],
+    request_fields: Sequence[Mapping[str, object]] | Mapping[str, Sequence[object]] | None,
+    feature_service: str,
+    now: datetime | None = None,
+) -> pd.DataFrame:
+    """The online feature vectors for ``entity_rows``, with request-time features computed.
+
+    ``request_fields`` holds the request's own fields, row by row (or as columns); missing
+    ``request_unix`` defaults to ``now``. The frame has the entity keys, the request fields, every
+    view feature and on-demand output, and ``features_missing`` (a list per row) naming the service
+    features that had no fresh value.
+    """
+    plan = plan_for(store, feature_service)
+    n = len(entity_rows)
+    if isinstance(request_fields, Mapping):
+        req = pd.DataFrame(dict(request_fields))
+    else:
+        req = pd.DataFrame(list(request_fields) if request_fields else [{}] * n)
+    if len(req) != n:
+        raise ValueError(f"{len(req)} request rows for {n} entity rows")
+    now_unix = int((now or datetime.now(UTC)).timestamp())
+    if "request_unix" not in req:
+        req["request_unix"] = now_unix
+    keys = pd.DataFrame(list(entity_rows))
+    try:
+        response = store.get_online_features(
+            features=list(plan.view_refs), entity_rows=keys.to_dict("records")
+        ).to_dict(include_event_timestamps=True)
+    except Exception as exc:  # any backend error: sqlite locked, Redis down, registry gone
+        raise FeatureStoreUnavailable(f"online feature store unavailable: {exc}") from exc
+    return _assemble(plan, keys, req, response)
+
+
+def _assemble(plan: ServicePlan, keys: pd.DataFrame, req: pd.DataFrame, response: dict) -> pd.DataFrame:
+    frame = keys.reset_index(drop=True).copy()
+    for col in req.columns:
+        frame[col] = req[col].to_numpy()
+    request_unix = frame["request_unix"].astype("int64").to_numpy()
+    for ref in plan.view_refs:
+        view, feature = ref.split(":", 1)
+        values = pd.Series(response[feature], dtype=object)
+        ttl = plan.view_ttl.get(view)
+        if ttl is not None:
+            stamped = pd.Series(response[f"{feature}__ts"], dtype="float64").to_numpy()
+            stale = (stamped <= 0) | (request_unix - stamped > ttl.total_seconds())
+            values = values.where(~stale, None)
+        frame[feature] = (
+            pd.to_numeric(values, errors="coerce").astype("float64").to_numpy()
+            if feature in plan.numeric_features
+            else values.to_numpy()
+        )
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    for odfv in plan.odfvs:
+        transformed = odfv.transform_arrow(table, False)
+        for name in transformed.column_names:
+            if not name.startswith("__index") and name not in table.column_names:
+                table = table.append_column(name, transformed[name])
+    out = table.to_pandas()
+    view_features = {ref.split(":", 1)[1] for ref in plan.view_refs}
+    missing_cols = [f for f in plan.model_features if f in view_features]
+    na = out[missing_cols].isna().to_numpy() if missing_cols else None
+    out["features_missing"] = (
+        [[c for c, miss in zip(missing_cols, row, strict=True) if miss] for row in na]
+        if na is not None
+        else [[] for _ in range(len(out))]
+    )
+    return out
+
+
+def skew_report(online: pd.DataFrame, offline: pd.DataFrame, columns: Sequence[str]) -> dict[str, int]:
+    """Per feature, how many rows differ between online vectors and offline rows (NaN equals NaN).
+
+    Empty means no train/serve skew on these rows."""
+    report = {}
+    for col in columns:
+        a = pd.to_numeric(online[col], errors="coerce").to_numpy(dtype=float)
+        b = pd.to_numeric(offline[col], errors="coerce").to_numpy(dtype=float)
+        bad = int((~np.isclose(a, b, rtol=1e-9, atol=1e-9, equal_nan=True)).sum())
+        if bad:
+            report[col] = bad
+    return report
