@@ -61,6 +61,13 @@ class ContractViolation(ValueError):
         self.report = report
 
 
+def _one_of(values: Iterable[object], name: str) -> pa.Check:
+    """A membership check under a stable name (pandera's built-in ``isin`` names itself by the
+    whole value list, which makes a poor message and a poor key)."""
+    allowed = list(values)
+    return pa.Check(lambda s: s.isin(allowed), name=name)
+
+
 def transaction_schema(
     now: datetime | None = None, extra_categories: Iterable[str] = ()
 ) -> pa.DataFrameSchema:
@@ -74,17 +81,15 @@ def transaction_schema(
             "transaction_id": pa.Column("int64", positive_id),
             "user_id": pa.Column("int64", positive_id),
             "merchant_id": pa.Column("int64", positive_id),
-            "event_timestamp": pa.Column(
-                TZ_DTYPE, pa.Check.le(now_ts, name="not_in_future", error=f"event_timestamp <= {now_ts}")
-            ),
+            "event_timestamp": pa.Column(TZ_DTYPE, pa.Check(lambda s: s <= now_ts, name="not_in_future")),
             "amount": pa.Column(
-                "float64", [pa.Check.gt(0), pa.Check.lt(MAX_AMOUNT, name="finite_and_below_max")]
+                "float64", [pa.Check.gt(0), pa.Check(lambda s: s < MAX_AMOUNT, name="finite_and_below_max")]
             ),
             "merchant_category": pa.Column(
-                "category", pa.Check.isin([*CATEGORIES, *extra_categories], name="known_category")
+                "category", _one_of([*CATEGORIES, *extra_categories], "known_category")
             ),
-            "country": pa.Column("category", pa.Check.isin(COUNTRIES, name="known_country")),
-            "channel": pa.Column("category", pa.Check.isin(CHANNELS, name="known_channel"), nullable=True),
+            "country": pa.Column("category", _one_of(COUNTRIES, "known_country")),
+            "channel": pa.Column("category", _one_of(CHANNELS, "known_channel"), nullable=True),
             "is_fraud": pa.Column("int8", pa.Check.isin([0, 1])),
             "label_available_at": pa.Column(TZ_DTYPE),
         },
@@ -92,7 +97,6 @@ def transaction_schema(
             pa.Check(
                 lambda df: df["label_available_at"] >= df["event_timestamp"],
                 name="label_after_event",
-                error="label_available_at >= event_timestamp",
             )
         ],
         unique=["transaction_id"],
@@ -120,7 +124,9 @@ def normalize_transactions(df: pd.DataFrame) -> pd.DataFrame:
 
 def _summarise(cases: pd.DataFrame) -> tuple[CheckFailure, ...]:
     out = []
-    cases = cases.assign(column=cases["column"].fillna(cases["failure_case"].astype(str)))
+    # A missing column is reported with the schema's name as "column" and the column as the case.
+    missing = cases["check"] == "column_in_dataframe"
+    cases = cases.assign(column=cases["column"].where(~missing, cases["failure_case"]).astype(str))
     for (column, check), group in cases.groupby(["column", "check"], sort=False, dropna=False):
         is_schema = check in ("column_in_dataframe",) or str(check).startswith("dtype(")
         rows = len(group) if not is_schema else 0

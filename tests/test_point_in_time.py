@@ -1,0 +1,145 @@
+"""Point-in-time correctness through real Feast, on hand-built feature tables with known answers.
+
+Feast 0.67's file offline store drops entity rows that have no feature value inside the TTL; the
+project's offline store must keep every row, with nulls, and never show a value written after the
+event.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from tests.conftest import copy_project
+
+from mlcycle.features import apply_repo, open_store, training_set
+from mlcycle.features.engineering import USER_STATS_FEATURES
+
+T0 = pd.Timestamp("2026-03-01 12:00:00", tz="UTC")
+US = pd.Timedelta(microseconds=1)
+USER_TTL = timedelta(days=30)
+MERCHANT_TTL = timedelta(days=2)
+
+
+def user_row(user_id: int, ts: pd.Timestamp, count_1h: int) -> dict:
+    row = {f: 0.0 for f in USER_STATS_FEATURES}
+    row.update(user_id=user_id, event_timestamp=ts, txn_count_1h=count_1h, amount_mean_30d=10.0 * count_1h)
+    row["last_txn_unix"] = int(ts.timestamp())
+    return row
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory):
+    cfg = copy_project(tmp_path_factory.mktemp("pit"))
+    features: Path = cfg.features_dir
+    features.mkdir(parents=True)
+    users = pd.DataFrame(
+        [
+            user_row(1, T0 + US, 1),  # state after user 1's transaction at T0
+            user_row(1, T0 + pd.Timedelta(hours=2), 2),
+            user_row(2, T0 - pd.Timedelta(days=40), 5),  # older than the 30-day TTL at T0
+        ]
+    )
+    int_cols = [
+        c for c in USER_STATS_FEATURES if c.startswith(("txn_count", "distinct")) or c == "last_txn_unix"
+    ]
+    users[int_cols] = users[int_cols].astype("int64")
+    users.to_parquet(features / "user_txn_stats.parquet", index=False, coerce_timestamps="us")
+    pd.DataFrame(
+        {
+            "merchant_id": [10, 10],
+            "event_timestamp": [T0.normalize(), T0.normalize() + pd.Timedelta(days=1)],
+            "merchant_txn_count_7d": np.array([100, 200], dtype="int64"),
+            "merchant_amount_mean_7d": [20.0, 30.0],
+            "merchant_labelled_90d": np.array([50, 60], dtype="int64"),
+            "merchant_fraud_rate_90d": [0.02, 0.03],
+        }
+    ).to_parquet(features / "merchant_stats.parquet", index=False, coerce_timestamps="us")
+    pd.DataFrame(
+        {
+            "user_id": np.array([1, 2], dtype="int64"),
+            "event_timestamp": [T0 - pd.Timedelta(days=100)] * 2,
+            "home_country": ["DE", "US"],
+            "age_band": ["25-34", None],
+            "signup_unix": np.array([int((T0 - pd.Timedelta(days=100)).timestamp())] * 2, dtype="int64"),
+        }
+    ).to_parquet(features / "user_profile.parquet", index=False, coerce_timestamps="us")
+    apply_repo(cfg.feature_repo_path)
+    return open_store(cfg.feature_repo_path)
+
+
+CASES = [
+    # tag, user, merchant, event time, expected txn_count_1h (None = null), expected merchant count
+    ("before first feature row", 1, 10, T0, None, 100),
+    ("value written after the event is ignored", 1, 10, T0 + pd.Timedelta(hours=1), 1, 100),
+    ("exactly at a feature timestamp", 1, 10, T0 + pd.Timedelta(hours=2), 2, 100),
+    ("exactly at the TTL boundary", 1, 10, T0 + pd.Timedelta(hours=2) + USER_TTL, 2, None),
+    (
+        "one second past the TTL",
+        1,
+        10,
+        T0 + pd.Timedelta(hours=2) + USER_TTL + pd.Timedelta(seconds=1),
+        None,
+        None,
+    ),
+    ("only an expired row", 2, 10, T0, None, 100),
+    ("user with no feature rows at all", 3, 10, T0, None, 100),
+    ("merchant next day", 1, 10, T0.normalize() + pd.Timedelta(days=1, hours=5), 2, 200),
+    ("merchant snapshot expired", 1, 10, T0.normalize() + pd.Timedelta(days=3, hours=1), 2, None),
+    ("unknown merchant", 1, 99, T0 + pd.Timedelta(hours=3), 2, None),
+    ("duplicate of an earlier row", 1, 10, T0 + pd.Timedelta(hours=1), 1, 100),
+]
+
+
+def test_known_answers(store) -> None:
+    entity = pd.DataFrame(
+        {
+            "tag": [c[0] for c in CASES],
+            "user_id": [c[1] for c in CASES],
+            "merchant_id": [c[2] for c in CASES],
+            "event_timestamp": [c[3] for c in CASES],
+            "amount": 40.0,
+            "country": "DE",
+            "merchant_category": "grocery",
+            "channel": "pos",
+        }
+    )
+    entity["request_unix"] = entity["event_timestamp"].astype("int64") // 10**9
+    out = training_set(store, entity, "fraud_model_v1")
+
+    assert len(out) == len(entity), "every entity row must come back"
+    assert out["tag"].tolist() == entity["tag"].tolist(), "in the order given"
+    for (tag, *_, want_user, want_merchant), (_, row) in zip(CASES, out.iterrows(), strict=True):
+        got_user = None if pd.isna(row["txn_count_1h"]) else int(row["txn_count_1h"])
+        got_merchant = None if pd.isna(row["merchant_txn_count_7d"]) else int(row["merchant_txn_count_7d"])
+        assert (got_user, got_merchant) == (want_user, want_merchant), tag
+
+
+def test_on_demand_features_use_the_point_in_time_values(store) -> None:
+    entity = pd.DataFrame(
+        {
+            "user_id": [1, 3],
+            "merchant_id": [10, 10],
+            "event_timestamp": [T0 + pd.Timedelta(hours=1)] * 2,
+            "amount": [40.0, 40.0],
+            "country": ["FR", "FR"],
+            "merchant_category": ["electronics", "no-such-category"],
+            "channel": ["ecom", None],
+        }
+    )
+    entity["request_unix"] = entity["event_timestamp"].astype("int64") // 10**9
+    out = training_set(store, entity, "fraud_model_v1")
+    known, unknown = out.iloc[0], out.iloc[1]
+    assert known["amount_to_user_mean_30d"] == pytest.approx(40.0 / 10.0)  # mean as of T0, not T0+2h
+    assert known["secs_since_last_txn"] == pytest.approx(3600.0)
+    assert known["is_foreign"] == 1  # FR vs home DE
+    assert known["hour_of_day"] == 13
+    assert known["account_age_days"] == pytest.approx(100 + 1 / 24)
+    assert known["merchant_category_code"] == 4 and known["channel_code"] == 1
+    # An unknown user has no history: nulls, not invented zeros; unknown codes are -1.
+    assert pd.isna(unknown["amount_to_user_mean_30d"]) and pd.isna(unknown["secs_since_last_txn"])
+    assert unknown["is_foreign"] == 0 and unknown["merchant_category_code"] == -1
+    assert unknown["channel_code"] == -1
