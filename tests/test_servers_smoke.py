@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mlcycle import TELEMETRY_OFF
 from mlcycle.config import ProjectConfig
 
 pytestmark = pytest.mark.slow
@@ -36,14 +37,6 @@ LOOPBACK = "127.0.0.1"
 SLOW_START_S = 240.0
 START_S = 120.0
 STOP_S = 20.0
-TELEMETRY_OFF = {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "BENTOML_DO_NOT_TRACK": "True",
-    "FEAST_USAGE": "False",
-    "HF_HUB_OFFLINE": "1",
-}
 
 
 def free_port() -> int:
