@@ -6,29 +6,20 @@ real offline store and real files — only the data is smaller. It is built once
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 import mlcycle  # noqa: F401  (telemetry off before the stack is imported)
-from mlcycle.config import ProjectConfig, load_config
+from mlcycle.config import ProjectConfig
+from mlcycle.project import copy_project as project_copy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMALL_DATA = {"seed": 7, "days": 60, "n_users": 2000, "n_merchants": 300, "n_transactions": 20000}
 
 
 def copy_project(dest: Path, data: dict | None = None) -> ProjectConfig:
-    """A runnable project at ``dest``: config + feature repo, with ``data`` overriding the spec."""
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(
-        REPO_ROOT / "feature_repo", dest / "feature_repo", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    raw = yaml.safe_load((REPO_ROOT / "mlcycle.yaml").read_text())
-    raw["data"] = {**raw.get("data", {}), **(data or {})}
-    (dest / "mlcycle.yaml").write_text(yaml.safe_dump(raw))
-    return load_config(dest / "mlcycle.yaml")
+    return project_copy(REPO_ROOT, dest, data)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,26 @@
+"""Copies of a project: the same config and feature repo in another directory, other data sizes.
+
+Tests and benchmarks run against such a copy so they exercise the real ``feature_repo/`` and
+config while keeping their state (data, registry, online store) away from the working project.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+from mlcycle.config import DEFAULT_CONFIG_NAME, ProjectConfig, load_config
+
+
+def copy_project(source: Path, dest: Path, data: dict | None = None) -> ProjectConfig:
+    """A runnable project at ``dest`` from the one at ``source``; ``data`` overrides the data spec."""
+    source, dest = Path(source), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    raw = yaml.safe_load((source / DEFAULT_CONFIG_NAME).read_text()) or {}
+    repo = Path(raw.get("features", {}).get("feature_repo", "feature_repo"))
+    shutil.copytree(source / repo, dest / repo, ignore=shutil.ignore_patterns("__pycache__"))
+    raw["data"] = {**raw.get("data", {}), **(data or {})}
+    (dest / DEFAULT_CONFIG_NAME).write_text(yaml.safe_dump(raw, sort_keys=False))
+    return load_config(dest / DEFAULT_CONFIG_NAME)
