@@ -10,11 +10,14 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export BENTOML_DO_NOT_TRACK := True
-# The environment is installed with compiled bytecode (--compile-bytecode); clearing this lets the
-# project's own modules and tests cache theirs too, instead of recompiling in every process.
+# These machines set PYTHONDONTWRITEBYTECODE=1, which makes every process recompile every module.
+# Clearing it for make's commands lets each module compile once, on first import, into .venv.
+# Measured on a fresh clone (warm uv cache, 2 cores): this way CI took 48 s (5.6k files compiled
+# as imported); `uv sync --compile-bytecode` took 58 s (all 34k files compiled up front, 20 s).
 unexport PYTHONDONTWRITEBYTECODE
 
 STAMP := .venv/.mlcycle-installed
+LINT_DIRS := $(wildcard src tests flows services feature_repo bench)
 
 .PHONY: help install demo test lint bench clean
 
@@ -24,11 +27,12 @@ help: ## list the targets
 $(STAMP): pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || { \
 		echo "uv not found: installing it from PyPI"; \
-		python3 -m pip install --quiet uv || python3 -m pip install --quiet --user --break-system-packages uv; }
-	$(UV) sync --frozen --extra dev --compile-bytecode
+		python3 -m pip install --quiet --user --break-system-packages uv 2>/dev/null \
+			|| python3 -m pip install --quiet uv; }
+	$(UV) sync --frozen --extra dev
 	@touch $@
 
-install: $(STAMP) ## create .venv from uv.lock (bytecode compiled once)
+install: $(STAMP) ## create .venv from uv.lock
 
 demo: install ## run the lifecycle end to end on embedded defaults (SQLite, local files)
 	$(UV) run --no-sync mlcycle demo
@@ -37,8 +41,8 @@ test: install ## run the test suite
 	$(UV) run --no-sync pytest
 
 lint: install ## ruff check + format check
-	$(UV) run --no-sync ruff check src tests flows services feature_repo bench
-	$(UV) run --no-sync ruff format --check src tests flows services feature_repo bench
+	$(UV) run --no-sync ruff check $(LINT_DIRS)
+	$(UV) run --no-sync ruff format --check $(LINT_DIRS)
 
 bench: install ## run every benchmark in bench/
 	@for b in bench/*.py; do echo "== $$b"; $(UV) run --no-sync python $$b || exit 1; done
