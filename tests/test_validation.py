@@ -53,7 +53,7 @@ def corrupt_future_timestamp(df: pd.DataFrame) -> pd.DataFrame:
     ("corrupt", "column", "check", "rows"),
     [
         (corrupt_missing_column, "amount", "column is missing", None),
-        (corrupt_wrong_dtype, "amount", "dtype('float64')", None),
+        (corrupt_wrong_dtype, "amount", "dtype float64", None),
         (corrupt_future_timestamp, "event_timestamp", "not_in_future", 7),
     ],
 )
@@ -85,7 +85,7 @@ def test_every_broken_check_is_reported_at_once(good: pd.DataFrame) -> None:
     assert found[("amount", "greater_than(0)")] == 3
     assert found[("transaction_id", "unique")] == 3  # the two copies and the original
     assert found[("merchant_category", "known_category")] == 4
-    assert any(check == "label_after_event" for _, check in found)
+    assert found[("label_available_at", "label_after_event")] == 2
     assert "casino" in report.summary()
 
 
@@ -101,6 +101,6 @@ def test_csv_with_naive_timestamps_is_rejected(good: pd.DataFrame, tmp_path: Pat
     path = tmp_path / "tx.csv"
     good.assign(event_timestamp=good["event_timestamp"].dt.tz_localize(None)).to_csv(path, index=False)
     report = validate_transactions(load_transactions(path), now=datetime.now(UTC))
-    assert ("event_timestamp", "dtype('datetime64[ns, UTC]')") in {
+    assert ("event_timestamp", "dtype datetime64[ns, UTC]") in {
         (f.column, f.check) for f in report.failures
     }

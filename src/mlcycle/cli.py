@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -26,7 +27,8 @@ features_app = typer.Typer(help="Build, publish and read features (Feast).", no_
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
 
-console = Console(highlight=False)
+# Wider than the 80 columns rich assumes when the output is a pipe or a CI log.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 110)
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="Project config file (default: ./mlcycle.yaml).")
 ]
@@ -230,7 +232,7 @@ def demo(
         for name, n in build.rows.items():
             console.print(f"      {name}: {n:,} rows")
     with steps.step("feast apply + materialize-incremental (SQLite online store)"):
-        end = pipeline.publish_features(cfg)
+        end = pipeline.publish_features(cfg, fresh=True)
         console.print(f"      online store loaded up to {end:%Y-%m-%d %H:%M:%S} UTC")
     with steps.step("Point-in-time training set through the FeatureService (labels known now)"):
         frame = pipeline.build_training_set(cfg)

@@ -7,6 +7,7 @@ table is written, so a bad file never reaches the feature store.
 from __future__ import annotations
 
 import hashlib
+import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,8 +59,13 @@ def build_features(
     return FeatureBuild(report=report, tables=paths, rows=rows, data_hash=file_hash(tx_path))
 
 
-def publish_features(cfg: ProjectConfig, end: datetime | None = None) -> datetime:
-    """``feast apply`` then ``feast materialize-incremental`` up to ``end`` (default now), in-process."""
+def publish_features(cfg: ProjectConfig, end: datetime | None = None, fresh: bool = False) -> datetime:
+    """``feast apply`` then ``feast materialize-incremental`` up to ``end`` (default now), in-process.
+
+    ``fresh`` first removes the local registry and online store: after the feature tables were
+    rebuilt from scratch, an incremental load would only pick up rows newer than the last one."""
+    if fresh and cfg.profile == "local":
+        shutil.rmtree(cfg.feast_dir, ignore_errors=True)
     store.apply_repo(cfg.feature_repo_path)
     return store.materialize(store.open_store(cfg.feature_repo_path), end)
 

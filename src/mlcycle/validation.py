@@ -20,6 +20,9 @@ from mlcycle.data import CATEGORIES, CHANNELS, COUNTRIES
 
 TZ_DTYPE = pd.DatetimeTZDtype("ns", "UTC")
 CATEGORICAL_COLUMNS = ("merchant_category", "country", "channel")
+INTEGER_COLUMNS = {"transaction_id": "int64", "user_id": "int64", "merchant_id": "int64", "is_fraud": "int8"}
+# Dataframe-wide checks name the columns they relate, for the report.
+FRAME_CHECK_COLUMNS = {"label_after_event": "label_available_at"}
 MAX_AMOUNT = 1_000_000.0
 
 
@@ -34,6 +37,10 @@ class CheckFailure:
 
     def __str__(self) -> str:
         ex = f" (e.g. {', '.join(self.examples)})" if self.examples else ""
+        if self.check == "column is missing":
+            return f"column '{self.column}' is missing"
+        if self.check.startswith("dtype "):
+            return f"column '{self.column}': expected {self.check}{ex}"
         return f"column '{self.column}': check '{self.check}' failed for {self.rows} row(s){ex}"
 
 
@@ -107,7 +114,7 @@ def transaction_schema(
 
 
 def normalize_transactions(df: pd.DataFrame) -> pd.DataFrame:
-    """Representation-only fixes at the edge (string columns → category, timestamp unit → ns).
+    """Representation-only fixes at the edge (strings → category, integer width, timestamp unit → ns).
 
     Nothing that changes a value: a wrong type (amounts as text, naive timestamps) is left for the
     contract to reject by name.
@@ -116,6 +123,9 @@ def normalize_transactions(df: pd.DataFrame) -> pd.DataFrame:
     for col in CATEGORICAL_COLUMNS:
         if col in df and (df[col].dtype == object or pd.api.types.is_string_dtype(df[col].dtype)):
             df[col] = df[col].astype("category")
+    for col, width in INTEGER_COLUMNS.items():
+        if col in df and pd.api.types.is_integer_dtype(df[col].dtype):
+            df[col] = df[col].astype(width)
     for col in ("event_timestamp", "label_available_at"):
         if col in df and isinstance(df[col].dtype, pd.DatetimeTZDtype):
             df[col] = df[col].dt.tz_convert("UTC").dt.as_unit("ns")
@@ -123,21 +133,26 @@ def normalize_transactions(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _summarise(cases: pd.DataFrame) -> tuple[CheckFailure, ...]:
+    """pandera's failure cases (one row per offending value) → one line per column and check."""
     out = []
     # A missing column is reported with the schema's name as "column" and the column as the case.
     missing = cases["check"] == "column_in_dataframe"
     cases = cases.assign(column=cases["column"].where(~missing, cases["failure_case"]).astype(str))
-    for (column, check), group in cases.groupby(["column", "check"], sort=False, dropna=False):
-        is_schema = check in ("column_in_dataframe",) or str(check).startswith("dtype(")
-        rows = len(group) if not is_schema else 0
+    # A dataframe-wide check lists every column of each failing row: count rows, not values.
+    frame_wide = cases["check"].isin(list(FRAME_CHECK_COLUMNS)) & cases["index"].notna()
+    for check, group in cases[frame_wide].groupby("check", sort=False):
+        rows = group["index"].nunique()
+        out.append(CheckFailure(FRAME_CHECK_COLUMNS.get(str(check), "*"), str(check), rows))
+    for (column, check), group in cases[~frame_wide].groupby(["column", "check"], sort=False, dropna=False):
         examples = tuple(str(v) for v in group["failure_case"].drop_duplicates().head(3))
+        rows = group["index"].nunique() if group["index"].notna().any() else len(group)
         if check == "column_in_dataframe":
-            check, examples = "column is missing", ()
+            check, rows, examples = "column is missing", 0, ()
         elif str(check).startswith("dtype("):
-            examples = (f"got {examples[0]}",) if examples else ()
+            check, rows, examples = f"dtype {str(check)[7:-2]}", 0, tuple(f"got {e}" for e in examples[:1])
         elif check == "not_nullable":
             check = "not null"
-        elif check == "field_uniqueness" or check == "multiple_fields_uniqueness":
+        elif check in ("field_uniqueness", "multiple_fields_uniqueness"):
             check = "unique"
         out.append(CheckFailure(str(column), str(check), rows, examples))
     return tuple(out)
