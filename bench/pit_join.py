@@ -26,6 +26,7 @@ import pandas as pd
 
 import mlcycle  # noqa: F401  (telemetry off)
 from mlcycle import pipeline
+from mlcycle.data import CATEGORIES, CHANNELS
 from mlcycle.features import apply_repo, entity_frame, open_store, plan_for, training_set
 from mlcycle.project import copy_project
 
@@ -43,10 +44,8 @@ ODFV_SQL = """
        CASE WHEN home_country IS NOT NULL AND country != home_country THEN 1 ELSE 0 END AS is_foreign,
        (request_unix - signup_unix) / 86400.0 AS account_age_days,
        (request_unix - last_txn_unix)::DOUBLE AS secs_since_last_txn,
-       coalesce(list_position(['grocery', 'restaurants', 'fuel', 'fashion', 'electronics', 'travel',
-                               'health', 'gaming', 'digital_goods', 'home'], merchant_category) - 1, -1)
-           AS merchant_category_code,
-       coalesce(list_position(['pos', 'ecom', 'contactless'], channel) - 1, -1) AS channel_code
+       coalesce(list_position({CATEGORIES}, merchant_category) - 1, -1) AS merchant_category_code,
+       coalesce(list_position({CHANNELS}, channel) - 1, -1) AS channel_code
 """
 
 
@@ -69,7 +68,8 @@ def raw_sql(con: duckdb.DuckDBPyConnection, features_dir: Path, with_odfv: bool)
     joined = f"SELECT {', '.join(cols)} FROM entity_df e {' '.join(joins)}"
     if not with_odfv:
         return f"{joined} ORDER BY e.__row"
-    return f"SELECT * EXCLUDE (__row), {ODFV_SQL} FROM ({joined}) ORDER BY __row"
+    odfv = ODFV_SQL.format(CATEGORIES=list(CATEGORIES), CHANNELS=list(CHANNELS))
+    return f"SELECT * EXCLUDE (__row), {odfv} FROM ({joined}) ORDER BY __row"
 
 
 def raw_duckdb(entity: pd.DataFrame, features_dir: Path, with_odfv: bool = True) -> pd.DataFrame:
@@ -91,9 +91,7 @@ def compare(feast_df: pd.DataFrame, raw_df: pd.DataFrame, columns: list[str]) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000, help="entity rows (transactions)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per side")
     args = parser.parse_args()

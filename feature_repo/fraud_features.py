@@ -126,14 +126,10 @@ def transaction_features(inputs: pd.DataFrame) -> pd.DataFrame:
     import numpy as np
     import pandas as pd
 
-    category_codes = {
-        c: i
-        for i, c in enumerate(
-            ["grocery", "restaurants", "fuel", "fashion", "electronics",
-             "travel", "health", "gaming", "digital_goods", "home"]
-        )
-    }  # fmt: skip
-    channel_codes = {"pos": 0, "ecom": 1, "contactless": 2}
+    from mlcycle.data import CATEGORIES, CHANNELS
+
+    category_codes = {c: i for i, c in enumerate(CATEGORIES)}
+    channel_codes = {c: i for i, c in enumerate(CHANNELS)}
     amount = inputs["amount"].astype("float64")
     request = inputs["request_unix"].astype("float64")
     mean_30d = pd.to_numeric(inputs["amount_mean_30d"], errors="coerce").astype("float64")

@@ -135,3 +135,10 @@ def test_concept_drift_changes_the_fraud_pattern_not_the_legitimate_traffic(base
 def test_drift_spec_rejects_a_start_outside_the_stream() -> None:
     with pytest.raises(ValueError, match="start_day"):
         DataSpec(days=30, drift=DriftSpec(start_day=30, amount_inflation=2.0))
+
+
+def test_drift_spec_rejects_knobs_without_a_start_and_known_categories() -> None:
+    with pytest.raises(ValueError, match="start_day"):
+        DriftSpec(amount_inflation=1.5)
+    with pytest.raises(ValueError, match="already a known category"):
+        DriftSpec(start_day=3, new_category="grocery")

@@ -17,9 +17,7 @@ def raw(project: ProjectConfig) -> pd.DataFrame:
     return read_dataset(project.raw_dir).transactions
 
 
-def test_training_rows_use_only_earlier_events(
-    project: ProjectConfig, feature_store, raw: pd.DataFrame
-) -> None:
+def test_training_rows_use_only_earlier_events(project: ProjectConfig, feature_store, raw: pd.DataFrame) -> None:
     """For sampled transactions, user aggregates in the training row equal a recomputation over the
     user's events strictly before the transaction (within each window)."""
     rows = raw.sample(400, random_state=3).sort_values("event_timestamp")
@@ -43,9 +41,7 @@ def test_training_rows_use_only_earlier_events(
         assert got["secs_since_last_txn"] == (tx["event_timestamp"] - anchor).total_seconds()
 
 
-def test_merchant_fraud_rate_uses_only_labels_already_available(
-    project: ProjectConfig, raw: pd.DataFrame
-) -> None:
+def test_merchant_fraud_rate_uses_only_labels_already_available(project: ProjectConfig, raw: pd.DataFrame) -> None:
     table = pd.read_parquet(project.features_dir / "merchant_stats.parquet")
     rng = np.random.default_rng(5)
     picks = table.iloc[rng.choice(len(table), 150, replace=False)]
@@ -53,8 +49,7 @@ def test_merchant_fraud_rate_uses_only_labels_already_available(
         day = row["event_timestamp"]
         tx = raw[raw["merchant_id"] == row["merchant_id"]]
         arrived = tx[
-            (tx["label_available_at"] < day)
-            & (tx["label_available_at"] >= day.normalize() - pd.Timedelta(days=90))
+            (tx["label_available_at"] < day) & (tx["label_available_at"] >= day.normalize() - pd.Timedelta(days=90))
         ]
         expected = (arrived["is_fraud"].sum() + FRAUD_RATE_PRIOR * FRAUD_RATE_PRIOR_WEIGHT) / (
             len(arrived) + FRAUD_RATE_PRIOR_WEIGHT

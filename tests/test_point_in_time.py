@@ -43,9 +43,7 @@ def store(tmp_path_factory: pytest.TempPathFactory):
             user_row(2, T0 - pd.Timedelta(days=40), 5),  # older than the 30-day TTL at T0
         ]
     )
-    int_cols = [
-        c for c in USER_STATS_FEATURES if c.startswith(("txn_count", "distinct")) or c == "last_txn_unix"
-    ]
+    int_cols = [c for c in USER_STATS_FEATURES if c.startswith(("txn_count", "distinct")) or c == "last_txn_unix"]
     users[int_cols] = users[int_cols].astype("int64")
     users.to_parquet(features / "user_txn_stats.parquet", index=False, coerce_timestamps="us")
     pd.DataFrame(
@@ -143,3 +141,20 @@ def test_on_demand_features_use_the_point_in_time_values(store) -> None:
     assert pd.isna(unknown["amount_to_user_mean_30d"]) and pd.isna(unknown["secs_since_last_txn"])
     assert unknown["is_foreign"] == 0 and unknown["merchant_category_code"] == -1
     assert unknown["channel_code"] == -1
+
+
+def test_entity_timestamps_in_any_zone_or_unit_mean_the_same_instant(store) -> None:
+    instant = T0 + pd.Timedelta(hours=1)
+    forms = {
+        "utc": pd.Series([instant]),
+        "naive (taken as UTC)": pd.Series([instant.tz_localize(None)]),
+        "berlin": pd.Series([instant.tz_convert("Europe/Berlin")]),
+        "microseconds": pd.Series([instant]).dt.as_unit("us"),
+        "string with offset": pd.Series([instant.tz_convert("America/New_York").isoformat()]),
+    }
+    for name, ts in forms.items():
+        entity = pd.DataFrame(
+            {"user_id": [1], "merchant_id": [10], "event_timestamp": ts, "amount": [40.0], "country": ["DE"]}
+        ).assign(merchant_category="grocery", channel="pos", request_unix=int(instant.timestamp()))
+        out = training_set(store, entity, "fraud_model_v1")
+        assert out["txn_count_1h"].iloc[0] == 1, name

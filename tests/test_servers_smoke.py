@@ -242,9 +242,7 @@ def test_mlflow_server_starts(tmp_path: Path) -> None:
         "1",
     ]
     with (
-        running_server(
-            cmd, health_path="/health", port=port, log_path=tmp_path / "mlflow.log", cwd=tmp_path
-        ) as server,
+        running_server(cmd, health_path="/health", port=port, log_path=tmp_path / "mlflow.log", cwd=tmp_path) as server,
         http_client() as client,
     ):
         search = client.get(server.base_url + "/api/2.0/mlflow/experiments/search", params={"max_results": 1})

@@ -48,9 +48,7 @@ def test_online_equals_offline_now(project: ProjectConfig, feature_store, sample
     assert all("txn_count_30d" in missing for missing in online["features_missing"].iloc[300:])
 
 
-def test_online_enforces_ttl_like_the_offline_join(
-    project: ProjectConfig, feature_store, sample: pd.DataFrame
-) -> None:
+def test_online_enforces_ttl_like_the_offline_join(project: ProjectConfig, feature_store, sample: pd.DataFrame) -> None:
     """Twenty days on, the quiet users' stats are older than the 30-day TTL: the offline join
     nulls them, while Feast's online read alone still returns them."""
     service = project.features.feature_service
@@ -64,3 +62,61 @@ def test_online_enforces_ttl_like_the_offline_join(
         features=["user_txn_stats:txn_count_30d"], entity_rows=[{"user_id": int(u)} for u in quiet["user_id"]]
     ).to_dict()
     assert sum(v is not None for v in raw["txn_count_30d"]) > 100, "Feast alone returns stale values"
+
+
+def test_hand_encoded_requests_match_offline_rows(project: ProjectConfig, feature_store) -> None:
+    """Requests as a client would send them — plain Python values, a missing channel as None —
+    not built by the same helper as the offline entity rows."""
+    tx = read_dataset(project.raw_dir).transactions.drop_duplicates("user_id", keep="last").tail(40)
+    when = datetime.now(UTC).replace(microsecond=0)
+    requests = [
+        {
+            "amount": float(r.amount),
+            "country": str(r.country),
+            "merchant_category": str(r.merchant_category),
+            "channel": None if pd.isna(r.channel) or i % 4 == 0 else str(r.channel),
+            "request_unix": int(when.timestamp()),
+        }
+        for i, r in enumerate(tx.itertuples())
+    ]
+    keys = [{"user_id": int(r.user_id), "merchant_id": int(r.merchant_id)} for r in tx.itertuples()]
+    service = project.features.feature_service
+    online = online_vector(feature_store, keys, requests, service, now=when)
+    entity = pd.DataFrame(keys).assign(event_timestamp=pd.Timestamp(when), **pd.DataFrame(requests))
+    offline = training_set(feature_store, entity, service)
+    assert skew_report(online, offline, plan_for(feature_store, service).model_features) == {}
+    assert (online.loc[[r["channel"] is None for r in requests], "channel_code"] == -1).all()
+
+
+def test_online_never_returns_values_stamped_after_the_request(
+    project: ProjectConfig, feature_store, sample: pd.DataFrame
+) -> None:
+    """A replayed (earlier) request must not see features written later: they are missing."""
+    recent = sample.iloc[:150]
+    earlier = recent["event_timestamp"].min() - pd.Timedelta(hours=1)
+    keys = recent[["user_id", "merchant_id"]].to_dict("records")
+    request = entity_frame(recent).drop(columns=["user_id", "merchant_id", "event_timestamp"])
+    request["request_unix"] = int(earlier.timestamp())
+    online = online_vector(
+        feature_store, keys, request.to_dict("records"), project.features.feature_service, now=earlier
+    )
+    assert online["txn_count_30d"].isna().all()
+    assert online["secs_since_last_txn"].isna().all()  # never negative
+    assert all("txn_count_30d" in m for m in online["features_missing"])
+
+
+def test_online_vector_names_what_is_missing_from_the_request(project: ProjectConfig, feature_store) -> None:
+    with pytest.raises(ValueError, match="request fields missing: amount"):
+        online_vector(
+            feature_store,
+            [{"user_id": 1, "merchant_id": 1}],
+            [{"country": "US", "merchant_category": "grocery", "channel": "pos"}],
+            project.features.feature_service,
+        )
+    with pytest.raises(ValueError, match="entity keys missing: merchant_id"):
+        online_vector(
+            feature_store,
+            [{"user_id": 1}],
+            [{"amount": 1.0, "country": "US", "merchant_category": "grocery", "channel": "pos"}],
+            project.features.feature_service,
+        )

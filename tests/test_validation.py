@@ -101,6 +101,17 @@ def test_csv_with_naive_timestamps_is_rejected(good: pd.DataFrame, tmp_path: Pat
     path = tmp_path / "tx.csv"
     good.assign(event_timestamp=good["event_timestamp"].dt.tz_localize(None)).to_csv(path, index=False)
     report = validate_transactions(load_transactions(path), now=datetime.now(UTC))
-    assert ("event_timestamp", "dtype datetime64[ns, UTC]") in {
-        (f.column, f.check) for f in report.failures
-    }
+    assert ("event_timestamp", "dtype datetime64[ns, UTC]") in {(f.column, f.check) for f in report.failures}
+
+
+def test_naive_now_and_nullable_integers_are_handled(good: pd.DataFrame) -> None:
+    naive_now = datetime.now(UTC).replace(tzinfo=None)
+    assert validate_transactions(good, now=naive_now).ok
+    df = good.copy()
+    df["user_id"] = df["user_id"].astype("Int64")
+    df.loc[df.index[:2], "user_id"] = pd.NA
+    from mlcycle.validation import normalize_transactions
+
+    report = validate_transactions(normalize_transactions(df))
+    assert not report.ok
+    assert any(f.column == "user_id" for f in report.failures)

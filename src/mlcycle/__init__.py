@@ -18,8 +18,11 @@ TELEMETRY_OFF = {
     "FEAST_USAGE": "False",
     "HF_HUB_OFFLINE": "1",
 }
+# Prefect's temporary server (flows run without `prefect server start`) gives up after 20 s by
+# default; a loaded 2-core machine can need longer.
+PREFECT_DEFAULTS = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
 
-for _key, _value in TELEMETRY_OFF.items():
+for _key, _value in {**TELEMETRY_OFF, **PREFECT_DEFAULTS}.items():
     os.environ.setdefault(_key, _value)
 
 

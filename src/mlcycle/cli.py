@@ -145,18 +145,17 @@ def features_publish(config: ConfigOption = None) -> None:
 
 @features_app.command("training-set")
 def features_training_set(
-    out: Annotated[Path, typer.Option(help="Where to write the training set (parquet).")] = Path(
-        "data/training_set.parquet"
-    ),
+    out: Annotated[Path | None, typer.Option(help="Parquet file (default data/training_set.parquet).")] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Build the point-in-time training set of every transaction whose label is known now."""
+    """Build the point-in-time training set of every matured labelled transaction."""
     from mlcycle.features.store import open_store, plan_for
     from mlcycle.pipeline import build_training_set
 
     cfg = _config(config)
     t = time.perf_counter()
     frame = build_training_set(cfg)
+    out = out or cfg.data_path / "training_set.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(out, index=False)
     plan = plan_for(open_store(cfg.feature_repo_path), cfg.features.feature_service)
@@ -234,13 +233,13 @@ def demo(
     with steps.step("feast apply + materialize-incremental (SQLite online store)"):
         end = pipeline.publish_features(cfg, fresh=True)
         console.print(f"      online store loaded up to {end:%Y-%m-%d %H:%M:%S} UTC")
-    with steps.step("Point-in-time training set through the FeatureService (labels known now)"):
+    with steps.step("Point-in-time training set through the FeatureService (matured labels)"):
         frame = pipeline.build_training_set(cfg)
         fs = store.open_store(cfg.feature_repo_path)
         plan = store.plan_for(fs, cfg.features.feature_service)
         summary = pipeline.summarize_training_set(frame, list(plan.model_features))
         console.print(
-            f"      {len(frame):,} rows (every labelled transaction kept) × {len(plan.model_features)} "
+            f"      {len(frame):,} rows (every matured transaction kept) × {len(plan.model_features)} "
             f"features from '{plan.name}', label rate {frame['is_fraud'].mean():.2%}"
         )
         worst = summary.sort_values("null_rate", ascending=False).head(3)

@@ -17,6 +17,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_CONFIG_NAME = "mlcycle.yaml"
+# The generator's merchant categories (mlcycle.data.CATEGORIES is this tuple): kept here so the
+# config can validate drift knobs without importing the library it configures.
+KNOWN_CATEGORIES = (
+    "grocery", "restaurants", "fuel", "fashion", "electronics", "travel", "health", "gaming", "digital_goods", "home",
+)  # fmt: skip
 
 
 class StrictModel(BaseModel):
@@ -32,9 +37,16 @@ class DriftSpec(StrictModel):
     amount_inflation: float = Field(1.0, gt=0, description="Covariate shift: amounts multiply by this.")
     new_category: str | None = Field(None, description="A merchant category that appears at start_day.")
     new_category_share: float = Field(0.0, ge=0, le=1, description="Share of merchants moving to it.")
-    concept_drift: bool = Field(
-        False, description="Fraud switches to a domestic, low-amount, daytime pattern."
-    )
+    concept_drift: bool = Field(False, description="Fraud switches to a domestic, low-amount, daytime pattern.")
+
+    @model_validator(mode="after")
+    def _coherent(self) -> DriftSpec:
+        knobs = self.amount_inflation != 1.0 or self.new_category is not None or self.concept_drift
+        if knobs and self.start_day is None:
+            raise ValueError("drift knobs are set but start_day is not: say from which day the drift starts")
+        if self.new_category is not None and self.new_category in KNOWN_CATEGORIES:
+            raise ValueError(f"new_category '{self.new_category}' is already a known category")
+        return self
 
     @property
     def active(self) -> bool:
@@ -61,6 +73,11 @@ class DataSpec(StrictModel):
         30.0, gt=0, description="A legitimate transaction is confirmed legitimate after the dispute window."
     )
     drift: DriftSpec = DriftSpec()
+    hard_fraud_age_band: str | None = Field(
+        None,
+        description="Fraud against this age band follows a low-value daytime pattern the features "
+        "barely see: a biased world, for testing the fairness gate.",
+    )
 
     @field_validator("start")
     @classmethod
@@ -88,11 +105,78 @@ class FeaturesSpec(StrictModel):
     feature_service: str = "fraud_model_v1"
 
 
+class XGBoostParams(StrictModel):
+    max_depth: int = Field(6, ge=1, le=16)
+    learning_rate: float = Field(0.1, gt=0, le=1)
+    num_boost_round: int = Field(400, ge=1)
+    early_stopping_rounds: int = Field(30, ge=1)
+    subsample: float = Field(0.9, gt=0, le=1)
+    colsample_bytree: float = Field(0.9, gt=0, le=1)
+    min_child_weight: float = Field(1.0, ge=0)
+    nthread: int = Field(2, ge=1, description="Fixed so a retrain reproduces the same trees.")
+
+
+class ModelSpec(StrictModel):
+    name: str = Field("fraud-detector", description="Registered model name in MLflow.")
+    label: str = "is_fraud"
+    seed: int = 42
+    train_window_days: int | None = Field(
+        None, ge=1, description="Matured days to train on (None: every matured labelled day)."
+    )
+    valid_fraction: float = Field(0.15, gt=0, lt=0.5, description="Later slice for early stopping and threshold.")
+    test_fraction: float = Field(0.2, gt=0, lt=0.5, description="Latest slice: the evaluation window.")
+    threshold: float | Literal["max_f1"] = Field(
+        "max_f1", description="Decision threshold, or 'max_f1' to pick it on the validation slice."
+    )
+    xgboost: XGBoostParams = XGBoostParams()
+
+
+class QualitySpec(StrictModel):
+    """Checks on the training set, before any training: failing one stops the run."""
+
+    min_label_rate: float = Field(0.002, ge=0, le=1)
+    max_label_rate: float = Field(0.2, ge=0, le=1)
+    max_null_rate: float = Field(0.5, ge=0, le=1, description="Per feature, over the training set.")
+    null_rate_overrides: dict[str, float] = Field(default_factory=dict)
+    max_single_feature_auc: float = Field(
+        0.97, gt=0.5, le=1, description="A lone feature this predictive is a leak, not a signal."
+    )
+    min_rows: int = Field(1000, ge=1)
+
+
+class GatesSpec(StrictModel):
+    """Bounds a candidate must meet to be registered with an alias."""
+
+    min_roc_auc: float = Field(0.85, ge=0, le=1)
+    min_pr_auc: float = Field(0.3, ge=0, le=1)
+    fairness_metric: Literal["tpr", "fpr"] = "tpr"
+    fairness_attribute: str = "age_band"
+    max_fairness_gap: float = Field(0.15, ge=0, le=1)
+    fairness_min_support: int = Field(
+        30, ge=1, description="Slices with fewer positives (tpr) or negatives (fpr) are not compared."
+    )
+    max_regression: float = Field(
+        0.005, ge=0, description="Largest drop in ROC-AUC and PR-AUC vs the champion on the same window."
+    )
+    max_p99_latency_ms: float = Field(25.0, gt=0)
+
+
+class TrackingSpec(StrictModel):
+    tracking_uri: str = Field("sqlite:///data/mlflow.db", description="Relative sqlite paths: from the config.")
+    artifact_location: str = "data/mlartifacts"
+    experiment: str = "fraud-training"
+    promotion_log_uri: str = Field("sqlite:///data/promotions.db", description="Append-only alias history.")
+
+
 class ProjectConfig(StrictModel):
     project: str = "fraud"
     profile: Literal["local", "scale"] = "local"
     data: DataSpec = DataSpec()
     features: FeaturesSpec = FeaturesSpec()
+    model: ModelSpec = ModelSpec()
+    quality: QualitySpec = QualitySpec()
+    gates: GatesSpec = GatesSpec()
+    tracking: TrackingSpec = TrackingSpec()
 
     root: Path = Field(Path("."), exclude=True, description="Directory of the config file.")
 
@@ -106,6 +190,26 @@ class ProjectConfig(StrictModel):
     @property
     def feature_repo_path(self) -> Path:
         return self.resolve(self.features.feature_repo)
+
+    def resolve_uri(self, uri: str) -> str:
+        """``sqlite:///relative.db`` → an absolute sqlite URI under the project; others unchanged."""
+        prefix = "sqlite:///"
+        if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+            return prefix + str(self.resolve(Path(uri[len(prefix) :])))
+        return uri
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.resolve_uri(self.tracking.tracking_uri)
+
+    @property
+    def artifact_uri(self) -> str:
+        loc = self.tracking.artifact_location
+        return loc if "://" in loc else self.resolve(Path(loc)).as_uri()
+
+    @property
+    def promotion_log_uri(self) -> str:
+        return self.resolve_uri(self.tracking.promotion_log_uri)
 
     @property
     def raw_dir(self) -> Path:

@@ -21,16 +21,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mlcycle.config import DataSpec
+from mlcycle.config import KNOWN_CATEGORIES, DataSpec
 
 AGE_BANDS = ["18-24", "25-34", "35-44", "45-54", "55-64", "65+"]
 AGE_BAND_P = [0.12, 0.24, 0.22, 0.18, 0.14, 0.10]
 COUNTRIES = ["US", "GB", "DE", "FR", "ES", "IT", "NL", "BR", "IN", "CA"]
 COUNTRY_P = [0.34, 0.12, 0.11, 0.09, 0.07, 0.06, 0.05, 0.06, 0.05, 0.05]
-CATEGORIES = [
-    "grocery", "restaurants", "fuel", "fashion", "electronics",
-    "travel", "health", "gaming", "digital_goods", "home",
-]  # fmt: skip
+CATEGORIES = list(KNOWN_CATEGORIES)
 CATEGORY_P = [0.24, 0.16, 0.10, 0.10, 0.07, 0.05, 0.07, 0.05, 0.08, 0.08]
 # Typical ticket size of a category, as a multiple of the user's own spending scale.
 CATEGORY_AMOUNT = {
@@ -179,6 +176,10 @@ def generate(spec: DataSpec | None = None) -> Dataset:
     b_lo = np.maximum(u["signup_offset"][b_user], 0.0)
     b_day = b_lo + rng.random(n_bursts) * (spec.days - b_lo)
     b_drifted = drift.concept_drift & (b_day >= drift_day)
+    if spec.hard_fraud_age_band is not None:
+        if spec.hard_fraud_age_band not in AGE_BANDS:
+            raise ValueError(f"hard_fraud_age_band must be one of {AGE_BANDS}")
+        b_drifted = b_drifted | (users["age_band"].to_numpy()[b_user] == spec.hard_fraud_age_band)
     b_size = 1 + rng.poisson(mean_burst - 1, n_bursts)
     rows = np.repeat(np.arange(n_bursts), b_size)
     n_fb = len(rows)
@@ -187,9 +188,7 @@ def generate(spec: DataSpec | None = None) -> Dataset:
     # Classic pattern: minutes apart, at night, in resellable goods at any merchant (mostly foreign),
     # high-value. Drifted pattern ("low and slow"): spread over three days, daytime, at domestic
     # everyday merchants, small amounts.
-    classic_offset = (
-        np.floor(b_day[rows]) + _time_of_day(rng, n_fb, NIGHT_HOUR_P) + rng.exponential(1.5, n_fb) / 24
-    )
+    classic_offset = np.floor(b_day[rows]) + _time_of_day(rng, n_fb, NIGHT_HOUR_P) + rng.exponential(1.5, n_fb) / 24
     drifted_offset = np.floor(b_day[rows]) + rng.integers(0, 3, n_fb) + _time_of_day(rng, n_fb, HOUR_P)
     f_offset = np.where(f_drifted, drifted_offset, classic_offset)
     f_offset = np.clip(f_offset, np.maximum(u["signup_offset"][f_user], 0), spec.days - 1e-6)

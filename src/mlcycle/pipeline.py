@@ -6,7 +6,6 @@ table is written, so a bad file never reaches the feature store.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,8 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from mlcycle.config import ProjectConfig
-from mlcycle.data import Dataset, generate, read_dataset
+from mlcycle.data import Dataset, generate
 from mlcycle.features import engineering, store
+from mlcycle.lineage import file_hash
 from mlcycle.validation import ContractReport, ContractViolation, load_transactions, validate_transactions
 
 
@@ -28,15 +28,6 @@ class FeatureBuild:
     data_hash: str
 
 
-def file_hash(path: str | Path) -> str:
-    """SHA-256 of a file's bytes: the data snapshot id recorded with everything built from it."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def generate_data(cfg: ProjectConfig) -> tuple[Dataset, dict[str, Path]]:
     dataset = generate(cfg.data)
     return dataset, dataset.write(cfg.raw_dir)
@@ -45,13 +36,22 @@ def generate_data(cfg: ProjectConfig) -> tuple[Dataset, dict[str, Path]]:
 def build_features(
     cfg: ProjectConfig, transactions_path: str | Path | None = None, now: datetime | None = None
 ) -> FeatureBuild:
-    """Validate the raw transactions, then write the feature tables. Raises ``ContractViolation``
-    (and writes nothing) when the data breaks the contract."""
-    tx_path = Path(transactions_path or cfg.raw_dir / "transactions.parquet")
+    """Validate raw transactions, then write the feature tables. Raises ``ContractViolation``
+    (and writes nothing) when the data breaks the contract.
+
+    A file given as ``transactions_path`` becomes, once valid, the project's raw transactions, so
+    the labels of the training set come from the same data as its features."""
+    raw_path = cfg.raw_dir / "transactions.parquet"
+    tx_path = Path(transactions_path or raw_path)
     transactions = load_transactions(tx_path)
     report = validate_transactions(transactions, now=now)
     if not report.ok:
         raise ContractViolation(report)
+    if tx_path.resolve() != raw_path.resolve():
+        tmp = raw_path.with_suffix(".parquet.tmp")
+        transactions.to_parquet(tmp, index=False)
+        tmp.replace(raw_path)
+        tx_path = raw_path
     users = pd.read_parquet(cfg.raw_dir / "users.parquet")
     tables = engineering.build_feature_tables(transactions, users)
     paths = tables.write(cfg.features_dir)
@@ -71,26 +71,36 @@ def publish_features(cfg: ProjectConfig, end: datetime | None = None, fresh: boo
 
 
 def labelled_entities(
-    transactions: pd.DataFrame, as_of: datetime | None = None, start: datetime | None = None
+    transactions: pd.DataFrame,
+    as_of: datetime | None = None,
+    maturity_days: float = 30.0,
+    window_days: int | None = None,
 ) -> pd.DataFrame:
-    """Transactions whose label is known at ``as_of`` (default now), from ``start`` on, as entity rows
-    with their label. A label that arrives later must not be used, or the training set leaks."""
+    """Entity rows with their label as known at ``as_of`` (default now), for matured events only.
+
+    Fraud labels (chargebacks) arrive within days, legitimate ones only when the dispute window
+    closes: among recent events, the known labels are almost all fraud. So only events older than
+    ``maturity_days`` are used, and a label that has not arrived by ``as_of`` counts as legitimate
+    (no chargeback yet) — never the label the generator knows but nobody could have seen.
+    """
     as_of_ts = pd.Timestamp(as_of or datetime.now(UTC))
-    mask = transactions["label_available_at"] <= as_of_ts
-    if start is not None:
-        mask &= transactions["event_timestamp"] >= pd.Timestamp(start)
-    known = transactions.loc[mask]
-    entities = store.entity_frame(known)
-    entities["transaction_id"] = known["transaction_id"].to_numpy()
-    entities["is_fraud"] = known["is_fraud"].astype("int8").to_numpy()
+    as_of_ts = as_of_ts.tz_localize("UTC") if as_of_ts.tz is None else as_of_ts.tz_convert("UTC")
+    cutoff = as_of_ts - pd.Timedelta(days=maturity_days)
+    mask = transactions["event_timestamp"] <= cutoff
+    if window_days is not None:
+        mask &= transactions["event_timestamp"] > cutoff - pd.Timedelta(days=window_days)
+    rows = transactions.loc[mask]
+    entities = store.entity_frame(rows)
+    entities["transaction_id"] = rows["transaction_id"].to_numpy()
+    known = (rows["label_available_at"] <= as_of_ts).to_numpy()
+    entities["is_fraud"] = (rows["is_fraud"].to_numpy().astype(bool) & known).astype("int8")
     return entities
 
 
-def build_training_set(
-    cfg: ProjectConfig, as_of: datetime | None = None, start: datetime | None = None
-) -> pd.DataFrame:
-    dataset = read_dataset(cfg.raw_dir)
-    entities = labelled_entities(dataset.transactions, as_of, start)
+def build_training_set(cfg: ProjectConfig, as_of: datetime | None = None) -> pd.DataFrame:
+    """Point-in-time training rows (features + label) for every matured labelled transaction."""
+    transactions = load_transactions(cfg.raw_dir / "transactions.parquet")
+    entities = labelled_entities(transactions, as_of, cfg.data.label_maturity_days, cfg.model.train_window_days)
     fs = store.open_store(cfg.feature_repo_path)
     return store.training_set(fs, entities, cfg.features.feature_service)
 

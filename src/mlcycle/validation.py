@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 import pandera.pandas as pa
+from sklearn.metrics import roc_auc_score
 
+from mlcycle.config import QualitySpec
 from mlcycle.data import CATEGORIES, CHANNELS, COUNTRIES
+from mlcycle.decisions import CheckResult, Verdict, at_least, at_most, within
 
 TZ_DTYPE = pd.DatetimeTZDtype("ns", "UTC")
 CATEGORICAL_COLUMNS = ("merchant_category", "country", "channel")
@@ -75,13 +78,12 @@ def _one_of(values: Iterable[object], name: str) -> pa.Check:
     return pa.Check(lambda s: s.isin(allowed), name=name)
 
 
-def transaction_schema(
-    now: datetime | None = None, extra_categories: Iterable[str] = ()
-) -> pa.DataFrameSchema:
+def transaction_schema(now: datetime | None = None, extra_categories: Iterable[str] = ()) -> pa.DataFrameSchema:
     """The contract. ``now`` bounds timestamps (default: the wall clock at validation time);
     ``extra_categories`` admits merchant categories beyond the known set, once a person has
     decided a new category is legitimate rather than a broken upstream."""
     now_ts = pd.Timestamp(now or datetime.now(UTC))
+    now_ts = now_ts.tz_localize("UTC") if now_ts.tz is None else now_ts.tz_convert("UTC")
     positive_id = [pa.Check.gt(0)]
     return pa.DataFrameSchema(
         {
@@ -92,9 +94,7 @@ def transaction_schema(
             "amount": pa.Column(
                 "float64", [pa.Check.gt(0), pa.Check(lambda s: s < MAX_AMOUNT, name="finite_and_below_max")]
             ),
-            "merchant_category": pa.Column(
-                "category", _one_of([*CATEGORIES, *extra_categories], "known_category")
-            ),
+            "merchant_category": pa.Column("category", _one_of([*CATEGORIES, *extra_categories], "known_category")),
             "country": pa.Column("category", _one_of(COUNTRIES, "known_country")),
             "channel": pa.Column("category", _one_of(CHANNELS, "known_channel"), nullable=True),
             "is_fraud": pa.Column("int8", pa.Check.isin([0, 1])),
@@ -124,7 +124,7 @@ def normalize_transactions(df: pd.DataFrame) -> pd.DataFrame:
         if col in df and (df[col].dtype == object or pd.api.types.is_string_dtype(df[col].dtype)):
             df[col] = df[col].astype("category")
     for col, width in INTEGER_COLUMNS.items():
-        if col in df and pd.api.types.is_integer_dtype(df[col].dtype):
+        if col in df and pd.api.types.is_integer_dtype(df[col].dtype) and not df[col].isna().any():
             df[col] = df[col].astype(width)
     for col in ("event_timestamp", "label_available_at"):
         if col in df and isinstance(df[col].dtype, pd.DatetimeTZDtype):
@@ -170,9 +170,7 @@ def validate_transactions(
     return ContractReport(rows=len(df))
 
 
-def require_valid(
-    df: pd.DataFrame, now: datetime | None = None, extra_categories: Iterable[str] = ()
-) -> None:
+def require_valid(df: pd.DataFrame, now: datetime | None = None, extra_categories: Iterable[str] = ()) -> None:
     report = validate_transactions(df, now, extra_categories)
     if not report.ok:
         raise ContractViolation(report)
@@ -190,3 +188,49 @@ def load_transactions(path: str | Path) -> pd.DataFrame:
     else:
         df = pd.read_parquet(path)
     return normalize_transactions(df)
+
+
+def check_training_set(frame: pd.DataFrame, features: list[str], label: str, spec: QualitySpec) -> Verdict:
+    """Quality and leakage checks on a training set, before anything is trained on it.
+
+    Label rate within bounds, null rate per feature below its bound, no single feature that predicts
+    the label almost perfectly (a leak: the label, or something computed after it, got in), and no
+    feature clock later than the event it describes.
+    """
+    checks = [at_least("rows", float(len(frame)), float(spec.min_rows))]
+    y = frame[label].to_numpy() if label in frame else None
+    if y is None:
+        return Verdict("training-set quality", (*checks, CheckResult("label_present", None, None, ">=", False, label)))
+    checks.append(within("label_rate", float(y.mean()) if len(y) else None, spec.min_label_rate, spec.max_label_rate))
+    missing = [f for f in features if f not in frame]
+    if missing:
+        checks.append(CheckResult("features_present", None, None, ">=", False, f"missing: {', '.join(missing)}"))
+    present = [f for f in features if f in frame]
+    numeric = frame[present].apply(pd.to_numeric, errors="coerce")
+    for feature in present:
+        bound = spec.null_rate_overrides.get(feature, spec.max_null_rate)
+        checks.append(at_most(f"null_rate[{feature}]", float(numeric[feature].isna().mean()), bound))
+    if 0 < y.sum() < len(y):
+        auc = {}
+        for feature in present:
+            values = numeric[feature]
+            known = values.notna().to_numpy()
+            if known.sum() > 10 and 0 < y[known].sum() < known.sum() and values[known].nunique() > 1:
+                score = roc_auc_score(y[known], values[known])
+                auc[feature] = max(score, 1 - score)
+        worst = max(auc, key=auc.get) if auc else None
+        checks.append(
+            at_most(
+                "max_single_feature_auc",
+                auc[worst] if worst else 0.5,
+                spec.max_single_feature_auc,
+                f"most predictive alone: {worst}" if worst else "",
+                by_feature={k: round(v, 4) for k, v in sorted(auc.items(), key=lambda kv: -kv[1])[:5]},
+            )
+        )
+    if "request_unix" in frame:
+        clocks = [c for c in frame.columns if c.endswith("_unix") and c != "request_unix"]
+        event = pd.to_numeric(frame["request_unix"], errors="coerce")
+        late = sum(int((pd.to_numeric(frame[c], errors="coerce") > event).sum()) for c in clocks)
+        checks.append(at_most("feature_after_event_rows", float(late), 0.0, f"clocks checked: {', '.join(clocks)}"))
+    return Verdict("training-set quality", tuple(checks))

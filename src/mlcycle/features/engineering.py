@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 WINDOWS = {"1h": "1 HOUR", "24h": "24 HOUR", "7d": "7 DAY", "30d": "30 DAY"}
@@ -33,9 +34,7 @@ FRAUD_RATE_PRIOR = 0.01
 FRAUD_RATE_PRIOR_WEIGHT = 20.0
 
 USER_STATS_FEATURES = [
-    f"{stat}_{w}"
-    for w in WINDOWS
-    for stat in ("txn_count", "amount_sum", "amount_mean", "distinct_merchants")
+    f"{stat}_{w}" for w in WINDOWS for stat in ("txn_count", "amount_sum", "amount_mean", "distinct_merchants")
 ] + ["last_txn_unix"]
 MERCHANT_FEATURES = [
     "merchant_txn_count_7d",
@@ -76,9 +75,7 @@ def _connect() -> duckdb.DuckDBPyConnection:
 
 def user_txn_stats(transactions: pd.DataFrame, con: duckdb.DuckDBPyConnection | None = None) -> pd.DataFrame:
     con = con or _connect()
-    con.register(
-        "tx", transactions[["transaction_id", "user_id", "merchant_id", "event_timestamp", "amount"]]
-    )
+    con.register("tx", transactions[["transaction_id", "user_id", "merchant_id", "event_timestamp", "amount"]])
     aggregates = ",\n".join(
         f"count(*) OVER w{w} AS txn_count_{w}, sum(amount) OVER w{w} AS amount_sum_{w}, "
         f"avg(amount) OVER w{w} AS amount_mean_{w}, "
@@ -111,9 +108,7 @@ def user_txn_stats(transactions: pd.DataFrame, con: duckdb.DuckDBPyConnection | 
 
 def merchant_stats(transactions: pd.DataFrame, con: duckdb.DuckDBPyConnection | None = None) -> pd.DataFrame:
     con = con or _connect()
-    con.register(
-        "tx", transactions[["merchant_id", "event_timestamp", "amount", "is_fraud", "label_available_at"]]
-    )
+    con.register("tx", transactions[["merchant_id", "event_timestamp", "amount", "is_fraud", "label_available_at"]])
     sql = f"""
         WITH bounds AS (
             SELECT date_trunc('day', min(event_timestamp)) + INTERVAL 1 DAY AS first_day,
@@ -168,6 +163,12 @@ def merchant_stats(transactions: pd.DataFrame, con: duckdb.DuckDBPyConnection | 
     return con.execute(sql).df()
 
 
+def unix_seconds(ts: pd.Series) -> np.ndarray:
+    """Whole seconds since the epoch, whatever the series' unit (ns, us, ms, s)."""
+    utc = pd.to_datetime(ts, utc=True)
+    return ((utc - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype="int64")
+
+
 def user_profile(users: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
@@ -175,7 +176,7 @@ def user_profile(users: pd.DataFrame) -> pd.DataFrame:
             "event_timestamp": users["signup_timestamp"],
             "home_country": users["home_country"].astype(str),
             "age_band": users["age_band"].astype(object).where(users["age_band"].notna(), None),
-            "signup_unix": (users["signup_timestamp"].astype("int64") // 1_000_000_000).astype("int64"),
+            "signup_unix": unix_seconds(users["signup_timestamp"]),
         }
     )
 

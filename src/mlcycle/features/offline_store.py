@@ -62,8 +62,7 @@ def source_path(data_source: DataSource, repo_path: Any) -> str:
     """Absolute path of a file source, relative paths taken from the feature repo."""
     if not isinstance(data_source, FileSource):
         raise TypeError(
-            f"AsofDuckDBOfflineStore reads parquet FileSources; '{data_source.name}' is a "
-            f"{type(data_source).__name__}"
+            f"AsofDuckDBOfflineStore reads parquet FileSources; '{data_source.name}' is a {type(data_source).__name__}"
         )
     return FileSource.get_uri_for_file_path(repo_path, data_source.path)
 
@@ -132,9 +131,7 @@ class AsofRetrievalJob(RetrievalJob):
     def metadata(self) -> RetrievalMetadata | None:
         return self._metadata
 
-    def persist(
-        self, storage: SavedDatasetStorage, allow_overwrite: bool = False, timeout: int | None = None
-    ):
+    def persist(self, storage: SavedDatasetStorage, allow_overwrite: bool = False, timeout: int | None = None):
         if not isinstance(storage, SavedDatasetFileStorage):
             raise TypeError("AsofRetrievalJob persists to SavedDatasetFileStorage (parquet) only")
         path = storage.file_options.uri
@@ -165,10 +162,7 @@ def _feature_view_query(
     if created:
         # Ties at one timestamp are broken by the latest created timestamp, as Feast specifies.
         keys = ", ".join(_quote(c) for c in key_cols)
-        sql += (
-            f" QUALIFY row_number() OVER (PARTITION BY {keys}, {_quote(ts)} "
-            f"ORDER BY {_quote(created)} DESC) = 1"
-        )
+        sql += f" QUALIFY row_number() OVER (PARTITION BY {keys}, {_quote(ts)} ORDER BY {_quote(created)} DESC) = 1"
     return sql, [o for _, o in pairs], key_map, pairs
 
 
@@ -192,8 +186,7 @@ def build_asof_sql(
         for out in outputs:
             if ttl_seconds > 0:
                 fresh = (
-                    f"{alias}.__ts >= e.{_quote(event_timestamp_col)} - "
-                    f"to_microseconds({int(ttl_seconds * 1_000_000)})"
+                    f"{alias}.__ts >= e.{_quote(event_timestamp_col)} - to_microseconds({int(ttl_seconds * 1_000_000)})"
                 )
                 selects.append(f"CASE WHEN {fresh} THEN {alias}.{_quote(out)} END AS {_quote(out)}")
             else:
@@ -205,8 +198,7 @@ def build_asof_sql(
 
 def prepare_entity_df(entity_df: pd.DataFrame, event_timestamp_col: str) -> pd.DataFrame:
     """Entity timestamps in UTC (naive ones are taken as UTC, as Feast does) and a row id for order."""
-    ts = pd.to_datetime(entity_df[event_timestamp_col], utc=False)
-    ts = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts.dt.tz_convert("UTC")
+    ts = pd.to_datetime(entity_df[event_timestamp_col], utc=True)  # naive → UTC; mixed offsets → UTC
     out = entity_df.assign(**{event_timestamp_col: ts})
     out[ROW_ID] = range(len(out))
     return out

@@ -32,6 +32,7 @@ from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import load_repo_config
 
 from mlcycle import quiet_stack_warnings
+from mlcycle.features.engineering import unix_seconds
 
 quiet_stack_warnings()
 
@@ -100,7 +101,7 @@ def entity_frame(transactions: pd.DataFrame) -> pd.DataFrame:
             "country": as_str("country").to_numpy(),
             "merchant_category": as_str("merchant_category").to_numpy(),
             "channel": as_str("channel").to_numpy(),
-            "request_unix": (ts.astype("int64") // 1_000_000_000).to_numpy(),
+            "request_unix": unix_seconds(ts),
         }
     ).assign(event_timestamp=lambda d: pd.to_datetime(d["event_timestamp"], utc=True))
 
@@ -116,6 +117,7 @@ class ServicePlan:
     request_fields: tuple[str, ...]
     model_features: tuple[str, ...]  # the service's declared outputs, in order: the model's inputs
     numeric_features: frozenset[str]  # view features typed as numbers, cast from the online response
+    join_keys: tuple[str, ...] = ()
 
     def feature_view_of(self, feature: str) -> str | None:
         for ref in self.view_refs:
@@ -126,18 +128,18 @@ class ServicePlan:
 
 
 def service_plan(store: FeatureStore, feature_service: str | FeatureService) -> ServicePlan:
-    service = (
-        store.get_feature_service(feature_service) if isinstance(feature_service, str) else feature_service
-    )
+    service = store.get_feature_service(feature_service) if isinstance(feature_service, str) else feature_service
     refs: list[str] = []
     ttl: dict[str, timedelta | None] = {}
     odfvs: list[OnDemandFeatureView] = []
     request: list[str] = []
     model: list[str] = []
     numeric: set[str] = set()
+    keys: list[str] = []
 
     def add_view(name: str, features: Iterable[str]) -> None:
         fv = store.get_feature_view(name)
+        keys.extend(k for k in fv.join_keys if k not in keys)
         ttl[name] = fv.ttl if fv.ttl and fv.ttl.total_seconds() > 0 else None
         numeric.update(f.name for f in fv.schema if f.dtype.to_value_type().name in NUMERIC_VALUE_TYPES)
         for f in features:
@@ -164,7 +166,7 @@ def service_plan(store: FeatureStore, feature_service: str | FeatureService) -> 
         for source in odfv.source_request_sources.values():
             request.extend(f.name for f in source.schema if f.name not in request)
     return ServicePlan(
-        service.name, tuple(refs), ttl, tuple(odfvs), tuple(request), tuple(model), frozenset(numeric)
+        service.name, tuple(refs), ttl, tuple(odfvs), tuple(request), tuple(model), frozenset(numeric), tuple(keys)
     )
 
 
@@ -209,13 +211,18 @@ def online_vector(
     if isinstance(request_fields, Mapping):
         req = pd.DataFrame(dict(request_fields))
     else:
-        req = pd.DataFrame(list(request_fields) if request_fields else [{}] * n)
+        req = pd.DataFrame(list(request_fields) if request_fields else [{}] * n, index=range(n))
     if len(req) != n:
         raise ValueError(f"{len(req)} request rows for {n} entity rows")
     now_unix = int((now or datetime.now(UTC)).timestamp())
-    if "request_unix" not in req:
-        req["request_unix"] = now_unix
-    keys = pd.DataFrame(list(entity_rows))
+    req["request_unix"] = req["request_unix"].fillna(now_unix) if "request_unix" in req else now_unix
+    missing = [f for f in plan.request_fields if f not in req]
+    if missing:
+        raise ValueError(f"request fields missing: {', '.join(missing)} (service '{plan.name}' needs them)")
+    keys = pd.DataFrame(list(entity_rows), index=range(n))
+    absent = [k for k in plan.join_keys if k not in keys]
+    if absent:
+        raise ValueError(f"entity keys missing: {', '.join(absent)}")
     try:
         response = store.get_online_features(
             features=list(plan.view_refs), entity_rows=keys.to_dict("records")
@@ -234,10 +241,14 @@ def _assemble(plan: ServicePlan, keys: pd.DataFrame, req: pd.DataFrame, response
         view, feature = ref.split(":", 1)
         values = pd.Series(response[feature], dtype=object)
         ttl = plan.view_ttl.get(view)
+        stamped = pd.Series(response[f"{feature}__ts"], dtype="float64").to_numpy()
+        # A row stamped after the request (a replay, a lagging clock) is not known "as of" it: the
+        # offline join would not see it either. Feast returns whole seconds: a row stamped within
+        # the request's own second counts as known.
+        unknown = stamped > request_unix
         if ttl is not None:
-            stamped = pd.Series(response[f"{feature}__ts"], dtype="float64").to_numpy()
-            stale = (stamped <= 0) | (request_unix - stamped > ttl.total_seconds())
-            values = values.where(~stale, None)
+            unknown |= (stamped <= 0) | (request_unix - stamped > ttl.total_seconds())
+        values = values.where(~unknown, None)
         frame[feature] = (
             pd.to_numeric(values, errors="coerce").astype("float64").to_numpy()
             if feature in plan.numeric_features
@@ -267,9 +278,16 @@ def skew_report(online: pd.DataFrame, offline: pd.DataFrame, columns: Sequence[s
     Empty means no train/serve skew on these rows."""
     report = {}
     for col in columns:
-        a = pd.to_numeric(online[col], errors="coerce").to_numpy(dtype=float)
-        b = pd.to_numeric(offline[col], errors="coerce").to_numpy(dtype=float)
-        bad = int((~np.isclose(a, b, rtol=1e-9, atol=1e-9, equal_nan=True)).sum())
+        a_num = pd.to_numeric(online[col], errors="coerce")
+        b_num = pd.to_numeric(offline[col], errors="coerce")
+        if a_num.isna().sum() > online[col].isna().sum() or b_num.isna().sum() > offline[col].isna().sum():
+            # not numbers: compare as text, missing equal to missing
+            a_txt = online[col].astype(object).where(online[col].notna(), None).to_numpy()
+            b_txt = offline[col].astype(object).where(offline[col].notna(), None).to_numpy()
+            bad = int(sum(x != y for x, y in zip(a_txt, b_txt, strict=True)))
+        else:
+            a, b = a_num.to_numpy(dtype=float), b_num.to_numpy(dtype=float)
+            bad = int((~np.isclose(a, b, rtol=1e-9, atol=1e-9, equal_nan=True)).sum())
         if bad:
             report[col] = bad
     return report

@@ -1,0 +1,146 @@
+"""Prefect flow ``train``: transactions → contract → training set → checks → model → gates → registry.
+
+Thin on purpose: each task calls one function of the ``mlcycle`` library; retries sit on the tasks
+that do I/O. Run it as ``python flows/training.py``, as ``mlcycle train``, or as the ``train``
+deployment in ``prefect.yaml``.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+import mlcycle  # noqa: F401  (telemetry off before the stack is imported)
+from mlcycle import gates, pipeline, tracking, training, validation
+from mlcycle.config import ProjectConfig, load_config
+from mlcycle.decisions import Verdict
+from mlcycle.evaluation import EvaluationReport
+from mlcycle.features import open_store, plan_for
+from mlcycle.registry import client_for
+
+IO = {"retries": 2, "retry_delay_seconds": 3, "cache_policy": NO_CACHE}
+CPU = {"cache_policy": NO_CACHE}
+
+
+class TrainingRejected(RuntimeError):
+    """The data or the training set failed its checks: nothing was trained or registered."""
+
+
+@task(name="load-transactions", **IO)
+def load_transactions(cfg: ProjectConfig) -> pd.DataFrame:
+    return validation.load_transactions(cfg.raw_dir / "transactions.parquet")
+
+
+@task(name="validate-contract", **CPU)
+def validate_contract(transactions: pd.DataFrame) -> validation.ContractReport:
+    report = validation.validate_transactions(transactions)
+    if not report.ok:
+        create_markdown_artifact(f"```\n{report.summary()}\n```", key="data-contract", description="contract failed")
+        raise validation.ContractViolation(report)
+    return report
+
+
+@task(name="build-training-set", **IO)
+def build_training_set(cfg: ProjectConfig, as_of: datetime | None) -> tuple[pd.DataFrame, list[str]]:
+    frame = pipeline.build_training_set(cfg, as_of)
+    features = list(plan_for(open_store(cfg.feature_repo_path), cfg.features.feature_service).model_features)
+    return frame, features
+
+
+@task(name="check-training-set", **CPU)
+def check_training_set(cfg: ProjectConfig, frame: pd.DataFrame, features: list[str]) -> Verdict:
+    verdict = validation.check_training_set(frame, features, cfg.model.label, cfg.quality)
+    create_markdown_artifact(verdict.markdown(), key="training-set-checks", description="training-set checks")
+    if not verdict.passed:
+        run_id = tracking.log_rejected_training_set(cfg, verdict, frame)
+        raise TrainingRejected(
+            f"training set rejected ({', '.join(c.name for c in verdict.failed)}); report in MLflow run {run_id}"
+        )
+    return verdict
+
+
+@task(name="train-candidate", **CPU)
+def train_candidate(cfg: ProjectConfig, frame: pd.DataFrame, features: list[str]) -> training.Candidate:
+    return training.train_candidate(frame, features, cfg.model)
+
+
+@task(name="measure-latency", **CPU)
+def measure_latency(candidate: training.Candidate) -> dict[str, float]:
+    return training.measure_latency(candidate)
+
+
+@task(name="score-champion", **IO)
+def score_champion(cfg: ProjectConfig, test: pd.DataFrame) -> EvaluationReport | None:
+    return tracking.champion_report(client_for(cfg), cfg, test)
+
+
+@task(name="run-gates", **CPU)
+def run_gates(cfg: ProjectConfig, candidate: training.Candidate, champion: EvaluationReport | None) -> Verdict:
+    verdict = gates.run_gates(candidate.report, cfg.gates, champion)
+    create_markdown_artifact(verdict.markdown(), key="evaluation-gates", description="evaluation gates")
+    return verdict
+
+
+@task(name="log-and-register", **IO)
+def log_and_register(
+    cfg: ProjectConfig,
+    frame: pd.DataFrame,
+    candidate: training.Candidate,
+    quality: Verdict,
+    verdict: Verdict,
+    champion: EvaluationReport | None,
+) -> tracking.TrainingRecord:
+    who = f"flow:train/{flow_run.get_name() or 'local'}"
+    return tracking.log_and_register(cfg, frame, candidate, quality, verdict, champion, who)
+
+
+@flow(name="train", log_prints=True)
+def train(config: str | None = None, as_of: datetime | None = None) -> dict[str, Any]:
+    """Train, evaluate and (if every gate passes) register a fraud model."""
+    logger = get_run_logger()
+    cfg = load_config(config)
+    transactions = load_transactions(cfg)
+    validate_contract(transactions)
+    frame, features = build_training_set(cfg, as_of)
+    logger.info("training set: %d rows x %d features, label rate %.2f%%", len(frame), len(features),
+                100 * frame[cfg.model.label].mean())  # fmt: skip
+    quality = check_training_set(cfg, frame, features)
+    candidate = train_candidate(cfg, frame, features)
+    measure_latency(candidate)
+    champion = score_champion(cfg, candidate.split.test)
+    verdict = run_gates(cfg, candidate, champion)
+    record = log_and_register(cfg, frame, candidate, quality, verdict, champion)
+    o = candidate.report.overall
+    summary = (
+        f"## {'Registered' if record.passed else 'Rejected'}: {cfg.model.name}"
+        + (f" v{record.version} → `{record.alias}`" if record.passed else "")
+        + f"\n\nROC-AUC {o.roc_auc:.4f} · PR-AUC {o.pr_auc:.4f} · recall {o.recall:.3f} at threshold "
+        f"{candidate.report.threshold:.3f} · MLflow run `{record.run_id}`\n\n"
+        + (f"Model card: `{record.card_html}`\n\n" if record.card_html else "")
+        + verdict.markdown()
+    )
+    create_markdown_artifact(summary, key="training-summary", description="training result")
+    logger.info(summary.splitlines()[0])
+    return {
+        "run_id": record.run_id,
+        "passed": record.passed,
+        "version": record.version,
+        "alias": record.alias,
+        "failed": list(record.failed),
+        "roc_auc": o.roc_auc,
+        "pr_auc": o.pr_auc,
+        "model_card": str(record.card_html) if record.card_html else None,
+    }
+
+
+if __name__ == "__main__":
+    result = train(sys.argv[1] if len(sys.argv) > 1 else str(Path.cwd() / "mlcycle.yaml"))
+    print(result)

@@ -1,0 +1,146 @@
+"""Model cards: what a model is for, what it was trained on, how it did, and what it cannot do.
+
+Written per registered version as Markdown (for diffs and terminals) and self-contained HTML (no
+network: inline CSS only), and logged to the version's MLflow run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import markdown
+
+from mlcycle.decisions import Verdict
+from mlcycle.evaluation import EvaluationReport
+
+CSS = """
+body { font-family: system-ui, sans-serif; max-width: 62rem; margin: 2rem auto; padding: 0 1rem; color: #1d2330; }
+table { border-collapse: collapse; margin: .5rem 0 1.2rem; font-size: .9rem; }
+th, td { border: 1px solid #d0d5dd; padding: .25rem .6rem; text-align: left; }
+th { background: #f2f4f7; } code { background: #f2f4f7; padding: 0 .25rem; }
+h1 { border-bottom: 2px solid #1d2330; } h2 { margin-top: 2rem; }
+"""
+
+INTENDED_USE = (
+    "Scores card transactions at authorization time with the probability that they are fraudulent. "
+    "Scores at or above the decision threshold are meant for step-up authentication or review, "
+    "not for automatic account closure. Not intended for credit decisions or for any use outside "
+    "card-present / card-not-present fraud screening."
+)
+
+KNOWN_LIMITATIONS = [
+    "Labels are chargebacks: fraud nobody disputes is learnt as legitimate.",
+    "Training uses matured transactions only (older than the dispute window), so the newest fraud "
+    "patterns reach the model weeks late; monitoring watches for that.",
+    "A user's first transaction has no history features (they are null), which lowers recall for new users.",
+    "The age band is used only to measure fairness, never as an input; other inputs may still correlate with it.",
+    "Small slices (few positives) have wide confidence intervals: read their metrics with their support.",
+]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+@dataclass
+class CardInput:
+    model_name: str
+    version: str | None
+    run_id: str
+    feature_service: str
+    features: list[str]
+    training_window: dict[str, Any]
+    data_hash: str
+    git_commit: str
+    lockfile_hash: str
+    params: dict[str, Any]
+    report: EvaluationReport
+    baseline: EvaluationReport | None
+    gates: Verdict
+    quality: Verdict
+    aliases: list[str] = field(default_factory=list)
+
+
+def render_markdown(c: CardInput) -> str:
+    o = c.report.overall
+    lines = [
+        f"# Model card — {c.model_name} v{c.version or '(not registered)'}",
+        "",
+        f"Aliases: {', '.join(c.aliases) or 'none'} · MLflow run `{c.run_id}` · "
+        f"gates **{'passed' if c.gates.passed else 'FAILED'}**",
+        "",
+        "## Intended use",
+        INTENDED_USE,
+        "",
+        "## Training data",
+        "| slice | rows | from | to |",
+        "|---|---|---|---|",
+        *[
+            f"| {name} | {w['rows']:,} | {w['from']} | {w['to']} |"
+            for name, w in c.training_window.items()
+            if isinstance(w, dict)
+        ],
+        "",
+        f"Data snapshot hash `{c.data_hash}`; split by time (train → validation → evaluation), never shuffled.",
+        "",
+        "## Features",
+        f"From Feast FeatureService `{c.feature_service}` ({len(c.features)} inputs): "
+        + ", ".join(f"`{f}`" for f in c.features),
+        "",
+        "## Metrics on the evaluation window",
+        f"Decision threshold {c.report.threshold:.4f} (chosen on the validation window).",
+        "",
+        "| metric | model | logistic baseline |",
+        "|---|---|---|",
+    ]
+    base = c.baseline.overall if c.baseline else None
+    for key in (
+        "n",
+        "positives",
+        "roc_auc",
+        "pr_auc",
+        "precision",
+        "recall",
+        "f1",
+        "fpr",
+        "accuracy",
+        "brier",
+    ):
+        lines.append(f"| {key} | {_fmt(getattr(o, key))} | {_fmt(getattr(base, key) if base else None)} |")
+    lines += ["", f"Single-row latency in-process: p50 {_fmt(c.report.latency_ms.get('p50'))} ms, "
+              f"p99 {_fmt(c.report.latency_ms.get('p99'))} ms.", "", "## By slice",
+              "| attribute | group | n | positives | ROC-AUC | PR-AUC | recall (TPR) | FPR |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for attribute, groups in c.report.slices.items():
+        for group, m in groups.items():
+            lines.append(
+                f"| {attribute} | {group} | {m.n:,} | {m.positives:,} | {_fmt(m.roc_auc)} | {_fmt(m.pr_auc)} "
+                f"| {_fmt(m.recall)} | {_fmt(m.fpr)} |"
+            )
+    lines += ["", "## Gates", c.gates.markdown(), "## Training-set checks", c.quality.markdown()]
+    lines += ["## Known limitations", *[f"- {item}" for item in KNOWN_LIMITATIONS], ""]
+    lines += [
+        "## Lineage",
+        "| what | value |",
+        "|---|---|",
+        f"| git commit | `{c.git_commit}` |",
+        f"| lockfile (uv.lock) sha256 | `{c.lockfile_hash}` |",
+        f"| data snapshot sha256 | `{c.data_hash}` |",
+        f"| MLflow run | `{c.run_id}` |",
+        *[f"| param {k} | `{v}` |" for k, v in sorted(c.params.items())],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render_html(md_text: str, title: str) -> str:
+    body = markdown.markdown(md_text, extensions=["tables"])
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{CSS}</style></head><body>{body}</body></html>"
+    )

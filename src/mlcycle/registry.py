@@ -1,0 +1,188 @@
+"""The model registry: MLflow aliases (``champion``, ``challenger``) plus an append-only log.
+
+MLflow aliases say what serves now but keep no history (stages are deprecated, and an alias move
+overwrites the last one), so every move goes through ``move_alias``, which also appends a row —
+when, which alias, from which version to which, who or what, and why — to the promotion log, a
+SQL table (SQLite by default, any SQLAlchemy URL by config). ``mlcycle history`` reads it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import mlflow
+import sqlalchemy as sa
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from mlcycle.config import ProjectConfig
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+def client_for(cfg: ProjectConfig) -> MlflowClient:
+    """Point MLflow at the project's tracking store and make sure the experiment exists there."""
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    mlflow.set_registry_uri(cfg.tracking_uri)
+    client = MlflowClient(cfg.tracking_uri, cfg.tracking_uri)
+    if client.get_experiment_by_name(cfg.tracking.experiment) is None:
+        client.create_experiment(cfg.tracking.experiment, artifact_location=cfg.artifact_uri)
+    mlflow.set_experiment(cfg.tracking.experiment)
+    return client
+
+
+def actor() -> str:
+    """Who acts: MLCYCLE_ACTOR (set by flows and services), else the OS user."""
+    if value := os.environ.get("MLCYCLE_ACTOR"):
+        return value
+    try:
+        return f"user:{getpass.getuser()}"
+    except OSError:
+        return "user:unknown"
+
+
+@dataclass(frozen=True)
+class PromotionEvent:
+    at: datetime
+    model: str
+    alias: str
+    from_version: str | None
+    to_version: str | None
+    actor: str
+    reason: str
+
+
+class PromotionLog:
+    """Append-only: rows are inserted, never updated or deleted."""
+
+    def __init__(self, uri: str):
+        if uri.startswith("sqlite:///"):
+            os.makedirs(os.path.dirname(uri[len("sqlite:///") :]) or ".", exist_ok=True)
+        self.engine = sa.create_engine(uri)
+        self.table = sa.Table(
+            "mlcycle_promotion_log",
+            sa.MetaData(),
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+            sa.Column("model", sa.String(256), nullable=False),
+            sa.Column("alias", sa.String(64), nullable=False),
+            sa.Column("from_version", sa.String(32)),
+            sa.Column("to_version", sa.String(32)),
+            sa.Column("actor", sa.String(256), nullable=False),
+            sa.Column("reason", sa.Text, nullable=False),
+        )
+        self.table.metadata.create_all(self.engine, checkfirst=True)
+
+    def append(self, event: PromotionEvent) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(self.table.insert().values(**event.__dict__))
+
+    def history(self, model: str | None = None, limit: int | None = None) -> list[PromotionEvent]:
+        query = sa.select(self.table).order_by(self.table.c.id.desc())
+        if model:
+            query = query.where(self.table.c.model == model)
+        if limit:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            PromotionEvent(
+                at=row["at"] if row["at"].tzinfo else row["at"].replace(tzinfo=UTC),
+                **{k: row[k] for k in ("model", "alias", "from_version", "to_version", "actor", "reason")},
+            )
+            for row in rows
+        ]
+
+
+def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def move_alias(
+    client: MlflowClient,
+    log: PromotionLog,
+    name: str,
+    alias: str,
+    version: str | None,
+    reason: str,
+    who: str | None = None,
+) -> PromotionEvent:
+    """Point ``alias`` at ``version`` (None removes it) and record the move."""
+    previous = version_by_alias(client, name, alias)
+    if version is None:
+        if previous is not None:
+            client.delete_registered_model_alias(name, alias)
+    else:
+        client.set_registered_model_alias(name, alias, str(version))
+    event = PromotionEvent(
+        at=datetime.now(UTC),
+        model=name,
+        alias=alias,
+        from_version=previous.version if previous else None,
+        to_version=str(version) if version is not None else None,
+        actor=who or actor(),
+        reason=reason,
+    )
+    log.append(event)
+    return event
+
+
+def promote(
+    client: MlflowClient, log: PromotionLog, name: str, version: str, reason: str, who: str | None = None
+) -> list[PromotionEvent]:
+    """Make ``version`` the champion; it stops being the challenger if it was one."""
+    client.get_model_version(name, str(version))  # fails clearly on an unknown version
+    events = [move_alias(client, log, name, CHAMPION, str(version), reason, who)]
+    challenger = version_by_alias(client, name, CHALLENGER)
+    if challenger is not None and challenger.version == str(version):
+        events.append(move_alias(client, log, name, CHALLENGER, None, f"promoted to {CHAMPION}", who))
+    return events
+
+
+def versions(client: MlflowClient, name: str) -> Iterator[ModelVersion]:
+    try:
+        found = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return iter(())
+    return iter(sorted(found, key=lambda v: int(v.version)))
+
+
+def aliases_of(client: MlflowClient, name: str) -> dict[str, str]:
+    """version → comma-separated aliases."""
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        return {}
+    out: dict[str, list[str]] = {}
+    for alias, version in (model.aliases or {}).items():
+        out.setdefault(str(version), []).append(alias)
+    return {v: ", ".join(sorted(a)) for v, a in out.items()}
+
+
+def run_summary(client: MlflowClient, version: ModelVersion) -> dict[str, Any]:
+    run = client.get_run(version.run_id)
+    m = run.data.metrics
+    return {
+        "version": version.version,
+        "run_id": version.run_id,
+        "created": datetime.fromtimestamp(version.creation_timestamp / 1000, UTC),
+        "roc_auc": m.get("test.roc_auc"),
+        "pr_auc": m.get("test.pr_auc"),
+        "recall": m.get("test.recall"),
+        "p99_ms": m.get("latency_ms.p99"),
+        "gates": run.data.tags.get("mlcycle.gates", "?"),
+        "failed_gates": run.data.tags.get("mlcycle.failed_gates", ""),
+        "data_hash": run.data.tags.get("mlcycle.data_hash", "")[:12],
+        "features": json.loads(version.tags.get("mlcycle.features", "[]")),
+    }
