@@ -20,7 +20,11 @@ TELEMETRY_OFF = {
 }
 # Prefect's temporary server (flows run without `prefect server start`) gives up after 20 s by
 # default; a loaded 2-core machine can need longer.
-PREFECT_DEFAULTS = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    # Progress bars for artifact downloads of a few KB only clutter the output.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
 
 for _key, _value in {**TELEMETRY_OFF, **PREFECT_DEFAULTS}.items():
     os.environ.setdefault(_key, _value)
@@ -32,6 +36,8 @@ def quiet_stack_warnings() -> None:
     Called again after importing Feast, which installs warning filters of its own."""
     warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature")
     warnings.filterwarnings("ignore", message=r"fetch_arrow_table\(\) is deprecated")
+    warnings.filterwarnings("ignore", message=r"Type object .* does not refer to an OperatorClass")
+    warnings.filterwarnings("ignore", message=r"The ``noload`` loader strategy is deprecated")
 
 
 quiet_stack_warnings()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -28,6 +30,8 @@ app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
 
 # Wider than the 80 columns rich assumes when the output is a pipe or a CI log.
+# MLflow logs at INFO what it infers about the environment when saving a model: not news here.
+logging.getLogger("mlflow").setLevel(logging.ERROR)
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 110)
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="Project config file (default: ./mlcycle.yaml).")
@@ -210,9 +214,12 @@ def demo(
     cfg = _config(config)
     if rows:
         cfg.data = cfg.data.model_copy(update={"n_transactions": rows})
-    steps = Steps(total=6)
+    steps = Steps(total=7)
     console.rule("[bold]mlcycle demo[/bold]")
     console.print(f"project {cfg.project!r}, profile {cfg.profile!r}, state in {cfg.data_path}")
+    if cfg.data_path.exists():
+        console.print("starting from a clean data/ directory (generated state only)")
+        shutil.rmtree(cfg.data_path)
 
     with steps.step(f"Generating {cfg.data.n_transactions:,} card transactions (seed {cfg.data.seed})"):
         dataset, _ = pipeline.generate_data(cfg)
@@ -267,16 +274,159 @@ def demo(
         )
         if skew:
             raise typer.Exit(1)
+    with steps.step("Training v1: Prefect flow `train` → gates → MLflow registry"):
+        from mlcycle.project import load_flow
+
+        result = load_flow(cfg.root, "training", "train")(config=str(cfg.root / "mlcycle.yaml"))
+        _print_training_result(cfg, result)
+        if not result["passed"]:
+            raise typer.Exit(1)
     with steps.step("Summary"):
         table = Table("what", "where")
         table.add_row("raw data", str(cfg.raw_dir))
         table.add_row("feature tables", str(cfg.features_dir))
         table.add_row("training set", str(out))
         table.add_row("Feast registry / online store", str(cfg.feast_dir))
+        table.add_row("model card", str(result["model_card"]))
+        table.add_row("MLflow UI", _mlflow_ui_command(cfg))
+        table.add_row("registered versions", "uv run mlcycle models   (history: uv run mlcycle history)")
+        table.add_row("Prefect UI (flow runs)", "uv run prefect server start   → http://127.0.0.1:4200")
         table.add_row("inspect features", "cd feature_repo && uv run feast feature-views list")
         table.add_row("one online vector", "uv run mlcycle features online 2 5 --amount 120")
         console.print(table)
     console.rule(f"[bold green]demo finished in {steps.elapsed():.0f}s[/bold green]")
+
+
+@app.command()
+def train(
+    config: ConfigOption = None,
+    as_of: Annotated[datetime | None, typer.Option(help="Train as if it were this time (labels known then).")] = None,
+) -> None:
+    """Run the Prefect flow `train`: contract → training set → checks → XGBoost → gates → registry."""
+    from mlcycle.project import load_flow
+
+    cfg = _config(config)
+    try:
+        flow = load_flow(cfg.root, "training", "train")
+        result = flow(config=str(cfg.root / "mlcycle.yaml"), as_of=as_of)
+    except Exception as exc:  # the flow's own error says what failed; show it without a traceback
+        console.print(f"[red]training stopped: {exc}[/red]")
+        raise typer.Exit(1) from None
+    _print_training_result(cfg, result)
+    if not result["passed"]:
+        raise typer.Exit(1)
+
+
+def _print_training_result(cfg: ProjectConfig, result: dict) -> None:
+    if result["passed"]:
+        console.print(
+            f"[green]registered {cfg.model.name} v{result['version']} as {result['alias']}[/green] "
+            f"(ROC-AUC {result['roc_auc']:.4f}, PR-AUC {result['pr_auc']:.4f})"
+        )
+        console.print(f"model card: {result['model_card']}")
+    else:
+        console.print(f"[red]rejected by the gates: {', '.join(result['failed'])}[/red]; no alias moved")
+    console.print(f"MLflow run {result['run_id']} — browse with: {_mlflow_ui_command(cfg)}")
+
+
+def _mlflow_ui_command(cfg: ProjectConfig) -> str:
+    return f"uv run mlflow ui --backend-store-uri {cfg.tracking_uri} --port 5000"
+
+
+@app.command()
+def models(config: ConfigOption = None) -> None:
+    """Registered versions with their aliases, key metrics and gate results."""
+    from mlcycle import registry
+
+    cfg = _config(config)
+    client = registry.client_for(cfg)
+    aliases = registry.aliases_of(client, cfg.model.name)
+    table = Table("version", "aliases", "created (UTC)", "ROC-AUC", "PR-AUC", "recall", "p99 ms", "gates", "data")
+    count = 0
+    for mv in registry.versions(client, cfg.model.name):
+        s = registry.run_summary(client, mv)
+        count += 1
+        table.add_row(
+            s["version"],
+            aliases.get(s["version"], ""),
+            f"{s['created']:%Y-%m-%d %H:%M}",
+            *(f"{s[k]:.4f}" if s[k] is not None else "n/a" for k in ("roc_auc", "pr_auc", "recall")),
+            f"{s['p99_ms']:.2f}" if s["p99_ms"] is not None else "n/a",
+            s["gates"],
+            s["data_hash"],
+        )
+    if not count:
+        console.print(f"no registered versions of {cfg.model.name!r} yet: run `mlcycle train`")
+        return
+    console.print(table)
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="Registered version to make champion.")],
+    reason: Annotated[str, typer.Option(help="Why: recorded in the promotion log.")] = "manual promotion",
+    config: ConfigOption = None,
+) -> None:
+    """Point `champion` at VERSION (recorded in the promotion log)."""
+    from mlflow.exceptions import MlflowException
+
+    from mlcycle import registry
+
+    cfg = _config(config)
+    client = registry.client_for(cfg)
+    try:
+        events = registry.promote(client, registry.PromotionLog(cfg.promotion_log_uri), cfg.model.name, version, reason)
+    except MlflowException as exc:
+        console.print(f"[red]cannot promote {cfg.model.name} v{version}: {exc.message}[/red]")
+        raise typer.Exit(1) from None
+    for e in events:
+        console.print(f"{e.alias}: v{e.from_version or '-'} → v{e.to_version or '-'} ({e.reason})")
+
+
+@app.command()
+def history(
+    limit: Annotated[int, typer.Option(help="Most recent entries to show.")] = 50,
+    config: ConfigOption = None,
+) -> None:
+    """The append-only promotion log: every alias move, when, by whom and why."""
+    from mlcycle import registry
+
+    cfg = _config(config)
+    events = registry.PromotionLog(cfg.promotion_log_uri).history(cfg.model.name, limit)
+    if not events:
+        console.print("no alias has moved yet")
+        return
+    table = Table("when (UTC)", "alias", "from", "to", "who", "why")
+    for e in events:
+        table.add_row(
+            f"{e.at:%Y-%m-%d %H:%M:%S}", e.alias, e.from_version or "-", e.to_version or "-", e.actor, e.reason
+        )
+    console.print(table)
+
+
+@app.command()
+def reproduce(
+    version: Annotated[str, typer.Argument(help="Registered version to retrain.")],
+    config: ConfigOption = None,
+) -> None:
+    """Retrain VERSION from its recorded data snapshot, config and seed; show the metrics match."""
+    from mlcycle import tracking
+
+    cfg = _config(config)
+    result = tracking.reproduce(cfg, version)
+    table = Table("metric", "recorded", "reproduced", "")
+    for name, recorded, again in result.rows:
+        if name.startswith("test.") or name == "threshold":
+            same = recorded == again or (recorded != recorded and again != again)
+            table.add_row(name, f"{recorded:.6f}", f"{again:.6f}", "=" if same else "[red]≠[/red]")
+    console.print(table)
+    console.print(
+        f"data snapshot {result.data_hash[:12]}… {'matches' if result.data_hash_matches else '[red]DIFFERS[/red]'}; "
+        f"{len(result.rows)} metrics compared (slices included): "
+        + ("[green]identical[/green]" if result.identical else "[red]different[/red]")
+    )
+    if not result.identical:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

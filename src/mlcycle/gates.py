@@ -75,7 +75,7 @@ def run_gates(candidate: EvaluationReport, spec: GatesSpec, champion: Evaluation
                 at_least(
                     f"no_regression_{metric}",
                     delta,
-                    -spec.max_regression,
+                    -getattr(spec, f"max_regression_{metric}"),
                     f"candidate {ours:.4f} vs champion {theirs:.4f} on the same window"
                     if delta is not None
                     else "not measurable",

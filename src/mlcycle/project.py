@@ -21,6 +21,22 @@ def copy_project(source: Path, dest: Path, data: dict | None = None) -> ProjectC
     raw = yaml.safe_load((source / DEFAULT_CONFIG_NAME).read_text()) or {}
     repo = Path(raw.get("features", {}).get("feature_repo", "feature_repo"))
     shutil.copytree(source / repo, dest / repo, ignore=shutil.ignore_patterns("__pycache__"))
+    if (source / "flows").is_dir():
+        shutil.copytree(source / "flows", dest / "flows", ignore=shutil.ignore_patterns("__pycache__"))
     raw["data"] = {**raw.get("data", {}), **(data or {})}
     (dest / DEFAULT_CONFIG_NAME).write_text(yaml.safe_dump(raw, sort_keys=False))
     return load_config(dest / DEFAULT_CONFIG_NAME)
+
+
+def load_flow(root: Path, module: str, name: str):
+    """A Prefect flow from the project's ``flows/`` directory, loaded by path: flows are thin
+    scripts beside the library (and deployment entrypoints), not part of the package."""
+    import importlib.util
+
+    path = Path(root) / "flows" / f"{module}.py"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run mlcycle from a project directory (or pass --config)")
+    spec = importlib.util.spec_from_file_location(f"mlcycle_flows_{module}", path)
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return getattr(loaded, name)

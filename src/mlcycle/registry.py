@@ -129,7 +129,7 @@ def move_alias(
         at=datetime.now(UTC),
         model=name,
         alias=alias,
-        from_version=previous.version if previous else None,
+        from_version=str(previous.version) if previous else None,
         to_version=str(version) if version is not None else None,
         actor=who or actor(),
         reason=reason,
@@ -145,7 +145,7 @@ def promote(
     client.get_model_version(name, str(version))  # fails clearly on an unknown version
     events = [move_alias(client, log, name, CHAMPION, str(version), reason, who)]
     challenger = version_by_alias(client, name, CHALLENGER)
-    if challenger is not None and challenger.version == str(version):
+    if challenger is not None and str(challenger.version) == str(version):
         events.append(move_alias(client, log, name, CHALLENGER, None, f"promoted to {CHAMPION}", who))
     return events
 
@@ -174,7 +174,7 @@ def run_summary(client: MlflowClient, version: ModelVersion) -> dict[str, Any]:
     run = client.get_run(version.run_id)
     m = run.data.metrics
     return {
-        "version": version.version,
+        "version": str(version.version),
         "run_id": version.run_id,
         "created": datetime.fromtimestamp(version.creation_timestamp / 1000, UTC),
         "roc_auc": m.get("test.roc_auc"),

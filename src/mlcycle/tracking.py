@@ -180,7 +180,7 @@ def log_and_register(
     if not gates.passed:
         return TrainingRecord(run_id, False, None, None, tuple(c.name for c in gates.failed), None, None)
 
-    version = mlflow.register_model(info.model_uri, cfg.model.name).version
+    version = str(mlflow.register_model(info.model_uri, cfg.model.name).version)
     for key, value in {
         FEATURES_TAG: json.dumps(model.features),
         THRESHOLD_TAG: str(model.threshold),
@@ -238,3 +238,44 @@ def write_model_card(
     client.log_artifact(run_id, str(md_path), "model_card")
     client.log_artifact(run_id, str(html_path), "model_card")
     return md_path, html_path
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    version: str
+    run_id: str
+    data_hash: str
+    data_hash_matches: bool
+    rows: list[tuple[str, float, float]]  # metric, recorded, reproduced
+
+    @property
+    def identical(self) -> bool:
+        return self.data_hash_matches and all(
+            np.isclose(a, b, rtol=0, atol=1e-12) or (np.isnan(a) and np.isnan(b)) for _, a, b in self.rows
+        )
+
+
+def reproduce(cfg: ProjectConfig, version: str) -> Reproduction:
+    """Retrain a registered version from its recorded data snapshot, config and seed, and compare
+    every recorded metric (latency excepted: it measures the machine, not the model)."""
+    client = registry.client_for(cfg)
+    mv = client.get_model_version(cfg.model.name, str(version))
+    run = client.get_run(mv.run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        snapshot = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=SNAPSHOT_ARTIFACT, dst_path=tmp)
+        frame = pd.read_parquet(snapshot)
+        recorded_cfg = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/{CONFIG_ARTIFACT}")
+    recorded_hash = run.data.tags.get("mlcycle.data_hash", "")
+    actual_hash = lineage.frame_hash(frame)
+    spec = ProjectConfig.model_validate(recorded_cfg).model
+    features = json.loads(run.data.tags[FEATURES_TAG])
+    from mlcycle.training import train_candidate  # local: training imports nothing from here
+
+    candidate = train_candidate(frame, features, spec)
+    again = candidate.report.flat_metrics()
+    rows = [
+        (name, float(value), float(again.get(name, float("nan"))))
+        for name, value in sorted(run.data.metrics.items())
+        if name in again and not name.startswith("latency_ms")
+    ]
+    return Reproduction(str(version), mv.run_id, recorded_hash, recorded_hash == actual_hash, rows)

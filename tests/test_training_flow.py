@@ -1,0 +1,179 @@
+"""The training flow end to end: real Prefect (test harness), real MLflow (temporary SQLite store),
+real Feast. Gates decide; a failed gate or a bad training set never moves an alias."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from tests.conftest import TRAINING_DATA, built_project, clone_project
+
+from mlcycle import registry, tracking
+from mlcycle.config import ProjectConfig
+from mlcycle.project import load_flow
+from mlcycle.validation import ContractViolation
+
+pytestmark = pytest.mark.slow
+
+
+def run_train(cfg: ProjectConfig) -> dict:
+    return load_flow(cfg.root, "training", "train")(config=str(cfg.root / "mlcycle.yaml"))
+
+
+def registered(cfg: ProjectConfig) -> list[str]:
+    return [str(mv.version) for mv in registry.versions(registry.client_for(cfg), cfg.model.name)]
+
+
+def champion(cfg: ProjectConfig) -> str | None:
+    mv = registry.version_by_alias(registry.client_for(cfg), cfg.model.name, registry.CHAMPION)
+    return str(mv.version) if mv else None
+
+
+@pytest.fixture(scope="module")
+def trained(training_project: ProjectConfig, prefect_server, tmp_path_factory) -> tuple[ProjectConfig, dict]:
+    """A project whose first training run has made v1 the champion."""
+    cfg = clone_project(training_project, tmp_path_factory.mktemp("trained") / "p")
+    return cfg, run_train(cfg)
+
+
+def test_first_model_passes_every_gate_and_becomes_champion(trained) -> None:
+    cfg, result = trained
+    assert result["passed"], result["failed"]
+    assert (result["version"], result["alias"]) == ("1", registry.CHAMPION)
+    assert champion(cfg) == "1"
+    client = registry.client_for(cfg)
+    run = client.get_run(result["run_id"])
+    # Lineage and reports are on the run.
+    for tag in ("mlcycle.data_hash", "mlcycle.git_commit", "mlcycle.lockfile_hash", "mlcycle.features"):
+        assert run.data.tags[tag], tag
+    assert run.data.tags["mlcycle.feature_service"] == cfg.features.feature_service
+    assert run.data.metrics["test.roc_auc"] == pytest.approx(result["roc_auc"])
+    assert any(k.startswith("slice.age_band.") for k in run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"reports", "data", "config", "model_card"} <= artifacts
+    assert Path(result["model_card"]).read_text().count("<table>") >= 4
+    events = registry.PromotionLog(cfg.promotion_log_uri).history(cfg.model.name)
+    assert [(e.alias, e.from_version, e.to_version) for e in events] == [("champion", None, "1")]
+    assert events[0].actor.startswith("flow:train/")
+
+
+def test_worse_model_is_recorded_but_champion_stays_and_a_good_one_becomes_challenger(trained, tmp_path: Path) -> None:
+    cfg, _ = trained
+    weak = clone_project(cfg, tmp_path / "weak", {"model": {"xgboost": {"max_depth": 1, "num_boost_round": 3}}})
+    # Same registry as the trained project: point the weak config at it.
+    weak.tracking.tracking_uri = cfg.tracking_uri
+    weak.tracking.promotion_log_uri = cfg.promotion_log_uri
+    weak_cfg_path = tmp_path / "weak" / "mlcycle.yaml"
+    import yaml
+
+    raw = yaml.safe_load(weak_cfg_path.read_text())
+    raw["tracking"] = {"tracking_uri": cfg.tracking_uri, "promotion_log_uri": cfg.promotion_log_uri}
+    weak_cfg_path.write_text(yaml.safe_dump(raw))
+
+    worse = run_train(weak)
+    assert not worse["passed"]
+    assert {"no_regression_roc_auc", "no_regression_pr_auc"} & set(worse["failed"])
+    client = MlflowClient(cfg.tracking_uri)
+    run = client.get_run(worse["run_id"])
+    assert run.data.tags["mlcycle.gates"] == "failed"
+    assert "no_regression" in run.data.tags["mlcycle.failed_gates"]
+    assert registered(cfg) == ["1"] and champion(cfg) == "1"
+
+    better = run_train(cfg)
+    assert better["passed"] and better["alias"] == registry.CHALLENGER
+    assert registered(cfg) == ["1", "2"] and champion(cfg) == "1"
+    challenger = registry.version_by_alias(registry.client_for(cfg), cfg.model.name, registry.CHALLENGER)
+    assert str(challenger.version) == "2"
+
+
+def test_reproduce_gives_identical_metrics(trained) -> None:
+    cfg, _ = trained
+    result = tracking.reproduce(cfg, "1")
+    assert result.data_hash_matches
+    assert len(result.rows) > 50  # overall and per slice
+    assert result.identical, [r for r in result.rows if r[1] != r[2]][:5]
+
+
+def corrupt_nulls(cfg: ProjectConfig) -> None:
+    path = cfg.raw_dir / "transactions.parquet"
+    tx = pd.read_parquet(path)
+    tx.loc[tx.sample(500, random_state=1).index, "amount"] = np.nan
+    tx.to_parquet(path, index=False)
+
+
+def corrupt_renamed_column(cfg: ProjectConfig) -> None:
+    path = cfg.raw_dir / "transactions.parquet"
+    pd.read_parquet(path).rename(columns={"merchant_id": "merchant"}).to_parquet(path, index=False)
+
+
+def corrupt_label_leak(cfg: ProjectConfig) -> None:
+    """A buggy feature job: a row stamped at each transaction's own time whose 1h count encodes
+    the transaction's label. Only the training-set checks can see it."""
+    tx = pd.read_parquet(cfg.raw_dir / "transactions.parquet")
+    stats_path = cfg.features_dir / "user_txn_stats.parquet"
+    stats = pd.read_parquet(stats_path)
+    leak = stats.sample(len(tx), replace=True, random_state=0).reset_index(drop=True)
+    leak["user_id"] = tx["user_id"].to_numpy()
+    leak["event_timestamp"] = tx["event_timestamp"].dt.as_unit("us").to_numpy()
+    leak["txn_count_1h"] = (tx["is_fraud"].to_numpy() * 100 + 1).astype("int64")
+    leak = leak.drop_duplicates(["user_id", "event_timestamp"], keep=False)
+    leak.to_parquet(stats_path, index=False, coerce_timestamps="us")
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "error", "message"),
+    [
+        (corrupt_nulls, ContractViolation, "column 'amount': check 'not null'"),
+        (corrupt_renamed_column, ContractViolation, "column 'merchant_id' is missing"),
+        (corrupt_label_leak, RuntimeError, "max_single_feature_auc"),
+    ],
+)
+def test_bad_data_stops_the_flow_before_training_and_registers_nothing(
+    training_project: ProjectConfig, prefect_server, tmp_path: Path, corrupt, error, message: str
+) -> None:
+    cfg = clone_project(training_project, tmp_path / "p")
+    corrupt(cfg)
+    with pytest.raises(error, match=message):
+        run_train(cfg)
+    assert registered(cfg) == []
+    client = registry.client_for(cfg)
+    runs = client.search_runs(
+        [client.get_experiment_by_name(cfg.tracking.experiment).experiment_id],
+        "tags.`mlcycle.stage` = 'training'",
+    )
+    assert runs == []  # nothing was trained
+    assert registry.PromotionLog(cfg.promotion_log_uri).history() == []
+
+
+def test_fairness_gate_trips_on_a_biased_world(prefect_server, tmp_path_factory) -> None:
+    """Fraud against the 65+ band follows a pattern the features barely see: recall for that group
+    collapses, the fairness gate fails, and nothing is registered."""
+    cfg = built_project(tmp_path_factory.mktemp("biased"), {**TRAINING_DATA, "hard_fraud_age_band": "65+"})
+    result = run_train(cfg)
+    assert not result["passed"]
+    assert result["failed"] == ["fairness_tpr_gap_lcb95"]
+    assert registered(cfg) == [] and champion(cfg) is None
+
+
+def test_promote_moves_champion_clears_challenger_and_logs_both(trained) -> None:
+    cfg, _ = trained
+    if registered(cfg) != ["1", "2"]:
+        pytest.skip("needs the challenger registered by the previous test")
+    client = registry.client_for(cfg)
+    log = registry.PromotionLog(cfg.promotion_log_uri)
+    events = registry.promote(client, log, cfg.model.name, "2", "canary looked good", who="user:test")
+    assert [(e.alias, e.from_version, e.to_version) for e in events] == [
+        ("champion", "1", "2"),
+        ("challenger", "2", None),
+    ]
+    assert champion(cfg) == "2"
+    assert registry.version_by_alias(client, cfg.model.name, registry.CHALLENGER) is None
+    history = log.history(cfg.model.name)
+    assert [(e.alias, e.to_version) for e in history][:2] == [("challenger", None), ("champion", "2")]
+    assert history[1].actor == "user:test" and history[1].reason == "canary looked good"
+    with pytest.raises(Exception, match=r"(?i)not found|does not exist"):
+        registry.promote(client, log, cfg.model.name, "99", "typo")
+    assert champion(cfg) == "2"
