@@ -163,7 +163,8 @@ def running_server(
 def test_prefect_server_starts(tmp_path: Path) -> None:
     """``prefect server start`` (SQLite, private PREFECT_HOME) serves its API and health check.
 
-    This is the test that catches a FastAPI too new for Prefect's server (0.155+ breaks import)."""
+    It also lists work pools and deployments the way Prefect's own client does (``limit: null``):
+    FastAPI 0.151+ answers that with a 422 though the server still starts and reports healthy."""
     port = free_port()
     env = server_env(
         PREFECT_HOME=str(tmp_path / "prefect_home"),
@@ -187,6 +188,12 @@ def test_prefect_server_starts(tmp_path: Path) -> None:
         version = client.get(server.base_url + "/api/admin/version")
         assert version.status_code == 200, version.text
         assert version.json().startswith("3."), version.text
+        for path, body in (
+            ("/api/work_pools/filter", {"limit": None, "offset": 0, "work_pools": None}),
+            ("/api/deployments/filter", {"limit": None, "offset": 0, "sort": "NAME_ASC"}),
+        ):
+            listed = client.post(server.base_url + path, json=body)
+            assert listed.status_code == 200, f"{path}: {listed.status_code} {listed.text[:300]}"
 
 
 def test_bentoml_serve_starts(tmp_path: Path) -> None:
