@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from mlcycle.config import DataSpec, DriftSpec
-from mlcycle.data import CATEGORIES, generate
+from mlcycle.data import CARD_LIMIT, CATEGORIES, generate
 
 BASE = DataSpec(
     seed=11,
@@ -51,7 +51,7 @@ def test_stream_is_realistic(baseline: pd.DataFrame) -> None:
     assert 0.015 < tx["is_fraud"].mean() < 0.03  # target 2%
     # Heavy-tailed amounts: the 99.9th percentile is far beyond the median.
     assert tx["amount"].quantile(0.999) / tx["amount"].median() > 20
-    assert (tx["amount"] > 0).all()
+    assert (tx["amount"] > 0).all() and tx["amount"].max() <= CARD_LIMIT
     # Labels arrive late: chargebacks after days to weeks, legitimate ones after the dispute window.
     delay = (tx["label_available_at"] - tx["event_timestamp"]).dt.total_seconds() / 86400
     assert 5 < delay[tx["is_fraud"] == 1].median() < 25

@@ -42,6 +42,9 @@ DRIFTED_FRAUD_CATEGORIES = ["grocery", "fuel", "restaurants", "health"]
 # Missing-value rates seen in card data: the entry mode is sometimes not captured,
 # and some customers never state their age.
 CHANNEL_NULL_RATE = 0.015
+# No single card payment above this: the Pareto tail would otherwise produce the odd
+# million-dollar coffee, which the data contract (rightly) rejects.
+CARD_LIMIT = 50_000.0
 AGE_BAND_NULL_RATE = 0.03
 
 HOUR_P = np.array(
@@ -233,7 +236,7 @@ def generate(spec: DataSpec | None = None) -> Dataset:
     after_drift = offset >= drift_day
     if drift.start_day is not None and drift.amount_inflation != 1.0:
         amount = np.where(after_drift, amount * drift.amount_inflation, amount)
-    amount = np.maximum(np.round(amount, 2), 0.01)
+    amount = np.clip(np.round(amount, 2), 0.01, CARD_LIMIT)
 
     category = pd.Categorical.from_codes(m["category"][merchant_idx], CATEGORIES)
     moved = rng.random(spec.n_merchants) < drift.new_category_share  # drawn always: see generate()

@@ -103,10 +103,10 @@ def log_rejected_training_set(cfg: ProjectConfig, quality: Verdict, frame: pd.Da
 
 
 def _write_snapshot(frame: pd.DataFrame, directory: Path) -> tuple[Path, str]:
-    """Write the training set and hash it as read back, so a reproduction sees the same hash."""
+    """Write the training set; the snapshot's id is the hash of the file's bytes."""
     path = directory / "training_set.parquet"
     frame.to_parquet(path, index=False)
-    return path, lineage.frame_hash(pd.read_parquet(path))
+    return path, lineage.file_hash(path)
 
 
 def log_and_register(
@@ -136,6 +136,7 @@ def log_and_register(
         params: dict[str, Any] = {
             **{f"xgb.{k}": v for k, v in model.params.items() if k != "eval_metric"},
             "best_iteration": model.best_iteration,
+            "trained_rounds": model.trained_rounds,
             "threshold_rule": cfg.model.threshold,
             "feature_service": cfg.features.feature_service,
             "n_features": len(model.features),
@@ -264,9 +265,9 @@ def reproduce(cfg: ProjectConfig, version: str) -> Reproduction:
     with tempfile.TemporaryDirectory() as tmp:
         snapshot = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=SNAPSHOT_ARTIFACT, dst_path=tmp)
         frame = pd.read_parquet(snapshot)
+        actual_hash = lineage.file_hash(snapshot)
         recorded_cfg = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/{CONFIG_ARTIFACT}")
     recorded_hash = run.data.tags.get("mlcycle.data_hash", "")
-    actual_hash = lineage.frame_hash(frame)
     spec = ProjectConfig.model_validate(recorded_cfg).model
     features = json.loads(run.data.tags[FEATURES_TAG])
     from mlcycle.training import train_candidate  # local: training imports nothing from here
