@@ -1,0 +1,117 @@
+"""Rollout policy: which model answers which request. OSS BentoML has no traffic splitting; this is it.
+
+The policy lives in the registry (a tag on the registered model), so every replica reads the same
+one, and every change is appended to the promotion log like an alias move. Routing is sticky: a
+user's bucket is a hash of the user id, so the same user meets the same model for the whole canary.
+
+Modes:
+- ``champion-only``: every request is scored by the champion.
+- ``shadow``: the challenger scores every request too; its score is logged, never returned.
+- ``canary``: ``percent`` of users (by hash) get the challenger's answer.
+- ``ab``: a fixed split like canary, judged by a stopping rule instead of stepped up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Literal
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from pydantic import BaseModel, ConfigDict, Field
+
+from mlcycle import registry
+
+POLICY_TAG = "mlcycle.rollout"
+Mode = Literal["champion-only", "shadow", "canary", "ab"]
+Variant = Literal["champion", "challenger"]
+BUCKETS = 10_000
+
+
+class RolloutPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Mode = "champion-only"
+    percent: float = Field(0.0, ge=0, le=100, description="Share of users on the challenger (canary / ab).")
+    salt: str = Field("mlcycle", description="Change it to reshuffle which users are in the canary.")
+    updated_at: datetime | None = None
+    updated_by: str | None = None
+    reason: str | None = None
+
+    def label(self) -> str:
+        return f"{self.mode}:{self.percent:g}" if self.mode in ("canary", "ab") else self.mode
+
+
+def bucket(user_id: int | str, salt: str) -> int:
+    """A stable bucket in [0, 10000) for a user: the same user, the same bucket, in every replica."""
+    digest = hashlib.sha256(f"{salt}:{user_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % BUCKETS
+
+
+def route(policy: RolloutPolicy, user_id: int | str, has_challenger: bool) -> Variant:
+    """The variant whose answer this user gets (shadow scoring is decided separately)."""
+    if not has_challenger or policy.mode not in ("canary", "ab"):
+        return "champion"
+    return "challenger" if bucket(user_id, policy.salt) < policy.percent * BUCKETS / 100 else "champion"
+
+
+def read_policy(client: MlflowClient, model_name: str) -> RolloutPolicy:
+    try:
+        tags = client.get_registered_model(model_name).tags or {}
+    except MlflowException:
+        return RolloutPolicy()
+    raw = tags.get(POLICY_TAG)
+    return RolloutPolicy.model_validate(json.loads(raw)) if raw else RolloutPolicy()
+
+
+def write_policy(
+    client: MlflowClient,
+    log: registry.PromotionLog,
+    model_name: str,
+    policy: RolloutPolicy,
+    reason: str,
+    who: str | None = None,
+) -> RolloutPolicy:
+    """Store a new policy and record the change (alias ``traffic`` in the promotion log)."""
+    previous = read_policy(client, model_name)
+    actor = who or registry.actor()
+    policy = policy.model_copy(update={"updated_at": datetime.now(UTC), "updated_by": actor, "reason": reason})
+    client.set_registered_model_tag(model_name, POLICY_TAG, policy.model_dump_json())
+    log.append(
+        registry.PromotionEvent(
+            at=policy.updated_at,
+            model=model_name,
+            alias="traffic",
+            from_version=previous.label(),
+            to_version=policy.label(),
+            actor=actor,
+            reason=reason,
+        )
+    )
+    return policy
+
+
+def rollback(
+    client: MlflowClient, log: registry.PromotionLog, model_name: str, reason: str, who: str | None = None
+) -> list[registry.PromotionEvent]:
+    """Champion back to the previous champion (from the promotion log), traffic to champion-only."""
+    events = []
+    current = registry.version_by_alias(client, model_name, registry.CHAMPION)
+    previous = next(
+        (
+            e.from_version
+            for e in log.history(model_name)
+            if e.alias == registry.CHAMPION and e.to_version == (str(current.version) if current else None)
+            and e.from_version
+        ),
+        None,
+    )  # fmt: skip
+    write_policy(client, log, model_name, RolloutPolicy(mode="champion-only"), reason, who)
+    if previous is not None:
+        events.append(registry.move_alias(client, log, model_name, registry.CHAMPION, previous, reason, who))
+    challenger = registry.version_by_alias(client, model_name, registry.CHALLENGER)
+    if challenger is not None and current is not None and str(challenger.version) != str(current.version):
+        events.append(registry.move_alias(client, log, model_name, registry.CHALLENGER, None, reason, who))
+    return events

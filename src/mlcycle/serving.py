@@ -1,0 +1,254 @@
+"""Online scoring: online features → the model the rollout policy picks → a logged answer.
+
+Models come from the registry by alias, never from a path in a request. ``Scorer.refresh`` re-reads
+the aliases and the rollout policy (a few milliseconds against the registry) at most every
+``refresh_seconds``, and reloads a model only when its alias points at another version — so a
+promotion, a rollback or a traffic change reaches a running service within seconds, no restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import mlflow.xgboost
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+
+from mlcycle import registry, rollout
+from mlcycle.config import ProjectConfig
+from mlcycle.features.store import FeatureStoreUnavailable, online_vector, open_store, plan_for
+from mlcycle.prediction_log import PredictionLog
+from mlcycle.tracking import FEATURES_TAG, THRESHOLD_TAG
+from mlcycle.training import matrix
+
+log = logging.getLogger("mlcycle.serving")
+
+
+class NotReady(RuntimeError):
+    """The service cannot score yet (no champion, registry or feature store unreachable)."""
+
+
+@dataclass
+class ModelSlot:
+    alias: str
+    version: str
+    booster: xgb.Booster
+    features: list[str]
+    threshold: float
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.booster.inplace_predict(matrix(frame, self.features))
+
+
+@dataclass
+class Scored:
+    """One answer, as returned to the caller."""
+
+    score: float
+    decision: bool
+    model_version: str
+    variant: str
+    features_missing: list[str] = field(default_factory=list)
+    request_id: str = ""
+
+
+class Scorer:
+    def __init__(self, cfg: ProjectConfig, refresh_seconds: float = 2.0, log_predictions: bool = True):
+        self.cfg = cfg
+        self.refresh_seconds = refresh_seconds
+        self.store = None
+        self.plan = None
+        self.slots: dict[str, ModelSlot] = {}
+        self.policy = rollout.RolloutPolicy()
+        self.not_ready_reason: str | None = "not loaded yet"
+        self._checked = 0.0
+        self._lock = threading.Lock()
+        self.prediction_log = PredictionLog(cfg.data_path / "predictions") if log_predictions else None
+
+    # ----------------------------------------------------------------- loading
+    @property
+    def ready(self) -> bool:
+        return self.not_ready_reason is None
+
+    def load(self) -> None:
+        """Open the feature store and load the models; on failure, say why in ``not_ready_reason``."""
+        try:
+            if self.store is None:
+                store = open_store(self.cfg.feature_repo_path)
+                self.plan = plan_for(store, self.cfg.features.feature_service)
+                self.store = store
+            self._refresh_models(force=True)
+        except Exception as exc:
+            self.not_ready_reason = f"{type(exc).__name__}: {exc}"
+            log.error("not ready: %s", self.not_ready_reason)
+            return
+        if registry.CHAMPION not in self.slots:
+            self.not_ready_reason = f"no '{registry.CHAMPION}' alias on model '{self.cfg.model.name}' yet"
+        else:
+            self.not_ready_reason = None
+
+    def refresh(self, force: bool = False) -> None:
+        """Pick up alias and policy changes (rate-limited unless forced; cheap when nothing changed)."""
+        if not force and time.monotonic() - self._checked < self.refresh_seconds:
+            return
+        try:
+            self._refresh_models(force=False)
+            if registry.CHAMPION in self.slots and self.store is not None:
+                self.not_ready_reason = None
+        except Exception as exc:  # registry unreachable: keep serving what is loaded
+            log.warning("registry refresh failed, serving the models already loaded: %s", exc)
+
+    def _refresh_models(self, force: bool) -> None:
+        with self._lock:
+            self._checked = time.monotonic()
+            client = registry.client_for(self.cfg)
+            name = self.cfg.model.name
+            for alias in (registry.CHAMPION, registry.CHALLENGER):
+                mv = registry.version_by_alias(client, name, alias)
+                current = self.slots.get(alias)
+                if mv is None:
+                    self.slots.pop(alias, None)
+                    continue
+                if not force and current is not None and current.version == str(mv.version):
+                    continue
+                booster = mlflow.xgboost.load_model(f"models:/{name}/{mv.version}")
+                self.slots[alias] = ModelSlot(
+                    alias,
+                    str(mv.version),
+                    booster,
+                    json.loads(mv.tags.get(FEATURES_TAG, "[]")),
+                    float(mv.tags.get(THRESHOLD_TAG, 0.5)),
+                )
+                log.info("loaded %s v%s as %s", name, mv.version, alias)
+            self.policy = rollout.read_policy(client, name)
+
+    # ----------------------------------------------------------------- scoring
+    def score(self, requests: list[dict[str, Any]]) -> list[Scored]:
+        """Score a batch of requests. Raises ``NotReady`` or ``FeatureStoreUnavailable`` (→ 503)."""
+        self.refresh()
+        if not self.ready:
+            raise NotReady(self.not_ready_reason)
+        started = time.perf_counter()
+        now = datetime.now(UTC)
+        keys = [{"user_id": r["user_id"], "merchant_id": r["merchant_id"]} for r in requests]
+        fields = [
+            {
+                "amount": r["amount"],
+                "country": r["country"],
+                "merchant_category": r["merchant_category"],
+                "channel": r.get("channel"),
+                "request_unix": int((r.get("timestamp") or now).timestamp()),
+            }
+            for r in requests
+        ]
+        vectors = online_vector(self.store, keys, fields, self.plan.name, now=now)
+        slots, policy = dict(self.slots), self.policy
+        champion, challenger = slots[registry.CHAMPION], slots.get(registry.CHALLENGER)
+        variants = np.array([rollout.route(policy, k["user_id"], challenger is not None) for k in keys])
+        scores = np.empty(len(requests))
+        versions = np.empty(len(requests), dtype=object)
+        errors: list[str | None] = [None] * len(requests)
+        on_champion = variants == "champion"
+        if on_champion.any():
+            scores[on_champion] = champion.predict(vectors[on_champion])
+            versions[on_champion] = champion.version
+        if (~on_champion).any():
+            rows = vectors[~on_champion]
+            try:
+                scores[~on_champion] = challenger.predict(rows)
+                versions[~on_champion] = challenger.version
+            except Exception as exc:  # a failing challenger must not fail the request: champion answers
+                log.error("challenger v%s failed, champion answers: %s", challenger.version, exc)
+                scores[~on_champion] = champion.predict(rows)
+                versions[~on_champion] = champion.version
+                idx = np.flatnonzero(~on_champion)
+                for i in idx:
+                    errors[i] = f"challenger v{challenger.version}: {type(exc).__name__}: {exc}"[:300]
+                variants[~on_champion] = "champion"
+        latency_ms = (time.perf_counter() - started) * 1000 / max(len(requests), 1)
+        thresholds = np.where(versions == champion.version, champion.threshold,
+                              challenger.threshold if challenger else champion.threshold)  # fmt: skip
+        results = [
+            Scored(
+                score=float(scores[i]),
+                decision=bool(scores[i] >= thresholds[i]),
+                model_version=str(versions[i]),
+                variant=str(variants[i]),
+                features_missing=list(vectors["features_missing"].iloc[i]),
+                request_id=uuid.uuid4().hex,
+            )
+            for i in range(len(requests))
+        ]
+        if self.prediction_log is not None:
+            records = [
+                self._record(requests[i], fields[i], vectors.iloc[i], r, thresholds[i], latency_ms, errors[i], False)
+                for i, r in enumerate(results)
+            ]
+            if policy.mode == "shadow" and challenger is not None:
+                records += self._shadow(requests, fields, vectors, challenger, latency_ms)
+            self.prediction_log.append(records)
+        return results
+
+    def _shadow(self, requests, fields, vectors, challenger: ModelSlot, latency_ms: float) -> list[dict]:
+        """The challenger scores every request; its answers are logged only."""
+        try:
+            shadow = challenger.predict(vectors)
+            error = None
+        except Exception as exc:
+            shadow = np.full(len(requests), np.nan)
+            error = f"challenger v{challenger.version}: {type(exc).__name__}: {exc}"[:300]
+        out = []
+        for i in range(len(requests)):
+            scored = Scored(float(shadow[i]), bool(shadow[i] >= challenger.threshold), challenger.version,
+                            "challenger", [], uuid.uuid4().hex)  # fmt: skip
+            out.append(self._record(requests[i], fields[i], vectors.iloc[i], scored, challenger.threshold,
+                                    latency_ms, error, True))  # fmt: skip
+        return out
+
+    def _record(self, request, fields, vector, scored: Scored, threshold, latency_ms, error, shadow) -> dict:
+        features = {f: _plain(vector.get(f)) for f in self.plan.model_features}
+        return {
+            "request_id": scored.request_id,
+            "logged_at": datetime.now(UTC),
+            "user_id": int(request["user_id"]),
+            "merchant_id": int(request["merchant_id"]),
+            "transaction_id": request.get("transaction_id"),
+            "amount": float(fields["amount"]),
+            "country": fields["country"],
+            "merchant_category": fields["merchant_category"],
+            "channel": fields["channel"],
+            "request_unix": fields["request_unix"],
+            "variant": scored.variant,
+            "model_version": scored.model_version,
+            "shadow": shadow,
+            "score": scored.score,
+            "decision": scored.decision,
+            "threshold": float(threshold),
+            "latency_ms": latency_ms,
+            "features_missing": ",".join(scored.features_missing),
+            "features": json.dumps(features),
+            "error": error,
+        }
+
+    def close(self) -> None:
+        if self.prediction_log is not None:
+            self.prediction_log.close()
+
+
+def _plain(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+__all__ = ["FeatureStoreUnavailable", "ModelSlot", "NotReady", "Scored", "Scorer"]
