@@ -429,5 +429,134 @@ def reproduce(
         raise typer.Exit(1)
 
 
+rollout_app = typer.Typer(help="Traffic between champion and challenger (shadow, canary, A/B).", no_args_is_help=True)
+app.add_typer(rollout_app, name="rollout")
+
+
+@rollout_app.command("status")
+def rollout_status(config: ConfigOption = None) -> None:
+    """Aliases, the traffic policy, the last traffic/alias moves and the latest canary analysis."""
+    from mlcycle import canary, registry, rollout
+    from mlcycle.prediction_log import read_predictions
+
+    cfg = _config(config)
+    client = registry.client_for(cfg)
+    policy = rollout.read_policy(client, cfg.model.name)
+    aliases = {
+        a: registry.version_by_alias(client, cfg.model.name, a) for a in (registry.CHAMPION, registry.CHALLENGER)
+    }
+    for alias, mv in aliases.items():
+        console.print(f"{alias:<11} {'v' + str(mv.version) if mv else '-'}")
+    split = f" ({policy.percent:g}% of users on the challenger)" if policy.mode in ("canary", "ab") else ""
+    console.print(f"traffic     {policy.mode}{split}; set by {policy.updated_by or '-'}: {policy.reason or '-'}")
+    since = policy.updated_at
+    predictions = read_predictions(cfg.predictions_dir, since) if since else read_predictions(cfg.predictions_dir)
+    if len(predictions):
+        verdict = canary.analyze(predictions, cfg.canary)
+        console.print(f"\nanalysis of {len(predictions):,} logged predictions since the last traffic change:")
+        for check in verdict.checks:
+            console.print(f"  {check.line()}")
+        if policy.mode == "ab":
+            console.print("  " + canary.ab_report(predictions, cfg.canary).line())
+
+
+@rollout_app.command("set")
+def rollout_set(
+    mode: Annotated[str, typer.Argument(help="champion-only | shadow | canary | ab")],
+    percent: Annotated[float, typer.Option(help="Share of users on the challenger (canary, ab).")] = 0.0,
+    reason: Annotated[str, typer.Option(help="Why: recorded in the promotion log.")] = "manual traffic change",
+    config: ConfigOption = None,
+) -> None:
+    """Change the traffic policy; running services obey within seconds."""
+    from pydantic import ValidationError
+
+    from mlcycle import registry, rollout
+
+    cfg = _config(config)
+    try:
+        policy = rollout.RolloutPolicy(mode=mode, percent=percent)
+    except ValidationError as exc:
+        console.print(f"[red]{exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}[/red]")
+        raise typer.Exit(2) from None
+    client = registry.client_for(cfg)
+    rollout.write_policy(client, registry.PromotionLog(cfg.promotion_log_uri), cfg.model.name, policy, reason)
+    console.print(f"traffic: {policy.label()}")
+
+
+@rollout_app.command("run")
+def rollout_run(
+    wait_seconds: Annotated[float, typer.Option(help="Minimum wait per canary step.")] = 20.0,
+    max_wait_seconds: Annotated[float, typer.Option(help="Give up waiting for traffic after this.")] = 600.0,
+    config: ConfigOption = None,
+) -> None:
+    """Run the Prefect flow `rollout`: canary the challenger 5→25→50% → promote, or roll back."""
+    from mlcycle.project import load_flow
+
+    cfg = _config(config)
+    flow = load_flow(cfg.root, "rollout", "rollout_flow")
+    result = flow(config=str(cfg.root / "mlcycle.yaml"), wait_seconds=wait_seconds, max_wait_seconds=max_wait_seconds)
+    _print_rollout(result)
+
+
+def _print_rollout(result: dict) -> None:
+    for step in result["steps"]:
+        console.print(f"canary {step['percent']:g}%: {'passed' if step['passed'] else '[red]FAILED[/red]'}")
+        for line in step["checks"]:
+            console.print(f"    {line}")
+    color = "green" if result["outcome"] == "promoted" else "red"
+    console.print(f"[{color}]v{result['version']} {result['outcome']}[/{color}]")
+
+
+@app.command()
+def rollback(
+    reason: Annotated[str, typer.Option(help="Why: recorded in the promotion log.")] = "manual rollback",
+    config: ConfigOption = None,
+) -> None:
+    """Champion back to the previous champion, traffic to champion-only (services obey within seconds)."""
+    from mlcycle import registry, rollout
+
+    cfg = _config(config)
+    client = registry.client_for(cfg)
+    events = rollout.rollback(client, registry.PromotionLog(cfg.promotion_log_uri), cfg.model.name, reason)
+    console.print("traffic: champion-only")
+    for e in events:
+        console.print(f"{e.alias}: v{e.from_version or '-'} → v{e.to_version or '-'}")
+    if not any(e.alias == registry.CHAMPION for e in events):
+        console.print("(no earlier champion in the promotion log: champion unchanged)")
+
+
+@app.command("batch-score")
+def batch_score(
+    day: Annotated[datetime | None, typer.Option(help="UTC day to score (default: yesterday).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run the Prefect flow `batch_score`: score a day's transactions with the champion."""
+    from mlcycle.project import load_flow
+
+    cfg = _config(config)
+    flow = load_flow(cfg.root, "batch_score", "batch_score")
+    result = flow(config=str(cfg.root / "mlcycle.yaml"), day=day.date() if day else None)
+    console.print(f"{result['rows']:,} transactions of {result['day']} scored by v{result['model_version']} → "
+                  f"{result['path']}")  # fmt: skip
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 3000,
+    config: ConfigOption = None,
+) -> None:
+    """Start the BentoML scoring service (POST /predict, /metrics, /readyz) for this project."""
+    import os
+
+    cfg = _config(config)
+    if not (cfg.root / "services").is_dir():
+        console.print(f"[red]{cfg.root / 'services'} not found: run from the project directory[/red]")
+        raise typer.Exit(2)
+    env = {**os.environ, "MLCYCLE_CONFIG": str(cfg.root / "mlcycle.yaml")}
+    os.chdir(cfg.root)
+    cmd = [sys.executable, "-m", "bentoml", "serve", "services.fraud_service:FraudService", "--port", str(port)]
+    os.execvpe(cmd[0], cmd, env)
+
+
 if __name__ == "__main__":
     app()

@@ -174,6 +174,22 @@ class TrackingSpec(StrictModel):
     promotion_log_uri: str = Field("sqlite:///data/promotions.db", description="Append-only alias history.")
 
 
+class CanarySpec(StrictModel):
+    """Guards of the automated canary analysis (mlcycle.canary) and the A/B stopping rule."""
+
+    steps: list[float] = Field(default_factory=lambda: [5.0, 25.0, 50.0, 100.0])
+    min_requests: int = Field(200, ge=10, description="Per variant, before a step is judged.")
+    max_error_rate_increase: float = Field(0.01, ge=0)
+    max_p99_latency_ratio: float = Field(2.0, gt=0)
+    p99_latency_slack_ms: float = Field(5.0, ge=0, description="Absolute slack: tiny p99s are noisy.")
+    max_score_psi: float = Field(0.2, ge=0, description="0.1 watch, 0.2 act (the usual PSI bands).")
+    min_labelled: int = Field(200, ge=10, description="Labelled requests per variant for AUC/precision.")
+    max_auc_drop: float = Field(0.02, ge=0)
+    ab_minimum_detectable_effect: float = Field(0.05, gt=0, description="Absolute, on the flagged-fraud rate.")
+    ab_alpha: float = Field(0.05, gt=0, lt=1)
+    ab_power: float = Field(0.8, gt=0, lt=1)
+
+
 class ProjectConfig(StrictModel):
     project: str = "fraud"
     profile: Literal["local", "scale"] = "local"
@@ -183,6 +199,7 @@ class ProjectConfig(StrictModel):
     quality: QualitySpec = QualitySpec()
     gates: GatesSpec = GatesSpec()
     tracking: TrackingSpec = TrackingSpec()
+    canary: CanarySpec = CanarySpec()
 
     root: Path = Field(Path("."), exclude=True, description="Directory of the config file.")
 
@@ -216,6 +233,10 @@ class ProjectConfig(StrictModel):
     @property
     def promotion_log_uri(self) -> str:
         return self.resolve_uri(self.tracking.promotion_log_uri)
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.data_path / "predictions"
 
     @property
     def raw_dir(self) -> Path:

@@ -111,7 +111,14 @@ def rollback(
     write_policy(client, log, model_name, RolloutPolicy(mode="champion-only"), reason, who)
     if previous is not None:
         events.append(registry.move_alias(client, log, model_name, registry.CHAMPION, previous, reason, who))
-    challenger = registry.version_by_alias(client, model_name, registry.CHALLENGER)
-    if challenger is not None and current is not None and str(challenger.version) != str(current.version):
-        events.append(registry.move_alias(client, log, model_name, registry.CHALLENGER, None, reason, who))
     return events
+
+
+def abort_canary(
+    client: MlflowClient, log: registry.PromotionLog, model_name: str, reason: str, who: str | None = None
+) -> list[registry.PromotionEvent]:
+    """Stop a canary: all traffic back to the champion, the challenger alias removed (rejected)."""
+    write_policy(client, log, model_name, RolloutPolicy(mode="champion-only"), reason, who)
+    if registry.version_by_alias(client, model_name, registry.CHALLENGER) is None:
+        return []
+    return [registry.move_alias(client, log, model_name, registry.CHALLENGER, None, reason, who)]

@@ -71,7 +71,7 @@ class Scorer:
         self.not_ready_reason: str | None = "not loaded yet"
         self._checked = 0.0
         self._lock = threading.Lock()
-        self.prediction_log = PredictionLog(cfg.data_path / "predictions") if log_predictions else None
+        self.prediction_log = PredictionLog(cfg.predictions_dir) if log_predictions else None
 
     # ----------------------------------------------------------------- loading
     @property
