@@ -80,3 +80,15 @@ def test_regression_gate_compares_with_the_champion_on_the_same_rows() -> None:
     rejected = run_gates(worse, spec, champion=good)
     assert {c.name for c in rejected.failed} >= {"no_regression_roc_auc"}
     assert all(c.evidence for c in rejected.failed)  # the values compared are kept
+
+
+def test_latency_gate_reads_the_measured_p99() -> None:
+    df = scored(1.0)
+    report = evaluate(df, df["score"].to_numpy(), "is_fraud", 0.5)
+    spec = GatesSpec(min_roc_auc=0.5, min_pr_auc=0.0, max_p99_latency_ms=25.0)
+    report.latency_ms = {"p50": 1.0, "p99": 24.0}
+    assert run_gates(report, spec).passed
+    report.latency_ms = {"p50": 1.0, "p99": 40.0}
+    assert [c.name for c in run_gates(report, spec).failed] == ["max_p99_latency_ms"]
+    report.latency_ms = {}
+    assert "max_p99_latency_ms" in [c.name for c in run_gates(report, spec).failed]  # unmeasured fails

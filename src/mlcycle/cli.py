@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import shutil
 import sys
 import time
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -44,24 +41,6 @@ def _config(path: Path | None) -> ProjectConfig:
     except ConfigError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-
-
-class Steps:
-    """Numbered progress lines with timings, so a long run shows where it is."""
-
-    def __init__(self, total: int):
-        self.total, self.n, self.t0 = total, 0, time.perf_counter()
-
-    @contextlib.contextmanager
-    def step(self, title: str) -> Iterator[None]:
-        self.n += 1
-        console.print(f"[bold cyan][{self.n}/{self.total}][/bold cyan] {title} …")
-        t = time.perf_counter()
-        yield
-        console.print(f"      done in {time.perf_counter() - t:.1f}s")
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
 
 
 def _fail_contract(exc: Exception) -> None:
@@ -205,96 +184,22 @@ def features_online(
 def demo(
     config: ConfigOption = None,
     rows: Annotated[int | None, typer.Option(help="Transactions to generate (default from config).")] = None,
+    requests: Annotated[int, typer.Option(help="Requests sent to the service before the canary.")] = 2000,
 ) -> None:
     """Run the lifecycle end to end on embedded defaults (SQLite, local files): no server to start."""
-    from mlcycle import pipeline
-    from mlcycle.features import store
+    from mlcycle import demo as demo_module
     from mlcycle.validation import ContractViolation
 
     cfg = _config(config)
     if rows:
         cfg.data = cfg.data.model_copy(update={"n_transactions": rows})
-    steps = Steps(total=7)
-    console.rule("[bold]mlcycle demo[/bold]")
-    console.print(f"project {cfg.project!r}, profile {cfg.profile!r}, state in {cfg.data_path}")
-    if cfg.data_path.exists():
-        console.print("starting from a clean data/ directory (generated state only)")
-        shutil.rmtree(cfg.data_path)
-
-    with steps.step(f"Generating {cfg.data.n_transactions:,} card transactions (seed {cfg.data.seed})"):
-        dataset, _ = pipeline.generate_data(cfg)
-        tx = dataset.transactions
-        console.print(
-            f"      {len(tx):,} transactions, {len(dataset.users):,} users, {len(dataset.merchants):,} "
-            f"merchants, {tx['event_timestamp'].min():%Y-%m-%d} → {tx['event_timestamp'].max():%Y-%m-%d}, "
-            f"fraud {tx['is_fraud'].mean():.2%}"
-        )
-    with steps.step("Validating against the data contract, then building feature tables"):
-        try:
-            build = pipeline.build_features(cfg)
-        except ContractViolation as exc:
-            _fail_contract(exc)
-        console.print(f"      {build.report.summary()}")
-        for name, n in build.rows.items():
-            console.print(f"      {name}: {n:,} rows")
-    with steps.step("feast apply + materialize-incremental (SQLite online store)"):
-        end = pipeline.publish_features(cfg, fresh=True)
-        console.print(f"      online store loaded up to {end:%Y-%m-%d %H:%M:%S} UTC")
-    with steps.step("Point-in-time training set through the FeatureService (matured labels)"):
-        frame = pipeline.build_training_set(cfg)
-        fs = store.open_store(cfg.feature_repo_path)
-        plan = store.plan_for(fs, cfg.features.feature_service)
-        summary = pipeline.summarize_training_set(frame, list(plan.model_features))
-        console.print(
-            f"      {len(frame):,} rows (every matured transaction kept) × {len(plan.model_features)} "
-            f"features from '{plan.name}', label rate {frame['is_fraud'].mean():.2%}"
-        )
-        worst = summary.sort_values("null_rate", ascending=False).head(3)
-        console.print(
-            "      highest null rates: "
-            + ", ".join(f"{k} {v:.1%}" for k, v in worst["null_rate"].items())
-            + " (users' first transactions have no history)"
-        )
-        out = cfg.data_path / "training_set.parquet"
-        frame.to_parquet(out, index=False)
-    with steps.step("Train/serve check: online vector vs offline row for the same moment"):
-        now = datetime.now(UTC).replace(microsecond=0)
-        sample = tx.drop_duplicates("user_id").tail(200).reset_index(drop=True)
-        entity_rows = sample[["user_id", "merchant_id"]].to_dict("records")
-        request = store.entity_frame(sample).drop(columns=["user_id", "merchant_id", "event_timestamp"])
-        request["request_unix"] = int(now.timestamp())
-        online = store.online_vector(fs, entity_rows, request.to_dict("records"), plan.name, now=now)
-        offline = store.training_set(
-            fs, sample[["user_id", "merchant_id"]].assign(event_timestamp=now, **request), plan.name
-        )
-        skew = store.skew_report(online, offline, plan.model_features)
-        console.print(
-            f"      {len(sample)} entities × {len(plan.model_features)} features: "
-            + ("identical" if not skew else f"[red]skew in {skew}[/red]")
-        )
-        if skew:
-            raise typer.Exit(1)
-    with steps.step("Training v1: Prefect flow `train` → gates → MLflow registry"):
-        from mlcycle.project import load_flow
-
-        result = load_flow(cfg.root, "training", "train")(config=str(cfg.root / "mlcycle.yaml"))
-        _print_training_result(cfg, result)
-        if not result["passed"]:
-            raise typer.Exit(1)
-    with steps.step("Summary"):
-        table = Table("what", "where")
-        table.add_row("raw data", str(cfg.raw_dir))
-        table.add_row("feature tables", str(cfg.features_dir))
-        table.add_row("training set", str(out))
-        table.add_row("Feast registry / online store", str(cfg.feast_dir))
-        table.add_row("model card", str(result["model_card"]))
-        table.add_row("MLflow UI", _mlflow_ui_command(cfg))
-        table.add_row("registered versions", "uv run mlcycle models   (history: uv run mlcycle history)")
-        table.add_row("Prefect UI (flow runs)", "uv run prefect server start   → http://127.0.0.1:4200")
-        table.add_row("inspect features", "cd feature_repo && uv run feast feature-views list")
-        table.add_row("one online vector", "uv run mlcycle features online 2 5 --amount 120")
-        console.print(table)
-    console.rule(f"[bold green]demo finished in {steps.elapsed():.0f}s[/bold green]")
+    try:
+        demo_module.run(cfg, console, requests)
+    except ContractViolation as exc:
+        _fail_contract(exc)
+    except demo_module.DemoFailed as exc:
+        console.print(f"[red]demo stopped: {exc}[/red]")
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -330,7 +235,9 @@ def _print_training_result(cfg: ProjectConfig, result: dict) -> None:
 
 
 def _mlflow_ui_command(cfg: ProjectConfig) -> str:
-    return f"uv run mlflow ui --backend-store-uri {cfg.tracking_uri} --port 5000"
+    from mlcycle.demo import mlflow_ui_command
+
+    return mlflow_ui_command(cfg)
 
 
 @app.command()

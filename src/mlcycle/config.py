@@ -184,6 +184,7 @@ class CanarySpec(StrictModel):
     p99_latency_slack_ms: float = Field(5.0, ge=0, description="Absolute slack: tiny p99s are noisy.")
     max_score_psi: float = Field(0.2, ge=0, description="0.1 watch, 0.2 act (the usual PSI bands).")
     min_labelled: int = Field(200, ge=10, description="Labelled requests per variant for AUC/precision.")
+    min_labelled_positives: int = Field(30, ge=5, description="Frauds among them: an AUC on 3 positives is noise.")
     max_auc_drop: float = Field(0.02, ge=0)
     ab_minimum_detectable_effect: float = Field(0.05, gt=0, description="Absolute, on the flagged-fraud rate.")
     ab_alpha: float = Field(0.05, gt=0, lt=1)

@@ -153,6 +153,7 @@ class Scorer:
         slots, policy = dict(self.slots), self.policy
         champion, challenger = slots[registry.CHAMPION], slots.get(registry.CHALLENGER)
         variants = np.array([rollout.route(policy, k["user_id"], challenger is not None) for k in keys])
+        routed = variants.copy()  # what the policy chose: the log keeps it, even when the champion stands in
         scores = np.empty(len(requests))
         versions = np.empty(len(requests), dtype=object)
         errors: list[str | None] = [None] * len(requests)
@@ -190,6 +191,7 @@ class Scorer:
         if self.prediction_log is not None:
             records = [
                 self._record(requests[i], fields[i], vectors.iloc[i], r, thresholds[i], latency_ms, errors[i], False)
+                | {"variant": str(routed[i])}
                 for i, r in enumerate(results)
             ]
             if policy.mode == "shadow" and challenger is not None:
