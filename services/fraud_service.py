@@ -13,19 +13,20 @@ whose body says which.
 from __future__ import annotations
 
 import hmac
-from http import HTTPStatus
 import math
 import os
 from datetime import datetime
+from http import HTTPStatus
 from typing import Annotated, Literal
 
 import bentoml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 import mlcycle  # noqa: F401  (telemetry off before the stack is imported)
 from mlcycle import registry, rollout
 from mlcycle.config import load_config
 from mlcycle.features.store import FeatureStoreUnavailable
 from mlcycle.serving import NotReady, Scorer
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_BATCH = 1000
 

@@ -120,6 +120,9 @@ class Scorer:
                 if not force and current is not None and current.version == str(mv.version):
                     continue
                 booster = mlflow.xgboost.load_model(f"models:/{name}/{mv.version}")
+                # One thread per prediction: requests are single rows, and OpenMP workers that
+                # spin after each call compete with request handling on a small machine.
+                booster.set_param({"nthread": 1})
                 self.slots[alias] = ModelSlot(
                     alias,
                     str(mv.version),

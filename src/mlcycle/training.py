@@ -60,8 +60,14 @@ def split_by_time(frame: pd.DataFrame, valid_fraction: float, test_fraction: flo
 
 
 def matrix(frame: pd.DataFrame, features: list[str]) -> np.ndarray:
-    """The model's input: features in the recorded order, as float32 with NaN for missing."""
-    return frame[features].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32)
+    """The model's input: features in the recorded order, as float32 with NaN for missing.
+
+    Numeric columns (the usual case) convert in one step; a column of Python objects (an online
+    response) is parsed as numbers first."""
+    sub = frame[features]
+    if all(pd.api.types.is_numeric_dtype(dtype) for dtype in sub.dtypes):
+        return sub.to_numpy(dtype=np.float32, na_value=np.nan)
+    return sub.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32, na_value=np.nan)
 
 
 @dataclass
