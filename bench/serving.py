@@ -44,7 +44,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -62,6 +61,7 @@ import pandas as pd
 import mlcycle  # noqa: F401  (telemetry off)
 from mlcycle import TELEMETRY_OFF, pipeline
 from mlcycle.config import ProjectConfig
+from mlcycle.service_process import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
@@ -190,12 +190,6 @@ class Server:
         if not self.log_path.exists():
             return "<no log>"
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def start_server(name: str, cmd: Sequence[str], env: Mapping[str, str], cwd: Path, port: int, log: Path) -> Server:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import pytest
 
 from mlcycle import TELEMETRY_OFF
 from mlcycle.config import ProjectConfig
+from mlcycle.service_process import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -37,13 +37,6 @@ LOOPBACK = "127.0.0.1"
 SLOW_START_S = 240.0
 START_S = 120.0
 STOP_S = 20.0
-
-
-def free_port() -> int:
-    """A port the kernel says is free on loopback (a tiny race with other processes is accepted)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
 
 
 def server_env(**extra: str) -> dict[str, str]:

@@ -4,10 +4,6 @@ MLflow registry: bad input, routing, shadow, rollback without restart, automated
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -17,15 +13,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import xgboost as xgb
-from tests.conftest import REPO_ROOT, clone_project
-from tests.test_servers_smoke import free_port
+from tests.conftest import clone_project
 
 from mlcycle import registry, rollout
 from mlcycle.config import ProjectConfig
 from mlcycle.pipeline import build_training_set
 from mlcycle.prediction_log import read_predictions
 from mlcycle.project import load_flow
+from mlcycle.service_process import ServiceProcess
 from mlcycle.tracking import FEATURES_TAG, THRESHOLD_TAG, pip_requirements
+from mlcycle.traffic import request_body
 from mlcycle.training import matrix
 
 pytestmark = pytest.mark.slow
@@ -47,57 +44,18 @@ def served(training_project: ProjectConfig, prefect_server, tmp_path_factory):
     assert train(cfg)["alias"] == "champion"
     second = train(cfg)
     assert second["alias"] == "challenger", second["failed"]
-    port = free_port()
-    log_path = root / "serve.log"
-    env = {
-        **os.environ,
-        "MLCYCLE_CONFIG": str(root / "mlcycle.yaml"),
-        "MLCYCLE_REFRESH_SECONDS": "0.5",
-        "MLCYCLE_ADMIN_TOKEN": ADMIN,
-        "BENTOML_HOME": str(root / "bentoml_home"),
-        "BENTOML_DO_NOT_TRACK": "True",
-    }
-    cmd = [sys.executable, "-m", "bentoml", "serve", "services.fraud_service:FraudService", "--port", str(port)]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    client = httpx.Client(base_url=base, trust_env=False, timeout=30)
+    service = ServiceProcess(cfg, env={"MLCYCLE_REFRESH_SECONDS": "0.5", "MLCYCLE_ADMIN_TOKEN": ADMIN})
+    service.start()
+    client = httpx.Client(base_url=service.url, trust_env=False, timeout=30)
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            try:
-                if client.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("service not ready:\n" + log_path.read_text()[-3000:])
         tx = pd.read_parquet(cfg.raw_dir / "transactions.parquet")
         yield cfg, client, tx
     finally:
         client.close()
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        service.stop()
 
 
-def body(row) -> dict:
-    return {
-        "transaction": {
-            "transaction_id": int(row.transaction_id),
-            "user_id": int(row.user_id),
-            "merchant_id": int(row.merchant_id),
-            "amount": float(row.amount),
-            "country": str(row.country),
-            "merchant_category": str(row.merchant_category),
-            "channel": None if pd.isna(row.channel) else str(row.channel),
-        }
-    }
+body = request_body
 
 
 def set_traffic(client: httpx.Client, mode: str, percent: float = 0.0) -> None:

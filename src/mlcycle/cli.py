@@ -223,14 +223,9 @@ def train(
 
 
 def _print_training_result(cfg: ProjectConfig, result: dict) -> None:
-    if result["passed"]:
-        console.print(
-            f"[green]registered {cfg.model.name} v{result['version']} as {result['alias']}[/green] "
-            f"(ROC-AUC {result['roc_auc']:.4f}, PR-AUC {result['pr_auc']:.4f})"
-        )
-        console.print(f"model card: {result['model_card']}")
-    else:
-        console.print(f"[red]rejected by the gates: {', '.join(result['failed'])}[/red]; no alias moved")
+    from mlcycle.demo import print_training
+
+    print_training(console, result, indent="")
     console.print(f"MLflow run {result['run_id']} — browse with: {_mlflow_ui_command(cfg)}")
 
 
@@ -402,16 +397,9 @@ def rollout_run(
     cfg = _config(config)
     flow = load_flow(cfg.root, "rollout", "rollout_flow")
     result = flow(config=str(cfg.root / "mlcycle.yaml"), wait_seconds=wait_seconds, max_wait_seconds=max_wait_seconds)
-    _print_rollout(result)
+    from mlcycle.demo import print_rollout
 
-
-def _print_rollout(result: dict) -> None:
-    for step in result["steps"]:
-        console.print(f"canary {step['percent']:g}%: {'passed' if step['passed'] else '[red]FAILED[/red]'}")
-        for line in step["checks"]:
-            console.print(f"    {line}")
-    color = "green" if result["outcome"] == "promoted" else "red"
-    console.print(f"[{color}]v{result['version']} {result['outcome']}[/{color}]")
+    print_rollout(console, result, indent="")
 
 
 @app.command()

@@ -114,10 +114,10 @@ def run(cfg: ProjectConfig, console: Console, requests: int = 2000) -> None:
     config_path = str(cfg.root / "mlcycle.yaml")
     with steps.step("Training v1: Prefect flow `train` → gates → MLflow registry"):
         v1 = train(config=config_path)
-        _print_training(console, v1)
+        print_training(console, v1)
     with steps.step("Training v2 on the same data: it must not regress against v1 to become challenger"):
         v2 = train(config=config_path)
-        _print_training(console, v2)
+        print_training(console, v2)
 
     service = ServiceProcess(cfg)
     with steps.step("Starting the scoring service (bentoml serve) and sending traffic"):
@@ -166,14 +166,23 @@ def _progress(console: Console) -> Progress:
     )  # fmt: skip
 
 
-def _print_training(console: Console, result: dict) -> None:
+def print_training(console: Console, result: dict, indent: str = "      ") -> None:
     if result["passed"]:
         console.print(
-            f"      registered v{result['version']} as {result['alias']} "
+            f"{indent}registered v{result['version']} as {result['alias']} "
             f"(ROC-AUC {result['roc_auc']:.4f}, PR-AUC {result['pr_auc']:.4f}); card {result['model_card']}"
         )
     else:
-        console.print(f"      [red]rejected by the gates: {', '.join(result['failed'])}[/red]; no alias moved")
+        console.print(f"{indent}[red]rejected by the gates: {', '.join(result['failed'])}[/red]; no alias moved")
+
+
+def print_rollout(console: Console, result: dict, indent: str = "      ") -> None:
+    for step in result["steps"]:
+        console.print(f"{indent}{step['percent']:g}%: {'passed' if step['passed'] else '[red]FAILED[/red]'}")
+        for line in step["checks"]:
+            console.print(f"{indent}    {line}")
+    color = "green" if result["outcome"] == "promoted" else "red"
+    console.print(f"{indent}[{color}]v{result['version']} {result['outcome']}[/{color}]")
 
 
 def _canary(cfg: ProjectConfig, url: str, transactions, console: Console) -> dict:
@@ -196,10 +205,6 @@ def _canary(cfg: ProjectConfig, url: str, transactions, console: Console) -> dic
     finally:
         stop.set()
         thread.join(60)
-    for step in result["steps"]:
-        console.print(f"      {step['percent']:g}%: {'passed' if step['passed'] else '[red]FAILED[/red]'}")
-        for line in step["checks"]:
-            console.print(f"          {line}")
-    color = "green" if result["outcome"] == "promoted" else "red"
-    console.print(f"      [{color}]v{result['version']} {result['outcome']}[/{color}] ({sent['n']:,} requests sent)")
+    print_rollout(console, result)
+    console.print(f"      ({sent['n']:,} requests sent during the canary)")
     return result

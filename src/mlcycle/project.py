@@ -21,8 +21,9 @@ def copy_project(source: Path, dest: Path, data: dict | None = None) -> ProjectC
     raw = yaml.safe_load((source / DEFAULT_CONFIG_NAME).read_text()) or {}
     repo = Path(raw.get("features", {}).get("feature_repo", "feature_repo"))
     shutil.copytree(source / repo, dest / repo, ignore=shutil.ignore_patterns("__pycache__"))
-    if (source / "flows").is_dir():
-        shutil.copytree(source / "flows", dest / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    for code in ("flows", "services"):
+        if (source / code).is_dir():
+            shutil.copytree(source / code, dest / code, ignore=shutil.ignore_patterns("__pycache__"))
     raw["data"] = {**raw.get("data", {}), **(data or {})}
     (dest / DEFAULT_CONFIG_NAME).write_text(yaml.safe_dump(raw, sort_keys=False))
     return load_config(dest / DEFAULT_CONFIG_NAME)
