@@ -253,3 +253,31 @@ def test_canary_promotes_a_good_challenger(served) -> None:
     assert rollout.read_policy(registry.client_for(cfg), cfg.model.name).mode == "champion-only"
     row = next(tx.tail(1).itertuples())
     assert wait_for_version(client, body(row), str(candidate["version"]))
+
+
+def test_online_store_unreachable_is_a_503_that_says_so_and_recovers(served) -> None:
+    """Take the SQLite online store's tables away under the running service, then give them back:
+    503 with the reason while they are gone, scores again once they are back, no restart."""
+    import sqlite3
+
+    cfg, client, tx = served
+    row = next(tx.tail(1).itertuples())
+    db = cfg.feast_dir / "online_store.db"
+
+    def rename_tables(suffix_from: str, suffix_to: str) -> None:
+        with sqlite3.connect(db) as conn:
+            names = [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+            for name in names:
+                if name.endswith(suffix_from) and name.startswith("mlcycle_fraud_"):
+                    base = name[: len(name) - len(suffix_from)] if suffix_from else name
+                    conn.execute(f'ALTER TABLE "{name}" RENAME TO "{base}{suffix_to}"')
+
+    rename_tables("", "_offline")
+    try:
+        r = client.post("/predict", json=body(row))
+        assert r.status_code == 503, r.text
+        assert "online feature store unavailable" in r.json()["error"]
+        assert r.json()["score"] is None  # never a silent default score
+    finally:
+        rename_tables("_offline", "")
+    assert client.post("/predict", json=body(row)).status_code == 200

@@ -177,3 +177,27 @@ def test_promote_moves_champion_clears_challenger_and_logs_both(trained) -> None
     with pytest.raises(Exception, match=r"(?i)not found|does not exist"):
         registry.promote(client, log, cfg.model.name, "99", "typo")
     assert champion(cfg) == "2"
+
+
+def test_batch_scores_a_day_with_the_champion_on_offline_features(trained) -> None:
+    import mlflow.xgboost
+
+    from mlcycle import batch
+    from mlcycle.features import entity_frame, open_store, training_set
+    from mlcycle.training import matrix
+
+    cfg, _ = trained
+    tx = pd.read_parquet(cfg.raw_dir / "transactions.parquet")
+    day = (tx["event_timestamp"].max() - pd.Timedelta(days=3)).date()
+    path, rows, version = batch.score_day(cfg, day)
+    scores = pd.read_parquet(path)
+    expected_rows = tx[tx["event_timestamp"].dt.date == day]
+    assert rows == len(scores) == len(expected_rows) > 0
+    assert set(scores["transaction_id"]) == set(expected_rows["transaction_id"])
+    assert (scores["model_version"] == version).all() and version == champion(cfg)
+    # Independent check: the champion on the same point-in-time rows gives the same scores.
+    mv = registry.version_by_alias(registry.client_for(cfg), cfg.model.name, registry.CHAMPION)
+    booster = mlflow.xgboost.load_model(f"models:/{cfg.model.name}/{mv.version}")
+    features = __import__("json").loads(mv.tags["mlcycle.features"])
+    frame = training_set(open_store(cfg.feature_repo_path), entity_frame(expected_rows), cfg.features.feature_service)
+    np.testing.assert_allclose(scores["score"].to_numpy(), booster.inplace_predict(matrix(frame, features)), rtol=1e-6)

@@ -356,7 +356,10 @@ def rollout_status(config: ConfigOption = None) -> None:
     if len(predictions):
         verdict = canary.analyze(predictions, cfg.canary)
         console.print(f"\nanalysis of {len(predictions):,} logged predictions since the last traffic change:")
-        for check in verdict.checks:
+        if not canary.enough_data(verdict):
+            counts = ", ".join(f"{c.name.removeprefix('requests_')} {c.value:.0f}" for c in verdict.checks)
+            console.print(f"  not enough requests for a verdict yet ({counts}; need {cfg.canary.min_requests} each)")
+        for check in verdict.checks if canary.enough_data(verdict) else ():
             console.print(f"  {check.line()}")
         if policy.mode == "ab":
             console.print("  " + canary.ab_report(predictions, cfg.canary).line())
