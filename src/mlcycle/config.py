@@ -191,6 +191,19 @@ class CanarySpec(StrictModel):
     ab_power: float = Field(0.8, gt=0, lt=1)
 
 
+class MonitoringSpec(StrictModel):
+    """Drift thresholds (mlcycle.monitoring): PSI bands 0.1 watch / 0.2 drift, as in the seeds."""
+
+    psi_watch: float = Field(0.1, ge=0)
+    psi_drift: float = Field(0.2, ge=0)
+    ks_pvalue: float = Field(0.01, gt=0, lt=1)
+    ks_min_statistic: float = Field(0.1, gt=0, le=1)
+    missing_rate_change: float = Field(0.05, ge=0, le=1, description="Absolute change that counts as drift.")
+    new_category_share: float = Field(0.01, ge=0, le=1, description="Share of rows in unseen categories.")
+    score_mean_change: float = Field(0.10, ge=0, description="Relative change of the mean score that alerts.")
+    reference_sample: int = Field(200_000, ge=1000)
+
+
 class ProjectConfig(StrictModel):
     project: str = "fraud"
     profile: Literal["local", "scale"] = "local"
@@ -201,6 +214,7 @@ class ProjectConfig(StrictModel):
     gates: GatesSpec = GatesSpec()
     tracking: TrackingSpec = TrackingSpec()
     canary: CanarySpec = CanarySpec()
+    monitoring: MonitoringSpec = MonitoringSpec()
 
     root: Path = Field(Path("."), exclude=True, description="Directory of the config file.")
 
