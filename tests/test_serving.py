@@ -138,13 +138,17 @@ def test_canary_routing_is_proportional_and_sticky(served) -> None:
 def test_shadow_scores_are_logged_never_returned(served) -> None:
     cfg, client, tx = served
     rows = list(tx.tail(60).itertuples())
+    # One request time for both passes: features such as seconds-since-last-transaction move with
+    # the clock, so the same request sent later would legitimately score differently.
+    at = pd.Timestamp.now(tz="UTC").isoformat()
+    payloads = [{"transaction": {**body(r)["transaction"], "timestamp": at}} for r in rows]
     set_traffic(client, "champion-only")
     time.sleep(1.2)
-    before = [client.post("/predict", json=body(r)).json() for r in rows]
+    before = [client.post("/predict", json=p).json() for p in payloads]
     set_traffic(client, "shadow")
     time.sleep(1.2)
     since = pd.Timestamp.now(tz="UTC")
-    during = [client.post("/predict", json=body(r)).json() for r in rows]
+    during = [client.post("/predict", json=p).json() for p in payloads]
     assert [(d["variant"], d["model_version"], d["score"]) for d in during] == [
         (b["variant"], b["model_version"], b["score"]) for b in before
     ]
