@@ -21,9 +21,9 @@ gets 100 warm-up requests first; then, per concurrency level, the apps are measu
 with unmeasured requests before timing. Per app: p50 and p99 latency, throughput, non-200 count.
 
 Batch. In-process, offline features for ``--batch-rows`` transactions are built once through the
-same FeatureService; then the batch-scoring path (``mlcycle.batch.score_frame`` when it exists, else
-what a batch job does: frame → float32 matrix → ``inplace_predict`` → output frame with score and
-model version) is timed against bare ``booster.predict(xgb.DMatrix(X))`` on the prepared matrix.
+same FeatureService; then the batch-scoring path (``mlcycle.batch.score_frame``: frame → float32
+matrix → ``inplace_predict`` → output frame with score and decision) is timed against bare
+``booster.predict(xgb.DMatrix(X))`` on the prepared matrix.
 Both use the same booster with ``nthread=1``: with the machine shared, OpenMP threads descheduled
 at a barrier made single runs 10-20x slower and the ratio a measure of the neighbour's load.
 
@@ -37,9 +37,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
-import importlib.util
-import inspect
 import json
 import os
 import re
@@ -49,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +57,7 @@ import pandas as pd
 
 import mlcycle  # noqa: F401  (telemetry off)
 from mlcycle import TELEMETRY_OFF, pipeline
+from mlcycle.batch import score_frame
 from mlcycle.config import ProjectConfig
 from mlcycle.service_process import free_port
 
@@ -73,7 +71,6 @@ WARMUP_REQUESTS = 100
 ROUNDS = 3
 BATCH_ROUNDS = 9
 BATCH_THREADS = 1
-BATCH_ARGUMENTS = {"booster", "features", "frame", "threshold"}
 CHECK_REQUESTS = 20
 BODY_POOL = 2000
 RELAXED_LATENCY_GATE_MS = 1000.0
@@ -437,27 +434,6 @@ async def measure(
 
 
 # ----------------------------------------------------------------------------------------- batch
-def batch_path() -> tuple[str, Callable[..., Any] | None]:
-    """``mlcycle.batch.score_frame`` if the library has it, else None (the bench's own stand-in).
-
-    Its arguments are passed by name (``booster``, ``features``, ``frame``, and ``threshold`` if it
-    takes one); a signature needing anything else falls back to the stand-in."""
-    stand_in = "stand-in ({why}): matrix + inplace_predict + output frame"
-    if importlib.util.find_spec("mlcycle.batch") is None:
-        return stand_in.format(why="mlcycle.batch not found"), None
-    score_frame = getattr(importlib.import_module("mlcycle.batch"), "score_frame", None)
-    if score_frame is None:
-        return stand_in.format(why="mlcycle.batch has no score_frame"), None
-    required = {
-        name
-        for name, p in inspect.signature(score_frame).parameters.items()
-        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
-    if not required <= BATCH_ARGUMENTS:
-        return stand_in.format(why=f"score_frame needs {sorted(required - BATCH_ARGUMENTS)}"), None
-    return "mlcycle.batch.score_frame", score_frame
-
-
 def batch_scores(result: Any) -> np.ndarray:
     if isinstance(result, pd.DataFrame):
         return result["score"].to_numpy(dtype=float)
@@ -484,18 +460,10 @@ def batch_benchmark(cfg: ProjectConfig, n_rows: int) -> tuple[str, int, float, f
     store = open_store(cfg.feature_repo_path)
     frame = training_set(store, entity_frame(tx), cfg.features.feature_service)
     x = matrix(frame, features)
-    name, score_frame = batch_path()
+    name = "mlcycle.batch.score_frame"
 
-    arguments = {"booster": booster, "features": features, "frame": frame, "threshold": threshold}
-    if score_frame is not None:
-        params = inspect.signature(score_frame).parameters
-        arguments = {k: v for k, v in arguments.items() if k in params}
-
-    def library() -> Any:
-        if score_frame is not None:
-            return score_frame(**arguments)
-        scores = booster.inplace_predict(matrix(frame, features))
-        return pd.DataFrame({"score": scores, "model_version": str(version.version)}, index=frame.index)
+    def library() -> pd.DataFrame:
+        return score_frame(booster, features, threshold, frame)
 
     def raw() -> np.ndarray:
         return booster.predict(xgb.DMatrix(x, feature_names=features))

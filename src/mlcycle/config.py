@@ -48,14 +48,6 @@ class DriftSpec(StrictModel):
             raise ValueError(f"new_category '{self.new_category}' is already a known category")
         return self
 
-    @property
-    def active(self) -> bool:
-        return self.start_day is not None and (
-            self.amount_inflation != 1.0
-            or (self.new_category is not None and self.new_category_share > 0)
-            or self.concept_drift
-        )
-
 
 class DataSpec(StrictModel):
     """Shape of the generated card-transaction stream."""

@@ -61,18 +61,6 @@ def reference_stats(
     return ReferenceStats(num, cat, missing, len(frame))
 
 
-def cached_reference(
-    cache_dir: Path, key: str, build: callable, numeric: list[str], categorical: list[str], sample: int
-) -> ReferenceStats:
-    """Reference statistics for ``key`` (e.g. the champion's version and data hash), built on a miss."""
-    path = cache_dir / key
-    if path.with_suffix(".json").exists():
-        return ReferenceStats.load(path)
-    stats_ = reference_stats(build(), numeric, categorical, sample)
-    stats_.save(path)
-    return stats_
-
-
 @dataclass(frozen=True)
 class FeatureDrift:
     feature: str

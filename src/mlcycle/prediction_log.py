@@ -8,6 +8,7 @@ temporary name and renamed, so a reader never sees half a file. ``close`` drains
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -20,6 +21,8 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+log = logging.getLogger("mlcycle.prediction_log")
 
 COLUMNS = [
     "request_id", "logged_at", "user_id", "merchant_id", "transaction_id", "amount", "country",
@@ -35,7 +38,6 @@ class PredictionLog:
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._written = 0
-        self._failures = 0
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -44,11 +46,8 @@ class PredictionLog:
             self._queue.put(dict(record))
 
     @property
-    def pending(self) -> int:
-        return self._queue.qsize()
-
-    @property
     def written(self) -> int:
+        """Records on disk so far (what a reader of the log can already see)."""
         return self._written
 
     def close(self, timeout: float = 10.0) -> None:
@@ -87,8 +86,8 @@ class PredictionLog:
             pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
             tmp.replace(part / name)
             self._written += len(batch)
-        except Exception:  # a broken disk must not take serving down; the count shows it
-            self._failures += len(batch)
+        except Exception:  # a broken disk must not take serving down, but it must be seen
+            log.exception("prediction log: %d records could not be written to %s", len(batch), self.directory)
 
 
 def read_predictions(directory: str | Path, since: datetime | None = None) -> pd.DataFrame:

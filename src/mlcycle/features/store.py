@@ -37,8 +37,6 @@ from mlcycle.features.engineering import unix_seconds
 quiet_stack_warnings()
 
 FS_YAML = "feature_store.yaml"
-ENTITY_KEYS = ("user_id", "merchant_id")
-REQUEST_FIELDS = ("amount", "country", "merchant_category", "channel", "request_unix")
 NUMERIC_VALUE_TYPES = {"INT32", "INT64", "FLOAT", "DOUBLE", "UNIX_TIMESTAMP"}
 
 
@@ -123,13 +121,6 @@ class ServicePlan:
     model_features: tuple[str, ...]  # the service's declared outputs, in order: the model's inputs
     numeric_features: frozenset[str]  # view features typed as numbers, cast from the online response
     join_keys: tuple[str, ...] = ()
-
-    def feature_view_of(self, feature: str) -> str | None:
-        for ref in self.view_refs:
-            view, name = ref.split(":", 1)
-            if name == feature:
-                return view
-        return None
 
 
 def service_plan(store: FeatureStore, feature_service: str | FeatureService) -> ServicePlan:
