@@ -19,7 +19,7 @@ unexport PYTHONDONTWRITEBYTECODE
 STAMP := .venv/.mlcycle-installed
 LINT_DIRS := $(wildcard src tests flows services feature_repo bench)
 
-.PHONY: help install demo test lint bench clean
+.PHONY: help install demo test lint bench up down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -46,6 +46,12 @@ lint: install ## ruff check + format check
 
 bench: install ## run every benchmark in bench/
 	@for b in bench/*.py; do echo "== $$b"; $(UV) run --no-sync python $$b || exit 1; done
+
+up: install ## start Prefect server + worker + deployments, MLflow UI and the scoring service in the background; print URLs
+	$(UV) run --no-sync mlcycle up
+
+down: install ## stop exactly what `make up` started
+	$(UV) run --no-sync mlcycle down
 
 clean: ## remove generated state (data/), keep the environment
 	rm -rf data

@@ -82,9 +82,34 @@ def training_project(tmp_path_factory: pytest.TempPathFactory) -> ProjectConfig:
 
 
 @pytest.fixture(scope="session")
-def prefect_server():
-    """One temporary Prefect server (SQLite) for every flow test of the session."""
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_server(tmp_path_factory: pytest.TempPathFactory):
+    """One real ``prefect server start`` (SQLite, private PREFECT_HOME) for the whole session.
 
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
+    A real server rather than the test harness: deployment triggers and automations (the drift
+    event that starts retraining) only run in a full server. Flows in this process and CLI
+    subprocesses (``prefect deploy``) both talk to it through PREFECT_API_URL."""
+    import os
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from mlcycle.service_process import free_port
+    from servers import LOOPBACK, SLOW_START_S, VENV_BIN, running_server, server_env
+
+    home = tmp_path_factory.mktemp("prefect_home")
+    port = free_port()
+    url = f"http://{LOOPBACK}:{port}/api"
+    env = server_env(PREFECT_HOME=str(home), PREFECT_SERVER_API_HOST=LOOPBACK, PREFECT_API_URL=url,
+                     PREFECT_SERVER_API_PORT=str(port))  # fmt: skip
+    cmd = [str(VENV_BIN / "prefect"), "server", "start", "--host", LOOPBACK, "--port", str(port)]
+    previous = os.environ.get("PREFECT_API_URL")
+    with running_server(cmd, health_path="/api/health", port=port, log_path=home / "server.log",
+                        timeout=SLOW_START_S, env=env, cwd=home):  # fmt: skip
+        os.environ["PREFECT_API_URL"] = url
+        try:
+            with temporary_settings({PREFECT_API_URL: url}):
+                yield url
+        finally:
+            if previous is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = previous

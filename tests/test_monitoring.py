@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from mlcycle import monitoring
 from mlcycle.canary import psi
 from mlcycle.config import DataSpec, DriftSpec, MonitoringSpec
 from mlcycle.data import generate
@@ -96,3 +97,63 @@ def test_reference_stats_round_trip(tmp_path: Path) -> None:
     again = ReferenceStats.load(tmp_path / "ref")
     assert again.rows == ref.rows and again.missing == ref.missing and again.categorical == ref.categorical
     np.testing.assert_array_equal(again.numeric["amount"], ref.numeric["amount"])
+
+
+def _predictions(n: int, start: pd.Timestamp, days: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    at = start + pd.to_timedelta(rng.uniform(0, days * 86400, n), unit="s")
+    fraud = rng.random(n) < 0.05
+    score = np.clip(np.where(fraud, 0.6, 0.2) + rng.normal(0, 0.2, n), 0, 1)
+    predictions = pd.DataFrame({"transaction_id": np.arange(1, n + 1), "predicted_at": at, "score": score,
+                                "decision": score >= 0.5})  # fmt: skip
+    delay = np.where(fraud, rng.uniform(2, 10, n), 30 + rng.uniform(0, 2, n))
+    transactions = pd.DataFrame({"transaction_id": np.arange(1, n + 1), "is_fraud": fraud.astype("int8"),
+                                 "label_available_at": at + pd.to_timedelta(delay, unit="D")})  # fmt: skip
+    return predictions, transactions
+
+
+def test_decay_scores_only_matured_windows_on_the_labels_known_then() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    as_of = pd.Timestamp("2026-06-30 12:00", tz="UTC")
+    predictions, transactions = _predictions(40_000, as_of - pd.Timedelta(days=60), 60, seed=1)
+    windows = monitoring.performance_windows(predictions, transactions, as_of, maturity_days=30, lookback_days=14)
+    matured = [w for w in windows if w.matured]
+    immature = [w for w in windows if not w.matured and w.predictions]
+    assert matured and immature
+    # Only windows whose end is 30 days before as_of are scored: the newer ones have their frauds
+    # labelled already but not their legitimate rows — an AUC there would be inflated.
+    assert all(w.end + pd.Timedelta(days=30) <= as_of for w in matured)
+    assert all(w.roc_auc is None and w.precision is None for w in immature)
+    for w in matured[-3:]:
+        rows = predictions[(predictions["predicted_at"] >= w.start) & (predictions["predicted_at"] < w.end)]
+        labels = transactions.set_index("transaction_id").loc[rows["transaction_id"]]
+        known = (labels["label_available_at"] <= as_of).to_numpy() & labels["is_fraud"].to_numpy().astype(bool)
+        assert w.roc_auc == pytest.approx(roc_auc_score(known, rows["score"]))
+        assert w.positives == known.sum()
+
+
+def test_decay_alerts_on_a_worse_model_and_not_on_an_unchanged_one() -> None:
+    as_of = pd.Timestamp("2026-06-30 12:00", tz="UTC")
+    spec = MonitoringSpec(min_roc_auc=0.85)
+    good, transactions = _predictions(40_000, as_of - pd.Timedelta(days=60), 60, seed=2)
+    verdict, _ = monitoring.decay_verdict(good, transactions, as_of, 30, spec, baseline_roc_auc=0.9)
+    assert verdict.judged and not verdict.alert, verdict
+    worse = good.assign(score=np.random.default_rng(3).permutation(good["score"].to_numpy()))
+    verdict, _ = monitoring.decay_verdict(worse, transactions, as_of, 30, spec, baseline_roc_auc=0.9)
+    assert verdict.judged and verdict.alert and verdict.roc_auc < 0.6, verdict
+
+
+def test_broken_upstream_is_told_apart_from_drift() -> None:
+    from mlcycle.data import break_upstream
+
+    reference, current = windows(5)
+    stats = monitoring.reference_stats(reference, ["amount"], ["merchant_category", "channel"])
+    spec = MonitoringSpec()
+    assert monitoring.upstream_anomalies(stats, current, spec) == []
+    inflated = windows(5, amount_inflation=1.5)[1]
+    assert monitoring.upstream_anomalies(stats, inflated, spec) == []  # drift, not a broken feed
+    found = monitoring.upstream_anomalies(stats, break_upstream(current), spec)
+    assert [f.split(":")[0] for f in found] == ["merchant_category", "channel"], found
+    constant = current.assign(amount=9.99)
+    assert monitoring.upstream_anomalies(stats, constant, spec) == ["amount: constant 9.99 (varied in the reference)"]

@@ -63,3 +63,55 @@ def score_day(cfg: ProjectConfig, day: date, alias: str = registry.CHAMPION) -> 
     out.to_parquet(tmp, index=False)
     tmp.replace(path)
     return path, len(out), str(mv.version)
+
+
+def backfill_prediction_log(
+    cfg: ProjectConfig, start: datetime, end: datetime, alias: str = registry.CHAMPION
+) -> tuple[int, str]:
+    """Log what the model behind ``alias`` would have answered for the transactions in
+    ``[start, end)``, at their own time: the prediction history of a model put in production
+    before the first request reached this machine (the demo's past days; a backfill after an
+    outage of the log). Features come through the point-in-time join, as for batch scoring, so each
+    row equals the online answer at that moment; ``request_id`` starts with ``backfill-``."""
+    import uuid
+
+    from mlcycle.prediction_log import write_frame
+
+    client = registry.client_for(cfg)
+    mv = registry.version_by_alias(client, cfg.model.name, alias)
+    if mv is None:
+        raise RuntimeError(f"no '{alias}' alias on model '{cfg.model.name}': train and register a model first")
+    booster = mlflow.xgboost.load_model(f"models:/{cfg.model.name}/{mv.version}")
+    features = json.loads(mv.tags[FEATURES_TAG])
+    threshold = float(mv.tags.get(THRESHOLD_TAG, 0.5))
+    transactions = load_transactions(cfg.raw_dir / "transactions.parquet")
+    ts = transactions["event_timestamp"]
+    rows = transactions[(ts >= pd.Timestamp(start)) & (ts < pd.Timestamp(end))].reset_index(drop=True)
+    if rows.empty:
+        return 0, str(mv.version)
+    frame = training_set(open_store(cfg.feature_repo_path), entity_frame(rows), cfg.features.feature_service)
+    scored = score_frame(booster, features, threshold, frame)
+    event = rows["event_timestamp"]
+    records = pd.DataFrame(
+        {
+            "request_id": [f"backfill-{uuid.uuid4().hex}" for _ in range(len(rows))],
+            "logged_at": event.to_numpy(),
+            "user_id": rows["user_id"].to_numpy(),
+            "merchant_id": rows["merchant_id"].to_numpy(),
+            "transaction_id": rows["transaction_id"].to_numpy(),
+            "amount": rows["amount"].to_numpy(),
+            "country": rows["country"].astype(str).to_numpy(),
+            "merchant_category": rows["merchant_category"].astype(str).to_numpy(),
+            "channel": rows["channel"].astype(object).where(rows["channel"].notna(), None).astype(object),
+            "request_unix": (event.astype("int64") // 10**9).to_numpy(),
+            "variant": "champion",
+            "model_version": str(mv.version),
+            "shadow": False,
+            "score": scored["score"].to_numpy(dtype=float),
+            "decision": scored["decision"].to_numpy(dtype=bool),
+            "threshold": threshold,
+            "features_missing": "",
+            "features": frame[features].to_json(orient="records", lines=True).splitlines(),
+        }
+    )
+    return write_frame(cfg.predictions_dir, records), str(mv.version)

@@ -439,6 +439,105 @@ def batch_score(
 
 
 @app.command()
+def monitor(
+    window_days: Annotated[float | None, typer.Option(help="Current window: the last N days of predictions.")] = None,
+    since: Annotated[datetime | None, typer.Option(help="Current window from this time (UTC) instead.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run the Prefect flow `monitor`: drift, score drift and matured-label quality of the champion.
+
+    Writes a summary and an Evidently report under data/monitoring/, logs an MLflow run and emits
+    `mlcycle.drift.detected` / `mlcycle.performance.decayed` events (which start the `retrain`
+    deployment when a Prefect server with the deployments runs: `make up`)."""
+    from mlcycle.project import load_flow
+
+    cfg = _config(config)
+    flow = load_flow(cfg.root, "monitoring", "monitor")
+    result = flow(config=str(cfg.root / "mlcycle.yaml"), window_days=window_days, since=since)
+    console.print(Path(result["summary_path"]).with_suffix(".md").read_text())
+    console.print(f"\nsummary {result['summary_path']}\nreport  {result['report_html']}")
+    console.print(f"events: {', '.join(result['events']) or 'none'}")
+
+
+@app.command()
+def retrain(
+    summary: Annotated[str | None, typer.Option(help="summary.json of the monitoring check that asks for it.")] = None,
+    rollout: Annotated[bool, typer.Option(help="Canary a new challenger afterwards.")] = True,
+    config: ConfigOption = None,
+) -> None:
+    """Run the Prefect flow `retrain` by hand: guard → train → gates → challenger → canary.
+
+    If the data looks broken the flow pauses for `mlcycle approve RUN` / `mlcycle reject RUN`
+    (needs a Prefect server: `make up`)."""
+    from mlcycle.project import load_flow
+
+    cfg = _config(config)
+    flow = load_flow(cfg.root, "retraining", "retrain")
+    result = flow(config=str(cfg.root / "mlcycle.yaml"), trigger="manual", summary_path=summary, rollout=rollout)
+    console.print(f"retraining: {result['outcome']}")
+
+
+def _decide(run: str, approve: bool, who: str | None, note: str, config: Path | None) -> None:
+    import getpass
+    import os
+
+    from mlcycle import retraining
+
+    cfg = _config(config)
+    if url := retraining.api_url(cfg):
+        os.environ["PREFECT_API_URL"] = url
+    try:
+        retraining.decide(run, approve, who or f"cli:{getpass.getuser()}", note)
+    except Exception as exc:
+        console.print(f"[red]could not resume {run}: {exc}[/red]")
+        console.print("List the runs that wait for a decision with: mlcycle blocked")
+        raise typer.Exit(1) from None
+    console.print(f"{'approved' if approve else 'rejected'}: retraining run {run} resumes")
+
+
+WhoOption = Annotated[str | None, typer.Option(help="Who decides (recorded in the run's log).")]
+
+
+@app.command()
+def approve(
+    run: Annotated[str, typer.Argument(help="Flow-run id of the blocked retraining (see `mlcycle blocked`).")],
+    who: WhoOption = None,
+    note: Annotated[str, typer.Option(help="Why the data is fine to train on.")] = "",
+    config: ConfigOption = None,
+) -> None:
+    """Let a blocked retraining go ahead: you checked the data and it is right."""
+    _decide(run, True, who, note, config)
+
+
+@app.command()
+def reject(
+    run: Annotated[str, typer.Argument(help="Flow-run id of the blocked retraining (see `mlcycle blocked`).")],
+    who: WhoOption = None,
+    note: Annotated[str, typer.Option(help="What is wrong upstream.")] = "",
+    config: ConfigOption = None,
+) -> None:
+    """Stop a blocked retraining: the data is broken; champion and traffic stay as they are."""
+    _decide(run, False, who, note, config)
+
+
+@app.command()
+def blocked(config: ConfigOption = None) -> None:
+    """Retraining runs paused for a person's decision."""
+    import os
+
+    from mlcycle import retraining
+
+    cfg = _config(config)
+    if url := retraining.api_url(cfg):
+        os.environ["PREFECT_API_URL"] = url
+    runs = retraining.blocked_runs()
+    if not runs:
+        console.print("no retraining waits for a decision")
+    for r in runs:
+        console.print(f"{r['id']}  {r['name']}  paused since {r['since']}")
+
+
+@app.command()
 def serve(
     port: Annotated[int, typer.Option(help="HTTP port.")] = 3000,
     config: ConfigOption = None,
@@ -454,6 +553,78 @@ def serve(
     os.chdir(cfg.root)
     cmd = [sys.executable, "-m", "bentoml", "serve", "services.fraud_service:FraudService", "--port", str(port)]
     os.execvpe(cmd[0], cmd, env)
+
+
+# ----------------------------------------------------------------------------- local stack (make up / down)
+def _stack_out(message: str) -> None:
+    console.print(message, markup=False, soft_wrap=True)
+
+
+@app.command()
+def up(
+    prefect_port: Annotated[
+        int, typer.Option(envvar="MLCYCLE_PREFECT_PORT", help="Prefect server port (UI and API).")
+    ] = 4200,
+    mlflow_port: Annotated[int, typer.Option(envvar="MLCYCLE_MLFLOW_PORT", help="MLflow UI port.")] = 5000,
+    service_port: Annotated[int, typer.Option(envvar="MLCYCLE_SERVICE_PORT", help="Scoring service port.")] = 3000,
+    config: ConfigOption = None,
+) -> None:
+    """Start the local stack in the background and print its URLs (what `make up` runs).
+
+    Prefect server (SQLite in data/prefect), work pool `mlcycle-local`, every deployment of prefect.yaml, a worker.
+
+    The MLflow UI on the project's tracking store, and the BentoML scoring service.
+
+    Each runs in its own process group; logs in data/run/<name>.log, pids in data/run/<name>.pid.
+
+    Pieces already running are reused. Stop everything with `mlcycle down` (make down).
+    """
+    from mlcycle import stack
+
+    cfg = _config(config)
+    try:
+        stack.up(cfg, prefect_port=prefect_port, mlflow_port=mlflow_port, service_port=service_port, out=_stack_out)
+    except stack.StackError as exc:
+        console.print(str(exc), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def down(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait after SIGTERM before SIGKILL.")] = 20.0,
+    config: ConfigOption = None,
+) -> None:
+    """Stop exactly what `mlcycle up` started (the processes recorded in data/run/*.pid).
+
+    SIGTERM to each process group, SIGKILL after --timeout.
+
+    A pid file whose process is gone, or whose pid now runs something else, is only removed.
+    """
+    from mlcycle import stack
+
+    stack.down(_config(config), timeout=timeout, out=_stack_out)
+
+
+@app.command()
+def status(config: ConfigOption = None) -> None:
+    """What `mlcycle up` started and is still running: pid, URL, health, log."""
+    from mlcycle import stack
+
+    cfg = _config(config)
+    rows = stack.status(cfg)
+    if not rows:
+        console.print(f"nothing running: no pid files in {stack.run_dir(cfg)} (start the stack with `mlcycle up`)")
+        return
+    table = Table("name", "pid", "state", "url", "since (UTC)")
+    notes = [f"logs: {stack.run_dir(cfg)}/<name>.log"]
+    for row in rows:
+        state, _, why = row.health.partition(": ")
+        if why:
+            notes.append(f"{row.name}: {row.health}")
+        table.add_row(row.name, str(row.pid or ""), state, row.url, row.started_at.replace("T", " ")[:19])
+    console.print(table)
+    for note in notes:
+        console.print(note, markup=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

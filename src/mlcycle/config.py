@@ -38,6 +38,9 @@ class DriftSpec(StrictModel):
     new_category: str | None = Field(None, description="A merchant category that appears at start_day.")
     new_category_share: float = Field(0.0, ge=0, le=1, description="Share of merchants moving to it.")
     concept_drift: bool = Field(False, description="Fraud switches to a domestic, low-amount, daytime pattern.")
+    concept_drift_share: float = Field(
+        1.0, gt=0, le=1, description="Share of fraud rings (by card) that switch pattern; the rest keep theirs."
+    )
 
     @model_validator(mode="after")
     def _coherent(self) -> DriftSpec:
@@ -194,6 +197,28 @@ class MonitoringSpec(StrictModel):
     new_category_share: float = Field(0.01, ge=0, le=1, description="Share of rows in unseen categories.")
     score_mean_change: float = Field(0.10, ge=0, description="Relative change of the mean score that alerts.")
     reference_sample: int = Field(200_000, ge=1000)
+    window_days: float = Field(1.0, gt=0, description="Current window: the last N days of the prediction log.")
+    min_rows: int = Field(500, ge=1, description="Fewer logged predictions in the window: no drift verdict.")
+    # Delayed labels: a window is judged only once its labels have matured (data.label_maturity_days).
+    decay_window_days: int = Field(1, ge=1, description="Width of a performance window.")
+    decay_lookback_days: int = Field(14, ge=1, description="Matured days reported, counting back from the newest.")
+    decay_rolling_windows: int = Field(7, ge=1, description="Newest matured windows pooled for the alert.")
+    decay_min_positives: int = Field(30, ge=1, description="Fewer frauds pooled: too noisy to alert on.")
+    min_roc_auc: float = Field(0.85, gt=0, le=1, description="Alert below this pooled ROC-AUC.")
+    max_roc_auc_drop: float = Field(0.05, ge=0, le=1, description="Alert when ROC-AUC falls this far below "
+                                    "the champion's test ROC-AUC.")  # fmt: skip
+    # Broken upstream (retraining refuses and waits for a person): a feature suddenly all null or
+    # constant, or a categorical feature whose values are mostly unknown categories.
+    upstream_null_share: float = Field(0.95, gt=0, le=1)
+    upstream_min_known_category_share: float = Field(0.5, ge=0, le=1)
+    evidently_sample: int = Field(20_000, ge=500, description="Rows per side in the Evidently report.")
+
+
+class RetrainingSpec(StrictModel):
+    """The retraining flow (flows/retraining.py): what it trains on and how long it waits for a person."""
+
+    approval_timeout_s: int = Field(3600, ge=10, description="How long a blocked retraining waits for approve/reject.")
+    rollout: bool = Field(True, description="Hand a registered challenger over to the rollout flow.")
 
 
 class ProjectConfig(StrictModel):
@@ -207,6 +232,7 @@ class ProjectConfig(StrictModel):
     tracking: TrackingSpec = TrackingSpec()
     canary: CanarySpec = CanarySpec()
     monitoring: MonitoringSpec = MonitoringSpec()
+    retraining: RetrainingSpec = RetrainingSpec()
 
     root: Path = Field(Path("."), exclude=True, description="Directory of the config file.")
 
@@ -252,6 +278,10 @@ class ProjectConfig(StrictModel):
     @property
     def features_dir(self) -> Path:
         return self.data_path / "features"
+
+    @property
+    def monitoring_dir(self) -> Path:
+        return self.data_path / "monitoring"
 
     @property
     def feast_dir(self) -> Path:

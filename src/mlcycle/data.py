@@ -178,7 +178,10 @@ def generate(spec: DataSpec | None = None) -> Dataset:
     b_user = rng.integers(0, spec.n_users, size=n_bursts)
     b_lo = np.maximum(u["signup_offset"][b_user], 0.0)
     b_day = b_lo + rng.random(n_bursts) * (spec.days - b_lo)
-    b_drifted = drift.concept_drift & (b_day >= drift_day)
+    # Which cards' fraud switches pattern: a fixed hash of the card, not a random draw, so that the
+    # share changes nothing else in the stream.
+    switches = (b_user * 2654435761 % 1000) < drift.concept_drift_share * 1000
+    b_drifted = drift.concept_drift & (b_day >= drift_day) & switches
     if spec.hard_fraud_age_band is not None:
         if spec.hard_fraud_age_band not in AGE_BANDS:
             raise ValueError(f"hard_fraud_age_band must be one of {AGE_BANDS}")
@@ -273,3 +276,15 @@ def generate(spec: DataSpec | None = None) -> Dataset:
     )
     tx.insert(0, "transaction_id", np.arange(1, len(tx) + 1, dtype=np.int64))
     return Dataset(users=users, merchants=merchants, transactions=tx)
+
+
+def break_upstream(transactions: pd.DataFrame) -> pd.DataFrame:
+    """The same transactions as a broken upstream feed would send them: the entry mode (channel) no
+    longer captured, and merchant categories arriving in another code list (upper-case codes) —
+    the kind of change a schema migration upstream makes overnight. The world did not change; the
+    data did: retraining on it must wait for a person."""
+    broken = transactions.copy()
+    broken["channel"] = pd.Categorical([None] * len(broken), categories=CHANNELS)
+    codes = broken["merchant_category"].astype(str).str.upper().str.replace("_", "-")
+    broken["merchant_category"] = pd.Categorical(codes)
+    return broken

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +165,185 @@ def prediction_drift(reference_scores: np.ndarray, current_scores: np.ndarray, s
     alert = value >= spec.psi_drift or abs(change) > spec.score_mean_change
     return PredictionDrift(value, float(ks.statistic), float(ks.pvalue), float(ref.mean()), float(cur.mean()),
                            float(change), bool(alert))  # fmt: skip
+
+
+# --- performance decay on delayed labels ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DecayWindow:
+    """Quality of the answers given in ``[start, end)``, judged only once their labels have matured.
+
+    Chargebacks arrive within days, the all-clear for a legitimate purchase only when the dispute
+    window closes: before that, the labels known for a window are almost all frauds, and an AUC on
+    them means nothing. So an immature window is listed (``matured=False``) but not scored."""
+
+    start: pd.Timestamp
+    end: pd.Timestamp
+    predictions: int
+    matured: bool
+    positives: int = 0
+    roc_auc: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["start"], out["end"] = self.start.isoformat(), self.end.isoformat()
+        return out
+
+
+def _quality(labels: np.ndarray, scores: np.ndarray, decisions: np.ndarray) -> tuple[float | None, float, float]:
+    from sklearn.metrics import roc_auc_score
+
+    auc = float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else None
+    flagged = decisions.sum()
+    precision = float((labels & decisions).sum() / flagged) if flagged else 0.0
+    recall = float((labels & decisions).sum() / labels.sum()) if labels.sum() else 0.0
+    return auc, precision, recall
+
+
+def _utc(moment: datetime | pd.Timestamp) -> pd.Timestamp:
+    ts = pd.Timestamp(moment)
+    return ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
+
+
+def _labelled(rows: pd.DataFrame, transactions: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
+    """``rows`` with ``is_fraud`` where the label had arrived by ``as_of`` (NaN otherwise)."""
+    rows = rows[rows["transaction_id"].notna()].astype({"transaction_id": "int64"})
+    known = transactions.loc[transactions["label_available_at"] <= as_of, ["transaction_id", "is_fraud"]]
+    return rows.merge(known, on="transaction_id", how="left")
+
+
+def performance_windows(
+    predictions: pd.DataFrame,
+    transactions: pd.DataFrame,
+    as_of: datetime,
+    maturity_days: float,
+    window_days: int = 1,
+    lookback_days: int = 28,
+) -> list[DecayWindow]:
+    """Per window of prediction time: ROC-AUC, precision and recall on the labels known at ``as_of``.
+
+    ``predictions`` needs ``transaction_id``, ``predicted_at`` (UTC), ``score`` and ``decision``;
+    ``transactions`` needs ``transaction_id``, ``is_fraud`` and ``label_available_at``. A label is
+    used only if it had arrived by ``as_of``; a window counts as matured when ``as_of`` is at least
+    ``maturity_days`` past its end, and then a prediction without a chargeback is legitimate."""
+    as_of_ts = _utc(as_of)
+    step = pd.Timedelta(days=window_days)
+    last_end = as_of_ts.floor("D") + pd.Timedelta(days=1)
+    # ``lookback_days`` of matured windows, then the newer ones that still wait for labels.
+    first_start = last_end - pd.Timedelta(days=lookback_days + int(np.ceil(maturity_days)) + 1)
+    in_range = (predictions["predicted_at"] >= first_start) & (predictions["predicted_at"] < as_of_ts)
+    rows = _labelled(predictions[in_range], transactions, as_of_ts)
+    out = []
+    start = first_start
+    while start < last_end:
+        end = start + step
+        part = rows[(rows["predicted_at"] >= start) & (rows["predicted_at"] < end)]
+        matured = end + pd.Timedelta(days=maturity_days) <= as_of_ts
+        if not matured or part.empty:
+            out.append(DecayWindow(start, end, len(part), matured))
+        else:
+            labels = part["is_fraud"].fillna(0).to_numpy().astype(bool)
+            auc, precision, recall = _quality(labels, part["score"].to_numpy(float), part["decision"].to_numpy(bool))
+            out.append(DecayWindow(start, end, len(part), True, int(labels.sum()), auc, precision, recall))
+        start = end
+    return out
+
+
+@dataclass(frozen=True)
+class DecayVerdict:
+    windows: int  # matured windows pooled
+    predictions: int
+    positives: int
+    roc_auc: float | None
+    precision: float | None
+    recall: float | None
+    baseline_roc_auc: float | None  # the champion's test ROC-AUC when it was trained
+    alert: bool
+    reasons: tuple[str, ...]
+    judged: bool  # False: too few matured windows or positives to say anything
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def decay_verdict(
+    predictions: pd.DataFrame,
+    transactions: pd.DataFrame,
+    as_of: datetime,
+    maturity_days: float,
+    spec: MonitoringSpec,
+    baseline_roc_auc: float | None = None,
+) -> tuple[DecayVerdict, list[DecayWindow]]:
+    """Pool the newest ``decay_rolling_windows`` matured windows and judge them against the bounds."""
+    windows = performance_windows(predictions, transactions, as_of, maturity_days, spec.decay_window_days,
+                                  spec.decay_lookback_days)  # fmt: skip
+    matured = [w for w in windows if w.matured and w.predictions][-spec.decay_rolling_windows :]
+    if not matured:
+        empty = DecayVerdict(0, 0, 0, None, None, None, baseline_roc_auc, False, ("no matured window yet",), False)
+        return empty, windows
+    lo, hi = matured[0].start, matured[-1].end
+    in_range = (predictions["predicted_at"] >= lo) & (predictions["predicted_at"] < hi)
+    rows = _labelled(predictions[in_range], transactions, _utc(as_of))
+    labels = rows["is_fraud"].fillna(0).to_numpy().astype(bool)
+    auc, precision, recall = _quality(labels, rows["score"].to_numpy(float), rows["decision"].to_numpy(bool))
+    positives = int(labels.sum())
+    reasons: list[str] = []
+    judged = positives >= spec.decay_min_positives and auc is not None
+    if not judged:
+        reasons.append(f"{positives} frauds in {len(matured)} matured windows (< {spec.decay_min_positives})")
+    else:
+        if auc < spec.min_roc_auc:
+            reasons.append(f"ROC-AUC {auc:.3f} < {spec.min_roc_auc}")
+        if baseline_roc_auc is not None and baseline_roc_auc - auc > spec.max_roc_auc_drop:
+            reasons.append(f"ROC-AUC {auc:.3f} is {baseline_roc_auc - auc:.3f} below the champion's test "
+                           f"{baseline_roc_auc:.3f} (> {spec.max_roc_auc_drop})")  # fmt: skip
+    alert = judged and bool(reasons)
+    verdict = DecayVerdict(len(matured), len(rows), positives, auc, precision, recall, baseline_roc_auc, alert,
+                           tuple(reasons), judged)  # fmt: skip
+    return verdict, windows
+
+
+# --- broken upstream ----------------------------------------------------------------------------------
+
+
+def upstream_anomalies(reference: ReferenceStats, current: pd.DataFrame, spec: MonitoringSpec) -> list[str]:
+    """Signs that the data is broken rather than the world changed: retraining on it would teach the
+    model the bug. A feature that was mostly present and is now (almost) all null; a numeric
+    feature that varied and is now constant; a categorical feature whose values are mostly
+    categories never seen before (a renamed code list, a changed encoding)."""
+    found = []
+    for col, ref_values in reference.numeric.items():
+        if col not in current:
+            found.append(f"{col}: missing from the current data")
+            continue
+        values = pd.to_numeric(current[col], errors="coerce").to_numpy(dtype=float)
+        if not len(values):
+            continue
+        missing = float(np.isnan(values).mean())
+        if missing >= spec.upstream_null_share and reference.missing[col] < 0.5:
+            found.append(f"{col}: {missing:.0%} null (reference {reference.missing[col]:.1%})")
+            continue
+        present = values[~np.isnan(values)]
+        if len(present) >= 50 and np.ptp(present) == 0 and len(ref_values) and np.ptp(ref_values) > 0:
+            found.append(f"{col}: constant {present[0]:g} (varied in the reference)")
+    for col, ref_freq in reference.categorical.items():
+        if col not in current:
+            found.append(f"{col}: missing from the current data")
+            continue
+        series = current[col].astype(object)
+        if not len(series):
+            continue
+        missing = float(series.isna().mean())
+        if missing >= spec.upstream_null_share and reference.missing[col] < 0.5:
+            found.append(f"{col}: {missing:.0%} null (reference {reference.missing[col]:.1%})")
+            continue
+        present = series.dropna().astype(str)
+        if len(present):
+            known = float(present.isin(list(ref_freq)).mean())
+            if known < spec.upstream_min_known_category_share:
+                examples = ", ".join(sorted(set(present[~present.isin(list(ref_freq))]))[:3])
+                found.append(f"{col}: only {known:.0%} of values in known categories (new: {examples})")
+    return found

@@ -104,3 +104,18 @@ def read_predictions(directory: str | Path, since: datetime | None = None) -> pd
     if since is not None:
         frame = frame[frame["logged_at"] >= pd.Timestamp(since)]
     return frame.sort_values("logged_at", kind="stable").reset_index(drop=True)
+
+
+def write_frame(directory: str | Path, frame: pd.DataFrame) -> int:
+    """Write already-scored records (a backfill) into the day partitions of their ``logged_at``."""
+    directory = Path(directory)
+    frame = frame.reindex(columns=COLUMNS)
+    days = pd.to_datetime(frame["logged_at"], utc=True).dt.strftime("%Y-%m-%d")
+    for day, part in frame.groupby(days, sort=True):
+        folder = directory / f"date={day}"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"part-{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = folder / f".{name}.tmp"
+        pq.write_table(pa.Table.from_pandas(part, preserve_index=False), tmp)
+        tmp.replace(folder / name)
+    return len(frame)

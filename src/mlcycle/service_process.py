@@ -38,10 +38,15 @@ class ServiceProcess:
         }
         self.proc: subprocess.Popen | None = None
 
+    @property
+    def command(self) -> list[str]:
+        """The command that serves the project's service on this port (``mlcycle up`` runs it too)."""
+        return [sys.executable, "-m", "bentoml", "serve", "services.fraud_service:FraudService",
+                "--port", str(self.port), "--host", "127.0.0.1"]  # fmt: skip
+
     def start(self, timeout: float = 240.0) -> ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "bentoml", "serve", "services.fraud_service:FraudService",
-               "--port", str(self.port), "--host", "127.0.0.1"]  # fmt: skip
+        cmd = self.command
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 cmd, cwd=self.cfg.root, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

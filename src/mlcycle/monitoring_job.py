@@ -1,0 +1,344 @@
+"""One monitoring check of the champion: its reference against the prediction log's current window.
+
+The statistics live in ``mlcycle.monitoring`` (pure functions); this module gathers their inputs
+from where they are kept — the champion's training snapshot in MLflow, the prediction log, the raw
+transactions for delayed labels — and writes what people and flows read afterwards: a summary
+(JSON + Markdown), an Evidently report (HTML + JSON), and an MLflow run holding all of it.
+
+The reference side is summarised once per champion version and cached under
+``data/monitoring/reference/v<N>/``: later checks only read it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlcycle import monitoring, registry
+from mlcycle.config import ProjectConfig
+from mlcycle.prediction_log import read_predictions
+from mlcycle.tracking import FEATURES_TAG, SNAPSHOT_ARTIFACT
+from mlcycle.validation import load_transactions
+
+log = logging.getLogger("mlcycle.monitoring")
+
+CATEGORICAL = ["merchant_category", "channel", "country"]
+# Codes of the categorical request fields: monitored through the fields themselves.
+CODES = {"merchant_category_code", "channel_code"}
+# Time-of-day features: a window shorter than a day shifts them by construction.
+TIME_OF_DAY = {"hour_of_day"}
+MONITORING_EXPERIMENT_SUFFIX = "-monitoring"
+
+
+@dataclass(frozen=True)
+class ChampionReference:
+    version: str
+    stats: monitoring.ReferenceStats
+    scores: np.ndarray  # the champion's scores on its reference sample
+    sample: pd.DataFrame  # rows for the Evidently report
+    numeric: list[str]
+    categorical: list[str]
+    baseline_roc_auc: float | None
+
+
+def _reference_dir(cfg: ProjectConfig, version: str) -> Path:
+    return cfg.monitoring_dir / "reference" / f"v{version}"
+
+
+def champion_reference(cfg: ProjectConfig) -> ChampionReference:
+    """The reference of the current champion, computed on first use and cached per version."""
+    import mlflow
+    import mlflow.xgboost
+
+    from mlcycle.training import matrix
+
+    client = registry.client_for(cfg)
+    mv = registry.version_by_alias(client, cfg.model.name, registry.CHAMPION)
+    if mv is None:
+        raise RuntimeError(f"no champion for '{cfg.model.name}': train and promote a model first (mlcycle train)")
+    version = str(mv.version)
+    directory = _reference_dir(cfg, version)
+    meta_path = directory / "meta.json"
+    if not meta_path.exists():
+        features = json.loads(mv.tags[FEATURES_TAG])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=SNAPSHOT_ARTIFACT, dst_path=tmp)
+            frame = pd.read_parquet(path)
+        sample_n = min(len(frame), cfg.monitoring.reference_sample)
+        frame = frame.sample(sample_n, random_state=0) if sample_n < len(frame) else frame
+        numeric = [f for f in features if f not in CODES]
+        categorical = [c for c in CATEGORICAL if c in frame.columns]
+        stats = monitoring.reference_stats(frame, numeric, categorical, sample=cfg.monitoring.reference_sample)
+        booster = mlflow.xgboost.load_model(f"models:/{cfg.model.name}/{version}")
+        scores = booster.inplace_predict(matrix(frame, features)).astype(float)
+        directory.mkdir(parents=True, exist_ok=True)
+        stats.save(directory / "stats")
+        np.save(directory / "scores.npy", scores)
+        keep = min(len(frame), cfg.monitoring.evidently_sample)
+        sample = frame[[*numeric, *categorical]].assign(score=scores).sample(keep, random_state=0)
+        sample.to_parquet(directory / "sample.parquet", index=False)
+        run = client.get_run(mv.run_id)
+        baseline = run.data.metrics.get("test.roc_auc")
+        meta = {"version": version, "numeric": numeric, "categorical": categorical, "baseline_roc_auc": baseline,
+                "rows": len(frame), "run_id": mv.run_id, "computed_at": datetime.now(UTC).isoformat()}  # fmt: skip
+        meta_path.write_text(json.dumps(meta, indent=2))
+        log.info("reference for v%s computed from %d training rows and cached in %s", version, len(frame), directory)
+    meta = json.loads(meta_path.read_text())
+    return ChampionReference(
+        version=version,
+        stats=monitoring.ReferenceStats.load(directory / "stats"),
+        scores=np.load(directory / "scores.npy"),
+        sample=pd.read_parquet(directory / "sample.parquet"),
+        numeric=meta["numeric"],
+        categorical=meta["categorical"],
+        baseline_roc_auc=meta["baseline_roc_auc"],
+    )
+
+
+def answered_predictions(cfg: ProjectConfig, since: datetime | None = None) -> pd.DataFrame:
+    """Answered, non-shadow predictions with ``predicted_at`` (request time) and the features the
+    model saw expanded into columns."""
+    frame = read_predictions(cfg.predictions_dir, since)
+    if frame.empty:
+        return frame.assign(predicted_at=pd.Series(dtype="datetime64[ns, UTC]"))
+    frame = frame[~frame["shadow"].astype(bool) & frame["error"].isna() & frame["score"].notna()]
+    frame = frame.assign(predicted_at=pd.to_datetime(frame["request_unix"].astype("int64"), unit="s", utc=True))
+    features = pd.DataFrame.from_records([json.loads(f) if f else {} for f in frame["features"]], index=frame.index)
+    features = features.drop(columns=[c for c in features.columns if c in frame.columns])
+    return pd.concat([frame.drop(columns=["features"]), features], axis=1).reset_index(drop=True)
+
+
+@dataclass
+class CheckResult:
+    """Everything one check found; ``summary.json`` is this, and the events carry parts of it."""
+
+    checked_at: str
+    champion_version: str
+    window_start: str
+    window_end: str
+    rows: int
+    enough_rows: bool
+    drifted_features: list[str]
+    feature_drift: list[dict[str, Any]]
+    prediction_drift: dict[str, Any] | None
+    decay: dict[str, Any]
+    decay_windows: list[dict[str, Any]]
+    upstream_anomalies: list[str]
+    skipped: list[str] = field(default_factory=list)
+    report_html: str | None = None
+    report_json: str | None = None
+    summary_path: str | None = None
+    mlflow_run_id: str | None = None
+
+    @property
+    def drift_detected(self) -> bool:
+        return self.enough_rows and (bool(self.drifted_features) or bool((self.prediction_drift or {}).get("alert")))
+
+    @property
+    def performance_decayed(self) -> bool:
+        return bool(self.decay.get("alert"))
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["drift_detected"], out["performance_decayed"] = self.drift_detected, self.performance_decayed
+        return out
+
+    def evidence(self) -> dict[str, Any]:
+        """What an event carries: enough to act on and to find the rest."""
+        drifted = [d for d in self.feature_drift if d["drifted"]]
+        return {
+            "champion_version": self.champion_version,
+            "window_start": self.window_start,
+            "window_end": self.window_end,
+            "rows": self.rows,
+            "drifted_features": {d["feature"]: list(d["reasons"]) for d in drifted},
+            "prediction_drift": self.prediction_drift,
+            "decay": {k: self.decay.get(k) for k in ("roc_auc", "precision", "recall", "positives", "reasons")},
+            "upstream_anomalies": self.upstream_anomalies,
+            "summary_path": self.summary_path,
+            "report_html": self.report_html,
+            "mlflow_run_id": self.mlflow_run_id,
+        }
+
+    def markdown(self) -> str:
+        head = "drift detected" if self.drift_detected else "no drift"
+        decay = self.decay
+        lines = [
+            f"## Monitoring of v{self.champion_version}: {head}"
+            + (", **performance decayed**" if self.performance_decayed else ""),
+            "",
+            f"Window {self.window_start} → {self.window_end}: {self.rows:,} answered predictions"
+            + ("" if self.enough_rows else " (too few for a drift verdict)"),
+            "",
+        ]
+        if self.upstream_anomalies:
+            lines += ["### Looks like a broken upstream", "", *[f"- {a}" for a in self.upstream_anomalies], ""]
+        lines += ["### Features", "", "| feature | PSI | KS / χ² p | missing | verdict |", "|---|---|---|---|---|"]
+        for d in sorted(self.feature_drift, key=lambda d: -d["psi"]):
+            p = "" if d["pvalue"] is None or d["pvalue"] != d["pvalue"] else f"{d['pvalue']:.1e}"
+            verdict = "**drift**: " + "; ".join(d["reasons"]) if d["drifted"] else "ok"
+            lines.append(f"| {d['feature']} | {d['psi']:.3f} | {p} | {d['missing_current']:.1%} | {verdict} |")
+        if self.prediction_drift:
+            pd_ = self.prediction_drift
+            lines += ["", "### Scores", "",
+                      f"PSI {pd_['psi']:.3f}, KS {pd_['ks_statistic']:.3f}, mean {pd_['mean_reference']:.4f} → "
+                      f"{pd_['mean_current']:.4f} ({pd_['mean_change']:+.1%})"
+                      + (" — **alert**" if pd_["alert"] else "")]  # fmt: skip
+        lines += ["", "### Performance on matured labels", ""]
+        if decay.get("judged"):
+            lines.append(
+                f"Newest {decay['windows']} matured windows: ROC-AUC {decay['roc_auc']:.3f} (champion's test "
+                f"{decay['baseline_roc_auc'] or float('nan'):.3f}), precision {decay['precision']:.3f}, recall "
+                f"{decay['recall']:.3f} on {decay['predictions']:,} predictions / {decay['positives']} frauds"
+                + (" — **alert**: " + "; ".join(decay["reasons"]) if decay["alert"] else "")
+            )
+        else:
+            lines.append("Not judged: " + "; ".join(decay.get("reasons") or ["no matured labels"]))
+        judged = [w for w in self.decay_windows if w["matured"] and w["roc_auc"] is not None]
+        if judged:
+            lines += ["", "| window | predictions | frauds | ROC-AUC | precision | recall |", "|---" * 6 + "|"]
+            for w in judged:
+                lines.append(f"| {w['start'][:10]} | {w['predictions']:,} | {w['positives']} | {w['roc_auc']:.3f} | "
+                             f"{w['precision']:.3f} | {w['recall']:.3f} |")  # fmt: skip
+        pending = sum(1 for w in self.decay_windows if not w["matured"] and w["predictions"])
+        if pending:
+            lines.append(f"\n{pending} newer windows wait for their labels to mature.")
+        if self.skipped:
+            lines += ["", "Skipped: " + "; ".join(self.skipped)]
+        if self.report_html:
+            lines += ["", f"Evidently report: `{self.report_html}`"]
+        if self.mlflow_run_id:
+            lines += [f"MLflow run: `{self.mlflow_run_id}`"]
+        return "\n".join(lines)
+
+
+def run_check(
+    cfg: ProjectConfig,
+    as_of: datetime | None = None,
+    window_days: float | None = None,
+    since: datetime | None = None,
+) -> CheckResult:
+    """Drift, prediction drift, decay and upstream anomalies of the champion at ``as_of`` (now)."""
+    spec = cfg.monitoring
+    as_of = as_of or datetime.now(UTC)
+    start = since or as_of - timedelta(days=window_days or spec.window_days)
+    ref = champion_reference(cfg)
+    lookback = as_of - timedelta(days=spec.decay_lookback_days + cfg.data.label_maturity_days + 2)
+    answered = answered_predictions(cfg, min(start, lookback))
+    current = answered[(answered["predicted_at"] >= start) & (answered["predicted_at"] < as_of)]
+    enough = len(current) >= spec.min_rows
+    skipped = []
+    numeric = list(ref.numeric)
+    span = (current["predicted_at"].max() - current["predicted_at"].min()) if len(current) else pd.Timedelta(0)
+    if span < pd.Timedelta(hours=20):
+        skipped += [f"{f} (the window spans {span} < 1 day)" for f in numeric if f in TIME_OF_DAY]
+        numeric = [f for f in numeric if f not in TIME_OF_DAY]
+    stats = monitoring.ReferenceStats(
+        {k: v for k, v in ref.stats.numeric.items() if k in numeric}, ref.stats.categorical, ref.stats.missing,
+        ref.stats.rows,
+    )  # fmt: skip
+    drift = monitoring.feature_drift(stats, current, spec) if len(current) else []
+    scores = current["score"].to_numpy(float)
+    prediction = asdict(monitoring.prediction_drift(ref.scores, scores, spec)) if len(current) else None
+    anomalies = monitoring.upstream_anomalies(stats, current, spec) if enough else []
+    transactions = load_transactions(cfg.raw_dir / "transactions.parquet")
+    verdict, windows = monitoring.decay_verdict(
+        answered, transactions, as_of, cfg.data.label_maturity_days, spec, ref.baseline_roc_auc
+    )
+    return CheckResult(
+        checked_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        champion_version=ref.version,
+        window_start=pd.Timestamp(start).isoformat(timespec="seconds"),
+        window_end=pd.Timestamp(as_of).isoformat(timespec="seconds"),
+        rows=len(current),
+        enough_rows=enough,
+        drifted_features=[d.feature for d in drift if d.drifted] if enough else [],
+        feature_drift=[_jsonable(d.as_dict()) for d in drift],
+        prediction_drift=_jsonable(prediction) if prediction else None,
+        decay=_jsonable(verdict.as_dict()),
+        decay_windows=[_jsonable(w.as_dict()) for w in windows],
+        upstream_anomalies=anomalies,
+        skipped=skipped,
+    )
+
+
+def write_reports(cfg: ProjectConfig, result: CheckResult, current: pd.DataFrame | None = None) -> Path:
+    """Summary (JSON + Markdown) and the Evidently report in ``data/monitoring/<time>/``."""
+    from mlcycle.drift_report import evidently_report
+
+    stamp = result.checked_at.replace(":", "").replace("-", "").replace("+0000", "Z")
+    directory = cfg.monitoring_dir / stamp
+    directory.mkdir(parents=True, exist_ok=True)
+    ref = champion_reference(cfg)
+    if current is None:
+        answered = answered_predictions(cfg, pd.Timestamp(result.window_start).to_pydatetime())
+        current = answered[answered["predicted_at"] < pd.Timestamp(result.window_end)]
+    if len(current):
+        cols = [c for c in [*ref.numeric, *ref.categorical, "score"] if c in current.columns]
+        files = evidently_report(
+            ref.sample[cols], current[cols].reset_index(drop=True), [c for c in ref.numeric if c in cols],
+            [c for c in ref.categorical if c in cols], directory, score="score",
+            max_rows=cfg.monitoring.evidently_sample, title=f"{cfg.model.name} v{ref.version}: drift",
+        )  # fmt: skip
+        result.report_html, result.report_json = str(files.html), str(files.json)
+    result.summary_path = str(directory / "summary.json")
+    (directory / "summary.md").write_text(result.markdown())
+    Path(result.summary_path).write_text(json.dumps(result.as_dict(), indent=2, default=str))
+    return directory
+
+
+def log_to_mlflow(cfg: ProjectConfig, result: CheckResult, directory: Path) -> str:
+    """One MLflow run per check, in the ``<experiment>-monitoring`` experiment: metrics to chart
+    over time, the reports as artifacts."""
+    import mlflow
+
+    registry.client_for(cfg)
+    mlflow.set_experiment(cfg.tracking.experiment + MONITORING_EXPERIMENT_SUFFIX)
+    with mlflow.start_run(run_name=f"monitor v{result.champion_version}") as run:
+        mlflow.set_tags({
+            "mlcycle.stage": "monitoring", "mlcycle.champion_version": result.champion_version,
+            "mlcycle.drift_detected": str(result.drift_detected), "mlcycle.performance_decayed":
+            str(result.performance_decayed), "mlcycle.upstream_anomalies": str(bool(result.upstream_anomalies)),
+        })  # fmt: skip
+        metrics = {"rows": float(result.rows), "drifted_features": float(len(result.drifted_features))}
+        for d in result.feature_drift:
+            metrics[f"psi.{d['feature']}"] = float(d["psi"])
+        if result.prediction_drift:
+            metrics["score.psi"] = float(result.prediction_drift["psi"])
+            metrics["score.mean_change"] = float(result.prediction_drift["mean_change"])
+        for key in ("roc_auc", "precision", "recall"):
+            if result.decay.get(key) is not None:
+                metrics[f"matured.{key}"] = float(result.decay[key])
+        mlflow.log_metrics(metrics)
+        result.mlflow_run_id = run.info.run_id
+        Path(result.summary_path or directory / "summary.json").write_text(
+            json.dumps(result.as_dict(), indent=2, default=str)
+        )
+        (directory / "summary.md").write_text(result.markdown())
+        mlflow.log_artifacts(str(directory), "monitoring")
+    mlflow.set_experiment(cfg.tracking.experiment)
+    return run.info.run_id
+
+
+def load_result(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value

@@ -1,0 +1,209 @@
+"""Monitoring → events → retraining, on a world that drifts, through the real stack: Feast, MLflow,
+the scoring library, Evidently, and a real Prefect server (deployment triggers need one).
+
+The world: 100 days; from day 55 amounts inflate (covariate shift) and fraud changes pattern
+(concept drift). v1 is trained as of day 55, so it never saw the change; its answers since then
+are in the prediction log (backfilled at their own time, as the online path would have given
+them), so the labels of the first drifted weeks have matured by now.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT, TEST_GATES, copy_project
+from mlcycle import batch, pipeline, registry
+from mlcycle.config import ProjectConfig
+from mlcycle.project import load_flow
+
+pytestmark = pytest.mark.slow
+
+DRIFT_DAY = 55
+WORLD = {
+    "seed": 3, "days": 100, "n_users": 4000, "n_merchants": 400, "n_transactions": 60000,
+    "drift": {"start_day": DRIFT_DAY, "amount_inflation": 1.6, "concept_drift": True, "concept_drift_share": 0.5},
+}  # fmt: skip
+# Small test sets: the fairness gate would have fewer than two age bands with 30 frauds to
+# compare, and (rightly) fail closed.
+GATES = {**TEST_GATES, "fairness_min_support": 5, "max_fairness_gap": 1.0}
+
+
+@pytest.fixture(scope="module")
+def drifted(tmp_path_factory: pytest.TempPathFactory, prefect_server: str) -> tuple[ProjectConfig, dict]:
+    cfg = copy_project(tmp_path_factory.mktemp("drifted"), WORLD, {"gates": GATES})
+    (cfg.root / "prefect.yaml").write_text((REPO_ROOT / "prefect.yaml").read_text())
+    pipeline.generate_data(cfg)
+    pipeline.build_features(cfg)
+    pipeline.publish_features(cfg)
+    drift_at = cfg.data.resolved_start() + timedelta(days=DRIFT_DAY)
+    v1 = load_flow(cfg.root, "training", "train")(config=str(cfg.root / "mlcycle.yaml"), as_of=drift_at)
+    assert v1["alias"] == registry.CHAMPION, v1
+    rows, version = batch.backfill_prediction_log(cfg, drift_at - timedelta(days=14), datetime.now(UTC))
+    assert rows > 10_000 and version == v1["version"]
+    monitor = load_flow(cfg.root, "monitoring", "monitor")
+    return cfg, monitor(config=str(cfg.root / "mlcycle.yaml"), window_days=7)
+
+
+def test_monitor_finds_the_drift_and_the_decay_and_says_where_to_look(drifted) -> None:
+    cfg, result = drifted
+    assert result["drift_detected"] and "mlcycle.drift.detected" in result["events"]
+    amount_features = {"log_amount", "amount_mean_30d", "amount_sum_30d"}
+    assert amount_features <= set(result["drifted_features"]), result["drifted_features"]
+    assert not result["upstream_anomalies"]
+    # Concept drift: the fraud v1 learned to see is gone; on matured labels its ROC-AUC falls.
+    decay = result["decay"]
+    assert decay["judged"] and decay["alert"], decay
+    assert "mlcycle.performance.decayed" in result["events"]
+    before = [w for w in result["decay_windows"] if w["matured"] and w["roc_auc"] is not None]
+    assert len(before) >= 7
+    assert all(not w["matured"] for w in result["decay_windows"] if w["start"] > result["window_end"])
+    # The evidence people read: an Evidently report that opens offline, the summary, an MLflow run.
+    html = Path(result["report_html"]).read_text()
+    assert "<html" in html.lower() and 'src="http' not in html
+    summary = json.loads(Path(result["summary_path"]).read_text())
+    assert summary["drifted_features"] == result["drifted_features"]
+    client = registry.client_for(cfg)
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.data.tags["mlcycle.drift_detected"] == "True"
+    assert run.data.metrics["psi.log_amount"] == pytest.approx(
+        next(d["psi"] for d in result["feature_drift"] if d["feature"] == "log_amount")
+    )
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "monitoring")}
+    assert {"monitoring/drift_report.html", "monitoring/summary.json"} <= artifacts
+
+
+def test_reference_is_computed_once_per_champion(drifted) -> None:
+    cfg, result = drifted
+    from mlcycle import monitoring_job
+
+    meta = cfg.monitoring_dir / "reference" / f"v{result['champion_version']}" / "meta.json"
+    stamp = meta.stat().st_mtime_ns
+    monitoring_job.run_check(cfg, window_days=7)
+    assert meta.stat().st_mtime_ns == stamp
+
+
+def _flow_runs(deployment_id) -> list:
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+
+
+def test_a_drift_event_starts_the_retrain_deployment(drifted, prefect_server: str) -> None:
+    """``prefect deploy`` of the project's own prefect.yaml registers the trigger; the event the
+    monitor emits then creates a run of ``retrain`` with the check's summary as its parameter."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker
+
+    cfg, result = drifted
+    with get_client(sync_client=True) as client:
+        if not any(p.name == "mlcycle-local" for p in client.read_work_pools()):
+            client.create_work_pool(WorkPoolCreate(name="mlcycle-local", type="process"))
+    deployed = subprocess.run(
+        [str(Path(__import__("sys").executable).parent / "prefect"), "--no-prompt", "deploy", "--name", "retrain"],
+        cwd=cfg.root, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("retrain/retrain")
+    assert _flow_runs(deployment.id) == []
+
+    emit_event(
+        event="mlcycle.drift.detected",
+        resource={"prefect.resource.id": f"mlcycle.model.{cfg.model.name}"},
+        payload={"summary_path": result["summary_path"]},
+    )
+    EventsWorker.drain_all()
+    deadline = time.monotonic() + 120
+    while not (runs := _flow_runs(deployment.id)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert len(runs) == 1, "the drift event did not start the retrain deployment within 120 s"
+    assert runs[0].parameters == {"trigger": "mlcycle.drift.detected", "summary_path": result["summary_path"]}
+
+
+def test_retraining_after_real_drift_registers_a_challenger_that_beats_v1(drifted) -> None:
+    cfg, result = drifted
+    retrain = load_flow(cfg.root, "retraining", "retrain")
+    out = retrain(config=str(cfg.root / "mlcycle.yaml"), trigger="test", summary_path=result["summary_path"],
+                  rollout=False)  # fmt: skip
+    assert out["training"]["passed"] and out["training"]["alias"] == registry.CHALLENGER, out
+    client = registry.client_for(cfg)
+    assert (
+        str(registry.version_by_alias(client, cfg.model.name, registry.CHAMPION).version) == result["champion_version"]
+    )
+    # The same check cannot start a second retraining (drift and decay events both fire).
+    again = retrain(config=str(cfg.root / "mlcycle.yaml"), trigger="test", summary_path=result["summary_path"],
+                    rollout=False)  # fmt: skip
+    assert again["outcome"] == "duplicate"
+
+
+def _paused_run(flow_name: str, timeout: float = 120.0):
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterStateName
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterStateName(any_=["Paused"])),
+            )
+        if runs:
+            return runs[0]
+        time.sleep(1)
+    raise AssertionError(f"no paused '{flow_name}' run within {timeout:.0f}s")
+
+
+def test_a_broken_upstream_day_is_refused_until_a_person_decides(drifted) -> None:
+    """The feed breaks (channel no longer sent, categories in a new code list): the monitor says
+    so, retraining stops before training, raises an alert and waits; rejected, nothing moves."""
+    from mlcycle.data import break_upstream
+    from mlcycle.serving import Scorer
+    from mlcycle.traffic import request_body
+    from mlcycle.validation import load_transactions
+
+    cfg, _ = drifted
+    client = registry.client_for(cfg)
+    champion_before = str(registry.version_by_alias(client, cfg.model.name, registry.CHAMPION).version)
+    versions_before = {str(v.version) for v in registry.versions(client, cfg.model.name)}
+
+    broken_since = datetime.now(UTC)
+    tx = load_transactions(cfg.raw_dir / "transactions.parquet").tail(800)
+    scorer = Scorer(cfg, log_predictions=True)
+    scorer.load()
+    assert scorer.ready, scorer.not_ready_reason
+    requests = [request_body(row)["transaction"] for row in break_upstream(tx).itertuples(index=False)]
+    for i in range(0, len(requests), 100):
+        scorer.score(requests[i : i + 100])
+    scorer.close()
+
+    result = load_flow(cfg.root, "monitoring", "monitor")(config=str(cfg.root / "mlcycle.yaml"), since=broken_since)
+    assert result["rows"] == len(requests)
+    assert [a.split(":")[0] for a in result["upstream_anomalies"]] == ["merchant_category", "channel"]
+
+    out: dict = {}
+    retrain = load_flow(cfg.root, "retraining", "retrain")
+    thread = threading.Thread(target=lambda: out.update(retrain(
+        config=str(cfg.root / "mlcycle.yaml"), trigger="mlcycle.drift.detected",
+        summary_path=result["summary_path"], rollout=False)))  # fmt: skip
+    thread.start()
+    paused = _paused_run("retrain")
+    assert thread.is_alive()  # waiting for a person, not training
+    from mlcycle.retraining import decide
+
+    decide(str(paused.id), approve=False, who="test:oncall", note="upstream schema change")
+    thread.join(120)
+    assert out["outcome"] == "refused" and out["by"] == "test:oncall", out
+    assert any("broken upstream" in r for r in out["reasons"])
+    assert str(registry.version_by_alias(client, cfg.model.name, registry.CHAMPION).version) == champion_before
+    assert {str(v.version) for v in registry.versions(client, cfg.model.name)} == versions_before
