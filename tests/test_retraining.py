@@ -9,8 +9,10 @@ them), so the labels of the first drifted weeks have matured by now.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -31,8 +33,10 @@ WORLD = {
     "drift": {"start_day": DRIFT_DAY, "amount_inflation": 1.6, "concept_drift": True, "concept_drift_share": 0.5},
 }  # fmt: skip
 # Small test sets: the fairness gate would have fewer than two age bands with 30 frauds to
-# compare, and (rightly) fail closed.
-GATES = {**TEST_GATES, "fairness_min_support": 5, "max_fairness_gap": 1.0}
+# compare, and (rightly) fail closed. Half the fraud rings switch to a pattern the features barely
+# see, so on the drifted test window no model reaches the default 0.85 ROC-AUC (v1 and v2 both
+# score about 0.65 there): the bounds are lowered to test the mechanics of retraining.
+GATES = {**TEST_GATES, "fairness_min_support": 5, "max_fairness_gap": 1.0, "min_roc_auc": 0.55, "min_pr_auc": 0.1}
 
 
 @pytest.fixture(scope="module")
@@ -109,14 +113,17 @@ def test_a_drift_event_starts_the_retrain_deployment(drifted, prefect_server: st
     with get_client(sync_client=True) as client:
         if not any(p.name == "mlcycle-local" for p in client.read_work_pools()):
             client.create_work_pool(WorkPoolCreate(name="mlcycle-local", type="process"))
+    prefect = str(Path(sys.executable).parent / "prefect")
     deployed = subprocess.run(
-        [str(Path(__import__("sys").executable).parent / "prefect"), "--no-prompt", "deploy", "--name", "retrain"],
+        [prefect, "--no-prompt", "deploy", "--name", "retrain", "--name", "monitor"],
         cwd=cfg.root, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("retrain/retrain")
-    assert _flow_runs(deployment.id) == []
+        monitor = client.read_deployment_by_name("monitor/monitor")
+    triggered = lambda: [r for r in _flow_runs(deployment.id) if "trigger" in r.parameters]  # noqa: E731
+    assert triggered() == []
 
     emit_event(
         event="mlcycle.drift.detected",
@@ -125,10 +132,16 @@ def test_a_drift_event_starts_the_retrain_deployment(drifted, prefect_server: st
     )
     EventsWorker.drain_all()
     deadline = time.monotonic() + 120
-    while not (runs := _flow_runs(deployment.id)) and time.monotonic() < deadline:
+    while not (runs := triggered()) and time.monotonic() < deadline:
         time.sleep(1)
     assert len(runs) == 1, "the drift event did not start the retrain deployment within 120 s"
     assert runs[0].parameters == {"trigger": "mlcycle.drift.detected", "summary_path": result["summary_path"]}
+    # The monitor's schedule (hourly) makes the server's scheduler queue runs. With SQLAlchemy 2.1
+    # Prefect 3.8.8's scheduler failed on every insert and schedules created nothing.
+    deadline = time.monotonic() + 120
+    while not (scheduled := _flow_runs(monitor.id)) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert scheduled and all(r.state.is_scheduled() for r in scheduled), "the monitor schedule queued no run"
 
 
 def test_retraining_after_real_drift_registers_a_challenger_that_beats_v1(drifted) -> None:
@@ -138,6 +151,12 @@ def test_retraining_after_real_drift_registers_a_challenger_that_beats_v1(drifte
                   rollout=False)  # fmt: skip
     assert out["training"]["passed"] and out["training"]["alias"] == registry.CHALLENGER, out
     client = registry.client_for(cfg)
+    # It trained on the latest matured window (drifted days included), and the regression gate
+    # compared it with the champion on that same test window.
+    v1_run = client.get_run(registry.version_by_alias(client, cfg.model.name, registry.CHAMPION).run_id)
+    v2_run = client.get_run(out["training"]["run_id"])
+    assert int(v2_run.data.params["train_rows"]) > int(v1_run.data.params["train_rows"])
+    assert v2_run.data.metrics["champion.test.n"] == v2_run.data.metrics["test.n"]
     assert (
         str(registry.version_by_alias(client, cfg.model.name, registry.CHAMPION).version) == result["champion_version"]
     )
@@ -149,14 +168,20 @@ def test_retraining_after_real_drift_registers_a_challenger_that_beats_v1(drifte
 
 def _paused_run(flow_name: str, timeout: float = 120.0):
     from prefect import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterStateName
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateName,
+    )
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with get_client(sync_client=True) as client:
             runs = client.read_flow_runs(
                 flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
-                flow_run_filter=FlowRunFilter(state=FlowRunFilterStateName(any_=["Paused"])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"]))),
             )
         if runs:
             return runs[0]
@@ -193,15 +218,27 @@ def test_a_broken_upstream_day_is_refused_until_a_person_decides(drifted) -> Non
 
     out: dict = {}
     retrain = load_flow(cfg.root, "retraining", "retrain")
-    thread = threading.Thread(target=lambda: out.update(retrain(
-        config=str(cfg.root / "mlcycle.yaml"), trigger="mlcycle.drift.detected",
-        summary_path=result["summary_path"], rollout=False)))  # fmt: skip
+    # The flow runs in a thread, as a person's decision must come from elsewhere; the thread gets
+    # this context so it talks to the session's Prefect server (settings are context variables).
+    context = contextvars.copy_context()
+
+    def run_retraining() -> None:
+        out.update(retrain(config=str(cfg.root / "mlcycle.yaml"), trigger="mlcycle.drift.detected",
+                           summary_path=result["summary_path"], rollout=False))  # fmt: skip
+
+    thread = threading.Thread(target=context.run, args=(run_retraining,), daemon=True)
     thread.start()
     paused = _paused_run("retrain")
     assert thread.is_alive()  # waiting for a person, not training
-    from mlcycle.retraining import decide
+    from typer.testing import CliRunner
 
-    decide(str(paused.id), approve=False, who="test:oncall", note="upstream schema change")
+    from mlcycle.cli import app
+
+    listed = CliRunner().invoke(app, ["blocked", "--config", str(cfg.root / "mlcycle.yaml")])
+    assert str(paused.id) in listed.output, listed.output
+    answer = ["reject", str(paused.id), "--who", "test:oncall", "--note", "upstream schema change"]
+    rejected = CliRunner().invoke(app, [*answer, "--config", str(cfg.root / "mlcycle.yaml")])
+    assert rejected.exit_code == 0, rejected.output
     thread.join(120)
     assert out["outcome"] == "refused" and out["by"] == "test:oncall", out
     assert any("broken upstream" in r for r in out["reasons"])

@@ -183,10 +183,13 @@ def features_online(
 @app.command()
 def demo(
     config: ConfigOption = None,
-    rows: Annotated[int | None, typer.Option(help="Transactions to generate (default from config).")] = None,
-    requests: Annotated[int, typer.Option(help="Requests sent to the service before the canary.")] = 2000,
+    rows: Annotated[int | None, typer.Option(help="Transactions per 90 days (default from config).")] = None,
+    requests: Annotated[int, typer.Option(help="Live requests sent before the first monitoring check.")] = 1500,
 ) -> None:
-    """Run the lifecycle end to end on embedded defaults (SQLite, local files): no server to start."""
+    """Run the whole loop on embedded defaults (SQLite, local files): data with injected drift → v1
+    champion → service + traffic → monitoring → event-triggered retraining → canary → promotion,
+    then a broken-upstream day that retraining refuses. Starts (and stops) its own Prefect server,
+    worker and scoring service; about 10 minutes on 2 cores."""
     from mlcycle import demo as demo_module
     from mlcycle.validation import ContractViolation
 
@@ -479,15 +482,12 @@ def retrain(
 
 def _decide(run: str, approve: bool, who: str | None, note: str, config: Path | None) -> None:
     import getpass
-    import os
 
     from mlcycle import retraining
 
     cfg = _config(config)
-    if url := retraining.api_url(cfg):
-        os.environ["PREFECT_API_URL"] = url
     try:
-        retraining.decide(run, approve, who or f"cli:{getpass.getuser()}", note)
+        retraining.decide(run, approve, who or f"cli:{getpass.getuser()}", note, retraining.api_url(cfg))
     except Exception as exc:
         console.print(f"[red]could not resume {run}: {exc}[/red]")
         console.print("List the runs that wait for a decision with: mlcycle blocked")
@@ -523,14 +523,11 @@ def reject(
 @app.command()
 def blocked(config: ConfigOption = None) -> None:
     """Retraining runs paused for a person's decision."""
-    import os
 
     from mlcycle import retraining
 
     cfg = _config(config)
-    if url := retraining.api_url(cfg):
-        os.environ["PREFECT_API_URL"] = url
-    runs = retraining.blocked_runs()
+    runs = retraining.blocked_runs(retraining.api_url(cfg))
     if not runs:
         console.print("no retraining waits for a decision")
     for r in runs:

@@ -1,24 +1,27 @@
 """``mlcycle demo``: the loop end to end on embedded defaults, narrated step by step.
 
-data → contract → features → Feast → training set → train/serve check → v1 champion → v2
-challenger → service up → traffic → canary with live traffic → promoted or rolled back.
+data (with drift injected) → contract → features → Feast → train/serve check → v1 champion →
+service + traffic → monitoring finds the drift → the event starts retraining → v2 challenger →
+canary → promoted (or not) → a broken-upstream day → retraining refused, waiting for a person.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from mlcycle import pipeline
-from mlcycle.config import ProjectConfig
+from mlcycle.config import DriftSpec, ProjectConfig
+from mlcycle.data import break_upstream, generate
 from mlcycle.features import store
 from mlcycle.project import load_flow
 
@@ -49,114 +52,290 @@ def mlflow_ui_command(cfg: ProjectConfig) -> str:
     return f"uv run mlflow ui --backend-store-uri {cfg.tracking_uri} --port 5000"
 
 
-def run(cfg: ProjectConfig, console: Console, requests: int = 2000) -> None:
-    from mlcycle.service_process import ServiceProcess
-    from mlcycle.traffic import replay
+# The story's world: the configured stream, longer, with a change from day 70 on (50 days ago):
+# amounts inflate (covariate shift) and a quarter of the fraud rings switch to a low-value daytime
+# pattern (concept drift). v1 is trained as of day 70, before the change.
+STORY_DAYS = 120
+STORY_DRIFT = DriftSpec(start_day=70, amount_inflation=1.5, concept_drift=True, concept_drift_share=0.25)
 
-    steps = Steps(console, total=10)
+
+def run(cfg: ProjectConfig, console: Console, requests: int = 1500) -> None:
+    from mlcycle import stack
+    from mlcycle.service_process import free_port
+
+    running = [c.name for c in stack.status(cfg) if c.running]
+    if running:
+        raise DemoFailed(f"the local stack is running ({', '.join(running)}): `make down` first — the demo "
+                         "starts from a clean data/ directory and its own servers")  # fmt: skip
+    steps = Steps(console, total=12)
     console.rule("[bold]mlcycle demo[/bold]")
     console.print(f"project {cfg.project!r}, profile {cfg.profile!r}, state in {cfg.data_path}")
     if cfg.data_path.exists():
         console.print("starting from a clean data/ directory (generated state only)")
         shutil.rmtree(cfg.data_path)
+    world = cfg.data.model_copy(
+        update={"days": STORY_DAYS, "n_transactions": cfg.data.n_transactions * STORY_DAYS // cfg.data.days,
+                "drift": STORY_DRIFT}
+    )  # fmt: skip
+    drift_at = world.resolved_start() + timedelta(days=STORY_DRIFT.start_day)
+    out = lambda message: console.print(f"      {message.strip()}")  # noqa: E731
+    # The Prefect server takes long to start cold: it starts now and comes up while data is built.
+    prefect_port = 4200 if stack.port_free(4200) else free_port()
+    prefect_url = stack.start_prefect_server(cfg, prefect_port, wait=False, out=out)
+    try:
+        _story(cfg, console, steps, world, drift_at, prefect_url, requests, out)
+    finally:
+        console.print("stopping the servers the demo started …")
+        stack.down(cfg, out=lambda m: None)
 
-    with steps.step(f"Generating {cfg.data.n_transactions:,} card transactions (seed {cfg.data.seed})"):
-        dataset, _ = pipeline.generate_data(cfg)
+
+def _story(cfg, console, steps, world, drift_at, prefect_url, requests, out) -> None:
+    from mlcycle import batch, registry, retraining, stack
+    from mlcycle.service_process import free_port
+    from mlcycle.traffic import replay
+
+    with steps.step(
+        f"Generating {world.n_transactions:,} card transactions over {world.days} days (seed {world.seed})"
+    ):
+        dataset = generate(world)
+        dataset.write(cfg.raw_dir)
         tx = dataset.transactions
         console.print(
-            f"      {len(tx):,} transactions, {len(dataset.users):,} users, {len(dataset.merchants):,} "
-            f"merchants, {tx['event_timestamp'].min():%Y-%m-%d} → {tx['event_timestamp'].max():%Y-%m-%d}, "
-            f"fraud {tx['is_fraud'].mean():.2%}"
+            f"      {len(tx):,} transactions, {len(dataset.users):,} users, {tx['event_timestamp'].min():%Y-%m-%d} → "
+            f"{tx['event_timestamp'].max():%Y-%m-%d}, fraud {tx['is_fraud'].mean():.2%}\n"
+            f"      drift injected from {drift_at:%Y-%m-%d} (day {STORY_DRIFT.start_day}): amounts × "
+            f"{STORY_DRIFT.amount_inflation} (covariate), {STORY_DRIFT.concept_drift_share:.0%} of fraud rings "
+            "switch to small daytime purchases at home (concept)"
         )
-    with steps.step("Validating against the data contract, then building feature tables"):
+    with steps.step("Data contract, feature tables, feast apply + materialize (SQLite online store)"):
         build = pipeline.build_features(cfg)
         console.print(f"      {build.report.summary()}")
-        console.print("      " + " / ".join(f"{name}: {n:,} rows" for name, n in build.rows.items()))
-    with steps.step("feast apply + materialize-incremental (SQLite online store)"):
         end = pipeline.publish_features(cfg, fresh=True)
         console.print(f"      online store loaded up to {end:%Y-%m-%d %H:%M:%S} UTC")
-    with steps.step("Point-in-time training set through the FeatureService (matured labels)"):
-        frame = pipeline.build_training_set(cfg)
-        fs = store.open_store(cfg.feature_repo_path)
-        plan = store.plan_for(fs, cfg.features.feature_service)
-        summary = pipeline.summarize_training_set(frame, list(plan.model_features))
-        console.print(
-            f"      {len(frame):,} rows (every matured transaction kept) × {len(plan.model_features)} "
-            f"features from '{plan.name}', label rate {frame['is_fraud'].mean():.2%}"
-        )
-        worst = summary.sort_values("null_rate", ascending=False).head(3)
-        console.print(
-            "      highest null rates: "
-            + ", ".join(f"{k} {v:.1%}" for k, v in worst["null_rate"].items())
-            + " (users' first transactions have no history)"
-        )
-        training_set_path = cfg.data_path / "training_set.parquet"
-        frame.to_parquet(training_set_path, index=False)
     with steps.step("Train/serve check: online vector vs offline row for the same moment"):
-        now = datetime.now(UTC).replace(microsecond=0)
-        sample = tx.drop_duplicates("user_id").tail(200).reset_index(drop=True)
-        entity_rows = sample[["user_id", "merchant_id"]].to_dict("records")
-        request = store.entity_frame(sample).drop(columns=["user_id", "merchant_id", "event_timestamp"])
-        request["request_unix"] = int(now.timestamp())
-        online = store.online_vector(fs, entity_rows, request.to_dict("records"), plan.name, now=now)
-        offline = store.training_set(
-            fs, sample[["user_id", "merchant_id"]].assign(event_timestamp=now, **request), plan.name
-        )
-        skew = store.skew_report(online, offline, plan.model_features)
-        console.print(
-            f"      {len(sample)} entities × {len(plan.model_features)} features: "
-            + ("identical" if not skew else f"[red]skew in {skew}[/red]")
-        )
-        if skew:
-            raise DemoFailed(f"train/serve skew: {skew}")
+        _skew_check(cfg, tx, console)
+    with steps.step(f"Waiting for the Prefect server ({prefect_url}) — flows below show in its UI"):
+        results = stack.wait_healthy(cfg, [stack.PREFECT_SERVER], out)
+        if isinstance(results[stack.PREFECT_SERVER], Exception):
+            raise DemoFailed(str(results[stack.PREFECT_SERVER]))
+    api_url = prefect_url + "/api"
+    os.environ["PREFECT_API_URL"] = api_url
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    train = load_flow(cfg.root, "training", "train")
     config_path = str(cfg.root / "mlcycle.yaml")
-    with steps.step("Training v1: Prefect flow `train` → gates → MLflow registry"):
-        v1 = train(config=config_path)
-        print_training(console, v1)
-    with steps.step("Training v2 on the same data: it must not regress against v1 to become challenger"):
-        v2 = train(config=config_path)
-        print_training(console, v2)
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        with steps.step(f"Training v1 as of {drift_at:%Y-%m-%d}, before the change: flow `train` → gates → registry"):
+            v1 = load_flow(cfg.root, "training", "train")(config=config_path, as_of=drift_at)
+            print_training(console, v1)
+            if v1["alias"] != registry.CHAMPION:
+                raise DemoFailed("v1 did not become champion: the story cannot go on")
+        service_port = 3000 if stack.port_free(3000) else free_port()
+        with steps.step("Scoring service, deployments, worker; v1's production history since the change"):
+            service_url = stack.start_service(cfg, service_port, wait=False, out=out)
+            deployed = stack.deploy(cfg, api_url, out=out)
+            console.print(f"      deployments: {', '.join(deployed)}")
+            stack.start_worker(cfg, api_url, out=out)
+            n, _ = batch.backfill_prediction_log(cfg, drift_at - timedelta(days=14), datetime.now(UTC))
+            console.print(f"      {n:,} answers of v1 logged at their own time (what the online path would "
+                          "have answered: point-in-time features)")  # fmt: skip
+            results = stack.wait_healthy(cfg, [stack.SERVICE], out)
+            if isinstance(results[stack.SERVICE], Exception) or not _wait_ready(service_url):
+                raise DemoFailed(f"the scoring service did not become ready; log {stack.log_path(cfg, stack.SERVICE)}")
+        recent = tx[tx["event_timestamp"] >= tx["event_timestamp"].max() - timedelta(days=3)]
+        with steps.step(f"Live traffic: {requests:,} of the last days' transactions through {service_url}/predict"):
+            with _progress(console) as progress:
+                task = progress.add_task("requests", total=requests)
+                stats = replay(service_url, recent, requests, concurrency=4, on_response=lambda: progress.advance(task))
+            console.print(f"      {stats.status.get(200, 0):,}/{stats.sent:,} answered 200, p50 {stats.p(50):.1f} ms, "
+                          f"p99 {stats.p(99):.1f} ms")  # fmt: skip
+        monitor = load_flow(cfg.root, "monitoring", "monitor")
+        with steps.step("Monitoring flow `monitor` over the last 7 days (events start retraining)"):
+            since_events = datetime.now(UTC)
+            checked = monitor(config=config_path, window_days=7)
+            _print_check(console, checked)
+        with steps.step("Retraining started by the event (deployment `retrain` on the worker) → canary"):
+            traffic = _Traffic(service_url, recent)
+            try:
+                final = _wait_for_retraining(console, since_events, timeout=900)
+            finally:
+                traffic.stop()
+            console.print(f"      ({traffic.sent:,} live requests sent meanwhile)")
+            client = registry.client_for(cfg)
+            champion = registry.version_by_alias(client, cfg.model.name, registry.CHAMPION)
+            console.print(f"      retraining run {final}: champion is now v{champion.version}")
+        with steps.step("A day of broken upstream data: channel no longer sent, categories in a new code list"):
+            broken_since = datetime.now(UTC)
+            champion_before = str(champion.version)
+            broken = break_upstream(recent.sample(min(len(recent), 800), random_state=1))
+            stats = replay(service_url, broken, len(broken), concurrency=4)
+            console.print(f"      {stats.status.get(200, 0):,} broken requests answered (the service cannot know)")
+            since_events = datetime.now(UTC)
+            checked = monitor(config=config_path, since=broken_since)
+            _print_check(console, checked)
+            run = _wait_for_pause(console, since_events, timeout=600)
+            console.print(f"      [red]ALERT[/red] retraining {run.name} blocked and waiting for a person:")
+            console.print(f"        uv run mlcycle approve {run.id}    # the data is right, retrain")
+            console.print(f"        uv run mlcycle reject {run.id}     # it is broken upstream")
+            console.print("      the demo answers as the on-call engineer: reject")
+            retraining.decide(str(run.id), approve=False, who="demo:on-call", note="upstream schema change")
+            state = _wait_final(run.id, timeout=120)
+            champion = registry.version_by_alias(client, cfg.model.name, registry.CHAMPION)
+            console.print(f"      retraining {state}; champion still v{champion.version} "
+                          f"({'unchanged' if str(champion.version) == champion_before else 'CHANGED'})")  # fmt: skip
+        with steps.step("Summary"):
+            _summary(cfg, console, client, prefect_url)
+    console.rule(f"[bold green]demo finished in {steps.elapsed():.0f}s[/bold green]")
 
-    service = ServiceProcess(cfg)
-    with steps.step("Starting the scoring service (bentoml serve) and sending traffic"):
-        service.start()
-        console.print(f"      {service.url} ready (POST /predict, /metrics, /readyz); log {service.log_path}")
-        replayed = tx.sample(min(len(tx), 5000), random_state=0)
-        with _progress(console) as progress:
-            task = progress.add_task("requests", total=requests)
-            stats = replay(service.url, replayed, requests, concurrency=4,
-                           on_response=lambda: progress.advance(task))  # fmt: skip
-        ok = stats.status.get(200, 0)
-        console.print(
-            f"      {ok:,}/{stats.sent:,} answered 200, p50 {stats.p(50):.1f} ms, p99 {stats.p(99):.1f} ms, "
-            f"{stats.flagged} flagged, variants {stats.variants}"
+
+def _skew_check(cfg: ProjectConfig, tx, console: Console) -> None:
+    fs = store.open_store(cfg.feature_repo_path)
+    plan = store.plan_for(fs, cfg.features.feature_service)
+    now = datetime.now(UTC).replace(microsecond=0)
+    sample = tx.drop_duplicates("user_id").tail(200).reset_index(drop=True)
+    entity_rows = sample[["user_id", "merchant_id"]].to_dict("records")
+    request = store.entity_frame(sample).drop(columns=["user_id", "merchant_id", "event_timestamp"])
+    request["request_unix"] = int(now.timestamp())
+    online = store.online_vector(fs, entity_rows, request.to_dict("records"), plan.name, now=now)
+    offline = store.training_set(
+        fs, sample[["user_id", "merchant_id"]].assign(event_timestamp=now, **request), plan.name
+    )
+    skew = store.skew_report(online, offline, plan.model_features)
+    console.print(f"      {len(sample)} entities × {len(plan.model_features)} features: "
+                  + ("identical" if not skew else f"[red]skew in {skew}[/red]"))  # fmt: skip
+    if skew:
+        raise DemoFailed(f"train/serve skew: {skew}")
+
+
+def _wait_ready(url: str, timeout: float = 120) -> bool:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    with httpx.Client(trust_env=False, timeout=5) as client:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(url + "/readyz").status_code == 200:
+                    return True
+            time.sleep(1)
+    return False
+
+
+class _Traffic:
+    """Live requests in the background while a canary needs them."""
+
+    def __init__(self, url: str, transactions) -> None:
+        from mlcycle.traffic import replay
+
+        self.sent, self._stop = 0, threading.Event()
+
+        def loop() -> None:
+            while not self._stop.is_set() and self.sent < 200_000:
+                stats = replay(
+                    url, transactions.sample(400, random_state=self.sent), 400, concurrency=4, stop=self._stop
+                )
+                self.sent += stats.sent
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+def _retrain_runs(since: datetime) -> list:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterStartTime
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"])),
+            flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterStartTime(after_=since)),
         )
-    try:
-        with steps.step("Canary of the challenger: traffic 5% → 25% → 50% under automated analysis"):
-            if not v2["passed"]:
-                console.print("      no challenger (v2 was rejected): nothing to canary")
-                outcome = None
-            else:
-                outcome = _canary(cfg, service.url, replayed, console)
-    finally:
-        service.stop()
 
-    with steps.step("Summary"):
-        table = Table("what", "where")
-        table.add_row("raw data / features", f"{cfg.raw_dir} / {cfg.features_dir}")
-        table.add_row("training set", str(training_set_path))
-        table.add_row("model cards", str(cfg.data_path / "model_cards"))
-        table.add_row("prediction log", str(cfg.predictions_dir))
-        table.add_row("MLflow UI", mlflow_ui_command(cfg))
-        table.add_row("versions / alias history", "uv run mlcycle models / uv run mlcycle history")
-        table.add_row("rollout state", "uv run mlcycle rollout status")
-        table.add_row("Prefect UI (flow runs)", "uv run prefect server start   → http://127.0.0.1:4200")
-        table.add_row("serve it yourself", "uv run mlcycle serve --port 3000")
-        console.print(table)
-    verdict = f"canary: v{outcome['version']} {outcome['outcome']}" if outcome else "no canary"
-    console.rule(f"[bold green]demo finished in {steps.elapsed():.0f}s — {verdict}[/bold green]")
+
+def _wait_for_retraining(console: Console, since: datetime, timeout: float) -> str:
+    """Follow the retraining runs the events created until they are all final; print their states."""
+    deadline, seen = time.monotonic() + timeout, {}
+    while time.monotonic() < deadline:
+        runs = _retrain_runs(since)
+        for r in runs:
+            state = r.state.name if r.state else "?"
+            if seen.get(r.name) != state:
+                seen[r.name] = state
+                console.print(f"      retrain run {r.name} ({r.parameters.get('trigger')}): {state}")
+        if runs and all(r.state and r.state.is_final() for r in runs):
+            main = [r for r in runs if r.state.is_completed()]
+            return ", ".join(f"{r.name} {r.state.name}" for r in main or runs)
+        time.sleep(3)
+    raise DemoFailed(
+        f"retraining did not finish within {timeout:.0f}s: see the Prefect UI and data/run/prefect-worker.log"
+    )
+
+
+def _wait_for_pause(console: Console, since: datetime, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for r in _retrain_runs(since):
+            if r.state and r.state.is_paused():
+                return r
+        time.sleep(2)
+    raise DemoFailed("no retraining paused for a decision: see data/run/prefect-worker.log")
+
+
+def _wait_final(run_id, timeout: float) -> str:
+    from prefect import get_client
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(run_id)
+        if run.state and run.state.is_final():
+            return f"{run.state.name}"
+        time.sleep(2)
+    return "still running"
+
+
+def _print_check(console: Console, result: dict) -> None:
+    head = "[red]drift detected[/red]" if result["drift_detected"] else "no drift"
+    console.print(f"      v{result['champion_version']}: {head} on {result['rows']:,} answers; drifted: "
+                  f"{', '.join(result['drifted_features'][:8]) or 'none'}"
+                  + (" …" if len(result["drifted_features"]) > 8 else ""))  # fmt: skip
+    if result["prediction_drift"]:
+        p = result["prediction_drift"]
+        console.print(f"      scores: PSI {p['psi']:.3f}, mean {p['mean_reference']:.4f} → {p['mean_current']:.4f} "
+                      f"({p['mean_change']:+.0%}){' [red]alert[/red]' if p['alert'] else ''}")  # fmt: skip
+    decay = result["decay"]
+    if decay.get("judged"):
+        console.print(f"      matured labels: ROC-AUC {decay['roc_auc']:.3f} (test at training "
+                      f"{decay['baseline_roc_auc']:.3f}) on {decay['positives']} frauds"
+                      + (" [red]decayed[/red]" if decay["alert"] else ""))  # fmt: skip
+    for anomaly in result["upstream_anomalies"]:
+        console.print(f"      [red]broken upstream?[/red] {anomaly}")
+    console.print(f"      report {result['report_html']}\n      events: {', '.join(result['events']) or 'none'}")
+
+
+def _summary(cfg: ProjectConfig, console: Console, client, prefect_url: str) -> None:
+    from mlcycle import registry
+
+    versions = Table("version", "aliases", "ROC-AUC (test)", "trained on rows")
+    for mv in sorted(registry.versions(client, cfg.model.name), key=lambda v: int(v.version)):
+        run = client.get_run(mv.run_id)
+        versions.add_row(f"v{mv.version}", ", ".join(mv.aliases) or "-",
+                         f"{run.data.metrics.get('test.roc_auc', float('nan')):.3f}",
+                         run.data.params.get("train_rows", "?"))  # fmt: skip
+    console.print(versions)
+    table = Table("what", "where")
+    table.add_row(
+        "Prefect UI (flow runs, artifacts, events)", f"make up → http://127.0.0.1:4200 (this run: {prefect_url})"
+    )
+    table.add_row(
+        "MLflow UI (runs, registry, monitoring)", "make up → http://127.0.0.1:5000, or " + mlflow_ui_command(cfg)
+    )
+    table.add_row("Evidently reports", f"{cfg.monitoring_dir}/<time>/drift_report.html")
+    table.add_row("model cards", str(cfg.data_path / "model_cards"))
+    table.add_row("prediction log", str(cfg.predictions_dir))
+    table.add_row("alias history", "uv run mlcycle history")
+    console.print(table)
 
 
 def _progress(console: Console) -> Progress:
@@ -183,28 +362,3 @@ def print_rollout(console: Console, result: dict, indent: str = "      ") -> Non
             console.print(f"{indent}    {line}")
     color = "green" if result["outcome"] == "promoted" else "red"
     console.print(f"{indent}[{color}]v{result['version']} {result['outcome']}[/{color}]")
-
-
-def _canary(cfg: ProjectConfig, url: str, transactions, console: Console) -> dict:
-    """Run the rollout flow while a background thread keeps real traffic flowing."""
-    from mlcycle.traffic import replay
-
-    stop = threading.Event()
-    sent = {"n": 0}
-
-    def traffic() -> None:
-        while not stop.is_set() and sent["n"] < 200_000:
-            stats = replay(url, transactions.sample(400, random_state=sent["n"]), 400, concurrency=4, stop=stop)
-            sent["n"] += stats.sent
-
-    thread = threading.Thread(target=traffic, daemon=True)
-    thread.start()
-    try:
-        flow = load_flow(cfg.root, "rollout", "rollout_flow")
-        result = flow(config=str(cfg.root / "mlcycle.yaml"), wait_seconds=3.0, max_wait_seconds=180.0)
-    finally:
-        stop.set()
-        thread.join(60)
-    print_rollout(console, result)
-    console.print(f"      ({sent['n']:,} requests sent during the canary)")
-    return result

@@ -229,7 +229,8 @@ def run_check(
     """Drift, prediction drift, decay and upstream anomalies of the champion at ``as_of`` (now)."""
     spec = cfg.monitoring
     as_of = as_of or datetime.now(UTC)
-    start = since or as_of - timedelta(days=window_days or spec.window_days)
+    # Request times are logged in whole seconds: a window starting mid-second keeps that second.
+    start = (since or as_of - timedelta(days=window_days or spec.window_days)).replace(microsecond=0)
     ref = champion_reference(cfg)
     lookback = as_of - timedelta(days=spec.decay_lookback_days + cfg.data.label_maturity_days + 2)
     answered = answered_predictions(cfg, min(start, lookback))

@@ -9,6 +9,7 @@ person: ``mlcycle approve RUN`` (the data is right: retrain) or ``mlcycle reject
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -100,7 +101,14 @@ def api_url(cfg: ProjectConfig) -> str | None:
     return None
 
 
-def decide(flow_run_id: str, approve: bool, who: str, note: str = "") -> None:
+def _api(url: str | None) -> contextlib.AbstractContextManager:
+    """Prefect settings are fixed when prefect is imported; a URL found later applies through them."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    return temporary_settings({PREFECT_API_URL: url}) if url else contextlib.nullcontext()
+
+
+def decide(flow_run_id: str, approve: bool, who: str, note: str = "", api: str | None = None) -> None:
     """Resume a blocked retraining with a person's decision."""
     from prefect.flow_runs import resume_flow_run
 
@@ -108,18 +116,25 @@ def decide(flow_run_id: str, approve: bool, who: str, note: str = "") -> None:
         run_id = UUID(flow_run_id)
     except ValueError:
         raise ValueError(f"'{flow_run_id}' is not a flow-run id (a UUID, as the alert prints it)") from None
-    resume_flow_run(run_id, run_input={"approve": approve, "who": who, "note": note})
+    with _api(api):
+        resume_flow_run(run_id, run_input={"approve": approve, "who": who, "note": note})
 
 
-def blocked_runs() -> list[dict[str, Any]]:
+def blocked_runs(api: str | None = None) -> list[dict[str, Any]]:
     """Paused retraining runs waiting for a person, newest first."""
     from prefect import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterStateName
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateName,
+    )
 
-    with get_client(sync_client=True) as client:
+    with _api(api), get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"])),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterStateName(any_=["Paused"])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"]))),
         )
     return [
         {"id": str(r.id), "name": r.name, "since": (r.state.timestamp if r.state else datetime.now(UTC)).isoformat()}
