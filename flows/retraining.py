@@ -3,8 +3,8 @@
 Guard first (data contract; a broken upstream in the triggering check): if it trips, the flow
 emits ``mlcycle.retraining.blocked``, writes why, and pauses for a person (``mlcycle approve RUN``
 or ``mlcycle reject RUN``). Otherwise — or once approved — it runs the ``train`` flow on the latest
-matured window (every gate, including the comparison with the champion on the same recent test
-window), and hands a new ``challenger`` over to the ``rollout`` flow.
+matured window (``retraining.train_window_days``; every gate, including the comparison with the
+champion on the same recent test window), and hands a new ``challenger`` over to the ``rollout`` flow.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def retrain(
         if not decision.approve:
             return {"outcome": "refused", "trigger": trigger, "reasons": list(verdict.reasons), "by": decision.who}
     train = load_flow(cfg.root, "training", "train")
-    result = train(config=str(cfg.root / "mlcycle.yaml"))
+    result = train(config=str(cfg.root / "mlcycle.yaml"), window_days=cfg.retraining.train_window_days)
     out: dict[str, Any] = {"trigger": trigger, "training": result, "approved_by": decision.who if decision else None}
     if not result["passed"]:
         return {**out, "outcome": "rejected by the gates"}

@@ -49,8 +49,10 @@ def validate_contract(transactions: pd.DataFrame) -> validation.ContractReport:
 
 
 @task(name="build-training-set", **IO)
-def build_training_set(cfg: ProjectConfig, as_of: datetime | None) -> tuple[pd.DataFrame, list[str]]:
-    frame = pipeline.build_training_set(cfg, as_of)
+def build_training_set(
+    cfg: ProjectConfig, as_of: datetime | None, window_days: int | None
+) -> tuple[pd.DataFrame, list[str]]:
+    frame = pipeline.build_training_set(cfg, as_of, window_days)
     features = list(plan_for(open_store(cfg.feature_repo_path), cfg.features.feature_service).model_features)
     return frame, features
 
@@ -103,13 +105,14 @@ def log_and_register(
 
 
 @flow(name="train", log_prints=True)
-def train(config: str | None = None, as_of: datetime | None = None) -> dict[str, Any]:
-    """Train, evaluate and (if every gate passes) register a fraud model."""
+def train(config: str | None = None, as_of: datetime | None = None, window_days: int | None = None) -> dict[str, Any]:
+    """Train, evaluate and (if every gate passes) register a fraud model on the matured labels known
+    at ``as_of`` (now), of the latest ``window_days`` (default ``model.train_window_days``)."""
     logger = get_run_logger()
     cfg = load_config(config)
     transactions = load_transactions(cfg)
     validate_contract(transactions)
-    frame, features = build_training_set(cfg, as_of)
+    frame, features = build_training_set(cfg, as_of, window_days)
     logger.info("training set: %d rows x %d features, label rate %.2f%%", len(frame), len(features),
                 100 * frame[cfg.model.label].mean())  # fmt: skip
     quality = check_training_set(cfg, frame, features)

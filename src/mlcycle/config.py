@@ -37,7 +37,9 @@ class DriftSpec(StrictModel):
     amount_inflation: float = Field(1.0, gt=0, description="Covariate shift: amounts multiply by this.")
     new_category: str | None = Field(None, description="A merchant category that appears at start_day.")
     new_category_share: float = Field(0.0, ge=0, le=1, description="Share of merchants moving to it.")
-    concept_drift: bool = Field(False, description="Fraud switches to a domestic, low-amount, daytime pattern.")
+    concept_drift: bool = Field(
+        False, description="Fraud switches to card testing: runs of tiny daytime purchases at home, minutes apart."
+    )
     concept_drift_share: float = Field(
         1.0, gt=0, le=1, description="Share of fraud rings (by card) that switch pattern; the rest keep theirs."
     )
@@ -219,6 +221,12 @@ class RetrainingSpec(StrictModel):
 
     approval_timeout_s: int = Field(3600, ge=10, description="How long a blocked retraining waits for approve/reject.")
     rollout: bool = Field(True, description="Hand a registered challenger over to the rollout flow.")
+    train_window_days: int | None = Field(
+        60,
+        ge=1,
+        description="Latest matured days to learn from: after a change, older data is the old world "
+        "(None: every matured day, as model.train_window_days).",
+    )
 
 
 class ProjectConfig(StrictModel):

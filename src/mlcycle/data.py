@@ -181,7 +181,10 @@ def generate(spec: DataSpec | None = None) -> Dataset:
     # Which cards' fraud switches pattern: a fixed hash of the card, not a random draw, so that the
     # share changes nothing else in the stream.
     switches = (b_user * 2654435761 % 1000) < drift.concept_drift_share * 1000
-    b_drifted = drift.concept_drift & (b_day >= drift_day) & switches
+    # Concept drift: "card testing" — stolen cards probed with runs of tiny purchases minutes apart,
+    # in the day, at everyday merchants at home. New to a model trained before it, but learnable.
+    b_testing = drift.concept_drift & (b_day >= drift_day) & switches
+    b_drifted = np.zeros(n_bursts, bool)
     if spec.hard_fraud_age_band is not None:
         if spec.hard_fraud_age_band not in AGE_BANDS:
             raise ValueError(f"hard_fraud_age_band must be one of {AGE_BANDS}")
@@ -191,21 +194,25 @@ def generate(spec: DataSpec | None = None) -> Dataset:
     n_fb = len(rows)
     f_user = b_user[rows]
     f_drifted = b_drifted[rows]
+    f_testing = b_testing[rows] & ~f_drifted
     # Classic pattern: minutes apart, at night, in resellable goods at any merchant (mostly foreign),
-    # high-value. Drifted pattern ("low and slow"): spread over three days, daytime, at domestic
-    # everyday merchants, small amounts.
+    # high-value. "Low and slow" (the hard-to-see age band): spread over three days, daytime, at
+    # domestic everyday merchants, small amounts.
     classic_offset = np.floor(b_day[rows]) + _time_of_day(rng, n_fb, NIGHT_HOUR_P) + rng.exponential(1.5, n_fb) / 24
     drifted_offset = np.floor(b_day[rows]) + rng.integers(0, 3, n_fb) + _time_of_day(rng, n_fb, HOUR_P)
-    f_offset = np.where(f_drifted, drifted_offset, classic_offset)
+    first = np.r_[0, np.cumsum(b_size)[:-1]]  # each burst's first row
+    position = np.arange(n_fb) - first[rows]
+    testing_offset = np.floor(b_day[rows]) + (drifted_offset[first] % 1)[rows] + position * 4 / 1440
+    f_offset = np.where(f_drifted, drifted_offset, np.where(f_testing, testing_offset, classic_offset))
     f_offset = np.clip(f_offset, np.maximum(u["signup_offset"][f_user], 0), spec.days - 1e-6)
     f_merchant = np.where(
-        f_drifted,
+        f_drifted | f_testing,
         _pick_merchants(rng, m, n_fb, u["home"][f_user], DRIFTED_FRAUD_CATEGORIES),
         _pick_merchants(rng, m, n_fb, None, BURST_CATEGORIES),
     )
-    f_amount = u["amount_scale"][f_user] * np.where(
-        f_drifted, rng.uniform(0.05, 0.3, n_fb), rng.lognormal(np.log(5.0), 0.6, n_fb)
-    )
+    low = rng.uniform(0.05, 0.3, n_fb)
+    f_amount = u["amount_scale"][f_user] * np.where(f_drifted, low, rng.lognormal(np.log(5.0), 0.6, n_fb))
+    f_amount = np.where(f_testing, 0.5 + (low - 0.05) * 18, f_amount)  # 0.50 to 5.00, whoever the user
 
     # --- legitimate background -------------------------------------------------------------------
     n_legit = spec.n_transactions - n_fb

@@ -52,11 +52,12 @@ def mlflow_ui_command(cfg: ProjectConfig) -> str:
     return f"uv run mlflow ui --backend-store-uri {cfg.tracking_uri} --port 5000"
 
 
-# The story's world: the configured stream, longer, with a change from day 70 on (50 days ago):
-# amounts inflate (covariate shift) and a quarter of the fraud rings switch to a low-value daytime
-# pattern (concept drift). v1 is trained as of day 70, before the change.
-STORY_DAYS = 120
-STORY_DRIFT = DriftSpec(start_day=70, amount_inflation=1.5, concept_drift=True, concept_drift_share=0.25)
+# The story's world: the configured stream, longer, with a change from day 80 on (70 days ago):
+# amounts inflate (covariate shift) and half the fraud rings switch to card testing (concept
+# drift). v1 is trained as of day 80, before the change; retraining learns from the latest 60
+# matured days, which hold 40 days of the new world.
+STORY_DAYS = 150
+STORY_DRIFT = DriftSpec(start_day=80, amount_inflation=1.5, concept_drift=True, concept_drift_share=0.5)
 
 
 def run(cfg: ProjectConfig, console: Console, requests: int = 1500) -> None:
@@ -105,7 +106,7 @@ def _story(cfg, console, steps, world, drift_at, prefect_url, requests, out) -> 
             f"{tx['event_timestamp'].max():%Y-%m-%d}, fraud {tx['is_fraud'].mean():.2%}\n"
             f"      drift injected from {drift_at:%Y-%m-%d} (day {STORY_DRIFT.start_day}): amounts × "
             f"{STORY_DRIFT.amount_inflation} (covariate), {STORY_DRIFT.concept_drift_share:.0%} of fraud rings "
-            "switch to small daytime purchases at home (concept)"
+            "switch to card testing: tiny purchases minutes apart (concept)"
         )
     with steps.step("Data contract, feature tables, feast apply + materialize (SQLite online store)"):
         build = pipeline.build_features(cfg)

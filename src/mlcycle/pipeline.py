@@ -97,10 +97,14 @@ def labelled_entities(
     return entities
 
 
-def build_training_set(cfg: ProjectConfig, as_of: datetime | None = None) -> pd.DataFrame:
-    """Point-in-time training rows (features + label) for every matured labelled transaction."""
+def build_training_set(
+    cfg: ProjectConfig, as_of: datetime | None = None, window_days: int | None = None
+) -> pd.DataFrame:
+    """Point-in-time training rows (features + label) for every matured labelled transaction of the
+    latest ``window_days`` (default ``model.train_window_days``; None there: all of them)."""
     transactions = load_transactions(cfg.raw_dir / "transactions.parquet")
-    entities = labelled_entities(transactions, as_of, cfg.data.label_maturity_days, cfg.model.train_window_days)
+    window = window_days or cfg.model.train_window_days
+    entities = labelled_entities(transactions, as_of, cfg.data.label_maturity_days, window)
     fs = store.open_store(cfg.feature_repo_path)
     return store.training_set(fs, entities, cfg.features.feature_service)
 
