@@ -24,7 +24,7 @@ import mlcycle  # noqa: F401  (telemetry off before the stack is imported)
 from mlcycle import canary, registry, rollout
 from mlcycle.config import ProjectConfig, load_config
 from mlcycle.decisions import Verdict
-from mlcycle.prediction_log import read_predictions
+from mlcycle.prediction_store import read_logged_predictions
 from mlcycle.validation import load_transactions
 
 IO = {"retries": 2, "retry_delay_seconds": 2, "cache_policy": NO_CACHE}
@@ -48,7 +48,7 @@ def collect(cfg: ProjectConfig, since: datetime, wait_s: float, max_wait_s: floa
     deadline = time.monotonic() + max_wait_s
     time.sleep(wait_s)
     while True:
-        predictions = read_predictions(cfg.predictions_dir, since)
+        predictions = read_logged_predictions(cfg, since)
         champion = ((predictions["variant"] == "champion") & ~predictions["shadow"].astype(bool)).sum()
         challenger = (predictions["variant"] == "challenger").sum()
         if min(champion, challenger) >= cfg.canary.min_requests or time.monotonic() > deadline:

@@ -23,7 +23,7 @@ from mlcycle import gates, pipeline, tracking, training, validation
 from mlcycle.config import ProjectConfig, load_config
 from mlcycle.decisions import Verdict
 from mlcycle.evaluation import EvaluationReport
-from mlcycle.features import open_store, plan_for
+from mlcycle.features import open_project_store, plan_for
 from mlcycle.registry import client_for
 
 IO = {"retries": 2, "retry_delay_seconds": 3, "cache_policy": NO_CACHE}
@@ -53,7 +53,7 @@ def build_training_set(
     cfg: ProjectConfig, as_of: datetime | None, window_days: int | None
 ) -> tuple[pd.DataFrame, list[str]]:
     frame = pipeline.build_training_set(cfg, as_of, window_days)
-    features = list(plan_for(open_store(cfg.feature_repo_path), cfg.features.feature_service).model_features)
+    features = list(plan_for(open_project_store(cfg), cfg.features.feature_service).model_features)
     return frame, features
 
 

@@ -5,9 +5,9 @@ the prediction log live in ``mlcycle.serving``. Run it with
 ``bentoml serve services.fraud_service:FraudService`` from the project directory
 (``MLCYCLE_CONFIG`` names another project's config).
 
-Errors: a malformed body or a bad field is a 400 naming the field (BentoML's validation); a wrong
-API or admin token is 401; no champion yet, or the registry / online store unreachable, is a 503
-whose body says which.
+Errors: a malformed body or a bad field is a 400 naming the field (BentoML's validation); a form or
+multipart body is a 415 (the APIs take JSON); a wrong API or admin token is 401; no champion yet,
+or the registry / online store unreachable, is a 503 whose body says which.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Annotated, Literal
 
 import bentoml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.responses import JSONResponse
 
 import mlcycle  # noqa: F401  (telemetry off before the stack is imported)
 from mlcycle import registry, rollout
@@ -29,6 +30,7 @@ from mlcycle.features.store import FeatureStoreUnavailable
 from mlcycle.serving import NotReady, Scorer
 
 MAX_BATCH = 1000
+INT64_MAX = 2**63 - 1  # ids are int64 in the online store and the prediction log
 
 
 class Unauthorized(bentoml.exceptions.BentoMLException):
@@ -60,14 +62,16 @@ class Transaction(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    transaction_id: int | None = Field(None, description="The caller's id, logged with the prediction.")
-    user_id: Annotated[int, Field(strict=True, gt=0)]
-    merchant_id: Annotated[int, Field(strict=True, gt=0)]
+    transaction_id: Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX)] | None = Field(
+        None, description="The caller's id, logged with the prediction."
+    )
+    user_id: Annotated[int, Field(strict=True, gt=0, le=INT64_MAX)]
+    merchant_id: Annotated[int, Field(strict=True, gt=0, le=INT64_MAX)]
     amount: Annotated[float, Field(gt=0, lt=1_000_000, description="Positive, finite, below 1M.")]
     country: Annotated[str, Field(pattern=r"^[A-Z]{2}$", description="ISO 3166 alpha-2 of the merchant.")]
     merchant_category: Annotated[str, Field(min_length=1, max_length=40)]
     channel: Literal["pos", "ecom", "contactless"] | None = None
-    timestamp: datetime | None = Field(None, description="Request time (default: now).")
+    timestamp: datetime | None = Field(None, description="Request time (default: now; no offset: UTC).")
 
     @field_validator("amount")
     @classmethod
@@ -93,6 +97,31 @@ class TrafficChange(BaseModel):
     mode: rollout.Mode
     percent: Annotated[float, Field(ge=0, le=100)] = 0.0
     reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class JsonBodiesOnly:
+    """ASGI middleware: a form or multipart POST is a 415 naming the content type.
+
+    BentoML hands such a body to its form parser rather than to JSON validation: a malformed one
+    (no boundary, bad framing) fails there with a 500, and a well-formed one is read as form fields,
+    so the answer would be a misleading "transaction: Field required". Every API here takes JSON.
+    """
+
+    FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            # The first content-type header, as BentoML reads it.
+            raw = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+            media = raw.decode("latin-1").split(";")[0].strip().lower()
+            if media in self.FORM_TYPES:
+                message = f"unsupported content-type '{media}': send the body as JSON (content-type: application/json)"
+                await JSONResponse({"error": message}, status_code=415)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _token_ok(ctx: bentoml.Context, variable: str, header: str) -> bool:
@@ -184,3 +213,6 @@ class FraudService:
         events = rollout.rollback(client, log, self.cfg.model.name, reason, who="api:admin")
         self.scorer.refresh(force=True)
         return {"moves": [f"{e.alias}: {e.from_version} -> {e.to_version}" for e in events]}
+
+
+FraudService.add_asgi_middleware(JsonBodiesOnly)

@@ -4,8 +4,11 @@ MLflow registry: bad input, routing, shadow, rollback without restart, automated
 from __future__ import annotations
 
 import json
+import math
+import re
 import threading
 import time
+from datetime import UTC, datetime, timedelta, timezone
 
 import httpx
 import mlflow
@@ -13,6 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import xgboost as xgb
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tests.conftest import clone_project
 
 from mlcycle import registry, rollout
@@ -81,6 +86,11 @@ GOOD = {"user_id": 2, "merchant_id": 5, "amount": 120.5, "country": "US", "merch
         ({"transaction": {**GOOD, "channel": "carrier-pigeon"}}, "channel"),
         ({"transaction": {**GOOD, "model_path": "/etc/passwd"}}, "model_path"),
         ({}, "transaction"),
+        # Found by the fuzz below: ids beyond int64 were a 503 blaming the online store ("Value out of
+        # range"), a transaction_id beyond int64 was accepted and logged as a rounded float.
+        ({"transaction": {**GOOD, "user_id": 2**63}}, "user_id"),
+        ({"transaction": {**GOOD, "merchant_id": 2**64}}, "merchant_id"),
+        ({"transaction": {**GOOD, "transaction_id": 2**63}}, "transaction_id"),
     ],
 )
 def test_bad_input_is_a_400_naming_the_field(served, payload, field: str) -> None:
@@ -90,6 +100,197 @@ def test_bad_input_is_a_400_naming_the_field(served, payload, field: str) -> Non
     assert r.status_code == 400, r.text
     if field:
         assert field in json.dumps(r.json()), r.text
+
+
+# ----------------------------------------------------------------------------- fuzzing the API
+# Every request body the service can be sent — valid transactions and every kind of wrongness — must
+# get a 200 with a score, or a 4xx whose message names what is wrong: never a 5xx. Cases are built
+# knowing what they should get, so the test checks the answer, not just the status class.
+INT64_MAX = 2**63 - 1
+FIELDS = ("transaction_id", "user_id", "merchant_id", "amount", "country", "merchant_category", "channel", "timestamp")
+REQUIRED = ("user_id", "merchant_id", "amount", "country", "merchant_category")
+CHANNELS = ("pos", "ecom", "contactless")
+REJECTED_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded", "application/vnd.bentoml+pickle")
+OTHER_TYPES = (*REJECTED_TYPES, "multipart/form-data; boundary=x", "text/plain", "application/xml", "",
+               "APPLICATION/JSON", "application/json; charset=latin-1")  # fmt: skip
+
+huge_ints = st.integers(INT64_MAX + 1, 2**200) | st.integers(-(2**200), -(2**63) - 1)
+long_text = st.text(min_size=1, max_size=4).map(lambda s: s * 3000)
+no_digits = st.text(alphabet=st.characters(blacklist_categories=("Nd", "Cs")), max_size=30)
+# Any JSON value: NaN and ±inf (Python writes the non-standard tokens), ints beyond int64, unicode,
+# long strings, nulls, nested arrays and objects.
+scalars = st.none() | st.booleans() | st.integers() | huge_ints | st.floats() | st.text(max_size=50) | long_text
+any_json = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)  # fmt: skip
+containers = st.lists(scalars, max_size=3) | st.dictionaries(st.text(max_size=5), scalars, max_size=3)
+zones = st.sampled_from([None, UTC, timezone(timedelta(hours=14)), timezone(-timedelta(hours=12, minutes=30))])
+
+valid_transaction = st.fixed_dictionaries(
+    {
+        "user_id": st.integers(1, INT64_MAX),
+        "merchant_id": st.integers(1, INT64_MAX),
+        "amount": st.floats(min_value=0, max_value=1e6, exclude_min=True, exclude_max=True),
+        "country": st.from_regex(r"\A[A-Z]{2}\Z"),
+        "merchant_category": st.text(min_size=1, max_size=40),
+    },
+    optional={
+        "transaction_id": st.none() | st.integers(-(2**63), INT64_MAX),
+        "channel": st.none() | st.sampled_from(CHANNELS),
+        "timestamp": st.none() | st.datetimes(timezones=zones).map(datetime.isoformat),
+    },
+)
+# Values each field must refuse (with a 400 naming it). Lax coercions the schema accepts on purpose
+# (true as 1 for the lax ints and floats, numeric strings) are kept out.
+bad_id = st.one_of(st.integers(max_value=0), huge_ints, st.floats(), st.booleans(), st.text(max_size=10), st.none())
+non_finite = st.sampled_from([math.nan, math.inf, -math.inf])
+not_a_country = st.text(max_size=5).filter(lambda s: re.fullmatch("[A-Z]{2}", s) is None)
+INVALID = {
+    "user_id": bad_id | containers,
+    "merchant_id": bad_id | containers,
+    "transaction_id": st.one_of(huge_ints, st.floats().filter(lambda f: not f.is_integer()), no_digits, containers),
+    "amount": st.one_of(st.floats(max_value=0), st.floats(min_value=1e6), non_finite, no_digits, st.none(), containers),
+    "country": st.one_of(not_a_country, st.integers(), st.none(), containers),
+    "merchant_category": st.one_of(st.just(""), st.text(min_size=41, max_size=99), long_text, st.none(), containers),
+    "channel": st.one_of(st.text(max_size=20).filter(lambda s: s not in CHANNELS), st.integers(), containers),
+    "timestamp": st.one_of(no_digits, st.integers(min_value=10**15), st.booleans(), containers),
+}
+
+
+@st.composite
+def transaction(draw) -> tuple[dict, str, str | None]:
+    """(transaction, expected: "ok" | "bad" | "any" (may happen to be valid), the field at fault)."""
+    tx = draw(valid_transaction)
+    how = draw(st.sampled_from(["valid", "valid", "missing", "extra", "wrong", "anything"]))
+    if how == "valid":
+        return tx, "ok", None
+    if how == "missing":
+        field = draw(st.sampled_from(REQUIRED))
+        return {k: v for k, v in tx.items() if k != field}, "bad", field
+    if how == "extra":
+        field = draw(st.text(max_size=30).filter(lambda k: k not in FIELDS))
+        return {**tx, field: draw(any_json)}, "bad", field
+    field = draw(st.sampled_from(FIELDS))
+    if how == "wrong":
+        return {**tx, field: draw(INVALID[field])}, "bad", field
+    return {**tx, field: draw(any_json)}, "any", field
+
+
+def encode(value, draw) -> bytes:
+    return json.dumps(value, ensure_ascii=draw(st.booleans())).encode()
+
+
+@st.composite
+def predict_request(draw) -> tuple[bytes, str | None, str, list | None]:
+    """(body, content type, expected: "ok" | "bad" | "any" | "unsupported", where the fault is)."""
+    shape = draw(st.sampled_from(["transaction"] * 6 + ["body", "inner", "bytes", "truncated", "content-type"]))
+    if shape == "transaction":
+        tx, expect, field = draw(transaction())
+        fault = None if field is None else ["transaction", field]
+        return encode({"transaction": tx}, draw), "application/json", expect, fault
+    if shape == "body":  # any JSON as the whole body: arrays, strings, numbers, objects without "transaction"
+        value = draw(any_json.filter(lambda v: not isinstance(v, dict) or "transaction" not in v))
+        return encode(value, draw), draw(st.sampled_from(["application/json", None])), "bad", None
+    if shape == "inner":  # "transaction" is not a transaction
+        return encode({"transaction": draw(any_json)}, draw), "application/json", "bad", ["transaction"]
+    if shape == "bytes":  # not JSON at all (or empty)
+        raw = draw(st.binary(max_size=200))
+        return raw, draw(st.sampled_from(["application/json", None, "application/octet-stream"])), "bad", None
+    text = encode({"transaction": draw(valid_transaction)}, draw)
+    if shape == "truncated":  # a proper prefix of a JSON object is never valid JSON
+        return text[: draw(st.integers(0, len(text) - 1))], "application/json", "bad", None
+    ctype = draw(st.sampled_from(OTHER_TYPES) | st.from_regex(r"\A[a-z]{1,12}/[a-z0-9.+-]{1,20}\Z"))
+    media = ctype.split(";")[0].strip().lower()
+    return text, ctype, "unsupported" if media in REJECTED_TYPES else "ok", None
+
+
+def check_score(out: dict) -> None:
+    assert isinstance(out["score"], float) and 0.0 <= out["score"] <= 1.0, out
+    assert isinstance(out["decision"], bool) and out["model_version"] and out["variant"], out
+
+
+def error_locs(r: httpx.Response) -> list[list]:
+    """The validation errors' locations; the body is a JSON error message either way."""
+    out = r.json()
+    assert out["error"], r.text
+    return [e["loc"] for e in out.get("detail", [])]
+
+
+def names_fault(r: httpx.Response, fault: list) -> bool:
+    """Whether a 400 names where the fault is (e.g. ["transaction", "amount"])."""
+    return fault in [loc[: len(fault)] for loc in error_locs(r)]
+
+
+def post(client: httpx.Client, path: str, body: bytes, ctype: str | None) -> httpx.Response:
+    return client.post(path, content=body, headers={} if ctype is None else {"content-type": ctype})
+
+
+FUZZ = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FUZZ
+@given(case=predict_request())
+def test_fuzzed_predict_is_never_a_5xx(served, case) -> None:
+    _, client, _ = served
+    body, ctype, expect, fault = case
+    r = post(client, "/predict", body, ctype)
+    assert r.status_code < 500, f"{r.status_code}: {r.text}"
+    if expect == "unsupported":
+        assert r.status_code == 415 and ctype.split(";")[0].strip().lower() in r.text.lower(), r.text
+    elif expect == "ok" or (expect == "any" and r.status_code == 200):
+        assert r.status_code == 200, r.text
+        check_score(r.json())
+    else:
+        assert r.status_code == 400, r.text
+        assert fault is None or names_fault(r, fault), r.text
+
+
+@FUZZ
+@given(batch=st.lists(transaction(), min_size=1, max_size=6), ascii_only=st.booleans())
+def test_fuzzed_predict_batch_is_never_a_5xx(served, batch, ascii_only: bool) -> None:
+    _, client, _ = served
+    body = json.dumps({"transactions": [tx for tx, _, _ in batch]}, ensure_ascii=ascii_only).encode()
+    r = post(client, "/predict_batch", body, "application/json")
+    assert r.status_code in (200, 400), f"{r.status_code}: {r.text}"
+    if r.status_code == 200:
+        assert all(expect != "bad" for _, expect, _ in batch), r.text
+        assert len(r.json()) == len(batch)
+        for out in r.json():
+            check_score(out)
+    else:
+        assert any(expect != "ok" for _, expect, _ in batch), r.text
+        for i, (_, expect, field) in enumerate(batch):
+            if expect == "bad":  # every faulty transaction is named, by index and field
+                assert names_fault(r, ["transactions", i, field]), r.text
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("multipart/form-data", json.dumps({"transaction": GOOD})),  # no boundary: was a 500
+        ("multipart/form-data; boundary=x", "garbage"),  # bad framing: was a 500
+        ("application/x-www-form-urlencoded", json.dumps({"transaction": GOOD})),  # curl -d: a misleading 400
+    ],
+)
+def test_a_form_body_is_a_415_naming_the_content_type(served, content_type: str, body: str) -> None:
+    _, client, _ = served
+    r = client.post("/predict", content=body, headers={"content-type": content_type})
+    assert r.status_code == 415, r.text
+    assert content_type.split(";")[0] in r.json()["error"] and "application/json" in r.json()["error"]
+
+
+def test_a_time_without_offset_is_utc_even_in_year_1(served) -> None:
+    """Found by the fuzz: a naive timestamp was converted as local time, which fails for year 1 (a 500)."""
+    _, client, _ = served
+    at = "2024-05-01T12:00:00"
+    naive = client.post("/predict", json={"transaction": {**GOOD, "timestamp": at}})
+    utc = client.post("/predict", json={"transaction": {**GOOD, "timestamp": at + "Z"}})
+    assert naive.status_code == utc.status_code == 200, naive.text
+    assert naive.json()["score"] == utc.json()["score"]
+    first = client.post("/predict", json={"transaction": {**GOOD, "timestamp": "0001-01-01T00:00:00"}})
+    assert first.status_code == 200, first.text
+    check_score(first.json())
 
 
 def test_unknown_user_is_scored_and_says_what_was_missing(served) -> None:

@@ -16,7 +16,7 @@ import xgboost as xgb
 
 from mlcycle import registry
 from mlcycle.config import ProjectConfig
-from mlcycle.features import entity_frame, open_store, training_set
+from mlcycle.features import entity_frame, open_project_store, training_set
 from mlcycle.tracking import FEATURES_TAG, THRESHOLD_TAG
 from mlcycle.training import matrix
 from mlcycle.validation import load_transactions
@@ -42,7 +42,7 @@ def score_day(cfg: ProjectConfig, day: date, alias: str = registry.CHAMPION) -> 
     start = pd.Timestamp(datetime.combine(day, datetime.min.time(), UTC))
     ts = transactions["event_timestamp"]
     rows = transactions[(ts >= start) & (ts < start + timedelta(days=1))]
-    frame = training_set(open_store(cfg.feature_repo_path), entity_frame(rows), cfg.features.feature_service)
+    frame = training_set(open_project_store(cfg), entity_frame(rows), cfg.features.feature_service)
     scored = score_frame(booster, features, threshold, frame)
     out = pd.DataFrame(
         {
@@ -75,7 +75,7 @@ def backfill_prediction_log(
     row equals the online answer at that moment; ``request_id`` starts with ``backfill-``."""
     import uuid
 
-    from mlcycle.prediction_log import write_frame
+    from mlcycle.prediction_store import write_logged_frame
 
     client = registry.client_for(cfg)
     mv = registry.version_by_alias(client, cfg.model.name, alias)
@@ -89,7 +89,7 @@ def backfill_prediction_log(
     rows = transactions[(ts >= pd.Timestamp(start)) & (ts < pd.Timestamp(end))].reset_index(drop=True)
     if rows.empty:
         return 0, str(mv.version)
-    frame = training_set(open_store(cfg.feature_repo_path), entity_frame(rows), cfg.features.feature_service)
+    frame = training_set(open_project_store(cfg), entity_frame(rows), cfg.features.feature_service)
     scored = score_frame(booster, features, threshold, frame)
     event = rows["event_timestamp"]
     records = pd.DataFrame(
@@ -114,4 +114,4 @@ def backfill_prediction_log(
             "features": frame[features].to_json(orient="records", lines=True).splitlines(),
         }
     )
-    return write_frame(cfg.predictions_dir, records), str(mv.version)
+    return write_logged_frame(cfg, records), str(mv.version)

@@ -117,12 +117,22 @@ def features_build(
 
 
 @features_app.command("publish")
-def features_publish(config: ConfigOption = None) -> None:
+def features_publish(
+    config: ConfigOption = None,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh",
+            help="Reload the online store from scratch: after the feature tables were rebuilt, or to refill "
+            "a Redis that restarted empty (only this project's rows are deleted).",
+        ),
+    ] = False,
+) -> None:
     """Register the feature repo (feast apply) and load the online store (materialize-incremental)."""
     from mlcycle.pipeline import publish_features
 
     cfg = _config(config)
-    end = publish_features(cfg)
+    end = publish_features(cfg, fresh=fresh)
     console.print(f"applied {cfg.feature_repo_path} and materialized up to {end:%Y-%m-%d %H:%M:%S} UTC")
 
 
@@ -132,7 +142,7 @@ def features_training_set(
     config: ConfigOption = None,
 ) -> None:
     """Build the point-in-time training set of every matured labelled transaction."""
-    from mlcycle.features.store import open_store, plan_for
+    from mlcycle.features.store import open_project_store, plan_for
     from mlcycle.pipeline import build_training_set
 
     cfg = _config(config)
@@ -141,7 +151,7 @@ def features_training_set(
     out = out or cfg.data_path / "training_set.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(out, index=False)
-    plan = plan_for(open_store(cfg.feature_repo_path), cfg.features.feature_service)
+    plan = plan_for(open_project_store(cfg), cfg.features.feature_service)
     console.print(
         f"{len(frame):,} rows × {len(plan.model_features)} features, label rate "
         f"{frame['is_fraud'].mean():.2%}, in {time.perf_counter() - t:.1f}s → {out}"
@@ -159,10 +169,10 @@ def features_online(
     config: ConfigOption = None,
 ) -> None:
     """Show the online feature vector the model would get for one request now."""
-    from mlcycle.features.store import online_vector, open_store, plan_for
+    from mlcycle.features.store import online_vector, open_project_store, plan_for
 
     cfg = _config(config)
-    fs = open_store(cfg.feature_repo_path)
+    fs = open_project_store(cfg)
     request = {
         "amount": amount,
         "country": country,
@@ -190,8 +200,15 @@ def demo(
     champion → service + traffic → monitoring → event-triggered retraining → canary → promotion,
     then a broken-upstream day that retraining refuses. Starts (and stops) its own Prefect server,
     worker and scoring service; about 10 minutes on 2 cores."""
+    import warnings
+
     from mlcycle import demo as demo_module
     from mlcycle.validation import ContractViolation
+
+    # Deprecation notices of the stack's own dependencies (numpy.core in Evidently, litestar) are
+    # not the demo's news.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*deprecated.*")
 
     cfg = _config(config)
     if rows:
@@ -342,7 +359,7 @@ app.add_typer(rollout_app, name="rollout")
 def rollout_status(config: ConfigOption = None) -> None:
     """Aliases, the traffic policy, the last traffic/alias moves and the latest canary analysis."""
     from mlcycle import canary, registry, rollout
-    from mlcycle.prediction_log import read_predictions
+    from mlcycle.prediction_store import read_logged_predictions
 
     cfg = _config(config)
     client = registry.client_for(cfg)
@@ -355,7 +372,7 @@ def rollout_status(config: ConfigOption = None) -> None:
     split = f" ({policy.percent:g}% of users on the challenger)" if policy.mode in ("canary", "ab") else ""
     console.print(f"traffic     {policy.mode}{split}; set by {policy.updated_by or '-'}: {policy.reason or '-'}")
     since = policy.updated_at
-    predictions = read_predictions(cfg.predictions_dir, since) if since else read_predictions(cfg.predictions_dir)
+    predictions = read_logged_predictions(cfg, since)
     if len(predictions):
         verdict = canary.analyze(predictions, cfg.canary)
         console.print(f"\nanalysis of {len(predictions):,} logged predictions since the last traffic change:")
@@ -622,6 +639,21 @@ def status(config: ConfigOption = None) -> None:
     console.print(table)
     for note in notes:
         console.print(note, markup=False, soft_wrap=True)
+
+
+@app.command("scale-env")
+def scale_env(config: ConfigOption = None) -> None:
+    """Print `export` lines for profile scale: the MLCYCLE_* connection settings (defaults filled in) and
+    the variables feature_store.scale.yaml reads, so `feast -f feature_store.scale.yaml …` runs in a shell:
+    eval "$(mlcycle scale-env)"."""
+    from mlcycle.scale import ScaleConfigError, ScaleSettings
+
+    _config(config)
+    try:
+        print(ScaleSettings.from_env().shell_exports())
+    except ScaleConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Every path in the file is relative to the file itself, so a project directory can be moved or
 copied (tests copy it into a temporary directory). Generated state lives in ``data/`` beside the
 file, where ``feature_repo/feature_store.yaml`` points too. ``MLCYCLE_CONFIG`` names the file and
-``MLCYCLE_PROFILE`` overrides the storage profile.
+``MLCYCLE_PROFILE`` overrides the storage profile. Profile ``scale`` takes its server locations
+from ``MLCYCLE_REDIS_URL``, ``MLCYCLE_REDIS_PREFIX`` and ``MLCYCLE_PG_URL`` (mlcycle.scale).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mlcycle.scale import ScaleConfigError, ScaleSettings
 
 DEFAULT_CONFIG_NAME = "mlcycle.yaml"
 # The generator's merchant categories (mlcycle.data.CATEGORIES is this tuple): kept here so the
@@ -165,6 +168,9 @@ class GatesSpec(StrictModel):
 
 
 class TrackingSpec(StrictModel):
+    """Where MLflow and the promotion log keep their state. The two URIs apply to profile ``local``;
+    profile ``scale`` takes both from ``MLCYCLE_PG_URL`` (mlcycle.scale), never from this file."""
+
     tracking_uri: str = Field("sqlite:///data/mlflow.db", description="Relative sqlite paths: from the config.")
     artifact_location: str = "data/mlartifacts"
     experiment: str = "fraud-training"
@@ -263,7 +269,15 @@ class ProjectConfig(StrictModel):
         return uri
 
     @property
+    def scale(self) -> ScaleSettings:
+        """Redis and PostgreSQL locations of profile ``scale``, read from the environment now (so a
+        process that changes MLCYCLE_* variables, a test for one, is followed)."""
+        return ScaleSettings.from_env()
+
+    @property
     def tracking_uri(self) -> str:
+        if self.profile == "scale":
+            return self.scale.tracking_uri
         return self.resolve_uri(self.tracking.tracking_uri)
 
     @property
@@ -273,6 +287,9 @@ class ProjectConfig(StrictModel):
 
     @property
     def promotion_log_uri(self) -> str:
+        """The alias history; in profile ``scale`` a table beside MLflow's in the same database."""
+        if self.profile == "scale":
+            return self.scale.tracking_uri
         return self.resolve_uri(self.tracking.promotion_log_uri)
 
     @property
@@ -315,5 +332,10 @@ def load_config(path: str | Path | None = None) -> ProjectConfig:
     except ValidationError as exc:
         lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         raise ConfigError(f"invalid config {path}:\n" + "\n".join(lines)) from None
+    if cfg.profile == "scale":
+        try:  # a bad connection variable fails here, named, not deep inside Feast or MLflow
+            ScaleSettings.from_env()
+        except ScaleConfigError as exc:
+            raise ConfigError(f"profile scale: {exc}") from None
     cfg.root = path.resolve().parent
     return cfg

@@ -71,6 +71,8 @@ def run(cfg: ProjectConfig, console: Console, requests: int = 1500) -> None:
     steps = Steps(console, total=12)
     console.rule("[bold]mlcycle demo[/bold]")
     console.print(f"project {cfg.project!r}, profile {cfg.profile!r}, state in {cfg.data_path}")
+    if cfg.profile == "scale":
+        _require_empty_registry(cfg)
     if cfg.data_path.exists():
         console.print("starting from a clean data/ directory (generated state only)")
         shutil.rmtree(cfg.data_path)
@@ -108,7 +110,8 @@ def _story(cfg, console, steps, world, drift_at, prefect_url, requests, out) -> 
             f"{STORY_DRIFT.amount_inflation} (covariate), {STORY_DRIFT.concept_drift_share:.0%} of fraud rings "
             "switch to card testing: tiny purchases minutes apart (concept)"
         )
-    with steps.step("Data contract, feature tables, feast apply + materialize (SQLite online store)"):
+    online = "Redis online store, PostgreSQL registry" if cfg.profile == "scale" else "SQLite online store"
+    with steps.step(f"Data contract, feature tables, feast apply + materialize ({online})"):
         build = pipeline.build_features(cfg)
         console.print(f"      {build.report.summary()}")
         end = pipeline.publish_features(cfg, fresh=True)
@@ -135,6 +138,10 @@ def _story(cfg, console, steps, world, drift_at, prefect_url, requests, out) -> 
             service_url = stack.start_service(cfg, service_port, wait=False, out=out)
             deployed = stack.deploy(cfg, api_url, out=out)
             console.print(f"      deployments: {', '.join(deployed)}")
+            _pause_schedules(deployed)
+            console.print(
+                "      their schedules are paused for the demo (the story drives the runs); `make up` keeps them"
+            )
             stack.start_worker(cfg, api_url, out=out)
             n, _ = batch.backfill_prediction_log(cfg, drift_at - timedelta(days=14), datetime.now(UTC))
             console.print(f"      {n:,} answers of v1 logged at their own time (what the online path would "
@@ -188,8 +195,33 @@ def _story(cfg, console, steps, world, drift_at, prefect_url, requests, out) -> 
     console.rule(f"[bold green]demo finished in {steps.elapsed():.0f}s[/bold green]")
 
 
+def _pause_schedules(deployments: list[str]) -> None:
+    """A scheduled monitor run crossing the story would start a retraining of its own."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        for name in deployments:
+            deployment = client.read_deployment_by_name(name)
+            for schedule in deployment.schedules:
+                client.update_deployment_schedule(deployment.id, schedule.id, active=False)
+
+
+def _require_empty_registry(cfg: ProjectConfig) -> None:
+    """Profile scale keeps its state in PostgreSQL and Redis, which the demo does not delete (mlcycle
+    never drops a database): the story needs an empty registry, so a used database is refused."""
+    from mlcycle import registry
+
+    if next(registry.versions(registry.client_for(cfg), cfg.model.name), None) is not None:
+        raise DemoFailed(
+            f"profile scale: the database of MLCYCLE_PG_URL ({cfg.scale.database}) already holds versions of "
+            f"'{cfg.model.name}', and the demo's story starts from an empty registry. Point MLCYCLE_PG_URL at a new "
+            "database and MLCYCLE_REDIS_PREFIX at a new prefix (both are created on first use), or drop that "
+            "database yourself."
+        )
+
+
 def _skew_check(cfg: ProjectConfig, tx, console: Console) -> None:
-    fs = store.open_store(cfg.feature_repo_path)
+    fs = store.open_project_store(cfg)
     plan = store.plan_for(fs, cfg.features.feature_service)
     now = datetime.now(UTC).replace(microsecond=0)
     sample = tx.drop_duplicates("user_id").tail(200).reset_index(drop=True)
@@ -244,14 +276,21 @@ class _Traffic:
 
 
 def _retrain_runs(since: datetime) -> list:
+    """Retraining runs started by an event since ``since`` (not the weekly schedule's)."""
     from prefect import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterStartTime
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+    )
 
     with get_client(sync_client=True) as client:
-        return client.read_flow_runs(
+        runs = client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"])),
-            flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterStartTime(after_=since)),
+            flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=since)),
         )
+    return [r for r in runs if "trigger" in r.parameters]
 
 
 def _wait_for_retraining(console: Console, since: datetime, timeout: float) -> str:
@@ -316,7 +355,7 @@ def _print_check(console: Console, result: dict) -> None:
 
 
 def _summary(cfg: ProjectConfig, console: Console, client, prefect_url: str) -> None:
-    from mlcycle import registry
+    from mlcycle import prediction_store, registry
 
     versions = Table("version", "aliases", "ROC-AUC (test)", "trained on rows")
     for mv in sorted(registry.versions(client, cfg.model.name), key=lambda v: int(v.version)):
@@ -334,7 +373,8 @@ def _summary(cfg: ProjectConfig, console: Console, client, prefect_url: str) -> 
     )
     table.add_row("Evidently reports", f"{cfg.monitoring_dir}/<time>/drift_report.html")
     table.add_row("model cards", str(cfg.data_path / "model_cards"))
-    table.add_row("prediction log", str(cfg.predictions_dir))
+    scale_log = f"table {prediction_store.TABLE} in PostgreSQL ({cfg.scale.database})"
+    table.add_row("prediction log", scale_log if cfg.profile == "scale" else str(cfg.predictions_dir))
     table.add_row("alias history", "uv run mlcycle history")
     console.print(table)
 

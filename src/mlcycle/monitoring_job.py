@@ -24,7 +24,7 @@ import pandas as pd
 
 from mlcycle import monitoring, registry
 from mlcycle.config import ProjectConfig
-from mlcycle.prediction_log import read_predictions
+from mlcycle.prediction_store import read_logged_predictions
 from mlcycle.tracking import FEATURES_TAG, SNAPSHOT_ARTIFACT
 from mlcycle.validation import load_transactions
 
@@ -106,7 +106,7 @@ def champion_reference(cfg: ProjectConfig) -> ChampionReference:
 def answered_predictions(cfg: ProjectConfig, since: datetime | None = None) -> pd.DataFrame:
     """Answered, non-shadow predictions with ``predicted_at`` (request time) and the features the
     model saw expanded into columns."""
-    frame = read_predictions(cfg.predictions_dir, since)
+    frame = read_logged_predictions(cfg, since)
     if frame.empty:
         return frame.assign(predicted_at=pd.Series(dtype="datetime64[ns, UTC]"))
     frame = frame[~frame["shadow"].astype(bool) & frame["error"].isna() & frame["score"].notna()]

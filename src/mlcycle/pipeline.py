@@ -62,12 +62,19 @@ def build_features(
 def publish_features(cfg: ProjectConfig, end: datetime | None = None, fresh: bool = False) -> datetime:
     """``feast apply`` then ``feast materialize-incremental`` up to ``end`` (default now), in-process.
 
-    ``fresh`` first removes the local registry and online store: after the feature tables were
-    rebuilt from scratch, an incremental load would only pick up rows newer than the last one."""
+    ``fresh``: after the feature tables were rebuilt from scratch, an incremental load would only
+    pick up rows newer than the last one. Locally the registry and online store are files and are
+    removed; in profile ``scale`` they are shared servers, so only this project's online rows are
+    deleted and every view is reloaded in full (also the way to refill a Redis that lost its data)."""
     if fresh and cfg.profile == "local":
         shutil.rmtree(cfg.feast_dir, ignore_errors=True)
-    store.apply_repo(cfg.feature_repo_path)
-    return store.materialize(store.open_store(cfg.feature_repo_path), end)
+    fs_yaml = store.fs_yaml_for(cfg)
+    store.apply_repo(cfg.feature_repo_path, fs_yaml)
+    fs = store.open_store(cfg.feature_repo_path, fs_yaml)
+    if fresh and cfg.profile == "scale":
+        store.clear_online(fs)
+        return store.materialize(fs, end, full=True)
+    return store.materialize(fs, end)
 
 
 def labelled_entities(
@@ -105,7 +112,7 @@ def build_training_set(
     transactions = load_transactions(cfg.raw_dir / "transactions.parquet")
     window = window_days or cfg.model.train_window_days
     entities = labelled_entities(transactions, as_of, cfg.data.label_maturity_days, window)
-    fs = store.open_store(cfg.feature_repo_path)
+    fs = store.open_project_store(cfg)
     return store.training_set(fs, entities, cfg.features.feature_service)
 
 

@@ -8,7 +8,10 @@ temporary name and renamed, so a reader never sees half a file. ``close`` drains
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -31,63 +34,169 @@ COLUMNS = [
 ]  # fmt: skip
 
 
+JOURNAL_DIR = "_journal"
+
+
 class PredictionLog:
+    """Acknowledged means durable: ``append`` writes the records to a journal file (one ``write``
+    into the kernel's page cache, so a killed process loses nothing it returned an answer for)
+    before it returns; a background thread turns them into parquet in batches and deletes the
+    journal segments it has written. A journal left by a dead process (its lock released) is
+    recovered into parquet when the next log opens on the directory, or by ``recover``."""
+
     def __init__(self, directory: str | Path, flush_rows: int = 2000, flush_seconds: float = 1.0):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.journal_dir = self.directory / JOURNAL_DIR
+        self.journal_dir.mkdir(exist_ok=True)
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[int, dict[str, Any]] | None] = queue.Queue()
+        self._lock = threading.Lock()
         self._written = 0
+        self._name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._segment = 0
+        self._fd = self._open_segment()
+        recover(self.directory)
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
+    def _segment_path(self, segment: int) -> Path:
+        return self.journal_dir / f"{self._name}-{segment:08d}.jsonl"
+
+    def _open_segment(self) -> int:
+        fd = os.open(self._segment_path(self._segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while this process lives: not recoverable
+        return fd
+
     def append(self, records: Iterable[Mapping[str, Any]]) -> None:
-        for record in records:
-            self._queue.put(dict(record))
+        records = [dict(r) for r in records]
+        if not records:
+            return
+        data = "".join(json.dumps(r, default=_json_default) + "\n" for r in records).encode()
+        with self._lock:
+            os.write(self._fd, data)
+            for record in records:
+                self._queue.put((self._segment, record))
 
     @property
     def written(self) -> int:
-        """Records on disk so far (what a reader of the log can already see)."""
+        """Records in parquet so far (what a reader of the log can already see)."""
         return self._written
 
     def close(self, timeout: float = 10.0) -> None:
         self._queue.put(None)
         self._thread.join(timeout)
 
+    def _rotate(self) -> int:
+        """Start a new journal segment; returns the last one whose records are all queued."""
+        with self._lock:
+            old_fd, old = self._fd, self._segment
+            self._segment += 1
+            self._fd = self._open_segment()
+        os.close(old_fd)
+        return old
+
     def _run(self) -> None:
-        batch: list[dict[str, Any]] = []
+        pending: list[tuple[int, dict[str, Any]]] = []
         deadline = time.monotonic() + self.flush_seconds
-        while True:
+        closing = False
+        while not closing:
             try:
                 item = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
+                if item is None:
+                    closing = True
+                else:
+                    pending.append(item)
             except queue.Empty:
-                item = ...
-            if item is None:
-                self._flush(batch)
-                return
-            if item is not ...:
-                batch.append(item)
-            if len(batch) >= self.flush_rows or (batch and time.monotonic() >= deadline):
-                self._flush(batch)
-                batch = []
+                pass
+            if closing or len(pending) >= self.flush_rows or (pending and time.monotonic() >= deadline):
+                done = self._rotate()
+                while True:  # everything of the finished segments is queued by now
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        closing = True
+                    else:
+                        pending.append(item)
+                batch = [r for segment, r in pending if segment <= done]
+                pending = [(segment, r) for segment, r in pending if segment > done]
+                if self._flush(batch):
+                    for segment in range(done + 1):
+                        self._segment_path(segment).unlink(missing_ok=True)
             if time.monotonic() >= deadline:
                 deadline = time.monotonic() + self.flush_seconds
+        if not pending:
+            os.close(self._fd)
+            self._segment_path(self._segment).unlink(missing_ok=True)
 
-    def _flush(self, batch: list[dict[str, Any]]) -> None:
+    def _flush(self, batch: list[dict[str, Any]]) -> bool:
         if not batch:
-            return
+            return True
         try:
-            frame = pd.DataFrame(batch).reindex(columns=COLUMNS)
-            day = datetime.now(UTC).strftime("%Y-%m-%d")
-            part = self.directory / f"date={day}"
-            part.mkdir(parents=True, exist_ok=True)
-            name = f"part-{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.parquet"
-            tmp = part / f".{name}.tmp"
-            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
-            tmp.replace(part / name)
+            _write_part(self.directory, pd.DataFrame(batch), datetime.now(UTC).strftime("%Y-%m-%d"))
             self._written += len(batch)
+            return True
         except Exception:  # a broken disk must not take serving down, but it must be seen
-            log.exception("prediction log: %d records could not be written to %s", len(batch), self.directory)
+            log.exception("prediction log: %d records stay in the journal, not written to %s", len(batch),
+                          self.directory)  # fmt: skip
+            return False
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return str(value)
+
+
+def _write_part(directory: Path, frame: pd.DataFrame, day: str) -> None:
+    frame = frame.reindex(columns=COLUMNS)
+    part = directory / f"date={day}"
+    part.mkdir(parents=True, exist_ok=True)
+    name = f"part-{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.parquet"
+    tmp = part / f".{name}.tmp"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+    tmp.replace(part / name)
+
+
+def recover(directory: str | Path) -> int:
+    """Turn the journals of dead writers into parquet; returns the records recovered. A journal
+    whose lock is held belongs to a live writer and is left alone; a torn last line (the process
+    died mid-write, before it could answer) is dropped."""
+    journal_dir = Path(directory) / JOURNAL_DIR
+    recovered = 0
+    for path in sorted(journal_dir.glob("*.jsonl")) if journal_dir.is_dir() else []:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.fstat(fd).st_ino != os.stat(path).st_ino:
+                    continue
+            except (BlockingIOError, FileNotFoundError):
+                continue  # a live writer's, or another reader recovered it first
+            records = []
+            for line in path.read_text().splitlines():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+            if records:
+                frame = pd.DataFrame(records)
+                frame["logged_at"] = pd.to_datetime(frame["logged_at"], utc=True, format="ISO8601")
+                for day, part in frame.groupby(frame["logged_at"].dt.strftime("%Y-%m-%d")):
+                    _write_part(Path(directory), part, str(day))
+                recovered += len(records)
+                log.warning("prediction log: recovered %d records from %s", len(records), path.name)
+            path.unlink()
+        finally:
+            os.close(fd)
+    return recovered
 
 
 def read_predictions(directory: str | Path, since: datetime | None = None) -> pd.DataFrame:
@@ -108,14 +217,7 @@ def read_predictions(directory: str | Path, since: datetime | None = None) -> pd
 
 def write_frame(directory: str | Path, frame: pd.DataFrame) -> int:
     """Write already-scored records (a backfill) into the day partitions of their ``logged_at``."""
-    directory = Path(directory)
-    frame = frame.reindex(columns=COLUMNS)
     days = pd.to_datetime(frame["logged_at"], utc=True).dt.strftime("%Y-%m-%d")
     for day, part in frame.groupby(days, sort=True):
-        folder = directory / f"date={day}"
-        folder.mkdir(parents=True, exist_ok=True)
-        name = f"part-{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = folder / f".{name}.tmp"
-        pq.write_table(pa.Table.from_pandas(part, preserve_index=False), tmp)
-        tmp.replace(folder / name)
+        _write_part(Path(directory), part, str(day))
     return len(frame)

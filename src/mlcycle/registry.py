@@ -3,7 +3,7 @@
 MLflow aliases say what serves now but keep no history (stages are deprecated, and an alias move
 overwrites the last one), so every move goes through ``move_alias``, which also appends a row —
 when, which alias, from which version to which, who or what, and why — to the promotion log, a
-SQL table (SQLite by default, any SQLAlchemy URL by config). ``mlcycle history`` reads it.
+SQL table (SQLite by default, PostgreSQL in profile ``scale``). ``mlcycle history`` reads it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from mlcycle import scale
 from mlcycle.config import ProjectConfig
 
 CHAMPION = "champion"
@@ -29,7 +30,9 @@ CHALLENGER = "challenger"
 
 
 def client_for(cfg: ProjectConfig) -> MlflowClient:
-    """Point MLflow at the project's tracking store and make sure the experiment exists there."""
+    """Point MLflow at the project's tracking store and make sure the experiment exists there
+    (and, in profile ``scale``, its PostgreSQL database: MLflow creates tables, not databases)."""
+    scale.ensure_database(cfg.tracking_uri)
     mlflow.set_tracking_uri(cfg.tracking_uri)
     mlflow.set_registry_uri(cfg.tracking_uri)
     client = MlflowClient(cfg.tracking_uri, cfg.tracking_uri)
@@ -66,6 +69,7 @@ class PromotionLog:
     def __init__(self, uri: str):
         if uri.startswith("sqlite:///"):
             os.makedirs(os.path.dirname(uri[len("sqlite:///") :]) or ".", exist_ok=True)
+        scale.ensure_database(uri)  # a PostgreSQL database is created if missing, like the sqlite folder
         self.engine = sa.create_engine(uri)
         self.table = sa.Table(
             "mlcycle_promotion_log",

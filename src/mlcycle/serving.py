@@ -24,8 +24,8 @@ import xgboost as xgb
 
 from mlcycle import registry, rollout
 from mlcycle.config import ProjectConfig
-from mlcycle.features.store import FeatureStoreUnavailable, online_vector, open_store, plan_for
-from mlcycle.prediction_log import PredictionLog
+from mlcycle.features.store import FeatureStoreUnavailable, online_vector, open_project_store, plan_for
+from mlcycle.prediction_store import open_prediction_log
 from mlcycle.tracking import FEATURES_TAG, THRESHOLD_TAG
 from mlcycle.training import matrix
 
@@ -71,7 +71,7 @@ class Scorer:
         self.not_ready_reason: str | None = "not loaded yet"
         self._checked = 0.0
         self._lock = threading.Lock()
-        self.prediction_log = PredictionLog(cfg.predictions_dir) if log_predictions else None
+        self.prediction_log = open_prediction_log(cfg) if log_predictions else None
 
     # ----------------------------------------------------------------- loading
     @property
@@ -82,7 +82,7 @@ class Scorer:
         """Open the feature store and load the models; on failure, say why in ``not_ready_reason``."""
         try:
             if self.store is None:
-                store = open_store(self.cfg.feature_repo_path)
+                store = open_project_store(self.cfg)
                 self.plan = plan_for(store, self.cfg.features.feature_service)
                 self.store = store
             self._refresh_models(force=True)
@@ -148,7 +148,7 @@ class Scorer:
                 "country": r["country"],
                 "merchant_category": r["merchant_category"],
                 "channel": r.get("channel"),
-                "request_unix": int((r.get("timestamp") or now).timestamp()),
+                "request_unix": _unix(r.get("timestamp") or now),
             }
             for r in requests
         ]
@@ -246,6 +246,12 @@ class Scorer:
     def close(self) -> None:
         if self.prediction_log is not None:
             self.prediction_log.close()
+
+
+def _unix(at: datetime) -> int:
+    """Seconds since the epoch; a time without an offset is UTC (the server's local zone means
+    nothing to a caller, and local-time conversion fails outright for year 1)."""
+    return int((at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp())
 
 
 def _plain(value: Any) -> Any:

@@ -43,7 +43,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from mlcycle import TELEMETRY_OFF
+from mlcycle import TELEMETRY_OFF, scale
 from mlcycle.config import DEFAULT_CONFIG_NAME, ProjectConfig
 
 LOOPBACK = "127.0.0.1"
@@ -450,9 +450,21 @@ def _check_port(name: str, port: int) -> None:
 
 
 # ----------------------------------------------------------------------------- the pieces
+def prefect_database_env(cfg: ProjectConfig) -> dict[str, str]:
+    """Profile ``scale``: the Prefect server's database setting, PostgreSQL (database
+    ``<MLCYCLE_PG_URL's>_prefect``, created if missing) — several API replicas and a scheduler can
+    share it, SQLite cannot. Profile ``local``: nothing, Prefect's SQLite in data/prefect."""
+    if cfg.profile != "scale":
+        return {}
+    settings = cfg.scale
+    scale.ensure_database(settings.sqlalchemy_url(settings.prefect_database))
+    return {"PREFECT_API_DATABASE_CONNECTION_URL": settings.prefect_database_url}
+
+
 def start_prefect_server(cfg: ProjectConfig, port: int = 4200, wait: bool = True, out: Out = _print) -> str:
-    """``prefect server start`` on loopback with its SQLite database in data/prefect; returns the
-    base URL (the API is ``<url>/api``). A live server from an earlier ``up`` is reused."""
+    """``prefect server start`` on loopback with its database (SQLite in data/prefect, or
+    PostgreSQL in profile ``scale``); returns the base URL (the API is ``<url>/api``). A live
+    server from an earlier ``up`` is reused."""
     if (record := _running(cfg, PREFECT_SERVER)) is not None:
         out(f"Prefect server already running at {record.url} (pid {record.pid}, since {record.started_at}): reusing it")
         if wait:
@@ -467,6 +479,7 @@ def start_prefect_server(cfg: ProjectConfig, port: int = 4200, wait: bool = True
         PREFECT_SERVER_API_HOST=LOOPBACK,
         PREFECT_SERVER_API_PORT=str(port),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        **prefect_database_env(cfg),
     )
     cmd = [_executable("prefect"), "server", "start", "--host", LOOPBACK, "--port", str(port), "--analytics-off"]
     launch(cfg, PREFECT_SERVER, cmd, url, env)
@@ -606,6 +619,7 @@ def start_mlflow_ui(cfg: ProjectConfig, port: int = 5000, wait: bool = True, out
     _check_port(MLFLOW_UI, port)
     url = f"http://{LOOPBACK}:{port}"
     cfg.data_path.mkdir(parents=True, exist_ok=True)
+    scale.ensure_database(cfg.tracking_uri)  # profile scale: the server cannot start on a missing database
     cmd = [
         _executable("mlflow"), "ui",
         "--backend-store-uri", cfg.tracking_uri,

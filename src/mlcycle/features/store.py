@@ -9,6 +9,10 @@ definition for both paths. Two details keep the paths equal, which Feast alone d
   request's time, and only then runs the on-demand views — through the same
   ``OnDemandFeatureView.transform_arrow`` Feast applies to training sets.
 - Point in time. Training sets use ``AsofDuckDBOfflineStore``, which keeps every entity row.
+
+The project's profile picks the Feast config: ``feature_store.yaml`` (SQLite online store, file
+registry) or, in profile ``scale``, ``feature_store.scale.yaml`` (Redis, SQL registry in
+PostgreSQL); ``fs_yaml_for`` / ``open_project_store`` choose for a ``ProjectConfig``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -31,12 +36,17 @@ from feast.errors import FeatureViewNotFoundException
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import load_repo_config
 
-from mlcycle import quiet_stack_warnings
+from mlcycle import quiet_stack_warnings, scale
 from mlcycle.features.engineering import unix_seconds
+
+if TYPE_CHECKING:
+    from mlcycle.config import ProjectConfig
 
 quiet_stack_warnings()
 
 FS_YAML = "feature_store.yaml"
+# Profile ``scale``: Redis online store, SQL registry in PostgreSQL, same offline store.
+FS_YAML_SCALE = "feature_store.scale.yaml"
 NUMERIC_VALUE_TYPES = {"INT32", "INT64", "FLOAT", "DOUBLE", "UNIX_TIMESTAMP"}
 
 
@@ -44,10 +54,32 @@ class FeatureStoreUnavailable(RuntimeError):
     """The online store could not be read: callers must not score (serving answers 503)."""
 
 
+def fs_yaml_for(cfg: ProjectConfig) -> Path:
+    """The ``feature_store*.yaml`` of the project's profile, ready to be loaded.
+
+    Profile ``scale`` picks ``feature_store.scale.yaml``, which reads its Redis and PostgreSQL
+    locations from the environment: the variables it needs are derived here from MLCYCLE_* (so
+    Feast sees the current ones) and the registry's database is created if missing. Callers pass
+    the result to ``open_store`` / ``apply_repo``, whose signatures stay those of Feast's CLI."""
+    if cfg.profile != "scale":
+        return cfg.feature_repo_path / FS_YAML
+    settings = cfg.scale
+    scale.export_feast_env(settings)
+    scale.ensure_database(settings.sqlalchemy_url())
+    return cfg.feature_repo_path / FS_YAML_SCALE
+
+
 def open_store(repo_path: str | Path, fs_yaml_file: str | Path | None = None) -> FeatureStore:
+    """The Feast store of ``repo_path`` configured by ``fs_yaml_file`` (default: the local
+    profile's ``feature_store.yaml``; ``fs_yaml_for(cfg)`` gives the project's)."""
     repo_path = Path(repo_path).resolve()
     yaml_path = Path(fs_yaml_file).resolve() if fs_yaml_file else repo_path / FS_YAML
     return FeatureStore(repo_path=str(repo_path), fs_yaml_file=yaml_path)
+
+
+def open_project_store(cfg: ProjectConfig) -> FeatureStore:
+    """The project's Feast store, in its profile (``open_store`` with ``fs_yaml_for``)."""
+    return open_store(cfg.feature_repo_path, fs_yaml_for(cfg))
 
 
 def apply_repo(repo_path: str | Path, fs_yaml_file: str | Path | None = None, quiet: bool = True) -> None:
@@ -72,13 +104,34 @@ def apply_repo(repo_path: str | Path, fs_yaml_file: str | Path | None = None, qu
         sys.path.remove(str(repo_path))
 
 
-def materialize(store: FeatureStore, end: datetime | None = None, quiet: bool = True) -> datetime:
-    """Load feature rows up to ``end`` (default: now) into the online store, incrementally."""
+def materialize(store: FeatureStore, end: datetime | None = None, quiet: bool = True, full: bool = False) -> datetime:
+    """Load feature rows up to ``end`` (default: now) into the online store, incrementally.
+
+    ``full`` reloads each view's whole TTL window, as a first load does, whatever the registry
+    says was loaded before: the way to refill an online store that lost its data (a Redis that
+    restarted empty) while the registry, in PostgreSQL, still remembers the earlier loads — an
+    incremental run would then load nothing."""
     end = end or datetime.now(UTC)
     sink = io.StringIO() if quiet else None
     with contextlib.redirect_stdout(sink) if sink else contextlib.nullcontext():
-        store.materialize_incremental(end_date=end)
+        if not full:
+            store.materialize_incremental(end_date=end)
+            return end
+        for view in store.list_feature_views():
+            ttl = view.ttl if view.ttl and view.ttl.total_seconds() > 0 else None
+            start = end - ttl if ttl else datetime(1970, 1, 1, tzinfo=UTC)
+            store.materialize(start_date=start, end_date=end, feature_views=[view.name])
     return end
+
+
+def clear_online(store: FeatureStore) -> None:
+    """Delete this project's rows from the online store, and only those.
+
+    Not ``FeatureStore.teardown``: with a SQL registry that empties the registry tables of every
+    project sharing the database. The online store's own teardown deletes the keys of this
+    project's entities (Redis: keys ending in the project name)."""
+    views = store.list_feature_views()
+    store.provider.teardown_infra(store.project, views, store.list_entities())
 
 
 def entity_frame(transactions: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,67 @@
+"""Faults in the flows: a flaky read is retried by Prefect and the flow completes; two retrainings
+at once leave the aliases consistent and both moves in the promotion log."""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import clone_project
+from mlcycle import registry, validation
+from mlcycle.config import ProjectConfig
+from mlcycle.project import load_flow
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_read_that_fails_once_is_retried_and_the_flow_completes(
+    project: ProjectConfig, prefect_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = clone_project(project, tmp_path / "p")
+    real, calls = validation.load_transactions, []
+
+    def flaky(path):
+        calls.append(path)
+        if len(calls) == 1:
+            raise OSError("simulated: NFS hiccup while reading transactions.parquet")
+        return real(path)
+
+    monkeypatch.setattr(validation, "load_transactions", flaky)
+    result = load_flow(cfg.root, "training", "train")(config=str(cfg.root / "mlcycle.yaml"))
+    assert len(calls) == 2  # the task's own retry, not a second flow run
+    assert result["run_id"]  # the flow ran to the end and recorded its result in MLflow
+
+
+def test_two_retrainings_at_once_keep_the_aliases_consistent(
+    training_project: ProjectConfig, prefect_server: str, tmp_path: Path
+) -> None:
+    cfg = clone_project(training_project, tmp_path / "p")
+    config = str(cfg.root / "mlcycle.yaml")
+    assert load_flow(cfg.root, "training", "train")(config=config)["alias"] == registry.CHAMPION
+    retrain = load_flow(cfg.root, "retraining", "retrain")
+    results: list[dict] = []
+
+    def run() -> None:
+        results.append(retrain(config=config, trigger="test-concurrent", rollout=False))
+
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(run,)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    assert len(results) == 2, "a retraining did not finish"
+    registered = sorted(r["training"]["version"] for r in results if r["training"]["passed"])
+    assert len(registered) == 2, [r["outcome"] for r in results]
+
+    client = registry.client_for(cfg)
+    champion = registry.version_by_alias(client, cfg.model.name, registry.CHAMPION)
+    challenger = registry.version_by_alias(client, cfg.model.name, registry.CHALLENGER)
+    assert str(champion.version) == "1"  # retraining never moves the champion by itself
+    assert str(challenger.version) in registered and str(challenger.version) != "1"
+    moves = sorted(registry.PromotionLog(cfg.promotion_log_uri).history(cfg.model.name), key=lambda e: e.at)
+    to_challenger = [e.to_version for e in moves if e.alias == registry.CHALLENGER]
+    assert sorted(to_challenger) == registered  # both moves recorded
+    assert to_challenger[-1] == str(challenger.version)  # the log's last word is the registry's state

@@ -1,0 +1,114 @@
+"""The prediction log loses nothing it acknowledged: a record is in the journal before ``append``
+returns, a killed writer's journal is recovered into parquet, and a live writer's is left alone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from mlcycle.prediction_log import JOURNAL_DIR, PredictionLog, read_predictions, recover
+
+
+def records(n: int, start: int = 0) -> list[dict]:
+    now = datetime.now(UTC)
+    return [{"request_id": f"r{i}", "logged_at": now, "user_id": i, "merchant_id": 1, "score": i / (n + start),
+             "decision": False, "shadow": False, "variant": "champion", "features": "{}"}
+            for i in range(start, start + n)]  # fmt: skip
+
+
+def test_closed_log_has_every_record_in_parquet_and_no_journal(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, flush_rows=300, flush_seconds=0.05)
+    for i in range(0, 1000, 100):
+        log.append(records(100, i))
+    log.close()
+    frame = read_predictions(tmp_path)
+    assert sorted(frame["request_id"]) == sorted(f"r{i}" for i in range(1000))
+    assert list((tmp_path / JOURNAL_DIR).iterdir()) == []
+
+
+def test_records_of_a_killed_writer_are_recovered_and_a_live_writers_journal_is_left_alone(tmp_path: Path) -> None:
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_prediction_log import records
+        from mlcycle.prediction_log import PredictionLog
+        log = PredictionLog({str(tmp_path)!r}, flush_seconds=3600)
+        log.append(records(500))
+        print("acknowledged", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL and "acknowledged" in proc.stdout, proc.stderr[-2000:]
+    assert read_predictions(tmp_path).empty  # nothing reached parquet before the kill
+
+    live = PredictionLog(tmp_path / "live", flush_seconds=3600)
+    live.append(records(10, 1000))
+    assert recover(tmp_path / "live") == 0  # its writer holds the lock
+
+    assert recover(tmp_path) == 500
+    assert sorted(read_predictions(tmp_path)["request_id"]) == sorted(f"r{i}" for i in range(500))
+    assert recover(tmp_path) == 0  # once only
+    live.close()
+    assert len(read_predictions(tmp_path / "live")) == 10
+
+
+@pytest.mark.slow
+def test_service_killed_during_traffic_loses_no_acknowledged_prediction(training_project, tmp_path: Path) -> None:
+    """SIGKILL the whole ``bentoml serve`` process group while requests are in flight: every
+    request_id that came back with a 200 is in the log once the next writer (or ``recover``) ran."""
+    import threading
+
+    import httpx
+    import pandas as pd
+
+    from conftest import clone_project
+    from mlcycle.project import load_flow
+    from mlcycle.service_process import ServiceProcess
+    from mlcycle.traffic import request_body
+
+    cfg = clone_project(training_project, tmp_path / "p")
+    assert load_flow(cfg.root, "training", "train")(config=str(cfg.root / "mlcycle.yaml"))["alias"] == "champion"
+    service = ServiceProcess(cfg)
+    service.start()
+    tx = pd.read_parquet(cfg.raw_dir / "transactions.parquet").tail(3000)
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def send(rows: pd.DataFrame) -> None:
+        with httpx.Client(base_url=service.url, trust_env=False, timeout=10) as client:
+            for row in rows.itertuples(index=False):
+                if stop.is_set():
+                    return
+                try:
+                    r = client.post("/predict", json=request_body(row))
+                except httpx.HTTPError:
+                    return
+                if r.status_code == 200:
+                    acknowledged.append(r.json()["request_id"])
+
+    threads = [threading.Thread(target=send, args=(part,)) for part in (tx.iloc[i::4] for i in range(4))]
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 120
+        while len(acknowledged) < 300 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.killpg(service.proc.pid, signal.SIGKILL)  # no shutdown hook runs: the queue is lost
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        service.stop()
+    assert len(acknowledged) >= 300
+    recover(cfg.predictions_dir)
+    logged = set(read_predictions(cfg.predictions_dir)["request_id"])
+    missing = [r for r in acknowledged if r not in logged]
+    assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged predictions lost"

@@ -1,0 +1,436 @@
+"""Profile ``scale`` against the machine's real PostgreSQL and Redis: Feast online store on Redis and
+registry in PostgreSQL, MLflow and the promotion log in PostgreSQL, the prediction log in a table —
+and a Redis outage under live traffic, which the service must answer with 503s and survive.
+
+Isolation: every test state lives in a database this module creates (``mlcycle_test_<random>``,
+plus its ``_prefect`` sibling) and drops at teardown, and under a Feast project
+(``mlcycle_fraud_t<random>``) whose Redis keys are deleted at teardown — only those. The outage test
+stops a redis-server of its own on a free port, never the machine's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import psycopg
+import pytest
+import redis
+import yaml
+from psycopg import sql
+from tests.conftest import SMALL_DATA, TEST_GATES, copy_project
+
+from mlcycle import pipeline, registry, scale, stack
+from mlcycle.config import ConfigError, ProjectConfig, load_config
+from mlcycle.features import entity_frame, open_project_store, plan_for, skew_report, training_set
+from mlcycle.features.store import online_vector
+from mlcycle.monitoring_job import answered_predictions
+from mlcycle.prediction_log import COLUMNS
+from mlcycle.prediction_store import TABLE, SqlPredictionLog, read_logged_predictions, read_sql_predictions
+from mlcycle.project import load_flow
+from mlcycle.service_process import ServiceProcess, free_port
+from mlcycle.serving import Scorer
+from mlcycle.traffic import request_body
+
+pytestmark = pytest.mark.slow
+
+PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
+MACHINE_REDIS = "redis://127.0.0.1:6379/0"
+# Small world, loose gates: this module checks where state goes, not model quality.
+DATA = {**SMALL_DATA, "n_transactions": 12000, "n_users": 1200, "n_merchants": 200}
+LOOSE_GATES = {**TEST_GATES, "min_roc_auc": 0.5, "min_pr_auc": 0.0, "max_fairness_gap": 1.0, "fairness_min_support": 1}
+
+
+def _reachable() -> str | None:
+    """Why the machine's servers cannot be used, or None."""
+    try:
+        with psycopg.connect(f"{PG_SERVER}/postgres", connect_timeout=3):
+            pass
+    except psycopg.Error as exc:
+        return f"PostgreSQL at {PG_SERVER} unreachable: {exc}"
+    try:
+        redis.Redis.from_url(MACHINE_REDIS, socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        return f"Redis at {MACHINE_REDIS} unreachable: {exc}"
+    return None
+
+
+def drop_database(name: str) -> None:
+    """Drop a database this module created; FORCE closes pools still open in this process
+    (MLflow's, Feast's registry's, the prediction log's)."""
+    with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def database_exists(name: str) -> bool:
+    with psycopg.connect(f"{PG_SERVER}/postgres") as conn:
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+
+def project_keys(client: redis.Redis, project: str) -> list[bytes]:
+    """Feast ends every Redis key with the project name (serialized entity key + project)."""
+    suffix = project.encode()
+    return [k for k in client.scan_iter(match=b"*" + suffix, count=1000) if k.endswith(suffix)]
+
+
+@dataclass
+class ScaleWorld:
+    database: str
+    prefix: str
+    project: str  # the Feast project: mlcycle_fraud_<prefix>
+    pg_url: str
+    redis_url: str
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[ScaleWorld]:
+    """The environment of profile scale, pointed at a fresh database and Redis prefix; both are
+    removed at teardown, whatever the tests did."""
+    if reason := _reachable():
+        pytest.skip(reason)
+    token = secrets.token_hex(4)
+    w = ScaleWorld(
+        database=f"mlcycle_test_{token}",
+        prefix=f"t{token}",
+        project=f"mlcycle_fraud_t{token}",
+        pg_url=f"{PG_SERVER}/mlcycle_test_{token}",
+        redis_url=MACHINE_REDIS,
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLCYCLE_PROFILE", raising=False)  # the project's file says scale
+        mp.setenv("MLCYCLE_PG_URL", w.pg_url)
+        mp.setenv("MLCYCLE_REDIS_URL", w.redis_url)
+        mp.setenv("MLCYCLE_REDIS_PREFIX", w.prefix)
+        try:
+            yield w
+        finally:
+            client = redis.Redis.from_url(MACHINE_REDIS)
+            keys = project_keys(client, w.project)
+            for start in range(0, len(keys), 500):
+                client.delete(*keys[start : start + 500])
+            assert project_keys(client, w.project) == []
+            for name in (w.database, w.database + scale.PREFECT_DATABASE_SUFFIX):
+                drop_database(name)
+            scale.forget_ensured()
+
+
+@pytest.fixture(scope="module")
+def scale_project(world: ScaleWorld, tmp_path_factory: pytest.TempPathFactory) -> ProjectConfig:
+    """A small project whose mlcycle.yaml says ``profile: scale``: data built, features published."""
+    root = tmp_path_factory.mktemp("scale") / "p"
+    copy_project(root, DATA, {"gates": LOOSE_GATES})
+    raw = yaml.safe_load((root / "mlcycle.yaml").read_text())
+    raw["profile"] = "scale"
+    (root / "mlcycle.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    cfg = load_config(root / "mlcycle.yaml")
+    assert cfg.profile == "scale"
+    pipeline.generate_data(cfg)
+    pipeline.build_features(cfg)
+    pipeline.publish_features(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained(scale_project: ProjectConfig, prefect_server) -> dict:
+    """The training flow run once on the scale project: MLflow and the promotion log on PostgreSQL."""
+    result = load_flow(scale_project.root, "training", "train")(config=str(scale_project.root / "mlcycle.yaml"))
+    assert result["alias"] == registry.CHAMPION, result.get("failed")
+    return result
+
+
+def pg_rows(world: ScaleWorld, query: str, *params: object) -> list[tuple]:
+    with psycopg.connect(world.pg_url) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+# ----------------------------------------------------------------------------- settings
+def test_profile_settings_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "mlcycle.yaml").write_text("profile: local\n")
+    monkeypatch.setenv("MLCYCLE_PROFILE", "scale")
+    monkeypatch.setenv("MLCYCLE_PG_URL", "postgresql://u:p%40w@db.internal:6543/fraud")
+    monkeypatch.setenv("MLCYCLE_REDIS_URL", "rediss://:secret@cache.internal:6380/2")
+    monkeypatch.setenv("MLCYCLE_REDIS_PREFIX", "team_a")
+    cfg = load_config(tmp_path / "mlcycle.yaml")
+    assert cfg.profile == "scale"
+    assert cfg.tracking_uri == cfg.promotion_log_uri == "postgresql+psycopg://u:p%40w@db.internal:6543/fraud"
+    assert cfg.scale.prefect_database_url == "postgresql+asyncpg://u:p%40w@db.internal:6543/fraud_prefect"
+    env = cfg.scale.feast_env()
+    assert env["MLCYCLE_FEAST_PROJECT_SUFFIX"] == "_team_a"
+    assert env["MLCYCLE_FEAST_REDIS"].startswith("cache.internal:6380,db=2,password=secret,ssl=true,")
+    assert "retry=null" in env["MLCYCLE_FEAST_REDIS"]  # fail fast: no 10 s backoff per request
+    monkeypatch.setenv("MLCYCLE_REDIS_PREFIX", "no-dashes; or spaces")
+    with pytest.raises(ConfigError, match="MLCYCLE_REDIS_PREFIX"):
+        load_config(tmp_path / "mlcycle.yaml")
+    monkeypatch.delenv("MLCYCLE_PROFILE")
+    monkeypatch.delenv("MLCYCLE_REDIS_PREFIX")
+    assert load_config(tmp_path / "mlcycle.yaml").tracking_uri.startswith("sqlite:///")
+
+
+def test_prefect_server_gets_its_own_postgres_database(world: ScaleWorld, tmp_path: Path) -> None:
+    (tmp_path / "mlcycle.yaml").write_text("profile: scale\n")
+    cfg = load_config(tmp_path / "mlcycle.yaml")
+    env = stack.prefect_database_env(cfg)
+    name = world.database + "_prefect"
+    assert env == {"PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"}
+    assert database_exists(name)  # created if missing; dropped by the fixture, never by the library
+    (tmp_path / "mlcycle.yaml").write_text("profile: local\n")
+    assert stack.prefect_database_env(load_config(tmp_path / "mlcycle.yaml")) == {}
+
+
+# ----------------------------------------------------------------------------- the loop on scale
+def test_features_on_redis_and_postgres_match_the_offline_rows(world: ScaleWorld, scale_project: ProjectConfig):
+    cfg = scale_project
+    fs = open_project_store(cfg)
+    assert fs.project == world.project
+    assert fs.config.online_store.type == "redis" and fs.config.registry.registry_type == "sql"
+    assert len(project_keys(redis.Redis.from_url(world.redis_url), world.project)) > 0
+    registered = pg_rows(world, "SELECT feature_view_name FROM feature_views WHERE project_id = %s", world.project)
+    assert {r[0] for r in registered} >= {"user_txn_stats", "merchant_stats", "user_profile"}
+    assert not cfg.feast_dir.exists()  # no SQLite registry or online store on the side
+
+    # The train/serve skew check of test_train_serve_skew.py, through Redis.
+    tx = pd.read_parquet(cfg.raw_dir / "transactions.parquet")
+    sample = tx.drop_duplicates("user_id", keep="last").tail(150).reset_index(drop=True)
+    when = datetime.now(UTC).replace(microsecond=0)
+    request = entity_frame(sample).drop(columns=["user_id", "merchant_id", "event_timestamp"])
+    request["request_unix"] = int(when.timestamp())
+    keys = sample[["user_id", "merchant_id"]]
+    service = cfg.features.feature_service
+    online = online_vector(fs, keys.to_dict("records"), request.to_dict("records"), service, now=when)
+    offline = training_set(fs, keys.assign(event_timestamp=pd.Timestamp(when), **request), service)
+    assert skew_report(online, offline, plan_for(fs, service).model_features) == {}
+    assert online["txn_count_30d"].notna().mean() > 0.9  # not vacuous: the values came from Redis
+
+
+def test_training_registry_and_promotion_log_live_in_postgres(
+    world: ScaleWorld, scale_project: ProjectConfig, trained: dict
+) -> None:
+    cfg = scale_project
+    version = str(trained["version"])
+    aliases = pg_rows(world, "SELECT name, alias, version FROM registered_model_aliases")
+    assert (cfg.model.name, registry.CHAMPION, int(version)) in aliases
+    moves = pg_rows(world, "SELECT model, alias, to_version FROM mlcycle_promotion_log")
+    assert (cfg.model.name, registry.CHAMPION, version) in moves
+    history = registry.PromotionLog(cfg.promotion_log_uri).history(cfg.model.name)
+    assert history and history[0].to_version == version
+    assert not (cfg.data_path / "mlflow.db").exists() and not (cfg.data_path / "promotions.db").exists()
+    # Artifacts stay on files (object storage in production): the model is loadable from there.
+    assert any((cfg.data_path / "mlartifacts").rglob("MLmodel"))
+
+
+def test_scorer_logs_predictions_to_postgres(world: ScaleWorld, scale_project: ProjectConfig, trained: dict) -> None:
+    cfg = scale_project
+    tx = pd.read_parquet(cfg.raw_dir / "transactions.parquet")
+    requests = [request_body(r)["transaction"] for r in tx.tail(40).itertuples()]
+    since = datetime.now(UTC)
+    scorer = Scorer(cfg)
+    try:
+        scorer.load()
+        assert scorer.ready, scorer.not_ready_reason
+        results = scorer.score(requests)
+    finally:
+        scorer.close()
+    assert scorer.prediction_log.written == len(requests)
+    assert pg_rows(world, f"SELECT count(*) FROM {TABLE} WHERE logged_at >= %s", since)[0][0] == len(requests)
+    assert not cfg.predictions_dir.exists()  # nothing went to parquet
+
+    logged = read_logged_predictions(cfg, since)
+    assert list(logged.columns) == COLUMNS
+    assert str(logged["logged_at"].dtype) == "datetime64[ns, UTC]"
+    by_id = logged.set_index("request_id")
+    for request, result in zip(requests, results, strict=True):
+        row = by_id.loc[result.request_id]
+        assert row["score"] == pytest.approx(result.score)
+        assert row["model_version"] == result.model_version == str(trained["version"])
+        assert int(row["transaction_id"]) == request["transaction_id"]
+        assert set(json.loads(row["features"])) == set(scorer.plan.model_features)
+    # What monitoring reads from the table: the features the model saw, as columns.
+    answered = answered_predictions(cfg, since)
+    assert len(answered) == len(requests) and "txn_count_30d" in answered.columns
+    assert read_logged_predictions(cfg, datetime.now(UTC)).empty
+
+
+def _record(request_id: str) -> dict:
+    return {"request_id": request_id, "logged_at": datetime.now(UTC), "user_id": 1, "merchant_id": 2,
+            "score": 0.5, "shadow": False, "variant": "champion", "request_unix": 0}  # fmt: skip
+
+
+def test_sql_prediction_log_keeps_a_refused_batch_and_retries(world: ScaleWorld, monkeypatch) -> None:
+    """PostgreSQL refusing a batch (a restart, a failover) costs no records: the batch waits for the next try."""
+    calls: list[int] = []
+    insert = SqlPredictionLog._insert
+
+    def refuse_once(self: SqlPredictionLog, rows: list[dict]) -> None:
+        calls.append(len(rows))
+        if len(calls) == 1:
+            raise OSError("connection refused (simulated)")
+        insert(self, rows)
+
+    monkeypatch.setattr(SqlPredictionLog, "_insert", refuse_once)
+    since = datetime.now(UTC)
+    writer = SqlPredictionLog(scale.ScaleSettings.from_env().tracking_uri, flush_seconds=0.2)
+    writer.append([_record("first")])
+    deadline = time.monotonic() + 30
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert calls == [1] and writer.written == 0  # refused, kept
+    writer.append([_record("second")])
+    writer.close()
+    assert writer.written == 2
+    logged = read_sql_predictions(scale.ScaleSettings.from_env().tracking_uri, since)
+    assert set(logged["request_id"]) == {"first", "second"}
+
+
+def test_sql_prediction_log_starts_without_a_database() -> None:
+    """A service must start (and report itself not ready) while PostgreSQL is down, not crash."""
+    writer = SqlPredictionLog(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nowhere", flush_seconds=0.1)
+    writer.append([_record("lost")])
+    writer.close(timeout=30)
+    assert writer.written == 0
+
+
+# ----------------------------------------------------------------------------- fault: Redis stops
+@dataclass
+class Traffic:
+    """Requests sent one after another in the background, every answer kept (time, status, body)."""
+
+    client: httpx.Client
+    payload: dict
+    answers: list[tuple[float, int, dict]] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)  # how long each answer took
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            sent = time.monotonic()
+            try:
+                r = self.client.post("/predict", json=self.payload)
+                self.answers.append((time.monotonic(), r.status_code, r.json()))
+            except httpx.HTTPError as exc:  # a transport error is a finding too
+                self.answers.append((time.monotonic(), -1, {"error": repr(exc)}))
+            self.seconds.append(self.answers[-1][0] - sent)
+            time.sleep(0.05)
+
+    def wait_for(self, predicate, timeout: float, after: float = 0.0) -> tuple[float, int, dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for answer in list(self.answers):
+                if answer[0] >= after and predicate(answer):
+                    return answer
+            time.sleep(0.1)
+        tail = [(s, b.get("error") or b.get("model_version")) for _, s, b in self.answers[-5:]]
+        raise AssertionError(f"no such answer within {timeout:.0f}s; last answers: {tail}")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class PrivateRedis:
+    """A redis-server of this test's own on a free port, without persistence."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.pidfile = workdir / f"redis-{self.port}.pid"
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        subprocess.run(
+            [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--daemonize", "yes", "--dir", str(self.workdir),
+             "--pidfile", str(self.pidfile), "--logfile", str(self.workdir / f"redis-{self.port}.log")],
+            check=True,
+        )  # fmt: skip
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(redis.ConnectionError):
+                if client.ping():
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"private redis-server on port {self.port} did not answer")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """``SHUTDOWN NOSAVE`` on our port; then make sure the recorded pid (ours) is gone."""
+        pid = int(self.pidfile.read_text()) if self.pidfile.exists() else None
+        subprocess.run(["redis-cli", "-p", str(self.port), "shutdown", "nosave"], capture_output=True, timeout=10)
+        deadline = time.monotonic() + 10
+        while pid is not None and time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+
+
+def test_redis_outage_is_a_503_and_serving_recovers_by_itself(
+    world: ScaleWorld, scale_project: ProjectConfig, trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = scale_project
+    cache = PrivateRedis(tmp_path)
+    cache.start()
+    service = None
+    traffic = None
+    try:
+        monkeypatch.setenv("MLCYCLE_REDIS_URL", cache.url)  # the service inherits it
+        pipeline.publish_features(cfg, fresh=True)  # a new, empty Redis: full load
+        tx = pd.read_parquet(cfg.raw_dir / "transactions.parquet")
+        known = next(tx.drop_duplicates("user_id", keep="last").tail(1).itertuples())
+        service = ServiceProcess(cfg, env={"MLCYCLE_REFRESH_SECONDS": "0.5"}).start()
+        pid = service.proc.pid
+        with httpx.Client(base_url=service.url, trust_env=False, timeout=30) as client:
+            traffic = Traffic(client, request_body(known))
+            thread = threading.Thread(target=traffic.run, daemon=True)
+            thread.start()
+            traffic.wait_for(lambda a: a[1] == 200 and a[2]["features_missing"] == [], timeout=60)
+
+            stopped_at = time.monotonic()
+            cache.stop()
+            _, _, down = traffic.wait_for(lambda a: a[1] == 503, timeout=30, after=stopped_at)
+            assert "online feature store unavailable" in down["error"], down
+
+            restarted_at = time.monotonic()
+            cache.start()  # same port, empty: this Redis keeps nothing on disk
+            pipeline.publish_features(cfg, fresh=True)  # refill it, from this process
+            republished_at = time.monotonic()
+            recovered_at, _, _ = traffic.wait_for(lambda a: a[1] == 200 and a[2]["features_missing"] == [],
+                                                  timeout=60, after=republished_at)  # fmt: skip
+            time.sleep(1.5)  # a few more answers after recovery
+            traffic.stop()
+            thread.join(10)
+
+        assert service.proc.poll() is None and service.proc.pid == pid, "the service must not restart"
+        statuses = {status for _, status, _ in traffic.answers}
+        assert statuses <= {200, 503}, f"only 200 or 503, never a 500 or a dropped connection: {statuses}"
+        outage = [a for a in traffic.answers if a[1] == 503]
+        assert all("online feature store" in body["error"] for _, _, body in outage)
+        # 503s only while Redis was down (an answer in flight at either edge may straddle it).
+        assert all(stopped_at - 1 <= at <= restarted_at + 5 for at, _, _ in outage)
+        after = [a for a in traffic.answers if a[0] > recovered_at]
+        assert after and all(status == 200 and not body["features_missing"] for _, status, body in after)
+        took = sorted(t for t, (_, status, _) in zip(traffic.seconds, traffic.answers, strict=True) if status == 503)
+        print(f"\n{len(traffic.answers)} requests: {len(outage)} answered 503 while Redis was down "
+              f"(median {1000 * took[len(took) // 2]:.0f} ms, slowest {1000 * took[-1]:.0f} ms); "
+              f"first full answer {recovered_at - republished_at:.1f}s after the refill")  # fmt: skip
+    finally:
+        if traffic is not None:
+            traffic.stop()
+        if service is not None:
+            service.stop()
+        cache.stop()
