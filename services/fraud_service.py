@@ -32,6 +32,18 @@ from mlcycle.serving import NotReady, Scorer
 MAX_BATCH = 1000
 INT64_MAX = 2**63 - 1  # ids are int64 in the online store and the prediction log
 
+# The service asks the registry at start-up, on each readiness probe while not ready, and every few
+# seconds for alias moves, and retries on its own schedule. MLflow's HTTP defaults (7 retries with
+# exponential backoff, 120 s timeouts) held start-up for over 4 minutes when the registry was down,
+# and every request past its 30 s timeout (a 504): fail fast instead. Values set by an operator win.
+MLFLOW_CLIENT_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+for _key, _value in MLFLOW_CLIENT_LIMITS.items():
+    os.environ.setdefault(_key, _value)
+
 
 class Unauthorized(bentoml.exceptions.BentoMLException):
     """A wrong or missing token: 401 (BentoML answers it without echoing the token)."""

@@ -209,6 +209,7 @@ def demo(
     # not the demo's news.
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*deprecated.*")
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module="numpy")
 
     cfg = _config(config)
     if rows:

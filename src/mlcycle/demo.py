@@ -169,8 +169,9 @@ def _story(cfg, console, steps, world, drift_at, prefect_url, requests, out) -> 
                 traffic.stop()
             console.print(f"      ({traffic.sent:,} live requests sent meanwhile)")
             client = registry.client_for(cfg)
+            _print_retraining(cfg, console, client, since_events)
             champion = registry.version_by_alias(client, cfg.model.name, registry.CHAMPION)
-            console.print(f"      retraining run {final}: champion is now v{champion.version}")
+            console.print(f"      retraining runs {final}: champion is now v{champion.version}")
         with steps.step("A day of broken upstream data: channel no longer sent, categories in a new code list"):
             broken_since = datetime.now(UTC)
             champion_before = str(champion.version)
@@ -354,13 +355,39 @@ def _print_check(console: Console, result: dict) -> None:
     console.print(f"      report {result['report_html']}\n      events: {', '.join(result['events']) or 'none'}")
 
 
+def _print_retraining(cfg: ProjectConfig, console: Console, client, since: datetime) -> None:
+    """What the retraining run did, from the records it left: its MLflow run and the alias moves."""
+    import mlflow
+
+    from mlcycle import registry
+
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    runs = client.search_runs([experiment.experiment_id], "attributes.run_name = 'train'",
+                              order_by=["attributes.start_time DESC"], max_results=1)  # fmt: skip
+    if runs:
+        run, m = runs[0], runs[0].data.metrics
+        verdict = ("passed every gate" if run.data.tags.get("mlcycle.gates") == "passed"
+                   else f"[red]rejected by {run.data.tags.get('mlcycle.failed_gates')}[/red]")  # fmt: skip
+        rows = run.data.params.get("train_rows")
+        console.print(f"      retrained on {rows} rows: ROC-AUC {m.get('test.roc_auc', 0):.3f} "
+                      f"vs the champion's {m.get('champion.test.roc_auc', float('nan')):.3f} on the same recent "
+                      f"window — {verdict}")  # fmt: skip
+    for event in sorted(registry.PromotionLog(cfg.promotion_log_uri).history(cfg.model.name), key=lambda e: e.at):
+        if event.at >= since:
+            v = "" if event.alias == "traffic" else "v"
+            console.print(f"      {event.at:%H:%M:%S} {event.alias}: {v}{event.from_version or '-'} → "
+                          f"{v}{event.to_version or '-'} ({event.reason})")  # fmt: skip
+
+
 def _summary(cfg: ProjectConfig, console: Console, client, prefect_url: str) -> None:
     from mlcycle import prediction_store, registry
 
+    aliases = registry.aliases_of(client, cfg.model.name)
     versions = Table("version", "aliases", "ROC-AUC (test)", "trained on rows")
     for mv in sorted(registry.versions(client, cfg.model.name), key=lambda v: int(v.version)):
         run = client.get_run(mv.run_id)
-        versions.add_row(f"v{mv.version}", ", ".join(mv.aliases) or "-",
+        versions.add_row(f"v{mv.version}", aliases.get(str(mv.version), "-"),
                          f"{run.data.metrics.get('test.roc_auc', float('nan')):.3f}",
                          run.data.params.get("train_rows", "?"))  # fmt: skip
     console.print(versions)

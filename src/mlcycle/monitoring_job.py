@@ -247,12 +247,20 @@ def run_check(
         ref.stats.rows,
     )  # fmt: skip
     drift = monitoring.feature_drift(stats, current, spec) if len(current) else []
-    scores = current["score"].to_numpy(float)
-    prediction = asdict(monitoring.prediction_drift(ref.scores, scores, spec)) if len(current) else None
+    # Scores and quality are the champion's own: answers of an earlier champion (before a
+    # promotion) or of a canary's challenger say nothing about it. Inputs are inputs, whoever scored.
+    own = current["model_version"].astype(str) == ref.version
+    scores = current.loc[own, "score"].to_numpy(float)
+    prediction = asdict(monitoring.prediction_drift(ref.scores, scores, spec)) if len(scores) else None
     anomalies = monitoring.upstream_anomalies(stats, current, spec) if enough else []
     transactions = load_transactions(cfg.raw_dir / "transactions.parquet")
     verdict, windows = monitoring.decay_verdict(
-        answered, transactions, as_of, cfg.data.label_maturity_days, spec, ref.baseline_roc_auc
+        answered[answered["model_version"].astype(str) == ref.version],
+        transactions,
+        as_of,
+        cfg.data.label_maturity_days,
+        spec,
+        ref.baseline_roc_auc,
     )
     return CheckResult(
         checked_at=datetime.now(UTC).isoformat(timespec="seconds"),

@@ -44,7 +44,10 @@ class ServiceProcess:
         return [sys.executable, "-m", "bentoml", "serve", "services.fraud_service:FraudService",
                 "--port", str(self.port), "--host", "127.0.0.1"]  # fmt: skip
 
-    def start(self, timeout: float = 240.0) -> ServiceProcess:
+    def start(self, timeout: float = 240.0, ready: bool = True) -> ServiceProcess:
+        """Start and wait until it is ready to score (``/readyz``), or with ``ready=False`` only until
+        it is up and answering (``/livez``: a service may be up but not ready, and say why)."""
+        probe = "/readyz" if ready else "/livez"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = self.command
         with open(self.log_path, "ab") as log:
@@ -57,13 +60,13 @@ class ServiceProcess:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"service exited ({self.proc.returncode}):\n{self.log_tail()}")
                 try:
-                    if client.get(self.url + "/readyz").status_code == 200:
+                    if client.get(self.url + probe).status_code == 200:
                         return self
                 except httpx.TransportError:
                     pass
                 time.sleep(0.5)
         self.stop()
-        raise TimeoutError(f"service not ready after {timeout:.0f}s:\n{self.log_tail()}")
+        raise TimeoutError(f"service not {'ready' if ready else 'up'} after {timeout:.0f}s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 40) -> str:
         if not self.log_path.exists():

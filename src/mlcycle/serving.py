@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow.xgboost
 import numpy as np
@@ -85,15 +86,22 @@ class Scorer:
                 store = open_project_store(self.cfg)
                 self.plan = plan_for(store, self.cfg.features.feature_service)
                 self.store = store
-            self._refresh_models(force=True)
         except Exception as exc:
-            self.not_ready_reason = f"{type(exc).__name__}: {exc}"
-            log.error("not ready: %s", self.not_ready_reason)
+            self._not_ready(f"online feature store: {type(exc).__name__}: {exc}")
+            return
+        try:
+            self._refresh_models(force=True)
+        except Exception as exc:  # unreachable, refusing, or a model that does not load
+            self._not_ready(f"model registry at {_redacted(self.cfg.tracking_uri)}: {type(exc).__name__}: {exc}")
             return
         if registry.CHAMPION not in self.slots:
             self.not_ready_reason = f"no '{registry.CHAMPION}' alias on model '{self.cfg.model.name}' yet"
         else:
             self.not_ready_reason = None
+
+    def _not_ready(self, reason: str) -> None:
+        self.not_ready_reason = reason
+        log.error("not ready: %s", reason)
 
     def refresh(self, force: bool = False) -> None:
         """Pick up alias and policy changes (rate-limited unless forced; cheap when nothing changed)."""
@@ -246,6 +254,15 @@ class Scorer:
     def close(self) -> None:
         if self.prediction_log is not None:
             self.prediction_log.close()
+
+
+def _redacted(uri: str) -> str:
+    """The URI without its password: the reason goes to the log and to 503 answers."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def _unix(at: datetime) -> int:
