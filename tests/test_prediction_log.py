@@ -3,7 +3,6 @@ returns, a killed writer's journal is recovered into parquet, and a live writer'
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -101,7 +100,14 @@ def test_service_killed_during_traffic_loses_no_acknowledged_prediction(training
         deadline = time.monotonic() + 120
         while len(acknowledged) < 300 and time.monotonic() < deadline:
             time.sleep(0.1)
-        os.killpg(service.proc.pid, signal.SIGKILL)  # no shutdown hook runs: the queue is lost
+        # Every process of the service, workers included (BentoML starts its worker in a process
+        # group of its own): no shutdown hook runs, whatever was only queued in memory is gone.
+        import psutil
+
+        tree = [psutil.Process(service.proc.pid), *psutil.Process(service.proc.pid).children(recursive=True)]
+        for proc in tree:
+            proc.kill()
+        psutil.wait_procs(tree, timeout=30)
     finally:
         stop.set()
         for t in threads:

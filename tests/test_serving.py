@@ -145,11 +145,12 @@ valid_transaction = st.fixed_dictionaries(
 # (true as 1 for the lax ints and floats, numeric strings) are kept out.
 bad_id = st.one_of(st.integers(max_value=0), huge_ints, st.floats(), st.booleans(), st.text(max_size=10), st.none())
 non_finite = st.sampled_from([math.nan, math.inf, -math.inf])
+fractional = st.floats(-1e15, 1e15).map(lambda f: math.floor(f) + 0.5)
 not_a_country = st.text(max_size=5).filter(lambda s: re.fullmatch("[A-Z]{2}", s) is None)
 INVALID = {
     "user_id": bad_id | containers,
     "merchant_id": bad_id | containers,
-    "transaction_id": st.one_of(huge_ints, st.floats().filter(lambda f: not f.is_integer()), no_digits, containers),
+    "transaction_id": st.one_of(huge_ints, fractional, non_finite, no_digits, containers),
     "amount": st.one_of(st.floats(max_value=0), st.floats(min_value=1e6), non_finite, no_digits, st.none(), containers),
     "country": st.one_of(not_a_country, st.integers(), st.none(), containers),
     "merchant_category": st.one_of(st.just(""), st.text(min_size=41, max_size=99), long_text, st.none(), containers),
@@ -226,9 +227,14 @@ def post(client: httpx.Client, path: str, body: bytes, ctype: str | None) -> htt
     return client.post(path, content=body, headers={} if ctype is None else {"content-type": ctype})
 
 
-FUZZ = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=500, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+# Hypothesis flags any change of the global `random` state while it draws. These strategies do not use
+# it (3000 draws in a bare process: no warning), but threads the in-process flows leave behind (Prefect
+# jitters its intervals with `random`) sometimes do, mid-draw.
+THREADS_USE_RANDOM = pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
 
 
+@THREADS_USE_RANDOM
 @FUZZ
 @given(case=predict_request())
 def test_fuzzed_predict_is_never_a_5xx(served, case) -> None:
@@ -246,6 +252,7 @@ def test_fuzzed_predict_is_never_a_5xx(served, case) -> None:
         assert fault is None or names_fault(r, fault), r.text
 
 
+@THREADS_USE_RANDOM
 @FUZZ
 @given(batch=st.lists(transaction(), min_size=1, max_size=6), ascii_only=st.booleans())
 def test_fuzzed_predict_batch_is_never_a_5xx(served, batch, ascii_only: bool) -> None:
