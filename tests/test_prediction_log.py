@@ -60,7 +60,9 @@ def test_records_of_a_killed_writer_are_recovered_and_a_live_writers_journal_is_
 
 
 @pytest.mark.slow
-def test_service_killed_during_traffic_loses_no_acknowledged_prediction(training_project, tmp_path: Path) -> None:
+def test_service_killed_during_traffic_loses_no_acknowledged_prediction(
+    training_project, prefect_server: str, tmp_path: Path
+) -> None:
     """SIGKILL the whole ``bentoml serve`` process group while requests are in flight: every
     request_id that came back with a 200 is in the log once the next writer (or ``recover``) ran."""
     import threading
