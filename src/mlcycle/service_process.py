@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -74,14 +75,26 @@ class ServiceProcess:
         return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, timeout: float = 20.0) -> None:
+        """Stop the server and every process it started. BentoML runs its worker in a process group
+        of its own, so signalling the server's group alone can leave the worker behind."""
+        import psutil
+
         if self.proc is None or self.proc.poll() is not None:
             return
+        try:
+            descendants = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.Error:
+            descendants = []
         os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
+        _, alive = psutil.wait_procs(descendants, timeout=5)
+        for leftover in alive:
+            with contextlib.suppress(psutil.Error):
+                leftover.kill()
 
     def __enter__(self) -> ServiceProcess:
         return self.start()
