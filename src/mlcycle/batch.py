@@ -13,6 +13,7 @@ from pathlib import Path
 import mlflow.xgboost
 import pandas as pd
 import xgboost as xgb
+from mlflow.entities.model_registry import ModelVersion
 
 from mlcycle import registry
 from mlcycle.config import ProjectConfig
@@ -28,8 +29,10 @@ def score_frame(booster: xgb.Booster, features: list[str], threshold: float, fra
     return pd.DataFrame({"score": scores, "decision": scores >= threshold}, index=frame.index)
 
 
-def score_day(cfg: ProjectConfig, day: date, alias: str = registry.CHAMPION) -> tuple[Path, int, str]:
-    """Score the transactions of ``day`` (UTC) with the model behind ``alias``; write parquet."""
+def registered_model(
+    cfg: ProjectConfig, alias: str = registry.CHAMPION
+) -> tuple[ModelVersion, xgb.Booster, list[str], float]:
+    """The version behind ``alias`` with what scoring needs: booster, feature order, threshold."""
     client = registry.client_for(cfg)
     mv = registry.version_by_alias(client, cfg.model.name, alias)
     if mv is None:
@@ -37,6 +40,12 @@ def score_day(cfg: ProjectConfig, day: date, alias: str = registry.CHAMPION) -> 
     booster = mlflow.xgboost.load_model(f"models:/{cfg.model.name}/{mv.version}")
     features = json.loads(mv.tags[FEATURES_TAG])
     threshold = float(mv.tags.get(THRESHOLD_TAG, 0.5))
+    return mv, booster, features, threshold
+
+
+def score_day(cfg: ProjectConfig, day: date, alias: str = registry.CHAMPION) -> tuple[Path, int, str]:
+    """Score the transactions of ``day`` (UTC) with the model behind ``alias``; write parquet."""
+    mv, booster, features, threshold = registered_model(cfg, alias)
 
     transactions = load_transactions(cfg.raw_dir / "transactions.parquet")
     start = pd.Timestamp(datetime.combine(day, datetime.min.time(), UTC))
@@ -77,13 +86,7 @@ def backfill_prediction_log(
 
     from mlcycle.prediction_store import write_logged_frame
 
-    client = registry.client_for(cfg)
-    mv = registry.version_by_alias(client, cfg.model.name, alias)
-    if mv is None:
-        raise RuntimeError(f"no '{alias}' alias on model '{cfg.model.name}': train and register a model first")
-    booster = mlflow.xgboost.load_model(f"models:/{cfg.model.name}/{mv.version}")
-    features = json.loads(mv.tags[FEATURES_TAG])
-    threshold = float(mv.tags.get(THRESHOLD_TAG, 0.5))
+    mv, booster, features, threshold = registered_model(cfg, alias)
     transactions = load_transactions(cfg.raw_dir / "transactions.parquet")
     ts = transactions["event_timestamp"]
     rows = transactions[(ts >= pd.Timestamp(start)) & (ts < pd.Timestamp(end))].reset_index(drop=True)

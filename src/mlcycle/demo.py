@@ -375,9 +375,9 @@ def _print_retraining(cfg: ProjectConfig, console: Console, client, since: datet
                       f"window — {verdict}")  # fmt: skip
     for event in sorted(registry.PromotionLog(cfg.promotion_log_uri).history(cfg.model.name), key=lambda e: e.at):
         if event.at >= since:
-            v = "" if event.alias == "traffic" else "v"
-            console.print(f"      {event.at:%H:%M:%S} {event.alias}: {v}{event.from_version or '-'} → "
-                          f"{v}{event.to_version or '-'} ({event.reason})")  # fmt: skip
+            prefix = "" if event.alias == "traffic" else "v"
+            before, after = (prefix + v if v else "-" for v in (event.from_version, event.to_version))
+            console.print(f"      {event.at:%H:%M:%S} {event.alias}: {before} → {after} ({event.reason})")
 
 
 def _summary(cfg: ProjectConfig, console: Console, client, prefect_url: str) -> None:

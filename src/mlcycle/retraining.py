@@ -91,14 +91,10 @@ def api_url(cfg: ProjectConfig) -> str | None:
     """The Prefect API to talk to: PREFECT_API_URL, else the server ``mlcycle up`` recorded."""
     if url := os.environ.get("PREFECT_API_URL"):
         return url
-    record = cfg.data_path / "run" / "prefect-server.pid"
-    if record.exists():
-        try:
-            url = json.loads(record.read_text()).get("url")
-        except (ValueError, AttributeError):
-            return None
-        return f"{url.rstrip('/')}/api" if url and not url.rstrip("/").endswith("/api") else url
-    return None
+    from mlcycle import stack
+
+    record = stack.Record.read(stack.pid_path(cfg, stack.PREFECT_SERVER))
+    return f"{record.url}/api" if record else None
 
 
 def _api(url: str | None) -> contextlib.AbstractContextManager:
