@@ -39,6 +39,7 @@ import itertools
 import math
 import os
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -408,6 +409,8 @@ def main() -> None:
     print(f"total runtime {time.perf_counter() - total_started:.0f}s")
     print()
     print("\n".join(results))
+    if any(line.endswith("FAIL") for line in results):
+        sys.exit(1)  # a benchmark that fails its target fails `make bench`
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -161,6 +162,8 @@ def main() -> None:
     print(f"{'ratio Feast / raw join only':<44}{feast_med / join_med:>10.2f}")
     ok = ratio <= TARGET_RATIO and not mismatch
     print(f"RESULT pit_join_ratio {ratio:.2f} x target {TARGET_RATIO} {'PASS' if ok else 'FAIL'}")
+    if not ok:
+        sys.exit(1)  # a benchmark that fails its target fails `make bench`
 
 
 if __name__ == "__main__":

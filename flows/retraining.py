@@ -1,5 +1,9 @@
 """Prefect flow ``retrain``: started by a drift or decay event, a schedule, or by hand.
 
+One at a time (a lock held across hosts in profile ``scale``), once per monitoring check, and not
+within ``retraining.cooldown_hours`` of the last retraining that trained. The check's summary path
+comes from an event and is read only if it is under the project's monitoring directory.
+
 Guard first (data contract; a broken upstream in the triggering check): if it trips, the flow
 emits ``mlcycle.retraining.blocked``, writes why, and pauses for a person (``mlcycle approve RUN``
 or ``mlcycle reject RUN``). Otherwise — or once approved — it runs the ``train`` flow on the latest
@@ -39,15 +43,49 @@ def retrain(
     rollout: bool | None = None,
     wait_seconds: float = 20.0,
     max_wait_seconds: float = 600.0,
+    ignore_cooldown: bool = False,
 ) -> dict[str, Any]:
-    """Retrain on the latest matured window unless the data looks broken; canary a new challenger."""
+    """Retrain on the latest matured window unless the data looks broken; canary a new challenger.
+
+    Single-flight: one retraining at a time per model, whatever started it (events, the weekly
+    schedule, a person), held through its canary, so nothing moves the challenger alias under a
+    canary that is judging it; and none trains within ``retraining.cooldown_hours`` of the last one
+    that did (``ignore_cooldown`` for a person who means it)."""
     logger = get_run_logger()
     cfg = load_config(config)
+    summary_path = retraining.checked_summary_path(cfg, summary_path)  # an event's payload: checked first
     run_name = flow_run.get_name() or "local"
-    if holder := retraining.claim(summary_path, run_name):
-        logger.info("the check %s already started retraining (%s): nothing to do", summary_path, holder)
-        return {"outcome": "duplicate", "trigger": trigger, "held_by": holder}
+    with retraining.single_flight(cfg) as held:
+        log = retraining.RetrainingLog(cfg.promotion_log_uri)
+        if not held:
+            reason = f"another retraining is running ({log.latest_run(cfg.model.name) or 'holder unknown'})"
+            logger.info("skipped: %s", reason)
+            return {"outcome": "skipped", "trigger": trigger, "reason": reason}
+        if summary_path and (holder := log.claimed_by(cfg.model.name, summary_path)):
+            logger.info("the check %s already started retraining (%s): nothing to do", summary_path, holder)
+            return {"outcome": "duplicate", "trigger": trigger, "held_by": holder}
+        log.append(cfg.model.name, run_name, log.CLAIMED, trigger, summary_path)
+        out = _retrain(cfg, log, run_name, trigger, summary_path, rollout, wait_seconds, max_wait_seconds,
+                       ignore_cooldown)  # fmt: skip
+        log.append(cfg.model.name, run_name, log.DONE, trigger, summary_path, str(out["outcome"]))
+        return out
+
+
+def _retrain(
+    cfg: ProjectConfig,
+    log: retraining.RetrainingLog,
+    run_name: str,
+    trigger: str,
+    summary_path: str | None,
+    rollout: bool | None,
+    wait_seconds: float,
+    max_wait_seconds: float,
+    ignore_cooldown: bool,
+) -> dict[str, Any]:
+    logger = get_run_logger()
     logger.info("retraining triggered by %s (check: %s)", trigger, summary_path or "none")
+    # The guard before the cooldown: a broken upstream is worth a person's attention even when no
+    # retraining would run now.
     verdict = check_guard(cfg, summary_path)
     create_markdown_artifact(verdict.markdown(), key="retraining-guard", description="retraining guard")
     decision = None
@@ -70,6 +108,10 @@ def retrain(
         logger.info("decision by %s: %s (%s)", decision.who, "approve" if decision.approve else "reject", decision.note)
         if not decision.approve:
             return {"outcome": "refused", "trigger": trigger, "reasons": list(verdict.reasons), "by": decision.who}
+    if not ignore_cooldown and (why := retraining.cooling_down(cfg, log)):
+        logger.info("skipped: %s", why)
+        return {"outcome": "skipped", "trigger": trigger, "reason": why}
+    log.append(cfg.model.name, run_name, log.TRAINING, trigger, summary_path)
     train = load_flow(cfg.root, "training", "train")
     result = train(config=str(cfg.root / "mlcycle.yaml"), window_days=cfg.retraining.train_window_days)
     out: dict[str, Any] = {"trigger": trigger, "training": result, "approved_by": decision.who if decision else None}
@@ -82,7 +124,7 @@ def retrain(
     rollout_flow = load_flow(cfg.root, "rollout", "rollout_flow")
     canary = rollout_flow(config=str(cfg.root / "mlcycle.yaml"), wait_seconds=wait_seconds,
                           max_wait_seconds=max_wait_seconds)  # fmt: skip
-    return {**out, "outcome": f"v{canary['version']} {canary['outcome']}", "rollout": canary}
+    return {**out, "outcome": f"v{result['version']} {canary['outcome']}", "rollout": canary}
 
 
 if __name__ == "__main__":

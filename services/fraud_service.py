@@ -5,14 +5,28 @@ the prediction log live in ``mlcycle.serving``. Run it with
 ``bentoml serve services.fraud_service:FraudService`` from the project directory
 (``MLCYCLE_CONFIG`` names another project's config).
 
-Errors: a malformed body or a bad field is a 400 naming the field (BentoML's validation); a form or
-multipart body is a 415 (the APIs take JSON); a wrong API or admin token is 401; no champion yet,
-or the registry / online store unreachable, is a 503 whose body says which.
+Errors: a malformed body or a bad field is a 400 naming the field (BentoML's validation; numbers are
+strict: ``true`` or ``"120.5"`` for an amount is a 400, not 1.0 or 120.5); a form or multipart body
+is a 415 (the APIs take JSON); a wrong API or admin token is 401; no champion yet, or the registry /
+online store unreachable, is a 503 whose body names the dependency (the detail is in the log only).
+A client error is one WARNING line in the log, without a traceback (BentoML logs every 4xx as
+``[ERROR] Exception on …`` with one): tracebacks are for our bugs. ``mlcycle_errors_total`` counts
+every failed API request by reason. A category the feature definitions do not know is scored, and
+named in ``unknown_categories`` (and ``features_missing``) of the answer, and counted.
+
+Access: without ``MLCYCLE_API_KEY`` only loopback clients are served (``mlcycle serve`` binds
+127.0.0.1 and refuses a non-loopback ``--host`` without a key); with it, ``/predict``,
+``/predict_batch`` and ``/rollout/status`` need ``x-api-key``. ``/admin/*`` need ``x-admin-token``.
+Probes (``/livez``, ``/readyz``) and ``/metrics`` are open. The API docs are at ``/docs`` (also
+``/``): a self-contained page, no third-party script; the OpenAPI document is ``/docs.json``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import html
+import logging
 import math
 import os
 from datetime import datetime
@@ -20,13 +34,14 @@ from http import HTTPStatus
 from typing import Annotated, Literal
 
 import bentoml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from starlette.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.responses import HTMLResponse, JSONResponse
 
 import mlcycle  # noqa: F401  (telemetry off before the stack is imported)
 from mlcycle import registry, rollout
 from mlcycle.config import load_config
 from mlcycle.features.store import FeatureStoreUnavailable
+from mlcycle.service_process import is_loopback
 from mlcycle.serving import NotReady, Scorer
 
 MAX_BATCH = 1000
@@ -66,7 +81,20 @@ latency = bentoml.metrics.Histogram(
     labelnames=["endpoint"],
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
-errors = bentoml.metrics.Counter(name="mlcycle_errors", documentation="Failed requests", labelnames=["kind"])
+errors = bentoml.metrics.Counter(
+    name="mlcycle_errors", documentation="Failed API requests, by reason", labelnames=["reason"]
+)
+unknown_categories = bentoml.metrics.Counter(
+    name="mlcycle_unknown_categories",
+    documentation="Scored requests with a category the feature definitions do not know, per field",
+    labelnames=["field"],
+)
+# HTTP status of a failed API request → the reason label of mlcycle_errors_total.
+ERROR_REASONS = {
+    400: "validation", 401: "unauthorized", 403: "unauthorized", 413: "too_large", 415: "unsupported_media_type",
+    422: "validation", 503: "unavailable", 504: "timeout",
+}  # fmt: skip
+OTHER_CLIENT_ERROR, SERVER_ERROR = "client_error", "server_error"
 
 
 class Transaction(BaseModel):
@@ -74,12 +102,16 @@ class Transaction(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    transaction_id: Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX)] | None = Field(
+    # Numbers are strict (a JSON number, an integer for an id): lax parsing scored `true` as 1.0 and
+    # "120.5" as 120.5, hiding a client's bug behind a plausible score.
+    transaction_id: Annotated[int, Field(strict=True, ge=-INT64_MAX - 1, le=INT64_MAX)] | None = Field(
         None, description="The caller's id, logged with the prediction."
     )
     user_id: Annotated[int, Field(strict=True, gt=0, le=INT64_MAX)]
     merchant_id: Annotated[int, Field(strict=True, gt=0, le=INT64_MAX)]
-    amount: Annotated[float, Field(gt=0, lt=1_000_000, description="Positive, finite, below 1M.")]
+    amount: Annotated[
+        float, Field(strict=True, gt=0, lt=1_000_000, description="A JSON number: positive, finite, below 1M.")
+    ]
     country: Annotated[str, Field(pattern=r"^[A-Z]{2}$", description="ISO 3166 alpha-2 of the merchant.")]
     merchant_category: Annotated[str, Field(min_length=1, max_length=40)]
     channel: Literal["pos", "ecom", "contactless"] | None = None
@@ -99,6 +131,7 @@ class Prediction(BaseModel):
     model_version: str | None = None
     variant: str | None = None
     features_missing: list[str] = []
+    unknown_categories: list[str] = Field([], description="Request fields whose value the features do not know.")
     request_id: str | None = None
     error: str | None = None
 
@@ -136,18 +169,143 @@ class JsonBodiesOnly:
         await self.app(scope, receive, send)
 
 
+class CountErrors:
+    """ASGI middleware: every failed request to an API route counts in ``mlcycle_errors_total`` by
+    reason. Counted at the edge, from the status sent, because BentoML answers validation errors
+    (400) and token errors (401) before the API function runs, and the 415 above never reaches it."""
+
+    def __init__(self, app, routes: frozenset[str]) -> None:
+        self.app, self.routes = app, routes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.routes:
+            await self.app(scope, receive, send)
+            return
+        status = 0
+
+        async def watch(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:
+            errors.labels(reason=SERVER_ERROR).inc()
+            raise
+        if status >= 400:
+            errors.labels(reason=error_reason(status)).inc()
+
+
+def error_reason(status: int) -> str:
+    return ERROR_REASONS.get(status, OTHER_CLIENT_ERROR if status < 500 else SERVER_ERROR)
+
+
+class DocsPage:
+    """ASGI middleware: ``GET /docs`` (and ``/``, where BentoML's stock page loads Google Tag
+    Manager and Swagger UI) answer a self-contained page listing the endpoints, linking the raw
+    OpenAPI document BentoML serves at ``/docs.json``. No script, no third-party request."""
+
+    PATHS = ("/", "/docs", "/docs/")
+
+    def __init__(self, app, page: str) -> None:
+        self.app, self.page = app, page
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and scope["path"] in self.PATHS:
+            await HTMLResponse(self.page)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def docs_page(apis: dict) -> str:
+    """The endpoint list, from the service's own API definitions (routes and docstrings)."""
+    rows = "".join(
+        f"<tr><td>POST</td><td><code>{html.escape(m.route)}</code></td>"
+        f"<td>{html.escape((m.doc or '').strip().splitlines()[0] if m.doc else '')}</td></tr>"
+        for m in sorted(apis.values(), key=lambda m: m.route)
+    )
+    probes = (
+        ("/livez", "alive"),
+        ("/readyz", "200 once a champion and the feature store are loaded"),
+        ("/metrics", "Prometheus metrics"),
+        ("/docs.json", "OpenAPI document (request and answer schemas)"),
+    )
+    rows += "".join(f"<tr><td>GET</td><td><code>{p}</code></td><td>{d}</td></tr>" for p, d in probes)
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>fraud scoring service</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td{padding:.2em 1em;border-bottom:1px solid #ddd}</style>"
+        "</head><body><h1>fraud scoring service</h1>"
+        "<p>Request bodies are JSON; the schemas are in the <a href='/docs.json'>OpenAPI document</a>. "
+        "<code>/predict</code>, <code>/predict_batch</code> and <code>/rollout/status</code> need the "
+        "<code>x-api-key</code> header when <code>MLCYCLE_API_KEY</code> is set; <code>/admin/*</code> need "
+        "<code>x-admin-token</code>.</p><table>" + rows + "</table></body></html>"
+    )
+
+
+class ClientErrorsOneLine(logging.Filter):
+    """BentoML logs every rejected request as ``[ERROR] Exception on /predict [POST]`` with a full
+    traceback (264 tracebacks for 264 bad requests buried the one real failure). A client error —
+    a validation error, or one of BentoML's exceptions with a 4xx code — becomes one WARNING line
+    naming the fields at fault (never their values); anything else keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ValidationError):
+            status = 400
+            where = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+        elif isinstance(exc, bentoml.exceptions.BentoMLException) and exc.error_code.value < 500:
+            status, where = exc.error_code.value, str(exc)
+        else:
+            return True
+        path = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        record.msg, record.args = "client error %d on %s (%s): %s", (status, path, error_reason(status), where[:500])
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        return True
+
+
+def install_log_filter() -> None:
+    """On BentoML's HTTP app logger, once per process (the worker configures logging first)."""
+    logger = logging.getLogger("bentoml._internal.server.http_app")
+    if not any(isinstance(f, ClientErrorsOneLine) for f in logger.filters):
+        logger.addFilter(ClientErrorsOneLine())
+
+
 def _token_ok(ctx: bentoml.Context, variable: str, header: str) -> bool:
     """Constant-time check of a token from the environment; no variable set means not required."""
     expected = os.environ.get(variable)
     if not expected:
         return True
     given = ctx.request.headers.get(header, "")
-    return hmac.compare_digest(given.encode(), expected.encode())
+    # Digests of equal length: compare_digest leaks the length of its inputs otherwise.
+    return hmac.compare_digest(hashlib.sha256(given.encode()).digest(), hashlib.sha256(expected.encode()).digest())
+
+
+def _caller_ok(ctx: bentoml.Context) -> bool:
+    """The API key's check. Without ``MLCYCLE_API_KEY`` only loopback clients are served: a
+    service started some other way than ``mlcycle serve`` (``bentoml serve``'s default host is
+    0.0.0.0, a container's too) must not answer the network without a key."""
+    if not os.environ.get("MLCYCLE_API_KEY"):
+        client = ctx.request.client
+        return client is not None and is_loopback(client.host)
+    return _token_ok(ctx, "MLCYCLE_API_KEY", "x-api-key")
+
+
+def _require_caller(ctx: bentoml.Context) -> None:
+    if not _caller_ok(ctx):
+        if not os.environ.get("MLCYCLE_API_KEY"):
+            raise Unauthorized("no MLCYCLE_API_KEY set: only loopback clients are served")
+        raise Unauthorized("missing or wrong x-api-key")
 
 
 @bentoml.service(name="fraud", traffic={"timeout": 30}, workers=1)
 class FraudService:
     def __init__(self) -> None:
+        install_log_filter()
+        for reason in {*ERROR_REASONS.values(), OTHER_CLIENT_ERROR, SERVER_ERROR}:
+            errors.labels(reason=reason)  # every reason listed from the start, at 0
         self.cfg = load_config(os.environ.get("MLCYCLE_CONFIG"))
         self.scorer = Scorer(self.cfg, refresh_seconds=float(os.environ.get("MLCYCLE_REFRESH_SECONDS", "2")))
         self.scorer.load()
@@ -158,19 +316,18 @@ class FraudService:
         return self.scorer.ready
 
     def _score(self, transactions: list[Transaction], ctx: bentoml.Context, endpoint: str) -> list[Prediction]:
-        if not _token_ok(ctx, "MLCYCLE_API_KEY", "x-api-key"):
-            errors.labels(kind="auth").inc()
-            raise Unauthorized("missing or wrong x-api-key")
+        _require_caller(ctx)
         with latency.labels(endpoint=endpoint).time():
             try:
                 results = self.scorer.score([t.model_dump() for t in transactions])
-            except (NotReady, FeatureStoreUnavailable) as exc:
-                errors.labels(kind="unavailable").inc()
+            except (NotReady, FeatureStoreUnavailable) as exc:  # a short reason; the detail is logged
                 ctx.response.status_code = 503
                 return [Prediction(error=f"service unavailable: {exc}")]
         for r in results:
             predictions.labels(variant=r.variant, model_version=r.model_version).inc()
             scores.labels(variant=r.variant).observe(r.score)
+            for name in r.unknown_categories:
+                unknown_categories.labels(field=name).inc()
         return [Prediction(**r.__dict__) for r in results]
 
     @bentoml.api(route="/predict")
@@ -187,12 +344,15 @@ class FraudService:
         return self._score(transactions, ctx, "predict_batch")
 
     @bentoml.api(route="/rollout/status")
-    def rollout_status(self) -> dict:
-        """What serves now: aliases with their versions and the traffic policy."""
+    def rollout_status(self, ctx: bentoml.Context) -> dict:
+        """What serves now: aliases with their versions and the traffic policy (API key or admin token)."""
+        admin = bool(os.environ.get("MLCYCLE_ADMIN_TOKEN")) and _token_ok(ctx, "MLCYCLE_ADMIN_TOKEN", "x-admin-token")
+        if not admin:
+            _require_caller(ctx)
         self.scorer.refresh()
         return {
             "ready": self.scorer.ready,
-            "not_ready_reason": self.scorer.not_ready_reason,
+            "not_ready_reason": self.scorer.unavailable,
             "models": {alias: slot.version for alias, slot in self.scorer.slots.items()},
             "policy": self.scorer.policy.model_dump(mode="json"),
         }
@@ -222,9 +382,16 @@ class FraudService:
         self._admin(ctx)
         client = registry.client_for(self.cfg)
         log = registry.PromotionLog(self.cfg.promotion_log_uri)
-        events = rollout.rollback(client, log, self.cfg.model.name, reason, who="api:admin")
+        try:
+            events = rollout.rollback(client, log, self.cfg.model.name, reason, who="api:admin")
+        except rollout.NothingToRollBack as exc:  # nothing changed: a conflict with the state, not our bug
+            ctx.response.status_code = 409
+            return {"moves": [], "error": str(exc)}
         self.scorer.refresh(force=True)
         return {"moves": [f"{e.alias}: {e.from_version} -> {e.to_version}" for e in events]}
 
 
+# The first added is the outermost: errors are counted after every other middleware answered.
+FraudService.add_asgi_middleware(CountErrors, routes=frozenset(m.route for m in FraudService.apis.values()))
+FraudService.add_asgi_middleware(DocsPage, page=docs_page(FraudService.apis))
 FraudService.add_asgi_middleware(JsonBodiesOnly)

@@ -12,10 +12,10 @@ import pytest
 from scipy import stats
 
 from mlcycle import monitoring
-from mlcycle.canary import psi
 from mlcycle.config import DataSpec, DriftSpec, MonitoringSpec
 from mlcycle.data import generate
 from mlcycle.monitoring import ReferenceStats, feature_drift, prediction_drift, reference_stats
+from mlcycle.stats import mean_ratio_ci
 
 SPEC = MonitoringSpec()
 NUMERIC, CATEGORICAL = ["amount"], ["merchant_category", "channel", "country"]
@@ -55,7 +55,7 @@ def test_new_category_and_missing_rate_are_named() -> None:
 
 def test_statistics_match_independent_computations() -> None:
     rng = np.random.default_rng(0)
-    ref, cur = rng.lognormal(3, 1, 20000), rng.lognormal(3.1, 1, 8000)
+    ref, cur = rng.lognormal(3, 1, 20000), rng.lognormal(3.5, 1, 8000)
     frame_ref, frame_cur = pd.DataFrame({"amount": ref}), pd.DataFrame({"amount": cur})
     d = feature_drift(reference_stats(frame_ref, ["amount"], []), frame_cur, SPEC)[0]
     # KS: the largest distance between the two empirical CDFs, computed by hand.
@@ -63,23 +63,89 @@ def test_statistics_match_independent_computations() -> None:
     ecdf = lambda x: np.searchsorted(np.sort(x), grid, side="right") / len(x)  # noqa: E731
     assert d.statistic == pytest.approx(np.max(np.abs(ecdf(ref) - ecdf(cur))))
     assert d.wasserstein == pytest.approx(stats.wasserstein_distance(ref, cur))
-    # PSI on the reference deciles, by hand (add-half smoothing as documented).
-    edges = np.quantile(ref, np.linspace(0, 1, 11))
-    edges[0], edges[-1] = -np.inf, np.inf
-    e = (np.histogram(ref, edges)[0] + 0.5) / (len(ref) + 5)
-    a = (np.histogram(cur, edges)[0] + 0.5) / (len(cur) + 5)
-    assert d.psi == pytest.approx(np.sum((a - e) * np.log(a / e)))
-    assert psi(ref, ref) == pytest.approx(0.0, abs=1e-9)
+    # PSI against the population value: log-amounts shift by 0.5 sd, so the current share of the
+    # reference decile (q_i-1, q_i] is Φ(q_i − 0.5) − Φ(q_i-1 − 0.5); PSI of those shares vs 0.1 each
+    # is 0.2377, plus a sampling bias of 9 (1/20000 + 1/8000) = 0.0016 (sample sd 0.014).
+    q = stats.norm.ppf(np.linspace(0, 1, 11))
+    shares = np.diff(stats.norm.cdf(q - 0.5))
+    population = float(np.sum((shares - 0.1) * np.log(shares / 0.1)))
+    assert population == pytest.approx(0.2377, abs=1e-4)
+    assert d.psi == pytest.approx(population + 0.0016, abs=0.04)
+    assert any(r.startswith("PSI") for r in d.reasons)
 
 
-def test_chi_squared_matches_a_hand_computation() -> None:
+def test_a_binary_numeric_feature_drifts_on_psi() -> None:
+    """Issue 10 item 1: a 0/1 feature from 7% to 90% ones had PSI 0.0 (logged to MLflow as such).
+    By hand: 0.83 ln(0.9/0.07) + 0.83 ln(0.93/0.1) = 3.97."""
+    reference = pd.DataFrame({"flag": np.repeat([1.0, 0.0], [1_400, 18_600])})
+    current = pd.DataFrame({"flag": np.repeat([1.0, 0.0], [4_500, 500])})
+    d = feature_drift(reference_stats(reference, ["flag"], []), current, SPEC)[0]
+    assert d.psi == pytest.approx(3.97, abs=0.01)
+    assert any(r.startswith("PSI 3.9") for r in d.reasons)
+
+
+def test_categorical_p_value_is_the_two_sample_test_on_counts() -> None:
+    """Issue 10 item 11: the reference is a sample too. The p-value is SciPy's chi-squared test of
+    homogeneity on the 2 x 3 table of counts (the old goodness-of-fit against the reference shares
+    gave 25.0 / p=3.7e-6 here, as if the 1,000 reference rows were the population)."""
     ref = pd.DataFrame({"c": ["a"] * 600 + ["b"] * 300 + ["c"] * 100})
     cur = pd.DataFrame({"c": ["a"] * 250 + ["b"] * 200 + ["c"] * 50})
     d = feature_drift(reference_stats(ref, [], ["c"]), cur, SPEC)[0]
-    observed = np.array([250, 200, 50])
-    expected = np.array([0.6, 0.3, 0.1]) * 500
-    assert d.statistic == pytest.approx(np.sum((observed - expected) ** 2 / expected))
-    assert d.pvalue == pytest.approx(stats.chi2.sf(d.statistic, df=2))
+    expected = stats.chi2_contingency(np.array([[600, 300, 100], [250, 200, 50]]), correction=False)
+    assert d.statistic == pytest.approx(expected.statistic)
+    assert d.pvalue == pytest.approx(expected.pvalue)
+    assert d.tvd == pytest.approx(0.1)  # ½ (0.1 + 0.1 + 0)
+
+
+def test_a_significant_categorical_shift_below_the_psi_band_is_flagged() -> None:
+    """Issue 10 item 11: the verdict used PSI alone, so a shift just under PSI 0.2 with an overwhelming
+    p-value was missed. 50/30/20 → 30.5/49.5/20 (10,000 vs 3,000 rows): by hand PSI
+    0.195 ln(0.5/0.305) + 0.195 ln(0.495/0.3) = 0.194, p ≈ 8e-98, and 19.5% of rows changed category."""
+    ref = pd.DataFrame({"c": ["a"] * 5000 + ["b"] * 3000 + ["c"] * 2000})
+    cur = pd.DataFrame({"c": ["a"] * 915 + ["b"] * 1485 + ["c"] * 600})
+    d = feature_drift(reference_stats(ref, [], ["c"]), cur, SPEC)[0]
+    assert d.psi == pytest.approx(0.194, abs=0.002) and d.psi < SPEC.psi_drift
+    table = np.array([[5000, 3000, 2000], [915, 1485, 600]])
+    expected = stats.chi2_contingency(table, correction=False).pvalue
+    assert d.pvalue == pytest.approx(expected, rel=1e-6, abs=0)  # a tiny p-value: compare relatively
+    assert d.pvalue < 1e-90
+    assert d.drifted and any("19.5% of rows changed category" in r for r in d.reasons)
+    # The same shares on 30 rows: the shift is not significant, and not flagged.
+    small = pd.DataFrame({"c": ["a"] * 9 + ["b"] * 15 + ["c"] * 6})
+    assert not feature_drift(reference_stats(ref, [], ["c"]), small, SPEC)[0].drifted
+
+
+def score_mixture(rng: np.random.Generator, shape: int | tuple[int, int], positives: float = 0.02) -> np.ndarray:
+    """Scores of a model on traffic with ``positives`` share of positives: most near 0, a few high."""
+    high = rng.random(shape) < positives
+    return np.where(high, rng.beta(4, 2, shape), rng.beta(1, 40, shape))
+
+
+def test_mean_change_alert_is_not_fired_by_sampling_noise() -> None:
+    """Issue 10 item 7: on a 2%-positive score mixture, windows of 500 scores without any drift moved the
+    mean by more than 10% about half the time (40% with this mixture). The alert needs the whole 95%
+    interval beyond the bound: simulated, it fires in at most 5% of no-drift windows."""
+    rng = np.random.default_rng(2026)
+    reference = score_mixture(rng, 20_000)
+    windows = score_mixture(rng, (2000, 500))
+    # 2,000 windows at once, with the interval prediction_drift uses: beyond ±10% in at most 5%.
+    _, low, high = mean_ratio_ci(reference, windows)
+    assert np.mean((low > SPEC.score_mean_change) | (high < -SPEC.score_mean_change)) <= 0.05
+    # prediction_drift itself on 300 of them (KS and PSI make it ~4 ms a window).
+    results = [prediction_drift(reference, w, SPEC) for w in windows[:300]]
+    assert sum(r.alert for r in results) <= 15  # 5%
+    assert sum(abs(r.mean_change) > SPEC.score_mean_change for r in results) > 60  # the point estimate would
+
+
+def test_a_real_mean_shift_is_still_caught_and_its_interval_shown() -> None:
+    """Twice the share of high scores (2% → 4%: the mean rises ~35%) in windows of 5,000: caught every time."""
+    rng = np.random.default_rng(7)
+    reference = score_mixture(rng, 20_000)
+    results = [prediction_drift(reference, score_mixture(rng, 5000, positives=0.04), SPEC) for _ in range(50)]
+    assert all(r.alert for r in results)
+    r = results[0]
+    assert r.mean_change_low > SPEC.score_mean_change and r.mean_change_low < r.mean_change < r.mean_change_high
+    assert any(f"(95% CI {r.mean_change_low:+.1%} … {r.mean_change_high:+.1%})" in x for x in r.reasons)
 
 
 def test_prediction_drift_alerts_on_a_mean_shift_above_ten_percent() -> None:
@@ -88,6 +154,7 @@ def test_prediction_drift_alerts_on_a_mean_shift_above_ten_percent() -> None:
     assert not prediction_drift(ref, rng.beta(0.5, 10, 5000), SPEC).alert
     shifted = prediction_drift(ref, rng.beta(0.5, 10, 5000) * 1.25, SPEC)
     assert shifted.alert and shifted.mean_change == pytest.approx(0.25, abs=0.05)
+    assert shifted.mean_change_low > SPEC.score_mean_change
 
 
 def test_reference_stats_round_trip(tmp_path: Path) -> None:
@@ -128,9 +195,10 @@ def test_decay_scores_only_matured_windows_on_the_labels_known_then() -> None:
     for w in matured[-3:]:
         rows = predictions[(predictions["predicted_at"] >= w.start) & (predictions["predicted_at"] < w.end)]
         labels = transactions.set_index("transaction_id").loc[rows["transaction_id"]]
-        known = (labels["label_available_at"] <= as_of).to_numpy() & labels["is_fraud"].to_numpy().astype(bool)
-        assert w.roc_auc == pytest.approx(roc_auc_score(known, rows["score"]))
-        assert w.positives == known.sum()
+        arrived = (labels["label_available_at"] <= as_of).to_numpy()  # a row counts once its own label is in
+        y = labels["is_fraud"].to_numpy().astype(bool)[arrived]
+        assert w.roc_auc == pytest.approx(roc_auc_score(y, rows["score"].to_numpy()[arrived]))
+        assert w.positives == y.sum() and w.unlabelled == (~arrived).sum()
 
 
 def test_decay_alerts_on_a_worse_model_and_not_on_an_unchanged_one() -> None:

@@ -22,6 +22,7 @@ T0 = pd.Timestamp("2026-03-01 12:00:00", tz="UTC")
 US = pd.Timedelta(microseconds=1)
 USER_TTL = timedelta(days=30)
 MERCHANT_TTL = timedelta(days=2)
+TIE_AT = T0 + pd.Timedelta(days=1)
 
 
 def user_row(user_id: int, ts: pd.Timestamp, count_1h: int) -> dict:
@@ -41,6 +42,8 @@ def store(tmp_path_factory: pytest.TempPathFactory):
             user_row(1, T0 + US, 1),  # state after user 1's transaction at T0
             user_row(1, T0 + pd.Timedelta(hours=2), 2),
             user_row(2, T0 - pd.Timedelta(days=40), 5),  # older than the 30-day TTL at T0
+            # Two rows of user 7 at one timestamp and no created timestamp: the one written last wins.
+            *[user_row(7, TIE_AT, n) for n in (5, 6, 7, 8)],
         ]
     )
     int_cols = [c for c in USER_STATS_FEATURES if c.startswith(("txn_count", "distinct")) or c == "last_txn_unix"]
@@ -89,6 +92,7 @@ CASES = [
     ("merchant snapshot expired", 1, 10, T0.normalize() + pd.Timedelta(days=3, hours=1), 2, None),
     ("unknown merchant", 1, 99, T0 + pd.Timedelta(hours=3), 2, None),
     ("duplicate of an earlier row", 1, 10, T0 + pd.Timedelta(hours=1), 1, 100),
+    ("tie at one timestamp, no created timestamp", 7, 10, TIE_AT + pd.Timedelta(hours=1), 8, 200),
 ]
 
 
@@ -158,3 +162,13 @@ def test_entity_timestamps_in_any_zone_or_unit_mean_the_same_instant(store) -> N
         ).assign(merchant_category="grocery", channel="pos", request_unix=int(instant.timestamp()))
         out = training_set(store, entity, "fraud_model_v1")
         assert out["txn_count_1h"].iloc[0] == 1, name
+
+
+def test_a_tie_without_a_created_timestamp_is_won_online_by_the_same_row_as_offline(store) -> None:
+    """Materialization picks the latest row per entity with the same tie rule as the training join:
+    the row written last (here the fourth of four at one instant), so serving sees what training saw."""
+    window = {"start_date": (TIE_AT - pd.Timedelta(days=1)).to_pydatetime(),
+              "end_date": (TIE_AT + pd.Timedelta(hours=1)).to_pydatetime()}  # fmt: skip
+    store.materialize(**window, feature_views=["user_txn_stats"])
+    online = store.get_online_features(features=["user_txn_stats:txn_count_1h"], entity_rows=[{"user_id": 7}])
+    assert online.to_dict()["txn_count_1h"] == [8]

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import numpy as np
 import pandas as pd
+import pytest
+from pydantic import ValidationError
 
+from mlcycle import model_card
 from mlcycle.config import GatesSpec, QualitySpec
-from mlcycle.evaluation import evaluate
+from mlcycle.decisions import CheckResult, Verdict
+from mlcycle.evaluation import EvaluationReport, Metrics, evaluate
 from mlcycle.gates import run_gates
 from mlcycle.validation import check_training_set
 
@@ -92,3 +98,99 @@ def test_latency_gate_reads_the_measured_p99() -> None:
     assert [c.name for c in run_gates(report, spec).failed] == ["max_p99_latency_ms"]
     report.latency_ms = {}
     assert "max_p99_latency_ms" in [c.name for c in run_gates(report, spec).failed]  # unmeasured fails
+
+
+# --- fairness: every pair of groups, three outcomes ------------------------------------------------
+
+
+def groups_report(groups: dict[str, tuple[float, int]]) -> EvaluationReport:
+    """A report whose ``age_band`` slices have the given (TPR, positives); overall metrics pass."""
+
+    def m(n: int, positives: int, recall: float | None) -> Metrics:
+        return Metrics(n, positives, 0.95, 0.8, 0.99, 0.5, recall, 0.6, 0.01, 0.01)
+
+    slices = {g: m(positives * 20, positives, tpr) for g, (tpr, positives) in groups.items()}
+    return EvaluationReport(0.5, m(100_000, 2_000, 0.7), {"age_band": slices}, {"p99": 1.0})
+
+
+def fairness(groups: dict[str, tuple[float, int]], **spec) -> CheckResult:
+    verdict = run_gates(groups_report(groups), GatesSpec(**spec))
+    return next(c for c in verdict.checks if c.name.startswith("fairness"))
+
+
+def test_fairness_judges_every_pair_of_three_groups() -> None:
+    """Issue 10 item 2: A=0.80 (n=30), B=0.78 (n=5000), C=0.55 (n=5000) passed a 0.15 limit because
+    only best (A) vs worst (C) was bounded. B−C: 0.23, and its 95% Newcombe interval, Bonferroni-
+    adjusted for 3 pairs, starts at 0.208 (statsmodels confint_proportions_2indep, alpha 0.05/3)."""
+    check = fairness({"A": (0.80, 30), "B": (0.78, 5000), "C": (0.55, 5000)})
+    assert check.status == "fail"
+    assert check.evidence["pair"] == ["B", "C"]
+    assert check.value == pytest.approx(0.23)
+    assert check.evidence["ci_low"] == pytest.approx(0.2079, abs=1e-4)
+
+
+def test_fairness_gap_the_data_cannot_bound_is_not_measurable_never_a_silent_pass() -> None:
+    """Issue 10 item 8: 0.85 vs 0.50 TPR on 30 positives each: the gap's interval (0.11 … 0.54)
+    straddles 0.15, so the gate cannot pass it; the config says whether that blocks or warns."""
+    groups = {"A": (0.85, 30), "B": (0.50, 30)}
+    warned = run_gates(groups_report(groups), GatesSpec(when_unmeasurable={"fairness": "warn"}))
+    check = next(c for c in warned.checks if c.name.startswith("fairness"))
+    assert check.status == "not_measurable" and check.mark == "WARN"
+    assert warned.passed and [c.name for c in warned.warnings] == [check.name]
+    blocked = run_gates(groups_report(groups), GatesSpec(when_unmeasurable={"fairness": "block"}))
+    assert not blocked.passed and blocked.state == "not_measurable"
+    assert [c.name for c in blocked.undecided] == [check.name] and not blocked.measured_failures
+
+
+def test_fairness_passes_only_when_every_gap_is_confidently_within_the_limit() -> None:
+    check = fairness({"A": (0.70, 5000), "B": (0.72, 5000), "C": (0.71, 4000)})
+    assert check.status == "pass"
+    assert check.evidence["ci_high"] < 0.15
+    # A small fourth group makes one pair's upper bound cross the limit: no longer a pass.
+    assert fairness({"A": (0.70, 5000), "B": (0.72, 5000), "C": (0.71, 4000), "D": (0.70, 30)}).status == (
+        "not_measurable"
+    )
+
+
+def test_fairness_lower_bounds_are_adjusted_for_the_number_of_pairs() -> None:
+    """0.75 vs 0.52 on 400 positives each: the 95% interval of the gap starts at 0.164 (> 0.15: a fail
+    with two groups), but at 0.131 when adjusted for the 15 pairs of six groups (statsmodels newcomb,
+    alpha 0.05 and 0.05/15). With four more groups in between, the gap is not shown above the limit."""
+    two = {"X": (0.75, 400), "Y": (0.52, 400)}
+    assert fairness(two).status == "fail"
+    six = {**two, **{f"M{i}": (0.64, 400) for i in range(4)}}
+    check = fairness(six)
+    assert check.status == "not_measurable"
+    assert len(check.evidence["pairs"]) == 15
+    assert check.evidence["pairs"]["X vs Y"]["low"] == pytest.approx(0.1306, abs=1e-4)
+
+
+def test_fairness_with_too_few_supported_groups_follows_the_policy() -> None:
+    check = fairness({"A": (0.8, 10), "B": (0.5, 10)}, when_unmeasurable={"fairness": "block"})
+    assert check.status == "not_measurable" and not check.passed
+    assert check.evidence["skipped"] == ["A", "B"]
+
+
+def test_unknown_gate_in_the_policy_is_a_config_error() -> None:
+    with pytest.raises(ValidationError, match="fairnes"):
+        GatesSpec(when_unmeasurable={"fairnes": "warn"})
+    assert GatesSpec(when_unmeasurable={"min_roc_auc": "warn"}).on_unmeasurable("fairness") == "warn"  # default kept
+
+
+def test_model_card_states_warnings_and_only_the_alias_given_at_registration() -> None:
+    """Warned gates are listed in the card; the card, written once, no longer claims current aliases
+    (v2's card said "Aliases: challenger" after v2 became champion)."""
+    report = groups_report({"A": (0.85, 30), "B": (0.50, 30)})
+    gates = run_gates(report, GatesSpec())
+    assert [c.name for c in gates.warnings] == ["fairness_tpr_gap"]
+    card = model_card.CardInput(
+        "m", "2", "run", "svc", ["x"], {}, "hash", "commit", "lock", {}, report, None, gates, Verdict("q", ()),
+        aliases=["challenger"], registered_at=datetime(2026, 1, 2, 3, 4, tzinfo=UTC),
+    )  # fmt: skip
+    text = model_card.render_markdown(card)
+    assert "gates **passed with warnings** (fairness_tpr_gap)" in text
+    warnings = text.split("## Warnings", 1)[1].split("##", 1)[0]
+    assert "fairness_tpr_gap" in warnings and "straddles the bound 0.15" in warnings
+    assert "Aliases: challenger" not in text
+    assert "Registered with `challenger` on 2026-01-02 03:04 UTC" in text
+    assert "current ones are in the MLflow registry" in text

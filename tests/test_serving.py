@@ -493,3 +493,109 @@ def test_online_store_unreachable_is_a_503_that_says_so_and_recovers(served) -> 
     finally:
         rename_tables("_offline", "")
     assert client.post("/predict", json=body(row)).status_code == 200
+
+
+# ----------------------------------------------------------------------------- found by trying it as a new user would
+def metric_total(client: httpx.Client, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include ``labels`` (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("amount", True), ("amount", "120.5"), ("amount", "1e3"), ("transaction_id", "7"), ("transaction_id", True),
+     ("transaction_id", 7.0)],
+)  # fmt: skip
+def test_a_boolean_or_a_string_for_a_number_is_a_400_naming_the_field(served, field: str, value) -> None:
+    """Lax parsing scored `"amount": true` as 1.0 and `"amount": "120.5"` as 120.5."""
+    _, client, _ = served
+    r = client.post("/predict", json={"transaction": {**GOOD, field: value}})
+    assert r.status_code == 400, r.text
+    assert ["transaction", field] in [loc[:2] for loc in error_locs(r)], r.text
+
+
+def test_an_integer_amount_is_still_a_number(served) -> None:
+    _, client, _ = served
+    r = client.post("/predict", json={"transaction": {**GOOD, "amount": 120, "transaction_id": 7}})
+    assert r.status_code == 200, r.text
+    check_score(r.json())
+
+
+def test_an_unknown_category_is_reported_and_counted_never_scored_silently(served) -> None:
+    _, client, _ = served
+    strange = ["NaN", "Infinity", "\u0000", "Grocery", "groceries"]  # the generator's category is "grocery"
+    before = metric_total(client, "mlcycle_unknown_categories_total", field="merchant_category")
+    for value in strange:
+        r = client.post("/predict", json={"transaction": {**GOOD, "merchant_category": value}})
+        assert r.status_code == 200, r.text
+        check_score(r.json())
+        assert r.json()["unknown_categories"] == ["merchant_category"], (value, r.text)
+        assert "merchant_category_code" in r.json()["features_missing"], (value, r.text)
+    known = client.post("/predict", json={"transaction": GOOD}).json()
+    assert known["unknown_categories"] == [] and "merchant_category_code" not in known["features_missing"]
+    after = metric_total(client, "mlcycle_unknown_categories_total", field="merchant_category")
+    assert after - before == len(strange)
+
+
+def test_a_client_error_is_one_log_line_without_traceback_and_is_counted(served) -> None:
+    cfg, client, _ = served
+    log_path = cfg.data_path / "service.log"
+    before = metric_total(client, "mlcycle_errors_total", reason="validation")
+    offset = log_path.stat().st_size
+    bad = [{"transaction": {**GOOD, "amount": True}}, {"transaction": {**GOOD, "country": "usa"}}, {}]
+    for payload in bad:
+        assert client.post("/predict", json=payload).status_code == 400
+    assert client.post("/predict_batch", json={"transactions": []}).status_code == 400
+    assert metric_total(client, "mlcycle_errors_total", reason="validation") - before == len(bad) + 1
+
+    def new_lines() -> list[str]:
+        return log_path.read_bytes()[offset:].decode(errors="replace").splitlines()
+
+    deadline = time.monotonic() + 30  # the worker's output reaches the file when it is flushed
+    while sum("client error 400" in line for line in new_lines()) < len(bad) + 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    lines = new_lines()
+    client_errors = [line for line in lines if "client error 400" in line]
+    assert len(client_errors) == len(bad) + 1, "\n".join(lines[-40:])
+    assert all("WARNING" in line and "validation" in line for line in client_errors), client_errors
+    assert not [line for line in lines if "Traceback" in line or "Exception on /predict" in line], "\n".join(lines)
+
+
+def test_every_error_reason_is_listed_in_metrics(served) -> None:
+    """The README lists mlcycle_errors_total; it was never exported."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, client, _ = served
+    listed = {
+        sample.labels.get("reason")
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        for sample in family.samples
+        if sample.name == "mlcycle_errors_total"
+    }
+    assert {"validation", "unauthorized", "unavailable", "server_error"} <= listed, listed
+
+
+def test_docs_are_at_docs_without_third_party_scripts(served) -> None:
+    _, client, _ = served
+    for path in ("/docs", "/"):
+        r = client.get(path)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html"), (path, r.text[:200])
+        page = r.text.lower()
+        assert "<script" not in page and "googletagmanager" not in page and "http" not in page, path
+        assert all(route in r.text for route in ("/predict", "/predict_batch", "/rollout/status", "/docs.json"))
+    spec = client.get("/docs.json")
+    assert spec.status_code == 200 and "/predict" in spec.json()["paths"]
+
+
+def test_loopback_callers_read_the_rollout_status_without_a_key(served) -> None:
+    """No MLCYCLE_API_KEY here: loopback callers are served (the guarded service is in test_service_faults.py)."""
+    _, client, _ = served
+    r = client.post("/rollout/status")
+    assert r.status_code == 200 and r.json()["models"]["champion"], r.text

@@ -1,15 +1,18 @@
 """Automated canary analysis: is the challenger at least as safe as the champion on live traffic?
 
-Read from the prediction log, per variant: error rate, p99 latency, the score distribution (PSI
-of the challenger's scores against the champion's), and — for requests whose labels have matured
-— ROC-AUC and precision. A guard that trips stops the canary; a comparison without enough data is
-reported as "not measurable yet" instead of passing or failing on noise.
+Read from the prediction log, per variant and bound to the two versions the canary started with:
+error rate, p99 latency, the score distribution (PSI of the challenger's scores against the
+champion's), in shadow mode the paired agreement of the two models on the same requests, and — for
+requests whose labels have matured — ROC-AUC and precision. A guard that trips stops the canary; a
+comparison the data cannot decide is "not measurable yet", and the config says per check whether
+that waits, blocks, or is accepted with a warning in the report — never a silent pass.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
@@ -17,55 +20,103 @@ from scipy import stats
 from sklearn.metrics import precision_score, roc_auc_score
 
 from mlcycle.config import CanarySpec
-from mlcycle.decisions import CheckResult, Verdict, at_least, at_most
+from mlcycle.decisions import CheckResult, Verdict, at_least, at_most, interval_check, not_measurable
+from mlcycle.stats import PSI_BINS, auc_se, psi, wilson_interval  # defined in mlcycle.stats; importable from here too
 
-PSI_BINS = 10
 Z95 = 1.959964
 
 
-def auc_se(auc: float, positives: int, negatives: int) -> float:
-    """Standard error of a ROC-AUC (Hanley & McNeil, 1982)."""
-    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
-    var = (auc * (1 - auc) + (positives - 1) * (q1 - auc**2) + (negatives - 1) * (q2 - auc**2)) / (
-        positives * negatives
+# Column of the prediction log that names the scored event: labels are joined on it.
+EVENT_KEY = "transaction_id"
+LABEL = "label"  # the column attach_labels adds: 1/0 where the label has matured, else NaN
+MATURES_AT = "label_matures_at"
+
+
+def attach_labels(
+    predictions: pd.DataFrame,
+    events: pd.DataFrame,
+    as_of: pd.Timestamp | datetime,
+    maturity_days: float,
+    label: str,
+    *,
+    key: str = EVENT_KEY,
+    event_time: str = "event_timestamp",
+    available_at: str = "label_available_at",
+) -> pd.DataFrame:
+    """Predictions with a ``label`` column where the label has matured by ``as_of``, NaN elsewhere.
+
+    A label judges a prediction only when it is final: the label window (``maturity_days``) has
+    passed since the event *and* since the request (a replayed old event is scored with today's
+    features; its label says nothing about a canary until a window after the request), and the
+    event's own label has arrived (a late positive is not a negative). Labels taken as soon as
+    they arrive would be the early positives only — a quality check on them measures the delay,
+    not the model. ``label_matures_at`` says when each row's label will count."""
+    out = predictions.copy()
+    known = events[[key, label, event_time, available_at]].rename(
+        columns={label: "_label", event_time: "_event_at", available_at: "_available_at"}
     )
-    return math.sqrt(max(var, 0.0))
+    out = out.merge(known, on=key, how="left")
+    as_of = pd.Timestamp(as_of)
+    as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of
+    requested = pd.to_datetime(out["request_unix"], unit="s", utc=True) if "request_unix" in out else None
+    logged = pd.to_datetime(out["logged_at"], utc=True) if "logged_at" in out else None
+    started = requested if requested is not None else logged
+    if started is None:
+        raise ValueError("predictions need request_unix or logged_at to know when a label matures")
+    if logged is not None:
+        started = started.fillna(logged)
+    event_at = pd.to_datetime(out["_event_at"], utc=True)
+    window = pd.Timedelta(days=maturity_days)
+    out[MATURES_AT] = pd.concat([event_at, started], axis=1).max(axis=1) + window
+    available = pd.to_datetime(out["_available_at"], utc=True)
+    final = (out[MATURES_AT] <= as_of) & (available <= as_of) & out["_label"].notna()
+    out[LABEL] = out["_label"].astype(float).where(final)
+    return out.drop(columns=["_label", "_event_at", "_available_at"])
 
 
-def psi(expected: np.ndarray, actual: np.ndarray, bins: int = PSI_BINS) -> float:
-    """Population stability index of ``actual`` against ``expected``, on the expected's deciles."""
-    expected, actual = np.asarray(expected, float), np.asarray(actual, float)
-    edges = np.unique(np.quantile(expected, np.linspace(0, 1, bins + 1)))
-    if len(edges) < 3:
-        return 0.0
-    edges[0], edges[-1] = -np.inf, np.inf
-    k = len(edges) - 1
-    # Add-half smoothing: an empty bin in a small sample must not weigh as log(0).
-    e = (np.histogram(expected, edges)[0] + 0.5) / (len(expected) + 0.5 * k)
-    a = (np.histogram(actual, edges)[0] + 0.5) / (len(actual) + 0.5 * k)
-    return float(np.sum((a - e) * np.log(a / e)))
+def variant_rows(
+    predictions: pd.DataFrame, challenger_version: str | None = None, champion_version: str | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows each side is judged on. With versions given, only those versions' rows: a canary is
+    bound to the challenger it started with, and rows a replica logged for another version (an
+    alias moved, a replica not yet refreshed) are not evidence about it. A request routed to the
+    challenger that failed and was answered by the champion still counts against the challenger
+    (its error names the challenger's version)."""
+    shadow = predictions["shadow"].astype(bool)
+    versions = predictions["model_version"].astype(str)
+    champion = (predictions["variant"] == "champion") & ~shadow
+    if champion_version is not None:
+        champion &= versions == str(champion_version)
+    challenger = predictions["variant"] == "challenger"
+    if challenger_version is not None:
+        failed_here = predictions["error"].fillna("").astype(str).str.startswith(f"challenger v{challenger_version}:")
+        challenger &= (versions == str(challenger_version)) | failed_here
+    return predictions[champion], predictions[challenger]
 
 
-def attach_labels(predictions: pd.DataFrame, transactions: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
-    """Predictions with the label of their transaction where it has arrived by ``as_of``."""
-    known = transactions.loc[transactions["label_available_at"] <= as_of, ["transaction_id", "is_fraud"]]
-    out = predictions.merge(known, on="transaction_id", how="left")
-    return out
+def _requests_check(name: str, n: int, spec: CanarySpec) -> CheckResult:
+    if n >= spec.min_requests:
+        return at_least(name, float(n), float(spec.min_requests))
+    return not_measurable(name, float(spec.min_requests), ">=", f"{n} of {spec.min_requests} requests", "wait",
+                          value=float(n))  # fmt: skip
 
 
-def _variant_rows(predictions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    champion = predictions[(predictions["variant"] == "champion") & ~predictions["shadow"].astype(bool)]
-    challenger = predictions[predictions["variant"] == "challenger"]
-    return champion, challenger
-
-
-def analyze(predictions: pd.DataFrame, spec: CanarySpec) -> Verdict:
-    """Compare challenger with champion on the logged requests (``is_fraud`` column if labels known)."""
-    champion, challenger = _variant_rows(predictions)
+def analyze(
+    predictions: pd.DataFrame,
+    spec: CanarySpec,
+    *,
+    challenger_version: str | None = None,
+    champion_version: str | None = None,
+    label: str = LABEL,
+) -> Verdict:
+    """Compare challenger with champion on the logged requests (the ``label`` column, from
+    ``attach_labels``, holds matured labels). Too few requests is "not measurable yet" (wait),
+    never a pass or a fail."""
+    champion, challenger = variant_rows(predictions, challenger_version, champion_version)
     n_champ, n_chall = len(champion), len(challenger)
     checks: list[CheckResult] = [
-        at_least("requests_champion", float(n_champ), float(spec.min_requests)),
-        at_least("requests_challenger", float(n_chall), float(spec.min_requests)),
+        _requests_check("requests_champion", n_champ, spec),
+        _requests_check("requests_challenger", n_chall, spec),
     ]
     if n_champ < spec.min_requests or n_chall < spec.min_requests:
         return Verdict("canary analysis", tuple(checks))
@@ -88,8 +139,8 @@ def analyze(predictions: pd.DataFrame, spec: CanarySpec) -> Verdict:
     ok_x = challenger.loc[challenger["error"].isna(), "score"].to_numpy()
     if len(ok_c) and len(ok_x):
         # PSI is biased upward on small samples: two draws from one distribution score about
-        # (bins - 1)(1/n1 + 1/n2) on average (0.2 with 45 requests a side on deciles). Judge the
-        # excess over that noise floor, and show both.
+        # (bins - 1)(1/n1 + 1/n2) on average (9 × 2/45 = 0.4 with 45 requests a side on deciles).
+        # Judge the excess over that noise floor, and show both.
         raw = psi(ok_c, ok_x)
         floor = (PSI_BINS - 1) * (1 / len(ok_c) + 1 / len(ok_x))
         checks.append(
@@ -104,57 +155,129 @@ def analyze(predictions: pd.DataFrame, spec: CanarySpec) -> Verdict:
         )
     else:
         checks.append(at_most("score_psi", None, spec.max_score_psi, "no successful challenger scores"))
-
-    if "is_fraud" in predictions:
-        lab_c = champion.dropna(subset=["is_fraud"])
-        lab_x = challenger.dropna(subset=["is_fraud"])
-        pos_c, pos_x = int(lab_c["is_fraud"].sum()), int(lab_x["is_fraud"].sum())
-        measurable = (
-            min(len(lab_c), len(lab_x)) >= spec.min_labelled
-            and min(pos_c, pos_x) >= spec.min_labelled_positives
-            and pos_c < len(lab_c)
-            and pos_x < len(lab_x)
-        )
-        if measurable:
-            auc_c = roc_auc_score(lab_c["is_fraud"], lab_c["score"])
-            auc_x = roc_auc_score(lab_x["is_fraud"], lab_x["score"])
-            se = math.hypot(auc_se(auc_c, pos_c, len(lab_c) - pos_c), auc_se(auc_x, pos_x, len(lab_x) - pos_x))
-            delta = auc_x - auc_c
-            # Fail only when the challenger is worse beyond the allowed drop with 95% confidence.
-            checks.append(
-                at_least(
-                    "auc_delta_ucb95",
-                    delta + Z95 * se,
-                    -spec.max_auc_drop,
-                    f"challenger {auc_x:.4f} vs champion {auc_c:.4f}: delta {delta:+.4f} "
-                    f"(95% CI {delta - Z95 * se:+.4f} … {delta + Z95 * se:+.4f}) on {pos_x}/{pos_c} positives",
-                    delta=delta,
-                )
-            )
-            prec_c = precision_score(lab_c["is_fraud"], lab_c["decision"].astype(bool), zero_division=0)
-            prec_x = precision_score(lab_x["is_fraud"], lab_x["decision"].astype(bool), zero_division=0)
-            checks.append(
-                CheckResult(
-                    "precision",
-                    float(prec_x),
-                    float(prec_c),
-                    ">=",
-                    True,
-                    f"challenger {prec_x:.3f} vs champion {prec_c:.3f} (reported)",
-                )
-            )
-        else:
-            checks.append(
-                CheckResult(
-                    "auc_delta_ucb95",
-                    None,
-                    -spec.max_auc_drop,
-                    ">=",
-                    True,
-                    f"not measurable yet: {len(lab_x)}/{len(lab_c)} matured labels, {pos_x}/{pos_c} positives",
-                )
-            )
+    checks.append(_quality(champion, challenger, spec, label))
+    checks += agreement(predictions, spec, challenger_version, champion_version)
     return Verdict("canary analysis", tuple(checks))
+
+
+def _quality(champion: pd.DataFrame, challenger: pd.DataFrame, spec: CanarySpec, label: str) -> CheckResult:
+    """ROC-AUC difference on matured labels, judged by its interval against ``max_auc_drop``: a
+    drop the data cannot tell from the tolerance is not measurable (policy ``auc_on_unmeasurable``),
+    never a pass — 30 positives a side cannot rule out a drop of 0.1."""
+    name, bound = "auc_delta", -spec.max_auc_drop
+    labelled_c = champion.dropna(subset=[label]) if label in champion else champion.iloc[0:0]
+    labelled_x = challenger.dropna(subset=[label]) if label in challenger else challenger.iloc[0:0]
+    pos_c, pos_x = (
+        int(labelled_c[label].sum()) if len(labelled_c) else 0,
+        int(labelled_x[label].sum()) if len(labelled_x) else 0,
+    )
+    enough = (
+        min(len(labelled_c), len(labelled_x)) >= spec.min_labelled
+        and min(pos_c, pos_x) >= spec.min_labelled_positives
+        and pos_c < len(labelled_c)
+        and pos_x < len(labelled_x)
+    )
+    if not enough:
+        pending = pd.concat([champion, challenger]).get(MATURES_AT)
+        when = ""
+        if pending is not None and pending.notna().any():
+            when = f"; the labels of these requests mature from {pending.min():%Y-%m-%d %H:%M} UTC"
+        detail = (
+            f"online quality cannot be judged yet: {len(labelled_x)}/{len(labelled_c)} requests with matured labels "
+            f"(challenger/champion), {pos_x}/{pos_c} positives; need {spec.min_labelled} with "
+            f"{spec.min_labelled_positives} positives per variant{when}"
+        )
+        return not_measurable(name, bound, ">=", detail, spec.auc_without_matured_labels,
+                              labelled=[len(labelled_x), len(labelled_c)], positives=[pos_x, pos_c])  # fmt: skip
+    auc_c = roc_auc_score(labelled_c[label], labelled_c["score"])
+    auc_x = roc_auc_score(labelled_x[label], labelled_x["score"])
+    se = math.hypot(auc_se(auc_c, pos_c, len(labelled_c) - pos_c), auc_se(auc_x, pos_x, len(labelled_x) - pos_x))
+    delta = auc_x - auc_c
+    prec_c = precision_score(labelled_c[label], labelled_c["decision"].astype(bool), zero_division=0)
+    prec_x = precision_score(labelled_x[label], labelled_x["decision"].astype(bool), zero_division=0)
+    return interval_check(
+        name, delta, delta - Z95 * se, delta + Z95 * se, bound, ">=", spec.auc_on_unmeasurable,
+        f"challenger ROC-AUC {auc_x:.4f} vs champion {auc_c:.4f} on {pos_x}/{pos_c} positives; "
+        f"precision {prec_x:.3f} vs {prec_c:.3f} (reported)",
+        auc_challenger=auc_x, auc_champion=auc_c, precision_challenger=float(prec_x), precision_champion=float(prec_c),
+    )  # fmt: skip
+
+
+PAIR_KEY = [EVENT_KEY, "user_id", "merchant_id", "request_unix", "amount"]
+
+
+def shadow_pairs(
+    predictions: pd.DataFrame, challenger_version: str | None = None, champion_version: str | None = None
+) -> pd.DataFrame:
+    """Champion answers and shadow challenger scores of the same requests, side by side.
+
+    Shadow rows are logged beside the champion's row of the same request, with the same request
+    fields; a request sent twice is paired in logged order (its n-th champion row with its n-th
+    shadow row). Rows with an error are left out: they are the error-rate check's business."""
+    champion, challenger = variant_rows(predictions, challenger_version, champion_version)
+    shadow = challenger[challenger["shadow"].astype(bool) & challenger["error"].isna()]
+    champion = champion[champion["error"].isna()]
+    if shadow.empty or champion.empty:
+        return pd.DataFrame(columns=["score_champion", "score_challenger", "decision_champion", "decision_challenger"])
+    key = [c for c in PAIR_KEY if c in predictions]
+
+    def keyed(frame: pd.DataFrame) -> pd.DataFrame:
+        out = frame[[*key, "score", "decision"]].copy()
+        out[key] = out[key].astype(str)  # NaN ids pair with NaN ids
+        out["_n"] = out.groupby(key, sort=False).cumcount()
+        return out
+
+    pairs = keyed(champion).merge(keyed(shadow), on=[*key, "_n"], suffixes=("_champion", "_challenger"))
+    return pairs[["score_champion", "score_challenger", "decision_champion", "decision_challenger"]]
+
+
+def spearman_interval(rho: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """95% interval of a Spearman correlation: Fisher's z with Fieller, Hartley & Pearson's (1957)
+    variance 1.06 / (n - 3), which is accurate for |rho| below about 0.8."""
+    if n <= 3:
+        return -1.0, 1.0
+    centre, half = math.atanh(max(min(rho, 0.999999), -0.999999)), z * math.sqrt(1.06 / (n - 3))
+    return math.tanh(centre - half), math.tanh(centre + half)
+
+
+def agreement(
+    predictions: pd.DataFrame,
+    spec: CanarySpec,
+    challenger_version: str | None = None,
+    champion_version: str | None = None,
+) -> list[CheckResult]:
+    """Paired agreement of the two models in shadow mode (no check without shadow rows): rank
+    correlation of their scores and the share of requests they decide alike, each judged by its
+    interval against the configured floor. Distribution checks (PSI) miss a challenger whose scores
+    look alike in aggregate but land on different requests; pairs see it."""
+    pairs = shadow_pairs(predictions, challenger_version, champion_version)
+    n = len(pairs)
+    if n == 0:
+        return []
+    policy = spec.agreement_on_unmeasurable
+    if n < spec.min_requests:
+        why = f"{n} paired requests, need {spec.min_requests}"
+        return [
+            not_measurable("score_rank_correlation", spec.min_score_rank_correlation, ">=", why, policy),
+            not_measurable("flag_agreement", spec.min_flag_agreement, ">=", why, policy),
+        ]
+    checks = []
+    rho = stats.spearmanr(pairs["score_champion"], pairs["score_challenger"]).statistic
+    if np.isfinite(rho):
+        low, high = spearman_interval(float(rho), n)
+        checks.append(interval_check("score_rank_correlation", float(rho), low, high,
+                                     spec.min_score_rank_correlation, ">=", policy, f"Spearman on {n} paired requests",
+                                     pairs=n))  # fmt: skip
+    else:
+        checks.append(not_measurable("score_rank_correlation", spec.min_score_rank_correlation, ">=",
+                                     f"a constant score on {n} paired requests has no rank order", policy))  # fmt: skip
+    same = float((pairs["decision_champion"].astype(bool) == pairs["decision_challenger"].astype(bool)).mean())
+    low, high = wilson_interval(same, n)
+    flagged = pairs["decision_challenger"].astype(bool).mean(), pairs["decision_champion"].astype(bool).mean()
+    checks.append(interval_check("flag_agreement", same, low, high, spec.min_flag_agreement, ">=", policy,
+                                 f"same decision on {same:.1%} of {n} paired requests (flagged {flagged[0]:.1%} by the "
+                                 f"challenger, {flagged[1]:.1%} by the champion)", pairs=n))  # fmt: skip
+    return checks
 
 
 def enough_data(verdict: Verdict) -> bool:
@@ -188,8 +311,14 @@ class ABReport:
         )
 
 
-def ab_report(predictions: pd.DataFrame, spec: CanarySpec, metric: str = "decision") -> ABReport:
-    champion, challenger = _variant_rows(predictions)
+def ab_report(
+    predictions: pd.DataFrame,
+    spec: CanarySpec,
+    metric: str = "decision",
+    challenger_version: str | None = None,
+    champion_version: str | None = None,
+) -> ABReport:
+    champion, challenger = variant_rows(predictions, challenger_version, champion_version)
     x_c, x_x = champion[metric].astype(float), challenger[metric].astype(float)
     p_c, p_x = (x_c.mean() if len(x_c) else 0.0), (x_x.mean() if len(x_x) else 0.0)
     z = stats.norm.ppf(1 - spec.ab_alpha / 2)

@@ -199,7 +199,7 @@ def demo(
     """Run the whole loop on embedded defaults (SQLite, local files): data with injected drift → v1
     champion → service + traffic → monitoring → event-triggered retraining → canary → promotion,
     then a broken-upstream day that retraining refuses. Starts (and stops) its own Prefect server,
-    worker and scoring service; about 10 minutes on 2 cores."""
+    worker and scoring service; 4–8 minutes on 2 cores (most of it the live canary)."""
     import warnings
 
     from mlcycle import demo as demo_module
@@ -251,9 +251,11 @@ def _print_training_result(cfg: ProjectConfig, result: dict) -> None:
 
 
 def _mlflow_ui_command(cfg: ProjectConfig) -> str:
+    """Printed on the console: without the database password (profile scale puts one in the URI)."""
     from mlcycle.demo import mlflow_ui_command
+    from mlcycle.scale import redact
 
-    return mlflow_ui_command(cfg)
+    return redact(mlflow_ui_command(cfg))
 
 
 @app.command()
@@ -372,18 +374,26 @@ def rollout_status(config: ConfigOption = None) -> None:
         console.print(f"{alias:<11} {'v' + str(mv.version) if mv else '-'}")
     split = f" ({policy.percent:g}% of users on the challenger)" if policy.mode in ("canary", "ab") else ""
     console.print(f"traffic     {policy.mode}{split}; set by {policy.updated_by or '-'}: {policy.reason or '-'}")
-    since = policy.updated_at
-    predictions = read_logged_predictions(cfg, since)
-    if len(predictions):
-        verdict = canary.analyze(predictions, cfg.canary)
-        console.print(f"\nanalysis of {len(predictions):,} logged predictions since the last traffic change:")
-        if not canary.enough_data(verdict):
-            counts = ", ".join(f"{c.name.removeprefix('requests_')} {c.value:.0f}" for c in verdict.checks)
-            console.print(f"  not enough requests for a verdict yet ({counts}; need {cfg.canary.min_requests} each)")
-        for check in verdict.checks if canary.enough_data(verdict) else ():
-            console.print(f"  {check.line()}")
-        if policy.mode == "ab":
-            console.print("  " + canary.ab_report(predictions, cfg.canary).line())
+    champion, challenger = aliases[registry.CHAMPION], aliases[registry.CHALLENGER]
+    if policy.mode == "champion-only" or champion is None or challenger is None:
+        # Rows a replica logged just after the change (before its next refresh) are not a canary.
+        console.print("\nno canary running: nothing to analyse")
+        return
+    # The window starts at the current policy's change and holds only the two aliased versions' rows.
+    versions = {"challenger_version": str(challenger.version), "champion_version": str(champion.version)}
+    predictions = read_logged_predictions(cfg, policy.updated_at)
+    verdict = canary.analyze(predictions, cfg.canary, **versions)
+    console.print(
+        f"\nanalysis of v{challenger.version} against v{champion.version} since the last traffic change "
+        f"({policy.updated_at:%Y-%m-%d %H:%M:%S} UTC; labels not attached here, see the rollout flow's report):"
+    )
+    if not canary.enough_data(verdict):
+        counts = ", ".join(f"{c.name.removeprefix('requests_')} {c.value:.0f}" for c in verdict.checks)
+        console.print(f"  not enough requests for a verdict yet ({counts}; need {cfg.canary.min_requests} each)")
+    for check in verdict.checks if canary.enough_data(verdict) else ():
+        console.print(f"  {check.line()}")
+    if policy.mode == "ab":
+        console.print("  " + canary.ab_report(predictions, cfg.canary, **versions).line())
 
 
 @rollout_app.command("set")
@@ -429,19 +439,28 @@ def rollout_run(
 @app.command()
 def rollback(
     reason: Annotated[str, typer.Option(help="Why: recorded in the promotion log.")] = "manual rollback",
+    by: Annotated[
+        str | None,
+        typer.Option("--by", "--actor", help="Who rolls back, as recorded (default: MLCYCLE_ACTOR, else user:LOGIN)."),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Champion back to the previous champion, traffic to champion-only (services obey within seconds)."""
+    """Champion back to the champion before it (v3 → v2 → v1, from the promotion log), traffic to
+    champion-only, challenger cleared; services obey within seconds. Exit 1 when there is nothing
+    left to roll back to."""
     from mlcycle import registry, rollout
 
     cfg = _config(config)
     client = registry.client_for(cfg)
-    events = rollout.rollback(client, registry.PromotionLog(cfg.promotion_log_uri), cfg.model.name, reason)
+    who = by.strip() if by and by.strip() else None
+    try:
+        events = rollout.rollback(client, registry.PromotionLog(cfg.promotion_log_uri), cfg.model.name, reason, who)
+    except rollout.NothingToRollBack as exc:
+        console.print(f"[red]not rolled back: {exc}[/red]")
+        raise typer.Exit(1) from None
     console.print("traffic: champion-only")
     for e in events:
-        console.print(f"{e.alias}: v{e.from_version or '-'} → v{e.to_version or '-'}")
-    if not any(e.alias == registry.CHAMPION for e in events):
-        console.print("(no earlier champion in the promotion log: champion unchanged)")
+        console.print(f"{e.alias}: v{e.from_version or '-'} → v{e.to_version or '-'} (by {e.actor})")
 
 
 @app.command("batch-score")
@@ -555,18 +574,31 @@ def blocked(config: ConfigOption = None) -> None:
 @app.command()
 def serve(
     port: Annotated[int, typer.Option(help="HTTP port.")] = 3000,
+    host: Annotated[
+        str,
+        typer.Option(help="Interface to listen on. Anything but loopback (e.g. 0.0.0.0) needs MLCYCLE_API_KEY set."),
+    ] = "127.0.0.1",
     config: ConfigOption = None,
 ) -> None:
-    """Start the BentoML scoring service (POST /predict, /metrics, /readyz) for this project."""
+    """Start the BentoML scoring service (POST /predict, /metrics, /readyz, docs at /docs) for this project.
+
+    Listens on 127.0.0.1 unless --host says otherwise; exposed, it requires the x-api-key header."""
     import os
 
+    from mlcycle.service_process import ExposedWithoutKey, check_exposure, serve_command
+
     cfg = _config(config)
+    try:
+        check_exposure(host)
+    except ExposedWithoutKey as exc:
+        console.print(str(exc), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
     if not (cfg.root / "services").is_dir():
         console.print(f"[red]{cfg.root / 'services'} not found: run from the project directory[/red]")
         raise typer.Exit(2)
     env = {**os.environ, "MLCYCLE_CONFIG": str(cfg.root / "mlcycle.yaml")}
     os.chdir(cfg.root)
-    cmd = [sys.executable, "-m", "bentoml", "serve", "services.fraud_service:FraudService", "--port", str(port)]
+    cmd = serve_command(port, host)
     os.execvpe(cmd[0], cmd, env)
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mlcycle.scale import ScaleConfigError, ScaleSettings
+from mlcycle.decisions import OnUnmeasurable
+from mlcycle.scale import ScaleConfigError, ScaleSettings, redact
 
 DEFAULT_CONFIG_NAME = "mlcycle.yaml"
 # The generator's merchant categories (mlcycle.data.CATEGORIES is this tuple): kept here so the
@@ -165,6 +166,29 @@ class GatesSpec(StrictModel):
         0.02, ge=0, description="PR-AUC is noisier (few positives): two retrains differ by ~0.007."
     )
     max_p99_latency_ms: float = Field(25.0, gt=0)
+    # A gate the data cannot decide (a fairness gap whose interval straddles the limit, a metric that
+    # cannot be computed) is "not measurable": ``block`` refuses the model, ``warn`` registers it
+    # with the warning written into its model card and run tags — never a silent pass. Fairness warns
+    # by default: with 57-142 positives per age band (the reference project, 130k matured rows) a
+    # TPR gap's 95% interval is about ±0.15 wide, so no model could be shown within 0.15 and
+    # blocking would refuse every one; a gap confidently above the limit still fails.
+    GATES: ClassVar[tuple[str, ...]] = ("min_roc_auc", "min_pr_auc", "fairness", "max_p99_latency_ms", "no_regression")
+    when_unmeasurable: dict[str, Literal["block", "warn"]] = Field(
+        default_factory=lambda: {**dict.fromkeys(GatesSpec.GATES, "block"), "fairness": "warn"},
+        description="Per gate (min_roc_auc, min_pr_auc, fairness, max_p99_latency_ms, no_regression): block "
+        "or warn when the data cannot decide it. Gates not listed keep their default.",
+    )
+
+    @field_validator("when_unmeasurable")
+    @classmethod
+    def _known_gates(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(cls.GATES))
+        if unknown:
+            raise ValueError(f"unknown gate(s) {unknown}: expected some of {list(cls.GATES)}")
+        return {**dict.fromkeys(cls.GATES, "block"), "fairness": "warn", **value}
+
+    def on_unmeasurable(self, gate: str) -> Literal["block", "warn"]:
+        return self.when_unmeasurable.get(gate, "block")  # type: ignore[return-value]
 
 
 class TrackingSpec(StrictModel):
@@ -180,7 +204,11 @@ class TrackingSpec(StrictModel):
 class CanarySpec(StrictModel):
     """Guards of the automated canary analysis (mlcycle.canary) and the A/B stopping rule."""
 
-    steps: list[float] = Field(default_factory=lambda: [5.0, 25.0, 50.0, 100.0])
+    steps: list[float] = Field(
+        default_factory=lambda: [5.0, 25.0, 50.0, 100.0],
+        description="Challenger's share of users per step; 0 is a shadow step (it scores every request, "
+        "answers none) where the two models' agreement is judged pair by pair.",
+    )
     min_requests: int = Field(200, ge=10, description="Per variant, before a step is judged.")
     max_error_rate_increase: float = Field(0.01, ge=0)
     max_p99_latency_ratio: float = Field(2.0, gt=0)
@@ -190,9 +218,28 @@ class CanarySpec(StrictModel):
     # its predecessor on the same traffic and was rolled back at 0.2; an inverted or broken model
     # moves by several units. The offline gates already compared the two on the same window.
     max_score_psi: float = Field(0.5, ge=0, description="Score PSI, challenger vs champion, net of sampling noise.")
-    min_labelled: int = Field(200, ge=10, description="Labelled requests per variant for AUC/precision.")
-    min_labelled_positives: int = Field(30, ge=5, description="Frauds among them: an AUC on 3 positives is noise.")
+    min_labelled: int = Field(200, ge=10, description="Matured labelled requests per variant for AUC/precision.")
+    min_labelled_positives: int = Field(30, ge=5, description="Positives among them: an AUC on 3 positives is noise.")
     max_auc_drop: float = Field(0.02, ge=0)
+    # What "not measurable" means for each check (mlcycle.decisions): ``wait`` keeps collecting up to
+    # the step's maximum wait and then ends the canary undecided (never promoted); ``block`` ends it
+    # as a failure; ``warn`` accepts the check as not judged and writes so in the report.
+    auc_on_unmeasurable: OnUnmeasurable = Field(
+        "wait", description="Matured labels exist but the AUC difference's interval straddles max_auc_drop."
+    )
+    auc_without_matured_labels: OnUnmeasurable = Field(
+        "wait",
+        description="Too few matured labels to compute an AUC at all (labels take data.label_maturity_days "
+        "after the request; a canary of minutes never has them): 'warn' says online quality is not judged.",
+    )
+    # Shadow mode (a step of 0% in ``steps``): both models score the same requests, so their answers
+    # can be compared pair by pair. A challenger that ranks requests unlike the champion, or flags
+    # different ones, is stopped before it answers anyone.
+    min_score_rank_correlation: float = Field(
+        0.5, ge=-1, le=1, description="Spearman correlation of the two models' scores on the same requests."
+    )
+    min_flag_agreement: float = Field(0.9, ge=0, le=1, description="Share of paired requests with the same decision.")
+    agreement_on_unmeasurable: OnUnmeasurable = Field("wait", description="Too few pairs to bound the agreement.")
     ab_minimum_detectable_effect: float = Field(0.05, gt=0, description="Absolute, on the flagged-fraud rate.")
     ab_alpha: float = Field(0.05, gt=0, lt=1)
     ab_power: float = Field(0.8, gt=0, lt=1)
@@ -207,7 +254,16 @@ class MonitoringSpec(StrictModel):
     ks_min_statistic: float = Field(0.1, gt=0, le=1)
     missing_rate_change: float = Field(0.05, ge=0, le=1, description="Absolute change that counts as drift.")
     new_category_share: float = Field(0.01, ge=0, le=1, description="Share of rows in unseen categories.")
-    score_mean_change: float = Field(0.10, ge=0, description="Relative change of the mean score that alerts.")
+    score_mean_change: float = Field(
+        0.10, ge=0, description="Relative change of the mean score that alerts (its whole 95% interval beyond it)."
+    )
+    # Categorical drift: PSI, or a two-sample chi-squared test that is significant AND an effect large
+    # enough to matter (with thousands of rows every tiny shift is significant). The effect is the
+    # total variation distance: the share of rows that changed category, whatever the sample sizes.
+    categorical_pvalue: float = Field(0.01, gt=0, lt=1, description="Chi-squared (two-sample) p-value bound.")
+    categorical_min_tvd: float = Field(
+        0.1, gt=0, le=1, description="Total variation distance that, when significant, counts as drift."
+    )
     reference_sample: int = Field(200_000, ge=1000)
     window_days: float = Field(1.0, gt=0, description="Current window: the last N days of the prediction log.")
     min_rows: int = Field(500, ge=1, description="Fewer logged predictions in the window: no drift verdict.")
@@ -231,6 +287,12 @@ class RetrainingSpec(StrictModel):
 
     approval_timeout_s: int = Field(3600, ge=10, description="How long a blocked retraining waits for approve/reject.")
     rollout: bool = Field(True, description="Hand a registered challenger over to the rollout flow.")
+    # One retraining at a time (events, schedules and hand runs alike), and none within the cooldown
+    # after one that trained: an hourly monitor must not start a retraining storm, and a retraining
+    # must not move the challenger alias under a canary that is still judging the previous one.
+    cooldown_hours: float = Field(
+        6.0, ge=0, description="After a retraining trained a model, later ones are skipped for this long (0: off)."
+    )
     train_window_days: int | None = Field(
         60,
         ge=1,
@@ -335,11 +397,12 @@ def load_config(path: str | Path | None = None) -> ProjectConfig:
         cfg = ProjectConfig.model_validate(raw)
     except ValidationError as exc:
         lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError(f"invalid config {path}:\n" + "\n".join(lines)) from None
+        # A message may quote a value, and a value may be a connection URL with its password.
+        raise ConfigError(redact(f"invalid config {path}:\n" + "\n".join(lines))) from None
     if cfg.profile == "scale":
         try:  # a bad connection variable fails here, named, not deep inside Feast or MLflow
             ScaleSettings.from_env()
         except ScaleConfigError as exc:
-            raise ConfigError(f"profile scale: {exc}") from None
+            raise ConfigError(redact(f"profile scale: {exc}")) from None
     cfg.root = path.resolve().parent
     return cfg

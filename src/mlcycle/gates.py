@@ -2,26 +2,53 @@
 
 The comparison with the champion is fair only on the same rows: the caller scores the champion on
 the candidate's evaluation window and passes that report in.
+
+A gate has three outcomes (mlcycle.decisions): pass, fail, or not measurable — the data cannot tell
+the two apart. What "not measurable" means per gate is ``gates.when_unmeasurable`` in the config:
+``block`` refuses the model, ``warn`` lets it through with the warning in its model card and run.
 """
 
 from __future__ import annotations
 
-import math
+from itertools import combinations
+from typing import Any, Literal
 
 from mlcycle.config import GatesSpec
-from mlcycle.decisions import CheckResult, Verdict, at_least, at_most
+from mlcycle.decisions import (
+    CheckResult,
+    OnUnmeasurable,
+    Verdict,
+    at_least,
+    at_most,
+    interval_check,
+    not_measurable,
+)
 from mlcycle.evaluation import EvaluationReport
-
-Z95 = 1.959964
+from mlcycle.stats import Z95, abs_interval, auc_se, proportion_difference_ci, z_for
 
 
 def fairness_gap(report: EvaluationReport, spec: GatesSpec) -> CheckResult:
-    """Gap in TPR (or FPR) between the best- and worst-served groups of the protected attribute.
+    """Largest gap in TPR (or FPR) between any two groups of the protected attribute, with its interval.
 
-    With tens of positives per group, a recall moves by several points from noise alone, so the
-    gate compares the gap's 95% *lower* confidence bound with the limit: it fails when the data
-    show a gap larger than allowed, not when two small samples happen to differ. The raw gap and
-    its interval are in the evidence. Groups below the support floor are listed as skipped."""
+    Every pair of groups is judged, not only the best and worst point estimates: a small group with
+    an extreme rate would otherwise be compared while two large groups with a certain gap are not.
+    Each pair's gap gets a Newcombe score interval (sound for rates near 0 or 1 on tens of positives).
+
+    - **fail** when some pair's gap is above the limit with confidence: its lower bound exceeds
+      the limit. Claiming "some pair is too far apart" out of k(k-1)/2 pairs is a multiple comparison,
+      so these lower bounds are Bonferroni-adjusted (95% jointly: z = 2.39 for 3 pairs, 2.94 for
+      15). Bonferroni because the pairs share groups (their estimates are correlated, which rules
+      out Šidák-style independence) and k is small, so its conservatism costs little.
+    - **pass** when every pair's gap is below the limit with confidence: each upper bound (95%,
+      unadjusted) is within the limit. Requiring *all* pairs to pass is an intersection-union test,
+      whose level is that of each single test, so no adjustment is needed there.
+    - **not measurable** otherwise (an interval straddles the limit: 0.85 vs 0.50 on 30 positives
+      each), and also when fewer than two groups have enough support; ``when_unmeasurable.fairness``
+      decides what that means.
+
+    The check reports the deciding pair: the one with the largest lower bound when it fails, else
+    the one with the largest upper bound. Its value is that pair's gap; the interval is its
+    (adjusted lower, unadjusted upper) bounds. Groups below the support floor are listed as skipped."""
     groups = report.slices.get(spec.fairness_attribute, {})
     rates: dict[str, tuple[float, int]] = {}
     skipped = []
@@ -32,55 +59,108 @@ def fairness_gap(report: EvaluationReport, spec: GatesSpec) -> CheckResult:
             skipped.append(group)
         else:
             rates[group] = (value, support)
-    name = f"fairness_{spec.fairness_metric}_gap_lcb95"
+    name = f"fairness_{spec.fairness_metric}_gap"
+    policy = spec.on_unmeasurable("fairness")
+    limit = spec.max_fairness_gap
     if len(rates) < 2:
         detail = f"fewer than two {spec.fairness_attribute} groups with support >= {spec.fairness_min_support}"
-        return CheckResult(name, None, spec.max_fairness_gap, "<=", False, detail, {"skipped": skipped})
-    best = max(rates, key=lambda g: rates[g][0])
-    worst = min(rates, key=lambda g: rates[g][0])
-    if spec.fairness_metric == "fpr":  # for false positives, the worst-served group has the highest rate
-        best, worst = worst, best
-    (p1, n1), (p2, n2) = rates[best], rates[worst]
-    gap = abs(p1 - p2)
-    se = math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
-    lcb = max(0.0, gap - Z95 * se)
-    return at_most(
+        return not_measurable(name, limit, "<=", detail, policy, skipped=skipped)
+    pairs = list(combinations(sorted(rates), 2))
+    z_joint = z_for(0.95, len(pairs))
+    judged = []
+    for a, b in pairs:
+        (pa, na), (pb, nb) = rates[a], rates[b]
+        diff, low_joint, high_joint = proportion_difference_ci(pa, na, pb, nb, z_joint)
+        _, low, high = proportion_difference_ci(pa, na, pb, nb, Z95)
+        judged.append((a, b, abs(diff), abs_interval(low_joint, high_joint)[0], abs_interval(low, high)[1]))
+    deciding = max(judged, key=lambda j: j[3])
+    if deciding[3] <= limit:
+        deciding = max(judged, key=lambda j: j[4])
+    a, b, gap, low, high = deciding
+    return interval_check(
         name,
-        lcb,
-        spec.max_fairness_gap,
-        f"gap {gap:.3f} (95% CI {lcb:.3f}–{gap + Z95 * se:.3f}) between {best} and {worst}; "
+        gap,
+        low,
+        high,
+        limit,
+        "<=",
+        policy,
+        f"{a} vs {b}, of {len(pairs)} pairs (lower bounds Bonferroni-adjusted, z={z_joint:.2f}); "
         + ", ".join(f"{g}={v:.3f} (n={n})" for g, (v, n) in rates.items()),
-        gap=gap,
+        pair=[a, b],
+        pairs={f"{x} vs {y}": {"gap": g, "low": lo, "high": hi} for x, y, g, lo, hi in judged},
         groups={g: v for g, (v, _) in rates.items()},
         support={g: n for g, (_, n) in rates.items()},
         skipped=skipped,
     )
 
 
+def _auc_interval(auc: float | None, positives: int, negatives: int) -> str:
+    if auc is None or positives < 1 or negatives < 1:
+        return ""
+    half = Z95 * auc_se(auc, positives, negatives)
+    return f"95% CI {auc - half:.4f} … {auc + half:.4f} (Hanley–McNeil, {positives} positives)"
+
+
+def _bound_check(
+    name: str,
+    value: float | None,
+    bound: float,
+    comparison: Literal[">=", "<="],
+    policy: OnUnmeasurable,
+    detail: str = "",
+    **evidence: Any,
+) -> CheckResult:
+    """A point estimate against a bound; a value that could not be computed is not measurable."""
+    if value is None:
+        why = detail or "the metric could not be computed on the evaluation window"
+        return not_measurable(name, bound, comparison, why, policy, **evidence)
+    check = at_least if comparison == ">=" else at_most
+    return check(name, value, bound, detail, **evidence)
+
+
 def run_gates(candidate: EvaluationReport, spec: GatesSpec, champion: EvaluationReport | None = None) -> Verdict:
+    """Every gate on the candidate's evaluation window (and the champion's, scored on the same rows).
+
+    ROC-AUC, PR-AUC and the regression checks are judged on point estimates: with hundreds of
+    positives an AUC's interval is narrow next to its bound, and the champion comparison is paired
+    (same rows), so the difference is far less noisy than the two intervals suggest — the detail
+    states each AUC's interval so a reader can see how firm the number is."""
     o = candidate.overall
+    negatives = o.n - o.positives
     checks = [
-        at_least("min_roc_auc", o.roc_auc, spec.min_roc_auc),
-        at_least("min_pr_auc", o.pr_auc, spec.min_pr_auc),
+        _bound_check("min_roc_auc", o.roc_auc, spec.min_roc_auc, ">=", spec.on_unmeasurable("min_roc_auc"),
+                     _auc_interval(o.roc_auc, o.positives, negatives)),
+        _bound_check("min_pr_auc", o.pr_auc, spec.min_pr_auc, ">=", spec.on_unmeasurable("min_pr_auc")),
         fairness_gap(candidate, spec),
-        at_most("max_p99_latency_ms", candidate.latency_ms.get("p99"), spec.max_p99_latency_ms),
-    ]
+        _bound_check("max_p99_latency_ms", candidate.latency_ms.get("p99"), spec.max_p99_latency_ms, "<=",
+                     spec.on_unmeasurable("max_p99_latency_ms"), "" if candidate.latency_ms.get("p99") is not None
+                     else "no latency was measured"),
+    ]  # fmt: skip
     if champion is None:
         checks.append(CheckResult("no_regression_vs_champion", None, None, ">=", True, "no champion yet"))
-    else:
-        for metric in ("roc_auc", "pr_auc"):
-            ours, theirs = getattr(o, metric), getattr(champion.overall, metric)
-            delta = None if ours is None or theirs is None else ours - theirs
-            checks.append(
-                at_least(
-                    f"no_regression_{metric}",
-                    delta,
-                    -getattr(spec, f"max_regression_{metric}"),
-                    f"candidate {ours:.4f} vs champion {theirs:.4f} on the same window"
-                    if delta is not None
-                    else "not measurable",
-                    candidate=ours,
-                    champion=theirs,
-                )
+        return Verdict("evaluation gates", tuple(checks))
+    for metric in ("roc_auc", "pr_auc"):
+        ours, theirs = getattr(o, metric), getattr(champion.overall, metric)
+        delta = None if ours is None or theirs is None else ours - theirs
+        detail = "" if delta is None else f"candidate {ours:.4f} vs champion {theirs:.4f} on the same window"
+        if delta is not None and metric == "roc_auc":
+            c = champion.overall
+            detail += (
+                f"; candidate {_auc_interval(ours, o.positives, negatives)}, champion "
+                f"{_auc_interval(theirs, c.positives, c.n - c.positives)} — paired on the same rows, so the "
+                "difference is judged on its point estimate"
             )
+        checks.append(
+            _bound_check(
+                f"no_regression_{metric}",
+                delta,
+                -getattr(spec, f"max_regression_{metric}"),
+                ">=",
+                spec.on_unmeasurable("no_regression"),
+                detail or f"{metric} missing for the candidate ({ours}) or the champion ({theirs})",
+                candidate=ours,
+                champion=theirs,
+            )
+        )
     return Verdict("evaluation gates", tuple(checks))

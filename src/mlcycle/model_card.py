@@ -2,11 +2,20 @@
 
 Written per registered version as Markdown (for diffs and terminals) and self-contained HTML (no
 network: inline CSS only), and logged to the version's MLflow run.
+
+A card is written once, when the version is registered, and never rewritten: it states only what
+stays true (the alias it was registered under, and when), not which aliases it holds now — a card
+that said "Aliases: challenger" was wrong as soon as the version was promoted. The live aliases are
+in the MLflow registry and the promotion log (``mlcycle history``).
+
+Gates that the data could not decide and that were let through under the ``warn`` policy are listed
+at the top of the card, with why: a model must never pass such a gate silently.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import markdown
@@ -63,17 +72,51 @@ class CardInput:
     baseline: EvaluationReport | None
     gates: Verdict
     quality: Verdict
-    aliases: list[str] = field(default_factory=list)
+    aliases: list[str] = field(default_factory=list)  # given at registration (they move later)
+    registered_at: datetime | None = None  # default: when the card is rendered
+
+
+def registration_line(aliases: list[str], at: datetime) -> str:
+    """What the card says about aliases: the one given at registration, dated, and where to read the
+    current ones — true for as long as the card exists, unlike a list of "current" aliases."""
+    given = " and ".join(f"`{a}`" for a in aliases) if aliases else "no alias"
+    return (
+        f"Registered with {given} on {at:%Y-%m-%d %H:%M} UTC. Aliases move after registration (promotion, "
+        "rollback): the current ones are in the MLflow registry, and `mlcycle history` lists every move."
+    )
+
+
+def gates_status(gates: Verdict) -> str:
+    if not gates.passed:
+        return "gates **FAILED**"
+    warned = ", ".join(c.name for c in gates.warnings)
+    return f"gates **passed with warnings** ({warned})" if warned else "gates **passed**"
+
+
+def warning_lines(*verdicts: Verdict) -> list[str]:
+    """A "Warnings" section for checks the data could not decide but the policy let through."""
+    warned = [c for v in verdicts for c in v.warnings]
+    if not warned:
+        return []
+    return [
+        "## Warnings",
+        "These checks could not be decided on the evaluation data and were accepted under the `warn` "
+        "policy (`gates.when_unmeasurable`); read the model's results with them in mind.",
+        "",
+        *[f"- **{c.name}**: {c.detail}" for c in warned],
+        "",
+    ]
 
 
 def render_markdown(c: CardInput) -> str:
     o = c.report.overall
+    at = (c.registered_at or datetime.now(UTC)).astimezone(UTC)
     lines = [
         f"# Model card — {c.model_name} v{c.version or '(not registered)'}",
         "",
-        f"Aliases: {', '.join(c.aliases) or 'none'} · MLflow run `{c.run_id}` · "
-        f"gates **{'passed' if c.gates.passed else 'FAILED'}**",
+        f"{registration_line(c.aliases, at)} MLflow run `{c.run_id}` · {gates_status(c.gates)}",
         "",
+        *warning_lines(c.gates, c.quality),
         "## Intended use",
         INTENDED_USE,
         "",

@@ -5,9 +5,10 @@ sample; it is slow on large windows). The reference side — the champion's trai
 summarised once (``ReferenceStats``: a bounded sample, decile edges, category frequencies,
 missing rates) and cached, so a check over a large current window costs one pass over it.
 
-Verdicts per feature: PSI bands 0.1 (watch) / 0.2 (drift); KS and chi-squared p-values are
-reported, but with thousands of rows every tiny shift is "significant", so numeric drift also
-needs an effect (KS statistic ≥ ``ks_min_statistic``) before it counts.
+Verdicts per feature: PSI bands 0.1 (watch) / 0.2 (drift); KS (numeric) and two-sample
+chi-squared (categorical) p-values, but with thousands of rows every tiny shift is "significant",
+so a test counts only with an effect large enough to matter (KS statistic ≥ ``ks_min_statistic``;
+total variation distance ≥ ``categorical_min_tvd``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mlcycle.canary import psi as _psi
 from mlcycle.config import MonitoringSpec
+from mlcycle.stats import chi2_two_sample, mean_ratio_ci, psi_from_counts, total_variation
+from mlcycle.stats import psi as _psi
 
 
 @dataclass
@@ -67,7 +69,7 @@ class FeatureDrift:
     feature: str
     kind: str  # numeric | categorical
     psi: float
-    pvalue: float | None  # KS (numeric) or chi-squared (categorical)
+    pvalue: float | None  # KS (numeric) or two-sample chi-squared (categorical)
     statistic: float | None  # KS statistic, or chi-squared statistic
     wasserstein: float | None
     missing_reference: float
@@ -76,39 +78,49 @@ class FeatureDrift:
     new_category_share: float = 0.0
     drifted: bool = False
     reasons: tuple[str, ...] = field(default_factory=tuple)
+    tvd: float | None = None  # categorical: total variation distance between the two distributions
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def _categorical_psi(
-    ref: dict[str, float], ref_rows: int, cur: pd.Series
-) -> tuple[float, float, float, tuple[str, ...], float]:
+@dataclass(frozen=True)
+class CategoricalShift:
+    psi: float
+    statistic: float  # chi-squared, two-sample (test of homogeneity on the 2 x k table of counts)
+    pvalue: float
+    tvd: float
+    new_categories: tuple[str, ...]
+    new_category_share: float
+
+
+def _categorical_psi(ref: dict[str, float], ref_rows: float, cur: pd.Series) -> CategoricalShift:
+    """Shift of a categorical feature: PSI, a two-sample chi-squared test, the total variation distance
+    and the categories never seen in the reference.
+
+    ``ref`` holds the reference's shares over ``ref_rows`` non-null rows, turned back into counts:
+    the reference is a sample too, and a goodness-of-fit test against its shares (as if they were
+    exact) overstates significance when it is small."""
     counts = cur.value_counts()
     cats = sorted(set(ref) | set(counts.index))
-    n = counts.sum()
-    k = len(cats)
-    # Add-half smoothing on both sides, as for numeric PSI: an unseen category weighs as a large
-    # but finite term.
-    e = (np.array([ref.get(c, 0.0) for c in cats]) * ref_rows + 0.5) / (ref_rows + 0.5 * k)
-    a = (np.array([counts.get(c, 0) for c in cats]) + 0.5) / (n + 0.5 * k)
-    value = float(np.sum((a - e) * np.log(a / e)))
-    expected_counts = np.array([ref.get(c, 0.0) for c in cats]) * n
-    seen = expected_counts > 0
-    observed = np.array([counts.get(c, 0) for c in cats], dtype=float)
-    if seen.sum() >= 2 and observed[seen].sum() > 0:
-        scaled = expected_counts[seen] * observed[seen].sum() / expected_counts[seen].sum()
-        chi = stats.chisquare(observed[seen], scaled)
-        stat, pvalue = float(chi.statistic), float(chi.pvalue)
-    else:
-        stat, pvalue = float("nan"), float("nan")
+    ref_counts = np.array([ref.get(c, 0.0) for c in cats]) * ref_rows
+    cur_counts = np.array([counts.get(c, 0) for c in cats], dtype=float)
+    n = cur_counts.sum()
+    stat, pvalue, _ = chi2_two_sample(ref_counts, cur_counts)
     new = tuple(c for c in cats if c not in ref and counts.get(c, 0) > 0)
     share = float(sum(counts.get(c, 0) for c in new) / n) if n else 0.0
-    return value, stat, pvalue, new, share
+    return CategoricalShift(psi_from_counts(ref_counts, cur_counts), stat, pvalue,
+                            total_variation(ref_counts, cur_counts), new, share)  # fmt: skip
 
 
 def feature_drift(reference: ReferenceStats, current: pd.DataFrame, spec: MonitoringSpec) -> list[FeatureDrift]:
-    """Drift of every reference feature in the current window."""
+    """Drift of every reference feature in the current window.
+
+    With thousands of rows every tiny shift is "significant", so a test counts only with an effect
+    large enough to matter: numeric, a KS p-value below ``ks_pvalue`` and a KS statistic of at least
+    ``ks_min_statistic``; categorical, a two-sample chi-squared p-value below ``categorical_pvalue``
+    and a total variation distance of at least ``categorical_min_tvd``. PSI at or above
+    ``psi_drift`` counts on its own (it is computed per value for features with few distinct values)."""
     out = []
     for col, ref_values in reference.numeric.items():
         values = pd.to_numeric(current[col], errors="coerce").to_numpy(dtype=float)
@@ -133,16 +145,22 @@ def feature_drift(reference: ReferenceStats, current: pd.DataFrame, spec: Monito
     for col, ref_freq in reference.categorical.items():
         series = current[col].astype(object)
         missing = float(series.isna().mean()) if len(series) else 0.0
-        value, stat, pvalue, new, share = _categorical_psi(ref_freq, reference.rows, series.dropna().astype(str))
+        # The shares were computed on the non-null rows of a sample of at most ``reference_sample``
+        # rows (reference_stats): that is the reference's sample size for the two-sample test.
+        ref_rows = min(reference.rows, spec.reference_sample) * (1 - reference.missing[col])
+        shift = _categorical_psi(ref_freq, ref_rows, series.dropna().astype(str))
         reasons = []
-        if value >= spec.psi_drift:
-            reasons.append(f"PSI {value:.3f} >= {spec.psi_drift}")
-        if new and share >= spec.new_category_share:
-            reasons.append(f"new categories {', '.join(new)} ({share:.1%} of rows)")
+        if shift.psi >= spec.psi_drift:
+            reasons.append(f"PSI {shift.psi:.3f} >= {spec.psi_drift}")
+        if shift.pvalue < spec.categorical_pvalue and shift.tvd >= spec.categorical_min_tvd:
+            reasons.append(f"{shift.tvd:.1%} of rows changed category (χ² p={shift.pvalue:.1e})")
+        if shift.new_categories and shift.new_category_share >= spec.new_category_share:
+            reasons.append(f"new categories {', '.join(shift.new_categories)} ({shift.new_category_share:.1%} of rows)")
         if abs(missing - reference.missing[col]) >= spec.missing_rate_change:
             reasons.append(f"missing {reference.missing[col]:.1%} → {missing:.1%}")
-        out.append(FeatureDrift(col, "categorical", value, pvalue, stat, None, reference.missing[col], missing,
-                                new, share, bool(reasons), tuple(reasons)))  # fmt: skip
+        out.append(FeatureDrift(col, "categorical", shift.psi, shift.pvalue, shift.statistic, None,
+                                reference.missing[col], missing, shift.new_categories, shift.new_category_share,
+                                bool(reasons), tuple(reasons), shift.tvd))  # fmt: skip
     return out
 
 
@@ -155,16 +173,30 @@ class PredictionDrift:
     mean_current: float
     mean_change: float  # relative
     alert: bool
+    mean_change_low: float = float("-inf")  # 95% interval of the relative change
+    mean_change_high: float = float("inf")
+    reasons: tuple[str, ...] = ()
 
 
 def prediction_drift(reference_scores: np.ndarray, current_scores: np.ndarray, spec: MonitoringSpec) -> PredictionDrift:
+    """Shift of the score distribution: PSI, KS, and the relative change of the mean score.
+
+    The mean change alerts only when its whole 95% interval lies beyond ``score_mean_change``: a
+    mean over a few hundred scores, a few percent of them high, moves by more than 10% from
+    sampling alone (half the hourly windows of 500 rows would alert on a point estimate)."""
     ref, cur = np.asarray(reference_scores, float), np.asarray(current_scores, float)
     ks = stats.ks_2samp(ref, cur)
     value = _psi(ref, cur)
-    change = (cur.mean() - ref.mean()) / ref.mean() if ref.mean() else float("inf")
-    alert = value >= spec.psi_drift or abs(change) > spec.score_mean_change
+    change, low, high = mean_ratio_ci(ref, cur)
+    reasons = []
+    if value >= spec.psi_drift:
+        reasons.append(f"score PSI {value:.3f} >= {spec.psi_drift}")
+    if low > spec.score_mean_change or high < -spec.score_mean_change:
+        reasons.append(
+            f"mean score {change:+.1%} (95% CI {low:+.1%} … {high:+.1%}) beyond ±{spec.score_mean_change:.0%}"
+        )
     return PredictionDrift(value, float(ks.statistic), float(ks.pvalue), float(ref.mean()), float(cur.mean()),
-                           float(change), bool(alert))  # fmt: skip
+                           float(change), bool(reasons), float(low), float(high), tuple(reasons))  # fmt: skip
 
 
 # --- performance decay on delayed labels ------------------------------------------------------------
@@ -176,7 +208,9 @@ class DecayWindow:
 
     Chargebacks arrive within days, the all-clear for a legitimate purchase only when the dispute
     window closes: before that, the labels known for a window are almost all frauds, and an AUC on
-    them means nothing. So an immature window is listed (``matured=False``) but not scored."""
+    them means nothing. So an immature window is listed (``matured=False``) but not scored. In a
+    matured window a row counts only if its own label has arrived: a chargeback that comes after
+    the dispute window is a late positive, not a negative (``unlabelled`` counts those rows)."""
 
     start: pd.Timestamp
     end: pd.Timestamp
@@ -186,6 +220,7 @@ class DecayWindow:
     roc_auc: float | None = None
     precision: float | None = None
     recall: float | None = None
+    unlabelled: int = 0
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -209,10 +244,65 @@ def _utc(moment: datetime | pd.Timestamp) -> pd.Timestamp:
 
 
 def _labelled(rows: pd.DataFrame, transactions: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
-    """``rows`` with ``is_fraud`` where the label had arrived by ``as_of`` (NaN otherwise)."""
+    """``rows`` with ``is_fraud`` where the row's own label had arrived by ``as_of`` (NaN otherwise)
+    and ``event_timestamp`` (the age of a row decides how likely a late label still is)."""
     rows = rows[rows["transaction_id"].notna()].astype({"transaction_id": "int64"})
-    known = transactions.loc[transactions["label_available_at"] <= as_of, ["transaction_id", "is_fraud"]]
-    return rows.merge(known, on="transaction_id", how="left")
+    cols = ["transaction_id", "is_fraud", "label_available_at"]
+    if "event_timestamp" in transactions and "event_timestamp" not in rows:
+        cols.append("event_timestamp")
+    out = rows.merge(transactions[cols], on="transaction_id", how="left")
+    out.loc[~(out["label_available_at"] <= as_of), "is_fraud"] = np.nan
+    return out.drop(columns=["label_available_at"])
+
+
+def _judged(part: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The rows of a matured window whose label has arrived, and how many have not."""
+    known = part["is_fraud"].notna()
+    return part[known], int((~known).sum())
+
+
+@dataclass(frozen=True)
+class LateLabels:
+    """How many positive labels of the judged rows are probably still on their way.
+
+    Estimated from the delays of positives on events older than ``horizon_days`` (all of whose
+    labels have had time to arrive): each known positive of age ``a`` stands for
+    ``1 / (1 - S(a))`` positives, where ``S(a)`` is the share of delays longer than ``a``."""
+
+    expected_missing: float
+    share: float  # of all positives among the judged rows (known + expected missing)
+    basis: int  # positives the delay distribution was estimated from
+    horizon_days: float
+
+    def line(self) -> str:
+        return (
+            f"about {self.share:.1%} of the positive labels of these rows have probably not arrived yet "
+            f"(~{self.expected_missing:.1f} rows; delay distribution from {self.basis} positives on events "
+            f"older than {self.horizon_days:g} days)"
+        )
+
+
+def late_labels(
+    known_positive_ages_days: np.ndarray,
+    transactions: pd.DataFrame,
+    as_of: pd.Timestamp,
+    horizon_days: float,
+    min_basis: int = 30,
+) -> LateLabels | None:
+    """Expected positives still missing among rows whose known positives have the given ages
+    (days between event and ``as_of``); None when too few old positives show the delay distribution."""
+    age = (as_of - transactions["event_timestamp"]).dt.total_seconds() / 86400
+    delay = (transactions["label_available_at"] - transactions["event_timestamp"]).dt.total_seconds() / 86400
+    old = (transactions["is_fraud"].astype(bool) & (age >= horizon_days) & (delay <= horizon_days)).to_numpy()
+    delays = np.sort(delay.to_numpy()[old])
+    if len(delays) < min_basis:
+        return None
+    ages = np.asarray(known_positive_ages_days, float)
+    survival = 1.0 - np.searchsorted(delays, ages, side="right") / len(delays)  # S(a) = P(delay > a)
+    survival = np.minimum(survival, 1.0 - 1.0 / len(delays))  # an observed positive has arrived
+    missing = float(np.sum(survival / (1.0 - survival)))
+    total = len(ages) + missing
+    return LateLabels(missing, missing / total if total else 0.0, len(delays), horizon_days)
 
 
 def performance_windows(
@@ -226,9 +316,9 @@ def performance_windows(
     """Per window of prediction time: ROC-AUC, precision and recall on the labels known at ``as_of``.
 
     ``predictions`` needs ``transaction_id``, ``predicted_at`` (UTC), ``score`` and ``decision``;
-    ``transactions`` needs ``transaction_id``, ``is_fraud`` and ``label_available_at``. A label is
-    used only if it had arrived by ``as_of``; a window counts as matured when ``as_of`` is at least
-    ``maturity_days`` past its end, and then a prediction without a chargeback is legitimate."""
+    ``transactions`` needs ``transaction_id``, ``is_fraud`` and ``label_available_at``. A window
+    counts as matured when ``as_of`` is at least ``maturity_days`` past its end; then each row is
+    judged on its own label if it has arrived by ``as_of`` and left out (``unlabelled``) if not."""
     as_of_ts = _utc(as_of)
     step = pd.Timedelta(days=window_days)
     last_end = as_of_ts.floor("D") + pd.Timedelta(days=1)
@@ -245,9 +335,10 @@ def performance_windows(
         if not matured or part.empty:
             out.append(DecayWindow(start, end, len(part), matured))
         else:
-            labels = part["is_fraud"].fillna(0).to_numpy().astype(bool)
-            auc, precision, recall = _quality(labels, part["score"].to_numpy(float), part["decision"].to_numpy(bool))
-            out.append(DecayWindow(start, end, len(part), True, int(labels.sum()), auc, precision, recall))
+            known, unlabelled = _judged(part)
+            labels = known["is_fraud"].to_numpy().astype(bool)
+            auc, precision, recall = _quality(labels, known["score"].to_numpy(float), known["decision"].to_numpy(bool))
+            out.append(DecayWindow(start, end, len(part), True, int(labels.sum()), auc, precision, recall, unlabelled))
         start = end
     return out
 
@@ -255,7 +346,7 @@ def performance_windows(
 @dataclass(frozen=True)
 class DecayVerdict:
     windows: int  # matured windows pooled
-    predictions: int
+    predictions: int  # rows judged (their label has arrived)
     positives: int
     roc_auc: float | None
     precision: float | None
@@ -263,7 +354,11 @@ class DecayVerdict:
     baseline_roc_auc: float | None  # the champion's test ROC-AUC when it was trained
     alert: bool
     reasons: tuple[str, ...]
-    judged: bool  # False: too few matured windows or positives to say anything
+    judged: bool  # False: too few positives, or an interval that cannot tell decay from noise
+    roc_auc_ci: tuple[float, float] | None = None  # 95%, Hanley & McNeil
+    unlabelled: int = 0  # matured rows whose own label has not arrived (left out)
+    late_labels: dict | None = None  # LateLabels.as_dict(): positives probably still on their way
+    state: str = "not_measurable"  # "ok" | "decayed" | "not_measurable"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -277,32 +372,58 @@ def decay_verdict(
     spec: MonitoringSpec,
     baseline_roc_auc: float | None = None,
 ) -> tuple[DecayVerdict, list[DecayWindow]]:
-    """Pool the newest ``decay_rolling_windows`` matured windows and judge them against the bounds."""
+    """Pool the newest ``decay_rolling_windows`` matured windows and judge their ROC-AUC's 95%
+    interval against the bounds: decayed only when the whole interval is below a bound, fine when
+    it is wholly above, and "not measurable yet" when it straddles one (an alert there would be a
+    retraining on noise; a silence there would be a pass by default)."""
+    from mlcycle.stats import Z95, auc_se
+
     windows = performance_windows(predictions, transactions, as_of, maturity_days, spec.decay_window_days,
                                   spec.decay_lookback_days)  # fmt: skip
     matured = [w for w in windows if w.matured and w.predictions][-spec.decay_rolling_windows :]
     if not matured:
         empty = DecayVerdict(0, 0, 0, None, None, None, baseline_roc_auc, False, ("no matured window yet",), False)
         return empty, windows
+    as_of_ts = _utc(as_of)
     lo, hi = matured[0].start, matured[-1].end
     in_range = (predictions["predicted_at"] >= lo) & (predictions["predicted_at"] < hi)
-    rows = _labelled(predictions[in_range], transactions, _utc(as_of))
-    labels = rows["is_fraud"].fillna(0).to_numpy().astype(bool)
+    rows, unlabelled = _judged(_labelled(predictions[in_range], transactions, as_of_ts))
+    labels = rows["is_fraud"].to_numpy().astype(bool)
     auc, precision, recall = _quality(labels, rows["score"].to_numpy(float), rows["decision"].to_numpy(bool))
     positives = int(labels.sum())
+    late = None
+    if "event_timestamp" in rows and positives:
+        ages = (as_of_ts - rows.loc[labels, "event_timestamp"]).dt.total_seconds().to_numpy() / 86400
+        found = late_labels(ages, transactions, as_of_ts, 2 * maturity_days, spec.decay_min_positives)
+        late = asdict(found) | {"line": found.line()} if found else None
     reasons: list[str] = []
-    judged = positives >= spec.decay_min_positives and auc is not None
-    if not judged:
-        reasons.append(f"{positives} frauds in {len(matured)} matured windows (< {spec.decay_min_positives})")
+    ci: tuple[float, float] | None = None
+    state = "not_measurable"
+    if positives < spec.decay_min_positives or auc is None:
+        reasons.append(
+            f"not measurable yet: {positives} positives in {len(matured)} matured windows "
+            f"(< {spec.decay_min_positives})"
+        )
     else:
-        if auc < spec.min_roc_auc:
-            reasons.append(f"ROC-AUC {auc:.3f} < {spec.min_roc_auc}")
-        if baseline_roc_auc is not None and baseline_roc_auc - auc > spec.max_roc_auc_drop:
-            reasons.append(f"ROC-AUC {auc:.3f} is {baseline_roc_auc - auc:.3f} below the champion's test "
-                           f"{baseline_roc_auc:.3f} (> {spec.max_roc_auc_drop})")  # fmt: skip
-    alert = judged and bool(reasons)
+        se = auc_se(auc, positives, len(labels) - positives)
+        ci = (auc - Z95 * se, min(1.0, auc + Z95 * se))
+        text = f"ROC-AUC {auc:.3f} (95% CI {ci[0]:.3f}–{ci[1]:.3f}, {positives} positives)"
+        bounds = [(spec.min_roc_auc, f"the floor {spec.min_roc_auc}")]
+        if baseline_roc_auc is not None:
+            bounds.append((baseline_roc_auc - spec.max_roc_auc_drop,
+                           f"the champion's test {baseline_roc_auc:.3f} minus {spec.max_roc_auc_drop}"))  # fmt: skip
+        below = [what for bound, what in bounds if ci[1] < bound]
+        straddled = [what for bound, what in bounds if ci[0] < bound <= ci[1]]
+        if below:
+            state = "decayed"
+            reasons += [f"{text} is below {what}" for what in below]
+        elif straddled:
+            reasons += [f"not measurable yet: {text} straddles {what}" for what in straddled]
+        else:
+            state = "ok"
+    alert = state == "decayed"
     verdict = DecayVerdict(len(matured), len(rows), positives, auc, precision, recall, baseline_roc_auc, alert,
-                           tuple(reasons), judged)  # fmt: skip
+                           tuple(reasons), state != "not_measurable", ci, unlabelled, late, state)  # fmt: skip
     return verdict, windows
 
 

@@ -26,6 +26,7 @@ from mlcycle import monitoring, registry
 from mlcycle.config import ProjectConfig
 from mlcycle.prediction_store import read_logged_predictions
 from mlcycle.tracking import FEATURES_TAG, SNAPSHOT_ARTIFACT
+from mlcycle.training import TIME_COLUMN
 from mlcycle.validation import load_transactions
 
 log = logging.getLogger("mlcycle.monitoring")
@@ -36,6 +37,9 @@ CODES = {"merchant_category_code", "channel_code"}
 # Time-of-day features: a window shorter than a day shifts them by construction.
 TIME_OF_DAY = {"hour_of_day"}
 MONITORING_EXPERIMENT_SUFFIX = "-monitoring"
+# Bumped when what the cached reference holds changes (2: scores from the held-out window).
+REFERENCE_FORMAT = 2
+DECAY_SUMMARY_KEYS = ("state", "roc_auc", "roc_auc_ci", "precision", "recall", "positives", "reasons", "late_labels")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,20 @@ class ChampionReference:
     numeric: list[str]
     categorical: list[str]
     baseline_roc_auc: float | None
+
+
+def held_out_rows(snapshot: pd.DataFrame, test_start: str | None) -> pd.DataFrame:
+    """The rows of a training snapshot that the model was evaluated on, not fitted on: from the
+    run's recorded ``test_start`` on (the time split is by event time)."""
+    if not test_start:
+        raise RuntimeError("the champion's run records no test_start: retrain it to monitor its scores")
+    start = pd.Timestamp(test_start)
+    times = snapshot[TIME_COLUMN]
+    start = start.tz_localize("UTC") if start.tz is None and times.dt.tz is not None else start
+    held_out = snapshot[times >= start]
+    if held_out.empty:
+        raise RuntimeError(f"no snapshot rows at or after test_start {test_start}")
+    return held_out
 
 
 def _reference_dir(cfg: ProjectConfig, version: str) -> Path:
@@ -67,30 +85,37 @@ def champion_reference(cfg: ProjectConfig) -> ChampionReference:
     version = str(mv.version)
     directory = _reference_dir(cfg, version)
     meta_path = directory / "meta.json"
-    if not meta_path.exists():
+    if not meta_path.exists() or json.loads(meta_path.read_text()).get("format") != REFERENCE_FORMAT:
         features = json.loads(mv.tags[FEATURES_TAG])
         with tempfile.TemporaryDirectory() as tmp:
             path = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=SNAPSHOT_ARTIFACT, dst_path=tmp)
             frame = pd.read_parquet(path)
+        run = client.get_run(mv.run_id)
+        held_out = held_out_rows(frame, run.data.params.get("test_start"))
         sample_n = min(len(frame), cfg.monitoring.reference_sample)
         frame = frame.sample(sample_n, random_state=0) if sample_n < len(frame) else frame
         numeric = [f for f in features if f not in CODES]
         categorical = [c for c in CATEGORICAL if c in frame.columns]
+        # Inputs: the whole training snapshot (what the model learned the world to be). Scores: only
+        # the held-out evaluation window, because scores on the rows a model was fitted on are
+        # in-sample (more confident than it will ever be on new rows) and would read as drift.
         stats = monitoring.reference_stats(frame, numeric, categorical, sample=cfg.monitoring.reference_sample)
         booster = mlflow.xgboost.load_model(f"models:/{cfg.model.name}/{version}")
-        scores = booster.inplace_predict(matrix(frame, features)).astype(float)
+        scores = booster.inplace_predict(matrix(held_out, features)).astype(float)
         directory.mkdir(parents=True, exist_ok=True)
         stats.save(directory / "stats")
         np.save(directory / "scores.npy", scores)
-        keep = min(len(frame), cfg.monitoring.evidently_sample)
-        sample = frame[[*numeric, *categorical]].assign(score=scores).sample(keep, random_state=0)
+        keep = min(len(held_out), cfg.monitoring.evidently_sample)
+        sample = held_out[[*numeric, *categorical]].assign(score=scores).sample(keep, random_state=0)
         sample.to_parquet(directory / "sample.parquet", index=False)
-        run = client.get_run(mv.run_id)
         baseline = run.data.metrics.get("test.roc_auc")
-        meta = {"version": version, "numeric": numeric, "categorical": categorical, "baseline_roc_auc": baseline,
-                "rows": len(frame), "run_id": mv.run_id, "computed_at": datetime.now(UTC).isoformat()}  # fmt: skip
+        meta = {"format": REFERENCE_FORMAT, "version": version, "numeric": numeric, "categorical": categorical,
+                "baseline_roc_auc": baseline, "rows": len(frame), "score_rows": len(held_out),
+                "scores_from": "held-out evaluation window", "run_id": mv.run_id,
+                "computed_at": datetime.now(UTC).isoformat()}  # fmt: skip
         meta_path.write_text(json.dumps(meta, indent=2))
-        log.info("reference for v%s computed from %d training rows and cached in %s", version, len(frame), directory)
+        log.info("reference for v%s: inputs from %d training rows, scores from %d held-out rows, cached in %s",
+                 version, len(frame), len(held_out), directory)  # fmt: skip
     meta = json.loads(meta_path.read_text())
     return ChampionReference(
         version=version,
@@ -161,7 +186,7 @@ class CheckResult:
             "rows": self.rows,
             "drifted_features": {d["feature"]: list(d["reasons"]) for d in drifted},
             "prediction_drift": self.prediction_drift,
-            "decay": {k: self.decay.get(k) for k in ("roc_auc", "precision", "recall", "positives", "reasons")},
+            "decay": {k: self.decay.get(k) for k in DECAY_SUMMARY_KEYS},
             "upstream_anomalies": self.upstream_anomalies,
             "summary_path": self.summary_path,
             "report_html": self.report_html,
@@ -193,15 +218,23 @@ class CheckResult:
                       f"{pd_['mean_current']:.4f} ({pd_['mean_change']:+.1%})"
                       + (" — **alert**" if pd_["alert"] else "")]  # fmt: skip
         lines += ["", "### Performance on matured labels", ""]
-        if decay.get("judged"):
+        if decay.get("roc_auc") is not None and decay.get("positives"):
+            ci = decay.get("roc_auc_ci")
+            ci_text = f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else ""
+            state = {"ok": "fine", "decayed": "**decayed**"}.get(decay.get("state", ""), "**not measurable yet**")
             lines.append(
-                f"Newest {decay['windows']} matured windows: ROC-AUC {decay['roc_auc']:.3f} (champion's test "
-                f"{decay['baseline_roc_auc'] or float('nan'):.3f}), precision {decay['precision']:.3f}, recall "
-                f"{decay['recall']:.3f} on {decay['predictions']:,} predictions / {decay['positives']} frauds"
-                + (" — **alert**: " + "; ".join(decay["reasons"]) if decay["alert"] else "")
+                f"Newest {decay['windows']} matured windows: ROC-AUC {decay['roc_auc']:.3f}{ci_text} (champion's "
+                f"test {decay['baseline_roc_auc'] or float('nan'):.3f}), precision {decay['precision']:.3f}, "
+                f"recall {decay['recall']:.3f} on {decay['predictions']:,} labelled predictions / "
+                f"{decay['positives']} positives: {state}"
+                + (": " + "; ".join(decay["reasons"]) if decay.get("reasons") else "")
             )
         else:
-            lines.append("Not judged: " + "; ".join(decay.get("reasons") or ["no matured labels"]))
+            lines.append("Not measurable yet: " + "; ".join(decay.get("reasons") or ["no matured labels"]))
+        if decay.get("unlabelled"):
+            lines.append(f"\n{decay['unlabelled']:,} matured predictions whose own label has not arrived are left out.")
+        if decay.get("late_labels"):
+            lines.append(f"\nLate labels: {decay['late_labels']['line']}.")
         judged = [w for w in self.decay_windows if w["matured"] and w["roc_auc"] is not None]
         if judged:
             lines += ["", "| window | predictions | frauds | ROC-AUC | precision | recall |", "|---" * 6 + "|"]

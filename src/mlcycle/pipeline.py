@@ -77,30 +77,45 @@ def publish_features(cfg: ProjectConfig, end: datetime | None = None, fresh: boo
     return store.materialize(fs, end)
 
 
+def default_as_of(now: datetime | None = None) -> pd.Timestamp:
+    """The labels-known-at time when none is given: the start of the current UTC day.
+
+    A training set depends on the instant it is cut at (which events have matured, which labels
+    have arrived). Cutting at "now" made two trainings minutes apart learn from different rows and
+    made a gate's verdict depend on the time of day it ran; cutting at the day's start gives every
+    training on one day the same rows, so a retrain is comparable with the model trained that morning."""
+    moment = pd.Timestamp(now or datetime.now(UTC))
+    moment = moment.tz_localize("UTC") if moment.tz is None else moment.tz_convert("UTC")
+    return moment.floor("D")
+
+
 def labelled_entities(
     transactions: pd.DataFrame,
     as_of: datetime | None = None,
     maturity_days: float = 30.0,
     window_days: int | None = None,
 ) -> pd.DataFrame:
-    """Entity rows with their label as known at ``as_of`` (default now), for matured events only.
+    """Entity rows with their label as known at ``as_of`` (default: the start of today, UTC), for
+    matured events only.
 
     Fraud labels (chargebacks) arrive within days, legitimate ones only when the dispute window
     closes: among recent events, the known labels are almost all fraud. So only events older than
-    ``maturity_days`` are used, and a label that has not arrived by ``as_of`` counts as legitimate
-    (no chargeback yet) — never the label the generator knows but nobody could have seen.
+    ``maturity_days`` are used, and of those only the rows whose own label had arrived by ``as_of``
+    (``label_available_at``). A row whose label has not arrived is unknown, not legitimate: a few
+    percent of chargebacks arrive after the dispute window, and counting them as 0 would teach the
+    model that those frauds were fine. Never the label the generator knows but nobody could have seen.
     """
-    as_of_ts = pd.Timestamp(as_of or datetime.now(UTC))
+    as_of_ts = default_as_of() if as_of is None else pd.Timestamp(as_of)
     as_of_ts = as_of_ts.tz_localize("UTC") if as_of_ts.tz is None else as_of_ts.tz_convert("UTC")
     cutoff = as_of_ts - pd.Timedelta(days=maturity_days)
     mask = transactions["event_timestamp"] <= cutoff
     if window_days is not None:
         mask &= transactions["event_timestamp"] > cutoff - pd.Timedelta(days=window_days)
+    mask &= transactions["label_available_at"] <= as_of_ts
     rows = transactions.loc[mask]
     entities = store.entity_frame(rows)
     entities["transaction_id"] = rows["transaction_id"].to_numpy()
-    known = (rows["label_available_at"] <= as_of_ts).to_numpy()
-    entities["is_fraud"] = (rows["is_fraud"].to_numpy().astype(bool) & known).astype("int8")
+    entities["is_fraud"] = rows["is_fraud"].to_numpy().astype("int8")
     return entities
 
 

@@ -4,6 +4,9 @@ Writing is off the request path: ``append`` puts records on an in-memory queue a
 background thread writes them in batches (every ``flush_rows`` records or ``flush_seconds``) as
 parquet files partitioned by day (``date=YYYY-MM-DD/part-….parquet``). Each file is written to a
 temporary name and renamed, so a reader never sees half a file. ``close`` drains the queue.
+
+The log holds who paid how much where: its files are the service user's alone (``FILE_MODE``,
+directories ``DIR_MODE``), whatever the umask — a 0644 journal let every user of the machine read it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,13 @@ COLUMNS = [
 
 
 JOURNAL_DIR = "_journal"
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def _private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) owner-only; parents that already exist are left as they are."""
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
 
 
 class PredictionLog:
@@ -46,9 +56,9 @@ class PredictionLog:
 
     def __init__(self, directory: str | Path, flush_rows: int = 2000, flush_seconds: float = 1.0):
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        _private_dir(self.directory)
         self.journal_dir = self.directory / JOURNAL_DIR
-        self.journal_dir.mkdir(exist_ok=True)
+        _private_dir(self.journal_dir)
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
         self._queue: queue.Queue[tuple[int, dict[str, Any]] | None] = queue.Queue()
         self._lock = threading.Lock()
@@ -64,7 +74,7 @@ class PredictionLog:
         return self.journal_dir / f"{self._name}-{segment:08d}.jsonl"
 
     def _open_segment(self) -> int:
-        fd = os.open(self._segment_path(self._segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(self._segment_path(self._segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while this process lives: not recoverable
         return fd
 
@@ -155,10 +165,12 @@ def _json_default(value: Any) -> Any:
 def _write_part(directory: Path, frame: pd.DataFrame, day: str) -> None:
     frame = frame.reindex(columns=COLUMNS)
     part = directory / f"date={day}"
-    part.mkdir(parents=True, exist_ok=True)
+    _private_dir(part)
     name = f"part-{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.parquet"
     tmp = part / f".{name}.tmp"
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+    # Created owner-only from the start (pyarrow would create it 0666 minus the umask).
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "wb") as handle:
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), handle)
     tmp.replace(part / name)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +28,11 @@ from mlcycle.config import ProjectConfig
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+# What a row of the promotion log records (``action``): an ordinary alias move, or a rollback —
+# which must not count as a promotion when the next rollback looks for "the previous champion".
+MOVE, ROLLBACK = "move", "rollback"
+# Registered model names mlcycle accepts: they go into MLflow filter strings, so no quotes.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\- ]{0,255}")
 
 
 def client_for(cfg: ProjectConfig) -> MlflowClient:
@@ -61,6 +67,7 @@ class PromotionEvent:
     to_version: str | None
     actor: str
     reason: str
+    action: str = MOVE
 
 
 class PromotionLog:
@@ -82,8 +89,22 @@ class PromotionLog:
             sa.Column("to_version", sa.String(32)),
             sa.Column("actor", sa.String(256), nullable=False),
             sa.Column("reason", sa.Text, nullable=False),
+            sa.Column("action", sa.String(32)),  # NULL in rows written before it existed: a move
         )
         self.table.metadata.create_all(self.engine, checkfirst=True)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """A log created by an older mlcycle lacks ``action``: add it (nullable, so old rows stay)."""
+        columns = {c["name"] for c in sa.inspect(self.engine).get_columns(self.table.name)}
+        if "action" in columns:
+            return
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(sa.text(f"ALTER TABLE {self.table.name} ADD COLUMN action VARCHAR(32)"))
+        except sa.exc.DBAPIError:  # another process added it first
+            if "action" not in {c["name"] for c in sa.inspect(self.engine).get_columns(self.table.name)}:
+                raise
 
     def append(self, event: PromotionEvent) -> None:
         with self.engine.begin() as conn:
@@ -101,6 +122,7 @@ class PromotionLog:
             PromotionEvent(
                 at=row["at"] if row["at"].tzinfo else row["at"].replace(tzinfo=UTC),
                 **{k: row[k] for k in ("model", "alias", "from_version", "to_version", "actor", "reason")},
+                action=row["action"] or MOVE,
             )
             for row in rows
         ]
@@ -121,8 +143,10 @@ def move_alias(
     version: str | None,
     reason: str,
     who: str | None = None,
+    action: str = MOVE,
 ) -> PromotionEvent:
-    """Point ``alias`` at ``version`` (None removes it) and record the move."""
+    """Point ``alias`` at ``version`` (None removes it) and record the move (``action`` says whether
+    it was a rollback, which champion_lineage reads)."""
     previous = version_by_alias(client, name, alias)
     if version is None:
         if previous is not None:
@@ -137,6 +161,7 @@ def move_alias(
         to_version=str(version) if version is not None else None,
         actor=who or actor(),
         reason=reason,
+        action=action,
     )
     log.append(event)
     return event
@@ -154,9 +179,39 @@ def promote(
     return events
 
 
+def champion_lineage(log: PromotionLog, name: str) -> list[str]:
+    """The champions that are still "behind" the current one, oldest first: the promotion log's
+    champion moves replayed, where a promotion pushes a version and a rollback pops one. So after
+    v1 → v2 → v3 and one rollback the lineage is [1, 2]; a second rollback goes to v1, not back to
+    v3 (taking the last move's ``from_version`` would undo the first rollback)."""
+    lineage: list[str] = []
+    moves = [e for e in reversed(log.history(name)) if e.alias == CHAMPION]  # history is newest first
+    for event in moves:
+        if event.to_version is None:  # the champion alias removed: what came before no longer applies
+            lineage.clear()
+        elif event.action == ROLLBACK:
+            if lineage:
+                lineage.pop()
+            if not lineage or lineage[-1] != event.to_version:
+                lineage.append(event.to_version)
+        elif not lineage or lineage[-1] != event.to_version:
+            lineage.append(event.to_version)
+    return lineage
+
+
+def checked_name(name: str) -> str:
+    """``name`` if it is a registered-model name mlcycle accepts; it goes into an MLflow filter string,
+    where a quote would change the query (``x' OR name LIKE '%``)."""
+    if not MODEL_NAME.fullmatch(name):
+        raise ValueError(
+            f"registered model name {name!r}: use letters, digits, '.', '_', '-' or spaces (at most 256 characters)"
+        )
+    return name
+
+
 def versions(client: MlflowClient, name: str) -> Iterator[ModelVersion]:
     try:
-        found = client.search_model_versions(f"name='{name}'")
+        found = client.search_model_versions(f"name = '{checked_name(name)}'")
     except MlflowException:
         return iter(())
     return iter(sorted(found, key=lambda v: int(v.version)))

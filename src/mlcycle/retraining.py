@@ -5,21 +5,34 @@ drift looks like a broken upstream (a feature suddenly all null or constant, a c
 replaced), retraining would teach the model the bug and the gates would compare it against a
 champion on the same broken window. So the retraining flow stops, raises an alert and waits for a
 person: ``mlcycle approve RUN`` (the data is right: retrain) or ``mlcycle reject RUN``.
+
+Retraining is single-flight: drift and decay events, the weekly schedule and a person can all start
+one, and two at once would move the challenger alias under a canary still judging the first. So a
+lock (``single_flight``: a PostgreSQL advisory lock in profile ``scale``, which holds across hosts; a
+``flock`` locally) admits one at a time, and a durable record (``RetrainingLog``, beside the
+promotion log) lets one monitoring check start one retraining and keeps a cooldown after each
+retraining that trained. The check's summary path arrives in an event payload: it is read only
+from under the project's monitoring directory (``checked_summary_path``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import sqlalchemy as sa
 from prefect.input import RunInput
 
+from mlcycle import scale
 from mlcycle.config import ProjectConfig
 from mlcycle.validation import load_transactions, validate_transactions
 
@@ -63,6 +76,7 @@ def guard(cfg: ProjectConfig, summary: dict[str, Any] | None) -> GuardResult:
 
 
 def load_summary(path: str | None) -> dict[str, Any] | None:
+    """The triggering check's summary; pass the path through ``checked_summary_path`` first."""
     if not path or "{{" in path:  # a trigger whose event carried no summary renders nothing useful
         return None
     p = Path(path)
@@ -71,20 +85,138 @@ def load_summary(path: str | None) -> dict[str, Any] | None:
     return json.loads(p.read_text())
 
 
-def claim(summary_path: str | None, run_name: str) -> str | None:
-    """Make sure one monitoring check starts one retraining, though it may emit two events
-    (drift and decay): the first run creates ``retrain.claimed`` beside the summary; a later one
-    gets the name of the run that holds it."""
-    if not summary_path or "{{" in summary_path:
+def checked_summary_path(cfg: ProjectConfig, path: str | None) -> str | None:
+    """The triggering check's summary path, if it is one of this project's monitoring summaries.
+
+    It comes from an event payload, which anyone who can emit an event controls: only a file under
+    the project's monitoring directory is read, so an event cannot make the flow read (or make its
+    evidence point at) an arbitrary file. None for no path, or a trigger template that rendered
+    nothing; ValueError for a path elsewhere."""
+    if not path or "{{" in path:
         return None
-    marker = Path(summary_path).parent / "retrain.claimed"
+    root = cfg.monitoring_dir.resolve()
+    resolved = Path(path).resolve()  # symlinks and '..' resolved before the check
+    if not resolved.is_relative_to(root) or resolved.suffix != ".json":
+        raise ValueError(f"summary_path {path!r} is not a monitoring summary of this project (a .json file under "
+                         f"{root}): refused")  # fmt: skip
+    return str(resolved)
+
+
+class RetrainingLog:
+    """Append-only record of retraining runs, beside the promotion log (SQLite, or PostgreSQL in
+    profile ``scale``): which check a run claimed, when it trained, how it ended. Durable and shared
+    by every host, so "this check already started a retraining" and the cooldown hold across
+    processes, restarts and workers."""
+
+    CLAIMED, TRAINING, DONE = "claimed", "training", "done"
+
+    def __init__(self, uri: str):
+        if uri.startswith("sqlite:///"):
+            os.makedirs(os.path.dirname(uri[len("sqlite:///") :]) or ".", exist_ok=True)
+        scale.ensure_database(uri)
+        self.engine = sa.create_engine(uri)
+        self.table = sa.Table(
+            "mlcycle_retraining_log",
+            sa.MetaData(),
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+            sa.Column("model", sa.String(256), nullable=False),
+            sa.Column("run", sa.String(256), nullable=False),
+            sa.Column("step", sa.String(32), nullable=False),
+            sa.Column("trigger", sa.String(256)),
+            sa.Column("summary_path", sa.Text),
+            sa.Column("outcome", sa.Text),
+        )
+        self.table.metadata.create_all(self.engine, checkfirst=True)
+
+    def append(self, model: str, run: str, step: str, trigger: str | None = None, summary_path: str | None = None,
+               outcome: str | None = None, at: datetime | None = None) -> None:  # fmt: skip
+        row = {"at": at or datetime.now(UTC), "model": model, "run": run, "step": step, "trigger": trigger,
+               "summary_path": summary_path, "outcome": outcome}  # fmt: skip
+        with self.engine.begin() as conn:
+            conn.execute(self.table.insert().values(**row))
+
+    def _latest(self, *where: Any) -> Any:
+        query = sa.select(self.table).where(*where).order_by(self.table.c.id.desc()).limit(1)
+        with self.engine.connect() as conn:
+            return conn.execute(query).mappings().first()
+
+    def claimed_by(self, model: str, summary_path: str) -> str | None:
+        """The run that already claimed this check (one check emits drift and decay: one retraining)."""
+        t = self.table.c
+        row = self._latest(t.model == model, t.step == self.CLAIMED, t.summary_path == summary_path)
+        return row["run"] if row else None
+
+    def last_training(self, model: str) -> tuple[datetime, str] | None:
+        """When the latest retraining started to train, and which run."""
+        row = self._latest(self.table.c.model == model, self.table.c.step == self.TRAINING)
+        if row is None:
+            return None
+        at = row["at"] if row["at"].tzinfo else row["at"].replace(tzinfo=UTC)
+        return at, row["run"]
+
+    def latest_run(self, model: str) -> str | None:
+        row = self._latest(self.table.c.model == model)
+        return f"{row['run']} ({row['step']} at {row['at']:%Y-%m-%d %H:%M:%S})" if row else None
+
+
+def cooling_down(cfg: ProjectConfig, log: RetrainingLog, now: datetime | None = None) -> str | None:
+    """Why a retraining must not train now (the last one trained within ``retraining.cooldown_hours``), or None."""
+    hours = cfg.retraining.cooldown_hours
+    last = log.last_training(cfg.model.name) if hours > 0 else None
+    if last is None:
+        return None
+    at, run = last
+    until = at + timedelta(hours=hours)
+    if (now or datetime.now(UTC)) >= until:
+        return None
+    return (f"cooldown: the retraining {run} trained at {at:%Y-%m-%d %H:%M:%S} UTC, within retraining.cooldown_hours"
+            f"={hours:g}; next retraining allowed from {until:%Y-%m-%d %H:%M:%S} UTC")  # fmt: skip
+
+
+def lock_key(model: str) -> int:
+    """A signed 64-bit key for PostgreSQL's advisory lock, stable across hosts and processes."""
+    return int.from_bytes(hashlib.sha256(f"mlcycle.retrain:{model}".encode()).digest()[:8], "big", signed=True)
+
+
+@contextlib.contextmanager
+def single_flight(cfg: ProjectConfig) -> Iterator[bool]:
+    """Hold the project's retraining lock for the block; yields False (immediately) if another
+    retraining holds it. Profile ``scale``: a PostgreSQL advisory lock on the promotion log's
+    database, so workers on different hosts exclude each other, and a dead holder's lock goes with
+    its connection. Profile ``local``: an exclusive ``flock`` on ``data/retraining.lock``, which
+    the kernel releases when the holder dies (one host by definition)."""
+    uri = cfg.promotion_log_uri
+    if uri.startswith("postgresql"):
+        scale.ensure_database(uri)
+        engine = sa.create_engine(uri, poolclass=sa.pool.NullPool)  # closing must end the session
+        key = lock_key(cfg.model.name)
+        try:
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                held = bool(conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+                try:
+                    yield held
+                finally:
+                    if held:
+                        conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        finally:
+            engine.dispose()
+        return
+    path = cfg.data_path / "retraining.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     try:
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return marker.read_text().strip() or "another run"
-    with os.fdopen(fd, "w") as fh:
-        fh.write(run_name)
-    return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def api_url(cfg: ProjectConfig) -> str | None:

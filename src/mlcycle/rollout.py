@@ -93,24 +93,51 @@ def write_policy(
     return policy
 
 
+class NothingToRollBack(RuntimeError):
+    """No earlier champion to go back to (or the history cannot say which): nothing was changed."""
+
+
+def rollback_target(client: MlflowClient, log: registry.PromotionLog, model_name: str) -> tuple[str, str]:
+    """(current champion, the champion before it) from the promotion log's lineage; raises
+    NothingToRollBack, saying why, when there is none."""
+    current = registry.version_by_alias(client, model_name, registry.CHAMPION)
+    if current is None:
+        raise NothingToRollBack(f"{model_name} has no champion: nothing to roll back")
+    lineage = registry.champion_lineage(log, model_name)
+    version = str(current.version)
+    if not lineage or lineage[-1] != version:
+        known = f"v{lineage[-1]}" if lineage else "none"
+        raise NothingToRollBack(
+            f"the champion is v{version} but the promotion log's last champion is {known}: the alias was moved "
+            "outside mlcycle, so the log cannot say what came before it. Choose a version: mlcycle promote VERSION"
+        )
+    if len(lineage) < 2:
+        raise NothingToRollBack(
+            f"nothing to roll back to: v{version} is the first champion of {model_name} in the promotion log "
+            "(every earlier one was already rolled back)"
+        )
+    return version, lineage[-2]
+
+
 def rollback(
     client: MlflowClient, log: registry.PromotionLog, model_name: str, reason: str, who: str | None = None
 ) -> list[registry.PromotionEvent]:
-    """Champion back to the previous champion (from the promotion log), traffic to champion-only."""
-    events = []
-    current = registry.version_by_alias(client, model_name, registry.CHAMPION)
-    previous = next(
-        (
-            e.from_version
-            for e in log.history(model_name)
-            if e.alias == registry.CHAMPION and e.to_version == (str(current.version) if current else None)
-            and e.from_version
-        ),
-        None,
-    )  # fmt: skip
-    write_policy(client, log, model_name, RolloutPolicy(mode="champion-only"), reason, who)
-    if previous is not None:
-        events.append(registry.move_alias(client, log, model_name, registry.CHAMPION, previous, reason, who))
+    """Champion back to the champion before it, walking the history backwards (v3 → v2 → v1: a
+    rollback is recorded as one and never counts as a promotion), traffic to champion-only, and the
+    challenger alias removed: a rollback stops everything in flight — a running canary of that
+    challenger aborts, since it sees its alias move — and a new challenger comes from a retraining
+    (or ``mlcycle promote``/an alias move by hand), judged against the restored champion. ``who``:
+    the identity to record (a service passes its caller's); default MLCYCLE_ACTOR or the OS user.
+
+    Raises NothingToRollBack before changing anything when there is no earlier champion."""
+    current, previous = rollback_target(client, log, model_name)
+    actor = who or registry.actor()
+    said = f"rollback of v{current}: {reason}"  # readable in `mlcycle history`; the action column is the record
+    write_policy(client, log, model_name, RolloutPolicy(mode="champion-only"), said, actor)
+    events = [registry.move_alias(client, log, model_name, registry.CHAMPION, previous, said, actor, registry.ROLLBACK)]
+    if registry.version_by_alias(client, model_name, registry.CHALLENGER) is not None:
+        events.append(registry.move_alias(client, log, model_name, registry.CHALLENGER, None,
+                                          f"cleared by the {said}", actor))  # fmt: skip
     return events
 
 

@@ -21,6 +21,9 @@ take defaults, so ``feast_env`` derives the exact values that file reads (``MLCY
 ``export_feast_env`` puts them in this process's environment and ``mlcycle scale-env`` prints
 them for a shell that runs the ``feast`` CLI.
 
+Passwords in these URLs never leave the process in clear: ``redact`` is the one helper every
+message, log line, pid file and command line that may hold a connection URL goes through.
+
 Nothing heavy is imported here: ``mlcycle.config`` uses this module, and psycopg is imported only
 by the function that needs it.
 """
@@ -46,6 +49,20 @@ PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_]*$")
 REDIS_CLIENT_OPTIONS = "socket_connect_timeout=1,socket_timeout=5,retry=null"
 
 ENV_VARS = ("MLCYCLE_REDIS_URL", "MLCYCLE_REDIS_PREFIX", "MLCYCLE_PG_URL")
+REDACTED = "***"
+# ``scheme://user:password@host``: the password runs to the last "@" of the authority (an unencoded
+# "@" in a password is common in hand-written URLs, and urlsplit splits the same way).
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*):(?P<secret>[^/?#\s]*)@")
+# ``password=…`` as a libpq query parameter (``?password=``) or in Feast's Redis connection string.
+_KEY_PASSWORD = re.compile(r"(?P<head>\bpassword=)(?P<secret>[^,&;\s]*)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with every password of a connection URL (or ``password=`` parameter) replaced by
+    ``***``. Used on anything that leaves the process: error messages, log lines, pid files,
+    command lines (``ps`` shows a process's arguments to every user of the machine)."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{REDACTED}@", text)
+    return _KEY_PASSWORD.sub(lambda m: m["head"] + REDACTED, text)
 
 
 class ScaleConfigError(ValueError):
@@ -79,10 +96,12 @@ class ScaleSettings:
             )
         redis = urlsplit(self.redis_url)
         if redis.scheme not in ("redis", "rediss") or not redis.hostname:
-            raise ScaleConfigError(f"MLCYCLE_REDIS_URL={self.redis_url!r}: expected redis://host:port/db")
+            raise ScaleConfigError(f"MLCYCLE_REDIS_URL={redact(self.redis_url)!r}: expected redis://host:port/db")
         pg = urlsplit(self.pg_url)
         if not pg.scheme.startswith(("postgresql", "postgres")) or not pg.hostname or not self.database:
-            raise ScaleConfigError(f"MLCYCLE_PG_URL={self.pg_url!r}: expected postgresql://user@host:port/database")
+            raise ScaleConfigError(
+                f"MLCYCLE_PG_URL={redact(self.pg_url)!r}: expected postgresql://user@host:port/database"
+            )
 
     # ------------------------------------------------------------------ PostgreSQL
     @property

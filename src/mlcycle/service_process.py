@@ -1,8 +1,15 @@
-"""Run the BentoML scoring service as a child process: started once, waited for, always stopped."""
+"""Run the BentoML scoring service as a child process: started once, waited for, always stopped.
+
+Where it listens is a security decision, made here once for ``mlcycle serve``, ``mlcycle up`` and
+the tests: loopback (127.0.0.1) by default, not BentoML's 0.0.0.0; another host only when asked
+for, and then only with ``MLCYCLE_API_KEY`` set (``check_exposure``), since ``/predict`` and
+``/rollout/status`` answer anyone who can reach them otherwise.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
 import socket
@@ -15,10 +22,46 @@ import httpx
 
 from mlcycle.config import ProjectConfig
 
+LOOPBACK = "127.0.0.1"
+API_KEY_VAR = "MLCYCLE_API_KEY"
+
+
+class ExposedWithoutKey(ValueError):
+    """A non-loopback host was asked for without ``MLCYCLE_API_KEY``; the message says how to fix it."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``; 0.0.0.0, ``::`` and every other name expose."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, environ: dict[str, str] | None = None) -> None:
+    """Refuse to listen beyond loopback without an API key (raises ``ExposedWithoutKey``)."""
+    env = os.environ if environ is None else environ
+    if not is_loopback(host) and not env.get(API_KEY_VAR):
+        raise ExposedWithoutKey(
+            f"refusing to serve on {host}: that host is reachable from other machines and {API_KEY_VAR} is not "
+            f"set, so anyone there could score and read the rollout status. Set it (e.g. `export "
+            f"{API_KEY_VAR}=$(openssl rand -hex 32)`) and send it as the x-api-key header, or serve on "
+            f"{LOOPBACK} (the default) behind a proxy that authenticates."
+        )
+
+
+def serve_command(port: int, host: str = LOOPBACK) -> list[str]:
+    """``bentoml serve`` of the project's service; ``--host`` always explicit (BentoML's default is
+    every interface)."""
+    return [sys.executable, "-m", "bentoml", "serve", "services.fraud_service:FraudService",
+            "--port", str(port), "--host", host]  # fmt: skip
+
 
 def free_port() -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((LOOPBACK, 0))
         return sock.getsockname()[1]
 
 
@@ -28,7 +71,7 @@ class ServiceProcess:
     def __init__(self, cfg: ProjectConfig, port: int | None = None, env: dict[str, str] | None = None):
         self.cfg = cfg
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{LOOPBACK}:{self.port}"
         self.log_path = cfg.data_path / "service.log"
         self.env = {
             **os.environ,
@@ -42,8 +85,7 @@ class ServiceProcess:
     @property
     def command(self) -> list[str]:
         """The command that serves the project's service on this port (``mlcycle up`` runs it too)."""
-        return [sys.executable, "-m", "bentoml", "serve", "services.fraud_service:FraudService",
-                "--port", str(self.port), "--host", "127.0.0.1"]  # fmt: skip
+        return serve_command(self.port, LOOPBACK)
 
     def start(self, timeout: float = 240.0, ready: bool = True) -> ServiceProcess:
         """Start and wait until it is ready to score (``/readyz``), or with ``ready=False`` only until

@@ -4,6 +4,10 @@ Models come from the registry by alias, never from a path in a request. ``Scorer
 the aliases and the rollout policy (a few milliseconds against the registry) at most every
 ``refresh_seconds``, and reloads a model only when its alias points at another version — so a
 promotion, a rollback or a traffic change reaches a running service within seconds, no restart.
+
+What a caller sees of a failure is a short reason naming the dependency (``unavailable``); the
+detail (exception text, the registry's URI) goes to the server's log only: it tells an attacker
+where the registry is and what runs it, and tells a caller nothing it can act on.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import mlflow.xgboost
 import numpy as np
@@ -27,10 +30,18 @@ from mlcycle import registry, rollout
 from mlcycle.config import ProjectConfig
 from mlcycle.features.store import FeatureStoreUnavailable, online_vector, open_project_store, plan_for
 from mlcycle.prediction_store import open_prediction_log
+from mlcycle.scale import redact
 from mlcycle.tracking import FEATURES_TAG, THRESHOLD_TAG
 from mlcycle.training import matrix
 
 log = logging.getLogger("mlcycle.serving")
+
+# Short reasons for callers (503 bodies, /rollout/status); the detail is logged.
+STORE_UNAVAILABLE = "online feature store unavailable"
+REGISTRY_UNAVAILABLE = "model registry unavailable"
+# A request field F whose on-demand feature ``F_code`` is negative was not among the categories the
+# feature definitions know (fraud_features.py maps unknown values to -1): the answer says so.
+CATEGORY_CODE_SUFFIX = "_code"
 
 
 class NotReady(RuntimeError):
@@ -59,6 +70,7 @@ class Scored:
     variant: str
     features_missing: list[str] = field(default_factory=list)
     request_id: str = ""
+    unknown_categories: list[str] = field(default_factory=list)
 
 
 class Scorer:
@@ -69,7 +81,8 @@ class Scorer:
         self.plan = None
         self.slots: dict[str, ModelSlot] = {}
         self.policy = rollout.RolloutPolicy()
-        self.not_ready_reason: str | None = "not loaded yet"
+        self.not_ready_reason: str | None = "not loaded yet"  # the detail, for the server's log
+        self.unavailable: str | None = "models not loaded yet"  # the short reason callers get
         self._checked = 0.0
         self._lock = threading.Lock()
         self.prediction_log = open_prediction_log(cfg) if log_predictions else None
@@ -87,21 +100,23 @@ class Scorer:
                 self.plan = plan_for(store, self.cfg.features.feature_service)
                 self.store = store
         except Exception as exc:
-            self._not_ready(f"online feature store: {type(exc).__name__}: {exc}")
+            self._not_ready(STORE_UNAVAILABLE, f"online feature store: {type(exc).__name__}: {exc}")
             return
         try:
             self._refresh_models(force=True)
         except Exception as exc:  # unreachable, refusing, or a model that does not load
-            self._not_ready(f"model registry at {_redacted(self.cfg.tracking_uri)}: {type(exc).__name__}: {exc}")
+            detail = f"model registry at {redact(self.cfg.tracking_uri)}: {type(exc).__name__}: {exc}"
+            self._not_ready(REGISTRY_UNAVAILABLE, detail)
             return
         if registry.CHAMPION not in self.slots:
-            self.not_ready_reason = f"no '{registry.CHAMPION}' alias on model '{self.cfg.model.name}' yet"
+            reason = f"no '{registry.CHAMPION}' alias on model '{self.cfg.model.name}' yet"
+            self.not_ready_reason = self.unavailable = reason
         else:
-            self.not_ready_reason = None
+            self.not_ready_reason = self.unavailable = None
 
-    def _not_ready(self, reason: str) -> None:
-        self.not_ready_reason = reason
-        log.error("not ready: %s", reason)
+    def _not_ready(self, unavailable: str, detail: str) -> None:
+        self.unavailable, self.not_ready_reason = unavailable, redact(detail)
+        log.error("not ready: %s", self.not_ready_reason)
 
     def refresh(self, force: bool = False) -> None:
         """Pick up alias and policy changes (rate-limited unless forced; cheap when nothing changed)."""
@@ -110,9 +125,9 @@ class Scorer:
         try:
             self._refresh_models(force=False)
             if registry.CHAMPION in self.slots and self.store is not None:
-                self.not_ready_reason = None
+                self.not_ready_reason = self.unavailable = None
         except Exception as exc:  # registry unreachable: keep serving what is loaded
-            log.warning("registry refresh failed, serving the models already loaded: %s", exc)
+            log.warning("registry refresh failed, serving the models already loaded: %s", redact(str(exc)))
 
     def _refresh_models(self, force: bool) -> None:
         with self._lock:
@@ -143,10 +158,11 @@ class Scorer:
 
     # ----------------------------------------------------------------- scoring
     def score(self, requests: list[dict[str, Any]]) -> list[Scored]:
-        """Score a batch of requests. Raises ``NotReady`` or ``FeatureStoreUnavailable`` (→ 503)."""
+        """Score a batch of requests. Raises ``NotReady`` or ``FeatureStoreUnavailable`` (→ 503),
+        whose message is the short reason for the caller; the detail is logged here."""
         self.refresh()
         if not self.ready:
-            raise NotReady(self.not_ready_reason)
+            raise NotReady(self.unavailable or "not ready")
         started = time.perf_counter()
         now = datetime.now(UTC)
         keys = [{"user_id": r["user_id"], "merchant_id": r["merchant_id"]} for r in requests]
@@ -160,7 +176,13 @@ class Scorer:
             }
             for r in requests
         ]
-        vectors = online_vector(self.store, keys, fields, self.plan.name, now=now)
+        try:
+            vectors = online_vector(self.store, keys, fields, self.plan.name, now=now)
+        except FeatureStoreUnavailable as exc:
+            log.error("online feature store unavailable: %s", redact(str(exc.__cause__ or exc)))
+            raise FeatureStoreUnavailable(STORE_UNAVAILABLE) from None
+        features_seconds = time.perf_counter() - started
+        unknown = _unknown_categories(fields, vectors)
         slots, policy = dict(self.slots), self.policy
         champion, challenger = slots[registry.CHAMPION], slots.get(registry.CHALLENGER)
         variants = np.array([rollout.route(policy, k["user_id"], challenger is not None) for k in keys])
@@ -194,8 +216,9 @@ class Scorer:
                 decision=bool(scores[i] >= thresholds[i]),
                 model_version=str(versions[i]),
                 variant=str(variants[i]),
-                features_missing=list(vectors["features_missing"].iloc[i]),
+                features_missing=_missing(vectors, i, unknown[i]),
                 request_id=uuid.uuid4().hex,
+                unknown_categories=unknown[i],
             )
             for i in range(len(requests))
         ]
@@ -206,22 +229,27 @@ class Scorer:
                 for i, r in enumerate(results)
             ]
             if policy.mode == "shadow" and challenger is not None:
-                records += self._shadow(requests, fields, vectors, challenger, latency_ms)
+                records += self._shadow(requests, fields, vectors, challenger, features_seconds, unknown)
             self.prediction_log.append(records)
         return results
 
-    def _shadow(self, requests, fields, vectors, challenger: ModelSlot, latency_ms: float) -> list[dict]:
-        """The challenger scores every request; its answers are logged only."""
+    def _shadow(self, requests, fields, vectors, challenger: ModelSlot, features_seconds: float,
+                unknown: list[list[str]]) -> list[dict]:  # fmt: skip
+        """The challenger scores every request; its answers are logged only. Its latency is its own:
+        the shared feature lookup plus its own prediction (the canary compares the two models' p99,
+        so logging the champion's time here made a slow challenger look as fast as the champion)."""
+        started = time.perf_counter()
         try:
             shadow = challenger.predict(vectors)
             error = None
         except Exception as exc:
             shadow = np.full(len(requests), np.nan)
             error = f"challenger v{challenger.version}: {type(exc).__name__}: {exc}"[:300]
+        latency_ms = (features_seconds + time.perf_counter() - started) * 1000 / max(len(requests), 1)
         out = []
         for i in range(len(requests)):
             scored = Scored(float(shadow[i]), bool(shadow[i] >= challenger.threshold), challenger.version,
-                            "challenger", [], uuid.uuid4().hex)  # fmt: skip
+                            "challenger", _missing(vectors, i, unknown[i]), uuid.uuid4().hex, unknown[i])  # fmt: skip
             out.append(self._record(requests[i], fields[i], vectors.iloc[i], scored, challenger.threshold,
                                     latency_ms, error, True))  # fmt: skip
         return out
@@ -256,13 +284,20 @@ class Scorer:
             self.prediction_log.close()
 
 
-def _redacted(uri: str) -> str:
-    """The URI without its password: the reason goes to the log and to 503 answers."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+def _missing(vectors: pd.DataFrame, i: int, unknown: list[str]) -> list[str]:
+    """Features without a usable value for request ``i``: absent ones, and the code of an unknown
+    category (the model has no value it learned for it), so the prediction log shows both."""
+    return [*vectors["features_missing"].iloc[i], *(f + CATEGORY_CODE_SUFFIX for f in unknown)]
+
+
+def _unknown_categories(fields: list[dict[str, Any]], vectors: pd.DataFrame) -> list[list[str]]:
+    """Per request, the request fields whose value the feature definitions do not know: a field F
+    with an on-demand feature ``F_code`` below 0 (a missing value is not unknown: it is absent).
+    The categories come from the feature definitions the model was trained on, not from a list
+    kept here."""
+    coded = [f for f in (fields[0] if fields else {}) if f + CATEGORY_CODE_SUFFIX in vectors.columns]
+    codes = {f: vectors[f + CATEGORY_CODE_SUFFIX].to_numpy() for f in coded}
+    return [[f for f in coded if row.get(f) is not None and codes[f][i] < 0] for i, row in enumerate(fields)]
 
 
 def _unix(at: datetime) -> int:

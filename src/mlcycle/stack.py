@@ -17,6 +17,10 @@ Why it looks the way it does:
 - Starts are slow on a loaded 2-core machine (a cold Prefect server takes minutes), so waits are
   generous and print progress; ``up`` launches the three servers together and waits for all.
 - Telemetry is off in every child (``mlcycle.TELEMETRY_OFF``): the machines are often offline.
+- No password on a command line, in a log or in a pid file: ``ps`` shows every process's arguments
+  to every user of the machine, so connection URLs go to children through their environment
+  (readable by the same user only), and whatever is written or printed goes through
+  ``scale.redact``.
 
 Each piece is a function usable on its own (the demo reuses them); ``up``, ``down`` and ``status``
 compose them, and the ``mlcycle up/down/status`` commands are thin wrappers.
@@ -218,9 +222,13 @@ def _has_token(pid: int, token: str) -> bool:
 
 def _runs_command(pid: int, command: list[str]) -> bool:
     """True if ``pid`` runs ``command``. A script's shebang puts the interpreter in front
-    (``python …/bin/prefect server start``), so the recorded command may be a suffix."""
-    actual, expected = _cmdline(pid), " ".join(command)
-    return actual is not None and (actual == expected or actual.endswith(" " + expected))
+    (``python …/bin/prefect server start``), so the recorded command may be a suffix. Both sides are
+    compared redacted: the pid file records the command without passwords."""
+    actual = _cmdline(pid)
+    if actual is None:
+        return False
+    actual, expected = scale.redact(actual), scale.redact(" ".join(command))
+    return actual == expected or actual.endswith(" " + expected)
 
 
 def owned_processes(record: Record) -> list[int]:
@@ -325,12 +333,14 @@ def launch(
     **extra: str,
 ) -> Record:
     """Start ``command`` in its own process group, output appended to data/run/<name>.log, and
-    record it in data/run/<name>.pid. Does not wait: see ``wait_healthy``."""
+    record it in data/run/<name>.pid. Does not wait: see ``wait_healthy``. The log header and the
+    pid file get the command redacted (``scale.redact``)."""
     run_dir(cfg).mkdir(parents=True, exist_ok=True)
     token = token or secrets.token_hex(8)
     log = log_path(cfg, name)
     with log.open("ab") as handle:
-        handle.write(f"\n=== {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC: {' '.join(command)}\n".encode())
+        header = scale.redact(" ".join(command))
+        handle.write(f"\n=== {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC: {header}\n".encode())
         handle.flush()
         proc = subprocess.Popen(
             command,
@@ -347,7 +357,7 @@ def launch(
         pid=proc.pid,
         pgid=proc.pid,  # start_new_session: the leader's pid is the group id
         url=url,
-        command=command,
+        command=[scale.redact(arg) for arg in command],
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         log=str(log),
         cwd=str(cfg.root),
@@ -359,11 +369,12 @@ def launch(
 
 
 def log_tail(record: Record, lines: int = 30) -> str:
+    """The log's last lines, redacted: they go into error messages printed on the console."""
     try:
         text = Path(record.log).read_text(errors="replace").splitlines()
     except OSError:
         return "<no log>"
-    return "\n".join("    " + line for line in text[-lines:])
+    return scale.redact("\n".join("    " + line for line in text[-lines:]))
 
 
 def _http() -> httpx.Client:
@@ -620,9 +631,20 @@ def start_mlflow_ui(cfg: ProjectConfig, port: int = 5000, wait: bool = True, out
     url = f"http://{LOOPBACK}:{port}"
     cfg.data_path.mkdir(parents=True, exist_ok=True)
     scale.ensure_database(cfg.tracking_uri)  # profile scale: the server cannot start on a missing database
+    cmd, env = mlflow_ui_launch(cfg, port)
+    launch(cfg, MLFLOW_UI, cmd, url, env)
+    out(f"starting the MLflow UI on {url} (backend store {scale.redact(cfg.tracking_uri)}) …")
+    if wait:
+        _raise_if_failed(wait_healthy(cfg, [MLFLOW_UI], out), MLFLOW_UI)
+    return url
+
+
+def mlflow_ui_launch(cfg: ProjectConfig, port: int) -> tuple[list[str], dict[str, str]]:
+    """The MLflow UI's command and environment. The backend store URI (with its password in profile
+    ``scale``) goes in the environment (``MLFLOW_BACKEND_STORE_URI``, which ``mlflow ui`` reads and
+    passes on to its workers the same way), never on the command line."""
     cmd = [
         _executable("mlflow"), "ui",
-        "--backend-store-uri", cfg.tracking_uri,
         "--default-artifact-root", cfg.artifact_uri,
         "--no-serve-artifacts",
         "--host", LOOPBACK, "--port", str(port),
@@ -630,11 +652,8 @@ def start_mlflow_ui(cfg: ProjectConfig, port: int = 5000, wait: bool = True, out
     ]  # fmt: skip
     # MLflow 3's server also starts a job runner and seven huey consumers (GenAI jobs mlcycle
     # does not use): eight more Python processes on a 2-core machine, and a queue in /dev/shm.
-    launch(cfg, MLFLOW_UI, cmd, url, child_env(cfg, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
-    out(f"starting the MLflow UI on {url} …")
-    if wait:
-        _raise_if_failed(wait_healthy(cfg, [MLFLOW_UI], out), MLFLOW_UI)
-    return url
+    env = child_env(cfg, MLFLOW_BACKEND_STORE_URI=cfg.tracking_uri, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    return cmd, env
 
 
 NOT_READY_HINT = (
@@ -660,7 +679,7 @@ def service_readiness(url: str, log: Path | str | None = None) -> tuple[bool, st
             if lines:
                 reason = lines[-1].split("not ready:", 1)[1].strip()
                 reason = re.sub(r"\s*\(trace=[^)]*\)$", "", reason)  # BentoML's log context
-    return False, reason
+    return False, scale.redact(reason)
 
 
 def start_service(cfg: ProjectConfig, port: int = 3000, wait: bool = True, out: Out = _print) -> str | None:

@@ -129,6 +129,8 @@ def log_and_register(
                 "mlcycle.stage": "training",
                 "mlcycle.gates": "passed" if gates.passed else "failed",
                 "mlcycle.failed_gates": ", ".join(c.name for c in gates.failed),
+                # Gates the data could not decide, let through under the ``warn`` policy: never silent.
+                "mlcycle.gate_warnings": "; ".join(f"{c.name}: {c.detail}" for c in gates.warnings)[:4000],
                 FEATURES_TAG: json.dumps(model.features),
             }
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -73,7 +74,10 @@ def replay(
         if on_response:
             on_response()
 
-    clients = [httpx.Client(trust_env=False, timeout=30) for _ in range(concurrency)]
+    # A service that requires an API key (MLCYCLE_API_KEY, as `mlcycle serve --host` does) gets it.
+    key = os.environ.get("MLCYCLE_API_KEY")
+    headers = {"x-api-key": key} if key else {}
+    clients = [httpx.Client(trust_env=False, timeout=30, headers=headers) for _ in range(concurrency)]
     try:
         with ThreadPoolExecutor(concurrency) as pool:
             for i in range(n):

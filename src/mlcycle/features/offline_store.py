@@ -140,6 +140,50 @@ class AsofRetrievalJob(RetrievalJob):
         pq.write_table(self.to_arrow(timeout=timeout), path)
 
 
+class SQLRetrievalJob(RetrievalJob):
+    """One DuckDB statement over parquet files, no entity rows: the latest row per entity for
+    materialization, with the same tie rule as the point-in-time join."""
+
+    def __init__(self, sql: str, threads: int | None) -> None:
+        super().__init__()
+        self._sql = sql
+        self._threads = threads
+
+    def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
+        con = duckdb.connect()
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            if self._threads:
+                con.execute(f"SET threads = {int(self._threads)}")
+            return con.sql(self._sql).to_arrow_table()
+        finally:
+            con.close()
+
+    def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
+        return self._to_arrow_internal(timeout).to_pandas()
+
+    @property
+    def full_feature_names(self) -> bool:
+        return False
+
+    @property
+    def on_demand_feature_views(self) -> list[OnDemandFeatureView]:
+        return []
+
+    @property
+    def metadata(self) -> RetrievalMetadata | None:
+        return None
+
+    def persist(self, storage: SavedDatasetStorage, allow_overwrite: bool = False, timeout: int | None = None):
+        raise NotImplementedError("the latest-row pull is read by materialization, not persisted")
+
+
+def _utc_text(moment: datetime) -> str:
+    stamp = pd.Timestamp(moment)
+    stamp = stamp.tz_localize("UTC") if stamp.tz is None else stamp.tz_convert("UTC")
+    return stamp.isoformat()
+
+
 def _feature_view_query(
     fv: FeatureView, feature_refs: list[str], repo_path: Any, full_feature_names: bool
 ) -> tuple[str, list[str], dict[str, str], list[tuple[str, str]]]:
@@ -158,12 +202,19 @@ def _feature_view_query(
     created = source.created_timestamp_column
     cols = [f"{_quote(c)} AS {_quote(k)}" for c, k in zip(key_cols, key_map, strict=True)]
     cols += [f"{_quote(ts)}::TIMESTAMPTZ AS __ts"] + [f"{_quote(c)} AS {_quote(o)}" for c, o in pairs]
-    sql = f"SELECT {', '.join(cols)} FROM read_parquet({_literal(source_path(source, repo_path))})"
-    if created:
-        # Ties at one timestamp are broken by the latest created timestamp, as Feast specifies.
-        keys = ", ".join(_quote(c) for c in key_cols)
-        sql += f" QUALIFY row_number() OVER (PARTITION BY {keys}, {_quote(ts)} ORDER BY {_quote(created)} DESC) = 1"
+    path = _literal(source_path(source, repo_path))
+    sql = f"SELECT {', '.join(cols)} FROM read_parquet({path}, file_row_number = true)"
+    # Two rows of one entity at one timestamp: an ASOF join would pick either, at random. Ties are
+    # broken by the latest created timestamp, as Feast specifies, and then by the row written last
+    # (an upsert's meaning) — the same rule materialization uses, so online equals offline.
+    keys = ", ".join(_quote(c) for c in key_cols)
+    sql += f" QUALIFY row_number() OVER (PARTITION BY {keys}, {_quote(ts)} ORDER BY {_tie_order(created)}) = 1"
     return sql, [o for _, o in pairs], key_map, pairs
+
+
+def _tie_order(created: str | None) -> str:
+    """Which of several rows at one timestamp wins: the latest created, then the last written."""
+    return (f"{_quote(created)} DESC, " if created else "") + "file_row_number DESC"
 
 
 def build_asof_sql(
@@ -253,6 +304,20 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
         start_date: datetime,
         end_date: datetime,
     ) -> RetrievalJob:
+        if isinstance(data_source, FileSource) and "://" not in data_source.path:
+            path = _literal(source_path(data_source, config.repo_path))
+            keys = [_quote(k) for k in join_key_columns]
+            cols = [*keys, *(_quote(f) for f in feature_name_columns), _quote(timestamp_field)]
+            cols += [_quote(created_timestamp_column)] if created_timestamp_column else []
+            ts = f"{_quote(timestamp_field)}::TIMESTAMPTZ"
+            sql = (
+                f"SELECT {', '.join(cols)} FROM read_parquet({path}, file_row_number = true) "
+                f"WHERE {ts} >= {_literal(_utc_text(start_date))}::TIMESTAMPTZ "
+                f"AND {ts} <= {_literal(_utc_text(end_date))}::TIMESTAMPTZ "
+                f"QUALIFY row_number() OVER (PARTITION BY {', '.join(keys)} "
+                f"ORDER BY {_quote(timestamp_field)} DESC, {_tie_order(created_timestamp_column)}) = 1"
+            )
+            return SQLRetrievalJob(sql, getattr(config.offline_store, "threads", None))
         return pull_latest_from_table_or_query_ibis(
             config=config,
             data_source=data_source,
@@ -279,6 +344,23 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
         start_date: datetime | None = None,
         end_date: datetime | None = None,
     ) -> RetrievalJob:
+        if isinstance(data_source, FileSource) and "://" not in data_source.path:
+            # Feast's materialization pulls every row and keeps the latest per entity by sorting on
+            # the timestamp, which leaves a tie to chance: ties are settled here, by the join's rule.
+            path = _literal(source_path(data_source, config.repo_path))
+            keys = [_quote(k) for k in join_key_columns]
+            cols = [*keys, *(_quote(f) for f in feature_name_columns), _quote(timestamp_field)]
+            cols += [_quote(created_timestamp_column)] if created_timestamp_column else []
+            ts = f"{_quote(timestamp_field)}::TIMESTAMPTZ"
+            where = [f"{ts} >= {_literal(_utc_text(start_date))}::TIMESTAMPTZ"] if start_date else []
+            where += [f"{ts} <= {_literal(_utc_text(end_date))}::TIMESTAMPTZ"] if end_date else []
+            sql = (
+                f"SELECT {', '.join(cols)} FROM read_parquet({path}, file_row_number = true) "
+                + (f"WHERE {' AND '.join(where)} " if where else "")
+                + f"QUALIFY row_number() OVER (PARTITION BY {', '.join([*keys, _quote(timestamp_field)])} "
+                f"ORDER BY {_tie_order(created_timestamp_column)}) = 1"
+            )
+            return SQLRetrievalJob(sql, getattr(config.offline_store, "threads", None))
         return pull_all_from_table_or_query_ibis(
             config=config,
             data_source=data_source,

@@ -1,0 +1,200 @@
+"""Statistical primitives behind every decision: distribution shift, interval estimates, two-sample tests.
+
+One place, NumPy / SciPy only, no knowledge of what the numbers mean: gates, canary analysis and
+monitoring call these and judge the results against their own bounds (mlcycle.decisions). Every
+estimate that a decision rests on comes with an interval, because a point estimate on a small
+sample decides on noise.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+Z95 = 1.959964
+PSI_BINS = 10
+# A feature with at most this many distinct values in the reference is binned per value: decile
+# edges collapse on repeated values (a binary feature has one distinct decile edge) and adjacent
+# values end up merged, which hid a 7% → 90% shift entirely.
+PSI_MAX_DISCRETE = 10
+
+
+def psi_from_counts(expected: np.ndarray, actual: np.ndarray) -> float:
+    """PSI of two histograms on the same bins: Σ (a − e) ln(a / e) over the bins' shares.
+
+    Add-half smoothing on both sides: a bin empty on one side (small samples, a value never seen
+    before) weighs as a large but finite term instead of log(0)."""
+    e_counts, a_counts = np.asarray(expected, float), np.asarray(actual, float)
+    k = len(e_counts)
+    e = (e_counts + 0.5) / (e_counts.sum() + 0.5 * k)
+    a = (a_counts + 0.5) / (a_counts.sum() + 0.5 * k)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def psi_counts(expected: np.ndarray, actual: np.ndarray, bins: int = PSI_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """The two histograms PSI compares: ``expected``'s deciles (``bins`` quantile bins, the outer
+    ones open-ended). When decile edges coincide (repeated values): with at most ``PSI_MAX_DISCRETE``
+    distinct values in ``expected``, one bin per distinct value plus one for values of ``actual``
+    never seen in ``expected`` (only when there are any); with more, the tied edges as bins of their
+    own (``_point_mass_counts``). NaNs are dropped."""
+    expected, actual = np.asarray(expected, float), np.asarray(actual, float)
+    expected, actual = expected[~np.isnan(expected)], actual[~np.isnan(actual)]
+    edges = np.unique(np.quantile(expected, np.linspace(0, 1, bins + 1)))
+    # Quantile edges that coincide mean repeated values: only then is the distinct-value count worth
+    # computing (a sort of the reference), so a continuous feature pays nothing for the check.
+    if len(edges) < bins + 1:
+        values = np.unique(expected)
+        if len(values) <= PSI_MAX_DISCRETE:
+            return _per_value_counts(values, expected, actual)
+        return _point_mass_counts(edges, expected, actual)
+    edges[0], edges[-1] = -np.inf, np.inf
+    return np.histogram(expected, edges)[0], np.histogram(actual, edges)[0]
+
+
+def _point_mass_counts(cuts: np.ndarray, expected: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bins for a feature with many distinct values and heavy ties (zero-inflated, long-tailed counts):
+    each distinct decile edge is a bin of its own (the tied mass), and so is each open interval
+    between, below and above them; bins empty on both sides are dropped. On deciles a feature 95%
+    zeros has edges {0, max} only: one bin, and PSI 0 whatever happens to the zeros."""
+
+    def index(x: np.ndarray) -> np.ndarray:
+        left, right = np.searchsorted(cuts, x, "left"), np.searchsorted(cuts, x, "right")
+        return np.where(right > left, 2 * left + 1, 2 * left)  # odd: on a cut; even: between cuts
+
+    k = 2 * len(cuts) + 1
+    e_counts, a_counts = np.bincount(index(expected), minlength=k), np.bincount(index(actual), minlength=k)
+    keep = (e_counts + a_counts) > 0
+    return e_counts[keep], a_counts[keep]
+
+
+def _per_value_counts(values: np.ndarray, expected: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def count(x: np.ndarray) -> tuple[np.ndarray, int]:
+        idx = np.clip(np.searchsorted(values, x), 0, len(values) - 1)
+        known = values[idx] == x
+        return np.bincount(idx[known], minlength=len(values)), int((~known).sum())
+
+    e_counts, _ = count(expected)
+    a_counts, unseen = count(actual)
+    if unseen:
+        return np.append(e_counts, 0), np.append(a_counts, unseen)
+    return e_counts, a_counts
+
+
+def psi(expected: np.ndarray, actual: np.ndarray, bins: int = PSI_BINS) -> float:
+    """Population stability index of ``actual`` against ``expected`` (see ``psi_counts`` for the
+    bins). Symmetric KL divergence of the two binned distributions; NaN when either side is empty."""
+    expected, actual = np.asarray(expected, float), np.asarray(actual, float)
+    if not (~np.isnan(expected)).any() or not (~np.isnan(actual)).any():
+        return float("nan")
+    return psi_from_counts(*psi_counts(expected, actual, bins))
+
+
+def psi_noise_floor(bins: int, n1: int, n2: int) -> float:
+    """Expected PSI between two samples of one distribution: about (bins − 1)(1/n1 + 1/n2)
+    (PSI is twice a symmetric KL, whose chi-squared approximation has bins − 1 degrees of freedom).
+    10 bins, 45 a side: 9 × 2/45 = 0.4."""
+    return (bins - 1) * (1 / n1 + 1 / n2)
+
+
+def auc_se(auc: float, positives: int, negatives: int) -> float:
+    """Standard error of a ROC-AUC (Hanley & McNeil, 1982): it grows fast as positives get few."""
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    var = (auc * (1 - auc) + (positives - 1) * (q1 - auc**2) + (negatives - 1) * (q2 - auc**2)) / (
+        positives * negatives
+    )
+    return math.sqrt(max(var, 0.0))
+
+
+def z_for(confidence: float = 0.95, comparisons: int = 1) -> float:
+    """Two-sided normal quantile for ``confidence``, Bonferroni-adjusted over ``comparisons``."""
+    return float(stats.norm.ppf(1 - (1 - confidence) / (2 * max(comparisons, 1))))
+
+
+def wilson_interval(p: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``p`` observed on ``n`` trials. Unlike p ± z·SE it
+    stays inside [0, 1] and does not collapse to a point at p = 0 or 1 (a 30/30 recall is not certain)."""
+    if n <= 0:
+        return 0.0, 1.0
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def proportion_difference_ci(p1: float, n1: float, p2: float, n2: float, z: float = Z95) -> tuple[float, float, float]:
+    """``p1 − p2`` with Newcombe's hybrid score interval (1998, method 10), built from the two Wilson
+    intervals. Chosen over the Wald interval because rates near 0 or 1 on tens of trials (a recall
+    of 28/30) are exactly where Wald is too narrow."""
+    l1, u1 = wilson_interval(p1, n1, z)
+    l2, u2 = wilson_interval(p2, n2, z)
+    diff = p1 - p2
+    low = diff - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    high = diff + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return diff, low, high
+
+
+def abs_interval(low: float, high: float) -> tuple[float, float]:
+    """Interval of ``|x|`` given an interval ``[low, high]`` of ``x``."""
+    if low >= 0:
+        return low, high
+    if high <= 0:
+        return -high, -low
+    return 0.0, max(-low, high)
+
+
+def mean_difference_ci(reference: np.ndarray, current: np.ndarray, z: float = Z95) -> tuple[float, float, float]:
+    """``mean(current) − mean(reference)`` with a normal (Welch) interval: the two samples may have
+    different variances and sizes."""
+    a, b = np.asarray(reference, float), np.asarray(current, float)
+    diff = float(b.mean() - a.mean())
+    se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)) if min(len(a), len(b)) > 1 else math.inf
+    return diff, diff - z * se, diff + z * se
+
+
+def mean_ratio_ci(reference: np.ndarray, current: np.ndarray, z: float = Z95) -> tuple[Any, Any, Any]:
+    """Relative change of the mean, ``mean(current) / mean(reference) − 1``, with an interval from the
+    delta method on the log ratio (the ratio of two means is skewed; its log is close to normal).
+
+    ``current`` may be 2-D, one sample per row (many windows judged at once; then the three results
+    are arrays). The means must be positive (scores, rates): otherwise the interval is (-inf, inf)."""
+    a, b = np.asarray(reference, float), np.asarray(current, float)
+    ma, mb, n = float(a.mean()), b.mean(axis=-1), b.shape[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        change = mb / ma - 1 if ma > 0 else np.full_like(mb, math.inf)
+        if ma <= 0 or len(a) < 2 or n < 2:
+            unbounded = np.full_like(mb, math.inf)
+            return change[()], -unbounded[()], unbounded[()]
+        se = np.sqrt(a.var(ddof=1) / (len(a) * ma * ma) + b.var(ddof=1, axis=-1) / (n * mb * mb))
+        log_ratio = np.log(mb / ma)
+        ok = mb > 0
+        low = np.where(ok, np.expm1(log_ratio - z * se), -math.inf)
+        high = np.where(ok, np.expm1(log_ratio + z * se), math.inf)
+    return change[()], low[()], high[()]
+
+
+def chi2_two_sample(reference_counts: np.ndarray, current_counts: np.ndarray) -> tuple[float, float, int]:
+    """Chi-squared test of homogeneity on the 2 × k table of counts: do both samples come from one
+    categorical distribution? Both sides are samples (a goodness-of-fit test against reference
+    shares would treat the reference as exact and overstate significance when it is small).
+    Plain Pearson statistic, without Yates' correction for two categories, so that every table is
+    judged alike. Categories empty on both sides are dropped. Returns (statistic, p-value, degrees of
+    freedom); NaNs when fewer than two categories or an empty side remain."""
+    table = np.vstack([np.asarray(reference_counts, float), np.asarray(current_counts, float)])
+    table = table[:, table.sum(axis=0) > 0]
+    if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():
+        return float("nan"), float("nan"), 0
+    result = stats.chi2_contingency(table, correction=False)
+    return float(result.statistic), float(result.pvalue), int(result.dof)
+
+
+def total_variation(reference_counts: np.ndarray, current_counts: np.ndarray) -> float:
+    """Total variation distance between two categorical distributions given as counts: the share of
+    rows that would have to change category. An effect size independent of the sample sizes (unlike
+    Cramér's V, which shrinks when one sample is much larger than the other)."""
+    a, b = np.asarray(reference_counts, float), np.asarray(current_counts, float)
+    if a.sum() <= 0 or b.sum() <= 0:
+        return float("nan")
+    return float(0.5 * np.abs(a / a.sum() - b / b.sum()).sum())

@@ -1,0 +1,179 @@
+"""Rollback walks the champion history backwards, and the canary's status window: unit level, on a
+local SQLite MLflow registry and promotion log in a temporary directory (no servers)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from mlcycle import registry, rollout
+from mlcycle.cli import app
+from mlcycle.config import ProjectConfig, load_config
+from mlcycle.prediction_log import COLUMNS, write_frame
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> tuple[ProjectConfig, object, registry.PromotionLog]:
+    """A project with versions 1–4 registered (no models behind them: only aliases are exercised)."""
+    (tmp_path / "mlcycle.yaml").write_text("project: t\nmodel:\n  name: m\n")
+    cfg = load_config(tmp_path / "mlcycle.yaml")
+    client = registry.client_for(cfg)
+    client.create_registered_model(cfg.model.name)
+    (tmp_path / "artifact").mkdir()
+    for _ in range(4):
+        client.create_model_version(cfg.model.name, str(tmp_path / "artifact"), run_id=None)
+    return cfg, client, registry.PromotionLog(cfg.promotion_log_uri)
+
+
+def champion(cfg: ProjectConfig, client) -> str | None:
+    mv = registry.version_by_alias(client, cfg.model.name, registry.CHAMPION)
+    return str(mv.version) if mv else None
+
+
+def test_two_rollbacks_walk_back_to_v1_and_a_third_says_there_is_nothing_left(project) -> None:
+    """Issue 10, item 3: v1 → v2 → v3; rollback → v2; rollback → v1 (it went back to v3 before);
+    a third rollback changes nothing and says why."""
+    cfg, client, log = project
+    for version in ("1", "2", "3"):
+        registry.promote(client, log, cfg.model.name, version, f"promote v{version}")
+    rollout.rollback(client, log, cfg.model.name, "v3 misbehaves")
+    assert champion(cfg, client) == "2"
+    rollout.rollback(client, log, cfg.model.name, "v2 misbehaves too")
+    assert champion(cfg, client) == "1"
+    rows = len(log.history(cfg.model.name))
+    with pytest.raises(rollout.NothingToRollBack, match="nothing to roll back to"):
+        rollout.rollback(client, log, cfg.model.name, "and v1?")
+    assert champion(cfg, client) == "1" and len(log.history(cfg.model.name)) == rows  # nothing changed
+    moves = [(e.from_version, e.to_version, e.action) for e in log.history(cfg.model.name) if e.alias == "champion"]
+    assert moves[:2] == [("2", "1", "rollback"), ("3", "2", "rollback")]
+
+
+def test_a_promotion_after_a_rollback_is_rolled_back_to_the_champion_before_it(project) -> None:
+    cfg, client, log = project
+    for version in ("1", "2", "3"):
+        registry.promote(client, log, cfg.model.name, version, "promote")
+    rollout.rollback(client, log, cfg.model.name, "v3 bad")  # → v2
+    registry.promote(client, log, cfg.model.name, "4", "promote v4")
+    assert registry.champion_lineage(log, cfg.model.name) == ["1", "2", "4"]
+    rollout.rollback(client, log, cfg.model.name, "v4 bad")
+    assert champion(cfg, client) == "2"
+    rollout.rollback(client, log, cfg.model.name, "v2 bad")
+    assert champion(cfg, client) == "1"
+
+
+def test_rollback_clears_the_challenger_and_stops_the_canary(project) -> None:
+    """docs/operations.md: traffic to champion-only, challenger cleared (a canary of it aborts)."""
+    cfg, client, log = project
+    registry.promote(client, log, cfg.model.name, "1", "first")
+    registry.promote(client, log, cfg.model.name, "2", "second")
+    registry.move_alias(client, log, cfg.model.name, registry.CHALLENGER, "3", "retrained")
+    rollout.write_policy(client, log, cfg.model.name, rollout.RolloutPolicy(mode="canary", percent=25), "canary")
+    events = rollout.rollback(client, log, cfg.model.name, "incident", who="person:alice")
+    assert champion(cfg, client) == "1"
+    assert registry.version_by_alias(client, cfg.model.name, registry.CHALLENGER) is None
+    assert rollout.read_policy(client, cfg.model.name).mode == "champion-only"
+    assert [(e.alias, e.to_version, e.actor) for e in events] == [
+        ("champion", "1", "person:alice"),
+        ("challenger", None, "person:alice"),
+    ]
+
+
+def test_a_champion_moved_outside_the_log_is_not_guessed(project) -> None:
+    cfg, client, log = project
+    registry.promote(client, log, cfg.model.name, "1", "first")
+    registry.promote(client, log, cfg.model.name, "2", "second")
+    client.set_registered_model_alias(cfg.model.name, registry.CHAMPION, "4")  # by hand, in MLflow
+    with pytest.raises(rollout.NothingToRollBack, match="moved outside mlcycle"):
+        rollout.rollback(client, log, cfg.model.name, "?")
+    assert champion(cfg, client) == "4"
+
+
+def test_cli_rollback_records_who_and_exits_non_zero_when_nothing_is_left(project, monkeypatch) -> None:
+    cfg, client, log = project
+    monkeypatch.delenv("MLCYCLE_ACTOR", raising=False)
+    registry.promote(client, log, cfg.model.name, "1", "first")
+    registry.promote(client, log, cfg.model.name, "2", "second")
+    config = ["--config", str(cfg.root / "mlcycle.yaml")]
+    first = CliRunner().invoke(app, ["rollback", "--reason", "bad", "--by", "person:alice", *config])
+    assert first.exit_code == 0, first.output
+    assert "champion: v2 → v1" in first.output
+    assert log.history(cfg.model.name, limit=1)[0].actor == "person:alice"
+    second = CliRunner().invoke(app, ["rollback", "--reason", "again", "--actor", "person:bob", *config])
+    assert second.exit_code == 1
+    assert "nothing to roll back to" in " ".join(second.output.split())
+    assert champion(cfg, client) == "1"
+
+
+def test_a_promotion_log_from_before_the_action_column_is_upgraded(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = sa.create_engine(uri)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE mlcycle_promotion_log (id INTEGER PRIMARY KEY, at DATETIME NOT NULL, "
+                             "model VARCHAR(256) NOT NULL, alias VARCHAR(64) NOT NULL, from_version VARCHAR(32), "
+                             "to_version VARCHAR(32), actor VARCHAR(256) NOT NULL, reason TEXT NOT NULL)"))  # fmt: skip
+        old_row = "('2026-01-01 00:00:00', 'm', 'champion', NULL, '1', 'x', 'old')"
+        conn.execute(sa.text("INSERT INTO mlcycle_promotion_log (at, model, alias, from_version, to_version, "
+                             f"actor, reason) VALUES {old_row}"))  # fmt: skip
+    log = registry.PromotionLog(uri)
+    assert [(e.to_version, e.action) for e in log.history("m")] == [("1", "move")]
+    assert registry.champion_lineage(log, "m") == ["1"]
+
+
+@pytest.mark.parametrize("name", ["m' OR name LIKE '%", 'a"b', "", "x\\y", "n\x00"])
+def test_a_model_name_that_would_change_the_mlflow_filter_is_refused(project, name: str) -> None:
+    _, client, _ = project
+    with pytest.raises(ValueError, match="registered model name"):
+        list(registry.versions(client, name))
+
+
+def test_versions_of_a_valid_name(project) -> None:
+    cfg, client, _ = project
+    assert [str(v.version) for v in registry.versions(client, cfg.model.name)] == ["1", "2", "3", "4"]
+
+
+def _rows(n: int, variant: str, version: str, at: datetime) -> pd.DataFrame:
+    frame = pd.DataFrame({c: [None] * n for c in COLUMNS})
+    frame["request_id"] = [f"{variant}-{version}-{i}-{at.timestamp()}" for i in range(n)]
+    frame["logged_at"] = pd.Timestamp(at)
+    frame["user_id"], frame["merchant_id"], frame["transaction_id"] = range(n), 1, range(n)
+    frame["amount"], frame["request_unix"] = 10.0, int(at.timestamp())
+    frame["variant"], frame["model_version"], frame["shadow"] = variant, version, False
+    frame["score"], frame["decision"], frame["threshold"], frame["latency_ms"] = 0.1, False, 0.5, 5.0
+    frame["features_missing"], frame["features"] = "", "{}"
+    return frame
+
+
+def test_rollout_status_does_not_count_rows_after_the_canary_ended(project) -> None:
+    """Issue 10, "found by trying it": after the canary ended and the challenger alias was removed,
+    status counted 22 "challenger" predictions (a replica logs under the old policy until its next
+    refresh). No canary runs then; while one runs, only the two aliased versions' rows since the
+    policy changed count."""
+    cfg, client, log = project
+    registry.promote(client, log, cfg.model.name, "1", "first")
+    registry.move_alias(client, log, cfg.model.name, registry.CHALLENGER, "2", "retrained")
+    rollout.abort_canary(client, log, cfg.model.name, "canary failed")
+    after = rollout.read_policy(client, cfg.model.name).updated_at + timedelta(microseconds=1)
+    write_frame(
+        cfg.predictions_dir, pd.concat([_rows(22, "challenger", "2", after), _rows(300, "champion", "1", after)])
+    )
+    out = CliRunner().invoke(app, ["rollout", "status", "--config", str(cfg.root / "mlcycle.yaml")])
+    assert out.exit_code == 0, out.output
+    assert "no canary running" in out.output and "challenger 22" not in out.output
+
+    # A canary of v3 now: v2's late rows and rows before the policy change are not v3's evidence.
+    registry.move_alias(client, log, cfg.model.name, registry.CHALLENGER, "3", "retrained again")
+    policy = rollout.write_policy(client, log, cfg.model.name, rollout.RolloutPolicy(mode="canary", percent=50), "go")
+    later = policy.updated_at + timedelta(seconds=1)
+    write_frame(cfg.predictions_dir, pd.concat([_rows(5, "challenger", "3", policy.updated_at - timedelta(seconds=5)),
+                                                _rows(40, "challenger", "2", later),
+                                                _rows(7, "challenger", "3", later),
+                                                _rows(250, "champion", "1", later)]))  # fmt: skip
+    out = CliRunner().invoke(app, ["rollout", "status", "--config", str(cfg.root / "mlcycle.yaml")])
+    assert out.exit_code == 0, out.output
+    assert "v3 against v1" in out.output
+    assert "challenger 7" in out.output and "champion 250" in out.output, out.output
