@@ -233,6 +233,22 @@ def test_shadow_pairs_are_the_same_requests_even_when_a_request_repeats() -> Non
     assert result["flag_agreement"].value == 0.0
 
 
+def test_shadow_rows_pair_by_request_id_when_the_service_logged_them_so() -> None:
+    """Identical request fields on every row (the field pairing could not tell them apart); the
+    request ids say which shadow answer belongs to which request. By hand: pairs (0.1, 0.9),
+    (0.5, 0.5), (0.9, 0.1) in whatever logged order → ρ = −1."""
+    served = pd.DataFrame({"request_id": ["a", "b", "c"], "score": [0.1, 0.5, 0.9]})
+    shadow = pd.DataFrame({"request_id": ["c-shadow", "a-shadow", "b-shadow"], "score": [0.1, 0.9, 0.5]})
+    same = {"transaction_id": 1, "user_id": 1, "merchant_id": 3, "request_unix": 1_700_000_000, "amount": 10.0,
+            "latency_ms": 5.0, "error": None}  # fmt: skip
+    frame = pd.concat(
+        [served.assign(variant="champion", model_version="1", shadow=False, **same),
+         shadow.assign(variant="challenger", model_version="2", shadow=True, **same)], ignore_index=True,
+    ).assign(decision=lambda f: f["score"] >= 0.5)  # fmt: skip
+    pairs = shadow_pairs(frame).sort_values("score_champion")
+    assert pairs["score_challenger"].tolist() == [0.9, 0.5, 0.1]
+
+
 def test_an_agreement_floor_stops_a_challenger_that_disagrees_and_passes_one_that_agrees() -> None:
     rng = np.random.default_rng(9)
     champion = rng.beta(0.5, 8, 2000)

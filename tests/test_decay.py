@@ -36,9 +36,9 @@ def test_a_late_positive_is_left_out_not_counted_as_negative() -> None:
     at = day(40) + pd.Timedelta(hours=12)
     predictions = pd.DataFrame({"transaction_id": [1, 2, 3, 4], "predicted_at": [at] * 4,
                                 "score": [0.1, 0.2, 0.9, 0.8], "decision": [False, False, True, True]})  # fmt: skip
+    arrives = [day(10), day(10), day(30), AS_OF + pd.Timedelta(days=5)]
     labels = pd.DataFrame({"transaction_id": [1, 2, 3, 4], "is_fraud": np.array([0, 0, 1, 1], "int8"),
-                           "event_timestamp": [at] * 4,
-                           "label_available_at": [day(10), day(10), day(30), AS_OF + pd.Timedelta(days=5)]})  # fmt: skip
+                           "event_timestamp": [at] * 4, "label_available_at": arrives})  # fmt: skip
     windows = monitoring.performance_windows(predictions, labels, AS_OF, maturity_days=30, lookback_days=14)
     (judged,) = [w for w in windows if w.predictions]
     assert judged.matured

@@ -141,17 +141,27 @@ valid_transaction = st.fixed_dictionaries(
         "timestamp": st.none() | st.datetimes(timezones=zones).map(datetime.isoformat),
     },
 )
-# Values each field must refuse (with a 400 naming it). Lax coercions the schema accepts on purpose
-# (true as 1 for the lax ints and floats, numeric strings) are kept out.
+# Values each field must refuse (with a 400 naming it). Numbers are strict: a boolean or a string
+# (numeric or not) for `amount` or `transaction_id` is refused, never read as 1.0 or 120.5.
 bad_id = st.one_of(st.integers(max_value=0), huge_ints, st.floats(), st.booleans(), st.text(max_size=10), st.none())
 non_finite = st.sampled_from([math.nan, math.inf, -math.inf])
+numeric_text = st.floats(1, 1e5, allow_nan=False).map(str)
 fractional = st.floats(-1e15, 1e15).map(lambda f: math.floor(f) + 0.5)
 not_a_country = st.text(max_size=5).filter(lambda s: re.fullmatch("[A-Z]{2}", s) is None)
 INVALID = {
     "user_id": bad_id | containers,
     "merchant_id": bad_id | containers,
-    "transaction_id": st.one_of(huge_ints, fractional, non_finite, no_digits, containers),
-    "amount": st.one_of(st.floats(max_value=0), st.floats(min_value=1e6), non_finite, no_digits, st.none(), containers),
+    "transaction_id": st.one_of(huge_ints, fractional, non_finite, no_digits, st.booleans(), numeric_text, containers),
+    "amount": st.one_of(
+        st.floats(max_value=0),
+        st.floats(min_value=1e6),
+        non_finite,
+        no_digits,
+        st.booleans(),
+        numeric_text,
+        st.none(),
+        containers,
+    ),  # fmt: skip
     "country": st.one_of(not_a_country, st.integers(), st.none(), containers),
     "merchant_category": st.one_of(st.just(""), st.text(min_size=41, max_size=99), long_text, st.none(), containers),
     "channel": st.one_of(st.text(max_size=20).filter(lambda s: s not in CHANNELS), st.integers(), containers),

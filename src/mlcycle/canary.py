@@ -21,6 +21,7 @@ from sklearn.metrics import precision_score, roc_auc_score
 
 from mlcycle.config import CanarySpec
 from mlcycle.decisions import CheckResult, Verdict, at_least, at_most, interval_check, not_measurable
+from mlcycle.prediction_log import SHADOW_SUFFIX
 from mlcycle.stats import PSI_BINS, auc_se, psi, wilson_interval  # defined in mlcycle.stats; importable from here too
 
 Z95 = 1.959964
@@ -211,14 +212,23 @@ def shadow_pairs(
 ) -> pd.DataFrame:
     """Champion answers and shadow challenger scores of the same requests, side by side.
 
-    Shadow rows are logged beside the champion's row of the same request, with the same request
-    fields; a request sent twice is paired in logged order (its n-th champion row with its n-th
-    shadow row). Rows with an error are left out: they are the error-rate check's business."""
+    The service logs a shadow row under the answered request's id plus ``SHADOW_SUFFIX``; logs
+    without that are paired on the same request fields, a request sent twice in logged order (its
+    n-th champion row with its n-th shadow row). Rows with an error are left out: they are the
+    error-rate check's business."""
     champion, challenger = variant_rows(predictions, challenger_version, champion_version)
     shadow = challenger[challenger["shadow"].astype(bool) & challenger["error"].isna()]
     champion = champion[champion["error"].isna()]
     if shadow.empty or champion.empty:
         return pd.DataFrame(columns=["score_champion", "score_challenger", "decision_champion", "decision_challenger"])
+    if "request_id" in predictions and shadow["request_id"].astype(str).str.endswith(SHADOW_SUFFIX).all():
+        # The service logs a shadow answer under the answered request's id plus a suffix: exact pairs.
+        answered = champion[["request_id", "score", "decision"]].astype({"request_id": str})
+        shadowed = shadow[["request_id", "score", "decision"]].assign(
+            request_id=shadow["request_id"].astype(str).str.removesuffix(SHADOW_SUFFIX)
+        )
+        pairs = answered.merge(shadowed, on="request_id", suffixes=("_champion", "_challenger"))
+        return pairs[["score_champion", "score_challenger", "decision_champion", "decision_challenger"]]
     key = [c for c in PAIR_KEY if c in predictions]
 
     def keyed(frame: pd.DataFrame) -> pd.DataFrame:

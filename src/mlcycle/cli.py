@@ -321,11 +321,12 @@ def history(
     if not events:
         console.print("no alias has moved yet")
         return
-    table = Table("when (UTC)", "alias", "from", "to", "who", "why")
+    table = Table("when (UTC)", "alias", "action", "from", "to", "who", "why")
     for e in events:
         table.add_row(
-            f"{e.at:%Y-%m-%d %H:%M:%S}", e.alias, e.from_version or "-", e.to_version or "-", e.actor, e.reason
-        )
+            f"{e.at:%Y-%m-%d %H:%M:%S}", e.alias, e.action, e.from_version or "-", e.to_version or "-", e.actor,
+            e.reason,
+        )  # fmt: skip
     console.print(table)
 
 
@@ -503,18 +504,23 @@ def monitor(
 def retrain(
     summary: Annotated[str | None, typer.Option(help="summary.json of the monitoring check that asks for it.")] = None,
     rollout: Annotated[bool, typer.Option(help="Canary a new challenger afterwards.")] = True,
+    ignore_cooldown: Annotated[
+        bool, typer.Option(help="Retrain even within retraining.cooldown_hours of the last one (never two at once).")
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Run the Prefect flow `retrain` by hand: guard → train → gates → challenger → canary.
 
-    If the data looks broken the flow pauses for `mlcycle approve RUN` / `mlcycle reject RUN`
-    (needs a Prefect server: `make up`)."""
+    Retraining is single-flight (one at a time across events, schedules and hosts) with a cooldown;
+    a skipped run says why. If the data looks broken the flow pauses for `mlcycle approve RUN` /
+    `mlcycle reject RUN` (needs a Prefect server: `make up`)."""
     from mlcycle.project import load_flow
 
     cfg = _config(config)
     flow = load_flow(cfg.root, "retraining", "retrain")
-    result = flow(config=str(cfg.root / "mlcycle.yaml"), trigger="manual", summary_path=summary, rollout=rollout)
-    console.print(f"retraining: {result['outcome']}")
+    result = flow(config=str(cfg.root / "mlcycle.yaml"), trigger="manual", summary_path=summary, rollout=rollout,
+                  ignore_cooldown=ignore_cooldown)  # fmt: skip
+    console.print(f"retraining: {result['outcome']}" + (f" ({result['reason']})" if result.get("reason") else ""))
 
 
 def _decide(run: str, approve: bool, who: str | None, note: str, config: Path | None) -> None:

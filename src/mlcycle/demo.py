@@ -24,6 +24,7 @@ from mlcycle.config import DriftSpec, ProjectConfig
 from mlcycle.data import break_upstream, generate
 from mlcycle.features import store
 from mlcycle.project import load_flow
+from mlcycle.scale import redact
 
 
 class DemoFailed(RuntimeError):
@@ -49,7 +50,9 @@ class Steps:
 
 
 def mlflow_ui_command(cfg: ProjectConfig) -> str:
-    return f"uv run mlflow ui --backend-store-uri {cfg.tracking_uri} --port 5000"
+    """The command to print: the store's password is never on a screen or a command line (MLflow
+    reads the full URI from MLFLOW_BACKEND_STORE_URI, which `make up` sets)."""
+    return f"uv run mlflow ui --backend-store-uri '{redact(cfg.tracking_uri)}' --port 5000"
 
 
 # The story's world: the configured stream, longer, with a change from day 80 on (70 days ago):

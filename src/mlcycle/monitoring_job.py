@@ -215,8 +215,9 @@ class CheckResult:
             pd_ = self.prediction_drift
             lines += ["", "### Scores", "",
                       f"PSI {pd_['psi']:.3f}, KS {pd_['ks_statistic']:.3f}, mean {pd_['mean_reference']:.4f} → "
-                      f"{pd_['mean_current']:.4f} ({pd_['mean_change']:+.1%})"
-                      + (" — **alert**" if pd_["alert"] else "")]  # fmt: skip
+                      f"{pd_['mean_current']:.4f} ({pd_['mean_change']:+.1%}, 95% CI "
+                      f"{_pct(pd_.get('mean_change_low'), '−∞')} … {_pct(pd_.get('mean_change_high'), '+∞')})"
+                      + (" — **alert**: " + "; ".join(pd_.get("reasons") or ()) if pd_["alert"] else "")]  # fmt: skip
         lines += ["", "### Performance on matured labels", ""]
         if decay.get("roc_auc") is not None and decay.get("positives"):
             ci = decay.get("roc_auc_ci")
@@ -374,6 +375,12 @@ def load_result(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
+def _pct(value: float | None, unbounded: str) -> str:
+    """A relative change as a signed percentage; an end of an interval that has none (a reference
+    mean of zero; stored as null, JSON has no infinity) as ``unbounded``."""
+    return unbounded if value is None or not np.isfinite(value) else f"{value:+.1%}"
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
@@ -381,6 +388,6 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, float) and value != value:
-        return None
+    if isinstance(value, float) and not np.isfinite(value):
+        return None  # JSON has no NaN or infinity
     return value

@@ -38,6 +38,8 @@ COLUMNS = [
 
 
 JOURNAL_DIR = "_journal"
+# A shadow answer is logged under the answered request's id plus this, so the two pair exactly.
+SHADOW_SUFFIX = "-shadow"
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 

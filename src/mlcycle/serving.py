@@ -29,6 +29,7 @@ import xgboost as xgb
 from mlcycle import registry, rollout
 from mlcycle.config import ProjectConfig
 from mlcycle.features.store import FeatureStoreUnavailable, online_vector, open_project_store, plan_for
+from mlcycle.prediction_log import SHADOW_SUFFIX
 from mlcycle.prediction_store import open_prediction_log
 from mlcycle.scale import redact
 from mlcycle.tracking import FEATURES_TAG, THRESHOLD_TAG
@@ -229,15 +230,17 @@ class Scorer:
                 for i, r in enumerate(results)
             ]
             if policy.mode == "shadow" and challenger is not None:
-                records += self._shadow(requests, fields, vectors, challenger, features_seconds, unknown)
+                ids = [r.request_id for r in results]
+                records += self._shadow(requests, fields, vectors, challenger, features_seconds, unknown, ids)
             self.prediction_log.append(records)
         return results
 
     def _shadow(self, requests, fields, vectors, challenger: ModelSlot, features_seconds: float,
-                unknown: list[list[str]]) -> list[dict]:  # fmt: skip
+                unknown: list[list[str]], request_ids: list[str]) -> list[dict]:  # fmt: skip
         """The challenger scores every request; its answers are logged only. Its latency is its own:
         the shared feature lookup plus its own prediction (the canary compares the two models' p99,
-        so logging the champion's time here made a slow challenger look as fast as the champion)."""
+        so logging the champion's time here made a slow challenger look as fast as the champion).
+        Its request id is the answered request's plus ``SHADOW_SUFFIX``: the pair is exact."""
         started = time.perf_counter()
         try:
             shadow = challenger.predict(vectors)
@@ -249,7 +252,8 @@ class Scorer:
         out = []
         for i in range(len(requests)):
             scored = Scored(float(shadow[i]), bool(shadow[i] >= challenger.threshold), challenger.version,
-                            "challenger", _missing(vectors, i, unknown[i]), uuid.uuid4().hex, unknown[i])  # fmt: skip
+                            "challenger", _missing(vectors, i, unknown[i]), request_ids[i] + SHADOW_SUFFIX,
+                            unknown[i])  # fmt: skip
             out.append(self._record(requests[i], fields[i], vectors.iloc[i], scored, challenger.threshold,
                                     latency_ms, error, True))  # fmt: skip
         return out
