@@ -161,7 +161,7 @@ INVALID = {
         numeric_text,
         st.none(),
         containers,
-    ),  # fmt: skip
+    ),
     "country": st.one_of(not_a_country, st.integers(), st.none(), containers),
     "merchant_category": st.one_of(st.just(""), st.text(min_size=41, max_size=99), long_text, st.none(), containers),
     "channel": st.one_of(st.text(max_size=20).filter(lambda s: s not in CHANNELS), st.integers(), containers),
