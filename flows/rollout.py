@@ -89,7 +89,8 @@ def collect(
 
 @task(name="analyze-canary", cache_policy=NO_CACHE)
 def analyze(cfg: ProjectConfig, predictions: pd.DataFrame, versions: tuple[str, str], percent: float) -> Verdict:
-    verdict = canary.analyze(predictions, cfg.canary, challenger_version=versions[0], champion_version=versions[1])
+    verdict = canary.analyze(predictions, cfg.canary, challenger_version=versions[0], champion_version=versions[1],
+                             looks=cfg.canary.max_looks)  # fmt: skip
     step = "shadow" if percent <= 0 else f"{percent:g}%"
     title = f"### canary of v{versions[0]} against v{versions[1]}, {step}\n\n"
     create_markdown_artifact(title + verdict.markdown(), key=f"canary-{int(percent)}")
@@ -149,13 +150,15 @@ def rollout_flow(
         policy = set_traffic(cfg, percent, f"canary step {step} for v{version} against v{champion}")
         since = policy.updated_at or datetime.now(UTC)  # the window starts at this policy's change
         deadline = time.monotonic() + max_wait_seconds
+        looks = 0  # analyses with enough requests: at most max_looks, each interval widened for them
         while True:
             if why := moved(versions, aliases(cfg)):
                 return aborted(why, percent)
             left = max(0.0, deadline - time.monotonic())
             predictions = collect(cfg, since, versions, min(wait_seconds, left), left)
             verdict = analyze(cfg, predictions, versions, percent)
-            if verdict.state != "not_measurable" or time.monotonic() >= deadline:
+            looks += canary.enough_data(verdict)
+            if verdict.state != "not_measurable" or time.monotonic() >= deadline or looks >= cfg.canary.max_looks:
                 break
             logger.info("canary %s: waiting (%s)", step, "; ".join(c.line() for c in verdict.undecided))
         if why := moved(versions, aliases(cfg)):
@@ -165,12 +168,12 @@ def rollout_flow(
                       "warnings": [c.name for c in verdict.warnings]})  # fmt: skip
         logger.info("canary %s: %s", step, verdict.state)
         if verdict.state == "fail":
-            failed = ", ".join(c.name for c in verdict.failed)
+            failed = ", ".join(c.name for c in verdict.measured_failures)
             roll_back(cfg, f"canary of v{version} failed at {step}: {failed}")
             return {"outcome": "rolled back", "version": version, "failed": failed, "steps": steps}
         if verdict.state == "not_measurable":
             undecided = ", ".join(c.name for c in verdict.undecided)
-            reason = (f"canary of v{version} undecided at {step} after {max_wait_seconds:g}s: {undecided} "
+            reason = (f"canary of v{version} undecided at {step} after {looks} looks: {undecided} "
                       "not measurable; not promoted, challenger kept")  # fmt: skip
             end_canary(cfg, reason)
             return {"outcome": "undecided", "version": version, "undecided": undecided, "reason": reason,

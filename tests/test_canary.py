@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from mlcycle.canary import ab_report, analyze, attach_labels, auc_se, shadow_pairs, spearman_interval
 from mlcycle.config import CanarySpec
@@ -229,8 +229,9 @@ def test_shadow_pairs_are_the_same_requests_even_when_a_request_repeats() -> Non
     spec = SPEC.model_copy(update={"min_requests": 10})
     result = {c.name: c for c in analyze(frame, spec).checks}
     assert result["score_rank_correlation"].value == pytest.approx(-1.0)
-    # Decisions at 0.5: the champion flags the upper 6, the reversed challenger the lower 6 → agree on 0 of 12.
-    assert result["flag_agreement"].value == 0.0
+    # Decisions at 0.5: the champion flags the upper 6, the reversed challenger the lower 6 → agree on
+    # 0 of 12; chance agreement 0.5 → kappa (0 − 0.5) / (1 − 0.5) = −1.
+    assert result["flag_kappa"].value == pytest.approx(-1.0)
 
 
 def test_shadow_rows_pair_by_request_id_when_the_service_logged_them_so() -> None:
@@ -255,14 +256,51 @@ def test_an_agreement_floor_stops_a_challenger_that_disagrees_and_passes_one_tha
     similar = np.clip(champion + rng.normal(0, 0.01, 2000), 0, 1)
     threshold = float(np.quantile(champion, 0.7))  # 30% flagged: two unrelated models agree on ~58%
     agrees = {c.name: c for c in analyze(_shadow_log(champion, similar, threshold), SPEC).checks}
-    assert agrees["score_rank_correlation"].status == "pass" and agrees["flag_agreement"].status == "pass"
+    assert agrees["score_rank_correlation"].status == "pass" and agrees["flag_kappa"].status == "pass"
     # Same score distribution (PSI cannot see it), different requests: a shuffled challenger.
     shuffled = rng.permutation(champion)
     disagrees = analyze(_shadow_log(champion, shuffled, threshold), SPEC)
     by_name = {c.name: c for c in disagrees.checks}
     assert by_name["score_psi"].status == "pass"
-    assert by_name["score_rank_correlation"].status == "fail" and by_name["flag_agreement"].status == "fail"
+    assert by_name["score_rank_correlation"].status == "fail" and by_name["flag_kappa"].status == "fail"
     assert disagrees.state == "fail"
+
+
+def test_flag_kappa_stops_a_challenger_whose_rare_flags_land_elsewhere() -> None:
+    """1,000 paired requests, each model flags 2% (20), never the same ones. Raw agreement is
+    960/1000 = 96% (its interval clears a 0.9 floor); by hand, chance agreement is
+    0.02·0.02 + 0.98·0.98 = 0.9608, kappa = (0.96 − 0.9608)/(1 − 0.9608) = −0.0204, and Cohen's
+    SE sqrt(0.96·0.04/1000)/0.0392 = 0.158 puts the whole interval below the 0.4 floor."""
+    champion = np.full(1000, 0.1)
+    champion[:20] = 0.9
+    challenger = np.full(1000, 0.1)
+    challenger[20:40] = 0.9
+    rank = np.linspace(0, 0.05, 1000)  # distinct scores so the rank correlation is defined
+    frame = _shadow_log(champion + rank, challenger + rank, threshold=0.5)
+    kappa = {c.name: c for c in analyze(frame, SPEC).checks}["flag_kappa"]
+    assert kappa.value == pytest.approx(-0.0204, abs=1e-4)
+    assert kappa.value == pytest.approx(cohen_kappa_score(champion > 0.5, challenger > 0.5))
+    assert kappa.status == "fail" and kappa.evidence["ci_high"] == pytest.approx(-0.0204 + 1.959964 * 0.158, abs=2e-3)
+    assert kappa.evidence["agreement"] == pytest.approx(0.96)
+
+
+def test_more_looks_at_a_waiting_step_widen_its_intervals() -> None:
+    """Analysing a step again and again until an interval clears its bound passes more often than
+    5% (simulated in the review: 9.7% at 30 looks); each look's interval is widened (Bonferroni)."""
+    rng = np.random.default_rng(21)
+    champion = rng.beta(0.5, 8, 400)
+    challenger = np.clip(champion + rng.normal(0, 0.02, 400), 0, 1)
+    frame = _shadow_log(champion, challenger, float(np.quantile(champion, 0.7)))
+    one = {c.name: c for c in analyze(frame, SPEC).checks}["score_rank_correlation"]
+    six = {c.name: c for c in analyze(frame, SPEC, looks=6).checks}["score_rank_correlation"]
+    width = lambda c: c.evidence["ci_high"] - c.evidence["ci_low"]  # noqa: E731
+    # Bonferroni over 6 looks: z from 1.960 to 2.638 (scipy: norm.ppf(1 - 0.05/12)).
+    from scipy.stats import norm
+
+    z6 = norm.ppf(1 - 0.05 / 12)
+    low, high = spearman_interval(one.value, 400, z6)
+    assert (six.evidence["ci_low"], six.evidence["ci_high"]) == pytest.approx((low, high))
+    assert width(six) > width(one)
 
 
 def test_spearman_interval_covers_the_true_correlation_95_percent_of_the_time() -> None:

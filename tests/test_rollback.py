@@ -116,12 +116,17 @@ def test_a_promotion_log_from_before_the_action_column_is_upgraded(tmp_path: Pat
         conn.execute(sa.text("CREATE TABLE mlcycle_promotion_log (id INTEGER PRIMARY KEY, at DATETIME NOT NULL, "
                              "model VARCHAR(256) NOT NULL, alias VARCHAR(64) NOT NULL, from_version VARCHAR(32), "
                              "to_version VARCHAR(32), actor VARCHAR(256) NOT NULL, reason TEXT NOT NULL)"))  # fmt: skip
-        old_row = "('2026-01-01 00:00:00', 'm', 'champion', NULL, '1', 'x', 'old')"
+        # v1 → v2 → v3, then the old rollback (its reason the user's text) back to v2.
+        moves = [("NULL", 1, "first"), ("'1'", 2, "better"), ("'2'", 3, "better"), ("'3'", 2, "bad release")]
+        old_rows = ", ".join(f"('2026-01-0{i} 00:00:00', 'm', 'champion', {prev}, '{to}', 'x', '{why}')"
+                             for i, (prev, to, why) in enumerate(moves, 1))  # fmt: skip
         conn.execute(sa.text("INSERT INTO mlcycle_promotion_log (at, model, alias, from_version, to_version, "
-                             f"actor, reason) VALUES {old_row}"))  # fmt: skip
+                             f"actor, reason) VALUES {old_rows}"))  # fmt: skip
     log = registry.PromotionLog(uri)
-    assert [(e.to_version, e.action) for e in log.history("m")] == [("1", "move")]
-    assert registry.champion_lineage(log, "m") == ["1"]
+    assert [(e.to_version, e.action) for e in log.history("m")][-1] == ("1", "legacy")
+    # The old rollback (back to the champion before the current one) is replayed as a rollback:
+    # the next rollback goes to v1, not back to v3.
+    assert registry.champion_lineage(log, "m") == ["1", "2"]
 
 
 @pytest.mark.parametrize("name", ["m' OR name LIKE '%", 'a"b', "", "x\\y", "n\x00"])

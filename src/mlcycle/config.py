@@ -238,8 +238,22 @@ class CanarySpec(StrictModel):
     min_score_rank_correlation: float = Field(
         0.5, ge=-1, le=1, description="Spearman correlation of the two models' scores on the same requests."
     )
-    min_flag_agreement: float = Field(0.9, ge=0, le=1, description="Share of paired requests with the same decision.")
-    agreement_on_unmeasurable: OnUnmeasurable = Field("wait", description="Too few pairs to bound the agreement.")
+    min_flag_kappa: float = Field(
+        0.4,
+        ge=-1,
+        le=1,
+        description="Cohen's kappa of the two models' decisions on paired requests (0: chance, "
+        "1: identical). Kappa, not raw agreement: at 2% flags two unrelated models still agree on 96%.",
+    )
+    agreement_on_unmeasurable: OnUnmeasurable = Field(
+        "wait", description="Too few pairs to bound the rank correlation."
+    )
+    flag_kappa_on_unmeasurable: OnUnmeasurable = Field(
+        "wait", description="Kappa's interval straddles the floor (rare flags need thousands of pairs)."
+    )
+    max_looks: int = Field(
+        6, ge=1, le=100, description="Analyses of one step while it waits for data; intervals are widened for them."
+    )
     ab_minimum_detectable_effect: float = Field(0.05, gt=0, description="Absolute, on the flagged-fraud rate.")
     ab_alpha: float = Field(0.05, gt=0, lt=1)
     ab_power: float = Field(0.8, gt=0, lt=1)

@@ -30,7 +30,9 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 # What a row of the promotion log records (``action``): an ordinary alias move, or a rollback —
 # which must not count as a promotion when the next rollback looks for "the previous champion".
-MOVE, ROLLBACK = "move", "rollback"
+# A row written before ``action`` existed is ``legacy``: a move, unless it went back to the champion
+# before the current one — what the old rollback did — and then it is replayed as a rollback.
+MOVE, ROLLBACK, LEGACY = "move", "rollback", "legacy"
 # Registered model names mlcycle accepts: they go into MLflow filter strings, so no quotes.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\- ]{0,255}")
 
@@ -122,7 +124,7 @@ class PromotionLog:
             PromotionEvent(
                 at=row["at"] if row["at"].tzinfo else row["at"].replace(tzinfo=UTC),
                 **{k: row[k] for k in ("model", "alias", "from_version", "to_version", "actor", "reason")},
-                action=row["action"] or MOVE,
+                action=row["action"] or LEGACY,
             )
             for row in rows
         ]
@@ -189,7 +191,9 @@ def champion_lineage(log: PromotionLog, name: str) -> list[str]:
     for event in moves:
         if event.to_version is None:  # the champion alias removed: what came before no longer applies
             lineage.clear()
-        elif event.action == ROLLBACK:
+        elif event.action == ROLLBACK or (
+            event.action == LEGACY and len(lineage) >= 2 and lineage[-2] == event.to_version
+        ):
             if lineage:
                 lineage.pop()
             if not lineage or lineage[-1] != event.to_version:
