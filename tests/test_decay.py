@@ -24,26 +24,45 @@ def day(n: float) -> pd.Timestamp:
 
 
 def test_a_late_positive_is_left_out_not_counted_as_negative() -> None:
-    """Four answers on one day 40 days ago (matured: the 30-day window closed on day -10).
+    """62 answers on one day 40 days ago (matured: the 30-day window closed on day -10).
 
-    | row | score | flagged | truth | label arrives | judged as |
-    | a   | 0.1   | no      | 0     | day -10       | 0         |
-    | b   | 0.2   | no      | 0     | day -10       | 0         |
-    | c   | 0.9   | yes     | 1     | day -30       | 1         |
-    | d   | 0.8   | yes     | 1     | day +5 (late) | left out  |
+    | rows  | score | flagged | truth | label arrives | judged as |
+    | 60    | 0.1   | no      | 0     | day -10       | 0         |
+    | c     | 0.9   | yes     | 1     | day -30       | 1         |
+    | d     | 0.8   | yes     | 1     | day +5 (late) | left out  |
 
-    Counting d as 0 (no chargeback yet) gave precision 1/2; judged on arrived labels: 1/1."""
+    Counting d as 0 (no chargeback yet) gave precision 1/2; judged on arrived labels: 1/1. 61 of 62
+    labels are in (98.4%, above the 98% coverage floor), so the window is judged."""
     at = day(40) + pd.Timedelta(hours=12)
-    predictions = pd.DataFrame({"transaction_id": [1, 2, 3, 4], "predicted_at": [at] * 4,
-                                "score": [0.1, 0.2, 0.9, 0.8], "decision": [False, False, True, True]})  # fmt: skip
-    arrives = [day(10), day(10), day(30), AS_OF + pd.Timedelta(days=5)]
-    labels = pd.DataFrame({"transaction_id": [1, 2, 3, 4], "is_fraud": np.array([0, 0, 1, 1], "int8"),
-                           "event_timestamp": [at] * 4, "label_available_at": arrives})  # fmt: skip
+    n = 62
+    predictions = pd.DataFrame({"transaction_id": np.arange(1, n + 1), "predicted_at": [at] * n,
+                                "score": [0.1] * 60 + [0.9, 0.8], "decision": [False] * 60 + [True, True]})  # fmt: skip
+    arrives = [day(10)] * 60 + [day(30), AS_OF + pd.Timedelta(days=5)]
+    labels = pd.DataFrame({"transaction_id": np.arange(1, n + 1), "is_fraud": np.array([0] * 60 + [1, 1], "int8"),
+                           "event_timestamp": [at] * n, "label_available_at": arrives})  # fmt: skip
     windows = monitoring.performance_windows(predictions, labels, AS_OF, maturity_days=30, lookback_days=14)
     (judged,) = [w for w in windows if w.predictions]
     assert judged.matured
-    assert (judged.predictions, judged.positives, judged.unlabelled) == (4, 1, 1)
+    assert (judged.predictions, judged.positives, judged.unlabelled) == (62, 1, 1)
     assert judged.precision == 1.0 and judged.recall == 1.0
+
+
+def test_a_window_whose_negatives_are_still_being_confirmed_is_not_judged() -> None:
+    """31 days ago: the dispute window has closed, but the negatives' confirmations lag by up to two
+    days. 100 answers, 2 positives (labelled within days), 98 negatives of which only 49 confirmed:
+    the labelled rows would be 2/51 = 3.9% positive against 2% in truth, so the window waits."""
+    at = day(31) + pd.Timedelta(hours=1)
+    n = 100
+    positive = np.r_[np.ones(2), np.zeros(98)].astype(bool)
+    arrives = [day(25)] * 2 + [day(0.5)] * 49 + [AS_OF + pd.Timedelta(days=1)] * 49
+    predictions = pd.DataFrame({"transaction_id": np.arange(1, n + 1), "predicted_at": [at] * n,
+                                "score": np.where(positive, 0.9, 0.1), "decision": positive})  # fmt: skip
+    labels = pd.DataFrame({"transaction_id": np.arange(1, n + 1), "is_fraud": positive.astype("int8"),
+                           "event_timestamp": [at] * n, "label_available_at": arrives})  # fmt: skip
+    windows = monitoring.performance_windows(predictions, labels, AS_OF, maturity_days=30, lookback_days=14)
+    (window,) = [w for w in windows if w.predictions]
+    assert window.end + pd.Timedelta(days=30) <= AS_OF  # past the dispute window by the calendar …
+    assert not window.matured and window.roc_auc is None and window.unlabelled == 49  # … but not judged
 
 
 def _world(n: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -194,3 +194,36 @@ def test_model_card_states_warnings_and_only_the_alias_given_at_registration() -
     assert "Aliases: challenger" not in text
     assert "Registered with `challenger` on 2026-01-02 03:04 UTC" in text
     assert "current ones are in the MLflow registry" in text
+
+
+def _paired_reports(seed: int, noise_champion: float, noise_candidate: float) -> tuple[EvaluationReport, ...]:
+    """Champion and candidate scored on the same 20,000 rows (2% positives), each the same signal
+    plus its own noise: more noise, lower ROC-AUC."""
+    rng = np.random.default_rng(seed)
+    n = 20_000
+    frame = pd.DataFrame({"label": (rng.random(n) < 0.02).astype(int), "amount": 50.0})
+    signal = np.where(frame["label"] == 1, 2.0, 0.0) + rng.normal(0, 1, n)
+    scores = [1 / (1 + np.exp(-(signal + rng.normal(0, s, n)))) for s in (noise_champion, noise_candidate)]
+    return tuple(evaluate(frame, s, "label", 0.5) for s in scores)
+
+
+def test_no_regression_is_judged_on_the_paired_delong_interval() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    spec = GatesSpec(max_regression_roc_auc=0.005, max_fairness_gap=1.0, fairness_min_support=1)
+    champion, same = _paired_reports(1, 0.3, 0.3)
+    same = evaluate(pd.DataFrame({"label": champion.labels, "amount": 50.0}), champion.scores, "label", 0.5)
+    check = {c.name: c for c in run_gates(same, spec, champion).checks}["no_regression_roc_auc"]
+    assert check.status == "pass" and check.value == 0.0  # the same model: a difference of exactly 0
+    champion, worse = _paired_reports(2, 0.3, 3.0)
+    check = {c.name: c for c in run_gates(worse, spec, champion).checks}["no_regression_roc_auc"]
+    drop = roc_auc_score(worse.labels, worse.scores) - roc_auc_score(champion.labels, champion.scores)
+    assert drop < -0.05 and check.value == pytest.approx(drop)  # the difference is sklearn's
+    assert check.status == "fail" and check.evidence["ci_high"] < -0.005
+    # A small drop whose interval reaches both sides of −0.005: the data cannot tell, the policy decides.
+    champion, close = _paired_reports(3, 0.3, 0.45)
+    check = {c.name: c for c in run_gates(close, spec, champion).checks}["no_regression_roc_auc"]
+    assert check.evidence["ci_low"] < -0.005 < check.evidence["ci_high"], check.detail
+    assert check.status == "not_measurable" and not check.passed  # block by default
+    warn = spec.model_copy(update={"when_unmeasurable": {**spec.when_unmeasurable, "no_regression": "warn"}})
+    assert {c.name: c for c in run_gates(close, warn, champion).checks}["no_regression_roc_auc"].passed

@@ -285,6 +285,9 @@ class MonitoringSpec(StrictModel):
     decay_window_days: int = Field(1, ge=1, description="Width of a performance window.")
     decay_lookback_days: int = Field(14, ge=1, description="Matured days reported, counting back from the newest.")
     decay_rolling_windows: int = Field(7, ge=1, description="Newest matured windows pooled for the alert.")
+    min_label_coverage: float = Field(
+        0.98, gt=0, le=1, description="Share of a matured window's rows whose label has arrived before it is judged."
+    )
     decay_min_positives: int = Field(30, ge=1, description="Fewer frauds pooled: too noisy to alert on.")
     min_roc_auc: float = Field(0.85, gt=0, le=1, description="Alert below this pooled ROC-AUC.")
     max_roc_auc_drop: float = Field(0.05, ge=0, le=1, description="Alert when ROC-AUC falls this far below "

@@ -95,6 +95,10 @@ class EvaluationReport:
     overall: Metrics
     slices: dict[str, dict[str, Metrics]]
     latency_ms: dict[str, float] = field(default_factory=dict)
+    # The rows' labels and scores, kept in memory (never logged) so that two models evaluated on
+    # the same rows can be compared pairwise (mlcycle.gates: DeLong on the ROC-AUC difference).
+    labels: np.ndarray | None = field(default=None, repr=False, compare=False)
+    scores: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def flat_metrics(self, prefix: str = "") -> dict[str, float]:
         """MLflow-ready ``{name: value}``: overall as ``test.roc_auc``, slices as
@@ -139,7 +143,8 @@ def evaluate(frame: pd.DataFrame, scores: np.ndarray, label: str, threshold: flo
             pos = frame.index.get_indexer(idx)
             groups[str(group)] = metrics(y[pos], scores[pos], threshold)
         by_slice[attribute] = dict(sorted(groups.items()))
-    return EvaluationReport(threshold, metrics(y, scores, threshold), by_slice)
+    return EvaluationReport(threshold, metrics(y, scores, threshold), by_slice, labels=np.asarray(y),
+                            scores=np.asarray(scores, float))  # fmt: skip
 
 
 def single_row_latency(

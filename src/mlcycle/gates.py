@@ -13,6 +13,8 @@ from __future__ import annotations
 from itertools import combinations
 from typing import Any, Literal
 
+import numpy as np
+
 from mlcycle.config import GatesSpec
 from mlcycle.decisions import (
     CheckResult,
@@ -24,7 +26,7 @@ from mlcycle.decisions import (
     not_measurable,
 )
 from mlcycle.evaluation import EvaluationReport
-from mlcycle.stats import Z95, abs_interval, auc_se, proportion_difference_ci, z_for
+from mlcycle.stats import Z95, abs_interval, auc_se, delong_paired, proportion_difference_ci, z_for
 
 
 def fairness_gap(report: EvaluationReport, spec: GatesSpec) -> CheckResult:
@@ -119,13 +121,37 @@ def _bound_check(
     return check(name, value, bound, detail, **evidence)
 
 
+def _paired_roc_auc(candidate: EvaluationReport, champion: EvaluationReport, spec: GatesSpec) -> CheckResult | None:
+    """The candidate's ROC-AUC minus the champion's on the same rows, with DeLong's paired 95%
+    interval judged against ``-max_regression_roc_auc``: a regression only when the whole interval
+    is below it, a pass only when the whole interval is above it, "not measurable" in between (then
+    the ``no_regression`` policy decides). None when the two reports do not hold the same rows."""
+    y, ours, theirs = candidate.labels, candidate.scores, champion.scores
+    if y is None or ours is None or theirs is None or len(ours) != len(theirs) or len(y) != len(ours):
+        return None
+    if champion.labels is None or not np.array_equal(champion.labels, y):
+        return None
+    try:
+        auc_x, auc_c, se = delong_paired(y, ours, theirs)
+    except ValueError:
+        return None
+    delta = auc_x - auc_c
+    return interval_check(
+        "no_regression_roc_auc", delta, delta - Z95 * se, delta + Z95 * se, -spec.max_regression_roc_auc, ">=",
+        spec.on_unmeasurable("no_regression"),
+        f"candidate {auc_x:.4f} vs champion {auc_c:.4f} on the same {len(y):,} rows (DeLong, paired)",
+        candidate=auc_x, champion=auc_c, se=se,
+    )  # fmt: skip
+
+
 def run_gates(candidate: EvaluationReport, spec: GatesSpec, champion: EvaluationReport | None = None) -> Verdict:
     """Every gate on the candidate's evaluation window (and the champion's, scored on the same rows).
 
-    ROC-AUC, PR-AUC and the regression checks are judged on point estimates: with hundreds of
-    positives an AUC's interval is narrow next to its bound, and the champion comparison is paired
-    (same rows), so the difference is far less noisy than the two intervals suggest — the detail
-    states each AUC's interval so a reader can see how firm the number is."""
+    ROC-AUC and PR-AUC floors are judged on point estimates with the AUC's interval in the detail:
+    with hundreds of positives it is narrow next to the floor. The ROC-AUC comparison with the
+    champion is judged on DeLong's paired interval of the difference (same rows, so the two models'
+    errors move together: the difference is firmer than two separate intervals, and no firmer than
+    its own interval); PR-AUC's comparison stays a point estimate, said so in its detail."""
     o = candidate.overall
     negatives = o.n - o.positives
     checks = [
@@ -140,17 +166,16 @@ def run_gates(candidate: EvaluationReport, spec: GatesSpec, champion: Evaluation
     if champion is None:
         checks.append(CheckResult("no_regression_vs_champion", None, None, ">=", True, "no champion yet"))
         return Verdict("evaluation gates", tuple(checks))
+    paired = _paired_roc_auc(candidate, champion, spec)
     for metric in ("roc_auc", "pr_auc"):
+        if metric == "roc_auc" and paired is not None:
+            checks.append(paired)
+            continue
         ours, theirs = getattr(o, metric), getattr(champion.overall, metric)
         delta = None if ours is None or theirs is None else ours - theirs
         detail = "" if delta is None else f"candidate {ours:.4f} vs champion {theirs:.4f} on the same window"
-        if delta is not None and metric == "roc_auc":
-            c = champion.overall
-            detail += (
-                f"; candidate {_auc_interval(ours, o.positives, negatives)}, champion "
-                f"{_auc_interval(theirs, c.positives, c.n - c.positives)} — paired on the same rows, so the "
-                "difference is judged on its point estimate"
-            )
+        if delta is not None and metric == "pr_auc":
+            detail += " (point estimate: PR-AUC has no closed-form paired interval; ROC-AUC's is judged)"
         checks.append(
             _bound_check(
                 f"no_regression_{metric}",

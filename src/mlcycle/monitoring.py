@@ -312,13 +312,16 @@ def performance_windows(
     maturity_days: float,
     window_days: int = 1,
     lookback_days: int = 28,
+    min_label_coverage: float = 0.98,
 ) -> list[DecayWindow]:
     """Per window of prediction time: ROC-AUC, precision and recall on the labels known at ``as_of``.
 
     ``predictions`` needs ``transaction_id``, ``predicted_at`` (UTC), ``score`` and ``decision``;
     ``transactions`` needs ``transaction_id``, ``is_fraud`` and ``label_available_at``. A window
-    counts as matured when ``as_of`` is at least ``maturity_days`` past its end; then each row is
-    judged on its own label if it has arrived by ``as_of`` and left out (``unlabelled``) if not."""
+    counts as matured when ``as_of`` is at least ``maturity_days`` past its end and at least
+    ``min_label_coverage`` of its rows have their label; then each row is judged on its own label and
+    left out (``unlabelled``) if it has none. The coverage floor matters when negatives are confirmed
+    a little after the window: until they are, the labelled rows are enriched in positives."""
     as_of_ts = _utc(as_of)
     step = pd.Timedelta(days=window_days)
     last_end = as_of_ts.floor("D") + pd.Timedelta(days=1)
@@ -332,10 +335,12 @@ def performance_windows(
         end = start + step
         part = rows[(rows["predicted_at"] >= start) & (rows["predicted_at"] < end)]
         matured = end + pd.Timedelta(days=maturity_days) <= as_of_ts
+        known, unlabelled = _judged(part)
+        if matured and len(part) and len(known) < min_label_coverage * len(part):
+            matured = False  # labels still arriving: judging now would judge an enriched sample
         if not matured or part.empty:
-            out.append(DecayWindow(start, end, len(part), matured))
+            out.append(DecayWindow(start, end, len(part), matured, unlabelled=unlabelled))
         else:
-            known, unlabelled = _judged(part)
             labels = known["is_fraud"].to_numpy().astype(bool)
             auc, precision, recall = _quality(labels, known["score"].to_numpy(float), known["decision"].to_numpy(bool))
             out.append(DecayWindow(start, end, len(part), True, int(labels.sum()), auc, precision, recall, unlabelled))
@@ -379,7 +384,7 @@ def decay_verdict(
     from mlcycle.stats import Z95, auc_se
 
     windows = performance_windows(predictions, transactions, as_of, maturity_days, spec.decay_window_days,
-                                  spec.decay_lookback_days)  # fmt: skip
+                                  spec.decay_lookback_days, spec.min_label_coverage)  # fmt: skip
     matured = [w for w in windows if w.matured and w.predictions][-spec.decay_rolling_windows :]
     if not matured:
         empty = DecayVerdict(0, 0, 0, None, None, None, baseline_roc_auc, False, ("no matured window yet",), False)
