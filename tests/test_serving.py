@@ -462,6 +462,41 @@ def test_canary_rolls_back_a_challenger_whose_scores_shift(served) -> None:
     assert "score_psi" in result["failed"]
 
 
+def test_a_canary_whose_challenger_alias_moves_mid_way_aborts_and_promotes_nothing(served) -> None:
+    """A canary is bound to the version it started with: a retraining that moves the challenger
+    alias mid-canary (here a watcher moves it as soon as the first step's traffic is set) makes the
+    flow abort — neither version promoted, the champion unchanged, traffic back to the champion."""
+    cfg, client, tx = served
+    booster, features = champion_booster(cfg)
+    later = register_challenger(cfg, booster, features)  # the "retraining's" version, registered first
+    bound = register_challenger(cfg, booster, features)  # the canary starts with this one
+    mlflow_client = registry.client_for(cfg)
+    champion_before = str(registry.version_by_alias(mlflow_client, cfg.model.name, registry.CHAMPION).version)
+    done = threading.Event()
+
+    def move_when_the_canary_starts() -> None:
+        while not done.is_set():
+            if rollout.read_policy(mlflow_client, cfg.model.name).mode == "canary":
+                log = registry.PromotionLog(cfg.promotion_log_uri)
+                registry.move_alias(mlflow_client, log, cfg.model.name, registry.CHALLENGER, later, "newer challenger")
+                return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=move_when_the_canary_starts, daemon=True)
+    watcher.start()
+    try:
+        result = run_canary_with_traffic(cfg, client, tx)
+    finally:
+        done.set()
+        watcher.join(10)
+    assert result["outcome"] == "aborted" and result["version"] == bound, result
+    assert f"challenger v{bound} → v{later}" in result["reason"]
+    now = registry.version_by_alias(mlflow_client, cfg.model.name, registry.CHAMPION)
+    assert str(now.version) == champion_before
+    assert str(registry.version_by_alias(mlflow_client, cfg.model.name, registry.CHALLENGER).version) == later
+    assert rollout.read_policy(mlflow_client, cfg.model.name).mode == "champion-only"
+
+
 def test_canary_promotes_a_good_challenger(served) -> None:
     cfg, client, tx = served
     candidate = train(cfg)

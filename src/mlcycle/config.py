@@ -221,9 +221,10 @@ class CanarySpec(StrictModel):
     min_labelled: int = Field(200, ge=10, description="Matured labelled requests per variant for AUC/precision.")
     min_labelled_positives: int = Field(30, ge=5, description="Positives among them: an AUC on 3 positives is noise.")
     max_auc_drop: float = Field(0.02, ge=0)
-    # What "not measurable" means for each check (mlcycle.decisions): ``wait`` keeps collecting up to
-    # the step's maximum wait and then ends the canary undecided (never promoted); ``block`` ends it
-    # as a failure; ``warn`` accepts the check as not judged and writes so in the report.
+    # What "not measurable" means for each check (mlcycle.decisions): ``wait`` (and ``block``, which
+    # in a canary means the same) keeps collecting up to the step's maximum wait or ``max_looks``, then
+    # ends the canary undecided (never promoted); ``warn`` accepts the check as not judged and writes
+    # so in the report and the promotion reason.
     auc_on_unmeasurable: OnUnmeasurable = Field(
         "wait", description="Matured labels exist but the AUC difference's interval straddles max_auc_drop."
     )
