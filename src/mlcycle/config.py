@@ -234,10 +234,14 @@ class CanarySpec(StrictModel):
         "after the request; a canary of minutes never has them): 'warn' says online quality is not judged.",
     )
     # Shadow mode (a step of 0% in ``steps``): both models score the same requests, so their answers
-    # can be compared pair by pair. A challenger that ranks requests unlike the champion, or flags
-    # different ones, is stopped before it answers anyone.
+    # can be compared pair by pair. A challenger that ranks requests unlike the champion (shuffled:
+    # ρ ≈ 0; inverted: ρ < 0), or flags different ones, is stopped before it answers anyone. The floor
+    # is low on purpose: most requests are clear negatives whose order two good models do not share,
+    # and a retrain after concept drift is meant to rank differently — measured in the demo, v2
+    # (retrained on the new fraud pattern) against v1 on 417 shadow pairs: ρ = 0.37 (0.70 on the
+    # champion's top decile), and a 0.5 floor stopped the better model.
     min_score_rank_correlation: float = Field(
-        0.5, ge=-1, le=1, description="Spearman correlation of the two models' scores on the same requests."
+        0.2, ge=-1, le=1, description="Spearman correlation of the two models' scores on the same requests."
     )
     min_flag_kappa: float = Field(
         0.4,
