@@ -90,7 +90,7 @@ def collect(
 @task(name="analyze-canary", cache_policy=NO_CACHE)
 def analyze(cfg: ProjectConfig, predictions: pd.DataFrame, versions: tuple[str, str], percent: float) -> Verdict:
     verdict = canary.analyze(predictions, cfg.canary, challenger_version=versions[0], champion_version=versions[1],
-                             looks=cfg.canary.max_looks)  # fmt: skip
+                             looks=cfg.canary.max_looks, shadow=percent <= 0)  # fmt: skip
     step = "shadow" if percent <= 0 else f"{percent:g}%"
     title = f"### canary of v{versions[0]} against v{versions[1]}, {step}\n\n"
     create_markdown_artifact(title + verdict.markdown(), key=f"canary-{int(percent)}")

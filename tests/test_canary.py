@@ -326,3 +326,22 @@ def test_auc_standard_error_matches_the_bootstrap() -> None:
     # for decisions (wider intervals: more "not measurable", never a false pass); narrower is not.
     se = auc_se(auc, int(y.sum()), int((1 - y).sum()))
     assert 0.95 * np.std(boot) <= se <= 1.6 * np.std(boot)
+
+
+def test_a_canary_step_is_judged_on_routed_answers_not_on_shadow_rows_left_from_the_step_before() -> None:
+    """A replica logs shadow rows for a moment after the policy moves from shadow to canary. On the
+    canary step those few pairs are not evidence: judged as a canary step, there is no agreement
+    check (which would wait forever on 5 pairs) and the challenger's rows are its routed answers."""
+    rng = np.random.default_rng(4)
+    scores = rng.beta(0.5, 8, 400)
+    routed = log(400, "challenger")
+    champion = log(400, "champion")
+    leftover = _shadow_log(scores[:5], scores[:5]).assign(  # 5 requests answered and shadowed
+        model_version=lambda f: np.where(f["variant"] == "champion", CHAMPION_V, CHALLENGER_V)
+    )
+    frame = pd.concat([champion, routed, leftover], ignore_index=True)
+    as_canary = {c.name: c for c in analyze(frame, SPEC, shadow=False).checks}
+    assert "score_rank_correlation" not in as_canary and "flag_kappa" not in as_canary
+    assert as_canary["requests_challenger"].value == 400
+    auto = {c.name: c for c in analyze(frame, SPEC).checks}
+    assert auto["score_rank_correlation"].status == "not_measurable"  # what the flow met: 5 pairs, waiting

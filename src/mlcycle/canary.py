@@ -115,6 +115,7 @@ def analyze(
     champion_version: str | None = None,
     label: str = LABEL,
     looks: int = 1,
+    shadow: bool | None = None,
 ) -> Verdict:
     """Compare challenger with champion on the logged requests (the ``label`` column, from
     ``attach_labels``, holds matured labels). Too few requests is "not measurable yet" (wait),
@@ -122,8 +123,16 @@ def analyze(
 
     ``looks``: how many times this step may be analysed while it waits for data. Stopping at the
     first look whose interval clears a bound makes each 95% interval wrong more often than 5% (30
-    looks at a floor pass ~10% of the time); the intervals are widened for the looks (Bonferroni)."""
+    looks at a floor pass ~10% of the time); the intervals are widened for the looks (Bonferroni).
+
+    ``shadow``: the step's mode, so the challenger is judged on the answers of that mode only — its
+    shadow answers on a shadow step (and the paired agreement), its routed answers on a canary step
+    (a replica logs shadow rows for a second or two after the policy changes; they are not this
+    step's evidence). None: whatever the rows hold."""
     z = z_for(0.95, looks)
+    if shadow is not None:
+        challenger_side = predictions["variant"] == "challenger"
+        predictions = predictions[~challenger_side | (predictions["shadow"].astype(bool) == shadow)]
     champion, challenger = variant_rows(predictions, challenger_version, champion_version)
     n_champ, n_chall = len(champion), len(challenger)
     checks: list[CheckResult] = [
