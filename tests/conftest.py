@@ -31,6 +31,21 @@ def copy_project(dest: Path, data: dict | None = None, sections: dict | None = N
     return cfg
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_training_day_per_session():
+    """Trainings cut their labels at the start of the current UTC day (``pipeline.default_as_of``),
+    and the session's data ends at the midnight it was generated on. A session that crosses midnight
+    would cut its later trainings a day later than its earlier ones (different rows, different
+    models): the session keeps the day it started on, as one clock for every in-process training."""
+    from mlcycle import pipeline
+
+    original = pipeline.default_as_of
+    day = original()
+    pipeline.default_as_of = lambda now=None: day if now is None else original(now)
+    yield day
+    pipeline.default_as_of = original
+
+
 @pytest.fixture(scope="session")
 def project(tmp_path_factory: pytest.TempPathFactory) -> ProjectConfig:
     """Small data generated, validated, turned into features, applied and materialized."""
