@@ -31,7 +31,7 @@ def test_training_rows_use_only_earlier_events(project: ProjectConfig, feature_s
             continue
         anchor = before["event_timestamp"].max()  # the state left by the previous transaction
         for window, delta in (("1h", "1h"), ("24h", "24h"), ("7d", "7D"), ("30d", "30D")):
-            span = before[before["event_timestamp"] >= anchor - pd.Timedelta(delta)]
+            span = before[before["event_timestamp"] > anchor - pd.Timedelta(delta)]  # window (t - w, t]
             if tx["event_timestamp"] - anchor > pd.Timedelta(days=30):
                 assert pd.isna(got[f"txn_count_{window}"])
                 continue

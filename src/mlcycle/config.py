@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlcycle.decisions import OnUnmeasurable
+from mlcycle.features.aggregations import AggregationSpec
 from mlcycle.scale import ScaleConfigError, ScaleSettings, redact
 
 DEFAULT_CONFIG_NAME = "mlcycle.yaml"
@@ -104,6 +105,11 @@ class DataSpec(StrictModel):
 class FeaturesSpec(StrictModel):
     feature_repo: Path = Path("feature_repo")
     feature_service: str = "fraud_model_v1"
+    aggregations: dict[str, AggregationSpec] = Field(
+        default_factory=dict,
+        description="Per-entity window aggregations by the feature table (Feast view source) they fill: "
+        "declared once, computed point-in-time offline and updated per event by the same definitions.",
+    )
 
 
 class XGBoostParams(StrictModel):

@@ -53,7 +53,7 @@ def build_features(
         tmp.replace(raw_path)
         tx_path = raw_path
     users = pd.read_parquet(cfg.raw_dir / "users.parquet")
-    tables = engineering.build_feature_tables(transactions, users)
+    tables = engineering.build_feature_tables(transactions, users, cfg.features.aggregations.get("user_txn_stats"))
     paths = tables.write(cfg.features_dir)
     rows = {name: len(getattr(tables, name)) for name in paths}
     return FeatureBuild(report=report, tables=paths, rows=rows, data_hash=file_hash(tx_path))

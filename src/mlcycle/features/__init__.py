@@ -1,38 +1,46 @@
-"""Features: engineering (raw → feature tables), the Feast offline store, and the store facade."""
+"""Features: declarations (window aggregations), engineering (raw → feature tables), the Feast
+offline store, and the store facade.
 
-from mlcycle.features.engineering import FeatureTables, build_feature_tables
-from mlcycle.features.store import (
-    FeatureStoreUnavailable,
-    ServicePlan,
-    apply_repo,
-    clear_online,
-    entity_frame,
-    fs_yaml_for,
-    materialize,
-    online_vector,
-    open_project_store,
-    open_store,
-    plan_for,
-    service_plan,
-    skew_report,
-    training_set,
-)
+The names below load on first use (PEP 562): the project config imports
+``mlcycle.features.aggregations``, and importing Feast (seconds to a minute on a loaded machine)
+must not be the price of reading a config file.
+"""
 
-__all__ = [
-    "FeatureStoreUnavailable",
-    "FeatureTables",
-    "ServicePlan",
-    "apply_repo",
-    "build_feature_tables",
-    "clear_online",
-    "entity_frame",
-    "fs_yaml_for",
-    "materialize",
-    "online_vector",
-    "open_project_store",
-    "open_store",
-    "plan_for",
-    "service_plan",
-    "skew_report",
-    "training_set",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_FROM = {
+    "FeatureTables": "engineering",
+    "build_feature_tables": "engineering",
+    **dict.fromkeys(
+        [
+            "FeatureStoreUnavailable",
+            "ServicePlan",
+            "apply_repo",
+            "clear_online",
+            "entity_frame",
+            "fs_yaml_for",
+            "materialize",
+            "online_vector",
+            "open_project_store",
+            "open_store",
+            "plan_for",
+            "service_plan",
+            "skew_report",
+            "training_set",
+        ],
+        "store",
+    ),
+}
+
+__all__ = sorted(_FROM)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _FROM:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_FROM[name]}"), name)
+    globals()[name] = value
+    return value

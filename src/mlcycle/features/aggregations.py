@@ -42,14 +42,16 @@ from collections import deque
 from collections.abc import Hashable, Iterable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import duckdb
 import numpy as np
 import pandas as pd
-from feast.aggregation import Aggregation as FeastAggregation
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+
+if TYPE_CHECKING:  # the config imports this module: Feast (slow to import) only where it is used
+    from feast.aggregation import Aggregation as FeastAggregation
 
 __all__ = [
     "FUNCTIONS",
@@ -189,6 +191,8 @@ class WindowAggregation(BaseModel):
 
     def to_feast(self) -> FeastAggregation:
         """Feast's declaration (what a ``StreamFeatureView`` registers), named with our output name."""
+        from feast.aggregation import Aggregation as FeastAggregation
+
         return FeastAggregation(
             column=self.column or "", function=self.function, time_window=self.window, name=self.output_name
         )

@@ -3,7 +3,8 @@
 Point-in-time rule: a feature row stamped ``t`` uses only events strictly before ``t``.
 
 - ``user_txn_stats``: after each transaction, the user's rolling aggregates over 1h / 24h / 7d /
-  30d (count, sum, mean amount, distinct merchants), stamped one microsecond *after* the
+  30d (count, sum, mean amount, distinct merchants) — declared (``USER_AGGREGATIONS``, or the
+  project config's ``features.aggregations``), computed by the declarative engine — stamped one microsecond *after* the
   transaction. A training row for a transaction at ``t`` therefore joins the state left by the
   user's previous transactions, never its own; and the latest row, materialized online, is exactly
   what the offline join returns for a request arriving after it, so training and serving agree.
@@ -24,6 +25,8 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+
+from mlcycle.features.aggregations import AggregationSpec, compute_offline
 
 WINDOWS = {"1h": "1 HOUR", "24h": "24 HOUR", "7d": "7 DAY", "30d": "30 DAY"}
 MERCHANT_VOLUME_DAYS = 7
@@ -73,37 +76,36 @@ def _connect() -> duckdb.DuckDBPyConnection:
     return con
 
 
-def user_txn_stats(transactions: pd.DataFrame, con: duckdb.DuckDBPyConnection | None = None) -> pd.DataFrame:
-    con = con or _connect()
-    con.register("tx", transactions[["transaction_id", "user_id", "merchant_id", "event_timestamp", "amount"]])
-    aggregates = ",\n".join(
-        f"count(*) OVER w{w} AS txn_count_{w}, sum(amount) OVER w{w} AS amount_sum_{w}, "
-        f"avg(amount) OVER w{w} AS amount_mean_{w}, "
-        f"count(DISTINCT merchant_id) OVER w{w} AS distinct_merchants_{w}"
+# The per-user rolling aggregates, declared (mlcycle.features.aggregations): what the project's
+# config (``features.aggregations.user_txn_stats``) declares, and the default when it says nothing.
+USER_AGGREGATIONS = AggregationSpec(
+    entities=("user_id",),
+    aggregations=[
+        agg
         for w in WINDOWS
-    )
-    windows = ",\n".join(
-        f"w{w} AS (PARTITION BY user_id ORDER BY event_timestamp "
-        f"RANGE BETWEEN INTERVAL {interval} PRECEDING AND CURRENT ROW)"
-        for w, interval in WINDOWS.items()
-    )
-    # Several transactions of one user in the same second share one state (the window's peers):
-    # keep a single row per (user, timestamp) so the point-in-time join has no ties to break.
-    sql = f"""
-        SELECT user_id,
-               event_timestamp + INTERVAL 1 MICROSECOND AS event_timestamp,
-               {aggregates},
-               epoch(event_timestamp)::BIGINT AS last_txn_unix
-        FROM tx
-        WINDOW {windows}
-        QUALIFY row_number() OVER (PARTITION BY user_id, event_timestamp ORDER BY transaction_id DESC) = 1
-        ORDER BY event_timestamp, user_id
-    """
-    out = con.execute(sql).df()
-    for col in out.columns:
-        if col.startswith(("txn_count", "distinct_merchants")):
-            out[col] = out[col].astype("int64")
-    return out
+        for agg in (
+            {"function": "count", "window": w, "name": f"txn_count_{w}"},
+            {"function": "sum", "column": "amount", "window": w, "name": f"amount_sum_{w}"},
+            {"function": "mean", "column": "amount", "window": w, "name": f"amount_mean_{w}"},
+            {"function": "count_distinct", "column": "merchant_id", "window": w, "name": f"distinct_merchants_{w}"},
+        )
+    ],
+)
+
+
+def user_txn_stats(
+    transactions: pd.DataFrame, con: duckdb.DuckDBPyConnection | None = None, spec: AggregationSpec | None = None
+) -> pd.DataFrame:
+    """The declared aggregates after each transaction, computed by the declarative offline engine
+    (window ``(t - w, t]``: the state right after the event), stamped one microsecond later so a
+    row at ``t`` joins only the state left by earlier events. Several transactions of one user in
+    the same second share one state: one row per (user, timestamp), so the join has no ties."""
+    spec = spec or USER_AGGREGATIONS
+    columns = sorted({*spec.entities, spec.timestamp, *spec.columns})
+    out = compute_offline(transactions[columns], spec, deduplicate=True, con=con)
+    out["last_txn_unix"] = unix_seconds(out[spec.timestamp])
+    out[spec.timestamp] = out[spec.timestamp] + pd.Timedelta(microseconds=1)
+    return out.sort_values([spec.timestamp, *spec.entities], kind="stable").reset_index(drop=True)
 
 
 def merchant_stats(transactions: pd.DataFrame, con: duckdb.DuckDBPyConnection | None = None) -> pd.DataFrame:
@@ -181,11 +183,13 @@ def user_profile(users: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def build_feature_tables(transactions: pd.DataFrame, users: pd.DataFrame) -> FeatureTables:
+def build_feature_tables(
+    transactions: pd.DataFrame, users: pd.DataFrame, user_aggregations: AggregationSpec | None = None
+) -> FeatureTables:
     """All feature tables from *validated* transactions (see ``mlcycle.validation``)."""
     con = _connect()
     return FeatureTables(
-        user_txn_stats=user_txn_stats(transactions, con),
+        user_txn_stats=user_txn_stats(transactions, con, user_aggregations),
         merchant_stats=merchant_stats(transactions, con),
         user_profile=user_profile(users),
     )
