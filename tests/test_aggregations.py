@@ -382,3 +382,16 @@ def test_incremental_prune_forgets_idle_entities() -> None:
     assert engine.prune(T0 + pd.Timedelta("1d")) == 1  # "a" is exactly a day old: out of every window
     assert len(engine) == 1
     assert engine.query("b", T0 + pd.Timedelta("1d")) == {"count_1h": 0, "sum_x_24h": 2.0}
+
+
+def test_a_declaration_dumped_to_json_loads_again_as_written() -> None:
+    """A training run logs its config as JSON and ``reproduce`` loads it back: windows must come
+    back as the text they were declared with, not ISO 8601 durations the parser refuses."""
+    from mlcycle.config import ProjectConfig
+
+    raw = {"features": {"aggregations": {"t": {"entities": ["k"], "aggregations": [
+        {"function": "count", "window": "24h"}, {"function": "sum", "column": "x", "window": "7d"}]}}}}  # fmt: skip
+    cfg = ProjectConfig.model_validate(raw)
+    dumped = cfg.model_dump(mode="json")
+    assert [a["window"] for a in dumped["features"]["aggregations"]["t"]["aggregations"]] == ["24h", "7d"]
+    assert ProjectConfig.model_validate(dumped).features.aggregations == cfg.features.aggregations

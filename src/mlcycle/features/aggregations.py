@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import duckdb
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 if TYPE_CHECKING:  # the config imports this module: Feast (slow to import) only where it is used
@@ -155,6 +155,12 @@ class WindowAggregation(BaseModel):
     @classmethod
     def _parse_window(cls, value: Any) -> timedelta:
         return parse_window(value)
+
+    @field_serializer("window", when_used="json")
+    def _window_text(self, window: timedelta) -> str:
+        """Written back the way it is declared ("24h", not ISO 8601's "P1D"): a config dumped to
+        JSON (the training run's config artifact, which ``reproduce`` reloads) must load again."""
+        return format_window(window)
 
     @model_validator(mode="after")
     def _column_rules(self) -> WindowAggregation:
