@@ -9,50 +9,52 @@ from __future__ import annotations
 import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-import mlflow.xgboost
 import pandas as pd
-import xgboost as xgb
 from mlflow.entities.model_registry import ModelVersion
 
-from mlcycle import registry
+from mlcycle import flavors, registry
 from mlcycle.config import ProjectConfig
 from mlcycle.features import entity_frame, open_project_store, training_set
-from mlcycle.tracking import FEATURES_TAG, THRESHOLD_TAG
+from mlcycle.tracking import FEATURES_TAG, THRESHOLD_TAG, load_version
 from mlcycle.training import matrix
 from mlcycle.validation import load_transactions
 
 
-def score_frame(booster: xgb.Booster, features: list[str], threshold: float, frame: pd.DataFrame) -> pd.DataFrame:
-    """Scores for feature rows: the model's columns in the recorded order, one inplace prediction."""
-    scores = booster.inplace_predict(matrix(frame, features))
+def score_frame(
+    model: Any, features: list[str], threshold: float, frame: pd.DataFrame, flavor: flavors.Flavor | None = None
+) -> pd.DataFrame:
+    """Scores for feature rows: the model's columns in the recorded order, one prediction by the
+    model's flavor (xgboost when not given: a Booster, as loaded before flavors existed)."""
+    scores = (flavor or flavors.XGBoostFlavor()).predict(model, matrix(frame, features))
     return pd.DataFrame({"score": scores, "decision": scores >= threshold}, index=frame.index)
 
 
 def registered_model(
     cfg: ProjectConfig, alias: str = registry.CHAMPION
-) -> tuple[ModelVersion, xgb.Booster, list[str], float]:
-    """The version behind ``alias`` with what scoring needs: booster, feature order, threshold."""
+) -> tuple[ModelVersion, Any, list[str], float, flavors.Flavor]:
+    """The version behind ``alias`` with what scoring needs: model, feature order, threshold, flavor."""
     client = registry.client_for(cfg)
     mv = registry.version_by_alias(client, cfg.model.name, alias)
     if mv is None:
         raise RuntimeError(f"no '{alias}' alias on model '{cfg.model.name}': train and register a model first")
-    booster = mlflow.xgboost.load_model(f"models:/{cfg.model.name}/{mv.version}")
+    flavor, model = load_version(cfg, str(mv.version))
     features = json.loads(mv.tags[FEATURES_TAG])
     threshold = float(mv.tags.get(THRESHOLD_TAG, 0.5))
-    return mv, booster, features, threshold
+    return mv, model, features, threshold, flavor
 
 
 def score_day(cfg: ProjectConfig, day: date, alias: str = registry.CHAMPION) -> tuple[Path, int, str]:
     """Score the transactions of ``day`` (UTC) with the model behind ``alias``; write parquet."""
-    mv, booster, features, threshold = registered_model(cfg, alias)
+    mv, model, features, threshold, flavor = registered_model(cfg, alias)
 
     transactions = load_transactions(cfg.raw_dir / "transactions.parquet")
     start = pd.Timestamp(datetime.combine(day, datetime.min.time(), UTC))
     ts = transactions["event_timestamp"]
     rows = transactions[(ts >= start) & (ts < start + timedelta(days=1))]
     frame = training_set(open_project_store(cfg), entity_frame(rows), cfg.features.feature_service)
-    scored = score_frame(booster, features, threshold, frame)
+    scored = score_frame(model, features, threshold, frame, flavor)
     out = pd.DataFrame(
         {
             "transaction_id": rows["transaction_id"].to_numpy(),
@@ -86,14 +88,14 @@ def backfill_prediction_log(
 
     from mlcycle.prediction_store import write_logged_frame
 
-    mv, booster, features, threshold = registered_model(cfg, alias)
+    mv, model, features, threshold, flavor = registered_model(cfg, alias)
     transactions = load_transactions(cfg.raw_dir / "transactions.parquet")
     ts = transactions["event_timestamp"]
     rows = transactions[(ts >= pd.Timestamp(start)) & (ts < pd.Timestamp(end))].reset_index(drop=True)
     if rows.empty:
         return 0, str(mv.version)
     frame = training_set(open_project_store(cfg), entity_frame(rows), cfg.features.feature_service)
-    scored = score_frame(booster, features, threshold, frame)
+    scored = score_frame(model, features, threshold, frame, flavor)
     event = rows["event_timestamp"]
     records = pd.DataFrame(
         {

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -139,6 +139,40 @@ class ModelSpec(StrictModel):
         "max_f1", description="Decision threshold, or 'max_f1' to pick it on the validation slice."
     )
     xgboost: XGBoostParams = XGBoostParams()
+    flavor: Literal["xgboost", "sklearn", "lightgbm"] = Field(
+        "xgboost", description="The library that fits the model (mlcycle.flavors); xgboost takes `xgboost` above."
+    )
+    estimator: str | None = Field(
+        None,
+        description="sklearn flavor: the estimator class by dotted path, e.g. sklearn.ensemble.RandomForestClassifier.",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="sklearn flavor: the estimator's constructor parameters."
+    )
+    allowed_prefixes: list[str] = Field(
+        default_factory=lambda: ["sklearn."],
+        description="Module prefixes an estimator (and what a loaded model constructs) may come from.",
+    )
+
+    @model_validator(mode="after")
+    def _flavor_usable(self) -> ModelSpec:
+        """The flavor, estimator and parameters are checked at load, before any data is built.
+        ``mlcycle.flavors`` is imported here, not at module level: it is light, but the estimator
+        it resolves (and scikit-learn) is only imported for a config that names one."""
+        from mlcycle import flavors
+
+        if self.flavor != "sklearn" and (self.estimator is not None or self.params):
+            raise ValueError(
+                f"model.estimator and model.params are for the sklearn flavor; flavor {self.flavor!r} "
+                + ("takes its parameters under model.xgboost" if self.flavor == "xgboost" else "takes neither")
+            )
+        if self.flavor == "sklearn" and not self.estimator:
+            raise ValueError(
+                "the sklearn flavor needs model.estimator: a dotted path such as sklearn.linear_model.Ridge"
+            )
+        flavor = flavors.flavor_for(self.flavor, estimator=self.estimator, allowed_prefixes=self.allowed_prefixes)
+        flavor.validate(self.params if self.flavor == "sklearn" else {}, "classification")
+        return self
 
 
 class QualitySpec(StrictModel):

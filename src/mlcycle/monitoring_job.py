@@ -25,7 +25,7 @@ import pandas as pd
 from mlcycle import monitoring, registry
 from mlcycle.config import ProjectConfig
 from mlcycle.prediction_store import read_logged_predictions
-from mlcycle.tracking import FEATURES_TAG, SNAPSHOT_ARTIFACT
+from mlcycle.tracking import FEATURES_TAG, SNAPSHOT_ARTIFACT, load_version
 from mlcycle.training import TIME_COLUMN
 from mlcycle.validation import load_transactions
 
@@ -74,7 +74,6 @@ def _reference_dir(cfg: ProjectConfig, version: str) -> Path:
 def champion_reference(cfg: ProjectConfig) -> ChampionReference:
     """The reference of the current champion, computed on first use and cached per version."""
     import mlflow
-    import mlflow.xgboost
 
     from mlcycle.training import matrix
 
@@ -100,8 +99,8 @@ def champion_reference(cfg: ProjectConfig) -> ChampionReference:
         # the held-out evaluation window, because scores on the rows a model was fitted on are
         # in-sample (more confident than it will ever be on new rows) and would read as drift.
         stats = monitoring.reference_stats(frame, numeric, categorical, sample=cfg.monitoring.reference_sample)
-        booster = mlflow.xgboost.load_model(f"models:/{cfg.model.name}/{version}")
-        scores = booster.inplace_predict(matrix(held_out, features)).astype(float)
+        flavor, model = load_version(cfg, version)
+        scores = flavor.predict(model, matrix(held_out, features)).astype(float)
         directory.mkdir(parents=True, exist_ok=True)
         stats.save(directory / "stats")
         np.save(directory / "scores.npy", scores)

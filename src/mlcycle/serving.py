@@ -21,19 +21,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import mlflow.xgboost
 import numpy as np
 import pandas as pd
-import xgboost as xgb
 
-from mlcycle import registry, rollout
+from mlcycle import flavors, registry, rollout
 from mlcycle.config import ProjectConfig
 from mlcycle.features.store import FeatureStoreUnavailable, online_vector, open_project_store, plan_for
 from mlcycle.prediction_log import SHADOW_SUFFIX
 from mlcycle.prediction_store import open_prediction_log
 from mlcycle.scale import redact
-from mlcycle.tracking import FEATURES_TAG, THRESHOLD_TAG
-from mlcycle.training import matrix
+from mlcycle.tracking import FEATURES_TAG, THRESHOLD_TAG, load_version
+from mlcycle.training import for_single_rows, matrix
 
 log = logging.getLogger("mlcycle.serving")
 
@@ -53,12 +51,13 @@ class NotReady(RuntimeError):
 class ModelSlot:
     alias: str
     version: str
-    booster: xgb.Booster
+    model: Any  # whatever the version's flavor loads (an xgboost Booster, a scikit-learn estimator…)
     features: list[str]
     threshold: float
+    flavor: flavors.Flavor = field(default_factory=flavors.XGBoostFlavor)
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.booster.inplace_predict(matrix(frame, self.features))
+        return self.flavor.predict(self.model, matrix(frame, self.features))
 
 
 @dataclass
@@ -143,16 +142,16 @@ class Scorer:
                     continue
                 if not force and current is not None and current.version == str(mv.version):
                     continue
-                booster = mlflow.xgboost.load_model(f"models:/{name}/{mv.version}")
-                # One thread per prediction: requests are single rows, and OpenMP workers that
-                # spin after each call compete with request handling on a small machine.
-                booster.set_param({"nthread": 1})
+                # By registry URI only; the flavor comes from the version's MLmodel file.
+                flavor, model = load_version(self.cfg, str(mv.version))
                 self.slots[alias] = ModelSlot(
                     alias,
                     str(mv.version),
-                    booster,
+                    # Requests are single rows: an xgboost Booster runs one thread per prediction.
+                    for_single_rows(flavor, model),
                     json.loads(mv.tags.get(FEATURES_TAG, "[]")),
                     float(mv.tags.get(THRESHOLD_TAG, 0.5)),
+                    flavor,
                 )
                 log.info("loaded %s v%s as %s", name, mv.version, alias)
             self.policy = rollout.read_policy(client, name)

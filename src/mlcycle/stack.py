@@ -201,10 +201,16 @@ def _cmdline(pid: int) -> str | None:
     """The process's command line as one string (arguments joined by spaces), None if unreadable."""
     path = Path(f"/proc/{pid}/cmdline")
     if Path("/proc").is_dir():
-        try:
-            return path.read_bytes().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            return None
+        # An empty read is a process not yet (or no longer) running a program: just started under
+        # load, or a zombie. Look again briefly before saying "not this command".
+        for attempt in range(20):
+            try:
+                raw = path.read_bytes()
+            except OSError:
+                return None
+            if raw or attempt == 19:
+                return raw.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+            time.sleep(0.05)
     out = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
     return out or None
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import mlflow
 import mlflow.sklearn
-import mlflow.xgboost
 import numpy as np
 import pandas as pd
 import sklearn
@@ -25,7 +24,7 @@ import xgboost as xgb
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
-from mlcycle import lineage, model_card, registry
+from mlcycle import flavors, lineage, model_card, registry
 from mlcycle.config import ProjectConfig
 from mlcycle.decisions import Verdict
 from mlcycle.evaluation import EvaluationReport, evaluate
@@ -78,9 +77,17 @@ def champion_report(client: MlflowClient, cfg: ProjectConfig, test: pd.DataFrame
     features = json.loads(champion.tags.get(FEATURES_TAG, "[]"))
     if not features or any(f not in test for f in features):
         return None
-    booster = mlflow.xgboost.load_model(f"models:/{cfg.model.name}@{registry.CHAMPION}")
-    scores = booster.inplace_predict(matrix(test, features))
+    flavor, model = load_version(cfg, str(champion.version))
+    scores = flavor.predict(model, matrix(test, features))
     return evaluate(test, scores, cfg.model.label, float(champion.tags.get(THRESHOLD_TAG, 0.5)))
+
+
+def load_version(cfg: ProjectConfig, version: str) -> tuple[flavors.Flavor, Any]:
+    """A registered version's flavor (read from its MLmodel file) and model, loaded by registry URI
+    only, with the project's allowlist for what a scikit-learn model may construct."""
+    uri = f"models:/{cfg.model.name}/{version}"
+    flavor = flavors.flavor_of(uri, allowed_prefixes=cfg.model.allowed_prefixes)
+    return flavor, flavor.load(uri)
 
 
 def log_rejected_training_set(cfg: ProjectConfig, quality: Verdict, frame: pd.DataFrame) -> str:
@@ -132,13 +139,16 @@ def log_and_register(
                 # Gates the data could not decide, let through under the ``warn`` policy: never silent.
                 "mlcycle.gate_warnings": "; ".join(f"{c.name}: {c.detail}" for c in gates.warnings)[:4000],
                 FEATURES_TAG: json.dumps(model.features),
+                flavors.FLAVOR_TAG: model.flavor.name,
             }
         )
         mlflow.set_tags(tags)
+        prefix = "xgb" if model.flavor.name == "xgboost" else model.flavor.name
         params: dict[str, Any] = {
-            **{f"xgb.{k}": v for k, v in model.params.items() if k != "eval_metric"},
-            "best_iteration": model.best_iteration,
-            "trained_rounds": model.trained_rounds,
+            **{f"{prefix}.{k}": v for k, v in model.params.items() if k != "eval_metric"},
+            "flavor": model.flavor.name,
+            **({"best_iteration": model.best_iteration} if model.best_iteration is not None else {}),
+            **({"trained_rounds": model.trained_rounds} if model.trained_rounds is not None else {}),
             "threshold_rule": cfg.model.threshold,
             "feature_service": cfg.features.feature_service,
             "n_features": len(model.features),
@@ -163,10 +173,10 @@ def log_and_register(
         mlflow.log_dict({"features": model.features, "split": candidate.split.describe()}, "features.json")
         mlflow.log_artifact(str(snapshot), "data")
         example = candidate.split.test[model.features].head(5).astype("float64")
-        info = mlflow.xgboost.log_model(
-            model.booster,
-            name="model",
-            signature=infer_signature(example, model.booster.inplace_predict(matrix(example, model.features))),
+        model_uri = model.flavor.log(
+            model.model,
+            "model",
+            signature=infer_signature(example, model.predict(example)),
             input_example=example,
             pip_requirements=pip_requirements(),
         )
@@ -183,10 +193,11 @@ def log_and_register(
     if not gates.passed:
         return TrainingRecord(run_id, False, None, None, tuple(c.name for c in gates.failed), None, None)
 
-    version = str(mlflow.register_model(info.model_uri, cfg.model.name).version)
+    version = str(mlflow.register_model(model_uri, cfg.model.name).version)
     for key, value in {
         FEATURES_TAG: json.dumps(model.features),
         THRESHOLD_TAG: str(model.threshold),
+        flavors.FLAVOR_TAG: model.flavor.name,
         "mlcycle.feature_service": cfg.features.feature_service,
         "mlcycle.data_hash": data_hash,
         "mlcycle.run_id": run_id,

@@ -1,4 +1,4 @@
-"""Training: split by time, fit XGBoost (and a scikit-learn baseline beside it), pick a threshold.
+"""Training: split by time, fit the project's model flavor (and a logistic baseline beside it), pick a threshold.
 
 Time is explicit. The training set is cut at two instants: the model learns on the past, stops
 early and picks its threshold on the slice after it, and is evaluated on the latest slice — the
@@ -19,6 +19,7 @@ from sklearn.metrics import precision_recall_curve
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from mlcycle import flavors
 from mlcycle.config import ModelSpec, XGBoostParams
 from mlcycle.evaluation import EvaluationReport, evaluate, single_row_latency
 
@@ -72,20 +73,41 @@ def matrix(frame: pd.DataFrame, features: list[str]) -> np.ndarray:
 
 @dataclass
 class TrainedModel:
-    booster: xgb.Booster
+    """A fitted model of any flavor (an ``xgb.Booster``, a scikit-learn estimator…) with what the
+    lifecycle records beside it. ``flavor`` scores it; ``best_iteration`` is for early-stopped flavors."""
+
+    model: Any
     features: list[str]
     threshold: float
     params: dict[str, Any]
-    best_iteration: int
+    best_iteration: int | None
     history: dict[str, list[float]] = field(default_factory=dict)
+    flavor: flavors.Flavor = field(default_factory=flavors.XGBoostFlavor)
 
     @property
-    def trained_rounds(self) -> int:
+    def trained_rounds(self) -> int | None:
         """Rounds actually boosted (early stopping included), before the trees were cut back."""
+        if self.best_iteration is None:
+            return None
         return max((len(v) for v in self.history.values()), default=self.best_iteration + 1)
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.booster.inplace_predict(matrix(frame, self.features))
+        return self.flavor.predict(self.model, matrix(frame, self.features))
+
+
+def model_flavor(spec: ModelSpec) -> flavors.Flavor:
+    """The flavor the config names, with its estimator and allowlist."""
+    return flavors.flavor_for(spec.flavor, estimator=spec.estimator, allowed_prefixes=spec.allowed_prefixes)
+
+
+def for_single_rows(flavor: flavors.Flavor, model: Any) -> Any:
+    """The model as a server scoring single rows should hold it: an xgboost Booster runs one thread
+    per prediction (OpenMP workers that spin after each call compete with request handling on a
+    small machine). Other flavors are returned as they are. A Booster is copied, not changed."""
+    if flavor.name == "xgboost":
+        model = model.copy()
+        model.set_param({"nthread": 1})
+    return model
 
 
 def xgboost_params(p: XGBoostParams, seed: int, pos_weight: float) -> dict[str, Any]:
@@ -126,7 +148,31 @@ def fit_xgboost(
     )
     best = int(booster.best_iteration)
     booster = booster[: best + 1]  # keep only the trees up to the best round
-    model = TrainedModel(booster, features, 0.5, params, best, history.get("valid", {}))
+    model = TrainedModel(booster, features, 0.5, params, best, history.get("valid", {}), flavors.XGBoostFlavor())
+    model.threshold = choose_threshold(valid[label].to_numpy(), model.predict(valid), spec.threshold)
+    return model
+
+
+def fit_model(
+    train: pd.DataFrame, valid: pd.DataFrame, features: list[str], label: str, spec: ModelSpec
+) -> TrainedModel:
+    """Fit the flavor the config names. xgboost keeps its fraud-tuned recipe (``fit_xgboost``:
+    weighted positives, aucpr early stopping); other flavors fit through ``Flavor.fit`` with the
+    config's ``model.params``."""
+    flavor = model_flavor(spec)
+    if flavor.name == "xgboost":
+        return fit_xgboost(train, valid, features, label, spec)
+    fitted = flavor.fit(
+        matrix(train, features),
+        train[label].to_numpy(),
+        matrix(valid, features),
+        valid[label].to_numpy(),
+        dict(spec.params),
+        spec.seed,
+        "classification",
+        feature_names=features,
+    )
+    model = TrainedModel(fitted.model, features, 0.5, fitted.params, fitted.best_iteration, fitted.history, flavor)
     model.threshold = choose_threshold(valid[label].to_numpy(), model.predict(valid), spec.threshold)
     return model
 
@@ -171,7 +217,7 @@ def train_candidate(frame: pd.DataFrame, features: list[str], spec: ModelSpec) -
     """Split by time, fit, evaluate on the latest slice. Deterministic for a frame and a spec
     (``mlcycle reproduce`` relies on it); latency is measured separately, as it is not."""
     split = split_by_time(frame, spec.valid_fraction, spec.test_fraction)
-    model = fit_xgboost(split.train, split.valid, features, spec.label, spec)
+    model = fit_model(split.train, split.valid, features, spec.label, spec)
     report = evaluate(split.test, model.predict(split.test), spec.label, model.threshold)
     baseline = fit_baseline(split.train, features, spec.label, spec.seed)
     valid_scores = baseline.predict_proba(matrix(split.valid, features))[:, 1]
@@ -185,9 +231,9 @@ def measure_latency(candidate: Candidate) -> dict[str, float]:
     """Single-row latency as the service pays it: one thread per prediction (the service's boosters
     run with nthread=1). With all cores, OpenMP's thread hand-off dominates one row and its tail
     follows whatever else the machine runs: 0.4 ms idle, 28 ms beside a canary's traffic."""
-    rows = matrix(candidate.split.test, candidate.model.features)
-    booster = candidate.model.booster.copy()
-    booster.set_param({"nthread": 1})
-    latency = single_row_latency(booster.inplace_predict, rows)
+    model = candidate.model
+    rows = matrix(candidate.split.test, model.features)
+    held = for_single_rows(model.flavor, model.model)
+    latency = single_row_latency(lambda row: model.flavor.predict(held, row), rows)
     candidate.report.latency_ms = latency
     return latency
