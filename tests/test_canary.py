@@ -206,19 +206,24 @@ def test_the_ab_sample_size_gives_the_configured_power_in_simulation() -> None:
 
 
 def _shadow_log(champion_scores: np.ndarray, challenger_scores: np.ndarray, threshold: float = 0.5) -> pd.DataFrame:
+    """Answered requests and their shadow answers as the service logs them: the shadow row under
+    the answered request's id plus "-shadow", logged after all answers (pairing must not rely on order)."""
     n = len(champion_scores)
     request = pd.DataFrame({"transaction_id": np.arange(n) % (n // 2 or 1), "user_id": np.arange(n) % 7,
                             "merchant_id": 3, "request_unix": 1_700_000_000, "amount": 10.0})  # fmt: skip
-    served = request.assign(variant="champion", model_version="1", shadow=False, score=champion_scores,
-                            decision=champion_scores >= threshold, latency_ms=5.0, error=None)  # fmt: skip
-    shadow = request.assign(variant="challenger", model_version="2", shadow=True, score=challenger_scores,
-                            decision=challenger_scores >= threshold, latency_ms=5.0, error=None)  # fmt: skip
-    return pd.concat([served, shadow], ignore_index=True)
+    ids = [f"r{i}" for i in range(n)]
+    served = request.assign(request_id=ids, variant="champion", model_version="1", shadow=False,
+                            score=champion_scores, decision=champion_scores >= threshold, latency_ms=5.0,
+                            error=None)  # fmt: skip
+    shadow = request.assign(request_id=[f"{i}-shadow" for i in ids], variant="challenger", model_version="2",
+                            shadow=True, score=challenger_scores, decision=challenger_scores >= threshold,
+                            latency_ms=5.0, error=None)  # fmt: skip
+    return pd.concat([served, shadow.iloc[::-1]], ignore_index=True)
 
 
 def test_shadow_pairs_are_the_same_requests_even_when_a_request_repeats() -> None:
-    # 12 requests, each request sent twice (transaction_id and user_id repeat together): the n-th
-    # champion row of a request pairs with its n-th shadow row. By hand: reversed order → ρ = −1.
+    # 12 requests, each sent twice (same fields), shadow rows logged in reverse order: the request
+    # id pairs each answer with its own shadow answer. By hand: reversed scores → ρ = −1.
     champion = np.linspace(0.05, 0.95, 12)
     frame = _shadow_log(champion, champion[::-1])
     pairs = shadow_pairs(frame)

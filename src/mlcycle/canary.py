@@ -227,41 +227,25 @@ def _quality(
     )  # fmt: skip
 
 
-PAIR_KEY = [EVENT_KEY, "user_id", "merchant_id", "request_unix", "amount"]
-
-
 def shadow_pairs(
     predictions: pd.DataFrame, challenger_version: str | None = None, champion_version: str | None = None
 ) -> pd.DataFrame:
-    """Champion answers and shadow challenger scores of the same requests, side by side.
-
-    The service logs a shadow row under the answered request's id plus ``SHADOW_SUFFIX``; logs
-    without that are paired on the same request fields, a request sent twice in logged order (its
-    n-th champion row with its n-th shadow row). Rows with an error are left out: they are the
-    error-rate check's business."""
+    """Champion answers and shadow challenger scores of the same requests, side by side: the
+    service logs a shadow answer under the answered request's id plus ``SHADOW_SUFFIX``. Rows with
+    an error are left out: they are the error-rate check's business."""
+    columns = ["score_champion", "score_challenger", "decision_champion", "decision_challenger"]
     champion, challenger = variant_rows(predictions, challenger_version, champion_version)
     shadow = challenger[challenger["shadow"].astype(bool) & challenger["error"].isna()]
     champion = champion[champion["error"].isna()]
-    if shadow.empty or champion.empty:
-        return pd.DataFrame(columns=["score_champion", "score_challenger", "decision_champion", "decision_challenger"])
-    if "request_id" in predictions and shadow["request_id"].astype(str).str.endswith(SHADOW_SUFFIX).all():
-        # The service logs a shadow answer under the answered request's id plus a suffix: exact pairs.
-        answered = champion[["request_id", "score", "decision"]].astype({"request_id": str})
-        shadowed = shadow[["request_id", "score", "decision"]].assign(
-            request_id=shadow["request_id"].astype(str).str.removesuffix(SHADOW_SUFFIX)
-        )
-        pairs = answered.merge(shadowed, on="request_id", suffixes=("_champion", "_challenger"))
-        return pairs[["score_champion", "score_challenger", "decision_champion", "decision_challenger"]]
-    key = [c for c in PAIR_KEY if c in predictions]
-
-    def keyed(frame: pd.DataFrame) -> pd.DataFrame:
-        out = frame[[*key, "score", "decision"]].copy()
-        out[key] = out[key].astype(str)  # NaN ids pair with NaN ids
-        out["_n"] = out.groupby(key, sort=False).cumcount()
-        return out
-
-    pairs = keyed(champion).merge(keyed(shadow), on=[*key, "_n"], suffixes=("_champion", "_challenger"))
-    return pairs[["score_champion", "score_challenger", "decision_champion", "decision_challenger"]]
+    if shadow.empty or champion.empty or "request_id" not in predictions:
+        return pd.DataFrame(columns=columns)
+    answered = champion[["request_id", "score", "decision"]].astype({"request_id": str})
+    ids = shadow["request_id"].astype(str)
+    shadowed = shadow.loc[ids.str.endswith(SHADOW_SUFFIX), ["score", "decision"]].assign(
+        request_id=ids[ids.str.endswith(SHADOW_SUFFIX)].str.removesuffix(SHADOW_SUFFIX)
+    )
+    pairs = answered.merge(shadowed, on="request_id", suffixes=("_champion", "_challenger"))
+    return pairs[columns]
 
 
 def spearman_interval(rho: float, n: int, z: float = Z95) -> tuple[float, float]:
@@ -343,7 +327,7 @@ def enough_data(verdict: Verdict) -> bool:
 
 @dataclass(frozen=True)
 class ABReport:
-    """Difference in the flagged-fraud rate (challenger − champion) with its confidence interval,
+    """Difference in the flagged rate (challenger − champion) with its confidence interval,
     and the per-arm sample size needed to detect the configured minimum effect."""
 
     rate_champion: float

@@ -76,16 +76,9 @@ class PromotionLog:
     """Append-only: rows are inserted, never updated or deleted."""
 
     def __init__(self, uri: str):
-        if uri.startswith("sqlite:///"):
-            os.makedirs(os.path.dirname(uri[len("sqlite:///") :]) or ".", exist_ok=True)
-        scale.ensure_database(uri)  # a PostgreSQL database is created if missing, like the sqlite folder
-        self.engine = sa.create_engine(uri)
-        self.table = sa.Table(
+        self.engine, self.table = scale.log_table(
+            uri,
             "mlcycle_promotion_log",
-            sa.MetaData(),
-            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-            sa.Column("at", sa.DateTime(timezone=True), nullable=False),
-            sa.Column("model", sa.String(256), nullable=False),
             sa.Column("alias", sa.String(64), nullable=False),
             sa.Column("from_version", sa.String(32)),
             sa.Column("to_version", sa.String(32)),
@@ -93,7 +86,6 @@ class PromotionLog:
             sa.Column("reason", sa.Text, nullable=False),
             sa.Column("action", sa.String(32)),  # NULL in rows written before it existed: a move
         )
-        self.table.metadata.create_all(self.engine, checkfirst=True)
         self._add_missing_columns()
 
     def _add_missing_columns(self) -> None:

@@ -111,23 +111,15 @@ class RetrainingLog:
     CLAIMED, TRAINING, DONE = "claimed", "training", "done"
 
     def __init__(self, uri: str):
-        if uri.startswith("sqlite:///"):
-            os.makedirs(os.path.dirname(uri[len("sqlite:///") :]) or ".", exist_ok=True)
-        scale.ensure_database(uri)
-        self.engine = sa.create_engine(uri)
-        self.table = sa.Table(
+        self.engine, self.table = scale.log_table(
+            uri,
             "mlcycle_retraining_log",
-            sa.MetaData(),
-            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-            sa.Column("at", sa.DateTime(timezone=True), nullable=False),
-            sa.Column("model", sa.String(256), nullable=False),
             sa.Column("run", sa.String(256), nullable=False),
             sa.Column("step", sa.String(32), nullable=False),
             sa.Column("trigger", sa.String(256)),
             sa.Column("summary_path", sa.Text),
             sa.Column("outcome", sa.Text),
         )
-        self.table.metadata.create_all(self.engine, checkfirst=True)
 
     def append(self, model: str, run: str, step: str, trigger: str | None = None, summary_path: str | None = None,
                outcome: str | None = None, at: datetime | None = None) -> None:  # fmt: skip

@@ -37,6 +37,8 @@ import threading
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+import sqlalchemy as sa
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/mlcycle"
 PREFECT_DATABASE_SUFFIX = "_prefect"
@@ -218,3 +220,22 @@ def forget_ensured() -> None:
     """Forget which databases were checked (a test that dropped its database calls this)."""
     with _ensure_lock:
         _ensured.clear()
+
+
+def log_table(uri: str, name: str, *columns: sa.Column) -> tuple[sa.Engine, sa.Table]:
+    """An append-only log table (id, at, model, then ``columns``) in the database at ``uri``, created
+    if missing — with its SQLite folder or PostgreSQL database (MLflow creates tables, not those)."""
+    if uri.startswith("sqlite:///"):
+        os.makedirs(os.path.dirname(uri[len("sqlite:///") :]) or ".", exist_ok=True)
+    ensure_database(uri)
+    engine = sa.create_engine(uri)
+    table = sa.Table(
+        name,
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("model", sa.String(256), nullable=False),
+        *columns,
+    )
+    table.metadata.create_all(engine, checkfirst=True)
+    return engine, table

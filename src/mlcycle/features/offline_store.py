@@ -81,6 +81,20 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _run(sql: str, threads: int | None, entity_df: pd.DataFrame | None = None) -> pa.Table:
+    """One DuckDB statement, in UTC, on ``threads`` (None: every core), with the entity rows if any."""
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        if threads:
+            con.execute(f"SET threads = {int(threads)}")
+        if entity_df is not None:
+            con.register("entity_df", entity_df)
+        return con.sql(sql).to_arrow_table()
+    finally:
+        con.close()
+
+
 class AsofRetrievalJob(RetrievalJob):
     """Runs the ASOF join lazily, when the frame is asked for; Feast applies on-demand views after."""
 
@@ -106,15 +120,7 @@ class AsofRetrievalJob(RetrievalJob):
         return self._sql
 
     def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
-        con = duckdb.connect()
-        try:
-            con.execute("SET TimeZone = 'UTC'")
-            if self._threads:
-                con.execute(f"SET threads = {int(self._threads)}")
-            con.register("entity_df", self._entity_df)
-            return con.sql(self._sql).to_arrow_table().drop_columns([ROW_ID])
-        finally:
-            con.close()
+        return _run(self._sql, self._threads, self._entity_df).drop_columns([ROW_ID])
 
     def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
         return self._to_arrow_internal(timeout).to_pandas()
@@ -150,14 +156,7 @@ class SQLRetrievalJob(RetrievalJob):
         self._threads = threads
 
     def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
-        con = duckdb.connect()
-        try:
-            con.execute("SET TimeZone = 'UTC'")
-            if self._threads:
-                con.execute(f"SET threads = {int(self._threads)}")
-            return con.sql(self._sql).to_arrow_table()
-        finally:
-            con.close()
+        return _run(self._sql, self._threads)
 
     def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
         return self._to_arrow_internal(timeout).to_pandas()
@@ -176,6 +175,38 @@ class SQLRetrievalJob(RetrievalJob):
 
     def persist(self, storage: SavedDatasetStorage, allow_overwrite: bool = False, timeout: int | None = None):
         raise NotImplementedError("the latest-row pull is read by materialization, not persisted")
+
+
+def _local_file(data_source: DataSource) -> bool:
+    return isinstance(data_source, FileSource) and "://" not in data_source.path
+
+
+def _pull_sql(
+    config: RepoConfig,
+    data_source: DataSource,
+    join_keys: list[str],
+    features: list[str],
+    timestamp: str,
+    created: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    latest_per_entity: bool,
+) -> str:
+    """A source's rows in ``[start, end]``, one per (entity, timestamp) by the join's tie rule —
+    or, ``latest_per_entity``, only each entity's latest."""
+    keys = [_quote(k) for k in join_keys]
+    cols = [*keys, *(_quote(f) for f in features), _quote(timestamp)] + ([_quote(created)] if created else [])
+    ts = f"{_quote(timestamp)}::TIMESTAMPTZ"
+    where = [f"{ts} >= {_literal(_utc_text(start))}::TIMESTAMPTZ"] if start else []
+    where += [f"{ts} <= {_literal(_utc_text(end))}::TIMESTAMPTZ"] if end else []
+    partition = keys if latest_per_entity else [*keys, _quote(timestamp)]
+    order = ([f"{_quote(timestamp)} DESC"] if latest_per_entity else []) + [_tie_order(created)]
+    return (
+        f"SELECT {', '.join(cols)} FROM read_parquet({_literal(source_path(data_source, config.repo_path))}, "
+        "file_row_number = true) "
+        + (f"WHERE {' AND '.join(where)} " if where else "")
+        + f"QUALIFY row_number() OVER (PARTITION BY {', '.join(partition)} ORDER BY {', '.join(order)}) = 1"
+    )
 
 
 def _utc_text(moment: datetime) -> str:
@@ -304,19 +335,9 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
         start_date: datetime,
         end_date: datetime,
     ) -> RetrievalJob:
-        if isinstance(data_source, FileSource) and "://" not in data_source.path:
-            path = _literal(source_path(data_source, config.repo_path))
-            keys = [_quote(k) for k in join_key_columns]
-            cols = [*keys, *(_quote(f) for f in feature_name_columns), _quote(timestamp_field)]
-            cols += [_quote(created_timestamp_column)] if created_timestamp_column else []
-            ts = f"{_quote(timestamp_field)}::TIMESTAMPTZ"
-            sql = (
-                f"SELECT {', '.join(cols)} FROM read_parquet({path}, file_row_number = true) "
-                f"WHERE {ts} >= {_literal(_utc_text(start_date))}::TIMESTAMPTZ "
-                f"AND {ts} <= {_literal(_utc_text(end_date))}::TIMESTAMPTZ "
-                f"QUALIFY row_number() OVER (PARTITION BY {', '.join(keys)} "
-                f"ORDER BY {_quote(timestamp_field)} DESC, {_tie_order(created_timestamp_column)}) = 1"
-            )
+        if _local_file(data_source):
+            sql = _pull_sql(config, data_source, join_key_columns, feature_name_columns, timestamp_field,
+                            created_timestamp_column, start_date, end_date, latest_per_entity=True)  # fmt: skip
             return SQLRetrievalJob(sql, getattr(config.offline_store, "threads", None))
         return pull_latest_from_table_or_query_ibis(
             config=config,
@@ -344,22 +365,11 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
         start_date: datetime | None = None,
         end_date: datetime | None = None,
     ) -> RetrievalJob:
-        if isinstance(data_source, FileSource) and "://" not in data_source.path:
+        if _local_file(data_source):
             # Feast's materialization pulls every row and keeps the latest per entity by sorting on
             # the timestamp, which leaves a tie to chance: ties are settled here, by the join's rule.
-            path = _literal(source_path(data_source, config.repo_path))
-            keys = [_quote(k) for k in join_key_columns]
-            cols = [*keys, *(_quote(f) for f in feature_name_columns), _quote(timestamp_field)]
-            cols += [_quote(created_timestamp_column)] if created_timestamp_column else []
-            ts = f"{_quote(timestamp_field)}::TIMESTAMPTZ"
-            where = [f"{ts} >= {_literal(_utc_text(start_date))}::TIMESTAMPTZ"] if start_date else []
-            where += [f"{ts} <= {_literal(_utc_text(end_date))}::TIMESTAMPTZ"] if end_date else []
-            sql = (
-                f"SELECT {', '.join(cols)} FROM read_parquet({path}, file_row_number = true) "
-                + (f"WHERE {' AND '.join(where)} " if where else "")
-                + f"QUALIFY row_number() OVER (PARTITION BY {', '.join([*keys, _quote(timestamp_field)])} "
-                f"ORDER BY {_tie_order(created_timestamp_column)}) = 1"
-            )
+            sql = _pull_sql(config, data_source, join_key_columns, feature_name_columns, timestamp_field,
+                            created_timestamp_column, start_date, end_date, latest_per_entity=False)  # fmt: skip
             return SQLRetrievalJob(sql, getattr(config.offline_store, "threads", None))
         return pull_all_from_table_or_query_ibis(
             config=config,
