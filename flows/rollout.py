@@ -83,7 +83,7 @@ def collect(
         time.sleep(1.0)
     transactions = load_transactions(cfg.raw_dir / "transactions.parquet")
     return canary.attach_labels(
-        predictions, transactions, datetime.now(UTC), cfg.data.label_maturity_days, cfg.model.label
+        predictions, transactions, datetime.now(UTC), cfg.table.label_delay_days, cfg.table.label
     )
 
 

@@ -59,7 +59,7 @@ def build_training_set(
 
 @task(name="check-training-set", **CPU)
 def check_training_set(cfg: ProjectConfig, frame: pd.DataFrame, features: list[str]) -> Verdict:
-    verdict = validation.check_training_set(frame, features, cfg.model.label, cfg.quality)
+    verdict = validation.check_training_set(frame, features, cfg.table.label, cfg.quality)
     create_markdown_artifact(verdict.markdown(), key="training-set-checks", description="training-set checks")
     if not verdict.passed:
         run_id = tracking.log_rejected_training_set(cfg, verdict, frame)
@@ -114,7 +114,7 @@ def train(config: str | None = None, as_of: datetime | None = None, window_days:
     validate_contract(transactions)
     frame, features = build_training_set(cfg, as_of, window_days)
     logger.info("training set: %d rows x %d features, label rate %.2f%%", len(frame), len(features),
-                100 * frame[cfg.model.label].mean())  # fmt: skip
+                100 * frame[cfg.table.label].mean())  # fmt: skip
     quality = check_training_set(cfg, frame, features)
     candidate = train_candidate(cfg, frame, features)
     measure_latency(candidate)

@@ -293,7 +293,7 @@ def test_a_scikit_learn_flavor_trains_registers_batch_scores_monitors_and_reprod
     )
     split = training.split_by_time(pd.read_parquet(snapshot), cfg.model.valid_fraction, cfg.model.test_fraction)
     direct = HistGradientBoostingClassifier(max_iter=100, random_state=cfg.model.seed)
-    direct.fit(training.matrix(split.train, features), split.train[cfg.model.label].to_numpy())
+    direct.fit(training.matrix(split.train, features), split.train[cfg.table.label].to_numpy())
     by_id = scores.set_index("transaction_id").loc[sample["transaction_id"], "score"].to_numpy()
     np.testing.assert_allclose(by_id, direct.predict_proba(X)[:, 1], rtol=1e-6)
     np.testing.assert_allclose(by_id, flavor.predict(model, X), rtol=1e-6)

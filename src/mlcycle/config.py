@@ -10,6 +10,7 @@ from ``MLCYCLE_REDIS_URL``, ``MLCYCLE_REDIS_PREFIX`` and ``MLCYCLE_PG_URL`` (mlc
 from __future__ import annotations
 
 import os
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -102,6 +103,108 @@ class DataSpec(StrictModel):
         return self
 
 
+Task = Literal["classification", "regression"]
+
+
+class SliceSpec(StrictModel):
+    """An evaluation slice: a column of the evaluation rows, its values as groups, or numeric
+    values cut into ``bins`` (edges, left-closed) named by ``labels``."""
+
+    column: str
+    name: str | None = Field(None, description="The slice's name in metrics (default: the column).")
+    bins: list[float] | None = Field(None, min_length=2, description="Bin edges for a numeric column.")
+    labels: list[str] | None = Field(None, description="One name per bin (default: the edges as text).")
+
+    @model_validator(mode="after")
+    def _labels_fit(self) -> SliceSpec:
+        if self.labels is not None and (self.bins is None or len(self.labels) != len(self.bins) - 1):
+            raise ValueError("slice labels need bins, one label per bin (len(bins) - 1)")
+        if self.bins is not None and list(self.bins) != sorted(self.bins):
+            raise ValueError("slice bins must be increasing")
+        return self
+
+    @property
+    def key(self) -> str:
+        return self.name or self.column
+
+
+class TableSpec(StrictModel):
+    """The project's table of events and the role of each column the lifecycle reads.
+
+    A project is data plus definitions: the library reads its table through these names only
+    (the event time, the label and when it becomes known, the entity keys, the row id that joins
+    a later label back to a logged prediction), so nothing in the library names a use case."""
+
+    path: Path = Field(Path("data/raw/events.parquet"), description="The event table (parquet), from the config.")
+    contract: Path | None = Field(
+        None, description="Data contract YAML (mlcycle init writes one from the table); none: types only."
+    )
+    timestamp: str = Field("event_timestamp", description="When the event happened (UTC).")
+    label: str = Field("label", description="What the model predicts.")
+    event_id: str | None = Field(
+        None, description="A row id requests carry, so a label that arrives later joins its prediction."
+    )
+    entities: list[str] = Field(
+        default_factory=list, description="Entity keys (zero or more); none: every feature comes in the request."
+    )
+    label_available_at: str | None = Field(None, description="Column: when each row's label became known.")
+    label_delay: str = Field(
+        "30d",
+        description="How long after its event a label is final: with label_available_at, the maturity "
+        "horizon; without it, each label is taken as known exactly this long after its event.",
+    )
+    positive_label: Any = Field(1, description="Classification: the label value that is the positive class.")
+    slices: list[SliceSpec] = Field(default_factory=list, description="Evaluation slices (optional).")
+    protected: str | None = Field(
+        None, description="The protected attribute the fairness gate compares groups of (optional)."
+    )
+    transformations: str | None = Field(
+        None,
+        description="'module:function' in the project directory that turns the validated table into "
+        "feature tables (mlcycle.features.transform.Transformations): the way out when declarations are not enough.",
+    )
+
+    @field_validator("label_delay")
+    @classmethod
+    def _delay(cls, value: str) -> str:
+        from mlcycle.features.aggregations import parse_window
+
+        parse_window(value)
+        return value
+
+    @field_validator("transformations")
+    @classmethod
+    def _hook(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+            raise ValueError(f"transformations '{value}': expected 'module:function', e.g. my_features:build")
+        return value
+
+    @property
+    def label_delay_days(self) -> float:
+        from mlcycle.features.aggregations import parse_window
+
+        return parse_window(self.label_delay).total_seconds() / 86400
+
+    @property
+    def roles(self) -> dict[str, str]:
+        """Column → role, for messages and for checking a table against the config."""
+        out = {self.timestamp: "timestamp", self.label: "label"}
+        out.update({e: "entity" for e in self.entities})
+        if self.event_id:
+            out[self.event_id] = "event_id"
+        if self.label_available_at:
+            out[self.label_available_at] = "label_available_at"
+        return out
+
+
+class ServingSpec(StrictModel):
+    routing_key: str | None = Field(
+        None,
+        description="Request field whose hash keeps a caller on one model during a canary (default: the first "
+        "entity key; 'request_id': every request routed on its own).",
+    )
+
+
 class FeaturesSpec(StrictModel):
     feature_repo: Path = Path("feature_repo")
     feature_service: str = "fraud_model_v1"
@@ -128,7 +231,6 @@ class XGBoostParams(StrictModel):
 
 class ModelSpec(StrictModel):
     name: str = Field("fraud-detector", description="Registered model name in MLflow.")
-    label: str = "is_fraud"
     seed: int = 42
     train_window_days: int | None = Field(
         None, ge=1, description="Matured days to train on (None: every matured labelled day)."
@@ -366,6 +468,9 @@ class RetrainingSpec(StrictModel):
 class ProjectConfig(StrictModel):
     project: str = "fraud"
     profile: Literal["local", "scale"] = "local"
+    task: Task = "classification"
+    table: TableSpec = TableSpec()
+    serving: ServingSpec = ServingSpec()
     data: DataSpec = DataSpec()
     features: FeaturesSpec = FeaturesSpec()
     model: ModelSpec = ModelSpec()
@@ -421,6 +526,18 @@ class ProjectConfig(StrictModel):
         return self.resolve_uri(self.tracking.promotion_log_uri)
 
     @property
+    def table_path(self) -> Path:
+        return self.resolve(self.table.path)
+
+    @property
+    def routing_key(self) -> str | None:
+        """The request field a canary routes by; None: the request id (each request on its own)."""
+        key = self.serving.routing_key
+        if key == "request_id":
+            return None
+        return key or (self.table.entities[0] if self.table.entities else None)
+
+    @property
     def predictions_dir(self) -> Path:
         return self.data_path / "predictions"
 
@@ -467,4 +584,27 @@ def load_config(path: str | Path | None = None) -> ProjectConfig:
         except ScaleConfigError as exc:
             raise ConfigError(redact(f"profile scale: {exc}")) from None
     cfg.root = path.resolve().parent
+    check_table_columns(cfg)
     return cfg
+
+
+def check_table_columns(cfg: ProjectConfig) -> None:
+    """A config that names a column its table lacks fails at load, naming it (read from the
+    parquet footer only: no data is read). A table not built yet is checked when it is."""
+    table = cfg.table_path
+    if not table.exists():
+        return
+    import pyarrow.parquet as pq
+
+    try:
+        columns = set(pq.read_schema(table).names)
+    except Exception as exc:  # not parquet, truncated: the build step says more
+        raise ConfigError(f"table.path {table}: cannot read its schema ({type(exc).__name__})") from None
+    named = dict(cfg.table.roles)
+    named.update({s.column: "slice" for s in cfg.table.slices if s.column in columns or s.column not in named})
+    absent = [f"{col} ({role})" for col, role in named.items() if col not in columns and role != "slice"]
+    if absent:
+        raise ConfigError(
+            f"table.path {table} has no column {', '.join(absent)}: fix the name in {DEFAULT_CONFIG_NAME} "
+            f"(the table has: {', '.join(sorted(columns)[:30])})"
+        )

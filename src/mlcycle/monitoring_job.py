@@ -265,7 +265,7 @@ def run_check(
     # Request times are logged in whole seconds: a window starting mid-second keeps that second.
     start = (since or as_of - timedelta(days=window_days or spec.window_days)).replace(microsecond=0)
     ref = champion_reference(cfg)
-    lookback = as_of - timedelta(days=spec.decay_lookback_days + cfg.data.label_maturity_days + 2)
+    lookback = as_of - timedelta(days=spec.decay_lookback_days + cfg.table.label_delay_days + 2)
     answered = answered_predictions(cfg, min(start, lookback))
     current = answered[(answered["predicted_at"] >= start) & (answered["predicted_at"] < as_of)]
     enough = len(current) >= spec.min_rows
@@ -291,7 +291,7 @@ def run_check(
         answered[answered["model_version"].astype(str) == ref.version],
         transactions,
         as_of,
-        cfg.data.label_maturity_days,
+        cfg.table.label_delay_days,
         spec,
         ref.baseline_roc_auc,
     )

@@ -126,7 +126,7 @@ def build_training_set(
     latest ``window_days`` (default ``model.train_window_days``; None there: all of them)."""
     transactions = load_transactions(cfg.raw_dir / "transactions.parquet")
     window = window_days or cfg.model.train_window_days
-    entities = labelled_entities(transactions, as_of, cfg.data.label_maturity_days, window)
+    entities = labelled_entities(transactions, as_of, cfg.table.label_delay_days, window)
     fs = store.open_project_store(cfg)
     return store.training_set(fs, entities, cfg.features.feature_service)
 

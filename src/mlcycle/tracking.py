@@ -79,7 +79,7 @@ def champion_report(client: MlflowClient, cfg: ProjectConfig, test: pd.DataFrame
         return None
     flavor, model = load_version(cfg, str(champion.version))
     scores = flavor.predict(model, matrix(test, features))
-    return evaluate(test, scores, cfg.model.label, float(champion.tags.get(THRESHOLD_TAG, 0.5)))
+    return evaluate(test, scores, cfg.table.label, float(champion.tags.get(THRESHOLD_TAG, 0.5)))
 
 
 def load_version(cfg: ProjectConfig, version: str) -> tuple[flavors.Flavor, Any]:
