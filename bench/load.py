@@ -1,4 +1,4 @@
-"""Benchmark: sustained load and a memory soak on the BentoML FraudService.
+"""Benchmark: sustained load and a memory soak on the BentoML ScoringService.
 
 Project. A copy of this project with a champion, built exactly as ``bench/serving.py`` builds it
 (generated data, features published to the SQLite online store, the ``train`` flow), in a temporary
@@ -6,7 +6,7 @@ directory; or kept in ``--project DIR`` (built there if DIR is empty or missing,
 already holds a project with a champion, so repeated runs skip the setup).
 
 Load (default). ``bench/serving.py``'s two servers, its client and its request bodies (real
-transactions of the last two days): ``bentoml serve services.fraud_service:FraudService`` as
+transactions of the last two days): ``bentoml serve services.service:ScoringService`` as
 deployed, and the baseline, a Starlette app on uvicorn doing the same per-request work with the same
 library functions (``mlcycle.features.store.online_vector`` → ``booster.inplace_predict`` on the
 champion) without BentoML, validation, routing, metrics or prediction log. After a score check (the

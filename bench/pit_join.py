@@ -24,10 +24,10 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+from mlcycle.data import CATEGORIES, CHANNELS
 
 import mlcycle  # noqa: F401  (telemetry off)
 from mlcycle import pipeline
-from mlcycle.data import CATEGORIES, CHANNELS
 from mlcycle.features import apply_repo, entity_frame, open_store, plan_for, training_set
 from mlcycle.project import copy_project
 

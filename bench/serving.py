@@ -1,4 +1,4 @@
-"""Benchmark: the BentoML FraudService vs a minimal Starlette app doing the same work, plus batch scoring.
+"""Benchmark: the BentoML ScoringService vs a minimal Starlette app doing the same work, plus batch scoring.
 
 Online. Both apps run as real servers in their own subprocess on loopback, against the same temporary
 project (generated data, features published to the SQLite online store, a champion trained by the
@@ -6,7 +6,7 @@ project (generated data, features published to the SQLite online store, a champi
 ``mlcycle.features.store.online_vector`` (Feast online lookup, TTL nulling, on-demand transform)
 and score with ``booster.inplace_predict`` on the champion:
 
-- BentoML: ``bentoml serve services.fraud_service:FraudService`` as deployed (pydantic validation,
+- BentoML: ``bentoml serve services.service:ScoringService`` as deployed (pydantic validation,
   rollout routing, registry refresh every 2 s, Prometheus metrics, asynchronous prediction log).
 - baseline: a Starlette app on uvicorn (1 worker) that loads the champion once at start-up and does
   only the lookup and the prediction: no validation, no routing, no metrics, no prediction logging.
@@ -80,7 +80,7 @@ TARGET_RPS = 0.5
 TARGET_BATCH = 0.8
 
 BASELINE_MODULE = "baseline_app"
-BASELINE_APP = '''"""Baseline: FraudService's per-request work on bare Starlette.
+BASELINE_APP = '''"""Baseline: ScoringService's per-request work on bare Starlette.
 
 No validation, routing, metrics or prediction log.
 """
@@ -262,7 +262,7 @@ def running_servers(cfg: ProjectConfig, tmp: Path) -> Iterator[tuple[Server, Ser
     env = {**os.environ, **TELEMETRY_OFF, "MLCYCLE_CONFIG": str(cfg.root / "mlcycle.yaml")}
     (tmp / f"{BASELINE_MODULE}.py").write_text(BASELINE_APP)
     bento_port, base_port = free_port(), free_port()
-    bento_cmd = [sys.executable, "-m", "bentoml", "serve", "services.fraud_service:FraudService"]
+    bento_cmd = [sys.executable, "-m", "bentoml", "serve", "services.service:ScoringService"]
     base_cmd = [sys.executable, "-m", "uvicorn", f"{BASELINE_MODULE}:app", "--workers", "1"]
     bento_env = {**env, "BENTOML_HOME": str(tmp / "bentoml_home"), "BENTOML_DO_NOT_TRACK": "True"}
     servers: list[Server] = []

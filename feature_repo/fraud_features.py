@@ -126,10 +126,12 @@ def transaction_features(inputs: pd.DataFrame) -> pd.DataFrame:
     import numpy as np
     import pandas as pd
 
-    from mlcycle.data import CATEGORIES, CHANNELS
-
-    category_codes = {c: i for i, c in enumerate(CATEGORIES)}
-    channel_codes = {c: i for i, c in enumerate(CHANNELS)}
+    # The merchant categories and channels known at training (fraud.generator.CATEGORIES and
+    # CHANNELS; a test holds them equal): any other value is code -1, reported as unknown.
+    categories = ("grocery", "restaurants", "fuel", "fashion", "electronics", "travel", "health", "gaming",
+                  "digital_goods", "home")  # fmt: skip
+    category_codes = {c: i for i, c in enumerate(categories)}
+    channel_codes = {c: i for i, c in enumerate(("pos", "ecom", "contactless"))}
     amount = inputs["amount"].astype("float64")
     request = inputs["request_unix"].astype("float64")
     mean_30d = pd.to_numeric(inputs["amount_mean_30d"], errors="coerce").astype("float64")

@@ -27,8 +27,8 @@ def batch_score(config: str | None = None, day: date | None = None) -> dict[str,
     """Score ``day`` (default: yesterday, UTC)."""
     day = day or (datetime.now(UTC) - timedelta(days=1)).date()
     path, rows, version = score_day(config, day)
-    get_run_logger().info("scored %d transactions of %s with v%s → %s", rows, day, version, path)
-    create_markdown_artifact(f"Scored **{rows:,}** transactions of {day} with v{version}: `{path}`", key="batch-score")
+    get_run_logger().info("scored %d events of %s with v%s → %s", rows, day, version, path)
+    create_markdown_artifact(f"Scored **{rows:,}** events of {day} with v{version}: `{path}`", key="batch-score")
     return {"day": day.isoformat(), "rows": rows, "model_version": version, "path": path}
 
 

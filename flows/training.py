@@ -1,4 +1,4 @@
-"""Prefect flow ``train``: transactions → contract → training set → checks → model → gates → registry.
+"""Prefect flow ``train``: the table → contract → training set → checks → model → gates → registry.
 
 Thin on purpose: each task calls one function of the ``mlcycle`` library; retries sit on the tasks
 that do I/O. Run it as ``python flows/training.py``, as ``mlcycle train``, or as the ``train``
@@ -34,14 +34,14 @@ class TrainingRejected(RuntimeError):
     """The data or the training set failed its checks: nothing was trained or registered."""
 
 
-@task(name="load-transactions", **IO)
-def load_transactions(cfg: ProjectConfig) -> pd.DataFrame:
-    return validation.load_transactions(cfg.raw_dir / "transactions.parquet")
+@task(name="load-table", **IO)
+def load_table(cfg: ProjectConfig) -> pd.DataFrame:
+    return validation.load_table(cfg)
 
 
 @task(name="validate-contract", **CPU)
-def validate_contract(transactions: pd.DataFrame) -> validation.ContractReport:
-    report = validation.validate_transactions(transactions)
+def validate_contract(cfg: ProjectConfig, table: pd.DataFrame) -> validation.ContractReport:
+    report = validation.validate_table(table, cfg)
     if not report.ok:
         create_markdown_artifact(f"```\n{report.summary()}\n```", key="data-contract", description="contract failed")
         raise validation.ContractViolation(report)
@@ -110,8 +110,8 @@ def train(config: str | None = None, as_of: datetime | None = None, window_days:
     at ``as_of`` (now), of the latest ``window_days`` (default ``model.train_window_days``)."""
     logger = get_run_logger()
     cfg = load_config(config)
-    transactions = load_transactions(cfg)
-    validate_contract(transactions)
+    table = load_table(cfg)
+    validate_contract(cfg, table)
     frame, features = build_training_set(cfg, as_of, window_days)
     logger.info("training set: %d rows x %d features, label rate %.2f%%", len(frame), len(features),
                 100 * frame[cfg.table.label].mean())  # fmt: skip

@@ -171,7 +171,7 @@ def test_labels_count_only_once_matured_and_arrived() -> None:
     predictions = pd.DataFrame({"transaction_id": [1, 2, 3, 4, 5],
                                 "request_unix": [int(t.timestamp()) for t in requested],
                                 "logged_at": requested})  # fmt: skip
-    out = attach_labels(predictions, events, day(100), 30.0, "outcome")
+    out = attach_labels(predictions, events, day(100), 30.0, "outcome", key="transaction_id")
     assert out["label"].tolist()[:2] == [0.0, 1.0]
     assert out["label"].iloc[2:].isna().all()
     assert out["label_matures_at"].tolist() == [day(90), day(90), day(90), day(125), day(129)]

@@ -7,10 +7,8 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 import pytest
+from fraud.generator import CARD_LIMIT, CATEGORIES, DataSpec, DriftSpec, generate
 from scipy import stats
-
-from mlcycle.config import DataSpec, DriftSpec
-from mlcycle.data import CARD_LIMIT, CATEGORIES, generate
 
 BASE = DataSpec(
     seed=11,

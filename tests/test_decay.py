@@ -17,6 +17,8 @@ from mlcycle.config import MonitoringSpec
 from mlcycle.monitoring_job import held_out_rows
 
 AS_OF = pd.Timestamp("2026-06-30 12:00", tz="UTC")
+# The reference project's names for the event id and the label (monitoring takes them as parameters).
+COLUMNS = monitoring.LabelColumns(event_id="transaction_id", label="is_fraud")
 
 
 def day(n: float) -> pd.Timestamp:
@@ -40,7 +42,9 @@ def test_a_late_positive_is_left_out_not_counted_as_negative() -> None:
     arrives = [day(10)] * 60 + [day(30), AS_OF + pd.Timedelta(days=5)]
     labels = pd.DataFrame({"transaction_id": np.arange(1, n + 1), "is_fraud": np.array([0] * 60 + [1, 1], "int8"),
                            "event_timestamp": [at] * n, "label_available_at": arrives})  # fmt: skip
-    windows = monitoring.performance_windows(predictions, labels, AS_OF, maturity_days=30, lookback_days=14)
+    windows = monitoring.performance_windows(
+        predictions, labels, AS_OF, maturity_days=30, lookback_days=14, columns=COLUMNS
+    )
     (judged,) = [w for w in windows if w.predictions]
     assert judged.matured
     assert (judged.predictions, judged.positives, judged.unlabelled) == (62, 1, 1)
@@ -59,7 +63,9 @@ def test_a_window_whose_negatives_are_still_being_confirmed_is_not_judged() -> N
                                 "score": np.where(positive, 0.9, 0.1), "decision": positive})  # fmt: skip
     labels = pd.DataFrame({"transaction_id": np.arange(1, n + 1), "is_fraud": positive.astype("int8"),
                            "event_timestamp": [at] * n, "label_available_at": arrives})  # fmt: skip
-    windows = monitoring.performance_windows(predictions, labels, AS_OF, maturity_days=30, lookback_days=14)
+    windows = monitoring.performance_windows(
+        predictions, labels, AS_OF, maturity_days=30, lookback_days=14, columns=COLUMNS
+    )
     (window,) = [w for w in windows if w.predictions]
     assert window.end + pd.Timedelta(days=30) <= AS_OF  # past the dispute window by the calendar …
     assert not window.matured and window.roc_auc is None and window.unlabelled == 49  # … but not judged
@@ -83,7 +89,7 @@ def _world(n: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
 def test_the_share_of_positive_labels_still_missing_is_estimated_close_to_the_truth() -> None:
     predictions, labels = _world(600_000, seed=11)
     spec = MonitoringSpec(decay_rolling_windows=7, decay_lookback_days=14, min_roc_auc=0.5)
-    verdict, windows = monitoring.decay_verdict(predictions, labels, AS_OF, 30, spec)
+    verdict, windows = monitoring.decay_verdict(predictions, labels, AS_OF, 30, spec, columns=COLUMNS)
     pooled = [w for w in windows if w.matured and w.predictions][-7:]
     in_pool = (predictions["predicted_at"] >= pooled[0].start) & (predictions["predicted_at"] < pooled[-1].end)
     truth = labels[in_pool.to_numpy()]
@@ -122,7 +128,7 @@ def test_decay_straddling_its_floor_is_not_measurable_and_does_not_alert() -> No
     floor = round(auc + 0.01, 3)
     assert low < floor < high, (auc, low, high)  # the independent interval straddles the floor
     spec = MonitoringSpec(min_roc_auc=floor, decay_min_positives=30, decay_rolling_windows=3)
-    verdict, _ = monitoring.decay_verdict(predictions, labels, AS_OF, 30, spec)
+    verdict, _ = monitoring.decay_verdict(predictions, labels, AS_OF, 30, spec, columns=COLUMNS)
     assert verdict.roc_auc == pytest.approx(auc) and verdict.roc_auc < floor
     assert verdict.state == "not_measurable" and not verdict.alert, verdict
     assert verdict.roc_auc_ci[0] < floor < verdict.roc_auc_ci[1]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from fraud.features import FRAUD_RATE_PRIOR, FRAUD_RATE_PRIOR_WEIGHT
+from fraud.generator import read_dataset
 
 from mlcycle.config import ProjectConfig
-from mlcycle.data import read_dataset
-from mlcycle.features import entity_frame, training_set
-from mlcycle.features.engineering import FRAUD_RATE_PRIOR, FRAUD_RATE_PRIOR_WEIGHT
+from mlcycle.features import entity_frame, plan_for, training_set
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,13 @@ def test_training_rows_use_only_earlier_events(project: ProjectConfig, feature_s
     """For sampled transactions, user aggregates in the training row equal a recomputation over the
     user's events strictly before the transaction (within each window)."""
     rows = raw.sample(400, random_state=3).sort_values("event_timestamp")
-    out = training_set(feature_store, entity_frame(rows), project.features.feature_service)
+    out = training_set(
+        feature_store,
+        entity_frame(
+            rows, ["user_id", "merchant_id"], plan_for(feature_store, project.features.feature_service).request_fields
+        ),
+        project.features.feature_service,
+    )
     by_user = {u: g for u, g in raw.groupby("user_id")}
     for (_, tx), (_, got) in zip(rows.iterrows(), out.iterrows(), strict=True):
         history = by_user[tx["user_id"]]

@@ -9,16 +9,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fraud.generator import DataSpec, DriftSpec, generate
 from scipy import stats
 
 from mlcycle import monitoring
-from mlcycle.config import DataSpec, DriftSpec, MonitoringSpec
-from mlcycle.data import generate
+from mlcycle.config import MonitoringSpec
 from mlcycle.monitoring import ReferenceStats, feature_drift, prediction_drift, reference_stats
 from mlcycle.stats import mean_ratio_ci
 
 SPEC = MonitoringSpec()
 NUMERIC, CATEGORICAL = ["amount"], ["merchant_category", "channel", "country"]
+# The reference project's names for the event id and the label (monitoring takes them as parameters).
+COLUMNS = monitoring.LabelColumns(event_id="transaction_id", label="is_fraud")
 DRIFT_DAY = 60
 
 
@@ -184,7 +186,9 @@ def test_decay_scores_only_matured_windows_on_the_labels_known_then() -> None:
 
     as_of = pd.Timestamp("2026-06-30 12:00", tz="UTC")
     predictions, transactions = _predictions(40_000, as_of - pd.Timedelta(days=60), 60, seed=1)
-    windows = monitoring.performance_windows(predictions, transactions, as_of, maturity_days=30, lookback_days=14)
+    windows = monitoring.performance_windows(
+        predictions, transactions, as_of, maturity_days=30, lookback_days=14, columns=COLUMNS
+    )
     matured = [w for w in windows if w.matured]
     immature = [w for w in windows if not w.matured and w.predictions]
     assert matured and immature
@@ -205,15 +209,15 @@ def test_decay_alerts_on_a_worse_model_and_not_on_an_unchanged_one() -> None:
     as_of = pd.Timestamp("2026-06-30 12:00", tz="UTC")
     spec = MonitoringSpec(min_roc_auc=0.85)
     good, transactions = _predictions(40_000, as_of - pd.Timedelta(days=60), 60, seed=2)
-    verdict, _ = monitoring.decay_verdict(good, transactions, as_of, 30, spec, baseline_roc_auc=0.9)
+    verdict, _ = monitoring.decay_verdict(good, transactions, as_of, 30, spec, baseline_roc_auc=0.9, columns=COLUMNS)
     assert verdict.judged and not verdict.alert, verdict
     worse = good.assign(score=np.random.default_rng(3).permutation(good["score"].to_numpy()))
-    verdict, _ = monitoring.decay_verdict(worse, transactions, as_of, 30, spec, baseline_roc_auc=0.9)
+    verdict, _ = monitoring.decay_verdict(worse, transactions, as_of, 30, spec, baseline_roc_auc=0.9, columns=COLUMNS)
     assert verdict.judged and verdict.alert and verdict.roc_auc < 0.6, verdict
 
 
 def test_broken_upstream_is_told_apart_from_drift() -> None:
-    from mlcycle.data import break_upstream
+    from fraud.generator import break_upstream
 
     reference, current = windows(5)
     stats = monitoring.reference_stats(reference, ["amount"], ["merchant_category", "channel"])

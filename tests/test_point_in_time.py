@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fraud.features import USER_STATS_FEATURES
 from tests.conftest import copy_project
 
 from mlcycle.features import apply_repo, open_store, training_set
-from mlcycle.features.engineering import USER_STATS_FEATURES
 
 T0 = pd.Timestamp("2026-03-01 12:00:00", tz="UTC")
 US = pd.Timedelta(microseconds=1)

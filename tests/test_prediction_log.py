@@ -69,11 +69,11 @@ def test_service_killed_during_traffic_loses_no_acknowledged_prediction(
 
     import httpx
     import pandas as pd
+    from fraud.traffic import request_body
 
     from conftest import clone_project
     from mlcycle.project import load_flow
     from mlcycle.service_process import ServiceProcess
-    from mlcycle.traffic import request_body
 
     cfg = clone_project(training_project, tmp_path / "p")
     assert load_flow(cfg.root, "training", "train")(config=str(cfg.root / "mlcycle.yaml"))["alias"] == "champion"

@@ -114,7 +114,7 @@ def groups_report(groups: dict[str, tuple[float, int]]) -> EvaluationReport:
 
 
 def fairness(groups: dict[str, tuple[float, int]], **spec) -> CheckResult:
-    verdict = run_gates(groups_report(groups), GatesSpec(**spec))
+    verdict = run_gates(groups_report(groups), GatesSpec(**spec), protected="age_band")
     return next(c for c in verdict.checks if c.name.startswith("fairness"))
 
 
@@ -133,11 +133,11 @@ def test_fairness_gap_the_data_cannot_bound_is_not_measurable_never_a_silent_pas
     """Issue 10 item 8: 0.85 vs 0.50 TPR on 30 positives each: the gap's interval (0.11 … 0.54)
     straddles 0.15, so the gate cannot pass it; the config says whether that blocks or warns."""
     groups = {"A": (0.85, 30), "B": (0.50, 30)}
-    warned = run_gates(groups_report(groups), GatesSpec(when_unmeasurable={"fairness": "warn"}))
+    warned = run_gates(groups_report(groups), GatesSpec(when_unmeasurable={"fairness": "warn"}), protected="age_band")
     check = next(c for c in warned.checks if c.name.startswith("fairness"))
     assert check.status == "not_measurable" and check.mark == "WARN"
     assert warned.passed and [c.name for c in warned.warnings] == [check.name]
-    blocked = run_gates(groups_report(groups), GatesSpec(when_unmeasurable={"fairness": "block"}))
+    blocked = run_gates(groups_report(groups), GatesSpec(when_unmeasurable={"fairness": "block"}), protected="age_band")
     assert not blocked.passed and blocked.state == "not_measurable"
     assert [c.name for c in blocked.undecided] == [check.name] and not blocked.measured_failures
 
@@ -181,7 +181,7 @@ def test_model_card_states_warnings_and_only_the_alias_given_at_registration() -
     """Warned gates are listed in the card; the card, written once, no longer claims current aliases
     (v2's card said "Aliases: challenger" after v2 became champion)."""
     report = groups_report({"A": (0.85, 30), "B": (0.50, 30)})
-    gates = run_gates(report, GatesSpec())
+    gates = run_gates(report, GatesSpec(), protected="age_band")
     assert [c.name for c in gates.warnings] == ["fairness_tpr_gap"]
     card = model_card.CardInput(
         "m", "2", "run", "svc", ["x"], {}, "hash", "commit", "lock", {}, report, None, gates, Verdict("q", ()),

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from fraud.generator import spec_of
 
 from conftest import REPO_ROOT, TEST_GATES, copy_project
 from mlcycle import batch, pipeline, registry
@@ -48,7 +49,7 @@ def drifted(tmp_path_factory: pytest.TempPathFactory, prefect_server: str) -> tu
     pipeline.generate_data(cfg)
     pipeline.build_features(cfg)
     pipeline.publish_features(cfg)
-    drift_at = cfg.data.resolved_start() + timedelta(days=DRIFT_DAY)
+    drift_at = spec_of(cfg).resolved_start() + timedelta(days=DRIFT_DAY)
     v1 = load_flow(cfg.root, "training", "train")(config=str(cfg.root / "mlcycle.yaml"), as_of=drift_at)
     assert v1["alias"] == registry.CHAMPION, v1
     rows, version = batch.backfill_prediction_log(cfg, drift_at - timedelta(days=14), datetime.now(UTC))
@@ -199,10 +200,11 @@ def _paused_run(flow_name: str, timeout: float = 120.0):
 def test_a_broken_upstream_day_is_refused_until_a_person_decides(drifted) -> None:
     """The feed breaks (channel no longer sent, categories in a new code list): the monitor says
     so, retraining stops before training, raises an alert and waits; rejected, nothing moves."""
-    from mlcycle.data import break_upstream
+    from fraud.generator import break_upstream
+    from fraud.traffic import request_body
+
     from mlcycle.serving import Scorer
-    from mlcycle.traffic import request_body
-    from mlcycle.validation import load_transactions
+    from mlcycle.validation import load_table
 
     cfg, _ = drifted
     client = registry.client_for(cfg)
@@ -210,11 +212,11 @@ def test_a_broken_upstream_day_is_refused_until_a_person_decides(drifted) -> Non
     versions_before = {str(v.version) for v in registry.versions(client, cfg.model.name)}
 
     broken_since = datetime.now(UTC)
-    tx = load_transactions(cfg.raw_dir / "transactions.parquet").tail(800)
+    tx = load_table(cfg).tail(800)
     scorer = Scorer(cfg, log_predictions=True)
     scorer.load()
     assert scorer.ready, scorer.not_ready_reason
-    requests = [request_body(row)["transaction"] for row in break_upstream(tx).itertuples(index=False)]
+    requests = [request_body(row)["request"] for row in break_upstream(tx).itertuples(index=False)]
     for i in range(0, len(requests), 100):
         scorer.score(requests[i : i + 100])
     scorer.close()

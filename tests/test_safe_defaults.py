@@ -238,7 +238,7 @@ def test_a_client_error_is_one_warning_line_and_a_server_error_keeps_its_traceba
     sys.path.insert(0, str(REPO_ROOT))
     try:
         from pydantic import BaseModel, ValidationError
-        from services.fraud_service import ClientErrorsOneLine
+        from services.service import ClientErrorsOneLine
     finally:
         sys.path.remove(str(REPO_ROOT))
 

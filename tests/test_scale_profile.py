@@ -29,6 +29,7 @@ import psycopg
 import pytest
 import redis
 import yaml
+from fraud.traffic import request_body
 from psycopg import sql
 from tests.conftest import SMALL_DATA, TEST_GATES, copy_project
 
@@ -42,7 +43,6 @@ from mlcycle.prediction_store import TABLE, SqlPredictionLog, read_logged_predic
 from mlcycle.project import load_flow
 from mlcycle.service_process import ServiceProcess, free_port
 from mlcycle.serving import Scorer
-from mlcycle.traffic import request_body
 
 pytestmark = pytest.mark.slow
 
@@ -204,7 +204,10 @@ def test_features_on_redis_and_postgres_match_the_offline_rows(world: ScaleWorld
     tx = pd.read_parquet(cfg.raw_dir / "transactions.parquet")
     sample = tx.drop_duplicates("user_id", keep="last").tail(150).reset_index(drop=True)
     when = datetime.now(UTC).replace(microsecond=0)
-    request = entity_frame(sample).drop(columns=["user_id", "merchant_id", "event_timestamp"])
+    plan = plan_for(fs, cfg.features.feature_service)
+    request = entity_frame(sample, ["user_id", "merchant_id"], plan.request_fields).drop(
+        columns=["user_id", "merchant_id", "event_timestamp"]
+    )
     request["request_unix"] = int(when.timestamp())
     keys = sample[["user_id", "merchant_id"]]
     service = cfg.features.feature_service
@@ -233,7 +236,7 @@ def test_training_registry_and_promotion_log_live_in_postgres(
 def test_scorer_logs_predictions_to_postgres(world: ScaleWorld, scale_project: ProjectConfig, trained: dict) -> None:
     cfg = scale_project
     tx = pd.read_parquet(cfg.raw_dir / "transactions.parquet")
-    requests = [request_body(r)["transaction"] for r in tx.tail(40).itertuples()]
+    requests = [request_body(r)["request"] for r in tx.tail(40).itertuples()]
     since = datetime.now(UTC)
     scorer = Scorer(cfg)
     try:

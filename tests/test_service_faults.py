@@ -100,7 +100,7 @@ def guarded(training_project: ProjectConfig, tmp_path_factory: pytest.TempPathFa
         stack.callback(service.stop)
         client = stack.enter_context(httpx.Client(base_url=service.url, trust_env=False, timeout=60))
         assert client.get("/readyz").status_code == 503
-        down_predict = client.post("/predict", json={"transaction": GOOD}, headers=KEY)
+        down_predict = client.post("/predict", json={"request": GOOD}, headers=KEY)
         down_status = client.post("/rollout/status", headers=KEY)
         down_log = service.log_path.read_bytes()[log_from:].decode(errors="replace")
 
@@ -140,7 +140,7 @@ def test_registry_unreachable_at_start_is_a_503_naming_the_dependency_and_nothin
 
 
 def test_the_service_recovers_by_itself_when_the_registry_comes_back(guarded: Guarded) -> None:
-    r = guarded.client.post("/predict", json={"transaction": GOOD}, headers=KEY)
+    r = guarded.client.post("/predict", json={"request": GOOD}, headers=KEY)
     assert r.status_code == 200, r.text
     assert r.json()["model_version"] == guarded.champion and 0 <= r.json()["score"] <= 1
 
@@ -148,8 +148,8 @@ def test_the_service_recovers_by_itself_when_the_registry_comes_back(guarded: Gu
 def test_the_api_key_guards_predict_batch_and_rollout_status(guarded: Guarded) -> None:
     client = guarded.client
     calls = [
-        ("/predict", {"transaction": GOOD}),
-        ("/predict_batch", {"transactions": [GOOD, GOOD]}),
+        ("/predict", {"request": GOOD}),
+        ("/predict_batch", {"requests": [GOOD, GOOD]}),
         ("/rollout/status", None),
     ]
     before = metric(client, "mlcycle_errors_total", reason="unauthorized")
@@ -178,4 +178,4 @@ def test_admin_endpoints_need_the_admin_token_not_the_api_key(guarded: Guarded) 
     # With the token it is let through (one champion and no earlier one: nothing to roll back to).
     r = client.post("/admin/rollback", json={"reason": "test"}, headers={"x-admin-token": ADMIN})
     assert r.status_code in (200, 409), r.text
-    assert client.post("/predict", json={"transaction": GOOD}, headers=KEY).json()["model_version"] == guarded.champion
+    assert client.post("/predict", json={"request": GOOD}, headers=KEY).json()["model_version"] == guarded.champion

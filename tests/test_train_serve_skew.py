@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
+from fraud.generator import read_dataset
 
 from mlcycle.config import ProjectConfig
-from mlcycle.data import read_dataset
 from mlcycle.features import entity_frame, online_vector, plan_for, skew_report, training_set
 
 
@@ -27,9 +27,13 @@ def sample(project: ProjectConfig) -> pd.DataFrame:
     return pd.concat([recent, quiet, unknown], ignore_index=True)
 
 
+KEYS = ["user_id", "merchant_id"]
+
+
 def compare_at(store, sample: pd.DataFrame, when: datetime, service: str) -> tuple[dict, pd.DataFrame]:
     when = when.replace(microsecond=0)
-    request = entity_frame(sample).drop(columns=["user_id", "merchant_id", "event_timestamp"])
+    plan = plan_for(store, service)
+    request = entity_frame(sample, KEYS, plan.request_fields).drop(columns=[*KEYS, "event_timestamp"])
     request["request_unix"] = int(when.timestamp())
     keys = sample[["user_id", "merchant_id"]].reset_index(drop=True)
     online = online_vector(store, keys.to_dict("records"), request.to_dict("records"), service, now=when)
@@ -95,7 +99,8 @@ def test_online_never_returns_values_stamped_after_the_request(
     recent = sample.iloc[:150]
     earlier = recent["event_timestamp"].min() - pd.Timedelta(hours=1)
     keys = recent[["user_id", "merchant_id"]].to_dict("records")
-    request = entity_frame(recent).drop(columns=["user_id", "merchant_id", "event_timestamp"])
+    plan = plan_for(feature_store, project.features.feature_service)
+    request = entity_frame(recent, KEYS, plan.request_fields).drop(columns=[*KEYS, "event_timestamp"])
     request["request_unix"] = int(earlier.timestamp())
     online = online_vector(
         feature_store, keys, request.to_dict("records"), project.features.feature_service, now=earlier

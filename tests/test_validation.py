@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from fraud.contract import load as load_transactions
+from fraud.contract import validate as validate_transactions
 
 from mlcycle import pipeline
 from mlcycle.config import ProjectConfig
-from mlcycle.validation import ContractViolation, load_transactions, validate_transactions
+from mlcycle.validation import ContractViolation
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +112,10 @@ def test_naive_now_and_nullable_integers_are_handled(good: pd.DataFrame) -> None
     df = good.copy()
     df["user_id"] = df["user_id"].astype("Int64")
     df.loc[df.index[:2], "user_id"] = pd.NA
-    from mlcycle.validation import normalize_transactions
+    from fraud.contract import schema
 
-    report = validate_transactions(normalize_transactions(df))
+    from mlcycle.validation import normalize_table
+
+    report = validate_transactions(normalize_table(df, schema()))
     assert not report.ok
     assert any(f.column == "user_id" for f in report.failures)

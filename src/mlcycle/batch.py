@@ -1,7 +1,7 @@
-"""Batch scoring: every transaction of a day, scored by the champion on offline features.
+"""Batch scoring: every event of a day, scored by the champion on offline features.
 
 The features come from the same FeatureService as online scoring, through the point-in-time join
-(as of each transaction), so a batch score equals what the online path would have answered then.
+(as of each event), so a batch score equals what the online path would have answered then.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from mlflow.entities.model_registry import ModelVersion
 
 from mlcycle import flavors, registry
 from mlcycle.config import ProjectConfig
-from mlcycle.features import entity_frame, open_project_store, training_set
+from mlcycle.features import entity_frame, open_project_store, plan_for, training_set
+from mlcycle.features.store import REQUEST_TIME
 from mlcycle.tracking import FEATURES_TAG, THRESHOLD_TAG, load_version
 from mlcycle.training import matrix
-from mlcycle.validation import load_transactions
+from mlcycle.validation import load_table
 
 
 def score_frame(
@@ -45,22 +46,40 @@ def registered_model(
     return mv, model, features, threshold, flavor
 
 
+def _offline_rows(
+    cfg: ProjectConfig, start: pd.Timestamp, end: pd.Timestamp
+) -> tuple[pd.DataFrame, pd.DataFrame, list]:
+    """The table's events in ``[start, end)`` and their point-in-time feature rows (same order)."""
+    table = load_table(cfg)
+    ts = table[cfg.table.timestamp]
+    rows = table[(ts >= start) & (ts < end)].reset_index(drop=True)
+    store = open_project_store(cfg)
+    fields = plan_for(store, cfg.features.feature_service).request_fields
+    entities = entity_frame(rows, cfg.table.entities, fields, cfg.table.timestamp)
+    frame = training_set(store, entities, cfg.features.feature_service) if len(rows) else entities
+    return rows, frame, [f for f in fields if f != REQUEST_TIME]
+
+
+def _json_rows(frame: pd.DataFrame, columns: list[str]) -> list[str]:
+    if not columns:
+        return ["{}"] * len(frame)
+    return frame[columns].to_json(orient="records", lines=True, date_format="iso").splitlines()
+
+
 def score_day(cfg: ProjectConfig, day: date, alias: str = registry.CHAMPION) -> tuple[Path, int, str]:
-    """Score the transactions of ``day`` (UTC) with the model behind ``alias``; write parquet."""
+    """Score the events of ``day`` (UTC) with the model behind ``alias``; write parquet."""
     mv, model, features, threshold, flavor = registered_model(cfg, alias)
 
-    transactions = load_transactions(cfg.raw_dir / "transactions.parquet")
     start = pd.Timestamp(datetime.combine(day, datetime.min.time(), UTC))
-    ts = transactions["event_timestamp"]
-    rows = transactions[(ts >= start) & (ts < start + timedelta(days=1))]
-    frame = training_set(open_project_store(cfg), entity_frame(rows), cfg.features.feature_service)
+    rows, frame, _ = _offline_rows(cfg, start, start + timedelta(days=1))
     scored = score_frame(model, features, threshold, frame, flavor)
+    t = cfg.table
+    ids = {t.event_id: rows[t.event_id].to_numpy()} if t.event_id else {}
     out = pd.DataFrame(
         {
-            "transaction_id": rows["transaction_id"].to_numpy(),
-            "user_id": rows["user_id"].to_numpy(),
-            "merchant_id": rows["merchant_id"].to_numpy(),
-            "event_timestamp": rows["event_timestamp"].to_numpy(),
+            **ids,
+            **{key: rows[key].to_numpy() for key in t.entities},
+            "event_timestamp": rows[t.timestamp].to_numpy(),
             "score": scored["score"].to_numpy(),
             "decision": scored["decision"].to_numpy(),
             "model_version": str(mv.version),
@@ -79,7 +98,7 @@ def score_day(cfg: ProjectConfig, day: date, alias: str = registry.CHAMPION) -> 
 def backfill_prediction_log(
     cfg: ProjectConfig, start: datetime, end: datetime, alias: str = registry.CHAMPION
 ) -> tuple[int, str]:
-    """Log what the model behind ``alias`` would have answered for the transactions in
+    """Log what the model behind ``alias`` would have answered for the events in
     ``[start, end)``, at their own time: the prediction history of a model put in production
     before the first request reached this machine (the demo's past days; a backfill after an
     outage of the log). Features come through the point-in-time join, as for batch scoring, so each
@@ -89,25 +108,19 @@ def backfill_prediction_log(
     from mlcycle.prediction_store import write_logged_frame
 
     mv, model, features, threshold, flavor = registered_model(cfg, alias)
-    transactions = load_transactions(cfg.raw_dir / "transactions.parquet")
-    ts = transactions["event_timestamp"]
-    rows = transactions[(ts >= pd.Timestamp(start)) & (ts < pd.Timestamp(end))].reset_index(drop=True)
+    rows, frame, fields = _offline_rows(cfg, pd.Timestamp(start), pd.Timestamp(end))
     if rows.empty:
         return 0, str(mv.version)
-    frame = training_set(open_project_store(cfg), entity_frame(rows), cfg.features.feature_service)
     scored = score_frame(model, features, threshold, frame, flavor)
-    event = rows["event_timestamp"]
+    t = cfg.table
+    event = rows[t.timestamp]
     records = pd.DataFrame(
         {
             "request_id": [f"backfill-{uuid.uuid4().hex}" for _ in range(len(rows))],
             "logged_at": event.to_numpy(),
-            "user_id": rows["user_id"].to_numpy(),
-            "merchant_id": rows["merchant_id"].to_numpy(),
-            "transaction_id": rows["transaction_id"].to_numpy(),
-            "amount": rows["amount"].to_numpy(),
-            "country": rows["country"].astype(str).to_numpy(),
-            "merchant_category": rows["merchant_category"].astype(str).to_numpy(),
-            "channel": rows["channel"].astype(object).where(rows["channel"].notna(), None).astype(object),
+            "event_id": rows[t.event_id].astype(str).to_numpy() if t.event_id else None,
+            "entities": _json_rows(frame, list(t.entities)),
+            "request": _json_rows(frame, fields),
             "request_unix": (event.astype("int64") // 10**9).to_numpy(),
             "variant": "champion",
             "model_version": str(mv.version),

@@ -3,9 +3,10 @@
 Read from the prediction log, per variant and bound to the two versions the canary started with:
 error rate, p99 latency, the score distribution (PSI of the challenger's scores against the
 champion's), in shadow mode the paired agreement of the two models on the same requests, and — for
-requests whose labels have matured — ROC-AUC and precision. A guard that trips stops the canary; a
-comparison the data cannot decide is "not measurable yet", and the config says per check whether
-that waits, blocks, or is accepted with a warning in the report — never a silent pass.
+requests whose labels have matured — ROC-AUC and precision (classification) or RMSE (regression).
+A guard that trips stops the canary; a comparison the data cannot decide is "not measurable yet",
+and the config says per check whether that waits, blocks, or is accepted with a warning in the
+report — never a silent pass.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -24,17 +26,18 @@ from mlcycle.decisions import CheckResult, Verdict, at_least, at_most, interval_
 from mlcycle.prediction_log import SHADOW_SUFFIX
 from mlcycle.stats import (
     auc_se,
+    mean_ratio_ci,
     psi,
     psi_counts,
     z_for,
 )  # defined in mlcycle.stats; importable from here too
 
 Z95 = 1.959964
+Task = Literal["classification", "regression"]
 
-
-# Column of the prediction log that names the scored event: labels are joined on it.
-EVENT_KEY = "transaction_id"
-LABEL = "label"  # the column attach_labels adds: 1/0 where the label has matured, else NaN
+# The event id (the prediction log's column naming the scored event, ``table.event_id``) is the
+# caller's: labels are joined on it.
+LABEL = "label"  # the column attach_labels adds: the label where it has matured, else NaN
 MATURES_AT = "label_matures_at"
 
 
@@ -45,11 +48,16 @@ def attach_labels(
     maturity_days: float,
     label: str,
     *,
-    key: str = EVENT_KEY,
+    key: str | None,
     event_time: str = "event_timestamp",
-    available_at: str = "label_available_at",
+    available_at: str | None = "label_available_at",
 ) -> pd.DataFrame:
     """Predictions with a ``label`` column where the label has matured by ``as_of``, NaN elsewhere.
+
+    ``events`` holds the labels: its ``key`` column (the event id, also a column of
+    ``predictions``), ``label``, ``event_time`` and ``available_at`` (when each label arrived; None:
+    each label is known exactly ``maturity_days`` after its event). ``key`` None (a project without
+    an event id): no label can be joined to a prediction, so every row is unlabelled.
 
     A label judges a prediction only when it is final: the label window (``maturity_days``) has
     passed since the event *and* since the request (a replayed old event is scored with today's
@@ -58,9 +66,19 @@ def attach_labels(
     they arrive would be the early positives only — a quality check on them measures the delay,
     not the model. ``label_matures_at`` says when each row's label will count."""
     out = predictions.copy()
-    known = events[[key, label, event_time, available_at]].rename(
-        columns={label: "_label", event_time: "_event_at", available_at: "_available_at"}
-    )
+    if key is None:
+        out[MATURES_AT] = pd.NaT
+        out[LABEL] = np.nan
+        return out
+    for frame, what in ((out, "the prediction log"), (events, "the labels")):
+        if key not in frame:
+            raise ValueError(f"{what} has no event id column {key!r} (table.event_id) to join labels on")
+    known = events[[key, label, event_time]].rename(columns={label: "_label", event_time: "_event_at"})
+    window = pd.Timedelta(days=maturity_days)
+    if available_at is None:
+        known["_available_at"] = pd.to_datetime(known["_event_at"], utc=True) + window
+    else:
+        known["_available_at"] = events[available_at]
     out = out.merge(known, on=key, how="left")
     as_of = pd.Timestamp(as_of)
     as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of
@@ -72,7 +90,6 @@ def attach_labels(
     if logged is not None:
         started = started.fillna(logged)
     event_at = pd.to_datetime(out["_event_at"], utc=True)
-    window = pd.Timedelta(days=maturity_days)
     out[MATURES_AT] = pd.concat([event_at, started], axis=1).max(axis=1) + window
     available = pd.to_datetime(out["_available_at"], utc=True)
     final = (out[MATURES_AT] <= as_of) & (available <= as_of) & out["_label"].notna()
@@ -116,6 +133,7 @@ def analyze(
     label: str = LABEL,
     looks: int = 1,
     shadow: bool | None = None,
+    task: Task = "classification",
 ) -> Verdict:
     """Compare challenger with champion on the logged requests (the ``label`` column, from
     ``attach_labels``, holds matured labels). Too few requests is "not measurable yet" (wait),
@@ -128,7 +146,11 @@ def analyze(
     ``shadow``: the step's mode, so the challenger is judged on the answers of that mode only — its
     shadow answers on a shadow step (and the paired agreement), its routed answers on a canary step
     (a replica logs shadow rows for a second or two after the policy changes; they are not this
-    step's evidence). None: whatever the rows hold."""
+    step's evidence). None: whatever the rows hold.
+
+    ``task``: classification judges the ROC-AUC difference on matured labels and, in shadow, the
+    kappa of the two models' decisions; regression judges the RMSE ratio (``_rmse_quality``) and
+    has no decisions to agree on (the rank correlation of the two models' predictions still guards)."""
     z = z_for(0.95, looks)
     if shadow is not None:
         challenger_side = predictions["variant"] == "challenger"
@@ -177,9 +199,56 @@ def analyze(
         )
     else:
         checks.append(at_most("score_psi", None, spec.max_score_psi, "no successful challenger scores"))
-    checks.append(_quality(champion, challenger, spec, label, z))
-    checks += agreement(predictions, spec, challenger_version, champion_version, z)
+    if task == "regression":
+        checks.append(_rmse_quality(champion, challenger, spec, label, z))
+    else:
+        checks.append(_quality(champion, challenger, spec, label, z))
+    checks += agreement(predictions, spec, challenger_version, champion_version, z, task)
     return Verdict("canary analysis", tuple(checks))
+
+
+def _maturing(champion: pd.DataFrame, challenger: pd.DataFrame) -> str:
+    pending = pd.concat([champion, challenger]).get(MATURES_AT)
+    if pending is not None and pending.notna().any():
+        return f"; the labels of these requests mature from {pending.min():%Y-%m-%d %H:%M} UTC"
+    return ""
+
+
+def _rmse_quality(
+    champion: pd.DataFrame, challenger: pd.DataFrame, spec: CanarySpec, label: str, z: float = Z95
+) -> CheckResult:
+    """Regression: the challenger's RMSE relative to the champion's on matured labels, each on its
+    own requests (a canary routes different requests to each), judged by its interval against
+    ``max_rmse_increase``. The interval is the delta method on the log ratio of the two mean
+    squared errors (``stats.mean_ratio_ci``: independent samples), then square roots (RMSE ratio =
+    √MSE ratio, a monotone map). Fewer than ``min_labelled`` labelled requests a side: not
+    measurable (``rmse_without_matured_labels``); an interval straddling the tolerance: not
+    measurable (``rmse_on_unmeasurable``) — never a pass."""
+    name, bound = "rmse_increase", spec.max_rmse_increase
+    labelled_c = champion.dropna(subset=[label]) if label in champion else champion.iloc[0:0]
+    labelled_x = challenger.dropna(subset=[label]) if label in challenger else challenger.iloc[0:0]
+    labelled_c, labelled_x = labelled_c[labelled_c["error"].isna()], labelled_x[labelled_x["error"].isna()]
+    if min(len(labelled_c), len(labelled_x)) < spec.min_labelled:
+        detail = (
+            f"online quality cannot be judged yet: {len(labelled_x)}/{len(labelled_c)} requests with matured labels "
+            f"(challenger/champion); need {spec.min_labelled} per variant{_maturing(champion, challenger)}"
+        )
+        return not_measurable(name, bound, "<=", detail, spec.rmse_without_matured_labels,
+                              labelled=[len(labelled_x), len(labelled_c)])  # fmt: skip
+    sq_c = (labelled_c["score"].to_numpy(float) - labelled_c[label].to_numpy(float)) ** 2
+    sq_x = (labelled_x["score"].to_numpy(float) - labelled_x[label].to_numpy(float)) ** 2
+    rmse_c, rmse_x = math.sqrt(sq_c.mean()), math.sqrt(sq_x.mean())
+    change, low, high = (float(v) for v in mean_ratio_ci(sq_c, sq_x, z))
+    if not all(math.isfinite(v) for v in (change, low, high)):
+        return not_measurable(name, bound, "<=", f"the champion's RMSE is {rmse_c:.4g}: no ratio to judge",
+                              spec.rmse_on_unmeasurable)  # fmt: skip
+    root = lambda v: math.sqrt(max(1.0 + v, 0.0)) - 1.0  # noqa: E731  (MSE ratio − 1 → RMSE ratio − 1)
+    return interval_check(
+        name, root(change), root(low), root(high), bound, "<=", spec.rmse_on_unmeasurable,
+        f"challenger RMSE {rmse_x:.4g} vs champion {rmse_c:.4g} on {len(labelled_x)}/{len(labelled_c)} "
+        "matured labels (relative change; interval: delta method on the log MSE ratio)",
+        rmse_challenger=rmse_x, rmse_champion=rmse_c, labelled=[len(labelled_x), len(labelled_c)],
+    )  # fmt: skip
 
 
 def _quality(
@@ -202,10 +271,7 @@ def _quality(
         and pos_x < len(labelled_x)
     )
     if not enough:
-        pending = pd.concat([champion, challenger]).get(MATURES_AT)
-        when = ""
-        if pending is not None and pending.notna().any():
-            when = f"; the labels of these requests mature from {pending.min():%Y-%m-%d %H:%M} UTC"
+        when = _maturing(champion, challenger)
         detail = (
             f"online quality cannot be judged yet: {len(labelled_x)}/{len(labelled_c)} requests with matured labels "
             f"(challenger/champion), {pos_x}/{pos_c} positives; need {spec.min_labelled} with "
@@ -281,11 +347,13 @@ def agreement(
     challenger_version: str | None = None,
     champion_version: str | None = None,
     z: float = Z95,
+    task: Task = "classification",
 ) -> list[CheckResult]:
     """Paired agreement of the two models in shadow mode (no check without shadow rows): rank
-    correlation of their scores and Cohen's kappa of their decisions, each judged by its interval
-    against the configured floor. Distribution checks (PSI) miss a challenger whose scores look
-    alike in aggregate but land on different requests; pairs see it."""
+    correlation of their scores and (classification) Cohen's kappa of their decisions, each judged
+    by its interval against the configured floor. Distribution checks (PSI) miss a challenger whose
+    scores look alike in aggregate but land on different requests; pairs see it. A regression makes
+    no decisions: only the rank correlation of the two models' predictions is judged."""
     pairs = shadow_pairs(predictions, challenger_version, champion_version)
     n = len(pairs)
     if n == 0:
@@ -293,10 +361,11 @@ def agreement(
     policy = spec.agreement_on_unmeasurable
     if n < spec.min_requests:
         why = f"{n} paired requests, need {spec.min_requests}"
-        return [
-            not_measurable("score_rank_correlation", spec.min_score_rank_correlation, ">=", why, policy),
-            not_measurable("flag_kappa", spec.min_flag_kappa, ">=", why, spec.flag_kappa_on_unmeasurable),
-        ]
+        waiting = [not_measurable("score_rank_correlation", spec.min_score_rank_correlation, ">=", why, policy)]
+        if task == "classification":
+            kappa_policy = spec.flag_kappa_on_unmeasurable
+            waiting.append(not_measurable("flag_kappa", spec.min_flag_kappa, ">=", why, kappa_policy))
+        return waiting
     checks = []
     rho = stats.spearmanr(pairs["score_champion"], pairs["score_challenger"]).statistic
     if np.isfinite(rho):
@@ -307,6 +376,8 @@ def agreement(
     else:
         checks.append(not_measurable("score_rank_correlation", spec.min_score_rank_correlation, ">=",
                                      f"a constant score on {n} paired requests has no rank order", policy))  # fmt: skip
+    if task == "regression":
+        return checks
     x, c = pairs["decision_challenger"].astype(bool).to_numpy(), pairs["decision_champion"].astype(bool).to_numpy()
     same = float((x == c).mean())
     detail = (f"same decision on {same:.1%} of {n} paired requests, flagged {x.mean():.1%} by the challenger and "

@@ -14,14 +14,14 @@ from rich.console import Console
 from rich.table import Table
 
 import mlcycle  # noqa: F401  (switches telemetry off before the stack is imported)
-from mlcycle.config import ConfigError, DriftSpec, ProjectConfig, load_config
+from mlcycle.config import ConfigError, ProjectConfig, load_config
 
 app = typer.Typer(
     help="mlcycle: data → validation → Feast features → training → registry → serving → monitoring.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(help="Generate and validate raw transaction data.", no_args_is_help=True)
+data_app = typer.Typer(help="Generate example data and validate tables against the contract.", no_args_is_help=True)
 features_app = typer.Typer(help="Build, publish and read features (Feast).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
@@ -49,50 +49,60 @@ def _fail_contract(exc: Exception) -> None:
     raise typer.Exit(1)
 
 
+def _overrides(pairs: list[str]) -> dict:
+    """``key=value`` pairs (dotted keys nest: ``drift.start_day=60``), values read as YAML."""
+    import yaml
+
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            console.print(f"[red]--set {pair!r}: expected key=value, e.g. --set seed=7[/red]")
+            raise typer.Exit(2)
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
 @data_app.command("generate")
 def data_generate(
     config: ConfigOption = None,
-    rows: Annotated[int | None, typer.Option(help="Number of transactions.")] = None,
-    days: Annotated[int | None, typer.Option(help="Span of the stream in days.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same data).")] = None,
-    drift_day: Annotated[int | None, typer.Option(help="Day the injected drift begins.")] = None,
-    amount_inflation: Annotated[float, typer.Option(help="Covariate shift: amounts × this.")] = 1.0,
-    new_category: Annotated[str | None, typer.Option(help="A merchant category that appears.")] = None,
-    new_category_share: Annotated[float, typer.Option(help="Share of merchants moving to it.")] = 0.1,
-    concept_drift: Annotated[bool, typer.Option(help="Fraud changes its pattern.")] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Generator parameter as key=value (dotted keys nest), over the config's data:."),
+    ] = None,
 ) -> None:
-    """Generate users, merchants and transactions into data/raw/ (deterministic for a seed)."""
+    """Write example data with the project's own generator (``generator:`` in mlcycle.yaml).
+
+    The reference project's generator takes, e.g., --set n_transactions=500000 --set drift.start_day=60
+    --set drift.amount_inflation=1.5 (deterministic for a seed)."""
     from mlcycle.pipeline import generate_data
 
     cfg = _config(config)
-    update = {k: v for k, v in {"n_transactions": rows, "days": days, "seed": seed}.items() if v is not None}
-    if drift_day is not None:
-        update["drift"] = DriftSpec(
-            start_day=drift_day,
-            amount_inflation=amount_inflation,
-            new_category=new_category,
-            new_category_share=new_category_share if new_category else 0.0,
-            concept_drift=concept_drift,
-        )
-    cfg.data = cfg.data.model_validate({**cfg.data.model_dump(), **update})
     t = time.perf_counter()
-    dataset, paths = generate_data(cfg)
-    tx = dataset.transactions
-    console.print(
-        f"{len(tx):,} transactions, {len(dataset.users):,} users, {len(dataset.merchants):,} merchants "
-        f"({tx['event_timestamp'].min():%Y-%m-%d} → {tx['event_timestamp'].max():%Y-%m-%d}), "
-        f"fraud rate {tx['is_fraud'].mean():.2%}, in {time.perf_counter() - t:.1f}s → {paths['transactions']}"
-    )
+    try:
+        summary = generate_data(cfg, _overrides(set_ or []))
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    console.print(f"{summary} (in {time.perf_counter() - t:.1f}s)")
 
 
 @data_app.command("validate")
 def data_validate(
-    path: Annotated[Path, typer.Argument(help="A transactions file (parquet or CSV).")],
+    path: Annotated[
+        Path | None, typer.Argument(help="A table file (parquet or CSV); default: the project's table.")
+    ] = None,
+    config: ConfigOption = None,
 ) -> None:
-    """Check a transactions file against the data contract; exit 1 naming every broken check."""
-    from mlcycle.validation import load_transactions, validate_transactions
+    """Check a table against the project's data contract; exit 1 naming every broken check."""
+    from mlcycle.validation import load_table, validate_table
 
-    report = validate_transactions(load_transactions(path))
+    cfg = _config(config)
+    report = validate_table(load_table(cfg, path), cfg)
     console.print(report.summary(), style="green" if report.ok else "red")
     if not report.ok:
         raise typer.Exit(1)
@@ -101,15 +111,15 @@ def data_validate(
 @features_app.command("build")
 def features_build(
     config: ConfigOption = None,
-    transactions: Annotated[Path | None, typer.Option(help="Transactions file (default data/raw/).")] = None,
+    table: Annotated[Path | None, typer.Option(help="A new table file (default: table.path of the config).")] = None,
 ) -> None:
-    """Validate raw transactions, then write the feature tables (parquet) Feast reads."""
+    """Validate the project's table, then write the feature tables (parquet) Feast reads."""
     from mlcycle.pipeline import build_features
     from mlcycle.validation import ContractViolation
 
     cfg = _config(config)
     try:
-        build = build_features(cfg, transactions)
+        build = build_features(cfg, table)
     except ContractViolation as exc:
         _fail_contract(exc)
     for name, path in build.tables.items():
@@ -193,16 +203,18 @@ def features_online(
 @app.command()
 def demo(
     config: ConfigOption = None,
-    rows: Annotated[int | None, typer.Option(help="Transactions per 90 days (default from config).")] = None,
     requests: Annotated[int, typer.Option(help="Live requests sent before the first monitoring check.")] = 1500,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Generator parameter as key=value, over the config's data:.")
+    ] = None,
 ) -> None:
-    """Run the whole loop on embedded defaults (SQLite, local files): data with injected drift → v1
-    champion → service + traffic → monitoring → event-triggered retraining → canary → promotion,
-    then a broken-upstream day that retraining refuses. Starts (and stops) its own Prefect server,
-    worker and scoring service; 4–8 minutes on 2 cores (most of it the live canary)."""
+    """Run the project's narrated story (``demo:`` in mlcycle.yaml). The reference project's: data with
+    injected drift → v1 champion → service + traffic → monitoring → event-triggered retraining →
+    canary → promotion, then a broken-upstream day that retraining refuses. Starts (and stops) its
+    own Prefect server, worker and scoring service; 4–8 minutes on 2 cores."""
     import warnings
 
-    from mlcycle import demo as demo_module
+    from mlcycle.features.transform import ProjectHookError, project_object
     from mlcycle.validation import ContractViolation
 
     # Deprecation notices of the stack's own dependencies (numpy.core in Evidently, litestar) are
@@ -212,13 +224,21 @@ def demo(
     warnings.filterwarnings("ignore", category=RuntimeWarning, module="numpy")
 
     cfg = _config(config)
-    if rows:
-        cfg.data = cfg.data.model_copy(update={"n_transactions": rows})
+    if not cfg.demo:
+        console.print("[red]this project names no story (demo: 'module:function' in mlcycle.yaml)[/red]")
+        raise typer.Exit(2)
+    if set_:
+        cfg.data = {**cfg.data, **_overrides(set_)}
     try:
-        demo_module.run(cfg, console, requests)
+        story = project_object(cfg, cfg.demo)
+    except ProjectHookError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    try:
+        story(cfg, console, requests)
     except ContractViolation as exc:
         _fail_contract(exc)
-    except demo_module.DemoFailed as exc:
+    except RuntimeError as exc:  # the story's own failure (DemoFailed is one): said, not a traceback
         console.print(f"[red]demo stopped: {exc}[/red]")
         raise typer.Exit(1) from None
 
@@ -244,7 +264,7 @@ def train(
 
 
 def _print_training_result(cfg: ProjectConfig, result: dict) -> None:
-    from mlcycle.demo import print_training
+    from mlcycle.console import print_training
 
     print_training(console, result, indent="")
     console.print(f"MLflow run {result['run_id']} — browse with: {_mlflow_ui_command(cfg)}")
@@ -252,7 +272,7 @@ def _print_training_result(cfg: ProjectConfig, result: dict) -> None:
 
 def _mlflow_ui_command(cfg: ProjectConfig) -> str:
     """Printed on the console: without the database password (profile scale puts one in the URI)."""
-    from mlcycle.demo import mlflow_ui_command
+    from mlcycle.console import mlflow_ui_command
     from mlcycle.scale import redact
 
     return redact(mlflow_ui_command(cfg))
@@ -432,7 +452,7 @@ def rollout_run(
     cfg = _config(config)
     flow = load_flow(cfg.root, "rollout", "rollout_flow")
     result = flow(config=str(cfg.root / "mlcycle.yaml"), wait_seconds=wait_seconds, max_wait_seconds=max_wait_seconds)
-    from mlcycle.demo import print_rollout
+    from mlcycle.console import print_rollout
 
     print_rollout(console, result, indent="")
 
@@ -599,12 +619,9 @@ def serve(
     except ExposedWithoutKey as exc:
         console.print(str(exc), style="red", markup=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    if not (cfg.root / "services").is_dir():
-        console.print(f"[red]{cfg.root / 'services'} not found: run from the project directory[/red]")
-        raise typer.Exit(2)
     env = {**os.environ, "MLCYCLE_CONFIG": str(cfg.root / "mlcycle.yaml")}
     os.chdir(cfg.root)
-    cmd = serve_command(port, host)
+    cmd = serve_command(port, host, cfg.root)
     os.execvpe(cmd[0], cmd, env)
 
 

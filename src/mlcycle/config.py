@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -23,84 +22,12 @@ from mlcycle.features.aggregations import AggregationSpec
 from mlcycle.scale import ScaleConfigError, ScaleSettings, redact
 
 DEFAULT_CONFIG_NAME = "mlcycle.yaml"
-# The generator's merchant categories (mlcycle.data.CATEGORIES is this tuple): kept here so the
-# config can validate drift knobs without importing the library it configures.
-KNOWN_CATEGORIES = (
-    "grocery", "restaurants", "fuel", "fashion", "electronics", "travel", "health", "gaming", "digital_goods", "home",
-)  # fmt: skip
 
 
 class StrictModel(BaseModel):
     """Unknown keys are errors: a typo in the config must not be silently ignored."""
 
     model_config = ConfigDict(extra="forbid")
-
-
-class DriftSpec(StrictModel):
-    """Changes injected into the generated stream from ``start_day`` on, for monitoring to catch."""
-
-    start_day: int | None = Field(None, ge=0, description="Day (from the stream's start) the drift begins.")
-    amount_inflation: float = Field(1.0, gt=0, description="Covariate shift: amounts multiply by this.")
-    new_category: str | None = Field(None, description="A merchant category that appears at start_day.")
-    new_category_share: float = Field(0.0, ge=0, le=1, description="Share of merchants moving to it.")
-    concept_drift: bool = Field(
-        False, description="Fraud switches to card testing: runs of tiny daytime purchases at home, minutes apart."
-    )
-    concept_drift_share: float = Field(
-        1.0, gt=0, le=1, description="Share of fraud rings (by card) that switch pattern; the rest keep theirs."
-    )
-
-    @model_validator(mode="after")
-    def _coherent(self) -> DriftSpec:
-        knobs = self.amount_inflation != 1.0 or self.new_category is not None or self.concept_drift
-        if knobs and self.start_day is None:
-            raise ValueError("drift knobs are set but start_day is not: say from which day the drift starts")
-        if self.new_category is not None and self.new_category in KNOWN_CATEGORIES:
-            raise ValueError(f"new_category '{self.new_category}' is already a known category")
-        return self
-
-
-class DataSpec(StrictModel):
-    """Shape of the generated card-transaction stream."""
-
-    seed: int = 42
-    start: datetime | None = Field(
-        None, description="First day of the stream; unset: the stream ends at today's midnight (UTC)."
-    )
-    days: int = Field(90, ge=1)
-    n_users: int = Field(20_000, ge=10)
-    n_merchants: int = Field(2_000, ge=10)
-    n_transactions: int = Field(200_000, ge=100)
-    fraud_rate: float = Field(0.02, gt=0, lt=0.5, description="Target share of fraudulent transactions.")
-    label_maturity_days: float = Field(
-        30.0, gt=0, description="A legitimate transaction is confirmed legitimate after the dispute window."
-    )
-    drift: DriftSpec = DriftSpec()
-    hard_fraud_age_band: str | None = Field(
-        None,
-        description="Fraud against this age band follows a low-value daytime pattern the features "
-        "barely see: a biased world, for testing the fairness gate.",
-    )
-
-    @field_validator("start")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-    def resolved_start(self, now: datetime | None = None) -> datetime:
-        """The explicit start, or ``days`` before today's midnight so the stream is current."""
-        if self.start is not None:
-            return self.start
-        today = (now or datetime.now(UTC)).astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        return today - timedelta(days=self.days)
-
-    @model_validator(mode="after")
-    def _drift_inside_span(self) -> DataSpec:
-        if self.drift.start_day is not None and self.drift.start_day >= self.days:
-            raise ValueError(f"drift.start_day={self.drift.start_day} must be < days={self.days}")
-        return self
 
 
 Task = Literal["classification", "regression"]
@@ -136,8 +63,10 @@ class TableSpec(StrictModel):
     a later label back to a logged prediction), so nothing in the library names a use case."""
 
     path: Path = Field(Path("data/raw/events.parquet"), description="The event table (parquet), from the config.")
-    contract: Path | None = Field(
-        None, description="Data contract YAML (mlcycle init writes one from the table); none: types only."
+    contract: str | None = Field(
+        None,
+        description="Data contract: a YAML file (mlcycle init writes one from the table), or 'module:function' "
+        "returning a pandera schema; none: the roles' basic types only.",
     )
     timestamp: str = Field("event_timestamp", description="When the event happened (UTC).")
     label: str = Field("label", description="What the model predicts.")
@@ -230,7 +159,7 @@ class XGBoostParams(StrictModel):
 
 
 class ModelSpec(StrictModel):
-    name: str = Field("fraud-detector", description="Registered model name in MLflow.")
+    name: str = Field("model", description="Registered model name in MLflow.")
     seed: int = 42
     train_window_days: int | None = Field(
         None, ge=1, description="Matured days to train on (None: every matured labelled day)."
@@ -238,7 +167,9 @@ class ModelSpec(StrictModel):
     valid_fraction: float = Field(0.15, gt=0, lt=0.5, description="Later slice for early stopping and threshold.")
     test_fraction: float = Field(0.2, gt=0, lt=0.5, description="Latest slice: the evaluation window.")
     threshold: float | Literal["max_f1"] = Field(
-        "max_f1", description="Decision threshold, or 'max_f1' to pick it on the validation slice."
+        "max_f1",
+        description="Classification: decision threshold, or 'max_f1' to pick it on the validation slice "
+        "(regression has no threshold and ignores it).",
     )
     xgboost: XGBoostParams = XGBoostParams()
     flavor: Literal["xgboost", "sklearn", "lightgbm"] = Field(
@@ -246,7 +177,8 @@ class ModelSpec(StrictModel):
     )
     estimator: str | None = Field(
         None,
-        description="sklearn flavor: the estimator class by dotted path, e.g. sklearn.ensemble.RandomForestClassifier.",
+        description="sklearn flavor: the estimator class by dotted path, e.g. sklearn.ensemble.RandomForestClassifier "
+        "(classification) or sklearn.ensemble.HistGradientBoostingRegressor (regression).",
     )
     params: dict[str, Any] = Field(
         default_factory=dict, description="sklearn flavor: the estimator's constructor parameters."
@@ -272,13 +204,31 @@ class ModelSpec(StrictModel):
             raise ValueError(
                 "the sklearn flavor needs model.estimator: a dotted path such as sklearn.linear_model.Ridge"
             )
+        # The task is the project's (ProjectConfig.task, checked there with ``check_task``): here the
+        # estimator and its parameters must fit one of the tasks at least.
+        first: flavors.FlavorError | None = None
+        for task in flavors.TASKS:
+            try:
+                self.check_task(task)
+                return self
+            except (flavors.TaskMismatchError, flavors.MissingPredictProbaError) as exc:
+                first = first or exc
+        raise first  # type: ignore[misc]
+
+    def check_task(self, task: str) -> None:
+        """Raise a ``mlcycle.flavors.FlavorError`` (a ValueError) when the flavor, estimator and
+        parameters do not fit ``task`` (a classifier for a regression, an xgboost objective of the
+        other task, a classifier without predict_proba)."""
+        from mlcycle import flavors
+
         flavor = flavors.flavor_for(self.flavor, estimator=self.estimator, allowed_prefixes=self.allowed_prefixes)
-        flavor.validate(self.params if self.flavor == "sklearn" else {}, "classification")
-        return self
+        flavor.validate(self.params if self.flavor == "sklearn" else {}, task)  # type: ignore[arg-type]
 
 
 class QualitySpec(StrictModel):
-    """Checks on the training set, before any training: failing one stops the run."""
+    """Checks on the training set, before any training: failing one stops the run. The label-rate
+    bounds and the single-feature AUC are classification's; regression checks that every label is a
+    number, that it varies, and the single-feature Spearman correlation."""
 
     min_label_rate: float = Field(0.002, ge=0, le=1)
     max_label_rate: float = Field(0.2, ge=0, le=1)
@@ -287,19 +237,29 @@ class QualitySpec(StrictModel):
     max_single_feature_auc: float = Field(
         0.97, gt=0.5, le=1, description="A lone feature this predictive is a leak, not a signal."
     )
+    max_single_feature_spearman: float = Field(
+        0.99,
+        gt=0,
+        le=1,
+        description="Regression: a lone feature whose |Spearman correlation| with the label is above this is a "
+        "leak (label rates and AUCs are classification's; mlcycle.gates.regression_label_checks).",
+    )
     min_rows: int = Field(1000, ge=1)
 
 
 class GatesSpec(StrictModel):
-    """Bounds a candidate must meet to be registered with an alias."""
+    """Bounds a candidate must meet to be registered with an alias (mlcycle.gates), per task. The
+    fairness gates compare the groups of ``table.protected``; without one they are not applicable
+    (a pass that says so). A regression bound set to null is not judged (also said in its detail)."""
 
     min_roc_auc: float = Field(0.85, ge=0, le=1)
     min_pr_auc: float = Field(0.3, ge=0, le=1)
     fairness_metric: Literal["tpr", "fpr"] = "tpr"
-    fairness_attribute: str = "age_band"
     max_fairness_gap: float = Field(0.15, ge=0, le=1)
     fairness_min_support: int = Field(
-        30, ge=1, description="Slices with fewer positives (tpr) or negatives (fpr) are not compared."
+        30,
+        ge=1,
+        description="Groups with fewer positives (tpr), negatives (fpr) or, for regression, rows are not compared.",
     )
     max_regression_roc_auc: float = Field(
         0.005, ge=0, description="Largest drop in ROC-AUC vs the champion on the same window."
@@ -308,17 +268,35 @@ class GatesSpec(StrictModel):
         0.02, ge=0, description="PR-AUC is noisier (few positives): two retrains differ by ~0.007."
     )
     max_p99_latency_ms: float = Field(25.0, gt=0)
+    # Regression. RMSE is in the label's units, so its bound has no default: set it per project.
+    max_rmse: float | None = Field(
+        None, gt=0, description="Regression: bound on the test RMSE, judged on its 95% interval (null: not judged)."
+    )
+    max_regression_rmse: float | None = Field(
+        0.02,
+        ge=0,
+        description="Regression: largest relative RMSE increase vs the champion on the same rows (0.02: 2%), "
+        "judged on the paired interval of the squared errors' difference (null: not judged).",
+    )
+    max_fairness_mae_ratio: float | None = Field(
+        1.25,
+        ge=1,
+        description="Regression: largest ratio of mean absolute errors between two groups of the protected "
+        "attribute (1.25: no group's MAE more than 25% above another's; null: not judged).",
+    )
     # A gate the data cannot decide (a fairness gap whose interval straddles the limit, a metric that
     # cannot be computed) is "not measurable": ``block`` refuses the model, ``warn`` registers it
     # with the warning written into its model card and run tags — never a silent pass. Fairness warns
-    # by default: with 57-142 positives per age band (the reference project, 130k matured rows) a
-    # TPR gap's 95% interval is about ±0.15 wide, so no model could be shown within 0.15 and
+    # by default: with 57-142 positives per group of the protected attribute (the reference project,
+    # 130k matured rows) a TPR gap's 95% interval is about ±0.15 wide, so no model could be shown within 0.15 and
     # blocking would refuse every one; a gap confidently above the limit still fails.
-    GATES: ClassVar[tuple[str, ...]] = ("min_roc_auc", "min_pr_auc", "fairness", "max_p99_latency_ms", "no_regression")
+    GATES: ClassVar[tuple[str, ...]] = (
+        "min_roc_auc", "min_pr_auc", "fairness", "max_p99_latency_ms", "no_regression", "max_rmse",
+    )  # fmt: skip
     when_unmeasurable: dict[str, Literal["block", "warn"]] = Field(
         default_factory=lambda: {**dict.fromkeys(GatesSpec.GATES, "block"), "fairness": "warn"},
-        description="Per gate (min_roc_auc, min_pr_auc, fairness, max_p99_latency_ms, no_regression): block "
-        "or warn when the data cannot decide it. Gates not listed keep their default.",
+        description="Per gate (min_roc_auc, min_pr_auc, fairness, max_p99_latency_ms, no_regression, max_rmse): "
+        "block or warn when the data cannot decide it. Gates not listed keep their default.",
     )
 
     @field_validator("when_unmeasurable")
@@ -348,15 +326,15 @@ class CanarySpec(StrictModel):
 
     steps: list[float] = Field(
         default_factory=lambda: [5.0, 25.0, 50.0, 100.0],
-        description="Challenger's share of users per step; 0 is a shadow step (it scores every request, "
-        "answers none) where the two models' agreement is judged pair by pair.",
+        description="Challenger's share of traffic (routed by serving.routing_key) per step; 0 is a shadow step "
+        "(it scores every request, answers none) where the two models' agreement is judged pair by pair.",
     )
     min_requests: int = Field(200, ge=10, description="Per variant, before a step is judged.")
     max_error_rate_increase: float = Field(0.01, ge=0)
     max_p99_latency_ratio: float = Field(2.0, gt=0)
     p99_latency_slack_ms: float = Field(5.0, ge=0, description="Absolute slack: tiny p99s are noisy.")
     # Between two models, not two windows of one model: the 0.1 / 0.2 bands of drift monitoring are
-    # too tight. A retrained model that learned a new fraud pattern moved 0.21 (net of noise) from
+    # too tight. A retrained model that learned a new pattern of positives moved 0.21 (net of noise) from
     # its predecessor on the same traffic and was rolled back at 0.2; an inverted or broken model
     # moves by several units. The offline gates already compared the two on the same window.
     max_score_psi: float = Field(0.5, ge=0, description="Score PSI, challenger vs champion, net of sampling noise.")
@@ -372,15 +350,26 @@ class CanarySpec(StrictModel):
     )
     auc_without_matured_labels: OnUnmeasurable = Field(
         "wait",
-        description="Too few matured labels to compute an AUC at all (labels take data.label_maturity_days "
+        description="Too few matured labels to compute an AUC at all (labels take table.label_delay "
         "after the request; a canary of minutes never has them): 'warn' says online quality is not judged.",
+    )
+    # Regression: the challenger's RMSE against the champion's on matured labels (each on its own
+    # requests), judged by the interval of their ratio; the same two policies as the AUC's.
+    max_rmse_increase: float = Field(
+        0.1, ge=0, description="Regression: largest relative RMSE increase, challenger vs champion (0.1: 10%)."
+    )
+    rmse_on_unmeasurable: OnUnmeasurable = Field(
+        "wait", description="Regression: the RMSE ratio's interval straddles 1 + max_rmse_increase."
+    )
+    rmse_without_matured_labels: OnUnmeasurable = Field(
+        "wait", description="Regression: fewer than min_labelled requests per variant with matured labels."
     )
     # Shadow mode (a step of 0% in ``steps``): both models score the same requests, so their answers
     # can be compared pair by pair. A challenger that ranks requests unlike the champion (shuffled:
     # ρ ≈ 0; inverted: ρ < 0), or flags different ones, is stopped before it answers anyone. The floor
     # is low on purpose: most requests are clear negatives whose order two good models do not share,
     # and a retrain after concept drift is meant to rank differently — measured in the demo, v2
-    # (retrained on the new fraud pattern) against v1 on 417 shadow pairs: ρ = 0.37 (0.70 on the
+    # (retrained on the new pattern of positives) against v1 on 417 shadow pairs: ρ = 0.37 (0.70 on the
     # champion's top decile), and a 0.5 floor stopped the better model.
     min_score_rank_correlation: float = Field(
         0.2, ge=-1, le=1, description="Spearman correlation of the two models' scores on the same requests."
@@ -401,7 +390,9 @@ class CanarySpec(StrictModel):
     max_looks: int = Field(
         6, ge=1, le=100, description="Analyses of one step while it waits for data; intervals are widened for them."
     )
-    ab_minimum_detectable_effect: float = Field(0.05, gt=0, description="Absolute, on the flagged-fraud rate.")
+    ab_minimum_detectable_effect: float = Field(
+        0.05, gt=0, description="Absolute, on the flagged rate (share of positive decisions)."
+    )
     ab_alpha: float = Field(0.05, gt=0, lt=1)
     ab_power: float = Field(0.8, gt=0, lt=1)
 
@@ -428,14 +419,23 @@ class MonitoringSpec(StrictModel):
     reference_sample: int = Field(200_000, ge=1000)
     window_days: float = Field(1.0, gt=0, description="Current window: the last N days of the prediction log.")
     min_rows: int = Field(500, ge=1, description="Fewer logged predictions in the window: no drift verdict.")
-    # Delayed labels: a window is judged only once its labels have matured (data.label_maturity_days).
+    # Delayed labels: a window is judged only once its labels have matured (table.label_delay).
     decay_window_days: int = Field(1, ge=1, description="Width of a performance window.")
     decay_lookback_days: int = Field(14, ge=1, description="Matured days reported, counting back from the newest.")
     decay_rolling_windows: int = Field(7, ge=1, description="Newest matured windows pooled for the alert.")
     min_label_coverage: float = Field(
         0.98, gt=0, le=1, description="Share of a matured window's rows whose label has arrived before it is judged."
     )
-    decay_min_positives: int = Field(30, ge=1, description="Fewer frauds pooled: too noisy to alert on.")
+    decay_min_positives: int = Field(30, ge=1, description="Fewer positives pooled: too noisy to alert on.")
+    decay_min_labelled: int = Field(
+        100, ge=2, description="Regression: fewer labelled rows pooled: the RMSE is not judged."
+    )
+    max_rmse_increase: float = Field(
+        0.1,
+        ge=0,
+        description="Regression: alert when the pooled RMSE is above the champion's test RMSE by more than "
+        "this share (0.1: 10%), its whole 95% interval beyond.",
+    )
     min_roc_auc: float = Field(0.85, gt=0, le=1, description="Alert below this pooled ROC-AUC.")
     max_roc_auc_drop: float = Field(0.05, ge=0, le=1, description="Alert when ROC-AUC falls this far below "
                                     "the champion's test ROC-AUC.")  # fmt: skip
@@ -444,6 +444,11 @@ class MonitoringSpec(StrictModel):
     upstream_null_share: float = Field(0.95, gt=0, le=1)
     upstream_min_known_category_share: float = Field(0.5, ge=0, le=1)
     evidently_sample: int = Field(20_000, ge=500, description="Rows per side in the Evidently report.")
+    daily_cycle_features: list[str] = Field(
+        default_factory=list,
+        description="Features that follow the clock (hour of day): a window shorter than a day shifts them by "
+        "construction, so they are judged only on windows of a day or more.",
+    )
 
 
 class RetrainingSpec(StrictModel):
@@ -471,7 +476,13 @@ class ProjectConfig(StrictModel):
     task: Task = "classification"
     table: TableSpec = TableSpec()
     serving: ServingSpec = ServingSpec()
-    data: DataSpec = DataSpec()
+    generator: str | None = Field(
+        None, description="'module:function' in the project directory that writes example data (mlcycle data generate)."
+    )
+    data: dict[str, Any] = Field(
+        default_factory=dict, description="Parameters of the project's generator, validated by it."
+    )
+    demo: str | None = Field(None, description="'module:function': the project's narrated story (mlcycle demo).")
     features: FeaturesSpec = FeaturesSpec()
     model: ModelSpec = ModelSpec()
     quality: QualitySpec = QualitySpec()

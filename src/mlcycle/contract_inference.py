@@ -553,6 +553,9 @@ def _kind(series: pd.Series, role: str, max_categories: int) -> tuple[Kind, str]
     values = series.dropna()
     if role == "entity":
         return "identifier", "entity key: checked for presence and type, not for a range or a set"
+    if role == "event_id":
+        # Ids grow with time: a range observed today would reject tomorrow's rows.
+        return "identifier", "event id: joins a later label to its prediction; checked for presence and type only"
     if isinstance(series.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(series.dtype):
         return "timestamp", ""
     if pd.api.types.is_bool_dtype(series.dtype) or (
@@ -580,7 +583,7 @@ def _infer_column(
     # No null in the table → declared non-null: with n rows, 0 nulls bounds the true rate below 3/n
     # (rule of three), and a margin there would hide the broken join a non-null column exists to catch.
     allowed = 0.0 if observed_null == 0 else min(1.0, _ceil(observed_null + null_margin, 4))
-    if role in ("entity", "timestamp"):
+    if role in ("entity", "timestamp", "event_id"):
         allowed = 0.0
     values = series.dropna()
     common = dict(
@@ -622,6 +625,7 @@ def infer_contract(
     null_margin: float = NULL_MARGIN,
     range_margin: float = RANGE_MARGIN,
     max_categories: int = MAX_CATEGORIES,
+    event_id: str | None = None,
 ) -> InferredContract:
     """Infer each column's rule from ``frame`` (checked by :func:`check_table` into ``spec``).
 
@@ -630,6 +634,7 @@ def infer_contract(
     the contract would raise false alarms from day one, and a shift inside the range is drift, which
     monitoring measures with the distributions at hand. The contract catches what is broken. The
     schema checks :func:`prepare_table`'s representation of a table; ``frame`` itself is not changed.
+    ``event_id`` names the row id column: an identifier, never null, with no range (ids grow).
     """
     prepared = prepare_table(frame, spec)
     roles = {c: "feature" for c in spec.columns}
@@ -638,6 +643,14 @@ def infer_contract(
     roles[spec.label] = "label"
     if spec.label_available_at:
         roles[spec.label_available_at] = "label_available_at"
+    if event_id:
+        if roles.get(event_id, "feature") != "feature":
+            raise TableError(
+                f"column '{event_id}' is the {roles[event_id]} and cannot also be the event id",
+                event_id,
+                "name a column that identifies each row",
+            )
+        roles[event_id] = "event_id"
     columns = tuple(
         _infer_column(
             col,

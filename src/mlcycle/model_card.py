@@ -3,13 +3,18 @@
 Written per registered version as Markdown (for diffs and terminals) and self-contained HTML (no
 network: inline CSS only), and logged to the version's MLflow run.
 
-A card is written once, when the version is registered, and never rewritten: it states only what
-stays true (the alias it was registered under, and when), not which aliases it holds now — a card
-that said "Aliases: challenger" was wrong as soon as the version was promoted. The live aliases are
+A model card is written once, when the version is registered, and never rewritten: it states only
+what stays true (the alias it was registered under, and when), not which aliases it holds now — a
+model card that said "Aliases: challenger" was wrong as soon as the version was promoted. The live aliases are
 in the MLflow registry and the promotion log (``mlcycle history``).
 
 Gates that the data could not decide and that were let through under the ``warn`` policy are listed
-at the top of the card, with why: a model must never pass such a gate silently.
+at the top of the model card, with why: a model must never pass such a gate silently.
+
+The text follows the task: a classifier's model card speaks of scores and a decision threshold,
+ROC-AUC and recall per slice; a regressor's of predicted values, RMSE, MAE and R². What the model is
+for in the project's own words can be given (``CardInput.intended_use``, ``limitations``); the
+defaults say only what holds for any project of the task.
 """
 
 from __future__ import annotations
@@ -31,20 +36,34 @@ th { background: #f2f4f7; } code { background: #f2f4f7; padding: 0 .25rem; }
 h1 { border-bottom: 2px solid #1d2330; } h2 { margin-top: 2rem; }
 """
 
-INTENDED_USE = (
-    "Scores card transactions at authorization time with the probability that they are fraudulent. "
-    "Scores at or above the decision threshold are meant for step-up authentication or review, "
-    "not for automatic account closure. Not intended for credit decisions or for any use outside "
-    "card-present / card-not-present fraud screening."
-)
+INTENDED_USE: dict[str, str] = {
+    "classification": (
+        "Scores each event with the probability that it belongs to the positive class. Scores at or above "
+        "the decision threshold are meant to send an event to a closer look (a review, a further check), "
+        "not to act irreversibly on it alone. Not intended for uses outside the project it was trained for."
+    ),
+    "regression": (
+        "Predicts the label's value for each event. Its typical error on recent data is the RMSE and MAE "
+        "below; read a single prediction with that error in mind. Not intended for uses outside the "
+        "project it was trained for."
+    ),
+}
 
-KNOWN_LIMITATIONS = [
-    "Labels are chargebacks: fraud nobody disputes is learnt as legitimate.",
-    "Training uses matured transactions only (older than the dispute window), so the newest fraud "
-    "patterns reach the model weeks late; monitoring watches for that.",
-    "A user's first transaction has no history features (they are null), which lowers recall for new users.",
-    "The age band is used only to measure fairness, never as an input; other inputs may still correlate with it.",
-    "Small slices (few positives) have wide confidence intervals: read their metrics with their support.",
+KNOWN_LIMITATIONS: dict[str, list[str]] = {
+    "classification": [
+        "Labels are what was recorded: a positive nobody reported is learnt as a negative.",
+    ],
+    "regression": [
+        "Errors are summarised by RMSE (large errors weigh more) and MAE; a few large errors can hide behind "
+        "a good MAE, and the reverse.",
+    ],
+}
+COMMON_LIMITATIONS = [
+    "Training uses matured rows only (older than the label delay), so the newest patterns reach the model "
+    "late; monitoring watches for that.",
+    "An entity's first event has no history features (they are null): the model may do worse on new entities.",
+    "The protected attribute, when one is declared, measures fairness; other inputs may still correlate with it.",
+    "Small slices have wide confidence intervals: read their metrics with their support.",
 ]
 
 
@@ -73,12 +92,18 @@ class CardInput:
     gates: Verdict
     quality: Verdict
     aliases: list[str] = field(default_factory=list)  # given at registration (they move later)
-    registered_at: datetime | None = None  # default: when the card is rendered
+    registered_at: datetime | None = None  # default: when the model card is rendered
+    intended_use: str | None = None  # the project's own words; default: the task's generic text
+    limitations: list[str] | None = None  # the project's own; default: the task's generic list
+
+    @property
+    def task(self) -> str:
+        return self.report.task
 
 
 def registration_line(aliases: list[str], at: datetime) -> str:
-    """What the card says about aliases: the one given at registration, dated, and where to read the
-    current ones — true for as long as the card exists, unlike a list of "current" aliases."""
+    """What the model card says about aliases: the one given at registration, dated, and where to read the
+    current ones — true for as long as the model card exists, unlike a list of "current" aliases."""
     given = " and ".join(f"`{a}`" for a in aliases) if aliases else "no alias"
     return (
         f"Registered with {given} on {at:%Y-%m-%d %H:%M} UTC. Aliases move after registration (promotion, "
@@ -108,9 +133,60 @@ def warning_lines(*verdicts: Verdict) -> list[str]:
     ]
 
 
-def render_markdown(c: CardInput) -> str:
+CLASSIFICATION_KEYS = ("n", "positives", "roc_auc", "pr_auc", "precision", "recall", "f1", "fpr", "accuracy", "brier")
+REGRESSION_KEYS = ("n", "mean_label", "rmse", "mae", "r2")
+
+
+def _metric_lines(c: CardInput) -> list[str]:
+    """The evaluation window's metrics beside the linear baseline's, and the slice table, per task."""
     o = c.report.overall
+    base = c.baseline.overall if c.baseline else None
+    if c.task == "regression":
+        head = [
+            "Predicted values against the label (error = prediction − label); no decision threshold.",
+            "",
+            "| metric | model | linear (ridge) baseline |",
+            "|---|---|---|",
+        ]
+        keys, slice_head = (
+            REGRESSION_KEYS,
+            [
+                "| attribute | group | n | mean label | RMSE | MAE | R² |",
+                "|---|---|---|---|---|---|---|",
+            ],
+        )
+    else:
+        head = [
+            f"Decision threshold {c.report.threshold:.4f} (chosen on the validation window); scores are the "
+            "probability of the positive class.",
+            "",
+            "| metric | model | logistic baseline |",
+            "|---|---|---|",
+        ]
+        keys, slice_head = (
+            CLASSIFICATION_KEYS,
+            [
+                "| attribute | group | n | positives | ROC-AUC | PR-AUC | recall (TPR) | FPR |",
+                "|---|---|---|---|---|---|---|---|",
+            ],
+        )
+    lines = head + [f"| {k} | {_fmt(getattr(o, k))} | {_fmt(getattr(base, k) if base else None)} |" for k in keys]
+    lines += ["", f"Single-row latency in-process: p50 {_fmt(c.report.latency_ms.get('p50'))} ms, "
+              f"p99 {_fmt(c.report.latency_ms.get('p99'))} ms.", "", "## By slice", *slice_head]  # fmt: skip
+    for attribute, groups in c.report.slices.items():
+        for group, m in groups.items():
+            if c.task == "regression":
+                lines.append(f"| {attribute} | {group} | {m.n:,} | {_fmt(m.mean_label)} | {_fmt(m.rmse)} "
+                             f"| {_fmt(m.mae)} | {_fmt(m.r2)} |")  # fmt: skip
+            else:
+                lines.append(f"| {attribute} | {group} | {m.n:,} | {m.positives:,} | {_fmt(m.roc_auc)} "
+                             f"| {_fmt(m.pr_auc)} | {_fmt(m.recall)} | {_fmt(m.fpr)} |")  # fmt: skip
+    return lines
+
+
+def render_markdown(c: CardInput) -> str:
     at = (c.registered_at or datetime.now(UTC)).astimezone(UTC)
+    limitations = c.limitations if c.limitations is not None else [*KNOWN_LIMITATIONS[c.task], *COMMON_LIMITATIONS]
     lines = [
         f"# Model card — {c.model_name} v{c.version or '(not registered)'}",
         "",
@@ -118,7 +194,7 @@ def render_markdown(c: CardInput) -> str:
         "",
         *warning_lines(c.gates, c.quality),
         "## Intended use",
-        INTENDED_USE,
+        c.intended_use or INTENDED_USE[c.task],
         "",
         "## Training data",
         "| slice | rows | from | to |",
@@ -135,38 +211,11 @@ def render_markdown(c: CardInput) -> str:
         f"From Feast FeatureService `{c.feature_service}` ({len(c.features)} inputs): "
         + ", ".join(f"`{f}`" for f in c.features),
         "",
-        "## Metrics on the evaluation window",
-        f"Decision threshold {c.report.threshold:.4f} (chosen on the validation window).",
-        "",
-        "| metric | model | logistic baseline |",
-        "|---|---|---|",
+        f"## Metrics on the evaluation window ({c.task})",
+        *_metric_lines(c),
     ]
-    base = c.baseline.overall if c.baseline else None
-    for key in (
-        "n",
-        "positives",
-        "roc_auc",
-        "pr_auc",
-        "precision",
-        "recall",
-        "f1",
-        "fpr",
-        "accuracy",
-        "brier",
-    ):
-        lines.append(f"| {key} | {_fmt(getattr(o, key))} | {_fmt(getattr(base, key) if base else None)} |")
-    lines += ["", f"Single-row latency in-process: p50 {_fmt(c.report.latency_ms.get('p50'))} ms, "
-              f"p99 {_fmt(c.report.latency_ms.get('p99'))} ms.", "", "## By slice",
-              "| attribute | group | n | positives | ROC-AUC | PR-AUC | recall (TPR) | FPR |",
-              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for attribute, groups in c.report.slices.items():
-        for group, m in groups.items():
-            lines.append(
-                f"| {attribute} | {group} | {m.n:,} | {m.positives:,} | {_fmt(m.roc_auc)} | {_fmt(m.pr_auc)} "
-                f"| {_fmt(m.recall)} | {_fmt(m.fpr)} |"
-            )
     lines += ["", "## Gates", c.gates.markdown(), "## Training-set checks", c.quality.markdown()]
-    lines += ["## Known limitations", *[f"- {item}" for item in KNOWN_LIMITATIONS], ""]
+    lines += ["## Known limitations", *[f"- {item}" for item in limitations], ""]
     lines += [
         "## Lineage",
         "| what | value |",

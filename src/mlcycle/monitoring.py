@@ -17,6 +17,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,8 @@ from scipy import stats
 from mlcycle.config import MonitoringSpec
 from mlcycle.stats import chi2_two_sample, mean_ratio_ci, psi_from_counts, total_variation
 from mlcycle.stats import psi as _psi
+
+Task = Literal["classification", "regression"]
 
 
 @dataclass
@@ -201,16 +204,59 @@ def prediction_drift(reference_scores: np.ndarray, current_scores: np.ndarray, s
 
 # --- performance decay on delayed labels ------------------------------------------------------------
 
+# The labels frame is normalised at the entry (``label_frame``) to these internal names, whatever
+# the project calls its columns (``table.event_id``, ``table.label``, ``table.label_available_at``,
+# ``table.timestamp``).
+EVENT_ID = "_event_id"
+LABEL = "_label"
+AVAILABLE_AT = "_label_available_at"
+EVENT_AT = "_event_at"
+
+
+@dataclass(frozen=True)
+class LabelColumns:
+    """Where the labels frame keeps what decay monitoring reads. ``event_id`` is also the prediction
+    log's column naming the scored event. ``available_at`` None: each label is taken as known
+    exactly ``maturity_days`` after its event (``table.label_delay`` without a column)."""
+
+    event_id: str | None
+    label: str
+    available_at: str | None = "label_available_at"
+    timestamp: str = "event_timestamp"
+
+    def check(self, predictions: pd.DataFrame) -> None:
+        if self.event_id is not None and self.event_id not in predictions:
+            raise ValueError(f"the predictions have no event id column {self.event_id!r} (table.event_id)")
+
+
+def label_frame(labels: pd.DataFrame, columns: LabelColumns, maturity_days: float) -> pd.DataFrame:
+    """The labels with the internal column names: event id, label, arrival time and event time."""
+    missing = [c for c in (columns.event_id, columns.label, columns.available_at) if c and c not in labels]
+    if columns.available_at is None and columns.timestamp not in labels:
+        missing.append(columns.timestamp)
+    if missing:
+        raise ValueError(f"the labels frame has no column {', '.join(missing)} (names from table.*)")
+    out = pd.DataFrame({EVENT_ID: labels[columns.event_id].to_numpy(), LABEL: labels[columns.label].to_numpy()})
+    if columns.timestamp in labels:
+        out[EVENT_AT] = pd.to_datetime(labels[columns.timestamp].to_numpy(), utc=True)
+    if columns.available_at is None:
+        out[AVAILABLE_AT] = out[EVENT_AT] + pd.Timedelta(days=maturity_days)
+    else:
+        out[AVAILABLE_AT] = pd.to_datetime(labels[columns.available_at].to_numpy(), utc=True)
+    return out
+
 
 @dataclass(frozen=True)
 class DecayWindow:
     """Quality of the answers given in ``[start, end)``, judged only once their labels have matured.
 
-    Chargebacks arrive within days, the all-clear for a legitimate purchase only when the dispute
-    window closes: before that, the labels known for a window are almost all frauds, and an AUC on
-    them means nothing. So an immature window is listed (``matured=False``) but not scored. In a
-    matured window a row counts only if its own label has arrived: a chargeback that comes after
-    the dispute window is a late positive, not a negative (``unlabelled`` counts those rows)."""
+    Labels arrive late, and unevenly: a positive is often reported within days, the all-clear for a
+    negative only when the label window closes. Before that, the labels known for a window are
+    enriched in positives, and a metric on them means nothing. So an immature window is listed
+    (``matured=False``) but not scored. In a matured window a row counts only if its own label has
+    arrived: a label that comes after the window is a late one, not a negative (``unlabelled``
+    counts those rows). Classification windows report ROC-AUC, precision and recall; regression
+    windows RMSE and MAE."""
 
     start: pd.Timestamp
     end: pd.Timestamp
@@ -221,6 +267,8 @@ class DecayWindow:
     precision: float | None = None
     recall: float | None = None
     unlabelled: int = 0
+    rmse: float | None = None
+    mae: float | None = None
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -238,32 +286,48 @@ def _quality(labels: np.ndarray, scores: np.ndarray, decisions: np.ndarray) -> t
     return auc, precision, recall
 
 
+def _errors(rows: pd.DataFrame) -> np.ndarray:
+    """Regression errors (prediction − label) of rows whose label has arrived."""
+    return rows["score"].to_numpy(float) - rows[LABEL].to_numpy(float)
+
+
 def _utc(moment: datetime | pd.Timestamp) -> pd.Timestamp:
     ts = pd.Timestamp(moment)
     return ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
 
 
-def _labelled(rows: pd.DataFrame, transactions: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
-    """``rows`` with ``is_fraud`` where the row's own label had arrived by ``as_of`` (NaN otherwise)
-    and ``event_timestamp`` (the age of a row decides how likely a late label still is)."""
-    rows = rows[rows["transaction_id"].notna()].astype({"transaction_id": "int64"})
-    cols = ["transaction_id", "is_fraud", "label_available_at"]
-    if "event_timestamp" in transactions and "event_timestamp" not in rows:
-        cols.append("event_timestamp")
-    out = rows.merge(transactions[cols], on="transaction_id", how="left")
-    out.loc[~(out["label_available_at"] <= as_of), "is_fraud"] = np.nan
-    return out.drop(columns=["label_available_at"])
+def _same_ids(rows: pd.Series, labels: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Event ids of both sides in one type: integers when the labels' are (a log may hold them as
+    floats), else text."""
+    if pd.api.types.is_integer_dtype(labels.dtype):
+        return pd.to_numeric(rows, errors="coerce").astype("Int64"), labels.astype("Int64")
+    return rows.astype(str), labels.astype(str)
+
+
+def _labelled(rows: pd.DataFrame, labels: pd.DataFrame, as_of: pd.Timestamp, event_id: str) -> pd.DataFrame:
+    """``rows`` (predictions) with the label where the row's own label had arrived by ``as_of`` (NaN
+    otherwise) and the event time (the age of a row decides how likely a late label still is).
+    ``labels`` is a ``label_frame``; ``event_id`` names the prediction log's event id column."""
+    rows = rows[rows[event_id].notna()]
+    left, right = _same_ids(rows[event_id], labels[EVENT_ID])
+    rows = rows.drop(columns=[c for c in (LABEL, AVAILABLE_AT, EVENT_AT, EVENT_ID) if c in rows]).assign(
+        **{EVENT_ID: left.to_numpy()}
+    )
+    cols = [EVENT_ID, LABEL, AVAILABLE_AT] + ([EVENT_AT] if EVENT_AT in labels else [])
+    out = rows.merge(labels[cols].assign(**{EVENT_ID: right.to_numpy()}), on=EVENT_ID, how="left")
+    out[LABEL] = out[LABEL].astype(float).where(out[AVAILABLE_AT] <= as_of)
+    return out.drop(columns=[AVAILABLE_AT])
 
 
 def _judged(part: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """The rows of a matured window whose label has arrived, and how many have not."""
-    known = part["is_fraud"].notna()
+    known = part[LABEL].notna()
     return part[known], int((~known).sum())
 
 
 @dataclass(frozen=True)
 class LateLabels:
-    """How many positive labels of the judged rows are probably still on their way.
+    """How many positive labels of the judged rows are probably still on their way (classification).
 
     Estimated from the delays of positives on events older than ``horizon_days`` (all of whose
     labels have had time to arrive): each known positive of age ``a`` stands for
@@ -282,18 +346,26 @@ class LateLabels:
         )
 
 
+LATE_LABELS_REGRESSION = {
+    "estimated": False,
+    "line": "not estimated: the late-label estimate counts positives still on their way, which a regression "
+    "label does not have (rows whose label has not arrived are left out and counted as unlabelled)",
+}
+
+
 def late_labels(
     known_positive_ages_days: np.ndarray,
-    transactions: pd.DataFrame,
+    labels: pd.DataFrame,
     as_of: pd.Timestamp,
     horizon_days: float,
     min_basis: int = 30,
 ) -> LateLabels | None:
     """Expected positives still missing among rows whose known positives have the given ages
-    (days between event and ``as_of``); None when too few old positives show the delay distribution."""
-    age = (as_of - transactions["event_timestamp"]).dt.total_seconds() / 86400
-    delay = (transactions["label_available_at"] - transactions["event_timestamp"]).dt.total_seconds() / 86400
-    old = (transactions["is_fraud"].astype(bool) & (age >= horizon_days) & (delay <= horizon_days)).to_numpy()
+    (days between event and ``as_of``); None when too few old positives show the delay distribution.
+    ``labels`` is a ``label_frame`` (with event times). Classification only: it counts positives."""
+    age = (as_of - labels[EVENT_AT]).dt.total_seconds() / 86400
+    delay = (labels[AVAILABLE_AT] - labels[EVENT_AT]).dt.total_seconds() / 86400
+    old = (labels[LABEL].astype(bool) & (age >= horizon_days) & (delay <= horizon_days)).to_numpy()
     delays = np.sort(delay.to_numpy()[old])
     if len(delays) < min_basis:
         return None
@@ -307,28 +379,50 @@ def late_labels(
 
 def performance_windows(
     predictions: pd.DataFrame,
-    transactions: pd.DataFrame,
+    labels: pd.DataFrame,
     as_of: datetime,
     maturity_days: float,
     window_days: int = 1,
     lookback_days: int = 28,
     min_label_coverage: float = 0.98,
+    *,
+    columns: LabelColumns,
+    task: Task = "classification",
 ) -> list[DecayWindow]:
-    """Per window of prediction time: ROC-AUC, precision and recall on the labels known at ``as_of``.
+    """Per window of prediction time: ROC-AUC, precision and recall (classification) or RMSE and MAE
+    (regression) on the labels known at ``as_of``.
 
-    ``predictions`` needs ``transaction_id``, ``predicted_at`` (UTC), ``score`` and ``decision``;
-    ``transactions`` needs ``transaction_id``, ``is_fraud`` and ``label_available_at``. A window
-    counts as matured when ``as_of`` is at least ``maturity_days`` past its end and at least
+    ``predictions`` needs the event id column (``columns.event_id``), ``predicted_at`` (UTC),
+    ``score`` and, for classification, ``decision``; ``labels`` the columns ``columns`` names. A
+    window counts as matured when ``as_of`` is at least ``maturity_days`` past its end and at least
     ``min_label_coverage`` of its rows have their label; then each row is judged on its own label and
     left out (``unlabelled``) if it has none. The coverage floor matters when negatives are confirmed
     a little after the window: until they are, the labelled rows are enriched in positives."""
+    if columns.event_id is None:
+        return []  # no event id: no label joins a prediction (decay_verdict says so)
+    columns.check(predictions)
+    return _windows(predictions, label_frame(labels, columns, maturity_days), as_of, maturity_days, window_days,
+                    lookback_days, min_label_coverage, columns.event_id, task)  # fmt: skip
+
+
+def _windows(
+    predictions: pd.DataFrame,
+    labels: pd.DataFrame,
+    as_of: datetime,
+    maturity_days: float,
+    window_days: int,
+    lookback_days: int,
+    min_label_coverage: float,
+    event_id: str,
+    task: Task,
+) -> list[DecayWindow]:
     as_of_ts = _utc(as_of)
     step = pd.Timedelta(days=window_days)
     last_end = as_of_ts.floor("D") + pd.Timedelta(days=1)
     # ``lookback_days`` of matured windows, then the newer ones that still wait for labels.
     first_start = last_end - pd.Timedelta(days=lookback_days + int(np.ceil(maturity_days)) + 1)
     in_range = (predictions["predicted_at"] >= first_start) & (predictions["predicted_at"] < as_of_ts)
-    rows = _labelled(predictions[in_range], transactions, as_of_ts)
+    rows = _labelled(predictions[in_range], labels, as_of_ts, event_id)
     out = []
     start = first_start
     while start < last_end:
@@ -340,10 +434,15 @@ def performance_windows(
             matured = False  # labels still arriving: judging now would judge an enriched sample
         if not matured or part.empty:
             out.append(DecayWindow(start, end, len(part), matured, unlabelled=unlabelled))
+        elif task == "regression":
+            err = _errors(known)
+            rmse = float(np.sqrt(np.mean(err**2))) if len(err) else None
+            mae = float(np.mean(np.abs(err))) if len(err) else None
+            out.append(DecayWindow(start, end, len(part), True, unlabelled=unlabelled, rmse=rmse, mae=mae))
         else:
-            labels = known["is_fraud"].to_numpy().astype(bool)
-            auc, precision, recall = _quality(labels, known["score"].to_numpy(float), known["decision"].to_numpy(bool))
-            out.append(DecayWindow(start, end, len(part), True, int(labels.sum()), auc, precision, recall, unlabelled))
+            y = known[LABEL].to_numpy().astype(bool)
+            auc, precision, recall = _quality(y, known["score"].to_numpy(float), known["decision"].to_numpy(bool))
+            out.append(DecayWindow(start, end, len(part), True, int(y.sum()), auc, precision, recall, unlabelled))
         start = end
     return out
 
@@ -364,6 +463,11 @@ class DecayVerdict:
     unlabelled: int = 0  # matured rows whose own label has not arrived (left out)
     late_labels: dict | None = None  # LateLabels.as_dict(): positives probably still on their way
     state: str = "not_measurable"  # "ok" | "decayed" | "not_measurable"
+    task: str = "classification"
+    rmse: float | None = None  # regression: pooled RMSE, its 95% interval, MAE
+    rmse_ci: tuple[float, float] | None = None
+    mae: float | None = None
+    baseline_rmse: float | None = None  # the champion's test RMSE when it was trained
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -371,46 +475,80 @@ class DecayVerdict:
 
 def decay_verdict(
     predictions: pd.DataFrame,
-    transactions: pd.DataFrame,
+    labels: pd.DataFrame,
     as_of: datetime,
     maturity_days: float,
     spec: MonitoringSpec,
     baseline_roc_auc: float | None = None,
+    *,
+    columns: LabelColumns,
+    task: Task = "classification",
+    baseline_rmse: float | None = None,
 ) -> tuple[DecayVerdict, list[DecayWindow]]:
-    """Pool the newest ``decay_rolling_windows`` matured windows and judge their ROC-AUC's 95%
-    interval against the bounds: decayed only when the whole interval is below a bound, fine when
-    it is wholly above, and "not measurable yet" when it straddles one (an alert there would be a
-    retraining on noise; a silence there would be a pass by default)."""
-    from mlcycle.stats import Z95, auc_se
+    """Pool the newest ``decay_rolling_windows`` matured windows and judge them on an interval:
+    decayed only when the whole interval is beyond a bound, fine when it is wholly within, and "not
+    measurable yet" when it straddles one (an alert there would be a retraining on noise; a silence
+    there would be a pass by default).
 
-    windows = performance_windows(predictions, transactions, as_of, maturity_days, spec.decay_window_days,
-                                  spec.decay_lookback_days, spec.min_label_coverage)  # fmt: skip
+    Classification: the pooled ROC-AUC's 95% interval (Hanley & McNeil) against the floor
+    ``min_roc_auc`` and the champion's test ROC-AUC minus ``max_roc_auc_drop``; needs
+    ``decay_min_positives`` positives. Regression: the pooled RMSE's 95% interval (delta method on
+    log MSE) against the champion's test RMSE (``baseline_rmse``) times ``1 + max_rmse_increase``;
+    needs ``decay_min_labelled`` labelled rows and the champion's test RMSE. The late-label estimate
+    is classification's (it counts positives still on their way); regression says so. Without an
+    event id (``columns.event_id`` None) no label can be joined to a prediction: not measurable."""
+    if columns.event_id is None:
+        why = "not measurable: no event id declared (table.event_id), so no label can be joined to a prediction"
+        return DecayVerdict(0, 0, 0, None, None, None, baseline_roc_auc, False, (why,), False, task=task,
+                            baseline_rmse=baseline_rmse), []  # fmt: skip
+    windows = performance_windows(predictions, labels, as_of, maturity_days, spec.decay_window_days,
+                                  spec.decay_lookback_days, spec.min_label_coverage, columns=columns,
+                                  task=task)  # fmt: skip
     matured = [w for w in windows if w.matured and w.predictions][-spec.decay_rolling_windows :]
     if not matured:
-        empty = DecayVerdict(0, 0, 0, None, None, None, baseline_roc_auc, False, ("no matured window yet",), False)
+        empty = DecayVerdict(0, 0, 0, None, None, None, baseline_roc_auc, False, ("no matured window yet",), False,
+                             task=task, baseline_rmse=baseline_rmse)  # fmt: skip
         return empty, windows
     as_of_ts = _utc(as_of)
+    normal = label_frame(labels, columns, maturity_days)
     lo, hi = matured[0].start, matured[-1].end
     in_range = (predictions["predicted_at"] >= lo) & (predictions["predicted_at"] < hi)
-    rows, unlabelled = _judged(_labelled(predictions[in_range], transactions, as_of_ts))
-    labels = rows["is_fraud"].to_numpy().astype(bool)
-    auc, precision, recall = _quality(labels, rows["score"].to_numpy(float), rows["decision"].to_numpy(bool))
-    positives = int(labels.sum())
+    rows, unlabelled = _judged(_labelled(predictions[in_range], normal, as_of_ts, columns.event_id))
+    if task == "regression":
+        return _regression_decay(rows, unlabelled, len(matured), spec, baseline_rmse), windows
+    return _classification_decay(rows, unlabelled, len(matured), normal, as_of_ts, maturity_days, spec,
+                                 baseline_roc_auc), windows  # fmt: skip
+
+
+def _classification_decay(
+    rows: pd.DataFrame,
+    unlabelled: int,
+    pooled: int,
+    labels: pd.DataFrame,
+    as_of_ts: pd.Timestamp,
+    maturity_days: float,
+    spec: MonitoringSpec,
+    baseline_roc_auc: float | None,
+) -> DecayVerdict:
+    from mlcycle.stats import Z95, auc_se
+
+    y = rows[LABEL].to_numpy().astype(bool)
+    auc, precision, recall = _quality(y, rows["score"].to_numpy(float), rows["decision"].to_numpy(bool))
+    positives = int(y.sum())
     late = None
-    if "event_timestamp" in rows and positives:
-        ages = (as_of_ts - rows.loc[labels, "event_timestamp"]).dt.total_seconds().to_numpy() / 86400
-        found = late_labels(ages, transactions, as_of_ts, 2 * maturity_days, spec.decay_min_positives)
+    if EVENT_AT in rows and positives:
+        ages = (as_of_ts - rows.loc[y, EVENT_AT]).dt.total_seconds().to_numpy() / 86400
+        found = late_labels(ages, labels, as_of_ts, 2 * maturity_days, spec.decay_min_positives)
         late = asdict(found) | {"line": found.line()} if found else None
     reasons: list[str] = []
     ci: tuple[float, float] | None = None
     state = "not_measurable"
     if positives < spec.decay_min_positives or auc is None:
         reasons.append(
-            f"not measurable yet: {positives} positives in {len(matured)} matured windows "
-            f"(< {spec.decay_min_positives})"
+            f"not measurable yet: {positives} positives in {pooled} matured windows (< {spec.decay_min_positives})"
         )
     else:
-        se = auc_se(auc, positives, len(labels) - positives)
+        se = auc_se(auc, positives, len(y) - positives)
         ci = (auc - Z95 * se, min(1.0, auc + Z95 * se))
         text = f"ROC-AUC {auc:.3f} (95% CI {ci[0]:.3f}–{ci[1]:.3f}, {positives} positives)"
         bounds = [(spec.min_roc_auc, f"the floor {spec.min_roc_auc}")]
@@ -426,10 +564,44 @@ def decay_verdict(
             reasons += [f"not measurable yet: {text} straddles {what}" for what in straddled]
         else:
             state = "ok"
-    alert = state == "decayed"
-    verdict = DecayVerdict(len(matured), len(rows), positives, auc, precision, recall, baseline_roc_auc, alert,
-                           tuple(reasons), state != "not_measurable", ci, unlabelled, late, state)  # fmt: skip
-    return verdict, windows
+    return DecayVerdict(pooled, len(rows), positives, auc, precision, recall, baseline_roc_auc, state == "decayed",
+                        tuple(reasons), state != "not_measurable", ci, unlabelled, late, state)  # fmt: skip
+
+
+def _regression_decay(
+    rows: pd.DataFrame, unlabelled: int, pooled: int, spec: MonitoringSpec, baseline_rmse: float | None
+) -> DecayVerdict:
+    from mlcycle.stats import rmse_interval
+
+    err = _errors(rows)
+    n = len(err)
+    rmse, low, high = rmse_interval(err) if n else (None, 0.0, float("inf"))
+    mae = float(np.mean(np.abs(err))) if n else None
+    reasons: list[str] = []
+    ci: tuple[float, float] | None = None
+    state = "not_measurable"
+    if n < spec.decay_min_labelled:
+        reasons.append(
+            f"not measurable yet: {n} labelled rows in {pooled} matured windows (< {spec.decay_min_labelled})"
+        )
+    elif baseline_rmse is None:
+        reasons.append("not measurable: no test RMSE of the champion to compare with (the run records test.rmse)")
+        ci = (low, high)
+    else:
+        ci = (low, high)
+        bound = baseline_rmse * (1 + spec.max_rmse_increase)
+        text = f"RMSE {rmse:.4g} (95% CI {low:.4g}–{high:.4g}, {n} labelled rows)"
+        what = f"the champion's test RMSE {baseline_rmse:.4g} plus {spec.max_rmse_increase:.0%} ({bound:.4g})"
+        if low > bound:
+            state = "decayed"
+            reasons.append(f"{text} is above {what}")
+        elif high > bound:
+            reasons.append(f"not measurable yet: {text} straddles {what}")
+        else:
+            state = "ok"
+    return DecayVerdict(pooled, n, 0, None, None, None, None, state == "decayed", tuple(reasons),
+                        state != "not_measurable", None, unlabelled, dict(LATE_LABELS_REGRESSION), state,
+                        "regression", rmse, ci, mae, baseline_rmse)  # fmt: skip
 
 
 # --- broken upstream ----------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 The statistics live in ``mlcycle.monitoring`` (pure functions); this module gathers their inputs
 from where they are kept — the champion's training snapshot in MLflow, the prediction log, the raw
-transactions for delayed labels — and writes what people and flows read afterwards: a summary
+the table for delayed labels — and writes what people and flows read afterwards: a summary
 (JSON + Markdown), an Evidently report (HTML + JSON), and an MLflow run holding all of it.
 
 The reference side is summarised once per champion version and cached under
@@ -24,18 +24,16 @@ import pandas as pd
 
 from mlcycle import monitoring, registry
 from mlcycle.config import ProjectConfig
+from mlcycle.pipeline import labels_frame
 from mlcycle.prediction_store import read_logged_predictions
 from mlcycle.tracking import FEATURES_TAG, SNAPSHOT_ARTIFACT, load_version
 from mlcycle.training import TIME_COLUMN
-from mlcycle.validation import load_transactions
+from mlcycle.validation import load_table
 
 log = logging.getLogger("mlcycle.monitoring")
 
-CATEGORICAL = ["merchant_category", "channel", "country"]
-# Codes of the categorical request fields: monitored through the fields themselves.
-CODES = {"merchant_category_code", "channel_code"}
-# Time-of-day features: a window shorter than a day shifts them by construction.
-TIME_OF_DAY = {"hour_of_day"}
+# Codes of the categorical request fields (``<field>_code``): monitored through the fields themselves.
+CODE_SUFFIX = "_code"
 MONITORING_EXPERIMENT_SUFFIX = "-monitoring"
 # Bumped when what the cached reference holds changes (2: scores from the held-out window).
 REFERENCE_FORMAT = 2
@@ -67,6 +65,19 @@ def held_out_rows(snapshot: pd.DataFrame, test_start: str | None) -> pd.DataFram
     return held_out
 
 
+def categorical_fields(cfg: ProjectConfig, frame: pd.DataFrame) -> list[str]:
+    """The request fields that are categories (text in the training rows): their drift is judged on
+    the values themselves, not on the codes the model sees."""
+    from mlcycle.features import open_project_store, plan_for
+    from mlcycle.features.store import REQUEST_TIME
+
+    fields = plan_for(open_project_store(cfg), cfg.features.feature_service).request_fields
+    return [
+        f for f in fields
+        if f != REQUEST_TIME and f in frame.columns and not pd.api.types.is_numeric_dtype(frame[f].dtype)
+    ]  # fmt: skip
+
+
 def _reference_dir(cfg: ProjectConfig, version: str) -> Path:
     return cfg.monitoring_dir / "reference" / f"v{version}"
 
@@ -93,8 +104,9 @@ def champion_reference(cfg: ProjectConfig) -> ChampionReference:
         held_out = held_out_rows(frame, run.data.params.get("test_start"))
         sample_n = min(len(frame), cfg.monitoring.reference_sample)
         frame = frame.sample(sample_n, random_state=0) if sample_n < len(frame) else frame
-        numeric = [f for f in features if f not in CODES]
-        categorical = [c for c in CATEGORICAL if c in frame.columns]
+        categorical = categorical_fields(cfg, frame)
+        codes = {c + CODE_SUFFIX for c in categorical}
+        numeric = [f for f in features if f not in codes]
         # Inputs: the whole training snapshot (what the model learned the world to be). Scores: only
         # the held-out evaluation window, because scores on the rows a model was fitted on are
         # in-sample (more confident than it will ever be on new rows) and would read as drift.
@@ -130,7 +142,7 @@ def champion_reference(cfg: ProjectConfig) -> ChampionReference:
 def answered_predictions(cfg: ProjectConfig, since: datetime | None = None) -> pd.DataFrame:
     """Answered, non-shadow predictions with ``predicted_at`` (request time) and the features the
     model saw expanded into columns."""
-    frame = read_logged_predictions(cfg, since)
+    frame = read_logged_predictions(cfg, since)  # entity keys and request fields expanded
     if frame.empty:
         return frame.assign(predicted_at=pd.Series(dtype="datetime64[ns, UTC]"))
     frame = frame[~frame["shadow"].astype(bool) & frame["error"].isna() & frame["score"].notna()]
@@ -237,7 +249,7 @@ class CheckResult:
             lines.append(f"\nLate labels: {decay['late_labels']['line']}.")
         judged = [w for w in self.decay_windows if w["matured"] and w["roc_auc"] is not None]
         if judged:
-            lines += ["", "| window | predictions | frauds | ROC-AUC | precision | recall |", "|---" * 6 + "|"]
+            lines += ["", "| window | predictions | positives | ROC-AUC | precision | recall |", "|---" * 6 + "|"]
             for w in judged:
                 lines.append(f"| {w['start'][:10]} | {w['predictions']:,} | {w['positives']} | {w['roc_auc']:.3f} | "
                              f"{w['precision']:.3f} | {w['recall']:.3f} |")  # fmt: skip
@@ -261,20 +273,30 @@ def run_check(
 ) -> CheckResult:
     """Drift, prediction drift, decay and upstream anomalies of the champion at ``as_of`` (now)."""
     spec = cfg.monitoring
-    as_of = as_of or datetime.now(UTC)
+    ref = champion_reference(cfg)
+    if as_of is None and since is None:
+        # The log's own calendar: the latest window by event time (a replayed table from 2019 is
+        # monitored as 2019; live traffic's latest event is now).
+        answered = answered_predictions(cfg)
+        latest = answered["predicted_at"].max() if len(answered) else pd.NaT
+        as_of = (latest + pd.Timedelta(seconds=1)).to_pydatetime() if pd.notna(latest) else datetime.now(UTC)
+    else:
+        as_of = as_of or datetime.now(UTC)
+        answered = None
     # Request times are logged in whole seconds: a window starting mid-second keeps that second.
     start = (since or as_of - timedelta(days=window_days or spec.window_days)).replace(microsecond=0)
-    ref = champion_reference(cfg)
     lookback = as_of - timedelta(days=spec.decay_lookback_days + cfg.table.label_delay_days + 2)
-    answered = answered_predictions(cfg, min(start, lookback))
+    if answered is None:
+        answered = answered_predictions(cfg, min(start, lookback))
     current = answered[(answered["predicted_at"] >= start) & (answered["predicted_at"] < as_of)]
     enough = len(current) >= spec.min_rows
     skipped = []
     numeric = list(ref.numeric)
     span = (current["predicted_at"].max() - current["predicted_at"].min()) if len(current) else pd.Timedelta(0)
     if span < pd.Timedelta(hours=20):
-        skipped += [f"{f} (the window spans {span} < 1 day)" for f in numeric if f in TIME_OF_DAY]
-        numeric = [f for f in numeric if f not in TIME_OF_DAY]
+        daily = set(spec.daily_cycle_features)
+        skipped += [f"{f} (the window spans {span} < 1 day)" for f in numeric if f in daily]
+        numeric = [f for f in numeric if f not in daily]
     stats = monitoring.ReferenceStats(
         {k: v for k, v in ref.stats.numeric.items() if k in numeric}, ref.stats.categorical, ref.stats.missing,
         ref.stats.rows,
@@ -286,10 +308,10 @@ def run_check(
     scores = current.loc[own, "score"].to_numpy(float)
     prediction = asdict(monitoring.prediction_drift(ref.scores, scores, spec)) if len(scores) else None
     anomalies = monitoring.upstream_anomalies(stats, current, spec) if enough else []
-    transactions = load_transactions(cfg.raw_dir / "transactions.parquet")
+    labels = labels_frame(load_table(cfg), cfg)
     verdict, windows = monitoring.decay_verdict(
         answered[answered["model_version"].astype(str) == ref.version],
-        transactions,
+        labels,
         as_of,
         cfg.table.label_delay_days,
         spec,

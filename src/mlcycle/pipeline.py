@@ -1,23 +1,26 @@
 """The data → features part of the loop, as plain functions the CLI and the Prefect flows call.
 
-Order matters and is enforced here: raw transactions pass the data contract *before* any feature
-table is written, so a bad file never reaches the feature store.
+Order matters and is enforced here: the project's table passes its data contract *before* any
+feature table is written, so a bad file never reaches the feature store.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from mlcycle import validation
 from mlcycle.config import ProjectConfig
-from mlcycle.data import Dataset, generate
-from mlcycle.features import engineering, store
+from mlcycle.features import store, transform
+from mlcycle.features.transform import project_object
 from mlcycle.lineage import file_hash
-from mlcycle.validation import ContractReport, ContractViolation, load_transactions, validate_transactions
+from mlcycle.validation import ContractReport, ContractViolation
 
 
 @dataclass(frozen=True)
@@ -28,35 +31,40 @@ class FeatureBuild:
     data_hash: str
 
 
-def generate_data(cfg: ProjectConfig) -> tuple[Dataset, dict[str, Path]]:
-    dataset = generate(cfg.data)
-    return dataset, dataset.write(cfg.raw_dir)
+def generate_data(cfg: ProjectConfig, overrides: dict[str, Any] | None = None) -> str:
+    """Example data from the project's own generator (``generator`` in the config); returns its summary."""
+    if not cfg.generator:
+        raise ValueError(
+            "this project names no generator: put your table at table.path "
+            f"({cfg.table.path}) or name one as generator: 'module:function' in the config"
+        )
+    return str(project_object(cfg, cfg.generator)(cfg, dict(overrides or {})))
 
 
 def build_features(
-    cfg: ProjectConfig, transactions_path: str | Path | None = None, now: datetime | None = None
+    cfg: ProjectConfig, table_path: str | Path | None = None, now: datetime | None = None
 ) -> FeatureBuild:
-    """Validate raw transactions, then write the feature tables. Raises ``ContractViolation``
+    """Validate the project's table, then write the feature tables. Raises ``ContractViolation``
     (and writes nothing) when the data breaks the contract.
 
-    A file given as ``transactions_path`` becomes, once valid, the project's raw transactions, so
-    the labels of the training set come from the same data as its features."""
-    raw_path = cfg.raw_dir / "transactions.parquet"
-    tx_path = Path(transactions_path or raw_path)
-    transactions = load_transactions(tx_path)
-    report = validate_transactions(transactions, now=now)
+    A file given as ``table_path`` becomes, once valid, the project's table, so the labels of the
+    training set come from the same data as its features."""
+    raw_path = cfg.table_path
+    path = Path(table_path or raw_path)
+    table = validation.load_table(cfg, path)
+    report = validation.validate_table(table, cfg, now=now)
     if not report.ok:
         raise ContractViolation(report)
-    if tx_path.resolve() != raw_path.resolve():
+    if path.resolve() != raw_path.resolve():
+        raw_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = raw_path.with_suffix(".parquet.tmp")
-        transactions.to_parquet(tmp, index=False)
+        table.to_parquet(tmp, index=False)
         tmp.replace(raw_path)
-        tx_path = raw_path
-    users = pd.read_parquet(cfg.raw_dir / "users.parquet")
-    tables = engineering.build_feature_tables(transactions, users, cfg.features.aggregations.get("user_txn_stats"))
-    paths = tables.write(cfg.features_dir)
-    rows = {name: len(getattr(tables, name)) for name in paths}
-    return FeatureBuild(report=report, tables=paths, rows=rows, data_hash=file_hash(tx_path))
+        path = raw_path
+    tables = transform.build_tables(table, cfg)
+    paths = transform.write_tables(tables, cfg.features_dir)
+    rows = {name: len(frame) for name, frame in tables.items()}
+    return FeatureBuild(report=report, tables=paths, rows=rows, data_hash=file_hash(path))
 
 
 def publish_features(cfg: ProjectConfig, end: datetime | None = None, fresh: bool = False) -> datetime:
@@ -89,45 +97,86 @@ def default_as_of(now: datetime | None = None) -> pd.Timestamp:
     return moment.floor("D")
 
 
+def label_arrival(table: pd.DataFrame, cfg: ProjectConfig) -> pd.Series:
+    """When each row's label became known: its own column, or the event time plus the fixed delay."""
+    t = cfg.table
+    if t.label_available_at:
+        return table[t.label_available_at]
+    return table[t.timestamp] + pd.Timedelta(days=t.label_delay_days)
+
+
+def labels_frame(table: pd.DataFrame, cfg: ProjectConfig) -> pd.DataFrame:
+    """The table's labels in the lifecycle's own names (``event_id``, ``event_timestamp``, ``label``,
+    ``label_available_at``): what monitoring and the canary join logged predictions with."""
+    t = cfg.table
+    if not t.event_id:
+        raise ValueError("table.event_id is not set: labels cannot be joined back to logged predictions")
+    return pd.DataFrame(
+        {
+            "event_id": table[t.event_id].astype(str).to_numpy(),
+            "event_timestamp": table[t.timestamp].to_numpy(),
+            "label": label_values(table[t.label], cfg).to_numpy(),
+            "label_available_at": label_arrival(table, cfg).to_numpy(),
+        }
+    )
+
+
+def label_values(labels: pd.Series, cfg: ProjectConfig) -> pd.Series:
+    """Classification labels as 0/1 (the configured positive value is 1), regression as floats."""
+    if cfg.task == "regression":
+        return pd.to_numeric(labels, errors="coerce").astype("float64")
+    if pd.api.types.is_bool_dtype(labels.dtype):
+        return labels.astype("int8")
+    positive = cfg.table.positive_label
+    if pd.api.types.is_numeric_dtype(labels.dtype) and positive in (1, True, "1"):
+        return (labels.astype("float64") == 1).astype("int8").where(labels.notna())
+    return (labels.astype(str) == str(positive)).astype("int8").where(labels.notna())
+
+
 def labelled_entities(
-    transactions: pd.DataFrame,
+    table: pd.DataFrame,
+    cfg: ProjectConfig,
     as_of: datetime | None = None,
-    maturity_days: float = 30.0,
     window_days: int | None = None,
+    request_fields: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Entity rows with their label as known at ``as_of`` (default: the start of today, UTC), for
     matured events only.
 
-    Fraud labels (chargebacks) arrive within days, legitimate ones only when the dispute window
-    closes: among recent events, the known labels are almost all fraud. So only events older than
-    ``maturity_days`` are used, and of those only the rows whose own label had arrived by ``as_of``
-    (``label_available_at``). A row whose label has not arrived is unknown, not legitimate: a few
-    percent of chargebacks arrive after the dispute window, and counting them as 0 would teach the
-    model that those frauds were fine. Never the label the generator knows but nobody could have seen.
+    Labels often arrive unevenly: positives (a dispute, a default) within days, negatives only when
+    a window closes without one. So only events older than the label delay are used, and of those
+    only the rows whose own label had arrived by ``as_of``. A row whose label has not arrived is
+    unknown, not negative: counting a late positive as 0 would teach the model it was fine. Never a
+    label nobody could have seen at ``as_of``.
     """
+    t = cfg.table
     as_of_ts = default_as_of() if as_of is None else pd.Timestamp(as_of)
     as_of_ts = as_of_ts.tz_localize("UTC") if as_of_ts.tz is None else as_of_ts.tz_convert("UTC")
-    cutoff = as_of_ts - pd.Timedelta(days=maturity_days)
-    mask = transactions["event_timestamp"] <= cutoff
+    cutoff = as_of_ts - pd.Timedelta(days=t.label_delay_days)
+    events = table[t.timestamp]
+    mask = events <= cutoff
     if window_days is not None:
-        mask &= transactions["event_timestamp"] > cutoff - pd.Timedelta(days=window_days)
-    mask &= transactions["label_available_at"] <= as_of_ts
-    rows = transactions.loc[mask]
-    entities = store.entity_frame(rows)
-    entities["transaction_id"] = rows["transaction_id"].to_numpy()
-    entities["is_fraud"] = rows["is_fraud"].to_numpy().astype("int8")
+        mask &= events > cutoff - pd.Timedelta(days=window_days)
+    mask &= label_arrival(table, cfg) <= as_of_ts
+    mask &= table[t.label].notna()
+    rows = table.loc[mask]
+    entities = store.entity_frame(rows, t.entities, request_fields, t.timestamp)
+    if t.event_id:
+        entities[t.event_id] = rows[t.event_id].to_numpy()
+    entities[t.label] = label_values(rows[t.label], cfg).to_numpy()
     return entities
 
 
 def build_training_set(
     cfg: ProjectConfig, as_of: datetime | None = None, window_days: int | None = None
 ) -> pd.DataFrame:
-    """Point-in-time training rows (features + label) for every matured labelled transaction of the
+    """Point-in-time training rows (features + label) for every matured labelled event of the
     latest ``window_days`` (default ``model.train_window_days``; None there: all of them)."""
-    transactions = load_transactions(cfg.raw_dir / "transactions.parquet")
+    table = validation.load_table(cfg)
     window = window_days or cfg.model.train_window_days
-    entities = labelled_entities(transactions, as_of, cfg.table.label_delay_days, window)
     fs = store.open_project_store(cfg)
+    plan = store.plan_for(fs, cfg.features.feature_service)
+    entities = labelled_entities(table, cfg, as_of, window, plan.request_fields)
     return store.training_set(fs, entities, cfg.features.feature_service)
 
 

@@ -5,7 +5,7 @@ background thread writes them in batches (every ``flush_rows`` records or ``flus
 parquet files partitioned by day (``date=YYYY-MM-DD/part-….parquet``). Each file is written to a
 temporary name and renamed, so a reader never sees half a file. ``close`` drains the queue.
 
-The log holds who paid how much where: its files are the service user's alone (``FILE_MODE``,
+The log holds who asked what, with the answer: its files are the service user's alone (``FILE_MODE``,
 directories ``DIR_MODE``), whatever the umask — a 0644 journal let every user of the machine read it.
 """
 
@@ -30,11 +30,13 @@ import pyarrow.parquet as pq
 
 log = logging.getLogger("mlcycle.prediction_log")
 
+# The same columns for every project: who (entity keys) and what (the request's own fields) as
+# JSON text, so one log and one table serve any use case; readers expand them (``expand``).
 COLUMNS = [
-    "request_id", "logged_at", "user_id", "merchant_id", "transaction_id", "amount", "country",
-    "merchant_category", "channel", "request_unix", "variant", "model_version", "shadow", "score",
-    "decision", "threshold", "latency_ms", "features_missing", "features", "error",
+    "request_id", "logged_at", "event_id", "entities", "request", "request_unix", "variant", "model_version",
+    "shadow", "score", "decision", "threshold", "latency_ms", "features_missing", "features", "error",
 ]  # fmt: skip
+JSON_COLUMNS = ("entities", "request")
 
 
 JOURNAL_DIR = "_journal"
@@ -235,3 +237,14 @@ def write_frame(directory: str | Path, frame: pd.DataFrame) -> int:
     for day, part in frame.groupby(days, sort=True):
         _write_part(Path(directory), part, str(day))
     return len(frame)
+
+
+def expand(frame: pd.DataFrame) -> pd.DataFrame:
+    """The entity keys and request fields (JSON text in the log) as columns of their own, beside
+    the log's columns (which win a name clash)."""
+    parts = [frame]
+    for column in JSON_COLUMNS:
+        if column in frame and len(frame):
+            values = pd.DataFrame.from_records([json.loads(v) if v else {} for v in frame[column]], index=frame.index)
+            parts.append(values.drop(columns=[c for c in values.columns if c in frame.columns]))
+    return pd.concat(parts, axis=1) if len(parts) > 1 else frame

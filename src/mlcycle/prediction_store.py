@@ -36,7 +36,7 @@ import sqlalchemy as sa
 
 from mlcycle import scale
 from mlcycle.config import ProjectConfig
-from mlcycle.prediction_log import COLUMNS, PredictionLog, read_predictions, write_frame
+from mlcycle.prediction_log import COLUMNS, PredictionLog, expand, read_predictions, write_frame
 
 log = logging.getLogger("mlcycle.prediction_store")
 
@@ -62,13 +62,9 @@ def predictions_table(metadata: sa.MetaData | None = None) -> sa.Table:
         sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
         sa.Column("request_id", sa.String(64), nullable=False),
         sa.Column("logged_at", sa.DateTime(timezone=True), nullable=False, index=True),
-        sa.Column("user_id", sa.BigInteger),
-        sa.Column("merchant_id", sa.BigInteger),
-        sa.Column("transaction_id", sa.BigInteger),
-        sa.Column("amount", sa.Float),
-        sa.Column("country", sa.String(8)),
-        sa.Column("merchant_category", sa.String(64)),
-        sa.Column("channel", sa.String(32)),
+        sa.Column("event_id", sa.String(128), index=True),
+        sa.Column("entities", sa.Text),  # JSON text, as in the parquet log
+        sa.Column("request", sa.Text),
         sa.Column("request_unix", sa.BigInteger),
         sa.Column("variant", sa.String(32)),
         sa.Column("model_version", sa.String(32)),
@@ -203,7 +199,7 @@ def read_sql_predictions(url: str, since: datetime | None = None) -> pd.DataFram
     if frame.empty:
         return pd.DataFrame(columns=COLUMNS)
     frame["logged_at"] = pd.to_datetime(frame["logged_at"], utc=True)
-    for column in ("score", "amount", "threshold", "latency_ms"):
+    for column in ("score", "threshold", "latency_ms"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
     return frame
 
@@ -229,8 +225,8 @@ def open_prediction_log(cfg: ProjectConfig, **options: Any) -> PredictionWriter:
 def read_logged_predictions(cfg: ProjectConfig, since: datetime | None = None) -> pd.DataFrame:
     """Every prediction the project logged (optionally since a time), oldest first."""
     if cfg.profile == "scale":
-        return read_sql_predictions(cfg.scale.tracking_uri, since)
-    return read_predictions(cfg.predictions_dir, since)
+        return expand(read_sql_predictions(cfg.scale.tracking_uri, since))
+    return expand(read_predictions(cfg.predictions_dir, since))
 
 
 def write_logged_frame(cfg: ProjectConfig, frame: pd.DataFrame) -> int:

@@ -34,7 +34,7 @@ from prefect.input import RunInput
 
 from mlcycle import scale
 from mlcycle.config import ProjectConfig
-from mlcycle.validation import load_transactions, validate_transactions
+from mlcycle.validation import load_table, validate_table
 
 BLOCKED_EVENT = "mlcycle.retraining.blocked"
 DRIFT_EVENT = "mlcycle.drift.detected"
@@ -66,7 +66,7 @@ def guard(cfg: ProjectConfig, summary: dict[str, Any] | None) -> GuardResult:
     triggered the retraining (``summary``) must not show a broken upstream."""
     reasons: list[str] = []
     checked = ["data contract"]
-    report = validate_transactions(load_transactions(cfg.raw_dir / "transactions.parquet"))
+    report = validate_table(load_table(cfg), cfg)
     if not report.ok:
         reasons += [f"data contract: {failure}" for failure in report.failures]
     if summary is not None:

@@ -52,11 +52,22 @@ def check_exposure(host: str, environ: dict[str, str] | None = None) -> None:
         )
 
 
-def serve_command(port: int, host: str = LOOPBACK) -> list[str]:
-    """``bentoml serve`` of the project's service; ``--host`` always explicit (BentoML's default is
+SERVICE = "services.service:ScoringService"
+
+
+def services_root(project_root: Path) -> Path:
+    """Where ``services/service.py`` is: the project's own copy if it has one, else mlcycle's (one
+    generic service for every project; its schema comes from the project's FeatureService)."""
+    if (Path(project_root) / "services" / "service.py").exists():
+        return Path(project_root)
+    return Path(__file__).resolve().parents[2]
+
+
+def serve_command(port: int, host: str = LOOPBACK, project_root: Path | None = None) -> list[str]:
+    """``bentoml serve`` of the generic service; ``--host`` always explicit (BentoML's default is
     every interface)."""
-    return [sys.executable, "-m", "bentoml", "serve", "services.fraud_service:FraudService",
-            "--port", str(port), "--host", host]  # fmt: skip
+    where = ["--working-dir", str(services_root(project_root))] if project_root is not None else []
+    return [sys.executable, "-m", "bentoml", "serve", SERVICE, *where, "--port", str(port), "--host", host]
 
 
 def free_port() -> int:
@@ -66,7 +77,7 @@ def free_port() -> int:
 
 
 class ServiceProcess:
-    """``bentoml serve services.fraud_service:FraudService`` for a project, on a loopback port."""
+    """``bentoml serve services.service:ScoringService`` for a project, on a loopback port."""
 
     def __init__(self, cfg: ProjectConfig, port: int | None = None, env: dict[str, str] | None = None):
         self.cfg = cfg
@@ -85,7 +96,7 @@ class ServiceProcess:
     @property
     def command(self) -> list[str]:
         """The command that serves the project's service on this port (``mlcycle up`` runs it too)."""
-        return serve_command(self.port, LOOPBACK)
+        return serve_command(self.port, LOOPBACK, self.cfg.root)
 
     def start(self, timeout: float = 240.0, ready: bool = True) -> ServiceProcess:
         """Start and wait until it is ready to score (``/readyz``), or with ``ready=False`` only until

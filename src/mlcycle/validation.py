@@ -1,4 +1,4 @@
-"""The data contract for raw transactions: what must hold before a row may become a feature.
+"""The data contract of a project's table: what must hold before a row may become a feature.
 
 The contract is a pandera schema (declarative, with per-check failure cases) rather than
 hand-written checks. Validation is lazy: every broken check is collected, then summarised per
@@ -17,16 +17,12 @@ import pandas as pd
 import pandera.pandas as pa
 from sklearn.metrics import roc_auc_score
 
-from mlcycle.config import QualitySpec
-from mlcycle.data import CATEGORIES, CHANNELS, COUNTRIES
+from mlcycle.config import ProjectConfig, QualitySpec
 from mlcycle.decisions import CheckResult, Verdict, at_least, at_most, within
 
 TZ_DTYPE = pd.DatetimeTZDtype("ns", "UTC")
-CATEGORICAL_COLUMNS = ("merchant_category", "country", "channel")
-INTEGER_COLUMNS = {"transaction_id": "int64", "user_id": "int64", "merchant_id": "int64", "is_fraud": "int8"}
 # Dataframe-wide checks name the columns they relate, for the report.
-FRAME_CHECK_COLUMNS = {"label_after_event": "label_available_at"}
-MAX_AMOUNT = 1_000_000.0
+FRAME_CHECK_COLUMNS: dict[str, str] = {}
 LEAK_SAMPLE_ROWS = 200_000
 
 
@@ -72,65 +68,12 @@ class ContractViolation(ValueError):
         self.report = report
 
 
-def _one_of(values: Iterable[object], name: str) -> pa.Check:
+def one_of(values: Iterable[object], name: str) -> pa.Check:
     """A membership check under a stable name (pandera's built-in ``isin`` names itself by the
     whole value list, which makes a poor message and a poor key)."""
     allowed = list(values)
-    return pa.Check(lambda s: s.isin(allowed), name=name)
-
-
-def transaction_schema(now: datetime | None = None, extra_categories: Iterable[str] = ()) -> pa.DataFrameSchema:
-    """The contract. ``now`` bounds timestamps (default: the wall clock at validation time);
-    ``extra_categories`` admits merchant categories beyond the known set, once a person has
-    decided a new category is legitimate rather than a broken upstream."""
-    now_ts = pd.Timestamp(now or datetime.now(UTC))
-    now_ts = now_ts.tz_localize("UTC") if now_ts.tz is None else now_ts.tz_convert("UTC")
-    positive_id = [pa.Check.gt(0)]
-    return pa.DataFrameSchema(
-        {
-            "transaction_id": pa.Column("int64", positive_id),
-            "user_id": pa.Column("int64", positive_id),
-            "merchant_id": pa.Column("int64", positive_id),
-            "event_timestamp": pa.Column(TZ_DTYPE, pa.Check(lambda s: s <= now_ts, name="not_in_future")),
-            "amount": pa.Column(
-                "float64", [pa.Check.gt(0), pa.Check(lambda s: s < MAX_AMOUNT, name="finite_and_below_max")]
-            ),
-            "merchant_category": pa.Column("category", _one_of([*CATEGORIES, *extra_categories], "known_category")),
-            "country": pa.Column("category", _one_of(COUNTRIES, "known_country")),
-            "channel": pa.Column("category", _one_of(CHANNELS, "known_channel"), nullable=True),
-            "is_fraud": pa.Column("int8", pa.Check.isin([0, 1])),
-            "label_available_at": pa.Column(TZ_DTYPE),
-        },
-        checks=[
-            pa.Check(
-                lambda df: df["label_available_at"] >= df["event_timestamp"],
-                name="label_after_event",
-            )
-        ],
-        unique=["transaction_id"],
-        report_duplicates="all",
-        strict=False,
-        name="transactions",
-    )
-
-
-def normalize_transactions(df: pd.DataFrame) -> pd.DataFrame:
-    """Representation-only fixes at the edge (strings → category, integer width, timestamp unit → ns).
-
-    Nothing that changes a value: a wrong type (amounts as text, naive timestamps) is left for the
-    contract to reject by name.
-    """
-    df = df.copy()
-    for col in CATEGORICAL_COLUMNS:
-        if col in df and (df[col].dtype == object or pd.api.types.is_string_dtype(df[col].dtype)):
-            df[col] = df[col].astype("category")
-    for col, width in INTEGER_COLUMNS.items():
-        if col in df and pd.api.types.is_integer_dtype(df[col].dtype) and not df[col].isna().any():
-            df[col] = df[col].astype(width)
-    for col in ("event_timestamp", "label_available_at"):
-        if col in df and isinstance(df[col].dtype, pd.DatetimeTZDtype):
-            df[col] = df[col].dt.tz_convert("UTC").dt.as_unit("ns")
-    return df
+    # The set as the check's statistics: the serving schema reads a request field's categories there.
+    return pa.Check(lambda s: s.isin(allowed), name=name, statistics={"allowed_values": allowed})
 
 
 def _summarise(cases: pd.DataFrame) -> tuple[CheckFailure, ...]:
@@ -159,11 +102,95 @@ def _summarise(cases: pd.DataFrame) -> tuple[CheckFailure, ...]:
     return tuple(out)
 
 
-def validate_transactions(
-    df: pd.DataFrame, now: datetime | None = None, extra_categories: Iterable[str] = ()
-) -> ContractReport:
-    """Check ``df`` against the contract; never raises for bad data, returns the report."""
-    schema = transaction_schema(now, extra_categories)
+def _builtin_schema(cfg: ProjectConfig) -> pa.DataFrameSchema:
+    """Without a contract file: the roles the config names, with their basic types."""
+    t = cfg.table
+    columns = {t.timestamp: pa.Column(TZ_DTYPE), t.label: pa.Column(nullable=False)}
+    for key in t.entities:
+        columns[key] = pa.Column(nullable=False)
+    if t.label_available_at:
+        columns[t.label_available_at] = pa.Column(TZ_DTYPE, nullable=True)
+    if t.event_id:
+        columns[t.event_id] = pa.Column(nullable=False)
+    return pa.DataFrameSchema(columns, strict=False, name="table")
+
+
+def table_schema(cfg: ProjectConfig, now: datetime | None = None) -> pa.DataFrameSchema:
+    """The project's data contract: ``table.contract`` is a contract YAML (``mlcycle init`` writes
+    one, a person tightens it), or ``module:function`` returning a pandera schema for ``now``
+    (the way out for checks a YAML cannot say); none: the roles' basic types only."""
+    ref = cfg.table.contract
+    if ref is None:
+        return _builtin_schema(cfg)
+    if ref.endswith((".yaml", ".yml")):
+        from mlcycle.contract_inference import contract_from_yaml
+
+        return contract_from_yaml(cfg.resolve(Path(ref)).read_text())
+    from mlcycle.features.transform import project_object
+
+    return project_object(cfg, ref)(now=now)
+
+
+def _role_schema(cfg: ProjectConfig, now: datetime | None) -> pa.DataFrameSchema:
+    """What holds for every project whatever its contract says: event times known and not in the
+    future, a label that arrives after its event, one row per event id."""
+    t = cfg.table
+    now_ts = pd.Timestamp(now or datetime.now(UTC))
+    now_ts = now_ts.tz_localize("UTC") if now_ts.tz is None else now_ts.tz_convert("UTC")
+    columns = {t.timestamp: pa.Column(TZ_DTYPE, pa.Check(lambda s: s <= now_ts, name="not_in_future"))}
+    checks = []
+    if t.label_available_at:
+        arrival, event = t.label_available_at, t.timestamp
+        FRAME_CHECK_COLUMNS["label_after_event"] = arrival
+        checks.append(pa.Check(lambda df: df[arrival].isna() | (df[arrival] >= df[event]), name="label_after_event"))
+    if t.event_id:
+        columns[t.event_id] = pa.Column(nullable=False, unique=True, report_duplicates="all")
+    return pa.DataFrameSchema(columns, checks=checks, strict=False, name="table roles")
+
+
+def normalize_table(df: pd.DataFrame, schema: pa.DataFrameSchema | None = None) -> pd.DataFrame:
+    """Representation-only fixes at the edge, driven by the contract's dtypes: text → category where
+    the contract says category, integer width, timestamps → UTC nanoseconds. Nothing that changes a
+    value: a wrong type (numbers as text, naive timestamps) is left for the contract to reject by name."""
+    df = df.copy()
+    for name, column in schema.columns.items() if schema is not None else ():
+        if name not in df or column.dtype is None:
+            continue
+        want = str(column.dtype)
+        have = df[name].dtype
+        if want == "category" and (pd.api.types.is_object_dtype(have) or pd.api.types.is_string_dtype(have)):
+            df[name] = df[name].astype("category")
+        elif want.startswith("int") and pd.api.types.is_integer_dtype(have) and not df[name].isna().any():
+            df[name] = df[name].astype(want)
+    for name in df.columns:
+        if isinstance(df[name].dtype, pd.DatetimeTZDtype):
+            df[name] = df[name].dt.tz_convert("UTC").dt.as_unit("ns")
+    return df
+
+
+def read_table_file(path: str | Path, timestamp_columns: Iterable[str] = ()) -> pd.DataFrame:
+    """A table file (parquet or CSV) as it is; CSV timestamps of the named columns parsed when every
+    value parses (otherwise left as text for the contract to reject by name)."""
+    path = Path(path)
+    if path.suffix == ".csv":
+        df = pd.read_csv(path)
+        for col in timestamp_columns:
+            if col in df:
+                parsed = pd.to_datetime(df[col], errors="coerce", utc=False)
+                df[col] = parsed if parsed.notna().all() else df[col]
+        return df
+    return pd.read_parquet(path)
+
+
+def load_table(cfg: ProjectConfig, path: str | Path | None = None) -> pd.DataFrame:
+    """The project's table (or another file of the same shape) in its contract's representation."""
+    t = cfg.table
+    df = read_table_file(path or cfg.table_path, [c for c in (t.timestamp, t.label_available_at) if c])
+    return normalize_table(df, table_schema(cfg))
+
+
+def validate_frame(df: pd.DataFrame, schema: pa.DataFrameSchema) -> ContractReport:
+    """Check ``df`` against ``schema``; never raises for bad data, returns the report."""
     try:
         schema.validate(df, lazy=True)
     except pa.errors.SchemaErrors as exc:
@@ -171,24 +198,13 @@ def validate_transactions(
     return ContractReport(rows=len(df))
 
 
-def require_valid(df: pd.DataFrame, now: datetime | None = None, extra_categories: Iterable[str] = ()) -> None:
-    report = validate_transactions(df, now, extra_categories)
-    if not report.ok:
-        raise ContractViolation(report)
-
-
-def load_transactions(path: str | Path) -> pd.DataFrame:
-    """Read a transactions file (parquet or CSV) into the contract's representation."""
-    path = Path(path)
-    if path.suffix == ".csv":
-        df = pd.read_csv(path)
-        for col in ("event_timestamp", "label_available_at"):
-            if col in df:
-                parsed = pd.to_datetime(df[col], errors="coerce", utc=False)
-                df[col] = parsed if parsed.notna().all() else df[col]
-    else:
-        df = pd.read_parquet(path)
-    return normalize_transactions(df)
+def validate_table(df: pd.DataFrame, cfg: ProjectConfig, now: datetime | None = None) -> ContractReport:
+    """The project's contract and the rules every table keeps (:func:`_role_schema`), in one report."""
+    contract = validate_frame(df, table_schema(cfg, now))
+    roles = validate_frame(df, _role_schema(cfg, now))
+    seen = {(f.column, f.check) for f in contract.failures}
+    extra = tuple(f for f in roles.failures if (f.column, f.check) not in seen)
+    return ContractReport(rows=len(df), failures=contract.failures + extra)
 
 
 def check_training_set(frame: pd.DataFrame, features: list[str], label: str, spec: QualitySpec) -> Verdict:

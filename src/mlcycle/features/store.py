@@ -37,7 +37,7 @@ from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import load_repo_config
 
 from mlcycle import quiet_stack_warnings, scale
-from mlcycle.features.engineering import unix_seconds
+from mlcycle.features.transform import unix_seconds
 
 if TYPE_CHECKING:
     from mlcycle.config import ProjectConfig
@@ -47,6 +47,8 @@ quiet_stack_warnings()
 FS_YAML = "feature_store.yaml"
 # Profile ``scale``: Redis online store, SQL registry in PostgreSQL, same offline store.
 FS_YAML_SCALE = "feature_store.scale.yaml"
+# The request-time field the serving layer fills with the request's event time (Unix seconds).
+REQUEST_TIME = "request_unix"
 NUMERIC_VALUE_TYPES = {"INT32", "INT64", "FLOAT", "DOUBLE", "UNIX_TIMESTAMP"}
 
 
@@ -134,32 +136,37 @@ def clear_online(store: FeatureStore) -> None:
     store.provider.teardown_infra(store.project, views, store.list_entities())
 
 
-def entity_frame(transactions: pd.DataFrame) -> pd.DataFrame:
-    """Entity rows for a point-in-time join: keys, the event time, and the request-time fields
-    exactly as an authorization request would carry them (strings, Unix seconds)."""
-    ts = transactions["event_timestamp"]
+def entity_frame(
+    rows: pd.DataFrame, entities: Sequence[str], request_fields: Sequence[str] = (), timestamp: str = "event_timestamp"
+) -> pd.DataFrame:
+    """Entity rows for a point-in-time join: keys, the event time (as ``event_timestamp``) and the
+    request-time fields exactly as a request would carry them (text or numbers, ``request_unix`` in
+    Unix seconds), so the on-demand features computed offline are those a request would get."""
+    ts = rows[timestamp]
 
-    def as_str(col: str) -> np.ndarray:
-        """Text values with None for missing; categoricals through their codes (fast at 10M rows)."""
-        s = transactions[col]
+    def as_request(col: str) -> np.ndarray:
+        """Text values with None for missing (categoricals through their codes: fast at 10M rows);
+        numbers as float64, integers kept whole when none is missing."""
+        s = rows[col]
         if isinstance(s.dtype, pd.CategoricalDtype):
             labels = np.append(s.cat.categories.astype(str).to_numpy(dtype=object), None)
             return labels[s.cat.codes.to_numpy()]  # code -1 (missing) picks the trailing None
+        if pd.api.types.is_bool_dtype(s.dtype):
+            return s.astype("int64").to_numpy()
+        if pd.api.types.is_integer_dtype(s.dtype) and not s.isna().any():
+            return s.astype("int64").to_numpy()
+        if pd.api.types.is_numeric_dtype(s.dtype):
+            return s.astype("float64").to_numpy()
         return s.astype(object).where(s.notna(), None).to_numpy()
 
-    return pd.DataFrame(
-        {
-            "user_id": transactions["user_id"].astype("int64").to_numpy(),
-            "merchant_id": transactions["merchant_id"].astype("int64").to_numpy(),
-            # tz-aware .to_numpy() would give an object array of Timestamps (slow); keep the array
-            "event_timestamp": pd.to_datetime(ts, utc=True).reset_index(drop=True),
-            "amount": transactions["amount"].astype("float64").to_numpy(),
-            "country": as_str("country"),
-            "merchant_category": as_str("merchant_category"),
-            "channel": as_str("channel"),
-            "request_unix": unix_seconds(ts),
-        }
-    )
+    frame = {key: as_request(key) for key in entities}
+    # tz-aware .to_numpy() would give an object array of Timestamps (slow); keep the array
+    frame["event_timestamp"] = pd.to_datetime(ts, utc=True).reset_index(drop=True)
+    for field in request_fields:
+        if field != REQUEST_TIME and field in rows:
+            frame[field] = as_request(field)
+    frame[REQUEST_TIME] = unix_seconds(ts)
+    return pd.DataFrame(frame)
 
 
 @dataclass(frozen=True)
@@ -230,6 +237,9 @@ def plan_for(store: FeatureStore, feature_service: str) -> ServicePlan:
 
 def training_set(store: FeatureStore, entity_df: pd.DataFrame, feature_service: str) -> pd.DataFrame:
     """Point-in-time-correct rows for ``entity_df`` (one output row per input row, same order)."""
+    plan = plan_for(store, feature_service)
+    if not plan.view_refs:  # every feature from the request: the on-demand views alone, as online
+        return _on_demand(plan, pa.Table.from_pandas(entity_df.reset_index(drop=True), preserve_index=False))
     service = store.get_feature_service(feature_service)
     job = store.get_historical_features(entity_df=entity_df, features=service)
     out = job.to_df()
@@ -272,6 +282,8 @@ def online_vector(
     absent = [k for k in plan.join_keys if k not in keys]
     if absent:
         raise ValueError(f"entity keys missing: {', '.join(absent)}")
+    if not plan.view_refs:  # nothing to look up: every feature comes in the request
+        return _assemble(plan, keys, req, {})
     try:
         response = store.get_online_features(
             features=list(plan.view_refs), entity_rows=keys.to_dict("records")
@@ -303,13 +315,7 @@ def _assemble(plan: ServicePlan, keys: pd.DataFrame, req: pd.DataFrame, response
             if feature in plan.numeric_features
             else values.to_numpy()
         )
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    for odfv in plan.odfvs:
-        transformed = odfv.transform_arrow(table, False)
-        for name in transformed.column_names:
-            if not name.startswith("__index") and name not in table.column_names:
-                table = table.append_column(name, transformed[name])
-    out = table.to_pandas()
+    out = _on_demand(plan, pa.Table.from_pandas(frame, preserve_index=False))
     view_features = {ref.split(":", 1)[1] for ref in plan.view_refs}
     missing_cols = [f for f in plan.model_features if f in view_features]
     na = out[missing_cols].isna().to_numpy() if missing_cols else None
@@ -319,6 +325,17 @@ def _assemble(plan: ServicePlan, keys: pd.DataFrame, req: pd.DataFrame, response
         else [[] for _ in range(len(out))]
     )
     return out
+
+
+def _on_demand(plan: ServicePlan, table: pa.Table) -> pd.DataFrame:
+    """The service's on-demand features appended to ``table``: the same code for training rows and
+    requests."""
+    for odfv in plan.odfvs:
+        transformed = odfv.transform_arrow(table, False)
+        for name in transformed.column_names:
+            if not name.startswith("__index") and name not in table.column_names:
+                table = table.append_column(name, transformed[name])
+    return table.to_pandas()
 
 
 def skew_report(online: pd.DataFrame, offline: pd.DataFrame, columns: Sequence[str]) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""Raw transactions → time-stamped feature tables, written as parquet sources for Feast.
+"""The fraud project's transformations: raw transactions → the feature tables its Feast repo reads.
 
 Point-in-time rule: a feature row stamped ``t`` uses only events strictly before ``t``.
 
@@ -19,14 +19,12 @@ to seconds rather than the minutes a pandas groupby-rolling takes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import duckdb
-import numpy as np
 import pandas as pd
 
-from mlcycle.features.aggregations import AggregationSpec, compute_offline
+from mlcycle.config import ProjectConfig
+from mlcycle.features.aggregations import AggregationSpec
+from mlcycle.features.transform import STATE_DELAY, aggregation_table, unix_seconds
 
 WINDOWS = {"1h": "1 HOUR", "24h": "24 HOUR", "7d": "7 DAY", "30d": "30 DAY"}
 MERCHANT_VOLUME_DAYS = 7
@@ -46,28 +44,6 @@ MERCHANT_FEATURES = [
     "merchant_fraud_rate_90d",
 ]
 PROFILE_FEATURES = ["home_country", "age_band", "signup_unix"]
-
-
-@dataclass(frozen=True)
-class FeatureTables:
-    user_txn_stats: pd.DataFrame
-    merchant_stats: pd.DataFrame
-    user_profile: pd.DataFrame
-
-    def write(self, directory: str | Path) -> dict[str, Path]:
-        """Write each table atomically (temp file + rename) so a reader never sees half a file."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        paths = {}
-        for name in ("user_txn_stats", "merchant_stats", "user_profile"):
-            path = directory / f"{name}.parquet"
-            tmp = path.with_suffix(".parquet.tmp")
-            # Microsecond timestamps: DuckDB reads nanosecond parquet as TIMESTAMPTZ_NS, which
-            # Feast's ibis-based materialization cannot cast.
-            getattr(self, name).to_parquet(tmp, index=False, coerce_timestamps="us")
-            tmp.replace(path)
-            paths[name] = path
-        return paths
 
 
 def _connect() -> duckdb.DuckDBPyConnection:
@@ -96,16 +72,11 @@ USER_AGGREGATIONS = AggregationSpec(
 def user_txn_stats(
     transactions: pd.DataFrame, con: duckdb.DuckDBPyConnection | None = None, spec: AggregationSpec | None = None
 ) -> pd.DataFrame:
-    """The declared aggregates after each transaction, computed by the declarative offline engine
-    (window ``(t - w, t]``: the state right after the event), stamped one microsecond later so a
-    row at ``t`` joins only the state left by earlier events. Several transactions of one user in
-    the same second share one state: one row per (user, timestamp), so the join has no ties."""
-    spec = spec or USER_AGGREGATIONS
-    columns = sorted({*spec.entities, spec.timestamp, *spec.columns})
-    out = compute_offline(transactions[columns], spec, deduplicate=True, con=con)
-    out["last_txn_unix"] = unix_seconds(out[spec.timestamp])
-    out[spec.timestamp] = out[spec.timestamp] + pd.Timedelta(microseconds=1)
-    return out.sort_values([spec.timestamp, *spec.entities], kind="stable").reset_index(drop=True)
+    """The declared per-user aggregates (the library's engine, ``aggregation_table``), plus the time
+    of the user's last transaction, which the request-time features turn into "seconds since"."""
+    out = aggregation_table(transactions, spec or USER_AGGREGATIONS, con)
+    out["last_txn_unix"] = unix_seconds(out["event_timestamp"] - STATE_DELAY)
+    return out
 
 
 def merchant_stats(transactions: pd.DataFrame, con: duckdb.DuckDBPyConnection | None = None) -> pd.DataFrame:
@@ -165,12 +136,6 @@ def merchant_stats(transactions: pd.DataFrame, con: duckdb.DuckDBPyConnection | 
     return con.execute(sql).df()
 
 
-def unix_seconds(ts: pd.Series) -> np.ndarray:
-    """Whole seconds since the epoch, whatever the series' unit (ns, us, ms, s)."""
-    utc = pd.to_datetime(ts, utc=True)
-    return ((utc - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype="int64")
-
-
 def user_profile(users: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
@@ -183,13 +148,20 @@ def user_profile(users: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def build_tables(transactions: pd.DataFrame, cfg: ProjectConfig) -> dict[str, pd.DataFrame]:
+    """The project's transformations (``table.transformations`` in mlcycle.yaml): from the
+    *validated* transactions and the users file beside them, the three tables the Feast repo reads."""
+    return build_feature_tables(
+        transactions, pd.read_parquet(cfg.raw_dir / "users.parquet"), cfg.features.aggregations.get("user_txn_stats")
+    )
+
+
 def build_feature_tables(
     transactions: pd.DataFrame, users: pd.DataFrame, user_aggregations: AggregationSpec | None = None
-) -> FeatureTables:
-    """All feature tables from *validated* transactions (see ``mlcycle.validation``)."""
+) -> dict[str, pd.DataFrame]:
     con = _connect()
-    return FeatureTables(
-        user_txn_stats=user_txn_stats(transactions, con, user_aggregations),
-        merchant_stats=merchant_stats(transactions, con),
-        user_profile=user_profile(users),
-    )
+    return {
+        "user_txn_stats": user_txn_stats(transactions, con, user_aggregations),
+        "merchant_stats": merchant_stats(transactions, con),
+        "user_profile": user_profile(users),
+    }

@@ -1,12 +1,12 @@
-"""BentoML service: POST /predict scores a card transaction with the model the rollout policy picks.
+"""BentoML service: POST /predict scores a request with the model the rollout policy picks.
 
 Thin on purpose: the request schema and HTTP concerns live here; features, routing, models and
 the prediction log live in ``mlcycle.serving``. Run it with
-``bentoml serve services.fraud_service:FraudService`` from the project directory
+``bentoml serve services.service:ScoringService`` from the project directory
 (``MLCYCLE_CONFIG`` names another project's config).
 
 Errors: a malformed body or a bad field is a 400 naming the field (BentoML's validation; numbers are
-strict: ``true`` or ``"120.5"`` for an amount is a 400, not 1.0 or 120.5); a form or multipart body
+strict: ``true`` or ``"120.5"`` for a number is a 400, not 1.0 or 120.5); a form or multipart body
 is a 415 (the APIs take JSON); a wrong API or admin token is 401; no champion yet, or the registry /
 online store unreachable, is a 503 whose body names the dependency (the detail is in the log only).
 A client error is one WARNING line in the log, without a traceback (BentoML logs every 4xx as
@@ -27,20 +27,19 @@ import hashlib
 import hmac
 import html
 import logging
-import math
 import os
-from datetime import datetime
 from http import HTTPStatus
-from typing import Annotated, Literal
+from typing import Annotated
 
 import bentoml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import HTMLResponse, JSONResponse
 
 import mlcycle  # noqa: F401  (telemetry off before the stack is imported)
 from mlcycle import registry, rollout
 from mlcycle.config import load_config
 from mlcycle.features.store import FeatureStoreUnavailable
+from mlcycle.request_schema import request_model
 from mlcycle.service_process import is_loopback
 from mlcycle.serving import NotReady, Scorer
 
@@ -97,32 +96,11 @@ ERROR_REASONS = {
 OTHER_CLIENT_ERROR, SERVER_ERROR = "client_error", "server_error"
 
 
-class Transaction(BaseModel):
-    """An authorization request."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # Numbers are strict (a JSON number, an integer for an id): lax parsing scored `true` as 1.0 and
-    # "120.5" as 120.5, hiding a client's bug behind a plausible score.
-    transaction_id: Annotated[int, Field(strict=True, ge=-INT64_MAX - 1, le=INT64_MAX)] | None = Field(
-        None, description="The caller's id, logged with the prediction."
-    )
-    user_id: Annotated[int, Field(strict=True, gt=0, le=INT64_MAX)]
-    merchant_id: Annotated[int, Field(strict=True, gt=0, le=INT64_MAX)]
-    amount: Annotated[
-        float, Field(strict=True, gt=0, lt=1_000_000, description="A JSON number: positive, finite, below 1M.")
-    ]
-    country: Annotated[str, Field(pattern=r"^[A-Z]{2}$", description="ISO 3166 alpha-2 of the merchant.")]
-    merchant_category: Annotated[str, Field(min_length=1, max_length=40)]
-    channel: Literal["pos", "ecom", "contactless"] | None = None
-    timestamp: datetime | None = Field(None, description="Request time (default: now; no offset: UTC).")
-
-    @field_validator("amount")
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError("amount must be a finite number")
-        return value
+# The request model, generated at start from the project's FeatureService (entity keys, request
+# fields) and its contract (types, bounds, nullability): mlcycle.request_schema. BentoML reads it
+# from this module when it builds the APIs, so it is made at import.
+CONFIG = load_config(os.environ.get("MLCYCLE_CONFIG"))
+Request = request_model(CONFIG)
 
 
 class Prediction(BaseModel):
@@ -234,9 +212,9 @@ def docs_page(apis: dict) -> str:
     )
     rows += "".join(f"<tr><td>GET</td><td><code>{p}</code></td><td>{d}</td></tr>" for p, d in probes)
     return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>fraud scoring service</title>"
+        "<!doctype html><html><head><meta charset='utf-8'><title>scoring service</title>"
         "<style>body{font-family:sans-serif;margin:2em}td{padding:.2em 1em;border-bottom:1px solid #ddd}</style>"
-        "</head><body><h1>fraud scoring service</h1>"
+        "</head><body><h1>scoring service</h1>"
         "<p>Request bodies are JSON; the schemas are in the <a href='/docs.json'>OpenAPI document</a>. "
         "<code>/predict</code>, <code>/predict_batch</code> and <code>/rollout/status</code> need the "
         "<code>x-api-key</code> header when <code>MLCYCLE_API_KEY</code> is set; <code>/admin/*</code> need "
@@ -300,13 +278,13 @@ def _require_caller(ctx: bentoml.Context) -> None:
         raise Unauthorized("missing or wrong x-api-key")
 
 
-@bentoml.service(name="fraud", traffic={"timeout": 30}, workers=1)
-class FraudService:
+@bentoml.service(name="mlcycle", traffic={"timeout": 30}, workers=1)
+class ScoringService:
     def __init__(self) -> None:
         install_log_filter()
         for reason in {*ERROR_REASONS.values(), OTHER_CLIENT_ERROR, SERVER_ERROR}:
             errors.labels(reason=reason)  # every reason listed from the start, at 0
-        self.cfg = load_config(os.environ.get("MLCYCLE_CONFIG"))
+        self.cfg = CONFIG
         self.scorer = Scorer(self.cfg, refresh_seconds=float(os.environ.get("MLCYCLE_REFRESH_SECONDS", "2")))
         self.scorer.load()
 
@@ -315,11 +293,11 @@ class FraudService:
             self.scorer.load()  # retry: the registry or the store may be back
         return self.scorer.ready
 
-    def _score(self, transactions: list[Transaction], ctx: bentoml.Context, endpoint: str) -> list[Prediction]:
+    def _score(self, requests: list[BaseModel], ctx: bentoml.Context, endpoint: str) -> list[Prediction]:
         _require_caller(ctx)
         with latency.labels(endpoint=endpoint).time():
             try:
-                results = self.scorer.score([t.model_dump() for t in transactions])
+                results = self.scorer.score([r.model_dump() for r in requests])
             except (NotReady, FeatureStoreUnavailable) as exc:  # a short reason; the detail is logged
                 ctx.response.status_code = 503
                 return [Prediction(error=f"service unavailable: {exc}")]
@@ -331,17 +309,17 @@ class FraudService:
         return [Prediction(**r.__dict__) for r in results]
 
     @bentoml.api(route="/predict")
-    def predict(self, transaction: Transaction, ctx: bentoml.Context) -> Prediction:
-        """Score one transaction."""
-        return self._score([transaction], ctx, "predict")[0]
+    def predict(self, request: Request, ctx: bentoml.Context) -> Prediction:
+        """Score one request."""
+        return self._score([request], ctx, "predict")[0]
 
     @bentoml.api(route="/predict_batch")
     def predict_batch(
-        self, transactions: Annotated[list[Transaction], Field(min_length=1, max_length=MAX_BATCH)],
+        self, requests: Annotated[list[Request], Field(min_length=1, max_length=MAX_BATCH)],
         ctx: bentoml.Context,
     ) -> list[Prediction]:  # fmt: skip
-        """Score up to 1000 transactions in one call."""
-        return self._score(transactions, ctx, "predict_batch")
+        """Score up to 1000 requests in one call."""
+        return self._score(requests, ctx, "predict_batch")
 
     @bentoml.api(route="/rollout/status")
     def rollout_status(self, ctx: bentoml.Context) -> dict:
@@ -392,6 +370,6 @@ class FraudService:
 
 
 # The first added is the outermost: errors are counted after every other middleware answered.
-FraudService.add_asgi_middleware(CountErrors, routes=frozenset(m.route for m in FraudService.apis.values()))
-FraudService.add_asgi_middleware(DocsPage, page=docs_page(FraudService.apis))
-FraudService.add_asgi_middleware(JsonBodiesOnly)
+ScoringService.add_asgi_middleware(CountErrors, routes=frozenset(m.route for m in ScoringService.apis.values()))
+ScoringService.add_asgi_middleware(DocsPage, page=docs_page(ScoringService.apis))
+ScoringService.add_asgi_middleware(JsonBodiesOnly)

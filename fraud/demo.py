@@ -1,4 +1,5 @@
-"""``mlcycle demo``: the loop end to end on embedded defaults, narrated step by step.
+"""The reference project's story (``demo: fraud.demo:run``; ``mlcycle demo``): the loop end to end on
+embedded defaults, narrated step by step.
 
 data (with drift injected) → contract → features → Feast → train/serve check → v1 champion →
 service + traffic → monitoring finds the drift → the event starts retraining → v2 challenger →
@@ -12,47 +13,21 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from fraud.generator import DriftSpec, break_upstream, generate, spec_of
 from mlcycle import pipeline
-from mlcycle.config import DriftSpec, ProjectConfig
-from mlcycle.data import break_upstream, generate
+from mlcycle.config import ProjectConfig
+from mlcycle.console import Steps, mlflow_ui_command, print_check, print_training, progress
 from mlcycle.features import store
 from mlcycle.project import load_flow
-from mlcycle.scale import redact
 
 
 class DemoFailed(RuntimeError):
     pass
-
-
-class Steps:
-    """Numbered progress lines with timings, so a long run shows where it is."""
-
-    def __init__(self, console: Console, total: int):
-        self.console, self.total, self.n, self.t0 = console, total, 0, time.perf_counter()
-
-    @contextlib.contextmanager
-    def step(self, title: str) -> Iterator[None]:
-        self.n += 1
-        self.console.print(f"[bold cyan][{self.n}/{self.total}][/bold cyan] {title} …")
-        t = time.perf_counter()
-        yield
-        self.console.print(f"      done in {time.perf_counter() - t:.1f}s")
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
-
-
-def mlflow_ui_command(cfg: ProjectConfig) -> str:
-    """The command to print: the store's password is never on a screen or a command line (MLflow
-    reads the full URI from MLFLOW_BACKEND_STORE_URI, which `make up` sets)."""
-    return f"uv run mlflow ui --backend-store-uri '{redact(cfg.tracking_uri)}' --port 5000"
 
 
 # The story's world: the configured stream, longer, with a change from day 80 on (70 days ago):
@@ -79,10 +54,14 @@ def run(cfg: ProjectConfig, console: Console, requests: int = 1500) -> None:
     if cfg.data_path.exists():
         console.print("starting from a clean data/ directory (generated state only)")
         shutil.rmtree(cfg.data_path)
-    world = cfg.data.model_copy(
-        update={"days": STORY_DAYS, "n_transactions": cfg.data.n_transactions * STORY_DAYS // cfg.data.days,
-                "drift": STORY_DRIFT}
-    )  # fmt: skip
+    base = spec_of(cfg)
+    world = base.model_copy(
+        update={
+            "days": STORY_DAYS,
+            "n_transactions": base.n_transactions * STORY_DAYS // base.days,
+            "drift": STORY_DRIFT,
+        }
+    )
     drift_at = world.resolved_start() + timedelta(days=STORY_DRIFT.start_day)
     out = lambda message: console.print(f"      {message.strip()}")  # noqa: E731
     # The Prefect server takes long to start cold: it starts now and comes up while data is built.
@@ -96,9 +75,9 @@ def run(cfg: ProjectConfig, console: Console, requests: int = 1500) -> None:
 
 
 def _story(cfg, console, steps, world, drift_at, prefect_url, requests, out) -> None:
+    from fraud.traffic import replay
     from mlcycle import batch, registry, retraining, stack
     from mlcycle.service_process import free_port
-    from mlcycle.traffic import replay
 
     with steps.step(
         f"Generating {world.n_transactions:,} card transactions over {world.days} days (seed {world.seed})"
@@ -154,16 +133,16 @@ def _story(cfg, console, steps, world, drift_at, prefect_url, requests, out) -> 
                 raise DemoFailed(f"the scoring service did not become ready; log {stack.log_path(cfg, stack.SERVICE)}")
         recent = tx[tx["event_timestamp"] >= tx["event_timestamp"].max() - timedelta(days=3)]
         with steps.step(f"Live traffic: {requests:,} of the last days' transactions through {service_url}/predict"):
-            with _progress(console) as progress:
-                task = progress.add_task("requests", total=requests)
-                stats = replay(service_url, recent, requests, concurrency=4, on_response=lambda: progress.advance(task))
+            with progress(console) as bar:
+                task = bar.add_task("requests", total=requests)
+                stats = replay(service_url, recent, requests, concurrency=4, on_response=lambda: bar.advance(task))
             console.print(f"      {stats.status.get(200, 0):,}/{stats.sent:,} answered 200, p50 {stats.p(50):.1f} ms, "
                           f"p99 {stats.p(99):.1f} ms")  # fmt: skip
         monitor = load_flow(cfg.root, "monitoring", "monitor")
         with steps.step("Monitoring flow `monitor` over the last 7 days (events start retraining)"):
             since_events = datetime.now(UTC)
             checked = monitor(config=config_path, window_days=7)
-            _print_check(console, checked)
+            print_check(console, checked)
         with steps.step("Retraining started by the event (deployment `retrain` on the worker) → canary"):
             traffic = _Traffic(service_url, recent)
             try:
@@ -183,7 +162,7 @@ def _story(cfg, console, steps, world, drift_at, prefect_url, requests, out) -> 
             console.print(f"      {stats.status.get(200, 0):,} broken requests answered (the service cannot know)")
             since_events = datetime.now(UTC)
             checked = monitor(config=config_path, since=broken_since)
-            _print_check(console, checked)
+            print_check(console, checked)
             run = _wait_for_pause(console, since_events, timeout=600)
             console.print(f"      [red]ALERT[/red] retraining {run.name} blocked and waiting for a person:")
             console.print(f"        uv run mlcycle approve {run.id}    # the data is right, retrain")
@@ -230,7 +209,8 @@ def _skew_check(cfg: ProjectConfig, tx, console: Console) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     sample = tx.drop_duplicates("user_id").tail(200).reset_index(drop=True)
     entity_rows = sample[["user_id", "merchant_id"]].to_dict("records")
-    request = store.entity_frame(sample).drop(columns=["user_id", "merchant_id", "event_timestamp"])
+    keys = list(cfg.table.entities)
+    request = store.entity_frame(sample, keys, plan.request_fields).drop(columns=[*keys, "event_timestamp"])
     request["request_unix"] = int(now.timestamp())
     online = store.online_vector(fs, entity_rows, request.to_dict("records"), plan.name, now=now)
     offline = store.training_set(
@@ -260,7 +240,7 @@ class _Traffic:
     """Live requests in the background while a canary needs them."""
 
     def __init__(self, url: str, transactions) -> None:
-        from mlcycle.traffic import replay
+        from fraud.traffic import replay
 
         self.sent, self._stop = 0, threading.Event()
 
@@ -339,25 +319,6 @@ def _wait_final(run_id, timeout: float) -> str:
     return "still running"
 
 
-def _print_check(console: Console, result: dict) -> None:
-    head = "[red]drift detected[/red]" if result["drift_detected"] else "no drift"
-    console.print(f"      v{result['champion_version']}: {head} on {result['rows']:,} answers; drifted: "
-                  f"{', '.join(result['drifted_features'][:8]) or 'none'}"
-                  + (" …" if len(result["drifted_features"]) > 8 else ""))  # fmt: skip
-    if result["prediction_drift"]:
-        p = result["prediction_drift"]
-        console.print(f"      scores: PSI {p['psi']:.3f}, mean {p['mean_reference']:.4f} → {p['mean_current']:.4f} "
-                      f"({p['mean_change']:+.0%}){' [red]alert[/red]' if p['alert'] else ''}")  # fmt: skip
-    decay = result["decay"]
-    if decay.get("judged"):
-        console.print(f"      matured labels: ROC-AUC {decay['roc_auc']:.3f} (test at training "
-                      f"{decay['baseline_roc_auc']:.3f}) on {decay['positives']} frauds"
-                      + (" [red]decayed[/red]" if decay["alert"] else ""))  # fmt: skip
-    for anomaly in result["upstream_anomalies"]:
-        console.print(f"      [red]broken upstream?[/red] {anomaly}")
-    console.print(f"      report {result['report_html']}\n      events: {', '.join(result['events']) or 'none'}")
-
-
 def _print_retraining(cfg: ProjectConfig, console: Console, client, since: datetime) -> None:
     """What the retraining run did, from the records it left: its MLflow run and the alias moves."""
     import mlflow
@@ -407,29 +368,3 @@ def _summary(cfg: ProjectConfig, console: Console, client, prefect_url: str) -> 
     table.add_row("prediction log", scale_log if cfg.profile == "scale" else str(cfg.predictions_dir))
     table.add_row("alias history", "uv run mlcycle history")
     console.print(table)
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("      {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, transient=False,
-    )  # fmt: skip
-
-
-def print_training(console: Console, result: dict, indent: str = "      ") -> None:
-    if result["passed"]:
-        console.print(
-            f"{indent}registered v{result['version']} as {result['alias']} "
-            f"(ROC-AUC {result['roc_auc']:.4f}, PR-AUC {result['pr_auc']:.4f}); card {result['model_card']}"
-        )
-    else:
-        console.print(f"{indent}[red]rejected by the gates: {', '.join(result['failed'])}[/red]; no alias moved")
-
-
-def print_rollout(console: Console, result: dict, indent: str = "      ") -> None:
-    for step in result["steps"]:
-        console.print(f"{indent}{step['percent']:g}%: {'passed' if step['passed'] else '[red]FAILED[/red]'}")
-        for line in step["checks"]:
-            console.print(f"{indent}    {line}")
-    color = "green" if result["outcome"] == "promoted" else "red"
-    console.print(f"{indent}[{color}]v{result['version']} {result['outcome']}[/{color}]")

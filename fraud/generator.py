@@ -16,12 +16,94 @@ a minute.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mlcycle.config import KNOWN_CATEGORIES, DataSpec
+from mlcycle.config import ProjectConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# The generator's merchant categories (mlcycle.data.CATEGORIES is this tuple): kept here so the
+# config can validate drift knobs without importing the library it configures.
+KNOWN_CATEGORIES = (
+    "grocery", "restaurants", "fuel", "fashion", "electronics", "travel", "health", "gaming", "digital_goods", "home",
+)  # fmt: skip
+
+
+class DriftSpec(_Strict):
+    """Changes injected into the generated stream from ``start_day`` on, for monitoring to catch."""
+
+    start_day: int | None = Field(None, ge=0, description="Day (from the stream's start) the drift begins.")
+    amount_inflation: float = Field(1.0, gt=0, description="Covariate shift: amounts multiply by this.")
+    new_category: str | None = Field(None, description="A merchant category that appears at start_day.")
+    new_category_share: float = Field(0.0, ge=0, le=1, description="Share of merchants moving to it.")
+    concept_drift: bool = Field(
+        False, description="Fraud switches to card testing: runs of tiny daytime purchases at home, minutes apart."
+    )
+    concept_drift_share: float = Field(
+        1.0, gt=0, le=1, description="Share of fraud rings (by card) that switch pattern; the rest keep theirs."
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> DriftSpec:
+        knobs = self.amount_inflation != 1.0 or self.new_category is not None or self.concept_drift
+        if knobs and self.start_day is None:
+            raise ValueError("drift knobs are set but start_day is not: say from which day the drift starts")
+        if self.new_category is not None and self.new_category in KNOWN_CATEGORIES:
+            raise ValueError(f"new_category '{self.new_category}' is already a known category")
+        return self
+
+
+class DataSpec(_Strict):
+    """Shape of the generated card-transaction stream."""
+
+    seed: int = 42
+    start: datetime | None = Field(
+        None, description="First day of the stream; unset: the stream ends at today's midnight (UTC)."
+    )
+    days: int = Field(90, ge=1)
+    n_users: int = Field(20_000, ge=10)
+    n_merchants: int = Field(2_000, ge=10)
+    n_transactions: int = Field(200_000, ge=100)
+    fraud_rate: float = Field(0.02, gt=0, lt=0.5, description="Target share of fraudulent transactions.")
+    label_maturity_days: float = Field(
+        30.0, gt=0, description="A legitimate transaction is confirmed legitimate after the dispute window."
+    )
+    drift: DriftSpec = DriftSpec()
+    hard_fraud_age_band: str | None = Field(
+        None,
+        description="Fraud against this age band follows a low-value daytime pattern the features "
+        "barely see: a biased world, for testing the fairness gate.",
+    )
+
+    @field_validator("start")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def resolved_start(self, now: datetime | None = None) -> datetime:
+        """The explicit start, or ``days`` before today's midnight so the stream is current."""
+        if self.start is not None:
+            return self.start
+        today = (now or datetime.now(UTC)).astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        return today - timedelta(days=self.days)
+
+    @model_validator(mode="after")
+    def _drift_inside_span(self) -> DataSpec:
+        if self.drift.start_day is not None and self.drift.start_day >= self.days:
+            raise ValueError(f"drift.start_day={self.drift.start_day} must be < days={self.days}")
+        return self
+
 
 AGE_BANDS = ["18-24", "25-34", "35-44", "45-54", "55-64", "65+"]
 AGE_BAND_P = [0.12, 0.24, 0.22, 0.18, 0.14, 0.10]
@@ -295,3 +377,26 @@ def break_upstream(transactions: pd.DataFrame) -> pd.DataFrame:
     codes = broken["merchant_category"].astype(str).str.upper().str.replace("_", "-")
     broken["merchant_category"] = pd.Categorical(codes)
     return broken
+
+
+def spec_of(cfg: ProjectConfig, **overrides: Any) -> DataSpec:
+    """The generator's parameters: the project's ``data`` section (validated here: the library does
+    not know them), the label delay from the table's definition, and ``overrides`` on top."""
+    raw = {**cfg.data, **overrides}
+    raw.setdefault("label_maturity_days", cfg.table.label_delay_days)
+    try:
+        return DataSpec.model_validate(raw)
+    except Exception as exc:
+        raise ValueError(f"data: {exc}") from None
+
+
+def generate_project(cfg: ProjectConfig, overrides: dict[str, Any]) -> str:
+    """``mlcycle data generate``: users, merchants and transactions into the project's raw directory."""
+    dataset = generate(spec_of(cfg, **overrides))
+    paths = dataset.write(cfg.raw_dir)
+    tx = dataset.transactions
+    return (
+        f"{len(tx):,} transactions, {len(dataset.users):,} users, {len(dataset.merchants):,} merchants "
+        f"({tx['event_timestamp'].min():%Y-%m-%d} → {tx['event_timestamp'].max():%Y-%m-%d}), "
+        f"fraud rate {tx['is_fraud'].mean():.2%} → {paths['transactions']}"
+    )

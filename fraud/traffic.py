@@ -1,4 +1,4 @@
-"""Replay real transactions against the scoring service: the demo's and the canary's traffic."""
+"""Replay transactions against the scoring service: the fraud story's and the canary tests' traffic."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def request_body(row: pd.Series | tuple) -> dict:
     get = row.__getattribute__ if not isinstance(row, pd.Series) else row.__getitem__
     channel = get("channel")
     return {
-        "transaction": {
+        "request": {
             "transaction_id": int(get("transaction_id")),
             "user_id": int(get("user_id")),
             "merchant_id": int(get("merchant_id")),

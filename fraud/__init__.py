@@ -1,0 +1,1 @@
+"""The reference project: card fraud on generated data (generator, contract, transformations, demo)."""

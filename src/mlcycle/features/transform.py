@@ -1,0 +1,107 @@
+"""The project's table → feature tables (parquet sources for Feast), point in time.
+
+Two ways, one interface. By default the tables are the project's declared window aggregations
+(``features.aggregations``), one table per declaration, computed by the declarative engine. A
+project whose features need more names its own function in ``table.transformations``
+(``module:function`` in the project directory): it receives the *validated* table and the config
+and returns ``{table name: frame}``; it may call :func:`declared_tables` for the declared part and
+add its own tables. That is the way out when declarations are not enough.
+
+Point-in-time rule for aggregation tables: the state after an event at ``t`` is stamped
+``t + 1 µs``, so a training row for an event at ``t`` joins the state left by earlier events only,
+and the latest state, materialized online, is what a request arriving after it sees.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlcycle.config import ProjectConfig
+from mlcycle.features.aggregations import AggregationSpec, compute_offline
+
+Transformations = Callable[[pd.DataFrame, ProjectConfig], Mapping[str, pd.DataFrame]]
+STATE_DELAY = pd.Timedelta(microseconds=1)
+
+
+class ProjectHookError(ImportError):
+    """A ``module:function`` the config names cannot be imported or is not callable."""
+
+
+def project_object(cfg: ProjectConfig, ref: str) -> Any:
+    """``module:function`` from the project directory (put first on ``sys.path``), as a project's
+    flows and Feast repo see it. Only names from the config file: never one a request names."""
+    module_name, _, attr = ref.partition(":")
+    root = str(cfg.root.resolve())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ProjectHookError(
+            f"cannot import '{module_name}' (named by '{ref}' in the config) from {root}: {exc}"
+        ) from None
+    value = getattr(module, attr, None)
+    if not callable(value):
+        raise ProjectHookError(f"'{ref}': module '{module_name}' has no function '{attr}'")
+    return value
+
+
+def unix_seconds(ts: pd.Series) -> np.ndarray:
+    """Whole seconds since the epoch, whatever the series' unit (ns, us, ms, s)."""
+    utc = pd.to_datetime(ts, utc=True)
+    return ((utc - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype="int64")
+
+
+def aggregation_table(events: pd.DataFrame, spec: AggregationSpec, con: Any = None) -> pd.DataFrame:
+    """The declared aggregates after each event (window ``(t - w, t]``), stamped one microsecond
+    later. Events of one entity at the same instant share one state: one row per (entity, time),
+    so the point-in-time join has no ties."""
+    columns = sorted({*spec.entities, spec.timestamp, *spec.columns})
+    out = compute_offline(events[columns], spec, deduplicate=True, con=con)
+    out[spec.timestamp] = out[spec.timestamp] + STATE_DELAY
+    return out.sort_values([spec.timestamp, *spec.entities], kind="stable").reset_index(drop=True)
+
+
+def declared_tables(events: pd.DataFrame, cfg: ProjectConfig, con: Any = None) -> dict[str, pd.DataFrame]:
+    """One table per declaration in ``features.aggregations``, over the project's event time."""
+    tables = {}
+    for name, spec in cfg.features.aggregations.items():
+        if spec.timestamp != cfg.table.timestamp and spec.timestamp not in events:
+            spec = spec.model_copy(update={"timestamp": cfg.table.timestamp})
+        tables[name] = aggregation_table(events, spec, con)
+    return tables
+
+
+def build_tables(events: pd.DataFrame, cfg: ProjectConfig) -> dict[str, pd.DataFrame]:
+    """The project's feature tables: its own transformations if it names them, else its declarations."""
+    if cfg.table.transformations:
+        hook: Transformations = project_object(cfg, cfg.table.transformations)
+        tables = dict(hook(events, cfg))
+    else:
+        tables = declared_tables(events, cfg)
+    for name, frame in tables.items():
+        if not isinstance(frame, pd.DataFrame):
+            raise TypeError(f"transformations returned {type(frame).__name__} for table '{name}': expected a DataFrame")
+    return tables
+
+
+def write_tables(tables: Mapping[str, pd.DataFrame], directory: str | Path) -> dict[str, Path]:
+    """Each table atomically (temp file + rename), so a reader never sees half a file. Microsecond
+    timestamps: DuckDB reads nanosecond parquet as TIMESTAMPTZ_NS, which Feast cannot cast."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, frame in tables.items():
+        path = directory / f"{name}.parquet"
+        tmp = path.with_suffix(".parquet.tmp")
+        frame.to_parquet(tmp, index=False, coerce_timestamps="us")
+        tmp.replace(path)
+        paths[name] = path
+    return paths
