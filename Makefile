@@ -17,7 +17,7 @@ export BENTOML_DO_NOT_TRACK := True
 unexport PYTHONDONTWRITEBYTECODE
 
 STAMP := .venv/.mlcycle-installed
-LINT_DIRS := $(wildcard src tests flows services feature_repo bench)
+LINT_DIRS := $(wildcard src tests flows services feature_repo bench fraud examples)
 
 .PHONY: help install demo test lint bench up down clean
 
@@ -45,7 +45,7 @@ lint: install ## ruff check + format check
 	$(UV) run --no-sync ruff format --check $(LINT_DIRS)
 
 bench: install ## run every benchmark in bench/
-	@for b in bench/*.py; do echo "== $$b"; $(UV) run --no-sync python $$b || exit 1; done
+	@for b in bench/*.py; do echo "== $$b"; PYTHONPATH=. $(UV) run --no-sync python $$b || exit 1; done
 
 up: install ## start Prefect server + worker + deployments, MLflow UI and the scoring service in the background; print URLs
 	$(UV) run --no-sync mlcycle up

@@ -24,7 +24,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
-from mlcycle.data import CATEGORIES, CHANNELS
+from fraud.generator import CATEGORIES, CHANNELS, read_dataset
 
 import mlcycle  # noqa: F401  (telemetry off)
 from mlcycle import pipeline
@@ -107,7 +107,8 @@ def main() -> None:
         }
         cfg = copy_project(Path(__file__).resolve().parents[1], Path(tmp), data)
         t = time.perf_counter()
-        dataset, _ = pipeline.generate_data(cfg)
+        pipeline.generate_data(cfg)
+        dataset = read_dataset(cfg.raw_dir)
         pipeline.build_features(cfg)
         apply_repo(cfg.feature_repo_path)
         print(
@@ -117,7 +118,7 @@ def main() -> None:
         store = open_store(cfg.feature_repo_path)
         service = cfg.features.feature_service
         columns = list(plan_for(store, service).model_features)
-        entity = entity_frame(dataset.transactions)
+        entity = entity_frame(dataset.transactions, cfg.table.entities, plan_for(store, service).request_fields)
 
         feast_df = training_set(store, entity, service)
         raw_df = raw_duckdb(entity, cfg.features_dir)

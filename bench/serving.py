@@ -147,12 +147,12 @@ def score(transactions: list[dict]) -> list[dict]:
 # not on the event loop's thread, where XGBoost's OpenMP spin-waiting doubled request times.
 async def predict(request: Request) -> JSONResponse:
     body = await request.json()
-    return JSONResponse((await anyio.to_thread.run_sync(score, [body["transaction"]], limiter=limiter))[0])
+    return JSONResponse((await anyio.to_thread.run_sync(score, [body["request"]], limiter=limiter))[0])
 
 
 async def predict_batch(request: Request) -> JSONResponse:
     body = await request.json()
-    return JSONResponse(await anyio.to_thread.run_sync(score, body["transactions"], limiter=limiter))
+    return JSONResponse(await anyio.to_thread.run_sync(score, body["requests"], limiter=limiter))
 
 
 async def readyz(request: Request) -> JSONResponse:
@@ -380,7 +380,7 @@ def request_bodies(cfg: ProjectConfig, n: int, seed: int = 0) -> list[bytes]:
             "merchant_category": str(r.merchant_category),
             "channel": None if pd.isna(r.channel) else str(r.channel),
         }
-        bodies.append(json.dumps({"transaction": transaction}).encode())
+        bodies.append(json.dumps({"request": transaction}).encode())
     return bodies
 
 
@@ -445,7 +445,7 @@ def batch_benchmark(cfg: ProjectConfig, n_rows: int) -> tuple[str, int, float, f
     import mlflow.xgboost
     import xgboost as xgb
 
-    from mlcycle.features import entity_frame, open_store, training_set
+    from mlcycle.features import entity_frame, open_store, plan_for, training_set
     from mlcycle.registry import client_for
     from mlcycle.tracking import FEATURES_TAG, THRESHOLD_TAG
     from mlcycle.training import matrix
@@ -458,7 +458,8 @@ def batch_benchmark(cfg: ProjectConfig, n_rows: int) -> tuple[str, int, float, f
     threshold = float(version.tags.get(THRESHOLD_TAG, 0.5))
     tx = pd.read_parquet(cfg.raw_dir / "transactions.parquet").tail(n_rows)
     store = open_store(cfg.feature_repo_path)
-    frame = training_set(store, entity_frame(tx), cfg.features.feature_service)
+    fields = plan_for(store, cfg.features.feature_service).request_fields
+    frame = training_set(store, entity_frame(tx, cfg.table.entities, fields), cfg.features.feature_service)
     x = matrix(frame, features)
     name = "mlcycle.batch.score_frame"
 

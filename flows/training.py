@@ -71,7 +71,8 @@ def check_training_set(cfg: ProjectConfig, frame: pd.DataFrame, features: list[s
 
 @task(name="train-candidate", **CPU)
 def train_candidate(cfg: ProjectConfig, frame: pd.DataFrame, features: list[str]) -> training.Candidate:
-    return training.train_candidate(frame, features, cfg.model)
+    return training.train_candidate(frame, features, cfg.model, label=cfg.table.label, task=cfg.task,
+                                    slices=cfg.table.slices, protected=cfg.table.protected)  # fmt: skip
 
 
 @task(name="measure-latency", **CPU)
@@ -86,7 +87,7 @@ def score_champion(cfg: ProjectConfig, test: pd.DataFrame) -> EvaluationReport |
 
 @task(name="run-gates", **CPU)
 def run_gates(cfg: ProjectConfig, candidate: training.Candidate, champion: EvaluationReport | None) -> Verdict:
-    verdict = gates.run_gates(candidate.report, cfg.gates, champion)
+    verdict = gates.run_gates(candidate.report, cfg.gates, champion, protected=cfg.table.protected)
     create_markdown_artifact(verdict.markdown(), key="evaluation-gates", description="evaluation gates")
     return verdict
 

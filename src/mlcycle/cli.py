@@ -77,8 +77,8 @@ def data_generate(
 ) -> None:
     """Write example data with the project's own generator (``generator:`` in mlcycle.yaml).
 
-    The reference project's generator takes, e.g., --set n_transactions=500000 --set drift.start_day=60
-    --set drift.amount_inflation=1.5 (deterministic for a seed)."""
+    Its parameters are the project's own (the reference project's are in its mlcycle.yaml under data:),
+    e.g. --set seed=7 --set drift.start_day=60 (deterministic for a seed)."""
     from mlcycle.pipeline import generate_data
 
     cfg = _config(config)
@@ -151,7 +151,7 @@ def features_training_set(
     out: Annotated[Path | None, typer.Option(help="Parquet file (default data/training_set.parquet).")] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Build the point-in-time training set of every matured labelled transaction."""
+    """Build the point-in-time training set of every matured labelled event."""
     from mlcycle.features.store import open_project_store, plan_for
     from mlcycle.pipeline import build_training_set
 
@@ -163,37 +163,36 @@ def features_training_set(
     frame.to_parquet(out, index=False)
     plan = plan_for(open_project_store(cfg), cfg.features.feature_service)
     console.print(
-        f"{len(frame):,} rows × {len(plan.model_features)} features, label rate "
-        f"{frame['is_fraud'].mean():.2%}, in {time.perf_counter() - t:.1f}s → {out}"
+        f"{len(frame):,} rows × {len(plan.model_features)} features, label mean "
+        f"{frame[cfg.table.label].mean():.4g}, in {time.perf_counter() - t:.1f}s → {out}"
     )
 
 
 @features_app.command("online")
 def features_online(
-    user_id: Annotated[int, typer.Argument()],
-    merchant_id: Annotated[int, typer.Argument()],
-    amount: Annotated[float, typer.Option()] = 50.0,
-    country: Annotated[str, typer.Option()] = "US",
-    merchant_category: Annotated[str, typer.Option()] = "grocery",
-    channel: Annotated[str, typer.Option()] = "pos",
+    values: Annotated[
+        list[str],
+        typer.Argument(help="The request as name=value pairs: every entity key and request field (see /docs)."),
+    ],
     config: ConfigOption = None,
 ) -> None:
-    """Show the online feature vector the model would get for one request now."""
-    from mlcycle.features.store import online_vector, open_project_store, plan_for
+    """Show the online feature vector the model would get for one request now, e.g.
+    ``mlcycle features online customer_id=42 plan=basic monthly_fee=30``."""
+    from mlcycle.features.store import REQUEST_TIME, online_vector, open_project_store, plan_for
 
     cfg = _config(config)
     fs = open_project_store(cfg)
-    request = {
-        "amount": amount,
-        "country": country,
-        "merchant_category": merchant_category,
-        "channel": channel,
-    }
-    row = online_vector(
-        fs, [{"user_id": user_id, "merchant_id": merchant_id}], [request], cfg.features.feature_service
-    ).iloc[0]
+    plan = plan_for(fs, cfg.features.feature_service)
+    given = _overrides(values)
+    missing = [k for k in (*plan.join_keys, *plan.request_fields) if k != REQUEST_TIME and k not in given]
+    if missing:
+        console.print(f"[red]missing: {', '.join(missing)} (give each as name=value)[/red]")
+        raise typer.Exit(2)
+    keys = {k: given[k] for k in plan.join_keys}
+    request = {k: given[k] for k in plan.request_fields if k != REQUEST_TIME}
+    row = online_vector(fs, [keys], [request], cfg.features.feature_service).iloc[0]
     table = Table("feature", "value")
-    for name in plan_for(fs, cfg.features.feature_service).model_features:
+    for name in plan.model_features:
         table.add_row(name, str(row[name]))
     console.print(table)
     if row["features_missing"]:
@@ -393,7 +392,7 @@ def rollout_status(config: ConfigOption = None) -> None:
     }
     for alias, mv in aliases.items():
         console.print(f"{alias:<11} {'v' + str(mv.version) if mv else '-'}")
-    split = f" ({policy.percent:g}% of users on the challenger)" if policy.mode in ("canary", "ab") else ""
+    split = f" ({policy.percent:g}% of routing keys on the challenger)" if policy.mode in ("canary", "ab") else ""
     console.print(f"traffic     {policy.mode}{split}; set by {policy.updated_by or '-'}: {policy.reason or '-'}")
     champion, challenger = aliases[registry.CHAMPION], aliases[registry.CHALLENGER]
     if policy.mode == "champion-only" or champion is None or challenger is None:
@@ -420,7 +419,7 @@ def rollout_status(config: ConfigOption = None) -> None:
 @rollout_app.command("set")
 def rollout_set(
     mode: Annotated[str, typer.Argument(help="champion-only | shadow | canary | ab")],
-    percent: Annotated[float, typer.Option(help="Share of users on the challenger (canary, ab).")] = 0.0,
+    percent: Annotated[float, typer.Option(help="Share of routing keys on the challenger (canary, ab).")] = 0.0,
     reason: Annotated[str, typer.Option(help="Why: recorded in the promotion log.")] = "manual traffic change",
     config: ConfigOption = None,
 ) -> None:
@@ -489,13 +488,13 @@ def batch_score(
     day: Annotated[datetime | None, typer.Option(help="UTC day to score (default: yesterday).")] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Run the Prefect flow `batch_score`: score a day's transactions with the champion."""
+    """Run the Prefect flow `batch_score`: score a day's events with the champion."""
     from mlcycle.project import load_flow
 
     cfg = _config(config)
     flow = load_flow(cfg.root, "batch_score", "batch_score")
     result = flow(config=str(cfg.root / "mlcycle.yaml"), day=day.date() if day else None)
-    console.print(f"{result['rows']:,} transactions of {result['day']} scored by v{result['model_version']} → "
+    console.print(f"{result['rows']:,} events of {result['day']} scored by v{result['model_version']} → "
                   f"{result['path']}")  # fmt: skip
 
 

@@ -136,7 +136,7 @@ class ServingSpec(StrictModel):
 
 class FeaturesSpec(StrictModel):
     feature_repo: Path = Path("feature_repo")
-    feature_service: str = "fraud_model_v1"
+    feature_service: str = "model_v1"
     aggregations: dict[str, AggregationSpec] = Field(
         default_factory=dict,
         description="Per-entity window aggregations by the feature table (Feast view source) they fill: "
@@ -317,7 +317,7 @@ class TrackingSpec(StrictModel):
 
     tracking_uri: str = Field("sqlite:///data/mlflow.db", description="Relative sqlite paths: from the config.")
     artifact_location: str = "data/mlartifacts"
-    experiment: str = "fraud-training"
+    experiment: str = "training"
     promotion_log_uri: str = Field("sqlite:///data/promotions.db", description="Append-only alias history.")
 
 
@@ -471,7 +471,7 @@ class RetrainingSpec(StrictModel):
 
 
 class ProjectConfig(StrictModel):
-    project: str = "fraud"
+    project: str = "mlcycle"
     profile: Literal["local", "scale"] = "local"
     task: Task = "classification"
     table: TableSpec = TableSpec()

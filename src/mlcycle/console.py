@@ -50,7 +50,7 @@ def print_check(console: Console, result: dict) -> None:
     decay = result["decay"]
     if decay.get("judged"):
         console.print(f"      matured labels: ROC-AUC {decay['roc_auc']:.3f} (test at training "
-                      f"{decay['baseline_roc_auc']:.3f}) on {decay['positives']} frauds"
+                      f"{decay['baseline_roc_auc']:.3f}) on {decay['positives']} positives"
                       + (" [red]decayed[/red]" if decay["alert"] else ""))  # fmt: skip
     for anomaly in result["upstream_anomalies"]:
         console.print(f"      [red]broken upstream?[/red] {anomaly}")

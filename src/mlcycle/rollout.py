@@ -2,12 +2,13 @@
 
 The policy lives in the registry (a tag on the registered model), so every replica reads the same
 one, and every change is appended to the promotion log like an alias move. Routing is sticky: a
-user's bucket is a hash of the user id, so the same user meets the same model for the whole canary.
+request's bucket is a hash of its routing key (``serving.routing_key``, default the first entity
+key), so the same entity meets the same model for the whole canary.
 
 Modes:
 - ``champion-only``: every request is scored by the champion.
 - ``shadow``: the challenger scores every request too; its score is logged, never returned.
-- ``canary``: ``percent`` of users (by hash) get the challenger's answer.
+- ``canary``: ``percent`` of routing keys (by hash) get the challenger's answer.
 - ``ab``: a fixed split like canary, judged by a stopping rule instead of stepped up.
 """
 
@@ -34,8 +35,8 @@ class RolloutPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mode: Mode = "champion-only"
-    percent: float = Field(0.0, ge=0, le=100, description="Share of users on the challenger (canary / ab).")
-    salt: str = Field("mlcycle", description="Change it to reshuffle which users are in the canary.")
+    percent: float = Field(0.0, ge=0, le=100, description="Share of routing keys on the challenger (canary / ab).")
+    salt: str = Field("mlcycle", description="Change it to reshuffle which routing keys are in the canary.")
     updated_at: datetime | None = None
     updated_by: str | None = None
     reason: str | None = None
@@ -44,17 +45,17 @@ class RolloutPolicy(BaseModel):
         return f"{self.mode}:{self.percent:g}" if self.mode in ("canary", "ab") else self.mode
 
 
-def bucket(user_id: int | str, salt: str) -> int:
-    """A stable bucket in [0, 10000) for a user: the same user, the same bucket, in every replica."""
-    digest = hashlib.sha256(f"{salt}:{user_id}".encode()).digest()
+def bucket(key: object, salt: str) -> int:
+    """A stable bucket in [0, 10000) for a routing key: the same key, the same bucket, in every replica."""
+    digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") % BUCKETS
 
 
-def route(policy: RolloutPolicy, user_id: int | str, has_challenger: bool) -> Variant:
-    """The variant whose answer this user gets (shadow scoring is decided separately)."""
+def route(policy: RolloutPolicy, key: object, has_challenger: bool) -> Variant:
+    """The variant whose answer this routing key gets (shadow scoring is decided separately)."""
     if not has_challenger or policy.mode not in ("canary", "ab"):
         return "champion"
-    return "challenger" if bucket(user_id, policy.salt) < policy.percent * BUCKETS / 100 else "champion"
+    return "challenger" if bucket(key, policy.salt) < policy.percent * BUCKETS / 100 else "champion"
 
 
 def read_policy(client: MlflowClient, model_name: str) -> RolloutPolicy:

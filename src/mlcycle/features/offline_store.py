@@ -1,7 +1,7 @@
 """A Feast offline store whose point-in-time join is DuckDB's native ``ASOF LEFT JOIN``.
 
 Why not Feast's own stores: the file/dask store drops entity rows that have no feature value inside
-the TTL instead of returning nulls (a training set built that way silently loses new users'
+the TTL instead of returning nulls (a training set built that way silently loses new entities'
 events), and the DuckDB store's join (an inequality join, a dedup, then a left join, through ibis)
 is heavy on large entity frames. An ASOF LEFT JOIN is exactly the point-in-time join: for each
 entity row, the latest feature row at or before its timestamp, and nulls — never a dropped row —
