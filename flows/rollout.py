@@ -31,8 +31,9 @@ import mlcycle  # noqa: F401  (telemetry off before the stack is imported)
 from mlcycle import canary, registry, rollout
 from mlcycle.config import ProjectConfig, load_config
 from mlcycle.decisions import Verdict
+from mlcycle.pipeline import labels_frame
 from mlcycle.prediction_store import read_logged_predictions
-from mlcycle.validation import load_transactions
+from mlcycle.validation import load_table
 
 IO = {"retries": 2, "retry_delay_seconds": 2, "cache_policy": NO_CACHE}
 
@@ -81,16 +82,16 @@ def collect(
         if min(len(champion), len(challenger)) >= cfg.canary.min_requests or time.monotonic() > deadline:
             break
         time.sleep(1.0)
-    transactions = load_transactions(cfg.raw_dir / "transactions.parquet")
-    return canary.attach_labels(
-        predictions, transactions, datetime.now(UTC), cfg.table.label_delay_days, cfg.table.label
-    )
+    if not cfg.table.event_id:  # no event id: no label joins a request (the quality check says so)
+        return canary.attach_labels(predictions, pd.DataFrame(), datetime.now(UTC), 0.0, "label", key=None)
+    labels = labels_frame(load_table(cfg), cfg)  # the lifecycle's names: event_id, label, label_available_at
+    return canary.attach_labels(predictions, labels, datetime.now(UTC), cfg.table.label_delay_days, "label")
 
 
 @task(name="analyze-canary", cache_policy=NO_CACHE)
 def analyze(cfg: ProjectConfig, predictions: pd.DataFrame, versions: tuple[str, str], percent: float) -> Verdict:
     verdict = canary.analyze(predictions, cfg.canary, challenger_version=versions[0], champion_version=versions[1],
-                             looks=cfg.canary.max_looks, shadow=percent <= 0)  # fmt: skip
+                             looks=cfg.canary.max_looks, shadow=percent <= 0, task=cfg.task)  # fmt: skip
     step = "shadow" if percent <= 0 else f"{percent:g}%"
     title = f"### canary of v{versions[0]} against v{versions[1]}, {step}\n\n"
     create_markdown_artifact(title + verdict.markdown(), key=f"canary-{int(percent)}")

@@ -59,7 +59,7 @@ def build_training_set(
 
 @task(name="check-training-set", **CPU)
 def check_training_set(cfg: ProjectConfig, frame: pd.DataFrame, features: list[str]) -> Verdict:
-    verdict = validation.check_training_set(frame, features, cfg.table.label, cfg.quality)
+    verdict = validation.check_training_set(frame, features, cfg.table.label, cfg.quality, cfg.task)
     create_markdown_artifact(verdict.markdown(), key="training-set-checks", description="training-set checks")
     if not verdict.passed:
         run_id = tracking.log_rejected_training_set(cfg, verdict, frame)
@@ -107,15 +107,15 @@ def log_and_register(
 
 @flow(name="train", log_prints=True)
 def train(config: str | None = None, as_of: datetime | None = None, window_days: int | None = None) -> dict[str, Any]:
-    """Train, evaluate and (if every gate passes) register a fraud model on the matured labels known
+    """Train, evaluate and (if every gate passes) register a model on the matured labels known
     at ``as_of`` (now), of the latest ``window_days`` (default ``model.train_window_days``)."""
     logger = get_run_logger()
     cfg = load_config(config)
     table = load_table(cfg)
     validate_contract(cfg, table)
     frame, features = build_training_set(cfg, as_of, window_days)
-    logger.info("training set: %d rows x %d features, label rate %.2f%%", len(frame), len(features),
-                100 * frame[cfg.table.label].mean())  # fmt: skip
+    logger.info("training set: %d rows x %d features, label mean %.4g", len(frame), len(features),
+                frame[cfg.table.label].mean())  # fmt: skip
     quality = check_training_set(cfg, frame, features)
     candidate = train_candidate(cfg, frame, features)
     measure_latency(candidate)
@@ -123,11 +123,18 @@ def train(config: str | None = None, as_of: datetime | None = None, window_days:
     verdict = run_gates(cfg, candidate, champion)
     record = log_and_register(cfg, frame, candidate, quality, verdict, champion)
     o = candidate.report.overall
+    if cfg.task == "regression":
+        measured = f"RMSE {o.rmse:.4g} · MAE {o.mae:.4g} · R² {o.r2:.3f}"
+        metrics = {"rmse": o.rmse, "mae": o.mae, "r2": o.r2}
+    else:
+        measured = f"ROC-AUC {o.roc_auc:.4f} · PR-AUC {o.pr_auc:.4f} · recall {o.recall:.3f} at threshold " + (
+            f"{candidate.report.threshold:.3f}"
+        )
+        metrics = {"roc_auc": o.roc_auc, "pr_auc": o.pr_auc}
     summary = (
         f"## {'Registered' if record.passed else 'Rejected'}: {cfg.model.name}"
         + (f" v{record.version} → `{record.alias}`" if record.passed else "")
-        + f"\n\nROC-AUC {o.roc_auc:.4f} · PR-AUC {o.pr_auc:.4f} · recall {o.recall:.3f} at threshold "
-        f"{candidate.report.threshold:.3f} · MLflow run `{record.run_id}`\n\n"
+        + f"\n\n{measured} · MLflow run `{record.run_id}`\n\n"
         + (f"Model card: `{record.card_html}`\n\n" if record.card_html else "")
         + verdict.markdown()
     )
@@ -139,8 +146,8 @@ def train(config: str | None = None, as_of: datetime | None = None, window_days:
         "version": record.version,
         "alias": record.alias,
         "failed": list(record.failed),
-        "roc_auc": o.roc_auc,
-        "pr_auc": o.pr_auc,
+        "task": cfg.task,
+        **metrics,
         "model_card": str(record.card_html) if record.card_html else None,
     }
 

@@ -22,7 +22,6 @@ from mlcycle import flavors
 from mlcycle.flavors import (
     EstimatorNotAllowedError,
     EstimatorNotFoundError,
-    FlavorNotInstalledError,
     MissingPredictProbaError,
     NotARegistryUriError,
     TaskMismatchError,
@@ -105,6 +104,8 @@ CASES = [
     ("xgboost", None, "regression", {"max_depth": 3, "eta": 0.2, "nthread": 1}),
     ("sklearn", "sklearn.ensemble.HistGradientBoostingClassifier", "classification", {"max_iter": 60}),
     ("sklearn", "sklearn.linear_model.Ridge", "regression", {"alpha": 1.0}),
+    ("lightgbm", None, "classification", {"num_leaves": 15, "learning_rate": 0.1}),
+    ("lightgbm", None, "regression", {"num_leaves": 15, "learning_rate": 0.1}),
 ]
 
 
@@ -200,9 +201,17 @@ def test_estimator_must_fit_the_task() -> None:
         flavor_for("sklearn", estimator="sklearn.linear_model.Ridge").validate({}, "classification")
 
 
-def test_lightgbm_is_known_but_asks_for_its_extra() -> None:
-    with pytest.raises(FlavorNotInstalledError, match="install the lightgbm extra"):
-        flavor_for("lightgbm")
+def test_lightgbm_objective_must_match_the_task_and_fit_is_deterministic(classification: Data) -> None:
+    with pytest.raises(TaskMismatchError, match="lightgbm objective"):
+        flavor_for("lightgbm").validate({"objective": "binary"}, "regression")
+    runs = [
+        flavor_for("lightgbm").fit(classification.train_X, classification.train_y, classification.valid_X,
+                                   classification.valid_y, {}, 7, "classification", feature_names=FEATURES)
+        for _ in range(2)
+    ]  # fmt: skip
+    first, second = (flavor_for("lightgbm").predict(r.model, classification.test_X) for r in runs)
+    np.testing.assert_array_equal(first, second)
+    assert runs[0].best_iteration < runs[0].params["num_boost_round"] - 1  # stopped early
 
 
 def test_unknown_flavor_lists_the_known_ones() -> None:

@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 
@@ -29,7 +30,9 @@ def score_frame(
     """Scores for feature rows: the model's columns in the recorded order, one prediction by the
     model's flavor (xgboost when not given: a Booster, as loaded before flavors existed)."""
     scores = (flavor or flavors.XGBoostFlavor()).predict(model, matrix(frame, features))
-    return pd.DataFrame({"score": scores, "decision": scores >= threshold}, index=frame.index)
+    # A regression has no threshold (NaN): no decision rather than a False one.
+    decision = pd.array([None] * len(scores), dtype="boolean") if np.isnan(threshold) else scores >= threshold
+    return pd.DataFrame({"score": scores, "decision": decision}, index=frame.index)
 
 
 def registered_model(
@@ -126,7 +129,7 @@ def backfill_prediction_log(
             "model_version": str(mv.version),
             "shadow": False,
             "score": scored["score"].to_numpy(dtype=float),
-            "decision": scored["decision"].to_numpy(dtype=bool),
+            "decision": scored["decision"].astype(object).where(scored["decision"].notna(), None).to_numpy(),
             "threshold": threshold,
             "features_missing": "",
             "features": frame[features].to_json(orient="records", lines=True).splitlines(),

@@ -48,7 +48,7 @@ def attach_labels(
     maturity_days: float,
     label: str,
     *,
-    key: str | None,
+    key: str | None = "event_id",
     event_time: str = "event_timestamp",
     available_at: str | None = "label_available_at",
 ) -> pd.DataFrame:
@@ -56,8 +56,10 @@ def attach_labels(
 
     ``events`` holds the labels: its ``key`` column (the event id, also a column of
     ``predictions``), ``label``, ``event_time`` and ``available_at`` (when each label arrived; None:
-    each label is known exactly ``maturity_days`` after its event). ``key`` None (a project without
-    an event id): no label can be joined to a prediction, so every row is unlabelled.
+    each label is known exactly ``maturity_days`` after its event); the defaults are the
+    lifecycle's own names (mlcycle.pipeline.labels_frame, the prediction log's ``event_id``). Ids
+    are compared as text unless both sides hold integers. ``key`` None (a project without an event
+    id): no label can be joined to a prediction, so every row is unlabelled.
 
     A label judges a prediction only when it is final: the label window (``maturity_days``) has
     passed since the event *and* since the request (a replayed old event is scored with today's
@@ -79,7 +81,11 @@ def attach_labels(
         known["_available_at"] = pd.to_datetime(known["_event_at"], utc=True) + window
     else:
         known["_available_at"] = events[available_at]
-    out = out.merge(known, on=key, how="left")
+    if not (pd.api.types.is_integer_dtype(out[key].dtype) and pd.api.types.is_integer_dtype(known[key].dtype)):
+        out["_key"], known["_key"] = out[key].astype(str), known[key].astype(str)
+        out = out.merge(known.drop(columns=[key]), on="_key", how="left").drop(columns=["_key"])
+    else:
+        out = out.merge(known, on=key, how="left")
     as_of = pd.Timestamp(as_of)
     as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of
     requested = pd.to_datetime(out["request_unix"], unit="s", utc=True) if "request_unix" in out else None

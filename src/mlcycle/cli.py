@@ -243,6 +243,79 @@ def demo(
 
 
 @app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Project directory to create (absent or empty unless --force).")],
+    data: Annotated[Path, typer.Option("--data", help="The table: .parquet or .csv.")],
+    timestamp: Annotated[str, typer.Option(help="Column: when each event happened.")],
+    label: Annotated[str, typer.Option(help="Column: what the model predicts.")],
+    entity: Annotated[
+        list[str] | None,
+        typer.Option("--entity", help="Entity key (repeatable); none: every feature comes in the request."),
+    ] = None,
+    label_delay: Annotated[str | None, typer.Option(help="How long after its event a label is known, e.g. 30d.")] = None,
+    label_available_at: Annotated[str | None, typer.Option(help="Column: when each row's label became known.")] = None,
+    task: Annotated[str, typer.Option(help="classification (binary) or regression.")] = "classification",
+    protected: Annotated[str | None, typer.Option(help="Column: protected attribute for the fairness gate.")] = None,
+    event_id: Annotated[str | None, typer.Option(help="Column: the row's id (default: a unique *_id column).")] = None,
+    name: Annotated[str | None, typer.Option(help="Project name (default: the directory's name).")] = None,
+    force: Annotated[bool, typer.Option(help="Write into a directory that holds files.")] = False,
+) -> None:
+    """Make a runnable project from a table: data contract, Feast repo, config, flows, README.
+
+    Every command then works in that directory: features build|publish, train, serve, replay,
+    monitor, retrain, batch-score, rollout, history, reproduce, prefect deploy --all, feast apply."""
+    from mlcycle.contract_inference import TableError
+    from mlcycle.scaffold import InitError, init_project
+
+    try:
+        r = init_project(directory, data, timestamp, label, entities=entity or (), label_delay=label_delay,
+                         label_available_at=label_available_at, task=task, protected=protected,
+                         event_id=event_id, name=name, force=force)  # fmt: skip
+    except (TableError, InitError) as exc:
+        console.print(str(exc), style="red", markup=False, soft_wrap=True)
+        console.print("Nothing was written.")
+        raise typer.Exit(2) from None
+    console.print(f"project {r.project} in {r.directory}", style="green", markup=False)
+    console.print(f"  request fields: {', '.join(r.request_fields) or 'none'}", markup=False, soft_wrap=True)
+    console.print(f"  model inputs ({len(r.model_features)}): {', '.join(r.model_features)}", markup=False,
+                  soft_wrap=True)  # fmt: skip
+    for col, why in r.left_out.items():
+        console.print(f"  left out {col}: {why}", markup=False, soft_wrap=True)
+    for note in r.notes:
+        console.print(f"  - {note}", markup=False, soft_wrap=True)
+    console.print(f"next: cd {r.directory} && mlcycle features build && mlcycle features publish && mlcycle train",
+                  markup=False, soft_wrap=True)  # fmt: skip
+
+
+@app.command()
+def replay(
+    since: Annotated[str, typer.Option(help="Rows with event time at or after this (date or ISO time; UTC).")],
+    until: Annotated[str | None, typer.Option(help="...and before this (exclusive).")] = None,
+    rate: Annotated[float | None, typer.Option(help="Requests per second (default: as fast as answered).")] = None,
+    batch: Annotated[int, typer.Option(min=1, max=1000, help="Rows per request (>1: /predict_batch).")] = 1,
+    url: Annotated[str, typer.Option(help="The scoring service.")] = "http://127.0.0.1:3000",
+    config: ConfigOption = None,
+) -> None:
+    """Send the table's rows from --since on to the running service as live traffic, each at its own
+    event time (the prediction log and monitoring then run on the table's calendar). The API key, if
+    the service needs one, comes from MLCYCLE_API_KEY (never an argument: ps shows arguments)."""
+    import os
+
+    from mlcycle.replay import ReplayError
+    from mlcycle.replay import replay as send
+
+    cfg = _config(config)
+    try:
+        result = send(cfg, url, since, until, rate=rate, batch=batch, api_key=os.environ.get("MLCYCLE_API_KEY"))
+    except ReplayError as exc:
+        console.print(str(exc), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print(result.summary(), markup=False, soft_wrap=True)
+    if result.stopped or result.ok == 0:
+        raise typer.Exit(1)
+
+
+@app.command()
 def train(
     config: ConfigOption = None,
     as_of: Annotated[datetime | None, typer.Option(help="Train as if it were this time (labels known then).")] = None,
@@ -402,7 +475,7 @@ def rollout_status(config: ConfigOption = None) -> None:
     # The window starts at the current policy's change and holds only the two aliased versions' rows.
     versions = {"challenger_version": str(challenger.version), "champion_version": str(champion.version)}
     predictions = read_logged_predictions(cfg, policy.updated_at)
-    verdict = canary.analyze(predictions, cfg.canary, **versions)
+    verdict = canary.analyze(predictions, cfg.canary, **versions, task=cfg.task)
     console.print(
         f"\nanalysis of v{challenger.version} against v{champion.version} since the last traffic change "
         f"({policy.updated_at:%Y-%m-%d %H:%M:%S} UTC; labels not attached here, see the rollout flow's report):"
@@ -502,9 +575,15 @@ def batch_score(
 def monitor(
     window_days: Annotated[float | None, typer.Option(help="Current window: the last N days of predictions.")] = None,
     since: Annotated[datetime | None, typer.Option(help="Current window from this time (UTC) instead.")] = None,
+    until: Annotated[
+        datetime | None, typer.Option(help="End of the window (UTC; default: the latest event time in the log).")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Run the Prefect flow `monitor`: drift, score drift and matured-label quality of the champion.
+
+    The window is the latest one of the prediction log by event time (a replayed table from 2019 is
+    monitored as 2019; live traffic's latest event is now), unless --since/--until say otherwise.
 
     Writes a summary and an Evidently report under data/monitoring/, logs an MLflow run and emits
     `mlcycle.drift.detected` / `mlcycle.performance.decayed` events (which start the `retrain`
@@ -513,7 +592,7 @@ def monitor(
 
     cfg = _config(config)
     flow = load_flow(cfg.root, "monitoring", "monitor")
-    result = flow(config=str(cfg.root / "mlcycle.yaml"), window_days=window_days, since=since)
+    result = flow(config=str(cfg.root / "mlcycle.yaml"), as_of=until, window_days=window_days, since=since)
     console.print(Path(result["summary_path"]).with_suffix(".md").read_text())
     console.print(f"\nsummary {result['summary_path']}\nreport  {result['report_html']}")
     console.print(f"events: {', '.join(result['events']) or 'none'}")

@@ -195,11 +195,10 @@ class ModelSpec(StrictModel):
         it resolves (and scikit-learn) is only imported for a config that names one."""
         from mlcycle import flavors
 
-        if self.flavor != "sklearn" and (self.estimator is not None or self.params):
-            raise ValueError(
-                f"model.estimator and model.params are for the sklearn flavor; flavor {self.flavor!r} "
-                + ("takes its parameters under model.xgboost" if self.flavor == "xgboost" else "takes neither")
-            )
+        if self.estimator is not None and self.flavor != "sklearn":
+            raise ValueError(f"model.estimator is for the sklearn flavor; flavor {self.flavor!r} takes none")
+        if self.flavor == "xgboost" and self.params:
+            raise ValueError("the xgboost flavor takes its parameters under model.xgboost, not model.params")
         if self.flavor == "sklearn" and not self.estimator:
             raise ValueError(
                 "the sklearn flavor needs model.estimator: a dotted path such as sklearn.linear_model.Ridge"
@@ -222,7 +221,7 @@ class ModelSpec(StrictModel):
         from mlcycle import flavors
 
         flavor = flavors.flavor_for(self.flavor, estimator=self.estimator, allowed_prefixes=self.allowed_prefixes)
-        flavor.validate(self.params if self.flavor == "sklearn" else {}, task)  # type: ignore[arg-type]
+        flavor.validate(self.params if self.flavor != "xgboost" else {}, task)  # type: ignore[arg-type]
 
 
 class QualitySpec(StrictModel):
@@ -493,6 +492,12 @@ class ProjectConfig(StrictModel):
     retraining: RetrainingSpec = RetrainingSpec()
 
     root: Path = Field(Path("."), exclude=True, description="Directory of the config file.")
+
+    @model_validator(mode="after")
+    def _model_fits_task(self) -> ProjectConfig:
+        """A classifier for a regression (or the reverse) fails at load, before any data is built."""
+        self.model.check_task(self.task)
+        return self
 
     def resolve(self, path: Path) -> Path:
         return path if path.is_absolute() else (self.root / path).resolve()

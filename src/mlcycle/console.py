@@ -68,7 +68,9 @@ def print_training(console: Console, result: dict, indent: str = "      ") -> No
     if result["passed"]:
         console.print(
             f"{indent}registered v{result['version']} as {result['alias']} "
-            f"(ROC-AUC {result['roc_auc']:.4f}, PR-AUC {result['pr_auc']:.4f}); card {result['model_card']}"
+            + (f"(RMSE {result['rmse']:.4g}, MAE {result['mae']:.4g})" if result.get("task") == "regression"
+               else f"(ROC-AUC {result['roc_auc']:.4f}, PR-AUC {result['pr_auc']:.4f})")
+            + f"; card {result['model_card']}"
         )
     else:
         console.print(f"{indent}[red]rejected by the gates: {', '.join(result['failed'])}[/red]; no alias moved")

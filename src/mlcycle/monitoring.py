@@ -215,18 +215,23 @@ EVENT_AT = "_event_at"
 
 @dataclass(frozen=True)
 class LabelColumns:
-    """Where the labels frame keeps what decay monitoring reads. ``event_id`` is also the prediction
-    log's column naming the scored event. ``available_at`` None: each label is taken as known
-    exactly ``maturity_days`` after its event (``table.label_delay`` without a column)."""
+    """Where the labels frame keeps what decay monitoring reads; the defaults are the lifecycle's
+    own names (mlcycle.pipeline.labels_frame). ``event_id`` is also the prediction log's column
+    naming the scored event (None: the project declares no event id, and no label joins a
+    prediction). ``available_at`` None: each label is taken as known exactly ``maturity_days``
+    after its event (``table.label_delay`` without a column)."""
 
-    event_id: str | None
-    label: str
+    event_id: str | None = "event_id"
+    label: str = "label"
     available_at: str | None = "label_available_at"
     timestamp: str = "event_timestamp"
 
     def check(self, predictions: pd.DataFrame) -> None:
         if self.event_id is not None and self.event_id not in predictions:
             raise ValueError(f"the predictions have no event id column {self.event_id!r} (table.event_id)")
+
+
+LIFECYCLE_COLUMNS = LabelColumns()
 
 
 def label_frame(labels: pd.DataFrame, columns: LabelColumns, maturity_days: float) -> pd.DataFrame:
@@ -236,13 +241,13 @@ def label_frame(labels: pd.DataFrame, columns: LabelColumns, maturity_days: floa
         missing.append(columns.timestamp)
     if missing:
         raise ValueError(f"the labels frame has no column {', '.join(missing)} (names from table.*)")
-    out = pd.DataFrame({EVENT_ID: labels[columns.event_id].to_numpy(), LABEL: labels[columns.label].to_numpy()})
+    out = pd.DataFrame({EVENT_ID: labels[columns.event_id], LABEL: labels[columns.label]}, index=labels.index)
     if columns.timestamp in labels:
-        out[EVENT_AT] = pd.to_datetime(labels[columns.timestamp].to_numpy(), utc=True)
+        out[EVENT_AT] = pd.to_datetime(labels[columns.timestamp], utc=True)
     if columns.available_at is None:
         out[AVAILABLE_AT] = out[EVENT_AT] + pd.Timedelta(days=maturity_days)
     else:
-        out[AVAILABLE_AT] = pd.to_datetime(labels[columns.available_at].to_numpy(), utc=True)
+        out[AVAILABLE_AT] = pd.to_datetime(labels[columns.available_at], utc=True)
     return out
 
 
@@ -386,7 +391,7 @@ def performance_windows(
     lookback_days: int = 28,
     min_label_coverage: float = 0.98,
     *,
-    columns: LabelColumns,
+    columns: LabelColumns = LIFECYCLE_COLUMNS,
     task: Task = "classification",
 ) -> list[DecayWindow]:
     """Per window of prediction time: ROC-AUC, precision and recall (classification) or RMSE and MAE
@@ -481,7 +486,7 @@ def decay_verdict(
     spec: MonitoringSpec,
     baseline_roc_auc: float | None = None,
     *,
-    columns: LabelColumns,
+    columns: LabelColumns = LIFECYCLE_COLUMNS,
     task: Task = "classification",
     baseline_rmse: float | None = None,
 ) -> tuple[DecayVerdict, list[DecayWindow]]:

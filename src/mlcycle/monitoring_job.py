@@ -37,7 +37,8 @@ CODE_SUFFIX = "_code"
 MONITORING_EXPERIMENT_SUFFIX = "-monitoring"
 # Bumped when what the cached reference holds changes (2: scores from the held-out window).
 REFERENCE_FORMAT = 2
-DECAY_SUMMARY_KEYS = ("state", "roc_auc", "roc_auc_ci", "precision", "recall", "positives", "reasons", "late_labels")
+DECAY_SUMMARY_KEYS = ("state", "roc_auc", "roc_auc_ci", "precision", "recall", "positives", "reasons", "late_labels",
+                      "rmse", "rmse_ci", "mae", "baseline_rmse")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class ChampionReference:
     numeric: list[str]
     categorical: list[str]
     baseline_roc_auc: float | None
+    baseline_rmse: float | None = None
 
 
 def held_out_rows(snapshot: pd.DataFrame, test_start: str | None) -> pd.DataFrame:
@@ -121,7 +123,7 @@ def champion_reference(cfg: ProjectConfig) -> ChampionReference:
         sample.to_parquet(directory / "sample.parquet", index=False)
         baseline = run.data.metrics.get("test.roc_auc")
         meta = {"format": REFERENCE_FORMAT, "version": version, "numeric": numeric, "categorical": categorical,
-                "baseline_roc_auc": baseline, "rows": len(frame), "score_rows": len(held_out),
+                "baseline_roc_auc": baseline, "baseline_rmse": run.data.metrics.get("test.rmse"), "rows": len(frame), "score_rows": len(held_out),
                 "scores_from": "held-out evaluation window", "run_id": mv.run_id,
                 "computed_at": datetime.now(UTC).isoformat()}  # fmt: skip
         meta_path.write_text(json.dumps(meta, indent=2))
@@ -136,6 +138,7 @@ def champion_reference(cfg: ProjectConfig) -> ChampionReference:
         numeric=meta["numeric"],
         categorical=meta["categorical"],
         baseline_roc_auc=meta["baseline_roc_auc"],
+        baseline_rmse=meta.get("baseline_rmse"),
     )
 
 
@@ -230,7 +233,17 @@ class CheckResult:
                       f"{_pct(pd_.get('mean_change_low'), '−∞')} … {_pct(pd_.get('mean_change_high'), '+∞')})"
                       + (" — **alert**: " + "; ".join(pd_.get("reasons") or ()) if pd_["alert"] else "")]  # fmt: skip
         lines += ["", "### Performance on matured labels", ""]
-        if decay.get("roc_auc") is not None and decay.get("positives"):
+        if decay.get("rmse") is not None:
+            ci = decay.get("rmse_ci")
+            ci_text = f" (95% CI {ci[0]:.4g}–{ci[1]:.4g})" if ci else ""
+            state = {"ok": "fine", "decayed": "**decayed**"}.get(decay.get("state", ""), "**not measurable yet**")
+            base = decay.get("baseline_rmse")
+            lines.append(
+                f"Newest matured windows: RMSE {decay['rmse']:.4g}{ci_text}, MAE {decay['mae']:.4g} (champion's test "
+                f"RMSE {base if base is not None else float('nan'):.4g}): {state}"
+                + (": " + "; ".join(decay["reasons"]) if decay.get("reasons") else "")
+            )
+        elif decay.get("roc_auc") is not None and decay.get("positives"):
             ci = decay.get("roc_auc_ci")
             ci_text = f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else ""
             state = {"ok": "fine", "decayed": "**decayed**"}.get(decay.get("state", ""), "**not measurable yet**")
@@ -247,7 +260,7 @@ class CheckResult:
             lines.append(f"\n{decay['unlabelled']:,} matured predictions whose own label has not arrived are left out.")
         if decay.get("late_labels"):
             lines.append(f"\nLate labels: {decay['late_labels']['line']}.")
-        judged = [w for w in self.decay_windows if w["matured"] and w["roc_auc"] is not None]
+        judged = [w for w in self.decay_windows if w["matured"] and w.get("roc_auc") is not None]
         if judged:
             lines += ["", "| window | predictions | positives | ROC-AUC | precision | recall |", "|---" * 6 + "|"]
             for w in judged:
@@ -274,7 +287,7 @@ def run_check(
     """Drift, prediction drift, decay and upstream anomalies of the champion at ``as_of`` (now)."""
     spec = cfg.monitoring
     ref = champion_reference(cfg)
-    if as_of is None and since is None:
+    if as_of is None:
         # The log's own calendar: the latest window by event time (a replayed table from 2019 is
         # monitored as 2019; live traffic's latest event is now).
         answered = answered_predictions(cfg)
@@ -316,6 +329,8 @@ def run_check(
         cfg.table.label_delay_days,
         spec,
         ref.baseline_roc_auc,
+        task=cfg.task,
+        baseline_rmse=ref.baseline_rmse,
     )
     return CheckResult(
         checked_at=datetime.now(UTC).isoformat(timespec="seconds"),

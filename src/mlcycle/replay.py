@@ -93,7 +93,9 @@ def as_utc(value: str | date | datetime | pd.Timestamp) -> pd.Timestamp:
     try:
         ts = pd.Timestamp(value)
     except (ValueError, TypeError) as exc:
-        raise ReplayError(f"cannot read {value!r} as a date or time: write e.g. 2024-03-01 or 2024-03-01T12:00Z") from exc
+        raise ReplayError(
+            f"cannot read {value!r} as a date or time: write e.g. 2024-03-01 or 2024-03-01T12:00Z"
+        ) from exc
     if ts is pd.NaT:
         raise ReplayError(f"{value!r} is not a point in time")
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
@@ -131,8 +133,14 @@ def request_fields(cfg: ProjectConfig) -> tuple[str, ...]:
     ``mlcycle features publish`` first), without ``request_unix``, which the service sets."""
     from mlcycle.features.store import open_project_store, plan_for
 
-    store = open_project_store(cfg)
-    plan = plan_for(store, cfg.features.feature_service)
+    try:
+        store = open_project_store(cfg)
+        plan = plan_for(store, cfg.features.feature_service)
+    except Exception as exc:  # no registry yet, a service of another name: say what to do
+        raise ReplayError(
+            f"cannot read feature service '{cfg.features.feature_service}' from the Feast registry "
+            f"({type(exc).__name__}: {exc}): run `mlcycle features publish` first"
+        ) from exc
     return tuple(f for f in plan.request_fields if f != "request_unix")
 
 
@@ -181,7 +189,11 @@ def _progress(total: int):  # pragma: no cover - display only
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     bar = Progress(
-        TextColumn("replay {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=False
+        TextColumn("replay {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=False,
     )
     return bar, bar.add_task("", total=total)
 
@@ -197,8 +209,8 @@ def replay(
     progress: bool = True,
     *,
     fields: Sequence[str] | None = None,
-    envelope: str | None = None,
-    batch_envelope: str | None = None,
+    envelope: str | None = "request",
+    batch_envelope: str | None = "requests",
     timeout: float = 30.0,
     max_consecutive_failures: int = 50,
     client: httpx.Client | None = None,
@@ -210,8 +222,9 @@ def replay(
     ``rate``: requests per second (None: as fast as the service answers), paced on a fixed schedule
     (request ``i`` leaves at ``start + i / rate``, so a slow answer does not lower the average).
     ``batch`` > 1 sends that many rows per request to ``{url}/predict_batch`` as a JSON list.
-    ``envelope`` / ``batch_envelope`` wrap the body in an object under that key, for a service
-    whose API takes a named argument (``{"request": {...}}``). ``fields`` overrides the request
+    ``envelope`` / ``batch_envelope``: the body is an object with the row (the list of rows) under
+    that key, as BentoML maps a JSON body onto the API's argument (``predict(self, request)``,
+    ``predict_batch(self, requests)``); None sends the bare row (list). ``fields`` overrides the request
     fields read from the FeatureService. Stops early after ``max_consecutive_failures`` failed
     requests in a row (a service that is down or refuses the key fails them all).
     ``client``, ``clock`` and ``sleep`` are for tests.
@@ -225,8 +238,10 @@ def replay(
     fields = tuple(request_fields(cfg) if fields is None else fields)
     rows = replay_rows(cfg, since, until)
     if rows.empty:
-        raise ReplayError(f"no rows of {cfg.table_path.name} at or after {as_utc(since)}" + (
-            f" and before {as_utc(until)}" if until is not None else "") + ": pick a date inside the table")  # fmt: skip
+        before = f" and before {as_utc(until)}" if until is not None else ""
+        raise ReplayError(
+            f"no rows of {cfg.table_path.name} at or after {as_utc(since)}{before}: pick a date inside the table"
+        )
     bodies = request_bodies(rows, cfg, fields)
     event_id = cfg.table.event_id if cfg.table.event_id in rows.columns else None
     result = ReplayResult(first_event=bodies[0][TIMESTAMP_FIELD], last_event=bodies[-1][TIMESTAMP_FIELD])

@@ -11,8 +11,12 @@ is for, and writes a project directory that every command runs in without an edi
 - ``data/raw/<table>.parquet``: the table itself, timestamps as UTC microseconds (``data/`` is
   git-ignored);
 - ``feature_repo/``: ``feature_store.yaml`` (and the ``scale`` profile's), and ``features.py``: the
-  entities, one FeatureView of declared aggregations per entity, a RequestSource of the event's own
-  fields, an on-demand view that turns them into model inputs, and the FeatureService;
+  entities, one FeatureView of declared aggregations per entity (with the entity's last-event clock),
+  a RequestSource of the event's own fields, an on-demand view that turns them (and the clocks) into
+  model inputs, and the FeatureService;
+- ``flows/`` and ``prefect.yaml``: a copy of mlcycle's Prefect flows and their deployments (those of the
+  reference project, named for this one, entrypoints in ``flows/``), so ``prefect deploy --all`` runs
+  from the project directory;
 - ``README.md``: what was inferred, what was left out, the commands in order.
 
 Which column becomes what: the event time, the label, its arrival time, the entity keys, the event
@@ -22,7 +26,8 @@ reaches the model through the on-demand view: a number as ``<col>_value`` (float
 -1 for a missing or unknown value). Identifier-like text, timestamps and columns with no usable
 value are left out and listed. With entity keys, each entity gets counts of its events over the
 windows the table's span supports and the mean of the first numeric fields over the two longest,
-computed point in time by the declarative engine (``features.aggregations``).
+computed point in time by the declarative engine (``features.aggregations``), and the seconds since
+its last earlier event (``<table>_secs_since_last``, NaN for its first).
 
 Nothing is written for a bad table or bad arguments: the project is assembled in a temporary
 directory beside the target, validated (``load_config`` must accept it), then moved into place.
@@ -48,10 +53,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from mlcycle.contract_inference import ColumnContract as _ColumnContract
-from mlcycle.contract_inference import InferredContract as _InferredContract
 from mlcycle.contract_inference import (
     MAX_CATEGORIES,
+    ColumnContract,
+    InferredContract,
     TableError,
     TableSpec,
     _close_matches,
@@ -83,6 +88,15 @@ MAX_PROTECTED_VALUES = 20  # the fairness gate compares groups: a protected attr
 REQUEST_RESERVED = frozenset({"request_unix", "timestamp", "request_id", "features_missing", "score"})
 ID_NAME = re.compile(r"(^id$|_id$|^id_|uuid|guid)", re.IGNORECASE)
 DEFAULT_LABEL_DELAY = "30d"
+# The time column of every feature table `mlcycle features build` writes (the state after each event,
+# stamped 1 µs later): the FileSources' timestamp_field. And the column it adds to each declared table:
+# ``<table>_last_event_unix``, the entity's last event (Unix seconds), which the on-demand view turns into
+# ``<table>_secs_since_last``. Both as mlcycle.features.transform writes them (a test holds them equal).
+FEATURE_TIMESTAMP = "event_timestamp"
+LAST_EVENT_SUFFIX = "_last_event_unix"
+RECENCY_SUFFIX = "_secs_since_last"
+PREFECT_FILE = "prefect.yaml"
+FLOWS_DIR = "flows"
 
 
 class InitError(ValueError):
@@ -149,7 +163,7 @@ class _Plan:
     project: str
     table: str
     spec: TableSpec
-    contract: _InferredContract
+    contract: InferredContract
     event_id: str | None
     protected: str | None
     label_delay: str
@@ -163,6 +177,7 @@ class _Plan:
     notes: list[str] = field(default_factory=list)
     span: timedelta = timedelta(0)
     end: pd.Timestamp | None = None
+    replay_since: pd.Timestamp | None = None  # a date with the latest tenth of the rows after it
     rows_per_day: float = 0.0
     positive_rate: float | None = None
     label_std: float | None = None
@@ -185,8 +200,14 @@ class _Plan:
         return [a["name"] for spec in self.aggregations.values() for a in spec["aggregations"]]
 
     @property
+    def recency(self) -> dict[str, str]:
+        """Per aggregation table: its last-event column (a view feature, not a model input) → the
+        seconds-since-last model input the on-demand view computes from it."""
+        return {t + LAST_EVENT_SUFFIX: t + RECENCY_SUFFIX for t in self.aggregations}
+
+    @property
     def model_features(self) -> list[str]:
-        return self.aggregation_features + self.odfv_outputs
+        return self.aggregation_features + list(self.recency.values()) + self.odfv_outputs
 
 
 def _require_column(frame: pd.DataFrame, col: str, role: str) -> None:
@@ -221,7 +242,7 @@ def _event_id(frame: pd.DataFrame, given: str | None, taken: set[str], notes: li
             )  # fmt: skip
         return given
     for col in frame.columns:
-        if col in taken or not ID_NAME.search(str(col)):
+        if col in taken or col in REQUEST_RESERVED or not ID_NAME.search(str(col)):
             continue
         series = frame[col]
         if pd.api.types.is_float_dtype(series.dtype) or series.isna().any():
@@ -248,7 +269,7 @@ def _entity_type(frame: pd.DataFrame, entity: str) -> str:
     return "STRING"
 
 
-def _numeric_id(series: pd.Series, col: str, rule: _ColumnContract) -> bool:
+def _numeric_id(series: pd.Series, col: str, rule: ColumnContract) -> bool:
     """Whole numbers under an id-like name with many values: an identifier stored as a number."""
     if not ID_NAME.search(col) or rule.distinct <= MAX_CATEGORIES:
         return False
@@ -258,6 +279,15 @@ def _numeric_id(series: pd.Series, col: str, rule: _ColumnContract) -> bool:
     return bool(np.all(np.mod(values.to_numpy(dtype=float), 1) == 0))
 
 
+def _not_reserved(col: str) -> None:
+    """A column a request carries must not take the name of a field the serving layer sets or answers."""
+    if col in REQUEST_RESERVED:
+        raise TableError(
+            f"column '{col}' has the name of a field the serving layer sets itself", col,
+            f"rename it, e.g. to '{col}_value'",
+        )  # fmt: skip
+
+
 def _classify_columns(plan: _Plan, frame: pd.DataFrame) -> None:
     spec, contract = plan.spec, plan.contract
     roles = {spec.timestamp, spec.label, *spec.entities, *filter(None, [spec.label_available_at])}
@@ -265,12 +295,8 @@ def _classify_columns(plan: _Plan, frame: pd.DataFrame) -> None:
     for col in spec.columns:
         if col in roles:
             continue
-        rule: _ColumnContract = contract.column(col)
-        if col in REQUEST_RESERVED:
-            raise TableError(
-                f"column '{col}' has a name the serving layer gives its own request field", col,
-                f"rename it, e.g. to '{col}_value'",
-            )  # fmt: skip
+        rule: ColumnContract = contract.column(col)
+        _not_reserved(col)
         if rule.observed_null_rate >= 1.0:
             plan.left_out[col] = "always missing"
         elif rule.kind == "numeric":
@@ -311,7 +337,7 @@ def _classify_columns(plan: _Plan, frame: pd.DataFrame) -> None:
         )
 
 
-def _protected(col: str | None, contract: _InferredContract) -> None:
+def _protected(col: str | None, contract: InferredContract) -> None:
     if not col:
         return
     rule = contract.column(col)
@@ -365,7 +391,7 @@ def _declare_aggregations(plan: _Plan, frame: pd.DataFrame, times: pd.Series) ->
     plan.notes.extend(notes)
     plan.windows = [n for n, _ in windows]
     longest = [n for n, _ in windows][-2:]
-    taken = set(spec.columns) | set(plan.odfv_outputs) | {"event_timestamp", "request_unix"}
+    taken = set(spec.columns) | set(plan.odfv_outputs) | {FEATURE_TIMESTAMP, "request_unix"}
     room = max(0, (MAX_AGGREGATIONS - len(windows)) // max(len(longest), 1))
     numeric = plan.numeric[:room]
     if len(plan.numeric) > room:
@@ -383,10 +409,13 @@ def _declare_aggregations(plan: _Plan, frame: pd.DataFrame, times: pd.Series) ->
         return aggs
 
     for entity in spec.entities:
+        table = f"{entity}_stats"
+        # The table's recency columns: its last event (a view feature) and the seconds since it (a model input).
+        recency = [table + LAST_EVENT_SUFFIX, table + RECENCY_SUFFIX]
         # ``customer_id`` → ``customer_count_24h``; the whole key name if that would clash with a column.
         for prefix in dict.fromkeys([_stem(entity), entity]):
             aggs = declare(prefix)
-            clash = next((a["name"] for a in aggs if a["name"] in taken), None)
+            clash = next((n for n in [*recency, *(a["name"] for a in aggs)] if n in taken), None)
             if clash is None:
                 break
         else:
@@ -394,8 +423,8 @@ def _declare_aggregations(plan: _Plan, frame: pd.DataFrame, times: pd.Series) ->
                 f"column '{clash}' has the name of a generated aggregation feature", clash,
                 f"rename it, e.g. to '{clash}_raw'",
             )  # fmt: skip
-        taken.update(a["name"] for a in aggs)
-        plan.aggregations[f"{entity}_stats"] = {"entities": [entity], "timestamp": spec.timestamp, "aggregations": aggs}
+        taken.update([*recency, *(a["name"] for a in aggs)])
+        plan.aggregations[table] = {"entities": [entity], "timestamp": spec.timestamp, "aggregations": aggs}
 
 
 def _check_generated_names(plan: _Plan) -> None:
@@ -406,8 +435,9 @@ def _check_generated_names(plan: _Plan) -> None:
     names += [(plan.output_name(c), c) for c in plan.request_fields]
     for name, source in names:
         if name in seen and seen[name] != source:
+            made_from = source if seen[name] == name else seen[name]
             raise TableError(
-                f"column '{name}' has the name of the feature generated from '{seen[name] if seen[name] != name else source}'",
+                f"column '{name}' has the name of the feature made from '{made_from}'",
                 name,
                 f"rename it, e.g. to '{name}_raw'",
             )
@@ -419,7 +449,7 @@ def _label_delay(
 ) -> str:
     from pydantic_core import PydanticCustomError
 
-    from mlcycle.features.aggregations import format_window, parse_window
+    from mlcycle.features.aggregations import parse_window
 
     if label_delay is None and spec.label_available_at:
         delay = (parsed[spec.label_available_at] - times).dropna()
@@ -429,8 +459,10 @@ def _label_delay(
                 "give the arrival time of the labels that are known, or use --label-delay",
             )  # fmt: skip
         p99 = delay.quantile(0.99)
-        days = max(1, math.ceil(p99 / pd.Timedelta(days=1)))
-        label_delay = f"{days}d"
+        if p99 <= pd.Timedelta(days=1):
+            label_delay = f"{max(1, math.ceil(p99 / pd.Timedelta(hours=1)))}h"
+        else:
+            label_delay = f"{math.ceil(p99 / pd.Timedelta(days=1))}d"
         notes.append(
             f"label delay {label_delay}: 99% of labels arrived within {p99} of their event (the longest took "
             f"{delay.max()}); a window is judged once this long has passed"
@@ -459,7 +491,7 @@ def _label_delay(
             f"only {matured:.0%} of rows have a known label by the table's end ({label_delay} delay): training "
             "uses those"
         )
-    return format_window(window)
+    return label_delay.strip().lower()
 
 
 def _plan(
@@ -488,6 +520,8 @@ def _plan(
             )
         taken.add(protected)
     ev = _event_id(frame, event_id, taken, notes)
+    for col in (*entities, *filter(None, [ev])):
+        _not_reserved(col)
     contract = infer_contract(frame, spec, name=table, event_id=ev)
     _protected(protected, contract)
     prepared = prepare_table(frame, spec)
@@ -496,6 +530,7 @@ def _plan(
     plan = _Plan(project, table, spec, contract, ev, protected, delay, notes=notes)
     plan.span = times.max() - times.min()
     plan.end = times.max()
+    plan.replay_since = times.quantile(0.9).floor("D")
     plan.rows_per_day = len(frame) / max(plan.span / pd.Timedelta(days=1), 1 / 24)
     if task == "classification":
         plan.positive_rate = float((prepared[label].dropna() == spec.positive_label).mean())
@@ -527,6 +562,18 @@ def _round_sig(x: float, digits: int = 2) -> float:
     return round(x, max(0, digits - 1 - math.floor(math.log10(x))))
 
 
+def _round_up_sig(x: float, digits: int = 3) -> float:
+    if x <= 0 or not math.isfinite(x):
+        return 0.0
+    step = 10.0 ** (math.floor(math.log10(x)) - digits + 1)
+    return round(math.ceil(x / step) * step, max(0, digits - 1 - math.floor(math.log10(x))))
+
+
+def _model_name(project: str) -> str:
+    """The registered model's name (model.name; the resource the monitor's events are about)."""
+    return f"{project}-model"
+
+
 def _monitoring_window(rows_per_day: float) -> int:
     """Days per monitoring window: the shortest of 1, 7, 30, 90 that holds about a thousand rows."""
     for days in (1, 7, 30, 90):
@@ -536,171 +583,170 @@ def _monitoring_window(rows_per_day: float) -> int:
 
 
 def _config_text(plan: _Plan, source: Path) -> str:
-    spec = plan.spec
-    p = plan.project
+    """mlcycle.yaml as text: YAML libraries do not write comments, and the comments are the point."""
+    spec, p = plan.spec, plan.project
     cls = spec.task == "classification"
-    rows = spec.rows
     window = _monitoring_window(plan.rows_per_day)
     per_window = plan.rows_per_day * window
-    L: list[str] = [
-        f"# mlcycle project '{p}', written by `mlcycle init` from {source.name} ({rows} rows,",
-        f"# {datetime.now(UTC):%Y-%m-%d}). One file drives the project (mlcycle.config.ProjectConfig; unknown keys",
-        "# are errors). Paths are relative to this file; generated state goes to data/ (git-ignored).",
-        "# README.md says what was inferred and which commands to run.",
-        f"project: {_y(p)}",
-        "profile: local            # local: SQLite + files, nothing to start | scale: Redis + PostgreSQL",
-        f"task: {spec.task}",
-        "",
-        "# The event table and the role of each column the lifecycle reads; every other column the table has",
-        "# is described in the contract, and the ones the model uses are in feature_repo/features.py.",
-        "table:",
-        f"  path: data/raw/{plan.table}.parquet",
-        f"  contract: {CONTRACT_NAME}      # inferred from the table: read it and tighten it",
-        f"  timestamp: {_y(spec.timestamp)}          # when the event happened (UTC)",
-        f"  label: {_y(spec.label)}",
-    ]
+    lines: list[str] = []
+
+    def put(text: str = "", comment: str = "", indent: int = 0) -> None:
+        line = " " * indent + text
+        if comment:
+            line = f"{line.ljust(30)} # {comment}" if text else f"{line}# {comment}"
+        lines.append(line.rstrip())
+
+    def note(text: str, indent: int = 0) -> None:
+        for part in textwrap.wrap(text, 100 - indent - 2):
+            lines.append(" " * indent + "# " + part)
+
+    note(
+        f"mlcycle project '{p}', written by `mlcycle init` from {source.name} ({spec.rows} rows) on "
+        f"{datetime.now(UTC):%Y-%m-%d}. One file drives the project (mlcycle.config.ProjectConfig; unknown keys "
+        "are errors). Paths are relative to this file; generated state goes to data/ (git-ignored). README.md "
+        "says what was inferred and which commands to run."
+    )
+    put(f"project: {_y(p)}")
+    put("profile: local", "local: SQLite + files, nothing to start | scale: Redis + PostgreSQL")
+    put(f"task: {spec.task}")
+    put()
+    note(
+        "The event table and the role of each column the lifecycle reads. contract.yaml describes every "
+        "column; feature_repo/features.py says which ones the model uses and how."
+    )
+    put("table:")
+    put(f"path: data/raw/{plan.table}.parquet", "the table, as init read it (UTC timestamps)", 2)
+    put(f"contract: {CONTRACT_NAME}", "inferred from the table: read it and tighten it", 2)
+    put(f"timestamp: {_y(spec.timestamp)}", "when the event happened (UTC)", 2)
+    put(f"label: {_y(spec.label)}", "what the model predicts", 2)
     if cls:
-        L.append(
-            f"  positive_label: {_y(spec.positive_label)}         # the class the score is the probability of "
-            f"({plan.positive_rate:.2%} of labelled rows)"
-        )
+        put(f"positive_label: {_y(spec.positive_label)}", f"the class scored ({plan.positive_rate:.2%} of rows)", 2)
     if plan.event_id:
-        L.append(f"  event_id: {_y(plan.event_id)}          # requests carry it, so a later label joins its prediction")
+        put(f"event_id: {_y(plan.event_id)}", "requests carry it, so a later label joins its prediction", 2)
     else:
-        L.append("  # event_id: none — no column identifies each row; add one so later labels join their predictions")
-    L.append(
-        f"  entities: {_y(list(spec.entities))}"
-        + (
-            "          # looked up per key in the online store"
-            if spec.entities
-            else "          # none: every feature comes in the request"
-        )
+        put(comment="event_id: none — no column identifies each row; add one so labels join predictions", indent=2)
+    put(
+        f"entities: {_y(list(spec.entities))}",
+        "features looked up per key online" if spec.entities else "none: every feature comes in the request",
+        2,
     )
     if spec.label_available_at:
-        L.append(f"  label_available_at: {_y(spec.label_available_at)}   # when each row's label became known")
-        L.append(f"  label_delay: {plan.label_delay}        # maturity horizon: 99% of labels arrive within it")
+        put(f"label_available_at: {_y(spec.label_available_at)}", "when each row's label became known", 2)
+        put(f"label_delay: {plan.label_delay}", "maturity horizon: 99% of labels arrive within it", 2)
     else:
-        L.append(f"  label_delay: {plan.label_delay}        # each label is taken as known this long after its event")
+        put(f"label_delay: {plan.label_delay}", "each label is taken as known this long after its event", 2)
     if plan.protected:
-        L.append(
-            f"  protected: {_y(plan.protected)}        # the fairness gate compares its groups; never a model input"
-        )
-        L.append("  slices:                 # evaluation metrics per group")
-        L.append(f"    - {{column: {_y(plan.protected)}}}")
+        put(f"protected: {_y(plan.protected)}", "fairness gates compare its groups; never a model input", 2)
+        put("slices:", "evaluation metrics per group", 2)
+        put(f"- {{column: {_y(plan.protected)}}}", indent=4)
     else:
-        L.append("  # protected: <column>   # a protected attribute for the fairness gate (optional)")
-        L.append("  # slices: [{column: <column>}]   # evaluation metrics per group (optional)")
-    L += [
-        "  # transformations: my_features:build   # your own raw table → feature tables, when declarations are not enough",
-        "",
-        "serving:",
-    ]
+        put(comment="protected: <column>      a protected attribute for the fairness gates (optional)", indent=2)
+        put(comment="slices: [{column: <column>}]      evaluation metrics per group (optional)", indent=2)
+    put(comment="transformations: module:function      your own table → feature tables (optional)", indent=2)
+    put()
+    put("serving:")
     if spec.entities:
-        L.append(f"  routing_key: {_y(spec.entities[0])}   # a canary keeps each {spec.entities[0]} on one model")
+        put(f"routing_key: {_y(spec.entities[0])}", f"a canary keeps each {spec.entities[0]} on one model", 2)
     else:
-        L.append("  routing_key: request_id   # no entity: a canary routes each request on its own")
-    L += [
-        "",
-        "features:",
-        f"  feature_repo: {FEATURE_REPO}",
-        f"  feature_service: {p}_v1      # in feature_repo/features.py: the model's inputs, offline and online",
-    ]
+        put("routing_key: request_id", "no entity: a canary routes each request on its own", 2)
+    put()
+    put("features:")
+    put(f"feature_repo: {FEATURE_REPO}", indent=2)
+    put(f"feature_service: {p}_v1", "feature_repo/features.py: the model's inputs, offline and online", 2)
     if plan.aggregations:
-        L += [
-            "  # Per-entity window aggregations, declared once: computed point in time offline (the state after",
-            "  # each event, stamped 1 µs later, so a row never sees its own event) and published online.",
-            f"  # Windows: {', '.join(plan.windows)} (those the table's span and pace support).",
-            "  aggregations:",
-        ]
+        note(
+            "Per-entity window aggregations, declared once: computed point in time offline (the state after "
+            "each event, stamped 1 µs later, so a row never sees its own event) and published online. Windows: "
+            f"{', '.join(plan.windows)} (those the table's span and pace support).",
+            2,
+        )
+        put("aggregations:", indent=2)
         for name, agg in plan.aggregations.items():
-            L += [f"    {name}:", f"      entities: {_y(agg['entities'])}", f"      timestamp: {_y(agg['timestamp'])}"]
-            L.append("      aggregations:")
-            L += [f"        - {_y(a)}" for a in agg["aggregations"]]
+            put(f"{name}:", indent=4)
+            put(f"entities: {_y(agg['entities'])}", indent=6)
+            put(f"timestamp: {_y(agg['timestamp'])}", indent=6)
+            put("aggregations:", indent=6)
+            for a in agg["aggregations"]:
+                put(f"- {_y(a)}", indent=8)
     else:
-        L.append("  # aggregations: none — without an entity every feature comes in the request")
-    L += [
-        "",
-        "model:",
-        f"  name: {p}-model         # registered model name in MLflow",
-        "  flavor: xgboost         # or lightgbm, or sklearn with estimator: sklearn.ensemble.HistGradientBoosting…",
-    ]
+        put(comment="aggregations: none — without an entity every feature comes in the request", indent=2)
+    put()
+    put("model:")
+    put(f"name: {_y(_model_name(p))}", "registered model name in MLflow", 2)
+    put("flavor: xgboost", "or lightgbm, or sklearn with estimator: <dotted path>", 2)
     if cls:
-        L.append("  threshold: max_f1       # decision threshold picked on the validation slice")
-    L += ["", "tracking:", f"  experiment: {p}", ""]
-    # Quality checks on the training set, before training.
-    min_rows = int(min(1000, max(100, rows // 5)))
-    L += ["quality:", f"  min_rows: {min_rows}           # fewer training rows: no training"]
+        put("threshold: max_f1", "decision threshold picked on the validation slice", 2)
+    put()
+    put("tracking:")
+    put(f"experiment: {_y(p)}", indent=2)
+    put()
+    put("quality:", "checks on the training set, before training: failing one stops the run")
+    put(f"min_rows: {int(min(1000, max(100, spec.rows // 5)))}", "fewer training rows: no training", 2)
     if cls and plan.positive_rate:
         r = plan.positive_rate
-        lo, hi = _round_sig(r / 3), min(1.0, _round_sig(min(0.99, r * 3)))
-        L.append(
-            f"  min_label_rate: {lo}    # positives in the training set: a third to three times the table's {r:.2%}"
-        )
-        L.append(f"  max_label_rate: {hi}    # outside: the label is probably broken, not the world")
-    else:
-        L += ["  min_label_rate: 0", "  max_label_rate: 1"]
-    L.append("")
+        put(f"min_label_rate: {_round_sig(r / 3)}", f"a third to three times the table's {r:.2%}: outside,", 2)
+        put(f"max_label_rate: {min(1.0, _round_sig(min(0.99, r * 3)))}", "the label is broken, not the world", 2)
+    put()
+    put("gates:", "a candidate must meet these to be registered with an alias")
     if cls:
         r = plan.positive_rate or 0.0
-        min_pr = _round_sig(min(0.9, max(0.01, 1.5 * r)))
-        L += [
-            "gates:                    # a candidate must meet these to be registered with an alias",
-            "  min_roc_auc: 0.65       # clearly better than chance; raise it once you know what a good model reaches",
-            f"  min_pr_auc: {min_pr}        # 1.5x the positive rate (a random ranking's PR-AUC)",
-        ]
-        if plan.protected:
-            L.append(f"  fairness_attribute: {_y(plan.protected)}")
-        L += [
-            "  # A gate the data cannot decide (an interval straddling the bound): block refuses the model, warn",
-            "  # registers it with the warning in its model card.",
-            "  when_unmeasurable: {min_roc_auc: block, min_pr_auc: block, fairness: warn, max_p99_latency_ms: block,",
-            "                      no_regression: block}",
-            "",
-        ]
+        put("min_roc_auc: 0.65", "clearly better than chance; raise it once you know what a good model", 2)
+        put(comment="reaches on this table", indent=2)
+        put(
+            f"min_pr_auc: {_round_sig(min(0.9, max(0.01, 1.5 * r)))}",
+            "1.5x the positive rate (a random ranking's PR-AUC)",
+            2,
+        )
     else:
-        std = plan.label_std or 0.0
-        L += [
-            f"# gates: regression gates speak RMSE / MAE; predicting the mean scores RMSE {std:.4g} (the label's",
-            "# standard deviation), the bar any model must clear.",
-            "",
-        ]
-    min_mon = int(max(100, min(500, per_window // 2)))
-    L += [
-        "monitoring:",
-        f"  # The table holds about {plan.rows_per_day:.4g} rows a day: windows of {window} day(s) hold about "
+        std = _round_up_sig(plan.label_std or 0.0)
+        if std > 0:
+            put(f"max_rmse: {std}", "the label's standard deviation: what predicting the mean scores", 2)
+        put("max_regression_rmse: 0.02", "at most 2% worse than the champion on the same rows", 2)
+    note(
+        "A gate the data cannot decide (an interval straddling its bound): block refuses the model, warn "
+        "registers it with the warning in its model card.",
+        2,
+    )
+    put(
+        "when_unmeasurable: {min_roc_auc: block, min_pr_auc: block, max_rmse: block, no_regression: block,",
+        indent=2,
+    )
+    put("fairness: warn, max_p99_latency_ms: block}", indent=22)
+    put()
+    put("monitoring:")
+    note(
+        f"The table holds about {plan.rows_per_day:.4g} rows a day: windows of {window} day(s) hold about "
         f"{per_window:.0f}.",
-        f"  window_days: {window}           # the current window: the latest days of the prediction log (by event time)",
-        f"  min_rows: {min_mon}            # fewer logged predictions in the window: no drift verdict",
-        f"  decay_window_days: {window}     # a performance window, judged once its labels have matured",
-        f"  decay_lookback_days: {window * 14}",
-    ]
+        2,
+    )
+    put(f"window_days: {window}", "the current window: the latest days of the log, by event time", 2)
+    put(f"min_rows: {int(max(100, min(500, per_window // 2)))}", "fewer predictions in the window: no verdict", 2)
+    put(f"decay_window_days: {window}", "a performance window, judged once its labels have matured", 2)
+    put(f"decay_lookback_days: {window * 14}", indent=2)
     if cls:
-        L.append("  min_roc_auc: 0.6        # alert below this pooled ROC-AUC on matured labels (and on a 0.05 drop)")
-    L.append("")
-    L += [
-        "canary:",
-        "  # A shadow step first (0: the challenger scores every request, the champion answers), then shares.",
-        "  steps: [0, 5, 25, 50, 100]",
-    ]
+        put("min_roc_auc: 0.6", "alert below this ROC-AUC on matured labels (or 0.05 below the test's)", 2)
+    put()
+    put("canary:")
+    note("A shadow step first (0: the challenger scores every request, the champion answers), then shares.", 2)
+    put("steps: [0, 5, 25, 50, 100]", indent=2)
+    note(
+        f"Labels take {plan.label_delay}; a canary lasts minutes, so its own requests have no matured labels: "
+        "online quality is reported as not judged, and the canary decides on errors, latency, score PSI and "
+        "the two models' agreement. Offline, the gates compared them on the same matured window.",
+        2,
+    )
     if cls:
-        L += [
-            f"  # Labels take {plan.label_delay}; a canary lasts minutes, so its own requests have no matured labels:",
-            "  # online quality is reported as not judged, and the canary decides on errors, latency, score PSI",
-            "  # and the two models' agreement. Offline, the gates compared them on the same matured window.",
-            "  auc_without_matured_labels: warn",
-        ]
+        put("auc_without_matured_labels: warn", indent=2)
         if (plan.positive_rate or 0) < 0.1:
-            L += [
-                "  # Few positives: the kappa of the two models' flags needs more shadow pairs than a canary sees.",
-                "  flag_kappa_on_unmeasurable: warn",
-            ]
-    L += [
-        "",
-        "retraining:",
-        "  cooldown_hours: 6        # none within this long of a retraining that trained",
-        "  train_window_days: null  # every matured day; set a number of days to forget an older world",
-    ]
-    return "\n".join(L) + "\n"
+            note("Few positives: the kappa of the two models' flags needs more pairs than a canary sees.", 2)
+            put("flag_kappa_on_unmeasurable: warn", indent=2)
+    else:
+        put("rmse_without_matured_labels: warn", indent=2)
+    put()
+    put("retraining:")
+    put("cooldown_hours: 6", "none within this long of a retraining that trained", 2)
+    put("train_window_days: null", "every matured day; a number of days forgets an older world", 2)
+    return "\n".join(lines) + "\n"
 
 
 _FEATURES_HEADER = '''\
@@ -733,6 +779,15 @@ def _lit(value: Any, indent: int = 4) -> str:
         return flat
     pad = " " * (indent + 4)
     return open_ + "\n" + "".join(f"{pad}{item},\n" for item in items) + " " * indent + close
+
+
+def _names(names: Sequence[str], indent: int = 4) -> str:
+    """A list of Python expressions (names, calls), one per line when long."""
+    flat = "[" + ", ".join(names) + "]"
+    if len(flat) + indent + 20 <= 100:
+        return flat
+    pad = " " * (indent + 4)
+    return "[\n" + "".join(f"{pad}{n},\n" for n in names) + " " * indent + "]"
 
 
 def _timedelta_code(window: timedelta) -> str:
@@ -788,11 +843,13 @@ def _features_py(plan: _Plan, source: Path) -> str:
             f"        Field(name={_q(a['name'])}, dtype={'Int64' if a['function'] == 'count' else 'Float64'}),\n"
             for a in agg["aggregations"]
         )
+        # The entity's last event as of the row: the on-demand view's input for the seconds since it.
+        fields += f"        Field(name={_q(name + LAST_EVENT_SUFFIX)}, dtype=Int64),\n"
         out.append(
             f"\n{name}_source = FileSource(\n"
             f"    name={_q(name + '_source')},\n"
             f'    path=f"{{FEATURES_DIR}}/{name}.parquet",\n'
-            '    timestamp_field="event_timestamp",\n'
+            f"    timestamp_field={_q(FEATURE_TIMESTAMP)},\n"
             ")\n"
             f"\n{name} = FeatureView(\n"
             f"    name={_q(name)},\n"
@@ -802,7 +859,7 @@ def _features_py(plan: _Plan, source: Path) -> str:
             f"    schema=[\n{fields}    ],\n"
             f"    source={name}_source,\n"
             "    online=True,\n"
-            f"    description={_q(f'Declared aggregations per {entity} (features.aggregations.{name}), as of each event.')},\n"
+            f"    description={_q(f'Aggregations per {entity} (features.aggregations.{name}), as of each event')},\n"
             ")\n"
         )
         views.append(name)
@@ -825,15 +882,30 @@ def _features_py(plan: _Plan, source: Path) -> str:
         f"        Field(name={_q(plan.output_name(c))}, dtype={'Int64' if c in plan.categorical else 'Float64'}),\n"
         for c in plan.request_fields
     )
+    schema += "".join(f"        Field(name={_q(n)}, dtype=Float64),\n" for n in plan.recency.values())
     numeric = {c: plan.output_name(c) for c in plan.numeric}
     boolean = {c: plan.output_name(c) for c in plan.boolean}
     categories = {c: list(v) for c, v in plan.categorical.items()}
+    recency = ""
+    if plan.recency:
+        recency = (
+            "    # Seconds since the entity's last earlier event (its view's last-event clock): NaN when it has\n"
+            "    # none, or none within the view's ttl.\n"
+            f"    recency = {_lit(plan.recency)}\n"
+            '    request = pd.to_numeric(inputs["request_unix"], errors="coerce").astype("float64")\n'
+            "    for col, name in recency.items():\n"
+            '        out[name] = request - pd.to_numeric(inputs[col], errors="coerce").astype("float64")\n'
+        )
+    description = "Request fields → model inputs: numbers as floats, yes/no as 1/0, categories as codes."
+    if plan.recency:
+        description = "Model inputs: request fields (numbers, yes/no as 1/0, category codes), secs since last event."
     out.append(
         "\n\n@on_demand_feature_view(\n"
-        f"    sources=[{p}_request],\n"
+        # The views are sources for their last-event clocks (views without them in the model's inputs).
+        f"    sources={_names([f'{p}_request', *views])},\n"
         f"    schema=[\n{schema}    ],\n"
         '    mode="pandas",\n'
-        '    description="Request fields → model inputs: numbers as floats, yes/no as 1/0, categories as codes.",\n'
+        f"    description={_q(description)},\n"
         ")\n"
         f"def {p}_request_features(inputs: pd.DataFrame) -> pd.DataFrame:\n"
         "    # Feast runs this function from its source text in a fresh namespace: imports and constants\n"
@@ -853,14 +925,23 @@ def _features_py(plan: _Plan, source: Path) -> str:
         "        codes = {v: i for i, v in enumerate(values)}\n"
         '        text = inputs[col].astype("string").astype(object)\n'
         '        out[f"{col}_code"] = text.map(codes).fillna(-1).astype("int64")\n'
+        f"{recency}"
         "    return out\n"
     )
-    features = ", ".join([*views, f"{p}_request_features"])
+    if views:
+        out.append(
+            "\n\ndef model_inputs(view: FeatureView):\n"
+            f'    """The view\'s features but ``<view>{LAST_EVENT_SUFFIX}``: an input of the on-demand view\'s\n'
+            f"    ``<view>{RECENCY_SUFFIX}``, not of the model (a raw clock would let it learn the calendar).\n"
+            '    """\n'
+            f'    return view[[f.name for f in view.schema if f.name != view.name + "{LAST_EVENT_SUFFIX}"]]\n'
+        )
+    features = _names([*(f"model_inputs({v})" for v in views), f"{p}_request_features"])
     out.append(
         f"\n\n{p}_v1 = FeatureService(\n"
         f"    name={_q(p + '_v1')},\n"
-        f"    features=[{features}],\n"
-        f"    description={_q(f'Inputs of the {p} model: the same service builds training sets and online vectors.')},\n"
+        f"    features={features},\n"
+        f"    description={_q(f'Inputs of the {p} model: one service builds training sets and online vectors.')},\n"
         ")\n"
     )
     return "".join(out)
@@ -917,7 +998,142 @@ def _feature_store_yaml(project: str, scale: bool) -> str:
     )
 
 
-def _readme(plan: _Plan, source: Path) -> str:
+def _flows_source() -> Path:
+    """mlcycle's generic flows (``flows/`` beside the package in a source checkout): a project gets
+    its own copy, the entrypoints of its Prefect deployments."""
+    import mlcycle
+
+    return Path(mlcycle.__file__).resolve().parents[2] / FLOWS_DIR
+
+
+# The deployments of the reference project's prefect.yaml, named for this project: (flow file,
+# function, deployment purpose, tag, extra lines). Deployment names are unique per flow on a Prefect
+# server, so every project's are its own name (``train/<project>``), beside the reference's ``train/train``.
+_DEPLOYMENTS: tuple[tuple[str, str, str, str, str], ...] = (
+    (
+        "training",
+        "train",
+        "Train, evaluate and (if every gate passes) register the model of project {p}.",
+        "training",
+        "",
+    ),
+    (
+        "monitoring",
+        "monitor",
+        "Check the champion: feature and score drift, matured-label quality, Evidently report; emit events.",
+        "monitoring",
+        """\
+    schedules:
+      - cron: "0 * * * *"
+        timezone: UTC
+""",
+    ),
+    (
+        "retraining",
+        "retrain",
+        "Retrain on the latest matured window (guarded; pauses for a person on broken data); canary the challenger.",
+        "retraining",
+        """\
+    schedules:
+      - cron: "0 4 * * 1"   # weekly, whatever the monitors say
+        timezone: UTC
+    # Started by the monitor's events about this project's model (the resource is model.name in
+    # mlcycle.yaml: change both together). One check may emit both; the flow runs once per check.
+    triggers:
+      - type: event
+        enabled: true
+        match:
+          prefect.resource.id: {resource}
+        expect:
+          - mlcycle.drift.detected
+          - mlcycle.performance.decayed
+        parameters:
+          config: {config}
+          trigger: "{{{{ event.event }}}}"
+          summary_path: "{{{{ event.payload.summary_path }}}}"
+""",
+    ),
+    (
+        "rollout",
+        "rollout_flow",
+        "Canary the challenger 5% -> 25% -> 50% under automated analysis; promote or roll back.",
+        "rollout",
+        "",
+    ),
+    (
+        "batch_score",
+        "batch_score",
+        "Score yesterday's events with the champion (offline features).",
+        "batch",
+        """\
+    schedules:
+      - cron: "30 2 * * *"
+        timezone: UTC
+""",
+    ),
+)
+
+
+def _prefect_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("prefect")
+    except PackageNotFoundError:
+        return None
+
+
+def _prefect_yaml(plan: _Plan) -> str:
+    """prefect.yaml of the project: the reference project's deployments, entrypoints in the project's
+    own ``flows/``, named and tagged for the project, each reading the project's mlcycle.yaml."""
+    p = plan.project
+    config = _y(CONFIG_NAME)
+    version = _prefect_version()
+    head = textwrap.dedent(
+        f"""\
+        # Prefect deployments of project {p}'s flows (flows/, copied from mlcycle by `mlcycle init`), on a
+        # local process work pool. From this directory:
+        #   prefect server start                                  # another terminal
+        #   prefect work-pool create mlcycle-local --type process
+        #   prefect deploy --all
+        #   prefect worker start --pool mlcycle-local             # another terminal
+        #   prefect deployment run train/{p}
+        # No pull section: `prefect deploy` records this directory as the working directory, so the worker
+        # runs each flow here, where config: {CONFIG_NAME} (relative to it), feature_repo/ and data/ are.
+        name: {_y(p)}
+        """
+    )
+    lines = [head.rstrip("\n")]
+    if version:
+        lines.append(f"prefect-version: {version}")
+    lines += [
+        "",
+        "build: null",
+        "push: null",
+        "",
+        "definitions:",
+        "  work_pool: &local_pool",
+        "    name: mlcycle-local",
+        "    work_queue_name: default",
+        "    job_variables: {}",
+        "",
+        "deployments:",
+    ]
+    for module, function, description, tag, extra in _DEPLOYMENTS:
+        lines += [
+            f"  - name: {_y(p)}",
+            f"    description: {_y(description.format(p=p))}",
+            f"    entrypoint: {FLOWS_DIR}/{module}.py:{function}",
+            f"    parameters: {{config: {config}}}",
+            f"    tags: [mlcycle, {_y(p)}, {tag}]",
+            "    work_pool: *local_pool",
+        ]
+        if extra:
+            lines.append(extra.format(resource=_y(f"mlcycle.model.{_model_name(p)}"), config=config).rstrip("\n"))
+    return "\n".join(lines) + "\n"
+
+
+def _readme(plan: _Plan, source: Path, prefect: bool = True) -> str:
     spec = plan.spec
     p = plan.project
     lines = [
@@ -933,12 +1149,14 @@ def _readme(plan: _Plan, source: Path) -> str:
         "mlcycle features publish    # feast apply + materialize into the online store",
         "mlcycle train               # train, evaluate, gate, register the champion",
         "mlcycle serve               # the scoring service on http://127.0.0.1:3000 (another terminal)",
-        "mlcycle replay --since <date>   # send the table's rows from <date> on as live traffic, at their own time",
+        f"mlcycle replay --since {plan.replay_since:%Y-%m-%d}   # the table's rows from then on, as live traffic",
         "mlcycle monitor             # drift and delayed-label quality over the latest window of the log",
         "```",
         "",
-        "`mlcycle replay --since` takes a date inside the table (it ends at "
-        f"{plan.end:%Y-%m-%d %H:%M} UTC); pick one after the training cut so the model sees rows it did not learn from.",
+        "`mlcycle replay` sends each row with its own event time, so the prediction log and monitoring run on "
+        f"the table's calendar (it spans {plan.end - plan.span:%Y-%m-%d} to {plan.end:%Y-%m-%d}). The date "
+        "above leaves the latest tenth of the rows; pick any date after the training cut (rows the model did "
+        "not learn from). `--rate N` paces it at N requests a second.",
         "",
         "## What was inferred",
         "",
@@ -950,7 +1168,8 @@ def _readme(plan: _Plan, source: Path) -> str:
         )
         + (f", label known at `{spec.label_available_at}`" if spec.label_available_at else "")
         + f", label delay {plan.label_delay}",
-        f"- entity keys: {', '.join(f'`{e}`' for e in spec.entities) or 'none — each row is scored from the request alone'}",
+        "- entity keys: "
+        + (", ".join(f"`{e}`" for e in spec.entities) or "none — each row is scored from the request"),
         f"- event id: `{plan.event_id}`"
         if plan.event_id
         else "- event id: none — labels that arrive later cannot be joined "
@@ -973,6 +1192,28 @@ def _readme(plan: _Plan, source: Path) -> str:
             f"  - per entity: counts of its events over {', '.join(plan.windows)} and means of numeric fields "
             "(features.aggregations in mlcycle.yaml), each as of the event, never including it"
         )
+        lines.append(
+            f"  - `<table>{RECENCY_SUFFIX}`: seconds since the entity's last earlier event (empty for its first, "
+            f"or past the view's ttl), from the feature table's `<table>{LAST_EVENT_SUFFIX}`"
+        )
+    if prefect:
+        lines += [
+            "",
+            "## Schedule it with Prefect",
+            "",
+            f"`{FLOWS_DIR}/` holds the flows the commands above run (a copy of mlcycle's: edit them here) and "
+            f"`{PREFECT_FILE}` their deployments, named `{plan.project}`: `train`, `monitor` (hourly), `retrain` "
+            "(weekly, and on the monitor's drift or decay events about this model), `rollout`, `batch_score` "
+            "(nightly). Each reads this directory's `mlcycle.yaml`.",
+            "",
+            "```bash",
+            "prefect server start                                   # another terminal",
+            "prefect work-pool create mlcycle-local --type process",
+            "prefect deploy --all                                   # from this directory",
+            "prefect worker start --pool mlcycle-local              # another terminal",
+            f"prefect deployment run train/{plan.project}",
+            "```",
+        ]
     if plan.left_out:
         lines += ["", "## Left out", "", "Not model inputs; add them if they are meaningful:", ""]
         lines += [f"- `{c}`: {why}" for c, why in plan.left_out.items()]
@@ -1093,7 +1334,18 @@ def init_project(
         features = _features_py(plan, source)
         compile(features, FEATURES_FILE, "exec")  # a syntax error here is init's bug: caught before writing
         (tmp / FEATURE_REPO / FEATURES_FILE).write_text(features)
-        (tmp / "README.md").write_text(_readme(plan, source))
+        flows = _flows_source()
+        if flows.is_dir():  # a source checkout: the project gets its own flows and their deployments
+            shutil.copytree(flows, tmp / FLOWS_DIR, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            prefect = _prefect_yaml(plan)
+            _check_prefect_yaml(yaml.safe_load(prefect), tmp)  # init's bug if not: caught before writing
+            (tmp / PREFECT_FILE).write_text(prefect)
+        else:
+            plan.notes.append(
+                f"no {PREFECT_FILE}: mlcycle's flows/ directory is not beside the installed package ({flows}); "
+                "the mlcycle commands run the flows without Prefect deployments"
+            )
+        (tmp / "README.md").write_text(_readme(plan, source, prefect=flows.is_dir()))
         (tmp / ".gitignore").write_text("data/\n__pycache__/\n")
         try:
             cfg = load_config(tmp / CONFIG_NAME)
@@ -1119,6 +1371,18 @@ def init_project(
         left_out=dict(plan.left_out),
         aggregations={k: tuple(a["name"] for a in v["aggregations"]) for k, v in plan.aggregations.items()},
     )
+
+
+def _check_prefect_yaml(doc: Any, root: Path) -> None:
+    """Every deployment's entrypoint is a file of the project (``prefect deploy --all`` runs from it)."""
+    for deployment in doc["deployments"]:
+        path, _, function = deployment["entrypoint"].partition(":")
+        if not (root / path).is_file() or f"def {function}(" not in (root / path).read_text():
+            raise InitError(
+                f"{PREFECT_FILE}: entrypoint {deployment['entrypoint']} is not in the copied flows",
+                None,
+                "report this as a bug",
+            )
 
 
 def _check_config(cfg: Any, plan: _Plan) -> None:

@@ -66,7 +66,7 @@ class Scored:
     """One answer, as returned to the caller."""
 
     score: float
-    decision: bool
+    decision: bool | None
     model_version: str
     variant: str
     features_missing: list[str] = field(default_factory=list)
@@ -215,7 +215,7 @@ class Scorer:
         results = [
             Scored(
                 score=float(scores[i]),
-                decision=bool(scores[i] >= thresholds[i]),
+                decision=_decision(scores[i], thresholds[i]),
                 model_version=str(versions[i]),
                 variant=str(variants[i]),
                 features_missing=_missing(vectors, i, unknown[i]),
@@ -252,7 +252,7 @@ class Scorer:
         latency_ms = (features_seconds + time.perf_counter() - started) * 1000 / max(len(requests), 1)
         out = []
         for i in range(len(requests)):
-            scored = Scored(float(shadow[i]), bool(shadow[i] >= challenger.threshold), challenger.version,
+            scored = Scored(float(shadow[i]), _decision(shadow[i], challenger.threshold), challenger.version,
                             "challenger", _missing(vectors, i, unknown[i]), request_ids[i] + SHADOW_SUFFIX,
                             unknown[i])  # fmt: skip
             out.append(self._record(requests[i], fields[i], vectors.iloc[i], scored, challenger.threshold,
@@ -329,6 +329,11 @@ def category_sets(cfg: ProjectConfig, request_fields: Sequence[str]) -> dict[str
             if allowed is not None:
                 out[name] = frozenset(str(v) for v in allowed)
     return out
+
+
+def _decision(score: float, threshold: float) -> bool | None:
+    """Above the threshold; no threshold (a regression's is NaN): no decision, not a False one."""
+    return None if np.isnan(threshold) else bool(score >= threshold)
 
 
 def _unix(at: datetime) -> int:

@@ -79,7 +79,8 @@ def champion_report(client: MlflowClient, cfg: ProjectConfig, test: pd.DataFrame
         return None
     flavor, model = load_version(cfg, str(champion.version))
     scores = flavor.predict(model, matrix(test, features))
-    return evaluate(test, scores, cfg.table.label, float(champion.tags.get(THRESHOLD_TAG, 0.5)))
+    threshold = float(champion.tags.get(THRESHOLD_TAG, 0.5))
+    return evaluate(test, scores, cfg.table.label, threshold, task=cfg.task)
 
 
 def load_version(cfg: ProjectConfig, version: str) -> tuple[flavors.Flavor, Any]:
@@ -281,11 +282,13 @@ def reproduce(cfg: ProjectConfig, version: str) -> Reproduction:
         actual_hash = lineage.file_hash(snapshot)
         recorded_cfg = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/{CONFIG_ARTIFACT}")
     recorded_hash = run.data.tags.get("mlcycle.data_hash", "")
-    spec = ProjectConfig.model_validate(recorded_cfg).model
+    recorded = ProjectConfig.model_validate(recorded_cfg)
+    spec = recorded.model
     features = json.loads(run.data.tags[FEATURES_TAG])
     from mlcycle.training import train_candidate  # local: training imports nothing from here
 
-    candidate = train_candidate(frame, features, spec)
+    candidate = train_candidate(frame, features, spec, label=recorded.table.label, task=recorded.task,
+                                slices=recorded.table.slices, protected=recorded.table.protected)  # fmt: skip
     again = candidate.report.flat_metrics()
     rows = [
         (name, float(value), float(again.get(name, float("nan"))))

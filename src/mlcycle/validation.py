@@ -207,7 +207,9 @@ def validate_table(df: pd.DataFrame, cfg: ProjectConfig, now: datetime | None = 
     return ContractReport(rows=len(df), failures=contract.failures + extra)
 
 
-def check_training_set(frame: pd.DataFrame, features: list[str], label: str, spec: QualitySpec) -> Verdict:
+def check_training_set(
+    frame: pd.DataFrame, features: list[str], label: str, spec: QualitySpec, task: str = "classification"
+) -> Verdict:
     """Quality and leakage checks on a training set, before anything is trained on it.
 
     Label rate within bounds, null rate per feature below its bound, no single feature that predicts
@@ -218,7 +220,14 @@ def check_training_set(frame: pd.DataFrame, features: list[str], label: str, spe
     y = frame[label].to_numpy() if label in frame else None
     if y is None:
         return Verdict("training-set quality", (*checks, CheckResult("label_present", None, None, ">=", False, label)))
-    checks.append(within("label_rate", float(y.mean()) if len(y) else None, spec.min_label_rate, spec.max_label_rate))
+    if task == "regression":
+        from mlcycle.gates import regression_label_checks
+
+        checks += regression_label_checks(frame, features, label, spec)
+    else:
+        checks.append(
+            within("label_rate", float(y.mean()) if len(y) else None, spec.min_label_rate, spec.max_label_rate)
+        )
     missing = [f for f in features if f not in frame]
     if missing:
         checks.append(CheckResult("features_present", None, None, ">=", False, f"missing: {', '.join(missing)}"))
@@ -227,7 +236,7 @@ def check_training_set(frame: pd.DataFrame, features: list[str], label: str, spe
     for feature in present:
         bound = spec.null_rate_overrides.get(feature, spec.max_null_rate)
         checks.append(at_most(f"null_rate[{feature}]", float(null_rates[feature]), bound))
-    if 0 < y.sum() < len(y):
+    if task != "regression" and 0 < y.sum() < len(y):
         # On a bounded sample: a leak shows as an AUC near 1 on 200k rows as clearly as on 10M.
         rows = frame.sample(min(len(frame), LEAK_SAMPLE_ROWS), random_state=0)
         sample = rows[present].apply(pd.to_numeric, errors="coerce")

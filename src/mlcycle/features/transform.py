@@ -28,6 +28,12 @@ from mlcycle.features.aggregations import AggregationSpec, compute_offline
 
 Transformations = Callable[[pd.DataFrame, ProjectConfig], Mapping[str, pd.DataFrame]]
 STATE_DELAY = pd.Timedelta(microseconds=1)
+# The time column of every feature table (the Feast sources' timestamp_field), whatever the
+# project's table calls its event time.
+FEATURE_TIMESTAMP = "event_timestamp"
+# Each declared table also says when its entity's last event was (``<table>_last_event_unix``):
+# a short window's count of 0 means something else an hour after the last event than a month after.
+LAST_EVENT_SUFFIX = "_last_event_unix"
 
 
 class ProjectHookError(ImportError):
@@ -65,8 +71,9 @@ def aggregation_table(events: pd.DataFrame, spec: AggregationSpec, con: Any = No
     so the point-in-time join has no ties."""
     columns = sorted({*spec.entities, spec.timestamp, *spec.columns})
     out = compute_offline(events[columns], spec, deduplicate=True, con=con)
-    out[spec.timestamp] = out[spec.timestamp] + STATE_DELAY
-    return out.sort_values([spec.timestamp, *spec.entities], kind="stable").reset_index(drop=True)
+    stamped = out.pop(spec.timestamp)
+    out[FEATURE_TIMESTAMP] = stamped + STATE_DELAY
+    return out.sort_values([FEATURE_TIMESTAMP, *spec.entities], kind="stable").reset_index(drop=True)
 
 
 def declared_tables(events: pd.DataFrame, cfg: ProjectConfig, con: Any = None) -> dict[str, pd.DataFrame]:
@@ -75,7 +82,9 @@ def declared_tables(events: pd.DataFrame, cfg: ProjectConfig, con: Any = None) -
     for name, spec in cfg.features.aggregations.items():
         if spec.timestamp != cfg.table.timestamp and spec.timestamp not in events:
             spec = spec.model_copy(update={"timestamp": cfg.table.timestamp})
-        tables[name] = aggregation_table(events, spec, con)
+        table = aggregation_table(events, spec, con)
+        table[name + LAST_EVENT_SUFFIX] = unix_seconds(table[FEATURE_TIMESTAMP] - STATE_DELAY)
+        tables[name] = table
     return tables
 
 

@@ -1,0 +1,176 @@
+"""A table no example uses, through `mlcycle init` and the whole real stack.
+
+init → features build/publish (Feast) → train (Prefect flow, MLflow registry) → serve (BentoML) →
+/predict (valid and bad input) → replay (the table's later rows as live traffic, on the table's
+own 2019 calendar) → monitor (drift found where this test put it) → batch-score. Once for a binary
+label with an entity (window aggregations looked up online), once for a regression without entity
+(every feature in the request). The expected answers come from how the table was made: which
+column drifts, what the scores must lie in; not from the code under test.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from mlcycle import batch, monitoring_job, pipeline, registry
+from mlcycle.cli import app
+from mlcycle.config import ProjectConfig, load_config
+from mlcycle.features import entity_frame, online_vector, plan_for, skew_report, training_set
+from mlcycle.features.store import open_project_store
+from mlcycle.project import load_flow
+from mlcycle.replay import replay
+from mlcycle.service_process import ServiceProcess
+
+pytestmark = pytest.mark.slow
+
+START = pd.Timestamp("2019-01-01", tz="UTC")
+DAYS = 180
+REPLAY_FROM = START + pd.Timedelta(days=160)  # the last 20 days are replayed as live traffic
+SHIFT = 2.5  # standard deviations `pressure` moves by in the replayed days: the drift to find
+
+
+def make_table(n: int, seed: int, task: str) -> pd.DataFrame:
+    """Visits of customers over 180 days of 2019: two numeric readings (one with missing values),
+    a category with missing values, a label that depends on them; from REPLAY_FROM on, `pressure`
+    shifts (the world changed there, nothing else did)."""
+    rng = np.random.default_rng(seed)
+    at = START + pd.to_timedelta(np.sort(rng.uniform(0, DAYS * 86400, n)), unit="s")
+    customer = rng.integers(1, 600, n)
+    pressure = rng.normal(0, 1, n)
+    later = at >= REPLAY_FROM
+    pressure = np.where(later, pressure + SHIFT, pressure)
+    dose = np.round(rng.gamma(2.0, 1.5, n), 3)
+    dose[rng.random(n) < 0.05] = np.nan
+    ward = rng.choice(["north", "south", "east", "west"], n, p=[0.4, 0.3, 0.2, 0.1]).astype(object)
+    ward[rng.random(n) < 0.03] = None
+    effect = 0.9 * np.nan_to_num(dose, nan=2.0) - 0.8 * np.where(later, pressure - SHIFT, pressure)
+    effect += np.select([ward == "north", ward == "east"], [0.8, -0.6], 0.0)
+    frame = pd.DataFrame(
+        {"visit_id": np.arange(1, n + 1), "seen_at": at, "pressure": pressure.round(4), "dose": dose, "ward": ward}
+    )
+    if task == "classification":
+        frame["customer_id"] = customer
+        frame["recovered"] = (rng.random(n) < 1 / (1 + np.exp(-(effect - 2.0)))).astype(int)
+    else:
+        frame["stay_days"] = np.round(5 + 2.0 * effect + rng.normal(0, 1.0, n), 3)
+    return frame
+
+
+def init(tmp: Path, table: pd.DataFrame, args: list[str]) -> ProjectConfig:
+    data = tmp / "visits.csv"  # CSV: init reads text timestamps too
+    table.assign(seen_at=table["seen_at"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")).to_csv(data, index=False)
+    project = tmp / "project"
+    result = CliRunner().invoke(app, ["init", str(project), "--data", str(data), "--timestamp", "seen_at", *args])
+    assert result.exit_code == 0, result.output
+    return load_config(project / "mlcycle.yaml")
+
+
+def run_lifecycle(cfg: ProjectConfig, good: dict, bad: dict, bad_field: str) -> dict:
+    """features → train (as of the replay start) → serve → predict → replay → monitor → batch-score."""
+    build = pipeline.build_features(cfg)
+    assert build.report.ok
+    pipeline.publish_features(cfg, end=REPLAY_FROM.to_pydatetime())
+    trained = load_flow(cfg.root, "training", "train")(config=str(cfg.root / "mlcycle.yaml"), as_of=REPLAY_FROM)
+    assert trained["alias"] == registry.CHAMPION, trained
+    client = registry.client_for(cfg)
+    assert registry.version_by_alias(client, cfg.model.name, registry.CHAMPION) is not None
+
+    service = ServiceProcess(cfg)
+    service.start()
+    try:
+        with httpx.Client(base_url=service.url, trust_env=False, timeout=30) as http:
+            ok = http.post("/predict", json={"request": good})
+            assert ok.status_code == 200, ok.text
+            refused = http.post("/predict", json={"request": bad})
+            assert refused.status_code == 400 and bad_field in refused.text, refused.text
+            schema = http.get("/docs.json").json()
+            assert bad_field in str(schema)  # OpenAPI shows the project's own fields
+        sent = replay(cfg, service.url, REPLAY_FROM, progress=False)
+        assert sent.ok == sent.rows > 0 and not sent.stopped, sent.summary()
+    finally:
+        service.stop()
+    check = monitoring_job.run_check(cfg)  # the latest window of the log, by event time: 2019
+    assert pd.Timestamp(check.window_end) < pd.Timestamp("2020-01-01", tz="UTC")
+    scored_day = (REPLAY_FROM + pd.Timedelta(days=3)).date()
+    path, rows, _ = batch.score_day(cfg, scored_day)
+    scores = pd.read_parquet(path)
+    assert rows == len(scores) > 0
+    return {"predict": ok.json(), "check": check, "batch": scores}
+
+
+@pytest.fixture(scope="module")
+def classification(tmp_path_factory, prefect_server) -> tuple[ProjectConfig, dict]:
+    table = make_table(20_000, seed=11, task="classification")
+    args = ["--label", "recovered", "--entity", "customer_id", "--label-delay", "7d", "--event-id", "visit_id"]
+    cfg = init(tmp_path_factory.mktemp("init-cls"), table, args)
+    good = {"visit_id": 1, "customer_id": 7, "pressure": 0.3, "dose": 1.2, "ward": "north"}
+    out = run_lifecycle(cfg, good, {**good, "pressure": "high"}, "pressure")
+    return cfg, out
+
+
+def test_a_classification_table_with_an_entity_runs_the_whole_loop(classification) -> None:
+    _, out = classification
+    answer = out["predict"]
+    assert 0.0 <= answer["score"] <= 1.0 and answer["model_version"] == "1"
+    assert out["batch"]["score"].between(0, 1).all()
+    drifted = set(out["check"].drifted_features)
+    assert any(f.startswith("pressure") for f in drifted), out["check"].feature_drift
+    assert not any(f.startswith("dose") for f in drifted), out["check"].feature_drift
+
+
+def test_an_unknown_category_on_an_init_project_is_reported_not_refused(classification) -> None:
+    """Checked against the contract's category set: init wrote ward's four values there."""
+    from mlcycle.serving import Scorer
+
+    cfg, _ = classification
+    scorer = Scorer(cfg, log_predictions=False)
+    scorer.load()
+    assert scorer.ready, scorer.not_ready_reason
+    good = {"visit_id": 2, "customer_id": 7, "pressure": 0.3, "dose": 1.2}
+    known, strange = scorer.score([{**good, "ward": "north"}, {**good, "ward": "upstairs"}])
+    assert known.unknown_categories == [] and strange.unknown_categories == ["ward"]
+
+
+def test_online_vectors_equal_offline_rows_on_an_init_project(classification) -> None:
+    """Train/serve skew: after publishing up to now, the online vector of an entity's next request
+    equals the point-in-time offline row at the same instant (aggregations and request features)."""
+    cfg, _ = classification
+    pipeline.publish_features(cfg, end=datetime.now(UTC))
+    store = open_project_store(cfg)
+    plan = plan_for(store, cfg.features.feature_service)
+    table = pd.read_parquet(cfg.table_path)
+    last = table.drop_duplicates("customer_id", keep="last").tail(120).reset_index(drop=True)
+    when = datetime.now(UTC).replace(microsecond=0)
+    keys = list(cfg.table.entities)
+    request = entity_frame(last, keys, plan.request_fields, cfg.table.timestamp).drop(
+        columns=[*keys, "event_timestamp"]
+    )
+    request["request_unix"] = int(when.timestamp())
+    online = online_vector(store, last[keys].to_dict("records"), request.to_dict("records"), plan.name, now=when)
+    offline = training_set(store, last[keys].assign(event_timestamp=pd.Timestamp(when), **request), plan.name)
+    assert skew_report(online, offline, plan.model_features) == {}
+    aggregated = [f for f in plan.model_features if f.startswith("customer")]
+    assert aggregated and online[aggregated].notna().to_numpy().mean() > 0.5  # not vacuous
+
+
+def test_a_regression_table_without_entity_runs_the_whole_loop(tmp_path_factory, prefect_server) -> None:
+    table = make_table(12_000, seed=5, task="regression")
+    args = ["--label", "stay_days", "--task", "regression", "--label-delay", "2d", "--event-id", "visit_id"]
+    cfg = init(tmp_path_factory.mktemp("init-reg"), table, args)
+    assert cfg.task == "regression" and cfg.table.entities == []
+    good = {"visit_id": 1, "pressure": 0.3, "dose": 1.2, "ward": "east"}
+    out = run_lifecycle(cfg, good, {**good, "dose": True}, "dose")
+    answer = out["predict"]
+    # The label is 5 + 2 * effect + noise: a typical stay lies well inside (-20, 40) days.
+    assert -20 < answer["score"] < 40 and answer["features_missing"] == []
+    assert np.isfinite(out["batch"]["score"]).all()
+    drifted = set(out["check"].drifted_features)
+    assert any(f.startswith("pressure") for f in drifted), out["check"].feature_drift
+    assert date.fromisoformat(out["check"].window_end[:10]).year == 2019
