@@ -31,7 +31,13 @@ def schema(now: datetime | None = None, extra_categories: Iterable[str] = ()) ->
             "merchant_id": pa.Column("int64", positive_id),
             "event_timestamp": pa.Column(TZ_DTYPE, pa.Check(lambda s: s <= now_ts, name="not_in_future")),
             "amount": pa.Column(
-                "float64", [pa.Check.gt(0), pa.Check(lambda s: s < MAX_AMOUNT, name="finite_and_below_max", statistics={"max_value": MAX_AMOUNT})]
+                "float64",
+                [
+                    pa.Check.gt(0),
+                    pa.Check(
+                        lambda s: s < MAX_AMOUNT, name="finite_and_below_max", statistics={"max_value": MAX_AMOUNT}
+                    ),
+                ],
             ),
             "merchant_category": pa.Column("category", one_of([*CATEGORIES, *extra_categories], "known_category")),
             "country": pa.Column("category", one_of(COUNTRIES, "known_country")),

@@ -86,7 +86,9 @@ def run_lifecycle(cfg: ProjectConfig, good: dict, bad: dict, bad_field: str) -> 
     service.start()
     try:
         with httpx.Client(base_url=service.url, trust_env=False, timeout=30) as http:
-            ok = http.post("/predict", json={"request": good})
+            # At a 2019 time too: an answer at "now" would be the log's latest event and move the
+            # monitoring window to today.
+            ok = http.post("/predict", json={"request": {**good, "timestamp": REPLAY_FROM.isoformat()}})
             assert ok.status_code == 200, ok.text
             refused = http.post("/predict", json={"request": bad})
             assert refused.status_code == 400 and bad_field in refused.text, refused.text
@@ -147,7 +149,9 @@ def test_online_vectors_equal_offline_rows_on_an_init_project(classification) ->
     plan = plan_for(store, cfg.features.feature_service)
     table = pd.read_parquet(cfg.table_path)
     last = table.drop_duplicates("customer_id", keep="last").tail(120).reset_index(drop=True)
-    when = datetime.now(UTC).replace(microsecond=0)
+    # An hour after the table's last event: every entity's latest state is known then, and within
+    # the views' TTL for the entities seen in the last month (the table's calendar, not today's).
+    when = (table[cfg.table.timestamp].max() + pd.Timedelta(hours=1)).to_pydatetime().replace(microsecond=0)
     keys = list(cfg.table.entities)
     request = entity_frame(last, keys, plan.request_fields, cfg.table.timestamp).drop(
         columns=[*keys, "event_timestamp"]

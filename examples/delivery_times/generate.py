@@ -31,8 +31,10 @@ def generate(rows: int = 30_000, days: int = 120, restaurants: int = 300, seed: 
     t0 = pd.Timestamp(start, tz="UTC")
     offset_days = np.sort(rng.uniform(0, days, rows))
     hour = rng.choice(24, rows, p=_hour_profile())
-    ordered_at = t0 + pd.to_timedelta(np.floor(offset_days), unit="D") + pd.to_timedelta(
-        hour * 3600 + rng.uniform(0, 3600, rows), unit="s"
+    ordered_at = (
+        t0
+        + pd.to_timedelta(np.floor(offset_days), unit="D")
+        + pd.to_timedelta(hour * 3600 + rng.uniform(0, 3600, rows), unit="s")
     )
     order = np.argsort(ordered_at.to_numpy(), kind="stable")
     ordered_at = ordered_at[order]
@@ -41,13 +43,18 @@ def generate(rows: int = 30_000, days: int = 120, restaurants: int = 300, seed: 
     distance = np.round(rng.gamma(2.0, 1.6, rows), 2)
     items = rng.poisson(2.5, rows) + 1
     drifted = (offset_days[order] >= drift_day) if drift_day is not None else np.zeros(rows, bool)
-    weather = np.where(
-        drifted, rng.choice(WEATHER, rows, p=WEATHER_P_DRIFT), rng.choice(WEATHER, rows, p=WEATHER_P)
-    )
+    weather = np.where(drifted, rng.choice(WEATHER, rows, p=WEATHER_P_DRIFT), rng.choice(WEATHER, rows, p=WEATHER_P))
     vehicle = rng.choice(VEHICLES, rows, p=[0.4, 0.4, 0.2])
     frame = pd.DataFrame(
-        {"order_id": np.arange(1, rows + 1), "ordered_at": ordered_at, "restaurant_id": restaurant,
-         "distance_km": distance, "items": items, "weather": weather, "vehicle": vehicle}  # fmt: skip
+        {
+            "order_id": np.arange(1, rows + 1),
+            "ordered_at": ordered_at,
+            "restaurant_id": restaurant,
+            "distance_km": distance,
+            "items": items,
+            "weather": weather,
+            "vehicle": vehicle,
+        }
     )
     # The restaurant's load: its orders in the hour before this one (what the declared 1h count sees).
     load = (

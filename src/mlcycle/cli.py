@@ -252,7 +252,9 @@ def init(
         list[str] | None,
         typer.Option("--entity", help="Entity key (repeatable); none: every feature comes in the request."),
     ] = None,
-    label_delay: Annotated[str | None, typer.Option(help="How long after its event a label is known, e.g. 30d.")] = None,
+    label_delay: Annotated[
+        str | None, typer.Option(help="How long after its event a label is known, e.g. 30d.")
+    ] = None,
     label_available_at: Annotated[str | None, typer.Option(help="Column: when each row's label became known.")] = None,
     task: Annotated[str, typer.Option(help="classification (binary) or regression.")] = "classification",
     protected: Annotated[str | None, typer.Option(help="Column: protected attribute for the fairness gate.")] = None,
@@ -358,7 +360,9 @@ def models(config: ConfigOption = None) -> None:
     cfg = _config(config)
     client = registry.client_for(cfg)
     aliases = registry.aliases_of(client, cfg.model.name)
-    table = Table("version", "aliases", "created (UTC)", "ROC-AUC", "PR-AUC", "recall", "p99 ms", "gates", "data")
+    metrics = ("rmse", "mae") if cfg.task == "regression" else ("roc_auc", "pr_auc", "recall")
+    names = {"rmse": "RMSE", "mae": "MAE", "roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "recall": "recall"}
+    table = Table("version", "aliases", "created (UTC)", *(names[k] for k in metrics), "p99 ms", "gates", "data")
     count = 0
     for mv in registry.versions(client, cfg.model.name):
         s = registry.run_summary(client, mv)
@@ -367,7 +371,7 @@ def models(config: ConfigOption = None) -> None:
             s["version"],
             aliases.get(s["version"], ""),
             f"{s['created']:%Y-%m-%d %H:%M}",
-            *(f"{s[k]:.4f}" if s[k] is not None else "n/a" for k in ("roc_auc", "pr_auc", "recall")),
+            *(f"{s[k]:.4g}" if s[k] is not None else "n/a" for k in metrics),
             f"{s['p99_ms']:.2f}" if s["p99_ms"] is not None else "n/a",
             s["gates"],
             s["data_hash"],

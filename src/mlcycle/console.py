@@ -48,7 +48,11 @@ def print_check(console: Console, result: dict) -> None:
         console.print(f"      scores: PSI {p['psi']:.3f}, mean {p['mean_reference']:.4f} → {p['mean_current']:.4f} "
                       f"({p['mean_change']:+.0%}){' [red]alert[/red]' if p['alert'] else ''}")  # fmt: skip
     decay = result["decay"]
-    if decay.get("judged"):
+    if decay.get("judged") and decay.get("rmse") is not None:
+        console.print(f"      matured labels: RMSE {decay['rmse']:.4g} (test at training "
+                      f"{decay.get('baseline_rmse') or float('nan'):.4g})"
+                      + (" [red]decayed[/red]" if decay["alert"] else ""))  # fmt: skip
+    elif decay.get("judged"):
         console.print(f"      matured labels: ROC-AUC {decay['roc_auc']:.3f} (test at training "
                       f"{decay['baseline_roc_auc']:.3f}) on {decay['positives']} positives"
                       + (" [red]decayed[/red]" if decay["alert"] else ""))  # fmt: skip
@@ -68,8 +72,11 @@ def print_training(console: Console, result: dict, indent: str = "      ") -> No
     if result["passed"]:
         console.print(
             f"{indent}registered v{result['version']} as {result['alias']} "
-            + (f"(RMSE {result['rmse']:.4g}, MAE {result['mae']:.4g})" if result.get("task") == "regression"
-               else f"(ROC-AUC {result['roc_auc']:.4f}, PR-AUC {result['pr_auc']:.4f})")
+            + (
+                f"(RMSE {result['rmse']:.4g}, MAE {result['mae']:.4g})"
+                if result.get("task") == "regression"
+                else f"(ROC-AUC {result['roc_auc']:.4f}, PR-AUC {result['pr_auc']:.4f})"
+            )
             + f"; card {result['model_card']}"
         )
     else:

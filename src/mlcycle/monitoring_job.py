@@ -123,7 +123,8 @@ def champion_reference(cfg: ProjectConfig) -> ChampionReference:
         sample.to_parquet(directory / "sample.parquet", index=False)
         baseline = run.data.metrics.get("test.roc_auc")
         meta = {"format": REFERENCE_FORMAT, "version": version, "numeric": numeric, "categorical": categorical,
-                "baseline_roc_auc": baseline, "baseline_rmse": run.data.metrics.get("test.rmse"), "rows": len(frame), "score_rows": len(held_out),
+                "baseline_roc_auc": baseline, "baseline_rmse": run.data.metrics.get("test.rmse"),
+                "rows": len(frame), "score_rows": len(held_out),
                 "scores_from": "held-out evaluation window", "run_id": mv.run_id,
                 "computed_at": datetime.now(UTC).isoformat()}  # fmt: skip
         meta_path.write_text(json.dumps(meta, indent=2))
@@ -393,7 +394,7 @@ def log_to_mlflow(cfg: ProjectConfig, result: CheckResult, directory: Path) -> s
         if result.prediction_drift:
             metrics["score.psi"] = float(result.prediction_drift["psi"])
             metrics["score.mean_change"] = float(result.prediction_drift["mean_change"])
-        for key in ("roc_auc", "precision", "recall"):
+        for key in ("roc_auc", "precision", "recall", "rmse", "mae"):
             if result.decay.get(key) is not None:
                 metrics[f"matured.{key}"] = float(result.decay[key])
         mlflow.log_metrics(metrics)

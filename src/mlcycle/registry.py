@@ -235,6 +235,8 @@ def run_summary(client: MlflowClient, version: ModelVersion) -> dict[str, Any]:
         "roc_auc": m.get("test.roc_auc"),
         "pr_auc": m.get("test.pr_auc"),
         "recall": m.get("test.recall"),
+        "rmse": m.get("test.rmse"),
+        "mae": m.get("test.mae"),
         "p99_ms": m.get("latency_ms.p99"),
         "gates": run.data.tags.get("mlcycle.gates", "?"),
         "failed_gates": run.data.tags.get("mlcycle.failed_gates", ""),

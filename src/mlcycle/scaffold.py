@@ -692,9 +692,11 @@ def _config_text(plan: _Plan, source: Path) -> str:
         r = plan.positive_rate or 0.0
         put("min_roc_auc: 0.65", "clearly better than chance; raise it once you know what a good model", 2)
         put(comment="reaches on this table", indent=2)
+        # A random ranking's PR-AUC is the positive rate: ask for a quarter of the way from there to
+        # a perfect 1 (for rare positives about 1.25x their rate; for common ones not above 1).
         put(
-            f"min_pr_auc: {_round_sig(min(0.9, max(0.01, 1.5 * r)))}",
-            "1.5x the positive rate (a random ranking's PR-AUC)",
+            f"min_pr_auc: {_round_sig(min(0.95, max(0.01, r + 0.25 * (1 - r))))}",
+            "a quarter of the way from the positive rate (a random ranking's PR-AUC) to 1",
             2,
         )
     else:

@@ -207,9 +207,12 @@ def log_and_register(
     has_champion = registry.version_by_alias(client, cfg.model.name, registry.CHAMPION) is not None
     alias = registry.CHALLENGER if has_champion else registry.CHAMPION
     o = report.overall
-    reason = f"gates passed (roc_auc {o.roc_auc:.4f}, pr_auc {o.pr_auc:.4f})" + (
-        "" if has_champion else "; first model"
+    measured = (
+        f"rmse {o.rmse:.4g}, mae {o.mae:.4g}"
+        if cfg.task == "regression"
+        else f"roc_auc {o.roc_auc:.4f}, pr_auc {o.pr_auc:.4f}"
     )
+    reason = f"gates passed ({measured})" + ("" if has_champion else "; first model")
     registry.move_alias(client, log, cfg.model.name, alias, version, reason, who)
     md_path, html_path = write_model_card(cfg, client, run_id, version, [alias], candidate, quality, gates, data_hash)
     return TrainingRecord(run_id, True, version, alias, (), md_path, html_path)
