@@ -19,7 +19,7 @@ unexport PYTHONDONTWRITEBYTECODE
 STAMP := .venv/.mlcycle-installed
 LINT_DIRS := $(wildcard src tests flows services feature_repo bench fraud examples)
 
-.PHONY: help install demo test lint bench up down clean
+.PHONY: help install demo example test lint bench up down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ install: $(STAMP) ## create .venv from uv.lock
 
 demo: install ## run the lifecycle end to end on embedded defaults (SQLite, local files)
 	$(UV) run --no-sync mlcycle demo
+
+example: install ## the second use case: a regression made with mlcycle init from a seeded table
+	PATH="$(CURDIR)/.venv/bin:$$PATH" bash examples/delivery_times/run.sh
 
 test: install ## run the test suite
 	$(UV) run --no-sync pytest

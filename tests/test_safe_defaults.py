@@ -212,7 +212,10 @@ def test_shadow_challenger_latency_is_its_own(monkeypatch: pytest.MonkeyPatch) -
     scorer = serving.Scorer(ProjectConfig(), log_predictions=False)
     scorer.refresh = lambda force=False: None
     scorer.not_ready_reason = scorer.unavailable = None
-    scorer.plan = SimpleNamespace(name="fraud_model_v1", model_features=tuple(features))
+    scorer.plan = SimpleNamespace(
+        name="fraud_model_v1", model_features=tuple(features), join_keys=("user_id", "merchant_id"),
+        request_fields=("amount", "country", "merchant_category", "channel", "request_unix"),
+    )  # fmt: skip
     scorer.slots = {"champion": model("1", 0.100, 0.2), "challenger": model("2", 0.300, 0.9)}
     scorer.policy = rollout.RolloutPolicy(mode="shadow")
     scorer.prediction_log = SimpleNamespace(append=logged.extend)

@@ -250,7 +250,9 @@ def test_scorer_logs_predictions_to_postgres(world: ScaleWorld, scale_project: P
     assert not cfg.predictions_dir.exists()  # nothing went to parquet
 
     logged = read_logged_predictions(cfg, since)
-    assert list(logged.columns) == COLUMNS
+    # The log's own columns, then the entity keys and request fields expanded from their JSON.
+    assert list(logged.columns)[: len(COLUMNS)] == COLUMNS
+    assert {"user_id", "merchant_id", "amount", "country"} <= set(logged.columns[len(COLUMNS) :])
     assert str(logged["logged_at"].dtype) == "datetime64[ns, UTC]"
     by_id = logged.set_index("request_id")
     for request, result in zip(requests, results, strict=True):

@@ -137,12 +137,16 @@ def features_publish(
             "a Redis that restarted empty (only this project's rows are deleted).",
         ),
     ] = False,
+    end: Annotated[
+        datetime | None,
+        typer.Option(help="Load feature rows up to this time (UTC; default now): e.g. a replay's start."),
+    ] = None,
 ) -> None:
     """Register the feature repo (feast apply) and load the online store (materialize-incremental)."""
     from mlcycle.pipeline import publish_features
 
     cfg = _config(config)
-    end = publish_features(cfg, fresh=fresh)
+    end = publish_features(cfg, end=end, fresh=fresh)
     console.print(f"applied {cfg.feature_repo_path} and materialized up to {end:%Y-%m-%d %H:%M:%S} UTC")
 
 
@@ -322,7 +326,8 @@ def train(
     config: ConfigOption = None,
     as_of: Annotated[datetime | None, typer.Option(help="Train as if it were this time (labels known then).")] = None,
 ) -> None:
-    """Run the Prefect flow `train`: contract → training set → checks → XGBoost → gates → registry."""
+    """Run the Prefect flow `train`: contract → training set → checks → model (the configured flavor) → gates →
+    registry."""
     from mlcycle.project import load_flow
 
     cfg = _config(config)

@@ -165,6 +165,23 @@ def _annotation(field: InputField, key: bool) -> Any:
     return Annotated[str, Field(min_length=1, max_length=256 if key else 200)]
 
 
+def _event_id_annotation(cfg: ProjectConfig) -> Any:
+    """The event id's type as the contract has it (an integer id is strict: ``"7"`` is refused, as a
+    number would be); text when the contract says text or says nothing."""
+    from mlcycle.validation import table_schema
+
+    integer = Annotated[int, Field(strict=True, ge=INT64_MIN, le=INT64_MAX)]
+    text = Annotated[str, Field(min_length=1, max_length=128)]
+    try:
+        column = table_schema(cfg).columns.get(cfg.table.event_id)
+    except Exception:  # no readable contract: either form
+        column = None
+    dtype = str(column.dtype) if column is not None and column.dtype is not None else ""
+    if "int" in dtype:
+        return integer
+    return text if dtype else integer | text
+
+
 def request_model(cfg: ProjectConfig, name: str = "Request") -> type[BaseModel]:
     """The pydantic model of one request: entity keys, request fields, the event id (optional) and
     ``timestamp`` (the event's time; default now, no offset: UTC). Unknown fields are refused."""
@@ -174,9 +191,7 @@ def request_model(cfg: ProjectConfig, name: str = "Request") -> type[BaseModel]:
     t = cfg.table
     if t.event_id and t.event_id not in {f.name for f in [*keys, *fields]}:
         spec[t.event_id] = (
-            Annotated[int, Field(strict=True, ge=INT64_MIN, le=INT64_MAX)]
-            | Annotated[str, Field(max_length=128)]
-            | None,
+            _event_id_annotation(cfg) | None,
             Field(None, description="The caller's event id, logged with the prediction so a later label joins it."),
         )
     for key in keys:
