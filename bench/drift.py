@@ -47,9 +47,9 @@ import pandas as pd
 from scipy import special, stats
 
 import mlcycle  # noqa: F401  (telemetry off)
-from mlcycle.config import MonitoringSpec
-from mlcycle.drift_report import evidently_report
-from mlcycle.monitoring import ReferenceStats, feature_drift, reference_stats
+from mlcycle.monitoring.drift import ReferenceStats, feature_drift, reference_stats
+from mlcycle.monitoring.report import evidently_report
+from mlcycle.project.config import MonitoringSpec
 
 TARGET_RATIO = 2.0
 BINS = 10

@@ -35,9 +35,9 @@ import json, resource, sys, time
 from pathlib import Path
 t = time.perf_counter()
 import mlcycle  # noqa: F401
-from mlcycle import pipeline
-from mlcycle.config import load_config
-from mlcycle.scaffold import init_project
+from mlcycle.features import pipeline
+from mlcycle.project.config import load_config
+from mlcycle.project.scaffold import init_project
 table, out = Path(sys.argv[1]), Path(sys.argv[2])
 t0 = time.perf_counter()
 init_project(out, table, "ordered_at", "delivery_minutes", entities=["restaurant_id"], task="regression",

@@ -50,9 +50,10 @@ import httpx
 import numpy as np
 
 import mlcycle  # noqa: F401  (telemetry off)
-from mlcycle import TELEMETRY_OFF, registry
-from mlcycle.config import DEFAULT_CONFIG_NAME, ProjectConfig, load_config
-from mlcycle.service_process import ServiceProcess
+from mlcycle import TELEMETRY_OFF
+from mlcycle.ops.service_process import ServiceProcess
+from mlcycle.project.config import DEFAULT_CONFIG_NAME, ProjectConfig, load_config
+from mlcycle.registry import aliases as registry
 from serving import (
     BODY_POOL,
     CHECK_REQUESTS,

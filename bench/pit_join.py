@@ -27,9 +27,8 @@ import pandas as pd
 from fraud.generator import CATEGORIES, CHANNELS, read_dataset
 
 import mlcycle  # noqa: F401  (telemetry off)
-from mlcycle import pipeline
-from mlcycle.features import apply_repo, entity_frame, open_store, plan_for, training_set
-from mlcycle.project import copy_project
+from mlcycle.features import apply_repo, entity_frame, open_store, pipeline, plan_for, training_set
+from mlcycle.project.files import copy_project
 
 TARGET_RATIO = 2.0
 

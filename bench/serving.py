@@ -56,10 +56,11 @@ import numpy as np
 import pandas as pd
 
 import mlcycle  # noqa: F401  (telemetry off)
-from mlcycle import TELEMETRY_OFF, pipeline
-from mlcycle.batch import score_frame
-from mlcycle.config import ProjectConfig
-from mlcycle.service_process import free_port
+from mlcycle import TELEMETRY_OFF
+from mlcycle.features import pipeline
+from mlcycle.ops.service_process import free_port
+from mlcycle.project.config import ProjectConfig
+from mlcycle.serving.batch import score_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
@@ -98,11 +99,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 import mlcycle  # noqa: F401  (telemetry off)
-from mlcycle.config import load_config
+from mlcycle.project.config import load_config
 from mlcycle.features.store import online_vector, open_store, plan_for
-from mlcycle.registry import client_for
-from mlcycle.tracking import FEATURES_TAG, THRESHOLD_TAG
-from mlcycle.training import matrix
+from mlcycle.registry.aliases import client_for
+from mlcycle.registry.tracking import FEATURES_TAG, THRESHOLD_TAG
+from mlcycle.training.fit import matrix
 
 cfg = load_config(os.environ["MLCYCLE_CONFIG"])
 client = client_for(cfg)  # sets the tracking and registry URIs
@@ -446,9 +447,9 @@ def batch_benchmark(cfg: ProjectConfig, n_rows: int) -> tuple[str, int, float, f
     import xgboost as xgb
 
     from mlcycle.features import entity_frame, open_store, plan_for, training_set
-    from mlcycle.registry import client_for
-    from mlcycle.tracking import FEATURES_TAG, THRESHOLD_TAG
-    from mlcycle.training import matrix
+    from mlcycle.registry.aliases import client_for
+    from mlcycle.registry.tracking import FEATURES_TAG, THRESHOLD_TAG
+    from mlcycle.training.fit import matrix
 
     client = client_for(cfg)
     version = client.get_model_version_by_alias(cfg.model.name, "champion")
@@ -490,8 +491,8 @@ def bench_project(dest: Path) -> ProjectConfig:
     measurement can exceed it, and a rejected model would leave nothing to serve."""
     import yaml
 
-    from mlcycle.config import load_config
-    from mlcycle.project import copy_project
+    from mlcycle.project.config import load_config
+    from mlcycle.project.files import copy_project
 
     cfg = copy_project(ROOT, dest, DATA)
     path = cfg.root / "mlcycle.yaml"
@@ -505,7 +506,7 @@ def setup(cfg: ProjectConfig) -> str:
     """Data, features, online store, and a champion from the ``train`` flow; returns its version."""
     from prefect.testing.utilities import prefect_test_harness
 
-    from mlcycle.project import load_flow
+    from mlcycle.project.files import load_flow
 
     pipeline.generate_data(cfg)
     pipeline.build_features(cfg)

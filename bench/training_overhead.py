@@ -25,12 +25,11 @@ import xgboost as xgb
 from prefect.testing.utilities import prefect_test_harness
 
 import mlcycle  # noqa: F401  (telemetry off)
-from mlcycle import pipeline
-from mlcycle.features import apply_repo
-from mlcycle.project import copy_project, load_flow
-from mlcycle.registry import client_for
-from mlcycle.tracking import SNAPSHOT_ARTIFACT
-from mlcycle.training import matrix, split_by_time
+from mlcycle.features import apply_repo, pipeline
+from mlcycle.project.files import copy_project, load_flow
+from mlcycle.registry.aliases import client_for
+from mlcycle.registry.tracking import SNAPSHOT_ARTIFACT
+from mlcycle.training.fit import matrix, split_by_time
 
 TARGET = 0.20
 MATURED_SHARE = 2 / 3  # 90-day stream, 30-day label maturity

@@ -12,8 +12,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 import mlcycle  # noqa: F401  (telemetry off before the stack is imported)
-from mlcycle import batch
-from mlcycle.config import load_config
+from mlcycle.project.config import load_config
+from mlcycle.serving import batch
 
 
 @task(name="score-day", retries=2, retry_delay_seconds=3, cache_policy=NO_CACHE)

@@ -19,9 +19,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 import mlcycle  # noqa: F401  (telemetry off before the stack is imported)
-from mlcycle import monitoring_job
-from mlcycle.config import ProjectConfig, load_config
-from mlcycle.retraining import DECAY_EVENT, DRIFT_EVENT
+from mlcycle.monitoring import job as monitoring_job
+from mlcycle.monitoring.retraining import DECAY_EVENT, DRIFT_EVENT
+from mlcycle.project.config import ProjectConfig, load_config
 
 IO = {"retries": 2, "retry_delay_seconds": 3, "cache_policy": NO_CACHE}
 

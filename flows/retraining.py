@@ -23,9 +23,9 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 import mlcycle  # noqa: F401  (telemetry off before the stack is imported)
-from mlcycle import retraining
-from mlcycle.config import ProjectConfig, load_config
-from mlcycle.project import load_flow
+from mlcycle.monitoring import retraining
+from mlcycle.project.config import ProjectConfig, load_config
+from mlcycle.project.files import load_flow
 
 IO = {"retries": 2, "retry_delay_seconds": 3, "cache_policy": NO_CACHE}
 

@@ -28,12 +28,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 import mlcycle  # noqa: F401  (telemetry off before the stack is imported)
-from mlcycle import canary, registry, rollout
-from mlcycle.config import ProjectConfig, load_config
+from mlcycle.data.validation import load_table
 from mlcycle.decisions import Verdict
-from mlcycle.pipeline import labels_frame
-from mlcycle.prediction_store import read_logged_predictions
-from mlcycle.validation import load_table
+from mlcycle.features.pipeline import labels_frame
+from mlcycle.project.config import ProjectConfig, load_config
+from mlcycle.registry import aliases as registry
+from mlcycle.serving import canary, rollout
+from mlcycle.serving.prediction_store import read_logged_predictions
 
 IO = {"retries": 2, "retry_delay_seconds": 2, "cache_policy": NO_CACHE}
 

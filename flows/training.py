@@ -19,12 +19,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 import mlcycle  # noqa: F401  (telemetry off before the stack is imported)
-from mlcycle import gates, pipeline, tracking, training, validation
-from mlcycle.config import ProjectConfig, load_config
+from mlcycle.data import validation
 from mlcycle.decisions import Verdict
-from mlcycle.evaluation import EvaluationReport
-from mlcycle.features import open_project_store, plan_for
-from mlcycle.registry import client_for
+from mlcycle.features import open_project_store, pipeline, plan_for
+from mlcycle.project.config import ProjectConfig, load_config
+from mlcycle.registry import tracking
+from mlcycle.registry.aliases import client_for
+from mlcycle.training import fit as training
+from mlcycle.training import gates
+from mlcycle.training.evaluation import EvaluationReport
 
 IO = {"retries": 2, "retry_delay_seconds": 3, "cache_policy": NO_CACHE}
 CPU = {"cache_policy": NO_CACHE}

@@ -12,7 +12,7 @@ import pandas as pd
 import pandera.pandas as pa
 
 from fraud.generator import CATEGORIES, CHANNELS, COUNTRIES
-from mlcycle.validation import TZ_DTYPE, ContractReport, normalize_table, one_of, read_table_file, validate_frame
+from mlcycle.data.validation import TZ_DTYPE, ContractReport, normalize_table, one_of, read_table_file, validate_frame
 
 MAX_AMOUNT = 1_000_000.0
 

@@ -19,11 +19,10 @@ from rich.console import Console
 from rich.table import Table
 
 from fraud.generator import DriftSpec, break_upstream, generate, spec_of
-from mlcycle import pipeline
-from mlcycle.config import ProjectConfig
-from mlcycle.console import Steps, mlflow_ui_command, print_check, print_training, progress
-from mlcycle.features import store
-from mlcycle.project import load_flow
+from mlcycle.cli.console import Steps, mlflow_ui_command, print_check, print_training, progress
+from mlcycle.features import pipeline, store
+from mlcycle.project.config import ProjectConfig
+from mlcycle.project.files import load_flow
 
 
 class DemoFailed(RuntimeError):
@@ -39,8 +38,8 @@ STORY_DRIFT = DriftSpec(start_day=80, amount_inflation=1.5, concept_drift=True, 
 
 
 def run(cfg: ProjectConfig, console: Console, requests: int = 1500) -> None:
-    from mlcycle import stack
-    from mlcycle.service_process import free_port
+    from mlcycle.ops import stack
+    from mlcycle.ops.service_process import free_port
 
     running = [c.name for c in stack.status(cfg) if c.running]
     if running:
@@ -76,8 +75,11 @@ def run(cfg: ProjectConfig, console: Console, requests: int = 1500) -> None:
 
 def _story(cfg, console, steps, world, drift_at, prefect_url, requests, out) -> None:
     from fraud.traffic import replay
-    from mlcycle import batch, registry, retraining, stack
-    from mlcycle.service_process import free_port
+    from mlcycle.monitoring import retraining
+    from mlcycle.ops import stack
+    from mlcycle.ops.service_process import free_port
+    from mlcycle.registry import aliases as registry
+    from mlcycle.serving import batch
 
     with steps.step(
         f"Generating {world.n_transactions:,} card transactions over {world.days} days (seed {world.seed})"
@@ -192,7 +194,7 @@ def _pause_schedules(deployments: list[str]) -> None:
 def _require_empty_registry(cfg: ProjectConfig) -> None:
     """Profile scale keeps its state in PostgreSQL and Redis, which the demo does not delete (mlcycle
     never drops a database): the story needs an empty registry, so a used database is refused."""
-    from mlcycle import registry
+    from mlcycle.registry import aliases as registry
 
     if next(registry.versions(registry.client_for(cfg), cfg.model.name), None) is not None:
         raise DemoFailed(
@@ -323,7 +325,7 @@ def _print_retraining(cfg: ProjectConfig, console: Console, client, since: datet
     """What the retraining run did, from the records it left: its MLflow run and the alias moves."""
     import mlflow
 
-    from mlcycle import registry
+    from mlcycle.registry import aliases as registry
 
     mlflow.set_tracking_uri(cfg.tracking_uri)
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
@@ -345,7 +347,8 @@ def _print_retraining(cfg: ProjectConfig, console: Console, client, since: datet
 
 
 def _summary(cfg: ProjectConfig, console: Console, client, prefect_url: str) -> None:
-    from mlcycle import prediction_store, registry
+    from mlcycle.registry import aliases as registry
+    from mlcycle.serving import prediction_store
 
     aliases = registry.aliases_of(client, cfg.model.name)
     versions = Table("version", "aliases", "ROC-AUC (test)", "trained on rows")

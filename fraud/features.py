@@ -22,9 +22,9 @@ from __future__ import annotations
 import duckdb
 import pandas as pd
 
-from mlcycle.config import ProjectConfig
 from mlcycle.features.aggregations import AggregationSpec
 from mlcycle.features.transform import STATE_DELAY, aggregation_table, unix_seconds
+from mlcycle.project.config import ProjectConfig
 
 WINDOWS = {"1h": "1 HOUR", "24h": "24 HOUR", "7d": "7 DAY", "30d": "30 DAY"}
 MERCHANT_VOLUME_DAYS = 7

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mlcycle.config import ProjectConfig
+from mlcycle.project.config import ProjectConfig
 
 
 class _Strict(BaseModel):

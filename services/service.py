@@ -36,12 +36,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import HTMLResponse, JSONResponse
 
 import mlcycle  # noqa: F401  (telemetry off before the stack is imported)
-from mlcycle import registry, rollout
-from mlcycle.config import load_config
 from mlcycle.features.store import FeatureStoreUnavailable
-from mlcycle.request_schema import request_model
-from mlcycle.service_process import is_loopback
-from mlcycle.serving import NotReady, Scorer
+from mlcycle.ops.service_process import is_loopback
+from mlcycle.project.config import load_config
+from mlcycle.registry import aliases as registry
+from mlcycle.serving import rollout
+from mlcycle.serving.request_schema import request_model
+from mlcycle.serving.scorer import NotReady, Scorer
 
 MAX_BATCH = 1000
 INT64_MAX = 2**63 - 1  # ids are int64 in the online store and the prediction log

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 import mlcycle  # noqa: F401  (telemetry off before the stack is imported)
-from mlcycle.config import ProjectConfig, load_config
-from mlcycle.project import copy_project as project_copy
+from mlcycle.project.config import ProjectConfig, load_config
+from mlcycle.project.files import copy_project as project_copy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMALL_DATA = {"seed": 7, "days": 60, "n_users": 2000, "n_merchants": 300, "n_transactions": 20000}
@@ -37,7 +37,7 @@ def one_training_day_per_session():
     and the session's data ends at the midnight it was generated on. A session that crosses midnight
     would cut its later trainings a day later than its earlier ones (different rows, different
     models): the session keeps the day it started on, as one clock for every in-process training."""
-    from mlcycle import pipeline
+    from mlcycle.features import pipeline
 
     original = pipeline.default_as_of
     day = original()
@@ -69,7 +69,7 @@ TEST_GATES = {"max_p99_latency_ms": 1000.0}
 
 
 def built_project(root: Path, data: dict) -> ProjectConfig:
-    from mlcycle import pipeline
+    from mlcycle.features import pipeline
 
     cfg = copy_project(root, data, {"gates": TEST_GATES})
     pipeline.generate_data(cfg)
@@ -107,7 +107,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory):
 
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from mlcycle.service_process import free_port
+    from mlcycle.ops.service_process import free_port
     from servers import LOOPBACK, SLOW_START_S, VENV_BIN, running_server, server_env
 
     home = tmp_path_factory.mktemp("prefect_home")

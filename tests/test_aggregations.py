@@ -387,7 +387,7 @@ def test_incremental_prune_forgets_idle_entities() -> None:
 def test_a_declaration_dumped_to_json_loads_again_as_written() -> None:
     """A training run logs its config as JSON and ``reproduce`` loads it back: windows must come
     back as the text they were declared with, not ISO 8601 durations the parser refuses."""
-    from mlcycle.config import ProjectConfig
+    from mlcycle.project.config import ProjectConfig
 
     raw = {"features": {"aggregations": {"t": {"entities": ["k"], "aggregations": [
         {"function": "count", "window": "24h"}, {"function": "sum", "column": "x", "window": "7d"}]}}}}  # fmt: skip

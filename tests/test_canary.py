@@ -11,8 +11,8 @@ import pytest
 from scipy import stats
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
-from mlcycle.canary import ab_report, analyze, attach_labels, auc_se, shadow_pairs, spearman_interval
-from mlcycle.config import CanarySpec
+from mlcycle.project.config import CanarySpec
+from mlcycle.serving.canary import ab_report, analyze, attach_labels, auc_se, shadow_pairs, spearman_interval
 
 RNG = np.random.default_rng(7)
 SPEC = CanarySpec(min_requests=200, min_labelled=200, min_labelled_positives=30)

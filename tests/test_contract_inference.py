@@ -18,7 +18,7 @@ import pandera.pandas as pa
 import pytest
 import yaml
 
-from mlcycle.contract_inference import (
+from mlcycle.project.contract_inference import (
     InferredContract,
     TableError,
     TableSpec,

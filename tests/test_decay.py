@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from mlcycle import monitoring
-from mlcycle.config import MonitoringSpec
-from mlcycle.monitoring_job import held_out_rows
+from mlcycle.monitoring import drift as monitoring
+from mlcycle.monitoring.job import held_out_rows
+from mlcycle.project.config import MonitoringSpec
 
 AS_OF = pd.Timestamp("2026-06-30 12:00", tz="UTC")
 # The reference project's names for the event id and the label (monitoring takes them as parameters).

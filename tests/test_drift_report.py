@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlcycle.drift_report import DriftReportFiles, evidently_report, external_resources
+from mlcycle.monitoring.report import DriftReportFiles, evidently_report, external_resources
 
 NUMERIC = ["amount", "age_days", "velocity"]
 CATEGORICAL = ["channel", "country"]

@@ -8,8 +8,8 @@ import pytest
 from fraud.features import FRAUD_RATE_PRIOR, FRAUD_RATE_PRIOR_WEIGHT
 from fraud.generator import read_dataset
 
-from mlcycle.config import ProjectConfig
 from mlcycle.features import entity_frame, plan_for, training_set
+from mlcycle.project.config import ProjectConfig
 
 
 @pytest.fixture(scope="module")

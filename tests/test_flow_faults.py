@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from conftest import clone_project
-from mlcycle import registry, validation
-from mlcycle.config import ProjectConfig
-from mlcycle.project import load_flow
+from mlcycle.data import validation
+from mlcycle.project.config import ProjectConfig
+from mlcycle.project.files import load_flow
+from mlcycle.registry import aliases as registry
 
 pytestmark = pytest.mark.slow
 

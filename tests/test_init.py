@@ -21,10 +21,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from mlcycle.config import load_config
-from mlcycle.contract_inference import TableError, contract_from_yaml
-from mlcycle.replay import ReplayError, replay, replay_rows, request_bodies
-from mlcycle.scaffold import InitError, InitResult, TargetNotEmpty, init_project, project_name
+from mlcycle.project.config import load_config
+from mlcycle.project.contract_inference import TableError, contract_from_yaml
+from mlcycle.project.scaffold import InitError, InitResult, TargetNotEmpty, init_project, project_name
+from mlcycle.serving.replay import ReplayError, replay, replay_rows, request_bodies
 
 N = 3_000
 START = pd.Timestamp("2021-03-01", tz="UTC")
@@ -262,8 +262,8 @@ def test_generated_feature_repo_is_lint_clean(entity_project: InitResult, table_
 
 
 def test_scaffold_names_the_columns_the_feature_build_writes():
-    from mlcycle import scaffold
     from mlcycle.features import transform
+    from mlcycle.project import scaffold
 
     assert scaffold.FEATURE_TIMESTAMP == transform.FEATURE_TIMESTAMP
     assert scaffold.LAST_EVENT_SUFFIX == transform.LAST_EVENT_SUFFIX
@@ -524,7 +524,7 @@ def test_replay_rows_are_the_later_ones_in_time_order(applied, table: pd.DataFra
 
 
 def test_request_bodies_carry_what_a_caller_sends(applied, entity_project: InitResult):
-    from mlcycle.replay import request_fields
+    from mlcycle.serving.replay import request_fields
 
     cfg, _ = applied
     fields = request_fields(cfg)

@@ -19,14 +19,16 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from mlcycle import batch, monitoring_job, pipeline, registry
-from mlcycle.cli import app
-from mlcycle.config import ProjectConfig, load_config
-from mlcycle.features import entity_frame, online_vector, plan_for, skew_report, training_set
+from mlcycle.cli.app import app
+from mlcycle.features import entity_frame, online_vector, pipeline, plan_for, skew_report, training_set
 from mlcycle.features.store import open_project_store
-from mlcycle.project import load_flow
-from mlcycle.replay import replay
-from mlcycle.service_process import ServiceProcess
+from mlcycle.monitoring import job as monitoring_job
+from mlcycle.ops.service_process import ServiceProcess
+from mlcycle.project.config import ProjectConfig, load_config
+from mlcycle.project.files import load_flow
+from mlcycle.registry import aliases as registry
+from mlcycle.serving import batch
+from mlcycle.serving.replay import replay
 
 pytestmark = pytest.mark.slow
 
@@ -129,7 +131,7 @@ def test_a_classification_table_with_an_entity_runs_the_whole_loop(classificatio
 
 def test_an_unknown_category_on_an_init_project_is_reported_not_refused(classification) -> None:
     """Checked against the contract's category set: init wrote ward's four values there."""
-    from mlcycle.serving import Scorer
+    from mlcycle.serving.scorer import Scorer
 
     cfg, _ = classification
     scorer = Scorer(cfg, log_predictions=False)

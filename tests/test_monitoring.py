@@ -12,9 +12,9 @@ import pytest
 from fraud.generator import DataSpec, DriftSpec, generate
 from scipy import stats
 
-from mlcycle import monitoring
-from mlcycle.config import MonitoringSpec
-from mlcycle.monitoring import ReferenceStats, feature_drift, prediction_drift, reference_stats
+from mlcycle.monitoring import drift as monitoring
+from mlcycle.monitoring.drift import ReferenceStats, feature_drift, prediction_drift, reference_stats
+from mlcycle.project.config import MonitoringSpec
 from mlcycle.stats import mean_ratio_ci
 
 SPEC = MonitoringSpec()

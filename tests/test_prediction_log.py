@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mlcycle.prediction_log import JOURNAL_DIR, PredictionLog, read_predictions, recover
+from mlcycle.serving.prediction_log import JOURNAL_DIR, PredictionLog, read_predictions, recover
 
 
 def records(n: int, start: int = 0) -> list[dict]:
@@ -38,7 +38,7 @@ def test_records_of_a_killed_writer_are_recovered_and_a_live_writers_journal_is_
         import os, signal, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_prediction_log import records
-        from mlcycle.prediction_log import PredictionLog
+        from mlcycle.serving.prediction_log import PredictionLog
         log = PredictionLog({str(tmp_path)!r}, flush_seconds=3600)
         log.append(records(500))
         print("acknowledged", flush=True)
@@ -72,8 +72,8 @@ def test_service_killed_during_traffic_loses_no_acknowledged_prediction(
     from fraud.traffic import request_body
 
     from conftest import clone_project
-    from mlcycle.project import load_flow
-    from mlcycle.service_process import ServiceProcess
+    from mlcycle.ops.service_process import ServiceProcess
+    from mlcycle.project.files import load_flow
 
     cfg = clone_project(training_project, tmp_path / "p")
     assert load_flow(cfg.root, "training", "train")(config=str(cfg.root / "mlcycle.yaml"))["alias"] == "champion"

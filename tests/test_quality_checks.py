@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from mlcycle import model_card
-from mlcycle.config import GatesSpec, QualitySpec
+from mlcycle.data.validation import check_training_set
 from mlcycle.decisions import CheckResult, Verdict
-from mlcycle.evaluation import EvaluationReport, Metrics, evaluate
-from mlcycle.gates import run_gates
-from mlcycle.validation import check_training_set
+from mlcycle.project.config import GatesSpec, QualitySpec
+from mlcycle.registry import model_card
+from mlcycle.training.evaluation import EvaluationReport, Metrics, evaluate
+from mlcycle.training.gates import run_gates
 
 RNG = np.random.default_rng(0)
 

@@ -22,9 +22,11 @@ import pytest
 from fraud.generator import spec_of
 
 from conftest import REPO_ROOT, TEST_GATES, copy_project
-from mlcycle import batch, pipeline, registry
-from mlcycle.config import ProjectConfig
-from mlcycle.project import load_flow
+from mlcycle.features import pipeline
+from mlcycle.project.config import ProjectConfig
+from mlcycle.project.files import load_flow
+from mlcycle.registry import aliases as registry
+from mlcycle.serving import batch
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +90,7 @@ def test_monitor_finds_the_drift_and_the_decay_and_says_where_to_look(drifted) -
 
 def test_reference_is_computed_once_per_champion(drifted) -> None:
     cfg, result = drifted
-    from mlcycle import monitoring_job
+    from mlcycle.monitoring import job as monitoring_job
 
     meta = cfg.monitoring_dir / "reference" / f"v{result['champion_version']}" / "meta.json"
     recorded = json.loads(meta.read_text())
@@ -203,8 +205,8 @@ def test_a_broken_upstream_day_is_refused_until_a_person_decides(drifted) -> Non
     from fraud.generator import break_upstream
     from fraud.traffic import request_body
 
-    from mlcycle.serving import Scorer
-    from mlcycle.validation import load_table
+    from mlcycle.data.validation import load_table
+    from mlcycle.serving.scorer import Scorer
 
     cfg, _ = drifted
     client = registry.client_for(cfg)
@@ -241,7 +243,7 @@ def test_a_broken_upstream_day_is_refused_until_a_person_decides(drifted) -> Non
     assert thread.is_alive()  # waiting for a person, not training
     from typer.testing import CliRunner
 
-    from mlcycle.cli import app
+    from mlcycle.cli.app import app
 
     listed = CliRunner().invoke(app, ["blocked", "--config", str(cfg.root / "mlcycle.yaml")])
     assert str(paused.id) in listed.output, listed.output

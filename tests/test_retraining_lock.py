@@ -14,8 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from mlcycle import retraining
-from mlcycle.config import ProjectConfig, load_config
+from mlcycle.monitoring import retraining
+from mlcycle.project.config import ProjectConfig, load_config
 
 PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
 
@@ -69,8 +69,8 @@ def test_one_retraining_at_a_time_in_one_process(cfg: ProjectConfig) -> None:
 HOLD = textwrap.dedent(
     """
     import sys, time
-    from mlcycle import retraining
-    from mlcycle.config import load_config
+    from mlcycle.monitoring import retraining
+    from mlcycle.project.config import load_config
     with retraining.single_flight(load_config(sys.argv[1])) as held:
         print("held" if held else "busy", flush=True)
         sys.stdin.readline()

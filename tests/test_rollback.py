@@ -11,10 +11,11 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from mlcycle import registry, rollout
-from mlcycle.cli import app
-from mlcycle.config import ProjectConfig, load_config
-from mlcycle.prediction_log import COLUMNS, write_frame
+from mlcycle.cli.app import app
+from mlcycle.project.config import ProjectConfig, load_config
+from mlcycle.registry import aliases as registry
+from mlcycle.serving import rollout
+from mlcycle.serving.prediction_log import COLUMNS, write_frame
 
 
 @pytest.fixture

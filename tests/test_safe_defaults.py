@@ -20,11 +20,13 @@ import pytest
 from tests.conftest import REPO_ROOT, copy_project
 from typer.testing import CliRunner
 
-from mlcycle import rollout, serving, stack
-from mlcycle.config import ConfigError, ProjectConfig, load_config
-from mlcycle.prediction_log import PredictionLog
-from mlcycle.scale import redact
-from mlcycle.service_process import ExposedWithoutKey, check_exposure, is_loopback
+from mlcycle.ops import stack
+from mlcycle.ops.scale import redact
+from mlcycle.ops.service_process import ExposedWithoutKey, check_exposure, is_loopback
+from mlcycle.project.config import ConfigError, ProjectConfig, load_config
+from mlcycle.serving import rollout
+from mlcycle.serving import scorer as serving
+from mlcycle.serving.prediction_log import PredictionLog
 
 SECRET = "hunter2-S3cret"
 
@@ -134,7 +136,7 @@ def test_an_exposed_host_needs_the_api_key(host: str) -> None:
 
 def _serve(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *args: str) -> tuple[object, list[list[str]]]:
     """``mlcycle serve`` through its CLI, with the final exec captured instead of run."""
-    from mlcycle.cli import app
+    from mlcycle.cli.app import app
 
     execs: list[list[str]] = []
     monkeypatch.setattr(os, "execvpe", lambda path, argv, env: execs.append(list(argv)))
@@ -164,7 +166,7 @@ def test_serve_refuses_to_expose_without_a_key_and_says_how(monkeypatch: pytest.
 
 
 def test_demo_help_and_readme_agree_on_how_long_the_demo_takes() -> None:
-    from mlcycle.cli import app
+    from mlcycle.cli.app import app
 
     helped = CliRunner().invoke(app, ["demo", "--help"], terminal_width=200).output
     readme = (REPO_ROOT / "README.md").read_text()

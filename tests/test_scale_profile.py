@@ -33,16 +33,17 @@ from fraud.traffic import request_body
 from psycopg import sql
 from tests.conftest import SMALL_DATA, TEST_GATES, copy_project
 
-from mlcycle import pipeline, registry, scale, stack
-from mlcycle.config import ConfigError, ProjectConfig, load_config
-from mlcycle.features import entity_frame, open_project_store, plan_for, skew_report, training_set
+from mlcycle.features import entity_frame, open_project_store, pipeline, plan_for, skew_report, training_set
 from mlcycle.features.store import online_vector
-from mlcycle.monitoring_job import answered_predictions
-from mlcycle.prediction_log import COLUMNS
-from mlcycle.prediction_store import TABLE, SqlPredictionLog, read_logged_predictions, read_sql_predictions
-from mlcycle.project import load_flow
-from mlcycle.service_process import ServiceProcess, free_port
-from mlcycle.serving import Scorer
+from mlcycle.monitoring.job import answered_predictions
+from mlcycle.ops import scale, stack
+from mlcycle.ops.service_process import ServiceProcess, free_port
+from mlcycle.project.config import ConfigError, ProjectConfig, load_config
+from mlcycle.project.files import load_flow
+from mlcycle.registry import aliases as registry
+from mlcycle.serving.prediction_log import COLUMNS
+from mlcycle.serving.prediction_store import TABLE, SqlPredictionLog, read_logged_predictions, read_sql_predictions
+from mlcycle.serving.scorer import Scorer
 
 pytestmark = pytest.mark.slow
 

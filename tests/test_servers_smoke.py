@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from mlcycle.config import ProjectConfig
-from mlcycle.service_process import free_port
+from mlcycle.ops.service_process import free_port
+from mlcycle.project.config import ProjectConfig
 
 pytestmark = pytest.mark.slow
 

@@ -19,11 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import clone_project
 from tests.servers import LOOPBACK, START_S, VENV_BIN, running_server
 
-from mlcycle import registry
-from mlcycle.config import ProjectConfig
 from mlcycle.features.store import open_project_store, plan_for
-from mlcycle.service_process import ServiceProcess, free_port
-from mlcycle.tracking import FEATURES_TAG, THRESHOLD_TAG, pip_requirements
+from mlcycle.ops.service_process import ServiceProcess, free_port
+from mlcycle.project.config import ProjectConfig
+from mlcycle.registry import aliases as registry
+from mlcycle.registry.tracking import FEATURES_TAG, THRESHOLD_TAG, pip_requirements
 
 pytestmark = pytest.mark.slow
 GOOD = {"user_id": 2, "merchant_id": 5, "amount": 120.5, "country": "US", "merchant_category": "grocery"}

@@ -21,14 +21,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.conftest import clone_project
 
-from mlcycle import registry, rollout
-from mlcycle.config import ProjectConfig
-from mlcycle.pipeline import build_training_set
-from mlcycle.prediction_log import read_predictions
-from mlcycle.project import load_flow
-from mlcycle.service_process import ServiceProcess
-from mlcycle.tracking import FEATURES_TAG, THRESHOLD_TAG, pip_requirements
-from mlcycle.training import matrix
+from mlcycle.features.pipeline import build_training_set
+from mlcycle.ops.service_process import ServiceProcess
+from mlcycle.project.config import ProjectConfig
+from mlcycle.project.files import load_flow
+from mlcycle.registry import aliases as registry
+from mlcycle.registry.tracking import FEATURES_TAG, THRESHOLD_TAG, pip_requirements
+from mlcycle.serving import rollout
+from mlcycle.serving.prediction_log import read_predictions
+from mlcycle.training.fit import matrix
 
 pytestmark = pytest.mark.slow
 ADMIN = "test-admin-token"

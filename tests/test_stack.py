@@ -20,8 +20,8 @@ import httpx
 import pytest
 from tests.conftest import copy_project
 
-from mlcycle import stack
-from mlcycle.service_process import free_port
+from mlcycle.ops import stack
+from mlcycle.ops.service_process import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -121,7 +121,7 @@ def test_deploy_plan_deploys_all_or_skips_deployments_whose_flow_file_is_missing
 def test_approve_and_reject_find_the_prefect_server_that_up_recorded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlcycle.retraining import api_url
+    from mlcycle.monitoring.retraining import api_url
 
     cfg = copy_project(tmp_path / "p")
     monkeypatch.delenv("PREFECT_API_URL", raising=False)

@@ -10,8 +10,8 @@ import pytest
 from scipy import stats
 from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
 
-from mlcycle.canary import auc_se as canary_auc_se
-from mlcycle.canary import psi as canary_psi
+from mlcycle.serving.canary import auc_se as canary_auc_se
+from mlcycle.serving.canary import psi as canary_psi
 from mlcycle.stats import (
     abs_interval,
     auc_se,

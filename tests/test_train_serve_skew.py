@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from fraud.generator import read_dataset
 
-from mlcycle.config import ProjectConfig
 from mlcycle.features import entity_frame, online_vector, plan_for, skew_report, training_set
+from mlcycle.project.config import ProjectConfig
 
 
 @pytest.fixture(scope="module")

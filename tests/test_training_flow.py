@@ -12,10 +12,11 @@ import pytest
 from mlflow import MlflowClient
 from tests.conftest import TRAINING_DATA, built_project, clone_project
 
-from mlcycle import registry, tracking
-from mlcycle.config import ConfigError, ProjectConfig
-from mlcycle.project import load_flow
-from mlcycle.validation import ContractViolation
+from mlcycle.data.validation import ContractViolation
+from mlcycle.project.config import ConfigError, ProjectConfig
+from mlcycle.project.files import load_flow
+from mlcycle.registry import aliases as registry
+from mlcycle.registry import tracking
 
 pytestmark = pytest.mark.slow
 
@@ -221,7 +222,7 @@ def test_batch_scores_a_day_with_the_champion_on_offline_features(trained) -> No
     import mlflow.xgboost
     import xgboost as xgb
 
-    from mlcycle import batch
+    from mlcycle.serving import batch
 
     cfg, _ = trained
     tx = pd.read_parquet(cfg.raw_dir / "transactions.parquet")
@@ -260,7 +261,11 @@ def test_a_scikit_learn_flavor_trains_registers_batch_scores_monitors_and_reprod
     import mlflow
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from mlcycle import batch, flavors, monitoring_job, serving, training
+    from mlcycle.monitoring import job as monitoring_job
+    from mlcycle.serving import batch
+    from mlcycle.serving import scorer as serving
+    from mlcycle.training import fit as training
+    from mlcycle.training import flavors
 
     cfg = clone_project(training_project, tmp_path / "p", {"model": SKLEARN_MODEL})
     result = run_train(cfg)

@@ -11,9 +11,9 @@ import pytest
 from fraud.contract import load as load_transactions
 from fraud.contract import validate as validate_transactions
 
-from mlcycle import pipeline
-from mlcycle.config import ProjectConfig
-from mlcycle.validation import ContractViolation
+from mlcycle.data.validation import ContractViolation
+from mlcycle.features import pipeline
+from mlcycle.project.config import ProjectConfig
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_naive_now_and_nullable_integers_are_handled(good: pd.DataFrame) -> None
     df.loc[df.index[:2], "user_id"] = pd.NA
     from fraud.contract import schema
 
-    from mlcycle.validation import normalize_table
+    from mlcycle.data.validation import normalize_table
 
     report = validate_transactions(normalize_table(df, schema()))
     assert not report.ok

@@ -1,5 +1,6 @@
-"""Features: declarations (window aggregations), engineering (raw → feature tables), the Feast
-offline store, and the store facade.
+"""Features: declarations (window aggregations), transformations (the table → feature tables), the
+pipeline (validate → build → publish, point-in-time training sets), the Feast offline store and the
+store facade.
 
 The names below load on first use (PEP 562): the project config imports
 ``mlcycle.features.aggregations``, and importing Feast (seconds to a minute on a loaded machine)
@@ -12,8 +13,6 @@ import importlib
 from typing import Any
 
 _FROM = {
-    "FeatureTables": "engineering",
-    "build_feature_tables": "engineering",
     **dict.fromkeys(
         [
             "FeatureStoreUnavailable",

@@ -36,11 +36,12 @@ from feast.errors import FeatureViewNotFoundException
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import load_repo_config
 
-from mlcycle import quiet_stack_warnings, scale
+from mlcycle import quiet_stack_warnings
 from mlcycle.features.transform import unix_seconds
+from mlcycle.ops import scale
 
 if TYPE_CHECKING:
-    from mlcycle.config import ProjectConfig
+    from mlcycle.project.config import ProjectConfig
 
 quiet_stack_warnings()
 

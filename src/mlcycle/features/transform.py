@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlcycle.config import ProjectConfig
 from mlcycle.features.aggregations import AggregationSpec, compute_offline
+from mlcycle.project.config import ProjectConfig
 
 Transformations = Callable[[pd.DataFrame, ProjectConfig], Mapping[str, pd.DataFrame]]
 STATE_DELAY = pd.Timedelta(microseconds=1)

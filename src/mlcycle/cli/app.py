@@ -1,0 +1,806 @@
+"""The ``mlcycle`` command line: every lifecycle step, and ``demo`` that runs them in order."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import mlcycle  # noqa: F401  (switches telemetry off before the stack is imported)
+from mlcycle.project.config import ConfigError, ProjectConfig, load_config
+
+app = typer.Typer(
+    help="mlcycle: data → validation → Feast features → training → registry → serving → monitoring.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Generate example data and validate tables against the contract.", no_args_is_help=True)
+features_app = typer.Typer(help="Build, publish and read features (Feast).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(features_app, name="features")
+
+# Wider than the 80 columns rich assumes when the output is a pipe or a CI log.
+# MLflow logs at INFO what it infers about the environment when saving a model: not news here.
+logging.getLogger("mlflow").setLevel(logging.ERROR)
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 110)
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="Project config file (default: ./mlcycle.yaml).")
+]
+
+
+def _config(path: Path | None) -> ProjectConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _fail_contract(exc: Exception) -> None:
+    console.print(f"[red]{exc}[/red]")
+    console.print("Nothing was written to the feature store. Fix the upstream data and run again.")
+    raise typer.Exit(1)
+
+
+def _overrides(pairs: list[str]) -> dict:
+    """``key=value`` pairs (dotted keys nest: ``drift.start_day=60``), values read as YAML."""
+    import yaml
+
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            console.print(f"[red]--set {pair!r}: expected key=value, e.g. --set seed=7[/red]")
+            raise typer.Exit(2)
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+@data_app.command("generate")
+def data_generate(
+    config: ConfigOption = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Generator parameter as key=value (dotted keys nest), over the config's data:."),
+    ] = None,
+) -> None:
+    """Write example data with the project's own generator (``generator:`` in mlcycle.yaml).
+
+    Its parameters are the project's own (the reference project's are in its mlcycle.yaml under data:),
+    e.g. --set seed=7 --set drift.start_day=60 (deterministic for a seed)."""
+    from mlcycle.features.pipeline import generate_data
+
+    cfg = _config(config)
+    t = time.perf_counter()
+    try:
+        summary = generate_data(cfg, _overrides(set_ or []))
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    console.print(f"{summary} (in {time.perf_counter() - t:.1f}s)")
+
+
+@data_app.command("validate")
+def data_validate(
+    path: Annotated[
+        Path | None, typer.Argument(help="A table file (parquet or CSV); default: the project's table.")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Check a table against the project's data contract; exit 1 naming every broken check."""
+    from mlcycle.data.validation import load_table, validate_table
+
+    cfg = _config(config)
+    report = validate_table(load_table(cfg, path), cfg)
+    console.print(report.summary(), style="green" if report.ok else "red")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@features_app.command("build")
+def features_build(
+    config: ConfigOption = None,
+    table: Annotated[Path | None, typer.Option(help="A new table file (default: table.path of the config).")] = None,
+) -> None:
+    """Validate the project's table, then write the feature tables (parquet) Feast reads."""
+    from mlcycle.data.validation import ContractViolation
+    from mlcycle.features.pipeline import build_features
+
+    cfg = _config(config)
+    try:
+        build = build_features(cfg, table)
+    except ContractViolation as exc:
+        _fail_contract(exc)
+    for name, path in build.tables.items():
+        console.print(f"{name}: {build.rows[name]:,} rows → {path}")
+
+
+@features_app.command("publish")
+def features_publish(
+    config: ConfigOption = None,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh",
+            help="Reload the online store from scratch: after the feature tables were rebuilt, or to refill "
+            "a Redis that restarted empty (only this project's rows are deleted).",
+        ),
+    ] = False,
+    end: Annotated[
+        datetime | None,
+        typer.Option(help="Load feature rows up to this time (UTC; default now): e.g. a replay's start."),
+    ] = None,
+) -> None:
+    """Register the feature repo (feast apply) and load the online store (materialize-incremental)."""
+    from mlcycle.features.pipeline import publish_features
+
+    cfg = _config(config)
+    end = publish_features(cfg, end=end, fresh=fresh)
+    console.print(f"applied {cfg.feature_repo_path} and materialized up to {end:%Y-%m-%d %H:%M:%S} UTC")
+
+
+@features_app.command("training-set")
+def features_training_set(
+    out: Annotated[Path | None, typer.Option(help="Parquet file (default data/training_set.parquet).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Build the point-in-time training set of every matured labelled event."""
+    from mlcycle.features.pipeline import build_training_set
+    from mlcycle.features.store import open_project_store, plan_for
+
+    cfg = _config(config)
+    t = time.perf_counter()
+    frame = build_training_set(cfg)
+    out = out or cfg.data_path / "training_set.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(out, index=False)
+    plan = plan_for(open_project_store(cfg), cfg.features.feature_service)
+    console.print(
+        f"{len(frame):,} rows × {len(plan.model_features)} features, label mean "
+        f"{frame[cfg.table.label].mean():.4g}, in {time.perf_counter() - t:.1f}s → {out}"
+    )
+
+
+@features_app.command("online")
+def features_online(
+    values: Annotated[
+        list[str],
+        typer.Argument(help="The request as name=value pairs: every entity key and request field (see /docs)."),
+    ],
+    config: ConfigOption = None,
+) -> None:
+    """Show the online feature vector the model would get for one request now, e.g.
+    ``mlcycle features online customer_id=42 plan=basic monthly_fee=30``."""
+    from mlcycle.features.store import REQUEST_TIME, online_vector, open_project_store, plan_for
+
+    cfg = _config(config)
+    fs = open_project_store(cfg)
+    plan = plan_for(fs, cfg.features.feature_service)
+    given = _overrides(values)
+    missing = [k for k in (*plan.join_keys, *plan.request_fields) if k != REQUEST_TIME and k not in given]
+    if missing:
+        console.print(f"[red]missing: {', '.join(missing)} (give each as name=value)[/red]")
+        raise typer.Exit(2)
+    keys = {k: given[k] for k in plan.join_keys}
+    request = {k: given[k] for k in plan.request_fields if k != REQUEST_TIME}
+    row = online_vector(fs, [keys], [request], cfg.features.feature_service).iloc[0]
+    table = Table("feature", "value")
+    for name in plan.model_features:
+        table.add_row(name, str(row[name]))
+    console.print(table)
+    if row["features_missing"]:
+        console.print(f"features_missing: {', '.join(row['features_missing'])}")
+
+
+@app.command()
+def demo(
+    config: ConfigOption = None,
+    requests: Annotated[int, typer.Option(help="Live requests sent before the first monitoring check.")] = 1500,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Generator parameter as key=value, over the config's data:.")
+    ] = None,
+) -> None:
+    """Run the project's narrated story (``demo:`` in mlcycle.yaml). The reference project's: data with
+    injected drift → v1 champion → service + traffic → monitoring → event-triggered retraining →
+    canary → promotion, then a broken-upstream day that retraining refuses. Starts (and stops) its
+    own Prefect server, worker and scoring service; 4–8 minutes on 2 cores."""
+    import warnings
+
+    from mlcycle.data.validation import ContractViolation
+    from mlcycle.features.transform import ProjectHookError, project_object
+
+    # Deprecation notices of the stack's own dependencies (numpy.core in Evidently, litestar) are
+    # not the demo's news.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*deprecated.*")
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module="numpy")
+
+    cfg = _config(config)
+    if not cfg.demo:
+        console.print("[red]this project names no story (demo: 'module:function' in mlcycle.yaml)[/red]")
+        raise typer.Exit(2)
+    if set_:
+        cfg.data = {**cfg.data, **_overrides(set_)}
+    try:
+        story = project_object(cfg, cfg.demo)
+    except ProjectHookError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    try:
+        story(cfg, console, requests)
+    except ContractViolation as exc:
+        _fail_contract(exc)
+    except RuntimeError as exc:  # the story's own failure (DemoFailed is one): said, not a traceback
+        console.print(f"[red]demo stopped: {exc}[/red]")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Project directory to create (absent or empty unless --force).")],
+    data: Annotated[Path, typer.Option("--data", help="The table: .parquet or .csv.")],
+    timestamp: Annotated[str, typer.Option(help="Column: when each event happened.")],
+    label: Annotated[str, typer.Option(help="Column: what the model predicts.")],
+    entity: Annotated[
+        list[str] | None,
+        typer.Option("--entity", help="Entity key (repeatable); none: every feature comes in the request."),
+    ] = None,
+    label_delay: Annotated[
+        str | None, typer.Option(help="How long after its event a label is known, e.g. 30d.")
+    ] = None,
+    label_available_at: Annotated[str | None, typer.Option(help="Column: when each row's label became known.")] = None,
+    task: Annotated[str, typer.Option(help="classification (binary) or regression.")] = "classification",
+    protected: Annotated[str | None, typer.Option(help="Column: protected attribute for the fairness gate.")] = None,
+    event_id: Annotated[str | None, typer.Option(help="Column: the row's id (default: a unique *_id column).")] = None,
+    name: Annotated[str | None, typer.Option(help="Project name (default: the directory's name).")] = None,
+    force: Annotated[bool, typer.Option(help="Write into a directory that holds files.")] = False,
+) -> None:
+    """Make a runnable project from a table: data contract, Feast repo, config, flows, README.
+
+    Every command then works in that directory: features build|publish, train, serve, replay,
+    monitor, retrain, batch-score, rollout, history, reproduce, prefect deploy --all, feast apply."""
+    from mlcycle.project.contract_inference import TableError
+    from mlcycle.project.scaffold import InitError, init_project
+
+    try:
+        r = init_project(directory, data, timestamp, label, entities=entity or (), label_delay=label_delay,
+                         label_available_at=label_available_at, task=task, protected=protected,
+                         event_id=event_id, name=name, force=force)  # fmt: skip
+    except (TableError, InitError) as exc:
+        console.print(str(exc), style="red", markup=False, soft_wrap=True)
+        console.print("Nothing was written.")
+        raise typer.Exit(2) from None
+    console.print(f"project {r.project} in {r.directory}", style="green", markup=False)
+    console.print(f"  request fields: {', '.join(r.request_fields) or 'none'}", markup=False, soft_wrap=True)
+    console.print(f"  model inputs ({len(r.model_features)}): {', '.join(r.model_features)}", markup=False,
+                  soft_wrap=True)  # fmt: skip
+    for col, why in r.left_out.items():
+        console.print(f"  left out {col}: {why}", markup=False, soft_wrap=True)
+    for note in r.notes:
+        console.print(f"  - {note}", markup=False, soft_wrap=True)
+    console.print(f"next: cd {r.directory} && mlcycle features build && mlcycle features publish && mlcycle train",
+                  markup=False, soft_wrap=True)  # fmt: skip
+
+
+@app.command()
+def replay(
+    since: Annotated[str, typer.Option(help="Rows with event time at or after this (date or ISO time; UTC).")],
+    until: Annotated[str | None, typer.Option(help="...and before this (exclusive).")] = None,
+    rate: Annotated[float | None, typer.Option(help="Requests per second (default: as fast as answered).")] = None,
+    batch: Annotated[int, typer.Option(min=1, max=1000, help="Rows per request (>1: /predict_batch).")] = 1,
+    url: Annotated[str, typer.Option(help="The scoring service.")] = "http://127.0.0.1:3000",
+    config: ConfigOption = None,
+) -> None:
+    """Send the table's rows from --since on to the running service as live traffic, each at its own
+    event time (the prediction log and monitoring then run on the table's calendar). The API key, if
+    the service needs one, comes from MLCYCLE_API_KEY (never an argument: ps shows arguments)."""
+    import os
+
+    from mlcycle.serving.replay import ReplayError
+    from mlcycle.serving.replay import replay as send
+
+    cfg = _config(config)
+    try:
+        result = send(cfg, url, since, until, rate=rate, batch=batch, api_key=os.environ.get("MLCYCLE_API_KEY"))
+    except ReplayError as exc:
+        console.print(str(exc), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print(result.summary(), markup=False, soft_wrap=True)
+    if result.stopped or result.ok == 0:
+        raise typer.Exit(1)
+
+
+@app.command()
+def train(
+    config: ConfigOption = None,
+    as_of: Annotated[datetime | None, typer.Option(help="Train as if it were this time (labels known then).")] = None,
+) -> None:
+    """Run the Prefect flow `train`: contract → training set → checks → model (the configured flavor) → gates →
+    registry."""
+    from mlcycle.project.files import load_flow
+
+    cfg = _config(config)
+    try:
+        flow = load_flow(cfg.root, "training", "train")
+        result = flow(config=str(cfg.root / "mlcycle.yaml"), as_of=as_of)
+    except Exception as exc:  # the flow's own error says what failed; show it without a traceback
+        console.print(f"[red]training stopped: {exc}[/red]")
+        raise typer.Exit(1) from None
+    _print_training_result(cfg, result)
+    if not result["passed"]:
+        raise typer.Exit(1)
+
+
+def _print_training_result(cfg: ProjectConfig, result: dict) -> None:
+    from mlcycle.cli.console import print_training
+
+    print_training(console, result, indent="")
+    console.print(f"MLflow run {result['run_id']} — browse with: {_mlflow_ui_command(cfg)}")
+
+
+def _mlflow_ui_command(cfg: ProjectConfig) -> str:
+    """Printed on the console: without the database password (profile scale puts one in the URI)."""
+    from mlcycle.cli.console import mlflow_ui_command
+    from mlcycle.ops.scale import redact
+
+    return redact(mlflow_ui_command(cfg))
+
+
+@app.command()
+def models(config: ConfigOption = None) -> None:
+    """Registered versions with their aliases, key metrics and gate results."""
+    from mlcycle.registry import aliases as registry
+
+    cfg = _config(config)
+    client = registry.client_for(cfg)
+    aliases = registry.aliases_of(client, cfg.model.name)
+    metrics = ("rmse", "mae") if cfg.task == "regression" else ("roc_auc", "pr_auc", "recall")
+    names = {"rmse": "RMSE", "mae": "MAE", "roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "recall": "recall"}
+    table = Table("version", "aliases", "created (UTC)", *(names[k] for k in metrics), "p99 ms", "gates", "data")
+    count = 0
+    for mv in registry.versions(client, cfg.model.name):
+        s = registry.run_summary(client, mv)
+        count += 1
+        table.add_row(
+            s["version"],
+            aliases.get(s["version"], ""),
+            f"{s['created']:%Y-%m-%d %H:%M}",
+            *(f"{s[k]:.4g}" if s[k] is not None else "n/a" for k in metrics),
+            f"{s['p99_ms']:.2f}" if s["p99_ms"] is not None else "n/a",
+            s["gates"],
+            s["data_hash"],
+        )
+    if not count:
+        console.print(f"no registered versions of {cfg.model.name!r} yet: run `mlcycle train`")
+        return
+    console.print(table)
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="Registered version to make champion.")],
+    reason: Annotated[str, typer.Option(help="Why: recorded in the promotion log.")] = "manual promotion",
+    config: ConfigOption = None,
+) -> None:
+    """Point `champion` at VERSION (recorded in the promotion log)."""
+    from mlflow.exceptions import MlflowException
+
+    from mlcycle.registry import aliases as registry
+
+    cfg = _config(config)
+    client = registry.client_for(cfg)
+    try:
+        events = registry.promote(client, registry.PromotionLog(cfg.promotion_log_uri), cfg.model.name, version, reason)
+    except MlflowException as exc:
+        console.print(f"[red]cannot promote {cfg.model.name} v{version}: {exc.message}[/red]")
+        raise typer.Exit(1) from None
+    for e in events:
+        console.print(f"{e.alias}: v{e.from_version or '-'} → v{e.to_version or '-'} ({e.reason})")
+
+
+@app.command()
+def history(
+    limit: Annotated[int, typer.Option(help="Most recent entries to show.")] = 50,
+    config: ConfigOption = None,
+) -> None:
+    """The append-only promotion log: every alias move, when, by whom and why."""
+    from mlcycle.registry import aliases as registry
+
+    cfg = _config(config)
+    events = registry.PromotionLog(cfg.promotion_log_uri).history(cfg.model.name, limit)
+    if not events:
+        console.print("no alias has moved yet")
+        return
+    table = Table("when (UTC)", "alias", "action", "from", "to", "who", "why")
+    for e in events:
+        table.add_row(
+            f"{e.at:%Y-%m-%d %H:%M:%S}", e.alias, e.action, e.from_version or "-", e.to_version or "-", e.actor,
+            e.reason,
+        )  # fmt: skip
+    console.print(table)
+
+
+@app.command()
+def reproduce(
+    version: Annotated[str, typer.Argument(help="Registered version to retrain.")],
+    config: ConfigOption = None,
+) -> None:
+    """Retrain VERSION from its recorded data snapshot, config and seed; show the metrics match."""
+    from mlcycle.registry import tracking
+
+    cfg = _config(config)
+    result = tracking.reproduce(cfg, version)
+    table = Table("metric", "recorded", "reproduced", "")
+    for name, recorded, again in result.rows:
+        if name.startswith("test.") or name == "threshold":
+            same = recorded == again or (recorded != recorded and again != again)
+            table.add_row(name, f"{recorded:.6f}", f"{again:.6f}", "=" if same else "[red]≠[/red]")
+    console.print(table)
+    console.print(
+        f"data snapshot {result.data_hash[:12]}… {'matches' if result.data_hash_matches else '[red]DIFFERS[/red]'}; "
+        f"{len(result.rows)} metrics compared (slices included): "
+        + ("[green]identical[/green]" if result.identical else "[red]different[/red]")
+    )
+    if not result.identical:
+        raise typer.Exit(1)
+
+
+rollout_app = typer.Typer(help="Traffic between champion and challenger (shadow, canary, A/B).", no_args_is_help=True)
+app.add_typer(rollout_app, name="rollout")
+
+
+@rollout_app.command("status")
+def rollout_status(config: ConfigOption = None) -> None:
+    """Aliases, the traffic policy, the last traffic/alias moves and the latest canary analysis."""
+    from mlcycle.registry import aliases as registry
+    from mlcycle.serving import canary, rollout
+    from mlcycle.serving.prediction_store import read_logged_predictions
+
+    cfg = _config(config)
+    client = registry.client_for(cfg)
+    policy = rollout.read_policy(client, cfg.model.name)
+    aliases = {
+        a: registry.version_by_alias(client, cfg.model.name, a) for a in (registry.CHAMPION, registry.CHALLENGER)
+    }
+    for alias, mv in aliases.items():
+        console.print(f"{alias:<11} {'v' + str(mv.version) if mv else '-'}")
+    split = f" ({policy.percent:g}% of routing keys on the challenger)" if policy.mode in ("canary", "ab") else ""
+    console.print(f"traffic     {policy.mode}{split}; set by {policy.updated_by or '-'}: {policy.reason or '-'}")
+    champion, challenger = aliases[registry.CHAMPION], aliases[registry.CHALLENGER]
+    if policy.mode == "champion-only" or champion is None or challenger is None:
+        # Rows a replica logged just after the change (before its next refresh) are not a canary.
+        console.print("\nno canary running: nothing to analyse")
+        return
+    # The window starts at the current policy's change and holds only the two aliased versions' rows.
+    versions = {"challenger_version": str(challenger.version), "champion_version": str(champion.version)}
+    predictions = read_logged_predictions(cfg, policy.updated_at)
+    verdict = canary.analyze(predictions, cfg.canary, **versions, task=cfg.task)
+    console.print(
+        f"\nanalysis of v{challenger.version} against v{champion.version} since the last traffic change "
+        f"({policy.updated_at:%Y-%m-%d %H:%M:%S} UTC; labels not attached here, see the rollout flow's report):"
+    )
+    if not canary.enough_data(verdict):
+        counts = ", ".join(f"{c.name.removeprefix('requests_')} {c.value:.0f}" for c in verdict.checks)
+        console.print(f"  not enough requests for a verdict yet ({counts}; need {cfg.canary.min_requests} each)")
+    for check in verdict.checks if canary.enough_data(verdict) else ():
+        console.print(f"  {check.line()}")
+    if policy.mode == "ab":
+        console.print("  " + canary.ab_report(predictions, cfg.canary, **versions).line())
+
+
+@rollout_app.command("set")
+def rollout_set(
+    mode: Annotated[str, typer.Argument(help="champion-only | shadow | canary | ab")],
+    percent: Annotated[float, typer.Option(help="Share of routing keys on the challenger (canary, ab).")] = 0.0,
+    reason: Annotated[str, typer.Option(help="Why: recorded in the promotion log.")] = "manual traffic change",
+    config: ConfigOption = None,
+) -> None:
+    """Change the traffic policy; running services obey within seconds."""
+    from pydantic import ValidationError
+
+    from mlcycle.registry import aliases as registry
+    from mlcycle.serving import rollout
+
+    cfg = _config(config)
+    try:
+        policy = rollout.RolloutPolicy(mode=mode, percent=percent)
+    except ValidationError as exc:
+        console.print(f"[red]{exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}[/red]")
+        raise typer.Exit(2) from None
+    client = registry.client_for(cfg)
+    rollout.write_policy(client, registry.PromotionLog(cfg.promotion_log_uri), cfg.model.name, policy, reason)
+    console.print(f"traffic: {policy.label()}")
+
+
+@rollout_app.command("run")
+def rollout_run(
+    wait_seconds: Annotated[float, typer.Option(help="Minimum wait per canary step.")] = 20.0,
+    max_wait_seconds: Annotated[float, typer.Option(help="Give up waiting for traffic after this.")] = 600.0,
+    config: ConfigOption = None,
+) -> None:
+    """Run the Prefect flow `rollout`: canary the challenger 5→25→50% → promote, or roll back."""
+    from mlcycle.project.files import load_flow
+
+    cfg = _config(config)
+    flow = load_flow(cfg.root, "rollout", "rollout_flow")
+    result = flow(config=str(cfg.root / "mlcycle.yaml"), wait_seconds=wait_seconds, max_wait_seconds=max_wait_seconds)
+    from mlcycle.cli.console import print_rollout
+
+    print_rollout(console, result, indent="")
+
+
+@app.command()
+def rollback(
+    reason: Annotated[str, typer.Option(help="Why: recorded in the promotion log.")] = "manual rollback",
+    by: Annotated[
+        str | None,
+        typer.Option("--by", "--actor", help="Who rolls back, as recorded (default: MLCYCLE_ACTOR, else user:LOGIN)."),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Champion back to the champion before it (v3 → v2 → v1, from the promotion log), traffic to
+    champion-only, challenger cleared; services obey within seconds. Exit 1 when there is nothing
+    left to roll back to."""
+    from mlcycle.registry import aliases as registry
+    from mlcycle.serving import rollout
+
+    cfg = _config(config)
+    client = registry.client_for(cfg)
+    who = by.strip() if by and by.strip() else None
+    try:
+        events = rollout.rollback(client, registry.PromotionLog(cfg.promotion_log_uri), cfg.model.name, reason, who)
+    except rollout.NothingToRollBack as exc:
+        console.print(f"[red]not rolled back: {exc}[/red]")
+        raise typer.Exit(1) from None
+    console.print("traffic: champion-only")
+    for e in events:
+        console.print(f"{e.alias}: v{e.from_version or '-'} → v{e.to_version or '-'} (by {e.actor})")
+
+
+@app.command("batch-score")
+def batch_score(
+    day: Annotated[datetime | None, typer.Option(help="UTC day to score (default: yesterday).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run the Prefect flow `batch_score`: score a day's events with the champion."""
+    from mlcycle.project.files import load_flow
+
+    cfg = _config(config)
+    flow = load_flow(cfg.root, "batch_score", "batch_score")
+    result = flow(config=str(cfg.root / "mlcycle.yaml"), day=day.date() if day else None)
+    console.print(f"{result['rows']:,} events of {result['day']} scored by v{result['model_version']} → "
+                  f"{result['path']}")  # fmt: skip
+
+
+@app.command()
+def monitor(
+    window_days: Annotated[float | None, typer.Option(help="Current window: the last N days of predictions.")] = None,
+    since: Annotated[datetime | None, typer.Option(help="Current window from this time (UTC) instead.")] = None,
+    until: Annotated[
+        datetime | None, typer.Option(help="End of the window (UTC; default: the latest event time in the log).")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run the Prefect flow `monitor`: drift, score drift and matured-label quality of the champion.
+
+    The window is the latest one of the prediction log by event time (a replayed table from 2019 is
+    monitored as 2019; live traffic's latest event is now), unless --since/--until say otherwise.
+
+    Writes a summary and an Evidently report under data/monitoring/, logs an MLflow run and emits
+    `mlcycle.drift.detected` / `mlcycle.performance.decayed` events (which start the `retrain`
+    deployment when a Prefect server with the deployments runs: `make up`)."""
+    from mlcycle.project.files import load_flow
+
+    cfg = _config(config)
+    flow = load_flow(cfg.root, "monitoring", "monitor")
+    result = flow(config=str(cfg.root / "mlcycle.yaml"), as_of=until, window_days=window_days, since=since)
+    console.print(Path(result["summary_path"]).with_suffix(".md").read_text())
+    console.print(f"\nsummary {result['summary_path']}\nreport  {result['report_html']}")
+    console.print(f"events: {', '.join(result['events']) or 'none'}")
+
+
+@app.command()
+def retrain(
+    summary: Annotated[str | None, typer.Option(help="summary.json of the monitoring check that asks for it.")] = None,
+    rollout: Annotated[bool, typer.Option(help="Canary a new challenger afterwards.")] = True,
+    ignore_cooldown: Annotated[
+        bool, typer.Option(help="Retrain even within retraining.cooldown_hours of the last one (never two at once).")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Run the Prefect flow `retrain` by hand: guard → train → gates → challenger → canary.
+
+    Retraining is single-flight (one at a time across events, schedules and hosts) with a cooldown;
+    a skipped run says why. If the data looks broken the flow pauses for `mlcycle approve RUN` /
+    `mlcycle reject RUN` (needs a Prefect server: `make up`)."""
+    from mlcycle.project.files import load_flow
+
+    cfg = _config(config)
+    flow = load_flow(cfg.root, "retraining", "retrain")
+    result = flow(config=str(cfg.root / "mlcycle.yaml"), trigger="manual", summary_path=summary, rollout=rollout,
+                  ignore_cooldown=ignore_cooldown)  # fmt: skip
+    console.print(f"retraining: {result['outcome']}" + (f" ({result['reason']})" if result.get("reason") else ""))
+
+
+def _decide(run: str, approve: bool, who: str | None, note: str, config: Path | None) -> None:
+    import getpass
+
+    from mlcycle.monitoring import retraining
+
+    cfg = _config(config)
+    try:
+        retraining.decide(run, approve, who or f"cli:{getpass.getuser()}", note, retraining.api_url(cfg))
+    except Exception as exc:
+        console.print(f"[red]could not resume {run}: {exc}[/red]")
+        console.print("List the runs that wait for a decision with: mlcycle blocked")
+        raise typer.Exit(1) from None
+    console.print(f"{'approved' if approve else 'rejected'}: retraining run {run} resumes")
+
+
+WhoOption = Annotated[str | None, typer.Option(help="Who decides (recorded in the run's log).")]
+
+
+@app.command()
+def approve(
+    run: Annotated[str, typer.Argument(help="Flow-run id of the blocked retraining (see `mlcycle blocked`).")],
+    who: WhoOption = None,
+    note: Annotated[str, typer.Option(help="Why the data is fine to train on.")] = "",
+    config: ConfigOption = None,
+) -> None:
+    """Let a blocked retraining go ahead: you checked the data and it is right."""
+    _decide(run, True, who, note, config)
+
+
+@app.command()
+def reject(
+    run: Annotated[str, typer.Argument(help="Flow-run id of the blocked retraining (see `mlcycle blocked`).")],
+    who: WhoOption = None,
+    note: Annotated[str, typer.Option(help="What is wrong upstream.")] = "",
+    config: ConfigOption = None,
+) -> None:
+    """Stop a blocked retraining: the data is broken; champion and traffic stay as they are."""
+    _decide(run, False, who, note, config)
+
+
+@app.command()
+def blocked(config: ConfigOption = None) -> None:
+    """Retraining runs paused for a person's decision."""
+
+    from mlcycle.monitoring import retraining
+
+    cfg = _config(config)
+    runs = retraining.blocked_runs(retraining.api_url(cfg))
+    if not runs:
+        console.print("no retraining waits for a decision")
+    for r in runs:
+        console.print(f"{r['id']}  {r['name']}  paused since {r['since']}")
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 3000,
+    host: Annotated[
+        str,
+        typer.Option(help="Interface to listen on. Anything but loopback (e.g. 0.0.0.0) needs MLCYCLE_API_KEY set."),
+    ] = "127.0.0.1",
+    config: ConfigOption = None,
+) -> None:
+    """Start the BentoML scoring service (POST /predict, /metrics, /readyz, docs at /docs) for this project.
+
+    Listens on 127.0.0.1 unless --host says otherwise; exposed, it requires the x-api-key header."""
+    import os
+
+    from mlcycle.ops.service_process import ExposedWithoutKey, check_exposure, serve_command
+
+    cfg = _config(config)
+    try:
+        check_exposure(host)
+    except ExposedWithoutKey as exc:
+        console.print(str(exc), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    env = {**os.environ, "MLCYCLE_CONFIG": str(cfg.root / "mlcycle.yaml")}
+    os.chdir(cfg.root)
+    cmd = serve_command(port, host, cfg.root)
+    os.execvpe(cmd[0], cmd, env)
+
+
+# ----------------------------------------------------------------------------- local stack (make up / down)
+def _stack_out(message: str) -> None:
+    console.print(message, markup=False, soft_wrap=True)
+
+
+@app.command()
+def up(
+    prefect_port: Annotated[
+        int, typer.Option(envvar="MLCYCLE_PREFECT_PORT", help="Prefect server port (UI and API).")
+    ] = 4200,
+    mlflow_port: Annotated[int, typer.Option(envvar="MLCYCLE_MLFLOW_PORT", help="MLflow UI port.")] = 5000,
+    service_port: Annotated[int, typer.Option(envvar="MLCYCLE_SERVICE_PORT", help="Scoring service port.")] = 3000,
+    config: ConfigOption = None,
+) -> None:
+    """Start the local stack in the background and print its URLs (what `make up` runs).
+
+    Prefect server (SQLite in data/prefect), work pool `mlcycle-local`, every deployment of prefect.yaml, a worker.
+
+    The MLflow UI on the project's tracking store, and the BentoML scoring service.
+
+    Each runs in its own process group; logs in data/run/<name>.log, pids in data/run/<name>.pid.
+
+    Pieces already running are reused. Stop everything with `mlcycle down` (make down).
+    """
+    from mlcycle.ops import stack
+
+    cfg = _config(config)
+    try:
+        stack.up(cfg, prefect_port=prefect_port, mlflow_port=mlflow_port, service_port=service_port, out=_stack_out)
+    except stack.StackError as exc:
+        console.print(str(exc), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def down(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait after SIGTERM before SIGKILL.")] = 20.0,
+    config: ConfigOption = None,
+) -> None:
+    """Stop exactly what `mlcycle up` started (the processes recorded in data/run/*.pid).
+
+    SIGTERM to each process group, SIGKILL after --timeout.
+
+    A pid file whose process is gone, or whose pid now runs something else, is only removed.
+    """
+    from mlcycle.ops import stack
+
+    stack.down(_config(config), timeout=timeout, out=_stack_out)
+
+
+@app.command()
+def status(config: ConfigOption = None) -> None:
+    """What `mlcycle up` started and is still running: pid, URL, health, log."""
+    from mlcycle.ops import stack
+
+    cfg = _config(config)
+    rows = stack.status(cfg)
+    if not rows:
+        console.print(f"nothing running: no pid files in {stack.run_dir(cfg)} (start the stack with `mlcycle up`)")
+        return
+    table = Table("name", "pid", "state", "url", "since (UTC)")
+    notes = [f"logs: {stack.run_dir(cfg)}/<name>.log"]
+    for row in rows:
+        state, _, why = row.health.partition(": ")
+        if why:
+            notes.append(f"{row.name}: {row.health}")
+        table.add_row(row.name, str(row.pid or ""), state, row.url, row.started_at.replace("T", " ")[:19])
+    console.print(table)
+    for note in notes:
+        console.print(note, markup=False, soft_wrap=True)
+
+
+@app.command("scale-env")
+def scale_env(config: ConfigOption = None) -> None:
+    """Print `export` lines for profile scale: the MLCYCLE_* connection settings (defaults filled in) and
+    the variables feature_store.scale.yaml reads, so `feast -f feature_store.scale.yaml …` runs in a shell:
+    eval "$(mlcycle scale-env)"."""
+    from mlcycle.ops.scale import ScaleConfigError, ScaleSettings
+
+    _config(config)
+    try:
+        print(ScaleSettings.from_env().shell_exports())
+    except ScaleConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""Monitoring: drift statistics, delayed-label decay, the check job, Evidently reports, retraining."""

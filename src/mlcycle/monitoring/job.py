@@ -1,0 +1,431 @@
+"""One monitoring check of the champion: its reference against the prediction log's current window.
+
+The statistics live in ``mlcycle.monitoring`` (pure functions); this module gathers their inputs
+from where they are kept — the champion's training snapshot in MLflow, the prediction log, the raw
+the table for delayed labels — and writes what people and flows read afterwards: a summary
+(JSON + Markdown), an Evidently report (HTML + JSON), and an MLflow run holding all of it.
+
+The reference side is summarised once per champion version and cached under
+``data/monitoring/reference/v<N>/``: later checks only read it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlcycle.data.validation import load_table
+from mlcycle.features.pipeline import labels_frame
+from mlcycle.monitoring import drift as monitoring
+from mlcycle.project.config import ProjectConfig
+from mlcycle.registry import aliases as registry
+from mlcycle.registry.tracking import FEATURES_TAG, SNAPSHOT_ARTIFACT, load_version
+from mlcycle.serving.prediction_store import read_logged_predictions
+from mlcycle.training.fit import TIME_COLUMN
+
+log = logging.getLogger("mlcycle.monitoring")
+
+# Codes of the categorical request fields (``<field>_code``): monitored through the fields themselves.
+CODE_SUFFIX = "_code"
+MONITORING_EXPERIMENT_SUFFIX = "-monitoring"
+# Bumped when what the cached reference holds changes (2: scores from the held-out window).
+REFERENCE_FORMAT = 2
+DECAY_SUMMARY_KEYS = ("state", "roc_auc", "roc_auc_ci", "precision", "recall", "positives", "reasons", "late_labels",
+                      "rmse", "rmse_ci", "mae", "baseline_rmse")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ChampionReference:
+    version: str
+    stats: monitoring.ReferenceStats
+    scores: np.ndarray  # the champion's scores on its reference sample
+    sample: pd.DataFrame  # rows for the Evidently report
+    numeric: list[str]
+    categorical: list[str]
+    baseline_roc_auc: float | None
+    baseline_rmse: float | None = None
+
+
+def held_out_rows(snapshot: pd.DataFrame, test_start: str | None) -> pd.DataFrame:
+    """The rows of a training snapshot that the model was evaluated on, not fitted on: from the
+    run's recorded ``test_start`` on (the time split is by event time)."""
+    if not test_start:
+        raise RuntimeError("the champion's run records no test_start: retrain it to monitor its scores")
+    start = pd.Timestamp(test_start)
+    times = snapshot[TIME_COLUMN]
+    start = start.tz_localize("UTC") if start.tz is None and times.dt.tz is not None else start
+    held_out = snapshot[times >= start]
+    if held_out.empty:
+        raise RuntimeError(f"no snapshot rows at or after test_start {test_start}")
+    return held_out
+
+
+def categorical_fields(cfg: ProjectConfig, frame: pd.DataFrame) -> list[str]:
+    """The request fields that are categories (text in the training rows): their drift is judged on
+    the values themselves, not on the codes the model sees."""
+    from mlcycle.features import open_project_store, plan_for
+    from mlcycle.features.store import REQUEST_TIME
+
+    fields = plan_for(open_project_store(cfg), cfg.features.feature_service).request_fields
+    return [
+        f for f in fields
+        if f != REQUEST_TIME and f in frame.columns and not pd.api.types.is_numeric_dtype(frame[f].dtype)
+    ]  # fmt: skip
+
+
+def _reference_dir(cfg: ProjectConfig, version: str) -> Path:
+    return cfg.monitoring_dir / "reference" / f"v{version}"
+
+
+def champion_reference(cfg: ProjectConfig) -> ChampionReference:
+    """The reference of the current champion, computed on first use and cached per version."""
+    import mlflow
+
+    from mlcycle.training.fit import matrix
+
+    client = registry.client_for(cfg)
+    mv = registry.version_by_alias(client, cfg.model.name, registry.CHAMPION)
+    if mv is None:
+        raise RuntimeError(f"no champion for '{cfg.model.name}': train and promote a model first (mlcycle train)")
+    version = str(mv.version)
+    directory = _reference_dir(cfg, version)
+    meta_path = directory / "meta.json"
+    if not meta_path.exists() or json.loads(meta_path.read_text()).get("format") != REFERENCE_FORMAT:
+        features = json.loads(mv.tags[FEATURES_TAG])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=SNAPSHOT_ARTIFACT, dst_path=tmp)
+            frame = pd.read_parquet(path)
+        run = client.get_run(mv.run_id)
+        held_out = held_out_rows(frame, run.data.params.get("test_start"))
+        sample_n = min(len(frame), cfg.monitoring.reference_sample)
+        frame = frame.sample(sample_n, random_state=0) if sample_n < len(frame) else frame
+        categorical = categorical_fields(cfg, frame)
+        codes = {c + CODE_SUFFIX for c in categorical}
+        numeric = [f for f in features if f not in codes]
+        # Inputs: the whole training snapshot (what the model learned the world to be). Scores: only
+        # the held-out evaluation window, because scores on the rows a model was fitted on are
+        # in-sample (more confident than it will ever be on new rows) and would read as drift.
+        stats = monitoring.reference_stats(frame, numeric, categorical, sample=cfg.monitoring.reference_sample)
+        flavor, model = load_version(cfg, version)
+        scores = flavor.predict(model, matrix(held_out, features)).astype(float)
+        directory.mkdir(parents=True, exist_ok=True)
+        stats.save(directory / "stats")
+        np.save(directory / "scores.npy", scores)
+        keep = min(len(held_out), cfg.monitoring.evidently_sample)
+        sample = held_out[[*numeric, *categorical]].assign(score=scores).sample(keep, random_state=0)
+        sample.to_parquet(directory / "sample.parquet", index=False)
+        baseline = run.data.metrics.get("test.roc_auc")
+        meta = {"format": REFERENCE_FORMAT, "version": version, "numeric": numeric, "categorical": categorical,
+                "baseline_roc_auc": baseline, "baseline_rmse": run.data.metrics.get("test.rmse"),
+                "rows": len(frame), "score_rows": len(held_out),
+                "scores_from": "held-out evaluation window", "run_id": mv.run_id,
+                "computed_at": datetime.now(UTC).isoformat()}  # fmt: skip
+        meta_path.write_text(json.dumps(meta, indent=2))
+        log.info("reference for v%s: inputs from %d training rows, scores from %d held-out rows, cached in %s",
+                 version, len(frame), len(held_out), directory)  # fmt: skip
+    meta = json.loads(meta_path.read_text())
+    return ChampionReference(
+        version=version,
+        stats=monitoring.ReferenceStats.load(directory / "stats"),
+        scores=np.load(directory / "scores.npy"),
+        sample=pd.read_parquet(directory / "sample.parquet"),
+        numeric=meta["numeric"],
+        categorical=meta["categorical"],
+        baseline_roc_auc=meta["baseline_roc_auc"],
+        baseline_rmse=meta.get("baseline_rmse"),
+    )
+
+
+def answered_predictions(cfg: ProjectConfig, since: datetime | None = None) -> pd.DataFrame:
+    """Answered, non-shadow predictions with ``predicted_at`` (request time) and the features the
+    model saw expanded into columns."""
+    frame = read_logged_predictions(cfg, since)  # entity keys and request fields expanded
+    if frame.empty:
+        return frame.assign(predicted_at=pd.Series(dtype="datetime64[ns, UTC]"))
+    frame = frame[~frame["shadow"].astype(bool) & frame["error"].isna() & frame["score"].notna()]
+    frame = frame.assign(predicted_at=pd.to_datetime(frame["request_unix"].astype("int64"), unit="s", utc=True))
+    features = pd.DataFrame.from_records([json.loads(f) if f else {} for f in frame["features"]], index=frame.index)
+    features = features.drop(columns=[c for c in features.columns if c in frame.columns])
+    return pd.concat([frame.drop(columns=["features"]), features], axis=1).reset_index(drop=True)
+
+
+@dataclass
+class CheckResult:
+    """Everything one check found; ``summary.json`` is this, and the events carry parts of it."""
+
+    checked_at: str
+    champion_version: str
+    window_start: str
+    window_end: str
+    rows: int
+    enough_rows: bool
+    drifted_features: list[str]
+    feature_drift: list[dict[str, Any]]
+    prediction_drift: dict[str, Any] | None
+    decay: dict[str, Any]
+    decay_windows: list[dict[str, Any]]
+    upstream_anomalies: list[str]
+    skipped: list[str] = field(default_factory=list)
+    report_html: str | None = None
+    report_json: str | None = None
+    summary_path: str | None = None
+    mlflow_run_id: str | None = None
+
+    @property
+    def drift_detected(self) -> bool:
+        return self.enough_rows and (bool(self.drifted_features) or bool((self.prediction_drift or {}).get("alert")))
+
+    @property
+    def performance_decayed(self) -> bool:
+        return bool(self.decay.get("alert"))
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["drift_detected"], out["performance_decayed"] = self.drift_detected, self.performance_decayed
+        return out
+
+    def evidence(self) -> dict[str, Any]:
+        """What an event carries: enough to act on and to find the rest."""
+        drifted = [d for d in self.feature_drift if d["drifted"]]
+        return {
+            "champion_version": self.champion_version,
+            "window_start": self.window_start,
+            "window_end": self.window_end,
+            "rows": self.rows,
+            "drifted_features": {d["feature"]: list(d["reasons"]) for d in drifted},
+            "prediction_drift": self.prediction_drift,
+            "decay": {k: self.decay.get(k) for k in DECAY_SUMMARY_KEYS},
+            "upstream_anomalies": self.upstream_anomalies,
+            "summary_path": self.summary_path,
+            "report_html": self.report_html,
+            "mlflow_run_id": self.mlflow_run_id,
+        }
+
+    def markdown(self) -> str:
+        head = "drift detected" if self.drift_detected else "no drift"
+        decay = self.decay
+        lines = [
+            f"## Monitoring of v{self.champion_version}: {head}"
+            + (", **performance decayed**" if self.performance_decayed else ""),
+            "",
+            f"Window {self.window_start} → {self.window_end}: {self.rows:,} answered predictions"
+            + ("" if self.enough_rows else " (too few for a drift verdict)"),
+            "",
+        ]
+        if self.upstream_anomalies:
+            lines += ["### Looks like a broken upstream", "", *[f"- {a}" for a in self.upstream_anomalies], ""]
+        lines += ["### Features", "", "| feature | PSI | KS / χ² p | missing | verdict |", "|---|---|---|---|---|"]
+        for d in sorted(self.feature_drift, key=lambda d: -d["psi"]):
+            p = "" if d["pvalue"] is None or d["pvalue"] != d["pvalue"] else f"{d['pvalue']:.1e}"
+            verdict = "**drift**: " + "; ".join(d["reasons"]) if d["drifted"] else "ok"
+            lines.append(f"| {d['feature']} | {d['psi']:.3f} | {p} | {d['missing_current']:.1%} | {verdict} |")
+        if self.prediction_drift:
+            pd_ = self.prediction_drift
+            lines += ["", "### Scores", "",
+                      f"PSI {pd_['psi']:.3f}, KS {pd_['ks_statistic']:.3f}, mean {pd_['mean_reference']:.4f} → "
+                      f"{pd_['mean_current']:.4f} ({pd_['mean_change']:+.1%}, 95% CI "
+                      f"{_pct(pd_.get('mean_change_low'), '−∞')} … {_pct(pd_.get('mean_change_high'), '+∞')})"
+                      + (" — **alert**: " + "; ".join(pd_.get("reasons") or ()) if pd_["alert"] else "")]  # fmt: skip
+        lines += ["", "### Performance on matured labels", ""]
+        if decay.get("rmse") is not None:
+            ci = decay.get("rmse_ci")
+            ci_text = f" (95% CI {ci[0]:.4g}–{ci[1]:.4g})" if ci else ""
+            state = {"ok": "fine", "decayed": "**decayed**"}.get(decay.get("state", ""), "**not measurable yet**")
+            base = decay.get("baseline_rmse")
+            lines.append(
+                f"Newest matured windows: RMSE {decay['rmse']:.4g}{ci_text}, MAE {decay['mae']:.4g} (champion's test "
+                f"RMSE {base if base is not None else float('nan'):.4g}): {state}"
+                + (": " + "; ".join(decay["reasons"]) if decay.get("reasons") else "")
+            )
+        elif decay.get("roc_auc") is not None and decay.get("positives"):
+            ci = decay.get("roc_auc_ci")
+            ci_text = f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else ""
+            state = {"ok": "fine", "decayed": "**decayed**"}.get(decay.get("state", ""), "**not measurable yet**")
+            lines.append(
+                f"Newest {decay['windows']} matured windows: ROC-AUC {decay['roc_auc']:.3f}{ci_text} (champion's "
+                f"test {decay['baseline_roc_auc'] or float('nan'):.3f}), precision {decay['precision']:.3f}, "
+                f"recall {decay['recall']:.3f} on {decay['predictions']:,} labelled predictions / "
+                f"{decay['positives']} positives: {state}"
+                + (": " + "; ".join(decay["reasons"]) if decay.get("reasons") else "")
+            )
+        else:
+            lines.append("Not measurable yet: " + "; ".join(decay.get("reasons") or ["no matured labels"]))
+        if decay.get("unlabelled"):
+            lines.append(f"\n{decay['unlabelled']:,} matured predictions whose own label has not arrived are left out.")
+        if decay.get("late_labels"):
+            lines.append(f"\nLate labels: {decay['late_labels']['line']}.")
+        judged = [w for w in self.decay_windows if w["matured"] and w.get("roc_auc") is not None]
+        if judged:
+            lines += ["", "| window | predictions | positives | ROC-AUC | precision | recall |", "|---" * 6 + "|"]
+            for w in judged:
+                lines.append(f"| {w['start'][:10]} | {w['predictions']:,} | {w['positives']} | {w['roc_auc']:.3f} | "
+                             f"{w['precision']:.3f} | {w['recall']:.3f} |")  # fmt: skip
+        pending = sum(1 for w in self.decay_windows if not w["matured"] and w["predictions"])
+        if pending:
+            lines.append(f"\n{pending} newer windows wait for their labels to mature.")
+        if self.skipped:
+            lines += ["", "Skipped: " + "; ".join(self.skipped)]
+        if self.report_html:
+            lines += ["", f"Evidently report: `{self.report_html}`"]
+        if self.mlflow_run_id:
+            lines += [f"MLflow run: `{self.mlflow_run_id}`"]
+        return "\n".join(lines)
+
+
+def run_check(
+    cfg: ProjectConfig,
+    as_of: datetime | None = None,
+    window_days: float | None = None,
+    since: datetime | None = None,
+) -> CheckResult:
+    """Drift, prediction drift, decay and upstream anomalies of the champion at ``as_of`` (now)."""
+    spec = cfg.monitoring
+    ref = champion_reference(cfg)
+    if as_of is None:
+        # The log's own calendar: the latest window by event time (a replayed table from 2019 is
+        # monitored as 2019; live traffic's latest event is now).
+        answered = answered_predictions(cfg)
+        latest = answered["predicted_at"].max() if len(answered) else pd.NaT
+        as_of = (latest + pd.Timedelta(seconds=1)).to_pydatetime() if pd.notna(latest) else datetime.now(UTC)
+    else:
+        as_of = as_of or datetime.now(UTC)
+        answered = None
+    # Request times are logged in whole seconds: a window starting mid-second keeps that second.
+    start = (since or as_of - timedelta(days=window_days or spec.window_days)).replace(microsecond=0)
+    lookback = as_of - timedelta(days=spec.decay_lookback_days + cfg.table.label_delay_days + 2)
+    if answered is None:
+        answered = answered_predictions(cfg, min(start, lookback))
+    current = answered[(answered["predicted_at"] >= start) & (answered["predicted_at"] < as_of)]
+    enough = len(current) >= spec.min_rows
+    skipped = []
+    numeric = list(ref.numeric)
+    span = (current["predicted_at"].max() - current["predicted_at"].min()) if len(current) else pd.Timedelta(0)
+    if span < pd.Timedelta(hours=20):
+        daily = set(spec.daily_cycle_features)
+        skipped += [f"{f} (the window spans {span} < 1 day)" for f in numeric if f in daily]
+        numeric = [f for f in numeric if f not in daily]
+    stats = monitoring.ReferenceStats(
+        {k: v for k, v in ref.stats.numeric.items() if k in numeric}, ref.stats.categorical, ref.stats.missing,
+        ref.stats.rows,
+    )  # fmt: skip
+    drift = monitoring.feature_drift(stats, current, spec) if len(current) else []
+    # Scores and quality are the champion's own: answers of an earlier champion (before a
+    # promotion) or of a canary's challenger say nothing about it. Inputs are inputs, whoever scored.
+    own = current["model_version"].astype(str) == ref.version
+    scores = current.loc[own, "score"].to_numpy(float)
+    prediction = asdict(monitoring.prediction_drift(ref.scores, scores, spec)) if len(scores) else None
+    anomalies = monitoring.upstream_anomalies(stats, current, spec) if enough else []
+    labels = labels_frame(load_table(cfg), cfg)
+    verdict, windows = monitoring.decay_verdict(
+        answered[answered["model_version"].astype(str) == ref.version],
+        labels,
+        as_of,
+        cfg.table.label_delay_days,
+        spec,
+        ref.baseline_roc_auc,
+        task=cfg.task,
+        baseline_rmse=ref.baseline_rmse,
+    )
+    return CheckResult(
+        checked_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        champion_version=ref.version,
+        window_start=pd.Timestamp(start).isoformat(timespec="seconds"),
+        window_end=pd.Timestamp(as_of).isoformat(timespec="seconds"),
+        rows=len(current),
+        enough_rows=enough,
+        drifted_features=[d.feature for d in drift if d.drifted] if enough else [],
+        feature_drift=[_jsonable(d.as_dict()) for d in drift],
+        prediction_drift=_jsonable(prediction) if prediction else None,
+        decay=_jsonable(verdict.as_dict()),
+        decay_windows=[_jsonable(w.as_dict()) for w in windows],
+        upstream_anomalies=anomalies,
+        skipped=skipped,
+    )
+
+
+def write_reports(cfg: ProjectConfig, result: CheckResult, current: pd.DataFrame | None = None) -> Path:
+    """Summary (JSON + Markdown) and the Evidently report in ``data/monitoring/<time>/``."""
+    from mlcycle.monitoring.report import evidently_report
+
+    stamp = result.checked_at.replace(":", "").replace("-", "").replace("+0000", "Z")
+    directory = cfg.monitoring_dir / stamp
+    directory.mkdir(parents=True, exist_ok=True)
+    ref = champion_reference(cfg)
+    if current is None:
+        answered = answered_predictions(cfg, pd.Timestamp(result.window_start).to_pydatetime())
+        current = answered[answered["predicted_at"] < pd.Timestamp(result.window_end)]
+    if len(current):
+        cols = [c for c in [*ref.numeric, *ref.categorical, "score"] if c in current.columns]
+        files = evidently_report(
+            ref.sample[cols], current[cols].reset_index(drop=True), [c for c in ref.numeric if c in cols],
+            [c for c in ref.categorical if c in cols], directory, score="score",
+            max_rows=cfg.monitoring.evidently_sample, title=f"{cfg.model.name} v{ref.version}: drift",
+        )  # fmt: skip
+        result.report_html, result.report_json = str(files.html), str(files.json)
+    result.summary_path = str(directory / "summary.json")
+    (directory / "summary.md").write_text(result.markdown())
+    Path(result.summary_path).write_text(json.dumps(result.as_dict(), indent=2, default=str))
+    return directory
+
+
+def log_to_mlflow(cfg: ProjectConfig, result: CheckResult, directory: Path) -> str:
+    """One MLflow run per check, in the ``<experiment>-monitoring`` experiment: metrics to chart
+    over time, the reports as artifacts."""
+    import mlflow
+
+    registry.client_for(cfg)
+    mlflow.set_experiment(cfg.tracking.experiment + MONITORING_EXPERIMENT_SUFFIX)
+    with mlflow.start_run(run_name=f"monitor v{result.champion_version}") as run:
+        mlflow.set_tags({
+            "mlcycle.stage": "monitoring", "mlcycle.champion_version": result.champion_version,
+            "mlcycle.drift_detected": str(result.drift_detected), "mlcycle.performance_decayed":
+            str(result.performance_decayed), "mlcycle.upstream_anomalies": str(bool(result.upstream_anomalies)),
+        })  # fmt: skip
+        metrics = {"rows": float(result.rows), "drifted_features": float(len(result.drifted_features))}
+        for d in result.feature_drift:
+            metrics[f"psi.{d['feature']}"] = float(d["psi"])
+        if result.prediction_drift:
+            metrics["score.psi"] = float(result.prediction_drift["psi"])
+            metrics["score.mean_change"] = float(result.prediction_drift["mean_change"])
+        for key in ("roc_auc", "precision", "recall", "rmse", "mae"):
+            if result.decay.get(key) is not None:
+                metrics[f"matured.{key}"] = float(result.decay[key])
+        mlflow.log_metrics(metrics)
+        result.mlflow_run_id = run.info.run_id
+        Path(result.summary_path or directory / "summary.json").write_text(
+            json.dumps(result.as_dict(), indent=2, default=str)
+        )
+        (directory / "summary.md").write_text(result.markdown())
+        mlflow.log_artifacts(str(directory), "monitoring")
+    mlflow.set_experiment(cfg.tracking.experiment)
+    return run.info.run_id
+
+
+def load_result(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def _pct(value: float | None, unbounded: str) -> str:
+    """A relative change as a signed percentage; an end of an interval that has none (a reference
+    mean of zero; stored as null, JSON has no infinity) as ``unbounded``."""
+    return unbounded if value is None or not np.isfinite(value) else f"{value:+.1%}"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None  # JSON has no NaN or infinity
+    return value

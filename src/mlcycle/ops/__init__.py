@@ -1,0 +1,1 @@
+"""Operations: the local stack supervisor, the service process, the scale profile's settings."""

@@ -1,0 +1,1 @@
+"""The project: its typed config, copies, `mlcycle init` scaffolding and contract inference."""

@@ -1,0 +1,245 @@
+"""The model registry: MLflow aliases (``champion``, ``challenger``) plus an append-only log.
+
+MLflow aliases say what serves now but keep no history (stages are deprecated, and an alias move
+overwrites the last one), so every move goes through ``move_alias``, which also appends a row —
+when, which alias, from which version to which, who or what, and why — to the promotion log, a
+SQL table (SQLite by default, PostgreSQL in profile ``scale``). ``mlcycle history`` reads it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import mlflow
+import sqlalchemy as sa
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from mlcycle.ops import scale
+from mlcycle.project.config import ProjectConfig
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+# What a row of the promotion log records (``action``): an ordinary alias move, or a rollback —
+# which must not count as a promotion when the next rollback looks for "the previous champion".
+# A row written before ``action`` existed is ``legacy``: a move, unless it went back to the champion
+# before the current one — what the old rollback did — and then it is replayed as a rollback.
+MOVE, ROLLBACK, LEGACY = "move", "rollback", "legacy"
+# Registered model names mlcycle accepts: they go into MLflow filter strings, so no quotes.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\- ]{0,255}")
+
+
+def client_for(cfg: ProjectConfig) -> MlflowClient:
+    """Point MLflow at the project's tracking store and make sure the experiment exists there
+    (and, in profile ``scale``, its PostgreSQL database: MLflow creates tables, not databases)."""
+    scale.ensure_database(cfg.tracking_uri)
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    mlflow.set_registry_uri(cfg.tracking_uri)
+    client = MlflowClient(cfg.tracking_uri, cfg.tracking_uri)
+    if client.get_experiment_by_name(cfg.tracking.experiment) is None:
+        client.create_experiment(cfg.tracking.experiment, artifact_location=cfg.artifact_uri)
+    mlflow.set_experiment(cfg.tracking.experiment)
+    return client
+
+
+def actor() -> str:
+    """Who acts: MLCYCLE_ACTOR (set by flows and services), else the OS user."""
+    if value := os.environ.get("MLCYCLE_ACTOR"):
+        return value
+    try:
+        return f"user:{getpass.getuser()}"
+    except OSError:
+        return "user:unknown"
+
+
+@dataclass(frozen=True)
+class PromotionEvent:
+    at: datetime
+    model: str
+    alias: str
+    from_version: str | None
+    to_version: str | None
+    actor: str
+    reason: str
+    action: str = MOVE
+
+
+class PromotionLog:
+    """Append-only: rows are inserted, never updated or deleted."""
+
+    def __init__(self, uri: str):
+        self.engine, self.table = scale.log_table(
+            uri,
+            "mlcycle_promotion_log",
+            sa.Column("alias", sa.String(64), nullable=False),
+            sa.Column("from_version", sa.String(32)),
+            sa.Column("to_version", sa.String(32)),
+            sa.Column("actor", sa.String(256), nullable=False),
+            sa.Column("reason", sa.Text, nullable=False),
+            sa.Column("action", sa.String(32)),  # NULL in rows written before it existed: a move
+        )
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """A log created by an older mlcycle lacks ``action``: add it (nullable, so old rows stay)."""
+        columns = {c["name"] for c in sa.inspect(self.engine).get_columns(self.table.name)}
+        if "action" in columns:
+            return
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(sa.text(f"ALTER TABLE {self.table.name} ADD COLUMN action VARCHAR(32)"))
+        except sa.exc.DBAPIError:  # another process added it first
+            if "action" not in {c["name"] for c in sa.inspect(self.engine).get_columns(self.table.name)}:
+                raise
+
+    def append(self, event: PromotionEvent) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(self.table.insert().values(**event.__dict__))
+
+    def history(self, model: str | None = None, limit: int | None = None) -> list[PromotionEvent]:
+        query = sa.select(self.table).order_by(self.table.c.id.desc())
+        if model:
+            query = query.where(self.table.c.model == model)
+        if limit:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [
+            PromotionEvent(
+                at=row["at"] if row["at"].tzinfo else row["at"].replace(tzinfo=UTC),
+                **{k: row[k] for k in ("model", "alias", "from_version", "to_version", "actor", "reason")},
+                action=row["action"] or LEGACY,
+            )
+            for row in rows
+        ]
+
+
+def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def move_alias(
+    client: MlflowClient,
+    log: PromotionLog,
+    name: str,
+    alias: str,
+    version: str | None,
+    reason: str,
+    who: str | None = None,
+    action: str = MOVE,
+) -> PromotionEvent:
+    """Point ``alias`` at ``version`` (None removes it) and record the move (``action`` says whether
+    it was a rollback, which champion_lineage reads)."""
+    previous = version_by_alias(client, name, alias)
+    if version is None:
+        if previous is not None:
+            client.delete_registered_model_alias(name, alias)
+    else:
+        client.set_registered_model_alias(name, alias, str(version))
+    event = PromotionEvent(
+        at=datetime.now(UTC),
+        model=name,
+        alias=alias,
+        from_version=str(previous.version) if previous else None,
+        to_version=str(version) if version is not None else None,
+        actor=who or actor(),
+        reason=reason,
+        action=action,
+    )
+    log.append(event)
+    return event
+
+
+def promote(
+    client: MlflowClient, log: PromotionLog, name: str, version: str, reason: str, who: str | None = None
+) -> list[PromotionEvent]:
+    """Make ``version`` the champion; it stops being the challenger if it was one."""
+    client.get_model_version(name, str(version))  # fails clearly on an unknown version
+    events = [move_alias(client, log, name, CHAMPION, str(version), reason, who)]
+    challenger = version_by_alias(client, name, CHALLENGER)
+    if challenger is not None and str(challenger.version) == str(version):
+        events.append(move_alias(client, log, name, CHALLENGER, None, f"promoted to {CHAMPION}", who))
+    return events
+
+
+def champion_lineage(log: PromotionLog, name: str) -> list[str]:
+    """The champions that are still "behind" the current one, oldest first: the promotion log's
+    champion moves replayed, where a promotion pushes a version and a rollback pops one. So after
+    v1 → v2 → v3 and one rollback the lineage is [1, 2]; a second rollback goes to v1, not back to
+    v3 (taking the last move's ``from_version`` would undo the first rollback)."""
+    lineage: list[str] = []
+    moves = [e for e in reversed(log.history(name)) if e.alias == CHAMPION]  # history is newest first
+    for event in moves:
+        if event.to_version is None:  # the champion alias removed: what came before no longer applies
+            lineage.clear()
+        elif event.action == ROLLBACK or (
+            event.action == LEGACY and len(lineage) >= 2 and lineage[-2] == event.to_version
+        ):
+            if lineage:
+                lineage.pop()
+            if not lineage or lineage[-1] != event.to_version:
+                lineage.append(event.to_version)
+        elif not lineage or lineage[-1] != event.to_version:
+            lineage.append(event.to_version)
+    return lineage
+
+
+def checked_name(name: str) -> str:
+    """``name`` if it is a registered-model name mlcycle accepts; it goes into an MLflow filter string,
+    where a quote would change the query (``x' OR name LIKE '%``)."""
+    if not MODEL_NAME.fullmatch(name):
+        raise ValueError(
+            f"registered model name {name!r}: use letters, digits, '.', '_', '-' or spaces (at most 256 characters)"
+        )
+    return name
+
+
+def versions(client: MlflowClient, name: str) -> Iterator[ModelVersion]:
+    try:
+        found = client.search_model_versions(f"name = '{checked_name(name)}'")
+    except MlflowException:
+        return iter(())
+    return iter(sorted(found, key=lambda v: int(v.version)))
+
+
+def aliases_of(client: MlflowClient, name: str) -> dict[str, str]:
+    """version → comma-separated aliases."""
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        return {}
+    out: dict[str, list[str]] = {}
+    for alias, version in (model.aliases or {}).items():
+        out.setdefault(str(version), []).append(alias)
+    return {v: ", ".join(sorted(a)) for v, a in out.items()}
+
+
+def run_summary(client: MlflowClient, version: ModelVersion) -> dict[str, Any]:
+    run = client.get_run(version.run_id)
+    m = run.data.metrics
+    return {
+        "version": str(version.version),
+        "run_id": version.run_id,
+        "created": datetime.fromtimestamp(version.creation_timestamp / 1000, UTC),
+        "roc_auc": m.get("test.roc_auc"),
+        "pr_auc": m.get("test.pr_auc"),
+        "recall": m.get("test.recall"),
+        "rmse": m.get("test.rmse"),
+        "mae": m.get("test.mae"),
+        "p99_ms": m.get("latency_ms.p99"),
+        "gates": run.data.tags.get("mlcycle.gates", "?"),
+        "failed_gates": run.data.tags.get("mlcycle.failed_gates", ""),
+        "data_hash": run.data.tags.get("mlcycle.data_hash", "")[:12],
+        "features": json.loads(version.tags.get("mlcycle.features", "[]")),
+    }

@@ -1,0 +1,304 @@
+"""MLflow runs for training: everything needed to judge, trace and reproduce a model.
+
+Each run logs parameters, metrics overall and by slice, the gate and training-set reports, the
+model with signature and input example, the data snapshot (parquet) and its hash, the
+FeatureService and feature list, the git commit, the config, the seed and the lockfile's hash.
+A run that passes every gate is registered and gets ``challenger`` (``champion`` if there is none);
+one that fails is tagged with the failed gates and no alias moves.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.sklearn
+import numpy as np
+import pandas as pd
+import sklearn
+import xgboost as xgb
+from mlflow import MlflowClient
+from mlflow.models import infer_signature
+
+from mlcycle.data import lineage
+from mlcycle.decisions import Verdict
+from mlcycle.project.config import ProjectConfig
+from mlcycle.registry import aliases as registry
+from mlcycle.registry import model_card
+from mlcycle.training import flavors
+from mlcycle.training.evaluation import EvaluationReport, evaluate
+from mlcycle.training.fit import Candidate, matrix
+
+SNAPSHOT_ARTIFACT = "data/training_set.parquet"
+CONFIG_ARTIFACT = "config/mlcycle.json"
+FEATURES_TAG = "mlcycle.features"
+THRESHOLD_TAG = "mlcycle.threshold"
+
+
+def pip_requirements() -> list[str]:
+    """Given explicitly: MLflow's inference re-imports everything in a subprocess for minutes."""
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"xgboost=={xgb.__version__}",
+        f"scikit-learn=={sklearn.__version__}",
+        f"pandas=={pd.__version__}",
+        f"numpy=={np.__version__}",
+    ]
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    run_id: str
+    passed: bool
+    version: str | None
+    alias: str | None
+    failed: tuple[str, ...]
+    card_md: Path | None
+    card_html: Path | None
+
+
+def lineage_tags(cfg: ProjectConfig, data_hash: str) -> dict[str, str]:
+    return {
+        "mlcycle.data_hash": data_hash,
+        "mlcycle.git_commit": lineage.git_commit(cfg.root),
+        "mlcycle.lockfile_hash": lineage.lockfile_hash(cfg.root),
+        "mlcycle.feature_service": cfg.features.feature_service,
+        "mlcycle.seed": str(cfg.model.seed),
+    }
+
+
+def champion_report(client: MlflowClient, cfg: ProjectConfig, test: pd.DataFrame) -> EvaluationReport | None:
+    """The current champion scored on the candidate's evaluation window (same rows, its own
+    threshold and feature list), or None when there is no champion or it cannot score these rows."""
+    champion = registry.version_by_alias(client, cfg.model.name, registry.CHAMPION)
+    if champion is None:
+        return None
+    features = json.loads(champion.tags.get(FEATURES_TAG, "[]"))
+    if not features or any(f not in test for f in features):
+        return None
+    flavor, model = load_version(cfg, str(champion.version))
+    scores = flavor.predict(model, matrix(test, features))
+    threshold = float(champion.tags.get(THRESHOLD_TAG, 0.5))
+    return evaluate(test, scores, cfg.table.label, threshold, task=cfg.task)
+
+
+def load_version(cfg: ProjectConfig, version: str) -> tuple[flavors.Flavor, Any]:
+    """A registered version's flavor (read from its MLmodel file) and model, loaded by registry URI
+    only, with the project's allowlist for what a scikit-learn model may construct."""
+    uri = f"models:/{cfg.model.name}/{version}"
+    flavor = flavors.flavor_of(uri, allowed_prefixes=cfg.model.allowed_prefixes)
+    return flavor, flavor.load(uri)
+
+
+def log_rejected_training_set(cfg: ProjectConfig, quality: Verdict, frame: pd.DataFrame) -> str:
+    """A training set that failed its checks: a FAILED run with the report, nothing registered."""
+    registry.client_for(cfg)
+    with mlflow.start_run(run_name="rejected-training-set") as run:
+        mlflow.set_tags(
+            {
+                **lineage_tags(cfg, lineage.frame_hash(frame)),
+                "mlcycle.stage": "quality",
+                "mlcycle.gates": "failed",
+                "mlcycle.failed_gates": ", ".join(c.name for c in quality.failed),
+            }
+        )
+        mlflow.log_dict(quality.to_dict(), "reports/training_set_quality.json")
+        mlflow.log_text(quality.markdown(), "reports/training_set_quality.md")
+        mlflow.log_metric("rows", len(frame))
+    mlflow.MlflowClient().set_terminated(run.info.run_id, status="FAILED")
+    return run.info.run_id
+
+
+def _write_snapshot(frame: pd.DataFrame, directory: Path) -> tuple[Path, str]:
+    """Write the training set; the snapshot's id is the hash of the file's bytes."""
+    path = directory / "training_set.parquet"
+    frame.to_parquet(path, index=False)
+    return path, lineage.file_hash(path)
+
+
+def log_and_register(
+    cfg: ProjectConfig,
+    frame: pd.DataFrame,
+    candidate: Candidate,
+    quality: Verdict,
+    gates: Verdict,
+    champion: EvaluationReport | None,
+    who: str | None = None,
+) -> TrainingRecord:
+    client = registry.client_for(cfg)
+    log = registry.PromotionLog(cfg.promotion_log_uri)
+    model, report = candidate.model, candidate.report
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name="train") as run:
+        snapshot, data_hash = _write_snapshot(frame, Path(tmp))
+        tags = lineage_tags(cfg, data_hash)
+        tags.update(
+            {
+                "mlcycle.stage": "training",
+                "mlcycle.gates": "passed" if gates.passed else "failed",
+                "mlcycle.failed_gates": ", ".join(c.name for c in gates.failed),
+                # Gates the data could not decide, let through under the ``warn`` policy: never silent.
+                "mlcycle.gate_warnings": "; ".join(f"{c.name}: {c.detail}" for c in gates.warnings)[:4000],
+                FEATURES_TAG: json.dumps(model.features),
+                flavors.FLAVOR_TAG: model.flavor.name,
+            }
+        )
+        mlflow.set_tags(tags)
+        prefix = "xgb" if model.flavor.name == "xgboost" else model.flavor.name
+        params: dict[str, Any] = {
+            **{f"{prefix}.{k}": v for k, v in model.params.items() if k != "eval_metric"},
+            "flavor": model.flavor.name,
+            **({"best_iteration": model.best_iteration} if model.best_iteration is not None else {}),
+            **({"trained_rounds": model.trained_rounds} if model.trained_rounds is not None else {}),
+            "threshold_rule": cfg.model.threshold,
+            "feature_service": cfg.features.feature_service,
+            "n_features": len(model.features),
+            "valid_start": str(candidate.split.valid_start),
+            "test_start": str(candidate.split.test_start),
+            "train_rows": len(candidate.split.train),
+        }
+        mlflow.log_params(params)
+        mlflow.log_metrics(report.flat_metrics())
+        mlflow.log_metrics(
+            {f"baseline.{k}": v for k, v in candidate.baseline_report.flat_metrics().items() if k.startswith("test.")}
+        )
+        if champion is not None:
+            mlflow.log_metrics(
+                {f"champion.{k}": v for k, v in champion.flat_metrics().items() if k.startswith("test.")}
+            )
+        mlflow.log_dict(gates.to_dict(), "reports/gates.json")
+        mlflow.log_text(gates.markdown(), "reports/gates.md")
+        mlflow.log_dict(quality.to_dict(), "reports/training_set_quality.json")
+        mlflow.log_dict(report.to_dict(), "reports/evaluation.json")
+        mlflow.log_dict(cfg.model_dump(mode="json"), CONFIG_ARTIFACT)
+        mlflow.log_dict({"features": model.features, "split": candidate.split.describe()}, "features.json")
+        mlflow.log_artifact(str(snapshot), "data")
+        example = candidate.split.test[model.features].head(5).astype("float64")
+        model_uri = model.flavor.log(
+            model.model,
+            "model",
+            signature=infer_signature(example, model.predict(example)),
+            input_example=example,
+            pip_requirements=pip_requirements(),
+        )
+        with mlflow.start_run(run_name="baseline-logistic", nested=True):
+            mlflow.log_metrics(candidate.baseline_report.flat_metrics())
+            mlflow.sklearn.log_model(
+                candidate.baseline,
+                name="model",
+                pip_requirements=pip_requirements(),
+                skops_trusted_types=["numpy.dtype"],  # the imputer's fitted dtype; safe to load
+            )
+        run_id = run.info.run_id
+
+    if not gates.passed:
+        return TrainingRecord(run_id, False, None, None, tuple(c.name for c in gates.failed), None, None)
+
+    version = str(mlflow.register_model(model_uri, cfg.model.name).version)
+    for key, value in {
+        FEATURES_TAG: json.dumps(model.features),
+        THRESHOLD_TAG: str(model.threshold),
+        flavors.FLAVOR_TAG: model.flavor.name,
+        "mlcycle.feature_service": cfg.features.feature_service,
+        "mlcycle.data_hash": data_hash,
+        "mlcycle.run_id": run_id,
+    }.items():
+        client.set_model_version_tag(cfg.model.name, version, key, value)
+    has_champion = registry.version_by_alias(client, cfg.model.name, registry.CHAMPION) is not None
+    alias = registry.CHALLENGER if has_champion else registry.CHAMPION
+    o = report.overall
+    measured = (
+        f"rmse {o.rmse:.4g}, mae {o.mae:.4g}"
+        if cfg.task == "regression"
+        else f"roc_auc {o.roc_auc:.4f}, pr_auc {o.pr_auc:.4f}"
+    )
+    reason = f"gates passed ({measured})" + ("" if has_champion else "; first model")
+    registry.move_alias(client, log, cfg.model.name, alias, version, reason, who)
+    md_path, html_path = write_model_card(cfg, client, run_id, version, [alias], candidate, quality, gates, data_hash)
+    return TrainingRecord(run_id, True, version, alias, (), md_path, html_path)
+
+
+def write_model_card(
+    cfg: ProjectConfig,
+    client: MlflowClient,
+    run_id: str,
+    version: str,
+    aliases: list[str],
+    candidate: Candidate,
+    quality: Verdict,
+    gates: Verdict,
+    data_hash: str,
+) -> tuple[Path, Path]:
+    card = model_card.CardInput(
+        model_name=cfg.model.name,
+        version=version,
+        run_id=run_id,
+        feature_service=cfg.features.feature_service,
+        features=candidate.model.features,
+        training_window=candidate.split.describe(),
+        data_hash=data_hash,
+        git_commit=lineage.git_commit(cfg.root),
+        lockfile_hash=lineage.lockfile_hash(cfg.root),
+        params={k: v for k, v in candidate.model.params.items() if k != "eval_metric"},
+        report=candidate.report,
+        baseline=candidate.baseline_report,
+        gates=gates,
+        quality=quality,
+        aliases=aliases,
+    )
+    text = model_card.render_markdown(card)
+    out = cfg.data_path / "model_cards"
+    out.mkdir(parents=True, exist_ok=True)
+    md_path = out / f"{cfg.model.name}-v{version}.md"
+    html_path = out / f"{cfg.model.name}-v{version}.html"
+    md_path.write_text(text)
+    html_path.write_text(model_card.render_html(text, f"{cfg.model.name} v{version}"))
+    client.log_artifact(run_id, str(md_path), "model_card")
+    client.log_artifact(run_id, str(html_path), "model_card")
+    return md_path, html_path
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    version: str
+    run_id: str
+    data_hash: str
+    data_hash_matches: bool
+    rows: list[tuple[str, float, float]]  # metric, recorded, reproduced
+
+    @property
+    def identical(self) -> bool:
+        return self.data_hash_matches and all(
+            np.isclose(a, b, rtol=0, atol=1e-12) or (np.isnan(a) and np.isnan(b)) for _, a, b in self.rows
+        )
+
+
+def reproduce(cfg: ProjectConfig, version: str) -> Reproduction:
+    """Retrain a registered version from its recorded data snapshot, config and seed, and compare
+    every recorded metric (latency excepted: it measures the machine, not the model)."""
+    client = registry.client_for(cfg)
+    mv = client.get_model_version(cfg.model.name, str(version))
+    run = client.get_run(mv.run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        snapshot = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=SNAPSHOT_ARTIFACT, dst_path=tmp)
+        frame = pd.read_parquet(snapshot)
+        actual_hash = lineage.file_hash(snapshot)
+        recorded_cfg = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/{CONFIG_ARTIFACT}")
+    recorded_hash = run.data.tags.get("mlcycle.data_hash", "")
+    recorded = ProjectConfig.model_validate(recorded_cfg)
+    spec = recorded.model
+    features = json.loads(run.data.tags[FEATURES_TAG])
+    from mlcycle.training.fit import train_candidate  # local: training imports nothing from here
+
+    candidate = train_candidate(frame, features, spec, label=recorded.table.label, task=recorded.task,
+                                slices=recorded.table.slices, protected=recorded.table.protected)  # fmt: skip
+    again = candidate.report.flat_metrics()
+    rows = [
+        (name, float(value), float(again.get(name, float("nan"))))
+        for name, value in sorted(run.data.metrics.items())
+        if name in again and not name.startswith("latency_ms")
+    ]
+    return Reproduction(str(version), mv.run_id, recorded_hash, recorded_hash == actual_hash, rows)

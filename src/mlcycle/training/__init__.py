@@ -1,0 +1,1 @@
+"""Training: time split, model flavors, evaluation, gates."""
