@@ -260,7 +260,7 @@ def test_scorer_logs_predictions_to_postgres(world: ScaleWorld, scale_project: P
         row = by_id.loc[result.request_id]
         assert row["score"] == pytest.approx(result.score)
         assert row["model_version"] == result.model_version == str(trained["version"])
-        assert int(row["transaction_id"]) == request["transaction_id"]
+        assert int(row["event_id"]) == request["transaction_id"]  # the event id, under the log's own name
         assert set(json.loads(row["features"])) == set(scorer.plan.model_features)
     # What monitoring reads from the table: the features the model saw, as columns.
     answered = answered_predictions(cfg, since)
