@@ -102,3 +102,13 @@ def test_stage_packages_keep_to_their_layer() -> None:
             broken += [f"{path.relative_to(SRC)} imports {name}" for name in _imports(path)
                        if name.startswith(forbidden)]  # fmt: skip
     assert not broken, "\n".join(broken)
+
+
+def test_the_routing_key_defaults_to_the_first_entity_and_can_be_the_request(tmp_path: Path) -> None:
+    path = _project(tmp_path / "a", {"entities": ["customer"]})
+    assert load_config(path).routing_key == "customer"
+    raw = yaml.safe_load(path.read_text())
+    raw["serving"] = {"routing_key": "request_id"}
+    path.write_text(yaml.safe_dump(raw))
+    assert load_config(path).routing_key is None  # each request routed on its own id
+    assert load_config(_project(tmp_path / "b", {})).routing_key is None  # no entity: the request id

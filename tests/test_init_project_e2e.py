@@ -10,6 +10,8 @@ column drifts, what the scores must lie in; not from the code under test.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from mlcycle.cli.app import app
@@ -129,6 +132,19 @@ def test_a_classification_table_with_an_entity_runs_the_whole_loop(classificatio
     assert not any(f.startswith("dose") for f in drifted), out["check"].feature_drift
 
 
+def test_the_other_commands_work_in_an_init_project(classification) -> None:
+    """history, reproduce (the same metrics from the recorded snapshot) and the feast CLI itself."""
+    cfg, _ = classification
+    config = str(cfg.root / "mlcycle.yaml")
+    shown = CliRunner().invoke(app, ["history", "--config", config])
+    assert shown.exit_code == 0 and "champion" in shown.output, shown.output
+    again = CliRunner().invoke(app, ["reproduce", "1", "--config", config])
+    assert again.exit_code == 0 and "identical" in again.output, again.output
+    feast = subprocess.run([str(Path(sys.executable).parent / "feast"), "feature-views", "list"],
+                           cwd=cfg.feature_repo_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert feast.returncode == 0 and "customer_id_stats" in feast.stdout, feast.stderr[-2000:]
+
+
 def test_an_unknown_category_on_an_init_project_is_reported_not_refused(classification) -> None:
     """Checked against the contract's category set: init wrote ward's four values there."""
     from mlcycle.serving.scorer import Scorer
@@ -171,12 +187,19 @@ def test_a_regression_table_without_entity_runs_the_whole_loop(tmp_path_factory,
     args = ["--label", "stay_days", "--task", "regression", "--label-delay", "2d", "--event-id", "visit_id"]
     cfg = init(tmp_path_factory.mktemp("init-reg"), table, args)
     assert cfg.task == "regression" and cfg.table.entities == []
+    # This one trains LightGBM: the flavor goes through train → serve → batch-score like xgboost's.
+    raw = yaml.safe_load((cfg.root / "mlcycle.yaml").read_text())
+    raw["model"] = {**raw.get("model", {}), "flavor": "lightgbm", "params": {"num_leaves": 15}}
+    (cfg.root / "mlcycle.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    cfg = load_config(cfg.root / "mlcycle.yaml")
     good = {"visit_id": 1, "pressure": 0.3, "dose": 1.2, "ward": "east"}
     out = run_lifecycle(cfg, good, {**good, "dose": True}, "dose")
     answer = out["predict"]
     # The label is 5 + 2 * effect + noise: a typical stay lies well inside (-20, 40) days.
     assert -20 < answer["score"] < 40 and answer["features_missing"] == []
     assert np.isfinite(out["batch"]["score"]).all()
+    champion = registry.version_by_alias(registry.client_for(cfg), cfg.model.name, registry.CHAMPION)
+    assert champion.tags["mlcycle.flavor"] == "lightgbm"
     drifted = set(out["check"].drifted_features)
     assert any(f.startswith("pressure") for f in drifted), out["check"].feature_drift
     assert date.fromisoformat(out["check"].window_end[:10]).year == 2019
