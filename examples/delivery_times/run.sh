@@ -8,7 +8,7 @@ mlcycle="${MLCYCLE:-mlcycle}"
 cd "$here"
 rm -rf project data
 python generate.py --out data/deliveries.csv
-"$mlcycle" init project --data data/deliveries.csv --timestamp ordered_at --label delivery_minutes \
+"$mlcycle" init project --name delivery_times --data data/deliveries.csv --timestamp ordered_at --label delivery_minutes \
   --task regression --entity restaurant_id --label-available-at delivered_at --event-id order_id
 cd project
 "$mlcycle" features build
