@@ -295,28 +295,33 @@ def online_vector(
 
 
 def _assemble(plan: ServicePlan, keys: pd.DataFrame, req: pd.DataFrame, response: dict) -> pd.DataFrame:
-    frame = keys.reset_index(drop=True).copy()
-    for col in req.columns:
-        frame[col] = req[col].to_numpy()
-    request_unix = frame["request_unix"].astype("int64").to_numpy()
+    """The request's columns and the online values, TTL applied, as one Arrow table for the
+    on-demand views. Built from NumPy arrays column by column: a DataFrame assembled column by
+    column cost about 0.4 ms per column (20 ms of a 40 ms request), for the same table."""
+    columns: dict[str, np.ndarray] = {col: keys[col].to_numpy() for col in keys.columns}
+    columns.update({col: req[col].to_numpy() for col in req.columns})
+    request_unix = np.asarray(columns["request_unix"]).astype("int64")
     for ref in plan.view_refs:
         view, feature = ref.split(":", 1)
-        values = pd.Series(response[feature], dtype=object)
         ttl = plan.view_ttl.get(view)
-        stamped = pd.Series(response[f"{feature}__ts"], dtype="float64").to_numpy()
+        stamped = np.asarray(response[f"{feature}__ts"], dtype="float64")
         # A row stamped after the request (a replay, a lagging clock) is not known "as of" it: the
         # offline join would not see it either. Feast returns whole seconds: a row stamped within
         # the request's own second counts as known.
         unknown = stamped > request_unix
         if ttl is not None:
             unknown |= (stamped <= 0) | (request_unix - stamped > ttl.total_seconds())
-        values = values.where(~unknown, None)
-        frame[feature] = (
-            pd.to_numeric(values, errors="coerce").astype("float64").to_numpy()
-            if feature in plan.numeric_features
-            else values.to_numpy()
-        )
-    out = _on_demand(plan, pa.Table.from_pandas(frame, preserve_index=False))
+        raw = response[feature]
+        if feature in plan.numeric_features:
+            values = np.array([_number(v) for v in raw], dtype="float64")
+            values[unknown] = np.nan
+        else:
+            values = np.empty(len(raw), dtype=object)
+            values[:] = raw
+            values[unknown] = None
+        columns[feature] = values
+    table = pa.Table.from_pydict({name: pa.array(values, from_pandas=True) for name, values in columns.items()})
+    out = _on_demand(plan, table)
     view_features = {ref.split(":", 1)[1] for ref in plan.view_refs}
     missing_cols = [f for f in plan.model_features if f in view_features]
     na = out[missing_cols].isna().to_numpy() if missing_cols else None
@@ -326,6 +331,16 @@ def _assemble(plan: ServicePlan, keys: pd.DataFrame, req: pd.DataFrame, response
         else [[] for _ in range(len(out))]
     )
     return out
+
+
+def _number(value: object) -> float:
+    """A stored value as a float; missing or not a number: NaN (as ``pd.to_numeric(errors="coerce")``)."""
+    if value is None:
+        return np.nan
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return np.nan
 
 
 def _on_demand(plan: ServicePlan, table: pa.Table) -> pd.DataFrame:
