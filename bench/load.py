@@ -7,9 +7,9 @@ already holds a project with a champion, so repeated runs skip the setup).
 
 Load (default). ``bench/serving.py``'s two servers, its client and its request bodies (real
 transactions of the last two days): ``bentoml serve services.service:ScoringService`` as
-deployed, and the baseline, a Starlette app on uvicorn doing the same per-request work with the same
-library functions (``mlcycle.features.store.online_vector`` → ``booster.inplace_predict`` on the
-champion) without BentoML, validation, routing, metrics or prediction log. After a score check (the
+deployed, and the baseline, bench/serving.py's raw app: a bare ASGI app on uvicorn that reads the
+entity rows straight from the SQLite online store, computes the request-time features in plain
+Python and calls ``booster.inplace_predict`` (no Feast, pandas or MLflow on its path). After a score check (the
 same bodies give the same scores on both) and 100 warm-up requests each, ``--requests`` POST
 /predict per app at ``--concurrency`` in flight, in rounds of ``--round-requests`` that alternate
 between the two apps (order swapped every round) so the neighbours' load hits both alike.
@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import json
 import math
 import os
 import signal
@@ -64,12 +65,19 @@ from serving import (
     Server,
     bench_project,
     check_same_scores,
+    check_transactions,
     load,
-    request_bodies,
     running_servers,
     setup,
+    transactions_of,
     verdict,
 )
+
+
+def request_bodies(cfg: ProjectConfig, n: int) -> list[bytes]:
+    """JSON bodies from real transactions of the last two days, as bench/serving.py sends them."""
+    return [json.dumps({"request": tx}).encode() for tx in transactions_of(cfg, n)]
+
 
 try:
     import psutil
@@ -201,7 +209,9 @@ def load_mode(cfg: ProjectConfig, scratch: Path, args: argparse.Namespace) -> li
         rss_before, procs = service_rss_mb(bento.proc.pid)
         print(f"servers ready: bentoml {bento.startup_s:.0f}s ({procs} processes, {rss_before:.0f} MB RSS), "
               f"baseline {base.startup_s:.0f}s", flush=True)  # fmt: skip
-        check_errors, check_diff = asyncio.run(check_same_scores(bento, base, bodies))
+        checked = check_transactions(transactions_of(cfg, CHECK_REQUESTS), CHECK_REQUESTS)
+        report = asyncio.run(check_same_scores(bento, base, checked))
+        check_errors, check_diff = len(report["non200"]), report["single_diff"]
         print(f"check: {CHECK_REQUESTS} bodies scored by both, {check_errors} non-200, "
               f"largest score difference {check_diff:.2e}", flush=True)  # fmt: skip
         print(f"load: {args.requests} requests per app at concurrency {args.concurrency}", flush=True)
