@@ -12,7 +12,15 @@ import pandas as pd
 import pandera.pandas as pa
 
 from fraud.generator import CATEGORIES, CHANNELS, COUNTRIES
-from mlcycle.data.validation import TZ_DTYPE, ContractReport, normalize_table, one_of, read_table_file, validate_frame
+from mlcycle.data.validation import (
+    TZ_DTYPE,
+    ContractReport,
+    label_after_event,
+    normalize_table,
+    one_of,
+    read_table_file,
+    validate_frame,
+)
 
 MAX_AMOUNT = 1_000_000.0
 
@@ -46,10 +54,7 @@ def schema(now: datetime | None = None, extra_categories: Iterable[str] = ()) ->
             "label_available_at": pa.Column(TZ_DTYPE),
         },
         checks=[
-            pa.Check(
-                lambda df: df["label_available_at"] >= df["event_timestamp"],
-                name="label_after_event",
-            )
+            label_after_event("label_available_at", "event_timestamp")
         ],
         unique=["transaction_id"],
         report_duplicates="all",

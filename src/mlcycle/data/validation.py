@@ -23,7 +23,6 @@ from mlcycle.project.config import ProjectConfig, QualitySpec
 
 TZ_DTYPE = pd.DatetimeTZDtype("ns", "UTC")
 # Dataframe-wide checks name the columns they relate, for the report.
-FRAME_CHECK_COLUMNS: dict[str, str] = {}
 LEAK_SAMPLE_ROWS = 200_000
 
 
@@ -77,17 +76,18 @@ def one_of(values: Iterable[object], name: str) -> pa.Check:
     return pa.Check(lambda s: s.isin(allowed), name=name, statistics={"allowed_values": allowed})
 
 
-def _summarise(cases: pd.DataFrame) -> tuple[CheckFailure, ...]:
-    """pandera's failure cases (one row per offending value) → one line per column and check."""
+def _summarise(cases: pd.DataFrame, frame_checks: dict[str, str]) -> tuple[CheckFailure, ...]:
+    """pandera's failure cases (one row per offending value) → one line per column and check.
+    ``frame_checks`` names the schema's dataframe-wide checks and the column each one is about."""
     out = []
     # A missing column is reported with the schema's name as "column" and the column as the case.
     missing = cases["check"] == "column_in_dataframe"
     cases = cases.assign(column=cases["column"].where(~missing, cases["failure_case"]).astype(str))
     # A dataframe-wide check lists every column of each failing row: count rows, not values.
-    frame_wide = cases["check"].isin(list(FRAME_CHECK_COLUMNS)) & cases["index"].notna()
+    frame_wide = cases["check"].isin(list(frame_checks)) & cases["index"].notna()
     for check, group in cases[frame_wide].groupby("check", sort=False):
         rows = group["index"].nunique()
-        out.append(CheckFailure(FRAME_CHECK_COLUMNS.get(str(check), "*"), str(check), rows))
+        out.append(CheckFailure(frame_checks.get(str(check), "*"), str(check), rows))
     for (column, check), group in cases[~frame_wide].groupby(["column", "check"], sort=False, dropna=False):
         examples = tuple(str(v) for v in group["failure_case"].drop_duplicates().head(3))
         rows = group["index"].nunique() if group["index"].notna().any() else len(group)
@@ -132,6 +132,15 @@ def table_schema(cfg: ProjectConfig, now: datetime | None = None) -> pa.DataFram
     return project_object(cfg, ref)(now=now)
 
 
+def label_after_event(arrival: str, event: str) -> pa.Check:
+    """A label does not arrive before its event (a missing arrival is the contract's business)."""
+    return pa.Check(
+        lambda df: df[arrival].isna() | (df[arrival] >= df[event]),
+        name="label_after_event",
+        statistics={"column": arrival},
+    )
+
+
 def _role_schema(cfg: ProjectConfig, now: datetime | None) -> pa.DataFrameSchema:
     """What holds for every project whatever its contract says: event times known and not in the
     future, a label that arrives after its event, one row per event id."""
@@ -142,8 +151,7 @@ def _role_schema(cfg: ProjectConfig, now: datetime | None) -> pa.DataFrameSchema
     checks = []
     if t.label_available_at:
         arrival, event = t.label_available_at, t.timestamp
-        FRAME_CHECK_COLUMNS["label_after_event"] = arrival
-        checks.append(pa.Check(lambda df: df[arrival].isna() | (df[arrival] >= df[event]), name="label_after_event"))
+        checks.append(label_after_event(arrival, event))
     if t.event_id:
         columns[t.event_id] = pa.Column(nullable=False, unique=True, report_duplicates="all")
     return pa.DataFrameSchema(columns, checks=checks, strict=False, name="table roles")
@@ -170,17 +178,18 @@ def normalize_table(df: pd.DataFrame, schema: pa.DataFrameSchema | None = None) 
 
 
 def read_table_file(path: str | Path, timestamp_columns: Iterable[str] = ()) -> pd.DataFrame:
-    """A table file (parquet or CSV) as it is; CSV timestamps of the named columns parsed when every
-    value parses (otherwise left as text for the contract to reject by name)."""
-    path = Path(path)
-    if path.suffix == ".csv":
-        df = pd.read_csv(path)
+    """A table file (parquet or CSV, read as ``mlcycle init`` reads it) as it is; CSV timestamps of
+    the named columns parsed when every value parses (otherwise left as text for the contract to
+    reject by name)."""
+    from mlcycle.project.contract_inference import read_table
+
+    df = read_table(path)
+    if Path(path).suffix.lower() == ".csv":
         for col in timestamp_columns:
             if col in df:
                 parsed = pd.to_datetime(df[col], errors="coerce", utc=False)
                 df[col] = parsed if parsed.notna().all() else df[col]
-        return df
-    return pd.read_parquet(path)
+    return df
 
 
 def load_table(cfg: ProjectConfig, path: str | Path | None = None) -> pd.DataFrame:
@@ -195,7 +204,9 @@ def validate_frame(df: pd.DataFrame, schema: pa.DataFrameSchema) -> ContractRepo
     try:
         schema.validate(df, lazy=True)
     except pa.errors.SchemaErrors as exc:
-        return ContractReport(rows=len(df), failures=_summarise(exc.failure_cases))
+        # A dataframe-wide check says in its statistics which column it is about (``column``).
+        frame_checks = {c.name: (c.statistics or {}).get("column", "*") for c in schema.checks}
+        return ContractReport(rows=len(df), failures=_summarise(exc.failure_cases, frame_checks))
     return ContractReport(rows=len(df))
 
 
@@ -206,6 +217,19 @@ def validate_table(df: pd.DataFrame, cfg: ProjectConfig, now: datetime | None = 
     seen = {(f.column, f.check) for f in contract.failures}
     extra = tuple(f for f in roles.failures if (f.column, f.check) not in seen)
     return ContractReport(rows=len(df), failures=contract.failures + extra)
+
+
+def _strongest_alone(name: str, strength: dict[str, float], bound: float, nothing: float) -> CheckResult:
+    """The leak check: the feature that alone predicts the label best must stay within ``bound``
+    (``nothing``: the value when no feature could be scored); the five strongest as evidence."""
+    worst = max(strength, key=strength.__getitem__) if strength else None
+    return at_most(
+        name,
+        strength[worst] if worst else nothing,
+        bound,
+        f"most predictive alone: {worst}" if worst else "",
+        by_feature={k: round(v, 4) for k, v in sorted(strength.items(), key=lambda kv: -kv[1])[:5]},
+    )
 
 
 def check_training_set(
@@ -247,16 +271,7 @@ def check_training_set(
             if known.sum() > 10 and 0 < y_sample[known].sum() < known.sum() and values[known].nunique() > 1:
                 score = roc_auc_score(y_sample[known], values[known])
                 auc[feature] = max(score, 1 - score)
-        worst = max(auc, key=auc.get) if auc else None
-        checks.append(
-            at_most(
-                "max_single_feature_auc",
-                auc[worst] if worst else 0.5,
-                spec.max_single_feature_auc,
-                f"most predictive alone: {worst}" if worst else "",
-                by_feature={k: round(v, 4) for k, v in sorted(auc.items(), key=lambda kv: -kv[1])[:5]},
-            )
-        )
+        checks.append(_strongest_alone("max_single_feature_auc", auc, spec.max_single_feature_auc, 0.5))
     if "request_unix" in frame:
         clocks = [c for c in frame.columns if c.endswith("_unix") and c != "request_unix"]
         event = pd.to_numeric(frame["request_unix"], errors="coerce")
@@ -303,14 +318,5 @@ def regression_label_checks(
             value = values[known].corr(target[known], method="spearman")
             if np.isfinite(value):
                 rho[feature] = abs(float(value))
-    worst = max(rho, key=rho.get) if rho else None  # type: ignore[arg-type]
-    checks.append(
-        at_most(
-            "max_single_feature_spearman",
-            rho[worst] if worst else 0.0,
-            spec.max_single_feature_spearman,
-            f"most predictive alone: {worst}" if worst else "",
-            by_feature={k: round(v, 4) for k, v in sorted(rho.items(), key=lambda kv: -kv[1])[:5]},
-        )
-    )
+    checks.append(_strongest_alone("max_single_feature_spearman", rho, spec.max_single_feature_spearman, 0.0))
     return checks

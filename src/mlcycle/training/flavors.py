@@ -225,15 +225,12 @@ def alias_uri(model_name: str, alias: str) -> str:
 # --------------------------------------------------------------------------------------- xgboost
 
 
-class XGBoostFlavor(Flavor):
-    """Native ``xgb.Booster`` trained with ``xgb.train``, early-stopped on the validation slice and
-    cut back to its best round. Scoring uses ``inplace_predict``: no DMatrix per call, which keeps a
-    single row (the service's case) well under a millisecond."""
+class _BoosterFlavor(Flavor):
+    """A gradient-boosting library with its own booster: an objective per task, rounds with early
+    stopping on the validation slice, and an MLflow flavor that logs and loads the booster in the
+    library's own format (no pickle)."""
 
-    name = "xgboost"
-    mlflow_flavor = "xgboost"
-    OBJECTIVES: ClassVar[dict[str, str]] = {"classification": "binary:logistic", "regression": "reg:squarederror"}
-    EVAL_METRICS: ClassVar[dict[str, list[str]]] = {"classification": ["logloss", "auc"], "regression": ["rmse"]}
+    OBJECTIVES: ClassVar[dict[str, str]]
     DEFAULT_ROUNDS = 500
     DEFAULT_EARLY_STOPPING = 30
 
@@ -242,15 +239,44 @@ class XGBoostFlavor(Flavor):
         objective = params.get("objective")
         if objective is not None and objective != self.OBJECTIVES[task]:
             raise TaskMismatchError(
-                f"xgboost objective {objective!r}", task, f"this flavor trains {self.OBJECTIVES[task]!r} for it"
+                f"{self.name} objective {objective!r}", task, f"this flavor trains {self.OBJECTIVES[task]!r} for it"
             )
 
-    def booster_params(self, params: dict[str, Any], seed: int, task: Task) -> tuple[dict[str, Any], int, int]:
-        """Library parameters (defaults, then the config's), rounds and early-stopping patience."""
+    def _rounds(self, params: dict[str, Any], task: Task) -> tuple[dict[str, Any], int, int]:
+        """The config's library parameters without the rounds and patience, and those two."""
         self.validate(params, task)
         given = dict(params)
         rounds = int(given.pop("num_boost_round", self.DEFAULT_ROUNDS))
         patience = int(given.pop("early_stopping_rounds", self.DEFAULT_EARLY_STOPPING))
+        return given, rounds, patience
+
+    def _mlflow(self) -> Any:
+        return importlib.import_module(f"mlflow.{self.mlflow_flavor}")
+
+    def _log(self, model: Any, name: str, signature: Any, input_example: Any, pip_requirements: list[str]) -> str:
+        info = self._mlflow().log_model(
+            model, name=name, signature=signature, input_example=input_example, pip_requirements=pip_requirements
+        )
+        return info.model_uri
+
+    def load(self, model_uri: str) -> Any:
+        """The booster behind a registry URI, in the library's own format."""
+        return self._mlflow().load_model(registry_uri(model_uri))
+
+
+class XGBoostFlavor(_BoosterFlavor):
+    """Native ``xgb.Booster`` trained with ``xgb.train``, early-stopped on the validation slice and
+    cut back to its best round. Scoring uses ``inplace_predict``: no DMatrix per call, which keeps a
+    single row (the service's case) well under a millisecond."""
+
+    name = "xgboost"
+    mlflow_flavor = "xgboost"
+    OBJECTIVES: ClassVar[dict[str, str]] = {"classification": "binary:logistic", "regression": "reg:squarederror"}
+    EVAL_METRICS: ClassVar[dict[str, list[str]]] = {"classification": ["logloss", "auc"], "regression": ["rmse"]}
+
+    def booster_params(self, params: dict[str, Any], seed: int, task: Task) -> tuple[dict[str, Any], int, int]:
+        """Library parameters (defaults, then the config's), rounds and early-stopping patience."""
+        given, rounds, patience = self._rounds(params, task)
         merged = {
             "objective": self.OBJECTIVES[task],
             "eval_metric": self.EVAL_METRICS[task],
@@ -296,20 +322,6 @@ class XGBoostFlavor(Flavor):
 
     def predict(self, model: Any, X: np.ndarray) -> np.ndarray:
         return np.asarray(model.inplace_predict(np.asarray(X, dtype=np.float32)), dtype=np.float64).reshape(-1)
-
-    def _log(self, model: Any, name: str, signature: Any, input_example: Any, pip_requirements: list[str]) -> str:
-        import mlflow.xgboost
-
-        info = mlflow.xgboost.log_model(
-            model, name=name, signature=signature, input_example=input_example, pip_requirements=pip_requirements
-        )
-        return info.model_uri
-
-    def load(self, model_uri: str) -> Any:
-        """The Booster behind a registry URI (saved as UBJSON by MLflow: no pickle involved)."""
-        import mlflow.xgboost
-
-        return mlflow.xgboost.load_model(registry_uri(model_uri))
 
 
 # --------------------------------------------------------------------------------------- sklearn
@@ -501,7 +513,7 @@ class SklearnFlavor(Flavor):
 # -------------------------------------------------------------------------------------- registry
 
 
-class LightGBMFlavor(Flavor):
+class LightGBMFlavor(_BoosterFlavor):
     """Native ``lgb.Booster`` trained with ``lgb.train``, early-stopped on the validation slice and
     kept at its best round. Logged and loaded with MLflow's lightgbm flavor (the Booster's own text
     format: no pickle). Deterministic for a seed (``deterministic`` and a fixed thread count)."""
@@ -510,16 +522,6 @@ class LightGBMFlavor(Flavor):
     mlflow_flavor = "lightgbm"
     OBJECTIVES: ClassVar[dict[str, str]] = {"classification": "binary", "regression": "regression"}
     METRICS: ClassVar[dict[str, str]] = {"classification": "binary_logloss", "regression": "rmse"}
-    DEFAULT_ROUNDS = 500
-    DEFAULT_EARLY_STOPPING = 30
-
-    def validate(self, params: dict[str, Any], task: Task) -> None:
-        super().validate(params, task)
-        objective = params.get("objective")
-        if objective is not None and objective != self.OBJECTIVES[task]:
-            raise TaskMismatchError(
-                f"lightgbm objective {objective!r}", task, f"this flavor trains {self.OBJECTIVES[task]!r} for it"
-            )
 
     def fit(
         self,
@@ -534,12 +536,9 @@ class LightGBMFlavor(Flavor):
     ) -> Fitted:
         import lightgbm as lgb
 
-        self.validate(params, task)
+        given, rounds, patience = self._rounds(params, task)
         if task == "classification":
             _check_binary(train_y, "training")
-        given = dict(params)
-        rounds = int(given.pop("num_boost_round", self.DEFAULT_ROUNDS))
-        patience = int(given.pop("early_stopping_rounds", self.DEFAULT_EARLY_STOPPING))
         merged = {
             "objective": self.OBJECTIVES[task],
             "metric": self.METRICS[task],
@@ -568,20 +567,6 @@ class LightGBMFlavor(Flavor):
     def predict(self, model: Any, X: np.ndarray) -> np.ndarray:
         best = model.best_iteration or None
         return np.asarray(model.predict(np.asarray(X, dtype=np.float64), num_iteration=best), dtype=np.float64)
-
-    def _log(self, model: Any, name: str, signature: Any, input_example: Any, pip_requirements: list[str]) -> str:
-        import mlflow.lightgbm
-
-        info = mlflow.lightgbm.log_model(
-            model, name=name, signature=signature, input_example=input_example, pip_requirements=pip_requirements
-        )
-        return info.model_uri
-
-    def load(self, model_uri: str) -> Any:
-        """The Booster behind a registry URI (LightGBM's text model format)."""
-        import mlflow.lightgbm
-
-        return mlflow.lightgbm.load_model(registry_uri(model_uri))
 
 
 def _lightgbm(**_: Any) -> Flavor:
