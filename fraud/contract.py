@@ -53,9 +53,7 @@ def schema(now: datetime | None = None, extra_categories: Iterable[str] = ()) ->
             "is_fraud": pa.Column("int8", pa.Check.isin([0, 1])),
             "label_available_at": pa.Column(TZ_DTYPE),
         },
-        checks=[
-            label_after_event("label_available_at", "event_timestamp")
-        ],
+        checks=[label_after_event("label_available_at", "event_timestamp")],
         unique=["transaction_id"],
         report_duplicates="all",
         strict=False,
