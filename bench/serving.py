@@ -1,4 +1,4 @@
-"""Benchmark: the BentoML ScoringService against a raw app at the physical limit (profile local).
+"""Benchmark: the BentoML ScoringService against a raw app at the physical limit, in profile local or scale.
 
 Both apps run as real servers in their own subprocess on loopback, against the same temporary
 project (generated data, features published to the SQLite online store, a champion trained by the
@@ -100,13 +100,16 @@ Feast, MLflow and the registry are used at start-up only (metadata, the champion
 import math
 import os
 import sqlite3
+import struct
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import mmh3
 import numpy as np
 import orjson
 import yaml
+from google.protobuf.timestamp_pb2 import Timestamp
 
 import mlcycle  # noqa: F401  (telemetry off)
 import mlflow.xgboost
@@ -120,28 +123,32 @@ from mlcycle.registry.aliases import client_for
 from mlcycle.registry.tracking import FEATURES_TAG, THRESHOLD_TAG
 
 cfg = load_config(os.environ["MLCYCLE_CONFIG"])
-if cfg.profile != "local":
-    raise SystemExit(f"raw app: profile {cfg.profile!r} not supported (SQLite online store, profile local, only)")
 repo = cfg.feature_repo_path
 fs_yaml = yaml.safe_load((repo / "feature_store.yaml").read_text())
-if fs_yaml["online_store"]["type"] != "sqlite":
-    raise SystemExit("raw app: the online store is not SQLite")
-db_path = Path(fs_yaml["online_store"]["path"])
-db_path = db_path if db_path.is_absolute() else repo / db_path
 KEY_VERSION = int(fs_yaml.get("entity_key_serialization_version", 3))
-PROJECT = fs_yaml["project"]
 
 # ---- metadata, once: per feature view its table, join key, TTL and the features to read
 _store = open_project_store(cfg)
+PROJECT = _store.project
+if cfg.profile == "local":
+    if fs_yaml["online_store"]["type"] != "sqlite":
+        raise SystemExit("raw app: the local profile's online store is not SQLite")
+    db_path = Path(fs_yaml["online_store"]["path"])
+    db_path = db_path if db_path.is_absolute() else repo / db_path
+    REDIS = None
+else:  # profile scale: Feast's Redis layout, one hash per entity key + project, a field per feature
+    import redis
+
+    REDIS = redis.Redis.from_url(cfg.scale.redis_url)
 _plan = service_plan(_store, cfg.features.feature_service)
-VIEWS = []  # (table, join key, ttl seconds or None, wanted features, numeric features)
+VIEWS = []  # (view, SQLite table, join key, ttl seconds or None, wanted features, numeric features)
 for view_name, ttl in _plan.view_ttl.items():
     fv = _store.get_feature_view(view_name)
     if len(fv.join_keys) != 1:
         raise SystemExit(f"raw app: view {view_name} has join keys {fv.join_keys}; one expected")
-    wanted = frozenset(r.split(":", 1)[1] for r in _plan.view_refs if r.split(":", 1)[0] == view_name)
-    VIEWS.append((f"{PROJECT}_{view_name}", fv.join_keys[0], ttl.total_seconds() if ttl else None, wanted,
-                  frozenset(wanted & _plan.numeric_features)))
+    wanted = tuple(r.split(":", 1)[1] for r in _plan.view_refs if r.split(":", 1)[0] == view_name)
+    VIEWS.append((view_name, f"{PROJECT}_{view_name}", fv.join_keys[0], ttl.total_seconds() if ttl else None,
+                  wanted, frozenset(set(wanted) & _plan.numeric_features)))
 VIEW_FEATURES = frozenset(r.split(":", 1)[1] for r in _plan.view_refs)
 ODFV_OUTPUTS = {f.name for odfv in _plan.odfvs for f in odfv.features}
 del _store, _plan
@@ -191,8 +198,15 @@ def on_demand(tx, request_unix, v):
 
 
 # ---- the online store
-db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, check_same_thread=False)
+db = None if REDIS else sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, check_same_thread=False)
 _value = ValueProto()
+_stamp = Timestamp()
+PROJECT_BYTES = PROJECT.encode()
+
+
+def field_of(name):
+    """Feast's Redis hash field: murmur3 (32 bit, little endian) of the name."""
+    return struct.pack("<I", mmh3.hash(name, signed=False))
 
 
 def decode(blob):
@@ -206,8 +220,10 @@ def entity_key(join_key, value):
     return serialize_entity_key(proto, entity_key_serialization_version=KEY_VERSION)
 
 
-def read_view(table, join_key, ids):
+def read_view(view, table, join_key, ids, wanted):
     """{id: (event unix seconds, {feature: decoded value})} for the ids found."""
+    if REDIS is not None:
+        return read_view_redis(view, join_key, ids, wanted)
     keys = {entity_key(join_key, i): i for i in set(ids)}
     marks = ",".join("?" * len(keys))
     rows = db.execute(
@@ -218,6 +234,22 @@ def read_view(table, join_key, ids):
         entry = out.setdefault(keys[key], [0, {}])
         entry[0] = max(entry[0], int(ts))
         entry[1][name] = decode(blob)
+    return out
+
+
+def read_view_redis(view, join_key, ids, wanted):
+    """One pipelined HMGET per entity of the view's fields and its timestamp field."""
+    fields = [field_of(f"{view}:{name}") for name in wanted] + [f"_ts:{view}".encode()]
+    unique = list(set(ids))
+    pipe = REDIS.pipeline(transaction=False)
+    for i in unique:
+        pipe.hmget(entity_key(join_key, i) + PROJECT_BYTES, fields)
+    out = {}
+    for i, values in zip(unique, pipe.execute()):
+        if values[-1] is None:
+            continue
+        _stamp.ParseFromString(values[-1])
+        out[i] = [_stamp.seconds, {n: decode(b) for n, b in zip(wanted, values[:-1]) if b is not None}]
     return out
 
 
@@ -233,8 +265,8 @@ def score(transactions):
     now = int(time.time())
     request_unix = [request_unix_of(tx, now) for tx in transactions]
     values = [{} for _ in transactions]
-    for table, join_key, ttl, wanted, numeric in VIEWS:
-        found = read_view(table, join_key, [tx[join_key] for tx in transactions])
+    for view, table, join_key, ttl, wanted, numeric in VIEWS:
+        found = read_view(view, table, join_key, [tx[join_key] for tx in transactions], wanted)
         for tx, req, v in zip(transactions, request_unix, values):
             hit = found.get(tx[join_key])
             fresh = hit is not None and not (hit[0] > req or (ttl is not None and (hit[0] <= 0 or req - hit[0] > ttl)))
@@ -670,6 +702,54 @@ def prepared_project(workdir: Path | None, tmp: Path) -> tuple[ProjectConfig, st
     return cfg, version, time.perf_counter() - started
 
 
+STORES = {"local": "SQLite online store", "scale": "Redis online store, PostgreSQL registries"}
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@contextlib.contextmanager
+def profile_environment(profile: str, keep: bool) -> Iterator[list[ProjectConfig]]:
+    """The MLCYCLE_* environment of ``profile`` (the servers inherit it). Scale: a PostgreSQL
+    database and a Redis prefix of the bench's own, on the server of MLCYCLE_PG_URL / MLCYCLE_REDIS_URL
+    (default: local ones); unless ``keep``, the project's Redis rows are deleted and the database
+    dropped afterwards (the bench created both). Yields a list the caller puts the project's config in."""
+    saved = dict(os.environ)
+    configs: list[ProjectConfig] = []
+    os.environ["MLCYCLE_PROFILE"] = profile
+    name = ""
+    if profile == "scale":
+        from urllib.parse import urlsplit, urlunsplit
+
+        name = "mlcycle_bench_serving" if keep else f"mlcycle_bench_serving_{os.getpid()}"
+        base = urlsplit(os.environ.get("MLCYCLE_PG_URL") or DEFAULT_PG)
+        os.environ["MLCYCLE_PG_URL"] = urlunsplit((base.scheme, base.netloc, f"/{name}", base.query, ""))
+        os.environ["MLCYCLE_REDIS_PREFIX"] = name
+    try:
+        yield configs
+    finally:
+        if profile == "scale" and not keep:
+            drop_scale_state(configs, os.environ["MLCYCLE_PG_URL"], name)
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def drop_scale_state(configs: Sequence[ProjectConfig], url: str, name: str) -> None:
+    """Delete what this run created in Redis (the project's entity keys) and PostgreSQL (its database)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+    from psycopg import sql
+
+    from mlcycle.features.store import clear_online, open_project_store
+
+    for cfg in configs:
+        with contextlib.suppress(Exception):
+            clear_online(open_project_store(cfg))
+    parts = urlsplit(url)
+    maintenance = urlunsplit(("postgresql", parts.netloc, "/postgres", parts.query, ""))
+    with psycopg.connect(maintenance, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -700,7 +780,15 @@ def main() -> None:
         "--workdir", type=Path, default=None,
         help="keep the bench project here and reuse it on the next run (default: a temporary directory)",
     )  # fmt: skip
+    parser.add_argument(
+        "--profile", choices=("local", "scale"), default="local",
+        help="local: SQLite online store; scale: Redis online store, PostgreSQL registries (a database and "
+        "Redis prefix of the bench's own, dropped after a run without --workdir)",
+    )  # fmt: skip
     args = parser.parse_args()
+    suffix = "" if args.profile == "local" else f"_{args.profile}"
+    if args.workdir is not None:
+        args.workdir = args.workdir / args.profile
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     if args.requests < ROUNDS or not levels or min(levels) < 1 or not {1, 8} <= set(levels):
         parser.error(f"--requests must be at least {ROUNDS}; --concurrency must include 1 and 8, all at least 1")
@@ -708,11 +796,13 @@ def main() -> None:
         parser.error("--batch-calls and --check must be at least 1")
 
     total_started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="mlcycle-bench-") as tmp_name:
+    with (
+        tempfile.TemporaryDirectory(prefix="mlcycle-bench-") as tmp_name,
+        profile_environment(args.profile, keep=args.workdir is not None) as cleanup,
+    ):
         tmp = Path(tmp_name)
         cfg, version, setup_s = prepared_project(args.workdir, tmp)
-        if cfg.profile != "local":
-            raise SystemExit(f"profile {cfg.profile!r}: this bench's raw app reads the SQLite online store only")
+        cleanup.append(cfg)
         reused = " (reused from --workdir)" if not setup_s else f" in {setup_s:.0f}s"
         print(f"setup: {DATA['n_transactions']:,} transactions, features published, champion v{version}{reused}",
               flush=True)  # fmt: skip
@@ -738,7 +828,7 @@ def main() -> None:
 
     print()
     print(f"online: POST /predict, {args.requests} measured requests per app and level in {ROUNDS} alternating "
-          f"rounds, {len(bodies)} distinct bodies, profile local (SQLite online store). raw = bare ASGI on "
+          f"rounds, {len(bodies)} distinct bodies, profile {args.profile} ({STORES[args.profile]}). raw = bare ASGI on "
           f"uvicorn, 1 worker: SQLite by entity key + ValueProto decode + TTL + plain-Python on-demand "
           f"features + inplace_predict; no Feast, pandas or MLflow per request, no validation, routing, "
           f"metrics or prediction log (the BentoML service: all of them)")  # fmt: skip
@@ -790,10 +880,10 @@ def main() -> None:
     p99_8 = eight["bento"].p99_ms / eight["raw"].p99_ms
     batch_ratio = bento_rows / raw_rows
     lines = [
-        ("serving_p50_ratio_1client", p50_1, TARGET_P50, p50_1 <= TARGET_P50 and not errors),
-        ("serving_throughput_ratio_8clients", rps_8, TARGET_RPS, rps_8 >= TARGET_RPS and not errors),
-        ("serving_p99_ratio_8clients", p99_8, TARGET_P99, p99_8 <= TARGET_P99 and not errors),
-        ("serving_batch_ratio", batch_ratio, TARGET_BATCH, batch_ratio >= TARGET_BATCH and not batch_errors),
+        (f"serving_p50_ratio_1client{suffix}", p50_1, TARGET_P50, p50_1 <= TARGET_P50 and not errors),
+        (f"serving_throughput_ratio_8clients{suffix}", rps_8, TARGET_RPS, rps_8 >= TARGET_RPS and not errors),
+        (f"serving_p99_ratio_8clients{suffix}", p99_8, TARGET_P99, p99_8 <= TARGET_P99 and not errors),
+        (f"serving_batch_ratio{suffix}", batch_ratio, TARGET_BATCH, batch_ratio >= TARGET_BATCH and not batch_errors),
     ]
     for name, value, target, ok in lines:
         print(f"RESULT {name} {value:.2f} x target {target} {verdict(ok)}")

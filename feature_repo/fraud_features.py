@@ -6,7 +6,6 @@ Definitions only — the tables behind them are built by ``mlcycle.features.engi
 
 from datetime import timedelta
 
-import pandas as pd
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, RequestSource, ValueType
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, String
@@ -117,14 +116,15 @@ transaction_request = RequestSource(
         Field(name="merchant_category_code", dtype=Int64),
         Field(name="channel_code", dtype=Int64),
     ],
-    mode="pandas",
+    mode="python",
     description="Request-time features: the same code runs for training rows and online requests.",
 )
-def transaction_features(inputs: pd.DataFrame) -> pd.DataFrame:
+def transaction_features(inputs: dict) -> dict:
     # Feast runs this function from its source text in a fresh namespace: imports and constants
-    # must live inside it.
+    # must live inside it. Python mode, written with NumPy: mlcycle passes NumPy columns (one row
+    # online, millions offline) and takes arrays back; Feast (`feast apply`, its feature server)
+    # passes lists and types the outputs from lists. Numbers arrive with NaN (or None) for missing.
     import numpy as np
-    import pandas as pd
 
     # The merchant categories and channels known at training (fraud.generator.CATEGORIES and
     # CHANNELS; a test holds them equal): any other value is code -1, reported as unknown.
@@ -132,25 +132,31 @@ def transaction_features(inputs: pd.DataFrame) -> pd.DataFrame:
                   "digital_goods", "home")  # fmt: skip
     category_codes = {c: i for i, c in enumerate(categories)}
     channel_codes = {c: i for i, c in enumerate(("pos", "ecom", "contactless"))}
-    amount = inputs["amount"].astype("float64")
-    request = inputs["request_unix"].astype("float64")
-    mean_30d = pd.to_numeric(inputs["amount_mean_30d"], errors="coerce").astype("float64")
-    last = pd.to_numeric(inputs["last_txn_unix"], errors="coerce").astype("float64")
-    signup = pd.to_numeric(inputs["signup_unix"], errors="coerce").astype("float64")
-    home = inputs["home_country"]
-    out = pd.DataFrame(index=inputs.index)
-    out["log_amount"] = np.log1p(amount.clip(lower=0))
-    out["amount_to_user_mean_30d"] = amount / mean_30d.where(mean_30d > 0)
-    out["hour_of_day"] = ((inputs["request_unix"].astype("int64") // 3600) % 24).astype("int64")
-    # Unknown home country (unknown user) is "not foreign" only by default: features_missing says so.
-    out["is_foreign"] = (home.notna() & (inputs["country"].astype(str) != home.astype(str))).astype("int64")
-    out["account_age_days"] = (request - signup) / 86_400.0
-    out["secs_since_last_txn"] = request - last
-    out["merchant_category_code"] = (
-        inputs["merchant_category"].astype(str).map(category_codes).fillna(-1).astype("int64")
-    )
-    out["channel_code"] = inputs["channel"].astype(str).map(channel_codes).fillna(-1).astype("int64")
-    return out
+
+    def numbers(name: str) -> np.ndarray:
+        return np.asarray(inputs[name], dtype="float64")  # None → NaN
+
+    amount = numbers("amount")
+    request = numbers("request_unix")
+    mean_30d = numbers("amount_mean_30d")
+    country, home = inputs["country"], inputs["home_country"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = {
+            "log_amount": np.log1p(np.clip(amount, 0, None)),
+            "amount_to_user_mean_30d": amount / np.where(mean_30d > 0, mean_30d, np.nan),
+            "hour_of_day": (np.floor_divide(request, 3600) % 24).astype("int64"),
+            # Unknown home country (unknown user) is "not foreign" only by default: features_missing says so.
+            "is_foreign": np.array(
+                [h is not None and str(c) != str(h) for c, h in zip(country, home, strict=True)], dtype="int64"
+            ),
+            "account_age_days": (request - numbers("signup_unix")) / 86_400.0,
+            "secs_since_last_txn": request - numbers("last_txn_unix"),
+            "merchant_category_code": np.array(
+                [category_codes.get(str(c), -1) for c in inputs["merchant_category"]], dtype="int64"
+            ),
+            "channel_code": np.array([channel_codes.get(str(c), -1) for c in inputs["channel"]], dtype="int64"),
+        }
+    return {k: v.tolist() for k, v in out.items()} if isinstance(inputs["amount"], list) else out
 
 
 fraud_model_v1 = FeatureService(

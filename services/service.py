@@ -288,6 +288,7 @@ class ScoringService:
         self.cfg = CONFIG
         self.scorer = Scorer(self.cfg, refresh_seconds=float(os.environ.get("MLCYCLE_REFRESH_SECONDS", "2")))
         self.scorer.load()
+        self.scorer.start_refresh()  # aliases and policy re-read off the request path
 
     def __is_ready__(self) -> bool:
         if not self.scorer.ready:

@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import REPO_ROOT, copy_project
 from typer.testing import CliRunner
 
+from mlcycle.features.store import Vectors
 from mlcycle.ops import stack
 from mlcycle.ops.scale import redact
 from mlcycle.ops.service_process import ExposedWithoutKey, check_exposure, is_loopback
@@ -198,19 +199,19 @@ def test_shadow_challenger_latency_is_its_own(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(serving, "time", clock)
     features = ["f1", "merchant_category_code"]
 
-    def online_vector(store, keys, fields, name, now):
+    def online_columns(store, keys, fields, name, now):
         clock.now += 0.010
-        return pd.DataFrame({"f1": [1.0, 2.0], "merchant_category_code": [0, -1], "features_missing": [[], []]})
+        return Vectors({"f1": np.array([1.0, 2.0]), "merchant_category_code": np.array([0, -1])}, [[], []])
 
     def model(version: str, seconds: float, score: float):
-        def predict(frame: pd.DataFrame) -> np.ndarray:
+        def predict(vectors: Vectors, rows: np.ndarray | None = None) -> np.ndarray:
             clock.now += seconds
-            return np.full(len(frame), score)
+            return np.full(len(vectors) if rows is None else int(rows.sum()), score)
 
         return SimpleNamespace(alias=version, version=version, threshold=0.5, features=features, predict=predict)
 
     logged: list[dict] = []
-    monkeypatch.setattr(serving, "online_vector", online_vector)
+    monkeypatch.setattr(serving, "online_columns", online_columns)
     scorer = serving.Scorer(ProjectConfig(), log_predictions=False)
     scorer.refresh = lambda force=False: None
     scorer.not_ready_reason = scorer.unavailable = None

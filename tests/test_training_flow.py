@@ -215,7 +215,9 @@ def _point_in_time_by_brute_force(cfg: ProjectConfig, rows: pd.DataFrame) -> pd.
         out.append(values)
     inputs = pd.DataFrame(out)
     transform = defs.transaction_features.feature_transformation.udf
-    return pd.concat([inputs, transform(inputs)], axis=1)
+    # Called as Feast calls a python-mode view: columns as lists, None for missing.
+    as_lists = {c: inputs[c].astype(object).where(inputs[c].notna(), None).tolist() for c in inputs}
+    return pd.concat([inputs, pd.DataFrame(transform(as_lists))], axis=1)
 
 
 def test_batch_scores_a_day_with_the_champion_on_offline_features(trained) -> None:

@@ -811,7 +811,6 @@ def _imports(plan: _Plan) -> str:
         feast += ["Entity", "FeatureView", "FileSource", "ValueType"]
         lines += ["from datetime import timedelta", ""]
     lines += [
-        "import pandas as pd",
         f"from feast import {', '.join(sorted(feast))}",
         "from feast.on_demand_feature_view import on_demand_feature_view",
         f"from feast.types import {', '.join(sorted(types))}",
@@ -894,9 +893,9 @@ def _features_py(plan: _Plan, source: Path) -> str:
             "    # Seconds since the entity's last earlier event (its view's last-event clock): NaN when it has\n"
             "    # none, or none within the view's ttl.\n"
             f"    recency = {_lit(plan.recency)}\n"
-            '    request = pd.to_numeric(inputs["request_unix"], errors="coerce").astype("float64")\n'
+            '    request = numbers(inputs["request_unix"])\n'
             "    for col, name in recency.items():\n"
-            '        out[name] = request - pd.to_numeric(inputs[col], errors="coerce").astype("float64")\n'
+            "        out[name] = request - numbers(inputs[col])\n"
         )
     description = "Request fields → model inputs: numbers as floats, yes/no as 1/0, categories as codes."
     if plan.recency:
@@ -906,29 +905,44 @@ def _features_py(plan: _Plan, source: Path) -> str:
         # The views are sources for their last-event clocks (views without them in the model's inputs).
         f"    sources={_names([f'{p}_request', *views])},\n"
         f"    schema=[\n{schema}    ],\n"
-        '    mode="pandas",\n'
+        '    mode="python",\n'
         f"    description={_q(description)},\n"
         ")\n"
-        f"def {p}_request_features(inputs: pd.DataFrame) -> pd.DataFrame:\n"
+        f"def {p}_request_features(inputs: dict) -> dict:\n"
         "    # Feast runs this function from its source text in a fresh namespace: imports and constants\n"
-        "    # must live inside it.\n"
-        "    import pandas as pd\n"
+        "    # must live inside it. mlcycle passes NumPy columns (one row online, millions offline) and\n"
+        "    # takes arrays back; Feast (`feast apply`, its feature server) passes lists and gets lists.\n"
+        "    import numpy as np\n"
         "\n"
         f"    numeric = {_lit(numeric)}\n"
         f"    boolean = {_lit(boolean)}\n"
         "    # A category's code is its index in the contract's sorted set; missing or unknown: -1.\n"
         f"    categories = {_lit(categories)}\n"
-        "    out = pd.DataFrame(index=inputs.index)\n"
+        "\n"
+        "    def number(value) -> float:  # missing or not a number: NaN\n"
+        "        try:\n"
+        "            return float(value)\n"
+        "        except (TypeError, ValueError):\n"
+        "            return np.nan\n"
+        "\n"
+        "    def numbers(values) -> np.ndarray:\n"
+        '        if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":\n'
+        '            return values.astype("float64")\n'
+        '        return np.array([number(v) for v in values], dtype="float64")\n'
+        "\n"
+        "    out = {}\n"
         "    for col, name in numeric.items():\n"
-        '        out[name] = pd.to_numeric(inputs[col], errors="coerce").astype("float64")\n'
+        "        out[name] = numbers(inputs[col])\n"
+        "    yes_no = {True: 1.0, False: 0.0}  # 1 and 0 too (they equal True and False)\n"
         "    for col, name in boolean.items():\n"
-        '        out[name] = inputs[col].astype(object).map({True: 1.0, False: 0.0}).astype("float64")\n'
+        '        out[name] = np.array([yes_no.get(v, np.nan) if v is not None else np.nan for v in inputs[col]])\n'
         "    for col, values in categories.items():\n"
         "        codes = {v: i for i, v in enumerate(values)}\n"
-        '        text = inputs[col].astype("string").astype(object)\n'
-        '        out[f"{col}_code"] = text.map(codes).fillna(-1).astype("int64")\n'
+        "        known = [-1 if v is None else codes.get(str(v), -1) for v in inputs[col]]\n"
+        '        out[f"{col}_code"] = np.array(known, dtype="int64")\n'
         f"{recency}"
-        "    return out\n"
+        "    first = next(iter(inputs.values()))\n"
+        "    return {k: v.tolist() for k, v in out.items()} if isinstance(first, list) else out\n"
     )
     if views:
         out.append(

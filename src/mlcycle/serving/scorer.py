@@ -23,9 +23,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from mlcycle.features.store import REQUEST_TIME, FeatureStoreUnavailable, online_vector, open_project_store, plan_for
+from mlcycle.features.store import (
+    REQUEST_TIME,
+    FeatureStoreUnavailable,
+    Vectors,
+    online_columns,
+    open_project_store,
+    plan_for,
+)
 from mlcycle.ops.scale import redact
 from mlcycle.project.config import ProjectConfig
 from mlcycle.registry import aliases as registry
@@ -34,7 +40,7 @@ from mlcycle.serving import rollout
 from mlcycle.serving.prediction_log import SHADOW_SUFFIX
 from mlcycle.serving.prediction_store import open_prediction_log
 from mlcycle.training import flavors
-from mlcycle.training.fit import for_single_rows, matrix
+from mlcycle.training.fit import for_single_rows
 
 log = logging.getLogger("mlcycle.serving")
 
@@ -59,8 +65,10 @@ class ModelSlot:
     threshold: float
     flavor: flavors.Flavor = field(default_factory=flavors.XGBoostFlavor)
 
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.flavor.predict(self.model, matrix(frame, self.features))
+    def predict(self, vectors: Vectors, rows: np.ndarray | None = None) -> np.ndarray:
+        """Scores of ``vectors`` (of the ``rows`` mask only, when given)."""
+        x = vectors.matrix(self.features)
+        return self.flavor.predict(self.model, x if rows is None else x[rows])
 
 
 @dataclass
@@ -89,6 +97,8 @@ class Scorer:
         self.unavailable: str | None = "models not loaded yet"  # the short reason callers get
         self._checked = 0.0
         self._lock = threading.Lock()
+        self._refresher: threading.Thread | None = None
+        self._stop = threading.Event()
         self.prediction_log = open_prediction_log(cfg) if log_predictions else None
 
     # ----------------------------------------------------------------- loading
@@ -118,6 +128,23 @@ class Scorer:
             self.not_ready_reason = self.unavailable = reason
         else:
             self.not_ready_reason = self.unavailable = None
+
+    def start_refresh(self) -> None:
+        """Re-read aliases and policy every ``refresh_seconds`` in a background thread, so no request
+        waits on the registry (a refresh inline cost one request in every few seconds 5-30 ms: the
+        p99). While not ready, the thread retries ``load``."""
+        if self._refresher is not None:
+            return
+        self._stop.clear()
+        self._refresher = threading.Thread(target=self._refresh_loop, name="mlcycle-registry-refresh", daemon=True)
+        self._refresher.start()
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(max(self.refresh_seconds, 0.05)):
+            try:
+                self.load() if not self.ready else self.refresh(force=True)
+            except Exception:  # never let the refresher die: the next round retries
+                log.exception("background registry refresh failed")
 
     def _not_ready(self, unavailable: str, detail: str) -> None:
         self.unavailable, self.not_ready_reason = unavailable, redact(detail)
@@ -165,7 +192,8 @@ class Scorer:
     def score(self, requests: list[dict[str, Any]]) -> list[Scored]:
         """Score a batch of requests. Raises ``NotReady`` or ``FeatureStoreUnavailable`` (→ 503),
         whose message is the short reason for the caller; the detail is logged here."""
-        self.refresh()
+        if self._refresher is None:  # no background refresher (a batch job, a test): refresh inline
+            self.refresh()
         if not self.ready:
             raise NotReady(self.unavailable or "not ready")
         started = time.perf_counter()
@@ -181,7 +209,7 @@ class Scorer:
         routing_key = self.cfg.routing_key
         route_by = [r.get(routing_key) if routing_key else rid for r, rid in zip(requests, request_ids, strict=True)]
         try:
-            vectors = online_vector(self.store, keys, fields, self.plan.name, now=now)
+            vectors = online_columns(self.store, keys, fields, self.plan.name, now=now)
         except FeatureStoreUnavailable as exc:
             log.error("online feature store unavailable: %s", redact(str(exc.__cause__ or exc)))
             raise FeatureStoreUnavailable(STORE_UNAVAILABLE) from None
@@ -196,16 +224,16 @@ class Scorer:
         errors: list[str | None] = [None] * len(requests)
         on_champion = variants == "champion"
         if on_champion.any():
-            scores[on_champion] = champion.predict(vectors[on_champion])
+            scores[on_champion] = champion.predict(vectors, on_champion)
             versions[on_champion] = champion.version
         if (~on_champion).any():
-            rows = vectors[~on_champion]
+            rows = ~on_champion
             try:
-                scores[~on_champion] = challenger.predict(rows)
+                scores[~on_champion] = challenger.predict(vectors, rows)
                 versions[~on_champion] = challenger.version
             except Exception as exc:  # a failing challenger must not fail the request: champion answers
                 log.error("challenger v%s failed, champion answers: %s", challenger.version, exc)
-                scores[~on_champion] = champion.predict(rows)
+                scores[~on_champion] = champion.predict(vectors, rows)
                 versions[~on_champion] = champion.version
                 idx = np.flatnonzero(~on_champion)
                 for i in idx:
@@ -228,7 +256,7 @@ class Scorer:
         ]
         if self.prediction_log is not None:
             records = [
-                self._record(requests[i], fields[i], vectors.iloc[i], r, thresholds[i], latency_ms, errors[i], False)
+                self._record(requests[i], fields[i], vectors, i, r, thresholds[i], latency_ms, errors[i], False)
                 | {"variant": str(routed[i])}
                 for i, r in enumerate(results)
             ]
@@ -257,14 +285,15 @@ class Scorer:
             scored = Scored(float(shadow[i]), _decision(shadow[i], challenger.threshold), challenger.version,
                             "challenger", _missing(vectors, i, unknown[i]), request_ids[i] + SHADOW_SUFFIX,
                             unknown[i])  # fmt: skip
-            out.append(self._record(requests[i], fields[i], vectors.iloc[i], scored, challenger.threshold,
+            out.append(self._record(requests[i], fields[i], vectors, i, scored, challenger.threshold,
                                     latency_ms, error, True))  # fmt: skip
         return out
 
-    def _record(self, request, fields, vector, scored: Scored, threshold, latency_ms, error, shadow) -> dict:
+    def _record(self, request, fields, vectors: Vectors, i: int, scored: Scored, threshold, latency_ms, error,
+                shadow) -> dict:  # fmt: skip
         """One log row, the same columns for every project: the entity keys, the request's own fields
         and the feature vector the model saw, each as JSON text, beside the answer."""
-        features = {f: _plain(vector.get(f)) for f in self.plan.model_features}
+        features = {f: _plain(vectors.value(f, i)) for f in self.plan.model_features}
         event_id = request.get(self.cfg.table.event_id) if self.cfg.table.event_id else None
         return {
             "request_id": scored.request_id,
@@ -286,25 +315,26 @@ class Scorer:
         }
 
     def close(self) -> None:
+        self._stop.set()
         if self.prediction_log is not None:
             self.prediction_log.close()
 
 
-def _missing(vectors: pd.DataFrame, i: int, unknown: list[str]) -> list[str]:
+def _missing(vectors: Vectors, i: int, unknown: list[str]) -> list[str]:
     """Features without a usable value for request ``i``: absent ones, and the code of an unknown
     category (the model has no value it learned for it), so the prediction log shows both."""
-    return [*vectors["features_missing"].iloc[i], *(f + CATEGORY_CODE_SUFFIX for f in unknown)]
+    return [*vectors.features_missing[i], *(f + CATEGORY_CODE_SUFFIX for f in unknown)]
 
 
 def _unknown_categories(
-    fields: list[dict[str, Any]], vectors: pd.DataFrame, categories: dict[str, frozenset[str]]
+    fields: list[dict[str, Any]], vectors: Vectors, categories: dict[str, frozenset[str]]
 ) -> list[list[str]]:
     """Per request, the request fields whose value is not among the categories the model knows: a
     value outside the contract's category set, or a field F whose on-demand code ``F_code`` is below
     0 (the feature definitions map an unknown value there). A missing value is absent, not unknown.
     Reported in the answer and the metrics, never scored silently."""
     coded = [f for f in (fields[0] if fields else {}) if f + CATEGORY_CODE_SUFFIX in vectors.columns]
-    codes = {f: vectors[f + CATEGORY_CODE_SUFFIX].to_numpy() for f in coded}
+    codes = {f: vectors.columns[f + CATEGORY_CODE_SUFFIX] for f in coded}
     out = []
     for i, row in enumerate(fields):
         bad = [f for f in coded if row.get(f) is not None and codes[f][i] < 0]
