@@ -42,18 +42,31 @@ BUCKETS: list[tuple[str, re.Pattern[str]]] = [
      re.compile(r"^(_read_views|get_online_features) \(.*(features/store|feast/feature_store)\.py")),
     ("on-demand features", re.compile(r"^(_on_demand_columns|_on_demand|transform_arrow) \(")),
     ("vector assembly (TTL, missing, types)", re.compile(r"^(_assemble|online_columns|online_vector) \(")),
-    ("model predict", re.compile(r"^predict \(.*serving/scorer\.py")),
+    ("model predict", re.compile(r"^(\w+\.)?predict \(.*serving/scorer\.py")),
     ("prediction log (records, writer thread)",
-     re.compile(r"^(_record|_shadow) \(.*scorer\.py|serving/prediction_(log|store)\.py")),
-    ("registry refresh", re.compile(r"^(refresh|_refresh_models|_refresh_loop|load) \(.*serving/scorer\.py")),
-    ("scoring bookkeeping (routing, answer)", re.compile(r"^score \(.*serving/scorer\.py")),
+     re.compile(r"^(\w+\.)?(_record|_shadow) \(.*scorer\.py|serving/prediction_(log|store)\.py")),
+    ("registry refresh", re.compile(r"^(\w+\.)?(refresh|_refresh_models|_refresh_loop|load) \(.*serving/scorer\.py")),
+    ("scoring bookkeeping (routing, answer)", re.compile(r"^(\w+\.)?score \(.*serving/scorer\.py")),
     ("request/response models (pydantic)", re.compile(r"pydantic")),
     ("metrics (prometheus_client)", re.compile(r"prometheus_client")),
 ]  # fmt: skip
 FRAMEWORK = "HTTP server + BentoML framework (uvicorn, starlette, asyncio, bentoml)"
+IDLE = "idle (a thread waiting: queue, lock, select)"
+# A stack whose innermost frame is one of these is a thread waiting, not working (py-spy's own idle
+# detection misses waits on Python locks with a timeout).
+WAITS = re.compile(
+    r"^(Condition\.wait|Event\.wait|Queue\.get|select|EpollSelector\.select|sleep|_wait_for_tstate_lock) \("
+)
+
+
+LOOP = "event loop in C (uvloop: socket I/O, and epoll waiting for the next request)"
 
 
 def bucket_of(stack: list[str]) -> str:
+    if stack and WAITS.search(stack[-1]):
+        return IDLE
+    if stack and stack[-1].startswith("Runner.run ("):  # nothing in Python below the loop: uvloop's C code
+        return LOOP
     for frame in reversed(stack):  # innermost first
         for name, pattern in BUCKETS:
             if pattern.search(frame):
@@ -110,7 +123,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="mlcycle-profile-") as tmp_name:
         tmp = Path(tmp_name)
-        cfg, version, _ = serving.prepared_project(args.workdir, tmp)
+        workdir = args.workdir / "local" if args.workdir else None  # as bench/serving.py keeps it
+        cfg, version, _ = serving.prepared_project(workdir, tmp)
         bodies = [json.dumps({"request": tx}).encode() for tx in serving.transactions_of(cfg, serving.BODY_POOL)]
         port = free_port()
         env = {**os.environ, **TELEMETRY_OFF, "MLCYCLE_CONFIG": str(cfg.root / "mlcycle.yaml"),
@@ -151,6 +165,7 @@ def main() -> None:
     wall_ms = window / n * 1000
     sampled = sum(counts.values())
     # py-spy sampled for its own duration; scale the sample count to the requests' window.
+    idle = counts.pop(IDLE, 0)
     per_request = {name: c / args.rate * 1000 / n for name, c in counts.items()}
     on_cpu = sum(per_request.values())
     lat = sorted(latencies)
@@ -162,6 +177,7 @@ def main() -> None:
     rest = max(wall_ms - on_cpu, 0.0)
     print(f"{'(worker on no CPU: client, loopback socket, waiting)':<66} {rest:>10.2f} {rest / wall_ms:>6.0%}")
     print(f"{'total per request (client-measured)':<66} {wall_ms:>10.2f}")
+    print(f"({idle} samples of threads waiting left out: {idle / args.rate * 1000 / n:.2f} ms/request)")
 
 
 if __name__ == "__main__":

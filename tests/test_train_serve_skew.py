@@ -10,6 +10,7 @@ import pytest
 from fraud.generator import read_dataset
 
 from mlcycle.features import entity_frame, online_vector, plan_for, skew_report, training_set
+from mlcycle.features import store as store_module
 from mlcycle.project.config import ProjectConfig
 
 
@@ -160,14 +161,13 @@ def test_direct_read_reads_each_view_once_per_entity(
     rows = pd.concat([sample.head(20)] * 3, ignore_index=True)
     request = entity_frame(rows, KEYS, plan.request_fields).drop(columns=[*KEYS, "event_timestamp"])
     calls: list[tuple[str, int]] = []
-    provider = feature_store.provider
-    real = provider.online_read
+    real = store_module._SqliteReader.read  # the local profile's online store is SQLite
 
-    def counting(config, table, entity_keys, requested_features=None):
-        calls.append((table.name, len(entity_keys)))
-        return real(config, table, entity_keys, requested_features)
+    def counting(self, view, keys, wanted):
+        calls.append((view.name, len(keys)))
+        return real(self, view, keys, wanted)
 
-    monkeypatch.setattr(provider, "online_read", counting)
+    monkeypatch.setattr(store_module._SqliteReader, "read", counting)
     online = online_vector(feature_store, rows[KEYS].to_dict("records"), request.to_dict("records"), service)
     views = sorted(name for name, _ in calls)
     assert views == sorted(r.view.name for r in plan.reads) and len(views) == len(set(views))

@@ -11,11 +11,11 @@ directories ``DIR_MODE``), whatever the umask — a 0644 journal let every user 
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import json
 import logging
 import os
-import queue
 import threading
 import time
 import uuid
@@ -64,7 +64,12 @@ class PredictionLog:
         self.journal_dir = self.directory / JOURNAL_DIR
         _private_dir(self.journal_dir)
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
-        self._queue: queue.Queue[tuple[int, dict[str, Any]] | None] = queue.Queue()
+        # Records wait in a deque; the writer wakes every ``flush_seconds``, or when ``flush_rows``
+        # are waiting, not per record (a queue woke it per request: a thread switch and the GIL
+        # handed over on every answer).
+        self._pending: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()
+        self._wake = threading.Event()
+        self._closing = False
         self._lock = threading.Lock()
         self._written = 0
         self._name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -89,8 +94,10 @@ class PredictionLog:
         data = "".join(json.dumps(r, default=_json_default) + "\n" for r in records).encode()
         with self._lock:
             os.write(self._fd, data)
-            for record in records:
-                self._queue.put((self._segment, record))
+            segment = self._segment
+            self._pending.extend((segment, record) for record in records)
+        if len(self._pending) >= self.flush_rows:
+            self._wake.set()
 
     @property
     def written(self) -> int:
@@ -98,7 +105,8 @@ class PredictionLog:
         return self._written
 
     def close(self, timeout: float = 10.0) -> None:
-        self._queue.put(None)
+        self._closing = True
+        self._wake.set()
         self._thread.join(timeout)
 
     def _rotate(self) -> int:
@@ -112,36 +120,23 @@ class PredictionLog:
 
     def _run(self) -> None:
         pending: list[tuple[int, dict[str, Any]]] = []
-        deadline = time.monotonic() + self.flush_seconds
         closing = False
         while not closing:
-            try:
-                item = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
-                if item is None:
-                    closing = True
-                else:
-                    pending.append(item)
-            except queue.Empty:
-                pass
-            if closing or len(pending) >= self.flush_rows or (pending and time.monotonic() >= deadline):
-                done = self._rotate()
-                while True:  # everything of the finished segments is queued by now
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        closing = True
-                    else:
-                        pending.append(item)
-                batch = [r for segment, r in pending if segment <= done]
-                pending = [(segment, r) for segment, r in pending if segment > done]
-                if self._flush(batch):
-                    for segment in range(done + 1):
-                        self._segment_path(segment).unlink(missing_ok=True)
-            if time.monotonic() >= deadline:
-                deadline = time.monotonic() + self.flush_seconds
-        if not pending:
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            closing = self._closing
+            if not (self._pending or pending or closing):
+                continue
+            done = self._rotate()
+            # Everything of the finished segments is in the deque by now (appended under the lock).
+            while self._pending:
+                pending.append(self._pending.popleft())
+            batch = [r for segment, r in pending if segment <= done]
+            pending = [(segment, r) for segment, r in pending if segment > done]
+            if self._flush(batch):
+                for segment in range(done + 1):
+                    self._segment_path(segment).unlink(missing_ok=True)
+        if not pending and not self._pending:
             os.close(self._fd)
             self._segment_path(self._segment).unlink(missing_ok=True)
 
