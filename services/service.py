@@ -28,6 +28,7 @@ import hmac
 import html
 import logging
 import os
+from collections import Counter
 from http import HTTPStatus
 from typing import Annotated
 
@@ -315,11 +316,14 @@ class ScoringService:
             except (NotReady, FeatureStoreUnavailable) as exc:  # a short reason; the detail is logged
                 ctx.response.status_code = 503
                 return [Prediction(error=f"service unavailable: {exc}")]
+        # Counters once per batch and label set (each increment is a write to a shared memory map).
+        counted = Counter((r.variant, r.model_version) for r in results)
+        for (variant, version), n in counted.items():
+            predictions.labels(variant=variant, model_version=version).inc(n)
         for r in results:
-            predictions.labels(variant=r.variant, model_version=r.model_version).inc()
             scores.labels(variant=r.variant).observe(r.score)
-            for name in r.unknown_categories:
-                unknown_categories.labels(field=name).inc()
+        for name, n in Counter(name for r in results for name in r.unknown_categories).items():
+            unknown_categories.labels(field=name).inc(n)
         return [Prediction(**r.__dict__) for r in results]
 
     @bentoml.api(route="/predict")

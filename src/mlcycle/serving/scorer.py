@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import random
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -205,7 +206,7 @@ class Scorer:
             | {REQUEST_TIME: _unix(r.get("timestamp") or now)}
             for r in requests
         ]
-        request_ids = [uuid.uuid4().hex for _ in requests]
+        request_ids = [_request_id() for _ in requests]
         routing_key = self.cfg.routing_key
         route_by = [r.get(routing_key) if routing_key else rid for r, rid in zip(requests, request_ids, strict=True)]
         try:
@@ -293,7 +294,7 @@ class Scorer:
                 shadow) -> dict:  # fmt: skip
         """One log row, the same columns for every project: the entity keys, the request's own fields
         and the feature vector the model saw, each as JSON text, beside the answer."""
-        features = {f: _plain(vectors.value(f, i)) for f in self.plan.model_features}
+        features = {f: column[i] for f, column in _logged_features(vectors, self.plan.model_features).items()}
         event_id = request.get(self.cfg.table.event_id) if self.cfg.table.event_id else None
         return {
             "request_id": scored.request_id,
@@ -372,6 +373,38 @@ def _unix(at: datetime) -> int:
     """Seconds since the epoch; a time without an offset is UTC (the server's local zone means
     nothing to a caller, and local-time conversion fails outright for year 1)."""
     return int((at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp())
+
+
+# Request ids: 128 random bits from a generator seeded from the OS once per process (uuid4 reads
+# os.urandom per id: a system call, 12 us each here, 12 ms of a 1,000-row batch).
+_ids = random.Random()
+_ids_pid = os.getpid()
+
+
+def _request_id() -> str:
+    global _ids_pid
+    if os.getpid() != _ids_pid:  # a forked worker must not repeat its parent's sequence
+        _ids.seed(os.urandom(32))
+        _ids_pid = os.getpid()
+    return f"{_ids.getrandbits(128):032x}"
+
+
+def _logged_features(vectors: Vectors, names: Sequence[str]) -> dict[str, list]:
+    """The model's features as JSON-ready Python lists (NaN as None), converted once per batch
+    and kept on the vectors: a per-value conversion cost a third of a 1,000-row batch."""
+    cached = getattr(vectors, "_logged", None)
+    if cached is None:
+        cached = {}
+        for name in names:
+            column = vectors.columns[name]
+            if column.dtype.kind == "f":
+                cached[name] = [None if v != v else v for v in column.tolist()]
+            elif column.dtype.kind in "iub":
+                cached[name] = column.tolist()
+            else:
+                cached[name] = [_plain(v) for v in column]
+        vectors._logged = cached  # type: ignore[attr-defined]
+    return cached
 
 
 def _plain(value: Any) -> Any:
