@@ -38,10 +38,10 @@ from mlcycle.ops.service_process import free_port
 
 # (bucket, pattern on one py-spy frame "function (file:line)"); the innermost matching frame wins.
 BUCKETS: list[tuple[str, re.Pattern[str]]] = [
-    ("online store read (Feast online_read / get_online_features)",
-     re.compile(r"^(_read_views|get_online_features) \(.*(features/store|feast/feature_store)\.py")),
-    ("on-demand features", re.compile(r"^(_on_demand_columns|_on_demand|transform_arrow) \(")),
-    ("vector assembly (TTL, missing, types)", re.compile(r"^(_assemble|online_columns|online_vector) \(")),
+    ("online store read",
+     re.compile(r"^(\w+\.)?(_read_views|get_online_features) \(.*(features/store|feast/feature_store)\.py")),
+    ("on-demand features", re.compile(r"^(\w+\.)?(_on_demand_columns|_on_demand|transform_arrow) \(")),
+    ("vector assembly (TTL, missing, types)", re.compile(r"^(\w+\.)?(_assemble|online_columns|online_vector) \(")),
     ("model predict", re.compile(r"^(\w+\.)?predict \(.*serving/scorer\.py")),
     ("prediction log (records, writer thread)",
      re.compile(r"^(\w+\.)?(_record|_shadow) \(.*scorer\.py|serving/prediction_(log|store)\.py")),
@@ -50,7 +50,7 @@ BUCKETS: list[tuple[str, re.Pattern[str]]] = [
     ("request/response models (pydantic)", re.compile(r"pydantic")),
     ("metrics (prometheus_client)", re.compile(r"prometheus_client")),
 ]  # fmt: skip
-FRAMEWORK = "HTTP server + BentoML framework (uvicorn, starlette, asyncio, bentoml)"
+FRAMEWORK = "HTTP + BentoML framework (uvicorn, starlette, bentoml)"
 IDLE = "idle (a thread waiting: queue, lock, select)"
 # A stack whose innermost frame is one of these is a thread waiting, not working (py-spy's own idle
 # detection misses waits on Python locks with a timeout).
@@ -59,7 +59,7 @@ WAITS = re.compile(
 )
 
 
-LOOP = "event loop in C (uvloop: socket I/O, and epoll waiting for the next request)"
+LOOP = "event loop in C (uvloop: socket I/O, epoll waits)"
 
 
 def bucket_of(stack: list[str]) -> str:
