@@ -202,7 +202,6 @@ class ServicePlan:
     reads: tuple[ViewRead, ...] = ()
     odfv_inputs: tuple[tuple[str, ...], ...] = ()  # per on-demand view, the columns its function reads
     numeric_request: frozenset[str] = frozenset()  # request fields typed as numbers
-    service_features: tuple[str, ...] = ()  # what Feast's offline join returns for the service, in order
 
 
 def service_plan(store: FeatureStore, feature_service: str | FeatureService) -> ServicePlan:
@@ -217,7 +216,6 @@ def service_plan(store: FeatureStore, feature_service: str | FeatureService) -> 
     views: dict[str, FeatureView] = {}
     inputs: list[tuple[str, ...]] = []
     numeric_request: set[str] = set()
-    outputs: list[str] = []
 
     def add_view(name: str, features: Iterable[str]) -> None:
         fv = views.setdefault(name, store.get_feature_view(name))
@@ -240,11 +238,9 @@ def service_plan(store: FeatureStore, feature_service: str | FeatureService) -> 
             names = sorted(selected)
             add_view(projection.name, names)
             model.extend(names)
-            outputs.extend(f.name for f in projection.features)
             continue
         odfvs.append(odfv)
         model.extend(f.name for f in odfv.features if f.name in selected)
-        outputs.extend(f.name for f in projection.features)
         needs: list[str] = []
         for source in odfv.source_feature_view_projections.values():
             add_view(source.name, [f.name for f in source.features])
@@ -261,7 +257,7 @@ def service_plan(store: FeatureStore, feature_service: str | FeatureService) -> 
         reads.append(ViewRead(fv, tuple((k, types.get(k, ValueType.UNKNOWN)) for k in fv.join_keys), wanted))
     return ServicePlan(
         service.name, tuple(refs), ttl, tuple(odfvs), tuple(request), tuple(model), frozenset(numeric), tuple(keys),
-        tuple(reads), tuple(inputs), frozenset(numeric_request), tuple(dict.fromkeys(outputs)),
+        tuple(reads), tuple(inputs), frozenset(numeric_request),
     )  # fmt: skip
 
 
@@ -282,7 +278,7 @@ def training_set(store: FeatureStore, entity_df: pd.DataFrame, feature_service: 
     would turn the whole joined table into Python lists first)."""
     plan = plan_for(store, feature_service)
     if not plan.view_refs:  # every feature from the request: the on-demand views alone, as online
-        return _on_demand(plan, pa.Table.from_pandas(entity_df.reset_index(drop=True), preserve_index=False))
+        return _on_demand(plan, entity_df.reset_index(drop=True))
     job = store.get_historical_features(entity_df=entity_df, features=list(plan.view_refs))
     out = job.to_df()
     if len(out) != len(entity_df):
@@ -294,7 +290,7 @@ def training_set(store: FeatureStore, entity_df: pd.DataFrame, feature_service: 
         return out
     # Like Feast's own output for the service: the on-demand views' inputs stay (evaluation slices
     # by a profile attribute the model never sees).
-    return _on_demand(plan, pa.Table.from_pandas(out.reset_index(drop=True), preserve_index=False))
+    return _on_demand(plan, out.reset_index(drop=True))
 
 
 @dataclass
@@ -740,10 +736,14 @@ def _output(values: object, n: int) -> np.ndarray:
     return arr
 
 
-def _on_demand(plan: ServicePlan, table: pa.Table) -> pd.DataFrame:
-    """The service's on-demand features appended to ``table`` (training rows): the columns the
-    online path computes, by the same function (``_on_demand_columns``)."""
-    frame = table.to_pandas()
+def _on_demand(plan: ServicePlan, frame: pd.DataFrame) -> pd.DataFrame:
+    """The service's on-demand features appended to ``frame`` (training rows): the columns the
+    online path computes, by the same function (``_on_demand_columns``). Only a pandas-mode view
+    needs the rows as an Arrow table (a million rows: a second each way)."""
+    frame = frame.copy(deep=False)
+    table = None
+    if any(odfv.mode != "python" or odfv.singleton for odfv in plan.odfvs):
+        table = pa.Table.from_pandas(frame, preserve_index=False)
     inputs = {name for names in plan.odfv_inputs for name in names}
     numeric = plan.numeric_features | plan.numeric_request | {REQUEST_TIME}
     columns = {name: _frame_column(frame[name], name in numeric) for name in inputs if name in frame}
@@ -759,7 +759,12 @@ def _frame_column(s: pd.Series, numeric: bool) -> np.ndarray:
         if pd.api.types.is_integer_dtype(s.dtype) and not s.isna().any():
             return s.to_numpy(dtype="int64")
         return pd.to_numeric(s, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-    return s.astype(object).where(s.notna(), None).to_numpy()
+    values = s.to_numpy(dtype=object)
+    missing = s.isna().to_numpy()
+    if missing.any():
+        values = values.copy() if np.shares_memory(values, s.to_numpy()) else values
+        values[missing] = None
+    return values
 
 
 def skew_report(online: pd.DataFrame, offline: pd.DataFrame, columns: Sequence[str]) -> dict[str, int]:

@@ -935,7 +935,7 @@ def _features_py(plan: _Plan, source: Path) -> str:
         "        out[name] = numbers(inputs[col])\n"
         "    yes_no = {True: 1.0, False: 0.0}  # 1 and 0 too (they equal True and False)\n"
         "    for col, name in boolean.items():\n"
-        '        out[name] = np.array([yes_no.get(v, np.nan) if v is not None else np.nan for v in inputs[col]])\n'
+        "        out[name] = np.array([yes_no.get(v, np.nan) if v is not None else np.nan for v in inputs[col]])\n"
         "    for col, values in categories.items():\n"
         "        codes = {v: i for i, v in enumerate(values)}\n"
         "        known = [-1 if v is None else codes.get(str(v), -1) for v in inputs[col]]\n"
