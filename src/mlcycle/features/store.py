@@ -509,7 +509,7 @@ class _SqliteReader:
 class _RedisReader:
     """Feast's Redis online store, read as its ``online_read`` reads it — one hash per entity key
     and project, a field per ``view:feature`` (murmur3) and ``_ts:view`` — with one pipeline for
-    every view of a request instead of one per view, through Feast's own client. A test holds it
+    every view of a request, one HMGET per entity for all its views, through Feast's own client. A test holds it
     equal to ``get_online_features`` (profile scale)."""
 
     def __init__(self, store: FeatureStore) -> None:
@@ -532,19 +532,29 @@ class _RedisReader:
         return cached
 
     def read_many(self, requests: Sequence[tuple[FeatureView, list[bytes], tuple[str, ...]]]) -> list[list]:
-        client = self._store._get_client(self._config.online_store)
-        pipe = client.pipeline(transaction=False)
+        # Views of one entity share its hash: one HMGET per entity for all of them.
+        merged: dict[bytes, list[bytes]] = {}
+        where: list[list[tuple[bytes, int]]] = []
         for view, keys, wanted in requests:
             fields = self._fields_of(view, wanted)
+            spots = []
             for key in keys:
-                pipe.hmget(key + self._project, fields)
-        replies = iter(pipe.execute())
+                hash_key = key + self._project
+                have = merged.setdefault(hash_key, [])
+                spots.append((hash_key, len(have)))
+                have.extend(fields)
+            where.append(spots)
+        client = self._store._get_client(self._config.online_store)
+        pipe = client.pipeline(transaction=False)
+        for hash_key, fields in merged.items():
+            pipe.hmget(hash_key, fields)
+        replies = dict(zip(merged, pipe.execute(), strict=True))
         proto, stamp = ValueProto(), Timestamp()
         out = []
-        for _, keys, wanted in requests:
+        for (_, _, wanted), spots in zip(requests, where, strict=True):
             found = []
-            for _ in keys:
-                *blobs, ts = next(replies)
+            for hash_key, start in spots:
+                *blobs, ts = replies[hash_key][start : start + len(wanted) + 1]
                 values: dict[str, object] = {}
                 for feature, blob in zip(wanted, blobs, strict=True):
                     if blob:

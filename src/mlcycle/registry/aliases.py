@@ -45,7 +45,12 @@ def client_for(cfg: ProjectConfig) -> MlflowClient:
     mlflow.set_registry_uri(cfg.tracking_uri)
     client = MlflowClient(cfg.tracking_uri, cfg.tracking_uri)
     if client.get_experiment_by_name(cfg.tracking.experiment) is None:
-        client.create_experiment(cfg.tracking.experiment, artifact_location=cfg.artifact_uri)
+        try:
+            client.create_experiment(cfg.tracking.experiment, artifact_location=cfg.artifact_uri)
+        except MlflowException as exc:
+            # Another process (a service retrying its start-up, a flow) created it in between.
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
     mlflow.set_experiment(cfg.tracking.experiment)
     return client
 

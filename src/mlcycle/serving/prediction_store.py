@@ -20,11 +20,10 @@ the JSON text the scorer wrote, so the monitoring and canary code read both back
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
-import queue
 import threading
-import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -116,15 +115,21 @@ class SqlPredictionLog:
         # (and says why it is not ready) while PostgreSQL is down, instead of crashing in __init__.
         self.url = url
         self.flush_rows, self.flush_seconds, self.max_pending = flush_rows, flush_seconds, max_pending
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        # Records wait in a deque; the writer wakes every ``flush_seconds``, or when ``flush_rows`` wait
+        # (a queue woke it once per record: a thread switch on every answer).
+        self._pending: collections.deque[dict[str, Any]] = collections.deque()
+        self._wake = threading.Event()
+        self._closing = False
         self._written = 0
         self._failing = False
         self._thread = threading.Thread(target=self._run, name="prediction-log-sql", daemon=True)
         self._thread.start()
 
     def append(self, records: Iterable[Mapping[str, Any]]) -> None:
-        for record in records:
-            self._queue.put(dict(record))
+        self._pending.extend(dict(record) for record in records)
+        # While the database fails, retry once per interval only, not at every record past flush_rows.
+        if len(self._pending) >= self.flush_rows and not self._failing:
+            self._wake.set()
 
     @property
     def written(self) -> int:
@@ -132,29 +137,23 @@ class SqlPredictionLog:
         return self._written
 
     def close(self, timeout: float = 10.0) -> None:
-        self._queue.put(None)
+        self._closing = True
+        self._wake.set()
         self._thread.join(timeout)
 
     def _run(self) -> None:
         pending: list[dict[str, Any]] = []
-        deadline = time.monotonic() + self.flush_seconds
         while True:
-            try:
-                item = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                item = ...
-            if item is None:
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            closing = self._closing
+            while self._pending:
+                pending.append(self._pending.popleft())
+            if closing:
                 if left := self._flush(pending):
                     log.error("prediction log: closing with %d records not inserted; they are lost", len(left))
                 return
-            if item is not ...:
-                pending.append(item)
-            # While the database fails, retry once per interval only, not at every record past flush_rows.
-            full = len(pending) >= self.flush_rows and not self._failing
-            if full or (pending and time.monotonic() >= deadline):
-                pending = self._flush(pending)
-            if time.monotonic() >= deadline:
-                deadline = time.monotonic() + self.flush_seconds
+            pending = self._flush(pending)
 
     def _flush(self, pending: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Insert ``pending`` in one transaction; returns what is left to retry (nothing on success)."""
