@@ -68,6 +68,7 @@ from mlcycle.project.config import ProjectConfig
 from mlcycle.project.files import copy_project, load_flow
 from mlcycle.registry.aliases import client_for
 from mlcycle.registry.tracking import FEATURES_TAG, SNAPSHOT_ARTIFACT
+from mlcycle.training.fit import xgboost_params
 
 TARGET = 1.3  # flow wall time / raw script wall time
 MATURED_SHARE = 2 / 3  # 90-day stream, 30-day label maturity
@@ -184,19 +185,9 @@ def raw_spec(cfg: ProjectConfig, tmp: Path) -> RawSpec:
         ttl = plan.view_ttl.get(read.view.name)
         views.append(View(read.view.name, path, read.join_keys[0][0], ttl.total_seconds() if ttl else None,
                           read.features))  # fmt: skip
+    # The flow's own booster parameters, read untimed; scale_pos_weight from the labels, in the fit.
     p = cfg.model.xgboost
-    params = {
-        "objective": "binary:logistic",
-        "eval_metric": ["aucpr", "auc"],
-        "tree_method": "hist",
-        "max_depth": p.max_depth,
-        "eta": p.learning_rate,
-        "subsample": p.subsample,
-        "colsample_bytree": p.colsample_bytree,
-        "min_child_weight": p.min_child_weight,
-        "nthread": p.nthread,
-        "seed": cfg.model.seed,
-    }  # scale_pos_weight: from the training labels, in the timed fit
+    params = xgboost_params(p, cfg.model.seed)
     uri = f"sqlite:///{tmp / 'raw-mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     experiment_id = mlflow.MlflowClient(uri).create_experiment(

@@ -25,6 +25,7 @@ import sys
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -301,6 +302,7 @@ class Vectors:
 
     columns: dict[str, np.ndarray]
     features_missing: list[list[str]]
+    _lists: dict[str, list] = dataclass_field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.features_missing)
@@ -314,8 +316,19 @@ class Vectors:
             out[:, j] = _numbers(col) if col.dtype == object else col
         return out
 
-    def value(self, name: str, i: int) -> object:
-        return self.columns[name][i]
+    def as_lists(self, names: Sequence[str]) -> dict[str, list]:
+        """Columns as JSON-ready Python lists (NaN and missing as None), converted once per column:
+        converting value by value cost a third of a 1,000-row batch's log records."""
+        for name in names:
+            if name not in self._lists:
+                column = self.columns[name]
+                if column.dtype.kind == "f":
+                    self._lists[name] = [None if v != v else v for v in column.tolist()]
+                elif column.dtype.kind in "iub":
+                    self._lists[name] = column.tolist()
+                else:
+                    self._lists[name] = [_json_ready(v) for v in column]
+        return {name: self._lists[name] for name in names}
 
     def to_frame(self) -> pd.DataFrame:
         frame = pd.DataFrame(self.columns)
@@ -351,10 +364,13 @@ def online_columns(
 ) -> Vectors:
     """``online_vector`` as NumPy columns (``Vectors``): the serving path.
 
-    ``engine="direct"`` (the default) reads each feature view once per request batch through the
-    online store's own ``online_read`` (Feast's SQLite or Redis store, the plan resolved once, no
-    registry call); ``engine="feast"`` goes through ``FeatureStore.get_online_features``. Both
-    return the same vectors (a test holds them equal); the direct read costs about a tenth."""
+    ``engine="direct"`` (the default) reads each feature view once per request batch (``_read_views``:
+    the plan resolved once, no registry call); ``engine="feast"`` goes through
+    ``FeatureStore.get_online_features``. Both return the same vectors (tests hold them equal, in
+    both profiles); the read measured 0.78 ms per request through Feast, 0.30 ms direct
+    (docs/operations.md)."""
+    if engine not in ("direct", "feast"):
+        raise ValueError(f"engine {engine!r}: 'direct' or 'feast'")
     plan = plan_for(store, feature_service)
     n = len(entity_rows)
     if isinstance(request_fields, Mapping):
@@ -383,12 +399,8 @@ def online_columns(
             response = store.get_online_features(
                 features=list(plan.view_refs), entity_rows=[dict(r) for r in entity_rows]
             ).to_dict(include_event_timestamps=True)
-        elif engine == "direct":
-            response = _read_views(store, plan, keys, n)
         else:
-            raise ValueError(f"engine {engine!r}: 'direct' or 'feast'")
-    except ValueError:
-        raise
+            response = _read_views(store, plan, keys, n)
     except Exception as exc:  # any backend error: sqlite locked, Redis down, registry gone
         raise FeatureStoreUnavailable(f"online feature store unavailable: {exc}") from exc
     return _assemble(plan, keys, req, response)
@@ -463,7 +475,6 @@ class _SqliteReader:
         versioned = bool(getattr(config.registry, "enable_online_feature_view_versioning", False))
         self._table = lambda view: _quote_id(_table_id(config.project, view, versioned))
         self._local = threading.local()
-        self._value = threading.local()
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -508,8 +519,8 @@ class _SqliteReader:
 
 class _RedisReader:
     """Feast's Redis online store, read as its ``online_read`` reads it — one hash per entity key
-    and project, a field per ``view:feature`` (murmur3) and ``_ts:view`` — with one pipeline for
-    every view of a request, one HMGET per entity for all its views, through Feast's own client. A test holds it
+    and project, a field per ``view:feature`` (murmur3) and ``_ts:view`` — in one pipeline, one
+    ``HMGET`` per entity for all the views in its hash, through Feast's own client. A test holds it
     equal to ``get_online_features`` (profile scale)."""
 
     def __init__(self, store: FeatureStore) -> None:
@@ -687,10 +698,9 @@ def _column(values: Sequence[object], numeric: bool) -> np.ndarray:
     """A request or key column as the on-demand functions get it offline and online alike: numbers
     as int64 when whole and complete, else float64 with NaN; anything else object with None."""
     if numeric:
-        floats = np.array([_number(v) for v in values], dtype="float64")
         if all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in values):
             return np.array(values, dtype="int64")
-        return floats
+        return np.array([_number(v) for v in values], dtype="float64")
     out = np.empty(len(values), dtype=object)
     out[:] = list(values)
     return out
@@ -704,6 +714,12 @@ def _number(value: object) -> float:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return np.nan
+
+
+def _json_ready(value: object) -> object:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _numbers(column: np.ndarray) -> np.ndarray:
