@@ -253,3 +253,26 @@ def test_a_skops_model_with_types_outside_the_allowlist_is_not_loaded(classifica
     narrow = flavor_for("sklearn", allowed_prefixes=("sklearn.linear_model.",))
     with pytest.raises(UntrustedModelError, match="TreePredictor"):
         narrow.load("models:/flavors-narrow@champion")
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_the_baselines_recorded_parameters_reproduce_its_scores(task: str) -> None:
+    """The JSON logged for the linear baseline is the whole model: imputing the median,
+    standardising and applying the coefficients by hand (NumPy) gives scikit-learn's scores."""
+    from mlcycle.training.fit import baseline_parameters, baseline_scores, fit_baseline
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(2_000, 4)) * [1.0, 5.0, 0.1, 2.0] + [0.0, 10.0, -1.0, 3.0]
+    X[rng.random(X.shape) < 0.1] = np.nan  # missing values: the imputer's medians matter
+    signal = np.nan_to_num(X[:, 0]) - 0.2 * np.nan_to_num(X[:, 1])
+    y = (signal + rng.normal(size=2_000) > -2).astype(int) if task == "classification" else signal
+    features = ["a", "b", "c", "d"]
+    frame = pd.DataFrame(X, columns=features).assign(y=y)
+    baseline = fit_baseline(frame, features, "y", seed=0, task=task)
+    params = baseline_parameters(baseline, features)
+    f = [params["features"][name] for name in features]
+    filled = np.where(np.isnan(X), [p["median"] for p in f], X)
+    z = (filled - [p["mean"] for p in f]) / [p["scale"] for p in f]
+    linear = z @ [p["coefficient"] for p in f] + params["intercept"]
+    by_hand = 1 / (1 + np.exp(-linear)) if task == "classification" else linear
+    np.testing.assert_allclose(by_hand, baseline_scores(baseline, X, task), rtol=1e-9, atol=1e-12)

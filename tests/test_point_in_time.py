@@ -172,3 +172,38 @@ def test_a_tie_without_a_created_timestamp_is_won_online_by_the_same_row_as_offl
     store.materialize(**window, feature_views=["user_txn_stats"])
     online = store.get_online_features(features=["user_txn_stats:txn_count_1h"], entity_rows=[{"user_id": 7}])
     assert online.to_dict()["txn_count_1h"] == [8]
+
+
+def test_ties_go_to_the_latest_created_then_to_the_row_written_last(tmp_path: Path) -> None:
+    """Hand-worked: user 1 has four rows at T0 — created T0+2h, T0+5h, none, T0+3h — so the second
+    (latest created, though not written last) wins; user 2's two rows have no created time and user
+    3's two the same one: the one written last wins. Before T0 (user 1, a microsecond): nothing."""
+    import duckdb
+    from feast import Entity, FeatureView, Field, FileSource, ValueType
+    from feast.types import Int64
+
+    from mlcycle.features.offline_store import build_asof_sql, prepare_entity_df
+
+    h = pd.Timedelta(hours=1)
+    pd.DataFrame(
+        {
+            "user_id": np.array([1, 1, 1, 1, 2, 2, 3, 3], dtype="int64"),
+            "ts": [T0] * 8,
+            "created": [T0 + 2 * h, T0 + 5 * h, pd.NaT, T0 + 3 * h, pd.NaT, pd.NaT, T0 + h, T0 + h],
+            "v": np.array([1, 2, 3, 4, 5, 6, 7, 8], dtype="int64"),
+        }
+    ).to_parquet(tmp_path / "ties.parquet", index=False)
+    view = FeatureView(
+        name="ties",
+        entities=[Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64)],
+        schema=[Field(name="user_id", dtype=Int64), Field(name="v", dtype=Int64)],
+        source=FileSource(
+            path=str(tmp_path / "ties.parquet"), timestamp_field="ts", created_timestamp_column="created"
+        ),
+        ttl=timedelta(days=1),
+    )
+    entity = pd.DataFrame({"user_id": [1, 2, 3, 1], "event_timestamp": [T0 + h, T0, T0, T0 - US]})
+    (statement,) = build_asof_sql([view], ["ties:v"], "event_timestamp", tmp_path, full_feature_names=False)
+    con = duckdb.connect()
+    con.register("entity_df", prepare_entity_df(entity, "event_timestamp"))
+    assert con.sql(statement).fetchall() == [(2,), (6,), (8,), (None,)]

@@ -81,35 +81,43 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _run(sql: str, threads: int | None, entity_df: pd.DataFrame | None = None) -> pa.Table:
-    """One DuckDB statement, in UTC, on ``threads`` (None: every core), with the entity rows if any."""
+def _connect(threads: int | None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    return con
+
+
+def _run(sql: str, threads: int | None) -> pa.Table:
+    """One DuckDB statement, in UTC, on ``threads`` (None: every core)."""
+    con = _connect(threads)
     try:
-        con.execute("SET TimeZone = 'UTC'")
-        if threads:
-            con.execute(f"SET threads = {int(threads)}")
-        if entity_df is not None:
-            con.register("entity_df", entity_df)
         return con.sql(sql).to_arrow_table()
     finally:
         con.close()
 
 
 class AsofRetrievalJob(RetrievalJob):
-    """Runs the ASOF join lazily, when the frame is asked for; Feast applies on-demand views after."""
+    """Runs the ASOF joins lazily, when the frame is asked for; Feast applies on-demand views after.
+
+    DuckDB sees only the entity rows' id, keys and time; the joined feature columns come back in
+    row order and are set beside the entity frame the caller gave, which never leaves memory."""
 
     def __init__(
         self,
-        sql: str,
+        statements: list[str],
         entity_df: pd.DataFrame,
+        join_columns: list[str],
         threads: int | None,
         on_demand_feature_views: list[OnDemandFeatureView],
         full_feature_names: bool,
         metadata: RetrievalMetadata,
     ) -> None:
         super().__init__()
-        self._sql = sql
+        self._statements = statements
         self._entity_df = entity_df
+        self._join_columns = join_columns
         self._threads = threads
         self._odfvs = on_demand_feature_views
         self._full_feature_names = full_feature_names
@@ -117,13 +125,43 @@ class AsofRetrievalJob(RetrievalJob):
 
     @property
     def sql(self) -> str:
-        return self._sql
+        return ";\n".join(self._statements)
+
+    def feature_columns(self) -> pa.Table:
+        """The views' feature columns, one row per entity row, in the entity rows' order."""
+        con = _connect(self._threads)
+        try:
+            con.register("entity_df", self._entity_df[[ROW_ID, *self._join_columns]])
+            columns: dict[str, pa.ChunkedArray] = {}
+            for statement in self._statements:
+                table = con.sql(statement).to_arrow_table()
+                columns.update(zip(table.column_names, table.columns, strict=True))
+        finally:
+            con.close()
+        return pa.table(columns) if columns else pa.table({"_": pa.nulls(len(self._entity_df))}).drop_columns(["_"])
+
+    def _entity_frame(self) -> pd.DataFrame:
+        return self._entity_df.drop(columns=[ROW_ID]).reset_index(drop=True)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The entity rows with the views' features, as pandas: what ``to_df`` gives, without sending
+        the entity columns through Arrow and back (about a second on a million rows with strings)."""
+        features = self.feature_columns().to_pandas()
+        entities = self._entity_frame()
+        return pd.concat([entities.drop(columns=[c for c in features.columns if c in entities]), features], axis=1)
 
     def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
-        return _run(self._sql, self._threads, self._entity_df).drop_columns([ROW_ID])
+        entities = pa.Table.from_pandas(self._entity_frame(), preserve_index=False)
+        features = self.feature_columns()
+        for name in features.column_names:
+            if name in entities.column_names:
+                entities = entities.drop_columns([name])
+        for name, column in zip(features.column_names, features.columns, strict=True):
+            entities = entities.append_column(name, column)
+        return entities
 
     def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
-        return self._to_arrow_internal(timeout).to_pandas()
+        return self.to_frame()
 
     @property
     def full_feature_names(self) -> bool:
@@ -218,7 +256,14 @@ def _utc_text(moment: datetime) -> str:
 def _feature_view_query(
     fv: FeatureView, feature_refs: list[str], repo_path: Any, full_feature_names: bool
 ) -> tuple[str, list[str], dict[str, str], list[tuple[str, str]]]:
-    """SQL reading one view's source, plus its key map and (source column, output column) pairs."""
+    """SQL reading one view's source, plus its key map and (source column, output column) pairs.
+
+    Besides the keys and features it gives ``__ts`` (the event time) and ``__order``, the struct
+    the join's inequality compares: (event time, created time, file row). Two rows of one entity at
+    one timestamp would leave an ASOF join on the time alone free to pick either; on the struct it
+    picks the latest created, then the row written last (an upsert's meaning) — Feast's rule, and
+    the rule materialization uses, so online equals offline. Breaking ties inside the join costs
+    one sort; a window over every feature row (the earlier way) cost another."""
     source = fv.batch_source
     if source is None:
         raise ValueError(f"feature view '{fv.name}' has no batch_source and cannot be queried")
@@ -229,17 +274,15 @@ def _feature_view_query(
     pairs = [(reverse_mapping.get(f, f), f"{out_prefix}__{f}" if full_feature_names else f) for f in features]
     key_map = fv.projection.join_key_map or {e.name: e.name for e in fv.entity_columns}
     key_cols = [reverse_mapping.get(k, k) for k in key_map]
-    ts = source.timestamp_field
+    ts = f"{_quote(source.timestamp_field)}::TIMESTAMPTZ"
     created = source.created_timestamp_column
+    never = "'-infinity'::TIMESTAMPTZ"  # no created time: below any created time
+    tie = f"coalesce({_quote(created)}::TIMESTAMPTZ, {never})" if created else never
     cols = [f"{_quote(c)} AS {_quote(k)}" for c, k in zip(key_cols, key_map, strict=True)]
-    cols += [f"{_quote(ts)}::TIMESTAMPTZ AS __ts"] + [f"{_quote(c)} AS {_quote(o)}" for c, o in pairs]
+    cols += [f"{ts} AS __ts", f"{{'t': {ts}, 'c': {tie}, 'r': file_row_number}} AS __order"]
+    cols += [f"{_quote(c)} AS {_quote(o)}" for c, o in pairs]
     path = _literal(source_path(source, repo_path))
     sql = f"SELECT {', '.join(cols)} FROM read_parquet({path}, file_row_number = true)"
-    # Two rows of one entity at one timestamp: an ASOF join would pick either, at random. Ties are
-    # broken by the latest created timestamp, as Feast specifies, and then by the row written last
-    # (an upsert's meaning) — the same rule materialization uses, so online equals offline.
-    keys = ", ".join(_quote(c) for c in key_cols)
-    sql += f" QUALIFY row_number() OVER (PARTITION BY {keys}, {_quote(ts)} ORDER BY {_tie_order(created)}) = 1"
     return sql, [o for _, o in pairs], key_map, pairs
 
 
@@ -248,34 +291,43 @@ def _tie_order(created: str | None) -> str:
     return (f"{_quote(created)} DESC, " if created else "") + "file_row_number DESC"
 
 
+# The entity side of the struct comparison: at the entity's time, after every created time and row.
+_ENTITY_ORDER = "{{'t': e.{ts}, 'c': 'infinity'::TIMESTAMPTZ, 'r': 9223372036854775807}}"
+
+
 def build_asof_sql(
     feature_views: list[FeatureView],
     feature_refs: list[str],
     event_timestamp_col: str,
     repo_path: Any,
     full_feature_names: bool,
-) -> str:
-    """One statement: the entity rows, ASOF LEFT JOINed to each view, TTL applied, order kept."""
-    ctes, selects, joins = [], [], []
-    for i, fv in enumerate(feature_views):
+) -> list[str]:
+    """One statement per view: the entity rows (``entity_df``: row id, keys, time), ASOF LEFT
+    JOINed to the view, TTL applied, in row-id order, giving the view's feature columns only.
+
+    Per view, on the narrow entity rows, as a hand-written join would: chaining the views in one
+    statement carried every entity column and every earlier view's features through each join's
+    sort, and sent the entity columns through DuckDB and back, when they are already in memory."""
+    statements = []
+    for fv in feature_views:
         sql, outputs, key_map, _ = _feature_view_query(fv, feature_refs, repo_path, full_feature_names)
-        alias = f"f{i}"
-        ctes.append(f"{alias}_src AS ({sql})")
-        on = [f"e.{_quote(entity_col)} = {alias}.{_quote(fv_col)}" for fv_col, entity_col in key_map.items()]
-        on.append(f"e.{_quote(event_timestamp_col)} >= {alias}.__ts")
-        joins.append(f"ASOF LEFT JOIN {alias}_src {alias} ON {' AND '.join(on)}")
+        on = [f"e.{_quote(entity_col)} = f.{_quote(fv_col)}" for fv_col, entity_col in key_map.items()]
+        on.append(_ENTITY_ORDER.format(ts=_quote(event_timestamp_col)) + " >= f.__order")
         ttl_seconds = fv.ttl.total_seconds() if fv.ttl else 0
+        selects = []
         for out in outputs:
             if ttl_seconds > 0:
-                fresh = (
-                    f"{alias}.__ts >= e.{_quote(event_timestamp_col)} - to_microseconds({int(ttl_seconds * 1_000_000)})"
-                )
-                selects.append(f"CASE WHEN {fresh} THEN {alias}.{_quote(out)} END AS {_quote(out)}")
+                fresh = f"f.__ts >= e.{_quote(event_timestamp_col)} - to_microseconds({int(ttl_seconds * 1_000_000)})"
+                selects.append(f"CASE WHEN {fresh} THEN f.{_quote(out)} END AS {_quote(out)}")
             else:
-                selects.append(f"{alias}.{_quote(out)}")
-    with_clause = f"WITH {', '.join(ctes)}" if ctes else ""
-    select_list = ", ".join(["e.*", *selects])
-    return f"{with_clause} SELECT {select_list} FROM entity_df e {' '.join(joins)} ORDER BY e.{ROW_ID}"
+                selects.append(f"f.{_quote(out)}")
+        if not selects:
+            continue
+        statements.append(
+            f"WITH f AS ({sql}) SELECT {', '.join(selects)} FROM entity_df e "
+            f"ASOF LEFT JOIN f ON {' AND '.join(on)} ORDER BY e.{ROW_ID}"
+        )
+    return statements
 
 
 def prepare_entity_df(entity_df: pd.DataFrame, event_timestamp_col: str) -> pd.DataFrame:
@@ -302,11 +354,10 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
             raise TypeError("AsofDuckDBOfflineStore takes the entity rows as a pandas DataFrame, not SQL")
         schema = dict(zip(entity_df.columns, entity_df.dtypes, strict=True))
         event_col = offline_utils.infer_event_timestamp_from_entity_df(schema)
-        offline_utils.assert_expected_columns_in_entity_df(
-            schema, offline_utils.get_expected_join_keys(project, feature_views, registry), event_col
-        )
+        join_keys = offline_utils.get_expected_join_keys(project, feature_views, registry)
+        offline_utils.assert_expected_columns_in_entity_df(schema, join_keys, event_col)
         prepared = prepare_entity_df(entity_df, event_col)
-        sql = build_asof_sql(feature_views, feature_refs, event_col, config.repo_path, full_feature_names)
+        statements = build_asof_sql(feature_views, feature_refs, event_col, config.repo_path, full_feature_names)
         odfvs = OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry)
         ts = prepared[event_col]
         metadata = RetrievalMetadata(
@@ -316,8 +367,9 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
             max_event_timestamp=ts.max().to_pydatetime() if len(ts) else None,
         )
         return AsofRetrievalJob(
-            sql=sql,
+            statements=statements,
             entity_df=prepared,
+            join_columns=[*sorted(join_keys), event_col],
             threads=getattr(config.offline_store, "threads", None),
             on_demand_feature_views=odfvs,
             full_feature_names=full_feature_names,

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import mlflow.sklearn
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import sklearn
 import xgboost as xgb
 from mlflow import MlflowClient
@@ -31,7 +32,7 @@ from mlcycle.registry import aliases as registry
 from mlcycle.registry import model_card
 from mlcycle.training import flavors
 from mlcycle.training.evaluation import EvaluationReport, evaluate
-from mlcycle.training.fit import Candidate, matrix
+from mlcycle.training.fit import Candidate, baseline_parameters, matrix
 
 SNAPSHOT_ARTIFACT = "data/training_set.parquet"
 CONFIG_ARTIFACT = "config/mlcycle.json"
@@ -116,7 +117,11 @@ def log_rejected_training_set(cfg: ProjectConfig, quality: Verdict, frame: pd.Da
 def _write_snapshot(frame: pd.DataFrame, directory: Path) -> tuple[Path, str]:
     """Write the training set; the snapshot's id is the hash of the file's bytes."""
     path = directory / "training_set.parquet"
-    frame.to_parquet(path, index=False)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    # Dictionary encoding only where it pays (strings): tried on every float column of a million
+    # rows, it doubled the write time (0.86 s against 0.46 s) for a file 3 % smaller.
+    strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    pq.write_table(table, path, use_dictionary=strings)
     return path, lineage.file_hash(path)
 
 
@@ -184,14 +189,10 @@ def log_and_register(
             input_example=example,
             pip_requirements=pip_requirements(),
         )
-        with mlflow.start_run(run_name="baseline-logistic", nested=True):
+        linear = "ridge" if cfg.task == "regression" else "logistic"
+        with mlflow.start_run(run_name=f"baseline-{linear}", nested=True):
             mlflow.log_metrics(candidate.baseline_report.flat_metrics())
-            mlflow.sklearn.log_model(
-                candidate.baseline,
-                name="model",
-                pip_requirements=pip_requirements(),
-                skops_trusted_types=["numpy.dtype"],  # the imputer's fitted dtype; safe to load
-            )
+            mlflow.log_dict(baseline_parameters(candidate.baseline, model.features), "baseline.json")
         run_id = run.info.run_id
 
     if not gates.passed:
