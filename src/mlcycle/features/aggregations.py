@@ -240,6 +240,12 @@ class AggregationSpec(BaseModel):
     entities: tuple[str, ...] = Field(min_length=1)
     timestamp: str = "event_timestamp"
     aggregations: tuple[WindowAggregation, ...] = Field(min_length=1)
+    last_event_column: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="The table's column holding the entity's last event time (Unix seconds); "
+        "default '<table>_last_event_unix'. The stream consumer writes it beside the aggregates.",
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> AggregationSpec:

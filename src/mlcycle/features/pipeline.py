@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from mlcycle.data import validation
+from mlcycle.data import event_log, validation
 from mlcycle.data.lineage import file_hash
 from mlcycle.data.validation import ContractReport, ContractViolation
 from mlcycle.features import store, transform
@@ -61,7 +61,9 @@ def build_features(
         table.to_parquet(tmp, index=False)
         tmp.replace(raw_path)
         path = raw_path
-    tables = transform.build_tables(table, cfg)
+    # The feature tables aggregate over every event: the table's and those the stream applied
+    # since (each once, by event id), so the next training set's features contain them.
+    tables = transform.build_tables(event_log.with_streamed(cfg, table), cfg)
     paths = transform.write_tables(tables, cfg.features_dir)
     rows = {name: len(frame) for name, frame in tables.items()}
     return FeatureBuild(report=report, tables=paths, rows=rows, data_hash=file_hash(path))

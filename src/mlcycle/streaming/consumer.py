@@ -1,0 +1,457 @@
+"""``mlcycle stream``: events from the broker into the online features, the offline source and a score.
+
+Per batch of events read from the consumer group:
+
+1. **Check** each event (``events.EventSchema``); a poison one goes to the dead-letter stream with
+   its reason and is acknowledged there. An event for an entity never seen is applied: its windows
+   start empty, as offline.
+2. **Score** it, before its own state is written (a training row joins the state its event left
+   *before* it, stamped one microsecond later): ``Scorer.score`` — the same feature read, rollout
+   routing, shadow and canary as ``/predict`` — then the decision goes to the output stream with a
+   marker ``scored:<event id>`` in one transaction, so a redelivered event is not scored twice. An
+   event ``/predict`` published (``source=api``) was scored there and is not scored again.
+3. **Apply** it: the event goes into its entity's event set in Redis (``HSETNX`` by event id:
+   a redelivered or replayed event changes nothing), the entity's aggregates are recomputed from
+   that set by the declarations' incremental engine, and written to the online store through
+   Feast's write path. The set keeps the events inside the longest window of the entity's newest.
+4. **Append** the batch's events to the offline source (``mlcycle.data.event_log``).
+5. **Acknowledge** — only now. Killed anywhere before, the batch comes back (to this consumer on
+   restart, or to another once ``claim_idle_ms`` passes), and every step above is idempotent.
+
+Two events of one entity in one batch are taken in rounds, so the second is scored with the first
+already in its features: a burst is seen as it arrives.
+
+**Order rule (the same offline and online).** An event counts by its event time, whatever order it
+arrives in: the online row is the state after the entity's newest event, computed over the events
+inside each window of that instant; offline, the point-in-time join after that instant gives the
+row stamped after the same newest event, over the same events. A late event older than the longest
+window of the entity's newest event can change no current aggregate: it is appended offline (older
+training rows see it) and leaves the online row as it is.
+
+The consumer's own figures (events/s, lag, freshness from event time to online write, scoring
+latency) go to a Redis hash that the service's ``/metrics`` and ``mlcycle status`` read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import redis
+
+from mlcycle.data import event_log
+from mlcycle.features import open_project_store
+from mlcycle.features.aggregations import AggregationSpec, IncrementalAggregator
+from mlcycle.features.store import write_online
+from mlcycle.features.transform import STATE_DELAY, last_event_column
+from mlcycle.project.config import ProjectConfig
+from mlcycle.streaming.broker import EventStream, Message, connect
+from mlcycle.streaming.events import SOURCE_API, Event, EventSchema, Poison
+
+log = logging.getLogger("mlcycle.stream")
+
+SCORED_TTL_S = 7 * 86_400  # a redelivery comes within minutes; a week covers a replay of old entries
+RECENT = 5_000  # events whose freshness / scoring latency the quantiles describe
+
+
+@dataclass(frozen=True)
+class StreamKeys:
+    """Every key the stream uses, under one namespace per project (and ``MLCYCLE_REDIS_PREFIX``)."""
+
+    ns: str
+
+    @property
+    def events(self) -> str:
+        return f"{self.ns}:events"
+
+    @property
+    def decisions(self) -> str:
+        return f"{self.ns}:decisions"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.ns}:dead"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.ns}:stats"
+
+    def state(self, table: str, entity: str) -> str:
+        return f"{self.ns}:state:{table}:{entity}"
+
+    def scored(self, event_id: str) -> str:
+        return f"{self.ns}:scored:{event_id}"
+
+
+def stream_keys(cfg: ProjectConfig) -> StreamKeys:
+    prefix = cfg.scale.redis_prefix if cfg.profile == "scale" else ""
+    return StreamKeys(f"mlcycle:{cfg.project}{prefix}:stream")
+
+
+def broker_url(cfg: ProjectConfig) -> str:
+    """Profile scale: the Redis it runs on; local: the project's own broker (``make up`` starts it)."""
+    if cfg.profile == "scale":
+        return cfg.scale.redis_url
+    return f"redis://127.0.0.1:{cfg.streaming.local_port}/0"
+
+
+def open_stream(cfg: ProjectConfig, client: redis.Redis | None = None) -> EventStream:
+    keys = stream_keys(cfg)
+    stream = EventStream(
+        client or connect(broker_url(cfg)),
+        keys.events,
+        cfg.streaming.group,
+        dead_letter=keys.dead,
+        claim_idle_ms=cfg.streaming.claim_idle_ms,
+    )
+    stream.ensure_group()
+    return stream
+
+
+@dataclass(frozen=True)
+class _Table:
+    name: str
+    spec: AggregationSpec
+    view: str
+    window_us: int  # the longest window
+    columns: tuple[str, ...]
+    last_event: str
+
+
+@dataclass
+class BatchResult:
+    read: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead: int = 0
+    scored: int = 0
+    rounds: int = 0
+    entities: int = 0
+    freshness_ms: list[float] = field(default_factory=list)
+    scoring_ms: list[float] = field(default_factory=list)
+
+
+class StreamConsumer:
+    """One consumer of the group. ``scorer``: a ``Scorer`` (or anything with its ``score``), None to
+    open the project's own when ``streaming.score`` is on, False for features only."""
+
+    def __init__(
+        self,
+        cfg: ProjectConfig,
+        stream: EventStream | None = None,
+        name: str | None = None,
+        scorer: Any = None,
+        store: Any = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.keys = stream_keys(cfg)
+        self.stream = stream or open_stream(cfg)
+        self.client: redis.Redis = self.stream.client
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.schema = EventSchema(cfg)
+        self.store = store or open_project_store(cfg)
+        self.clock = clock or (lambda: datetime.now(UTC))
+        views = {v.name for v in self.store.list_feature_views()}
+        self.tables: list[_Table] = []
+        for name, spec in cfg.features.aggregations.items():
+            if name not in views:
+                raise ValueError(
+                    f"features.aggregations.{name}: no Feast feature view named '{name}' to write to "
+                    "(run `mlcycle features publish` after declaring it)"
+                )
+            self.tables.append(
+                _Table(
+                    name,
+                    spec,
+                    name,
+                    max(w // pd.Timedelta(microseconds=1) for w in spec.windows),
+                    tuple(spec.columns),
+                    last_event_column(name, spec),
+                )
+            )
+        if scorer is None and cfg.streaming.score:
+            from mlcycle.serving.scorer import Scorer
+
+            scorer = Scorer(cfg)
+            scorer.load()
+            scorer.start_refresh()
+        self.scorer = scorer or None
+        self.totals = {"events": 0, "applied": 0, "duplicates": 0, "dead": 0, "scored": 0, "unscored": 0}
+        self.freshness: deque[float] = deque(maxlen=RECENT)
+        self.scoring: deque[float] = deque(maxlen=RECENT)
+        self._rate: tuple[float, int] = (time.monotonic(), 0)
+
+    # ------------------------------------------------------------------ start
+    def bootstrap(self, events: pd.DataFrame | None = None, now: datetime | None = None) -> int:
+        """Seed the entities' event sets with the events already known offline (the table and what
+        the stream appended), those inside the longest window of ``now``: the first streamed event
+        of an entity then counts its history, as the offline engine does. By event id, like every
+        write here, so running it again (each start does) adds nothing."""
+        if events is None:
+            from mlcycle.data import validation
+
+            events = event_log.with_streamed(self.cfg, validation.load_table(self.cfg))
+        moment = pd.Timestamp(now or self.clock())
+        ts = pd.to_datetime(events[self.cfg.table.timestamp], utc=True)
+        micros = (ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)
+        ids = events[self.cfg.table.event_id].astype(str)
+        seeded = 0
+        for table in self.tables:
+            since = (moment - pd.Timedelta(microseconds=table.window_us)).value // 1_000
+            recent = (micros > since).to_numpy()
+            if not recent.any():
+                continue
+            frame = events.loc[recent, [*table.spec.entities, *table.columns]]
+            keys = [self.keys.state(table.name, json.dumps(k)) for k in _key_lists(frame, table.spec.entities)]
+            values = frame[list(table.columns)].astype(object).where(frame[list(table.columns)].notna(), None)
+            pipe = self.client.pipeline(transaction=False)
+            for key, event_id, t, row in zip(keys, ids[recent], micros[recent], values.itertuples(index=False),
+                                             strict=True):  # fmt: skip
+                pipe.hsetnx(key, event_id, json.dumps([int(t), [_json_value(v) for v in row]]))
+                if len(pipe) >= 5_000:
+                    seeded += sum(pipe.execute())
+            seeded += sum(pipe.execute())
+        return seeded
+
+    # ------------------------------------------------------------------ loop
+    def run(
+        self, stop: threading.Event | None = None, max_events: int | None = None, idle_exit_s: float | None = None
+    ) -> dict[str, int]:
+        """Read, process and acknowledge until ``stop`` is set, ``max_events`` are read, or nothing
+        arrives for ``idle_exit_s``. A broker that goes away is waited for (the client reconnects)."""
+        stop = stop or threading.Event()
+        idle_since = time.monotonic()
+        from mlcycle.streaming.broker import BrokerUnavailable
+
+        while not stop.is_set():
+            try:
+                messages = self.stream.read(self.name, self.cfg.streaming.batch_size, self.cfg.streaming.block_ms)
+            except BrokerUnavailable as exc:
+                log.warning("broker unavailable, retrying: %s", exc)
+                stop.wait(0.5)
+                continue
+            if not messages:
+                if idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
+                    break
+                continue
+            idle_since = time.monotonic()
+            self.process(messages)
+            if max_events is not None and self.totals["events"] >= max_events:
+                break
+        return dict(self.totals)
+
+    # ------------------------------------------------------------------ one batch
+    def process(self, messages: Sequence[Message]) -> BatchResult:
+        result = BatchResult(read=len(messages))
+        by_id = {m.id: m for m in messages}
+        events, poison = self.schema.decode(messages, now=self.clock())
+        for bad in poison:
+            self._dead(by_id[bad.message_id], bad)
+        result.dead = len(poison)
+        unique: list[Event] = []
+        seen: set[str] = set()
+        for event in events:  # the same event twice in one batch: once
+            if event.event_id in seen:
+                result.duplicates += 1
+            else:
+                seen.add(event.event_id)
+                unique.append(event)
+        for round_events in self._rounds(unique):
+            result.rounds += 1
+            if self.scorer is not None:
+                self._score(round_events, result)
+            self._apply(round_events, result)
+        if unique:
+            event_log.append_events(
+                self.cfg, pd.DataFrame([self._offline_row(e) for e in unique]), unique[0].message_id
+            )
+        if events:
+            self.stream.ack([e.message_id for e in events])
+        self._account(result)
+        return result
+
+    def _rounds(self, events: list[Event]) -> list[list[Event]]:
+        """Events in stream order, split so that no entity appears twice in one round."""
+        rounds: list[list[Event]] = []
+        seen: dict[tuple[str, str], int] = {}
+        for event in events:
+            entities = [(t.name, self._entity(t, event)) for t in self.tables]
+            index = max((seen.get(e, 0) for e in entities), default=0)
+            for e in entities:
+                seen[e] = index + 1
+            while len(rounds) <= index:
+                rounds.append([])
+            rounds[index].append(event)
+        return rounds
+
+    @staticmethod
+    def _entity(table: _Table, event: Event) -> str:
+        return json.dumps([event.row[k] for k in table.spec.entities])
+
+    def _dead(self, message: Message, poison: Poison) -> None:
+        log.warning("dead-lettered %s: %s", message.id, poison.reason)
+        self.stream.dead_letter(message, poison.reason)
+
+    # ------------------------------------------------------------------ scoring
+    def _score(self, events: list[Event], result: BatchResult) -> None:
+        wanted = [e for e in events if e.source != SOURCE_API]
+        if not wanted:
+            return
+        done = self.client.pipeline(transaction=False)
+        for event in wanted:
+            done.exists(self.keys.scored(event.event_id))
+        fresh = [e for e, already in zip(wanted, done.execute(), strict=True) if not already]
+        if not fresh:
+            return
+        requests = [{**e.row, "timestamp": e.timestamp.to_pydatetime()} for e in fresh]
+        started = time.perf_counter()
+        try:
+            scored = self.scorer.score(requests)
+        except Exception as exc:  # not ready (no champion yet), store down: the features still apply
+            self.totals["unscored"] += len(fresh)
+            log.warning("events not scored (%s: %s); their features are applied", type(exc).__name__, exc)
+            return
+        per_event_ms = (time.perf_counter() - started) * 1000 / len(fresh)
+        pipe = self.client.pipeline(transaction=True)
+        for event, answer in zip(fresh, scored, strict=True):
+            pipe.xadd(
+                self.keys.decisions,
+                {
+                    "event_id": event.event_id,
+                    "score": repr(answer.score),
+                    "decision": "" if answer.decision is None else str(int(answer.decision)),
+                    "model_version": answer.model_version,
+                    "variant": answer.variant,
+                    "request_id": answer.request_id,
+                    "features_missing": ",".join(answer.features_missing),
+                },
+            )
+            pipe.set(self.keys.scored(event.event_id), answer.request_id, ex=SCORED_TTL_S)
+        pipe.execute()
+        result.scored += len(fresh)
+        result.scoring_ms += [per_event_ms] * len(fresh)
+
+    # ------------------------------------------------------------------ features
+    def _apply(self, events: list[Event], result: BatchResult) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        touched: list[tuple[_Table, str, dict[str, Any]]] = []
+        index: dict[tuple[str, str], int] = {}
+        for event in events:
+            for table in self.tables:
+                entity = self._entity(table, event)
+                key = self.keys.state(table.name, entity)
+                values = [event.row.get(c) for c in table.columns]
+                pipe.hsetnx(key, event.event_id, json.dumps([event.micros, values]))
+                if (table.name, entity) not in index:
+                    index[(table.name, entity)] = len(touched)
+                    keys = {k: event.row[k] for k in table.spec.entities}
+                    touched.append((table, key, keys))
+        for _, key, _ in touched:
+            pipe.hgetall(key)
+            pipe.get(key + ":written")
+        replies = pipe.execute()
+        inserted = replies[: len(replies) - 2 * len(touched)]
+        tail = replies[len(replies) - 2 * len(touched) :]
+        states, written_before = tail[0::2], tail[1::2]
+        result.duplicates += sum(1 for r in inserted[:: len(self.tables)] if not r)
+        result.applied += sum(1 for r in inserted[:: len(self.tables)] if r)
+        result.entities += len(touched)
+        rows: dict[str, list] = {t.name: [] for t in self.tables}
+        prune = self.client.pipeline(transaction=False)
+        for (table, key, keys), state, before in zip(touched, states, written_before, strict=True):
+            (values, stamp_us), stale = self._aggregate(table, state)
+            # Feast's Redis store keeps a row only if it is newer than the stored one: a late event
+            # that changes the aggregates after the same newest event is written a microsecond later.
+            if before is not None and stamp_us <= int(before):
+                stamp_us = int(before) + 1
+            stamp = pd.Timestamp(stamp_us, unit="us", tz="UTC").to_pydatetime()
+            rows[table.name].append((keys, values, stamp))
+            prune.set(key + ":written", stamp_us)
+            if stale:
+                prune.hdel(key, *stale)
+        for table in self.tables:
+            write_online(self.store, table.view, rows[table.name])
+        written = self.clock()
+        result.freshness_ms += [(written - e.timestamp).total_seconds() * 1000 for e in events]
+        prune.execute()
+
+    def _aggregate(self, table: _Table, state: dict[bytes, bytes]) -> tuple[tuple[dict, int], list[bytes]]:
+        """The entity's row after its newest event, from its event set, and the events no window
+        of that instant reaches any more (to forget)."""
+        decoded = sorted((json.loads(v)[0], k.decode(), json.loads(v)[1], k) for k, v in state.items())
+        newest = decoded[-1][0]
+        cutoff = newest - table.window_us
+        stale = [raw for t, _, _, raw in decoded if t <= cutoff]
+        engine = IncrementalAggregator(table.spec)
+        values: dict[str, Any] = {}
+        for t, _, vals, _ in decoded:
+            if t <= cutoff:
+                continue
+            values = engine.update("e", t, dict(zip(table.columns, vals, strict=True)))
+        values = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in values.items()}
+        values[table.last_event] = newest // 1_000_000
+        return (values, newest + STATE_DELAY // pd.Timedelta(microseconds=1)), stale
+
+    def _offline_row(self, event: Event) -> dict[str, Any]:
+        return dict(event.row)
+
+    # ------------------------------------------------------------------ figures
+    def _account(self, result: BatchResult) -> None:
+        t = self.totals
+        t["events"] += result.read
+        t["applied"] += result.applied
+        t["duplicates"] += result.duplicates
+        t["dead"] += result.dead
+        t["scored"] += result.scored
+        self.freshness.extend(result.freshness_ms)
+        self.scoring.extend(result.scoring_ms)
+        now = time.monotonic()
+        started, count = self._rate
+        rate = (t["events"] - count) / max(now - started, 1e-9)
+        if now - started >= 5:
+            self._rate = (now, t["events"])
+        stats = {**{f"{k}_total": v for k, v in t.items()}, "events_per_s": round(rate, 2),
+                 "updated_unix": round(time.time(), 3), "consumer": self.name}  # fmt: skip
+        for name, values in (("freshness_ms", self.freshness), ("scoring_ms", self.scoring)):
+            if values:
+                arr = np.fromiter(values, float)
+                stats[f"{name}_p50"] = round(float(np.quantile(arr, 0.5)), 3)
+                stats[f"{name}_p99"] = round(float(np.quantile(arr, 0.99)), 3)
+        try:
+            self.client.hset(self.keys.stats, mapping={k: str(v) for k, v in stats.items()})
+        except redis.RedisError:
+            log.warning("could not record the consumer's figures")
+
+
+def _key_lists(frame: pd.DataFrame, keys: Sequence[str]) -> list[list[Any]]:
+    return [[_json_value(v) for v in row] for row in frame[list(keys)].itertuples(index=False)]
+
+
+def _json_value(value: Any) -> Any:
+    """A value as the event's JSON carries it (NumPy scalars as Python numbers)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def read_stats(cfg: ProjectConfig, client: redis.Redis | None = None) -> dict[str, str]:
+    """The consumer's last figures and the group's lag, for ``/metrics`` and ``mlcycle status``."""
+    stream = EventStream(client or connect(broker_url(cfg)), stream_keys(cfg).events, cfg.streaming.group)
+    raw = stream.client.hgetall(stream_keys(cfg).stats)
+    out = {k.decode(): v.decode() for k, v in raw.items()}
+    try:
+        out["lag"] = str(stream.lag())
+        out["pending"] = str(stream.pending())
+    except Exception:  # no group yet
+        out.setdefault("lag", "")
+    return out

