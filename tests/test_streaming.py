@@ -10,18 +10,24 @@ second consumer), read back through Feast's own ``get_online_features``.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from tests.conftest import clone_project
 
 from mlcycle.data import event_log, validation
 from mlcycle.features import open_project_store
 from mlcycle.features.transform import aggregation_table, last_event_column
-from mlcycle.project.config import ProjectConfig
+from mlcycle.project.config import ProjectConfig, load_config
 from mlcycle.streaming.broker import LocalRedisServer, Message, connect
 from mlcycle.streaming.consumer import StreamConsumer, open_stream, stream_keys
 from mlcycle.streaming.events import encode
@@ -40,7 +46,12 @@ def broker(tmp_path_factory: pytest.TempPathFactory):
 def streamed(project: ProjectConfig, broker: LocalRedisServer, tmp_path: Path):
     """A fresh copy of the built project with its own stream namespace on the module's broker."""
     cfg = clone_project(project, tmp_path / "p")
-    cfg = cfg.model_copy(update={"project": f"t{tmp_path.name[-12:].replace('-', '_')}"})
+    path = cfg.root / "mlcycle.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["project"] = f"t{tmp_path.name[-12:].replace('-', '_')}"  # its own keys on the shared broker
+    raw["streaming"] = {"local_port": broker.port, "batch_size": 200, "claim_idle_ms": 200, "block_ms": 100}
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
     client = connect(broker.url)
     stream = open_stream(cfg, client)
     yield cfg, stream
@@ -206,3 +217,80 @@ def test_a_consumer_that_dies_before_acknowledging_is_taken_over_and_nothing_cou
     assert stream.pending() == 0
     assert len(event_log.read_events(cfg)) == 60
     _assert_equal(cfg, users)
+
+
+def _consumer_process(cfg: ProjectConfig, name: str, *extra: str) -> subprocess.Popen[bytes]:
+    """``mlcycle stream`` as ``make up`` runs it: its own process, the project's config."""
+    command = [str(Path(sys.executable).parent / "mlcycle"), "stream", "--config", str(cfg.root / "mlcycle.yaml"),
+               "--consumer", name, "--no-score", *extra]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return subprocess.Popen(command, cwd=cfg.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_a_consumer_sigkilled_mid_batch_under_load_loses_nothing_and_counts_nothing_twice(streamed) -> None:
+    """3,000 events; the consumer process is SIGKILLed once it has acknowledged some of them (in
+    the middle of the stream, most likely inside a batch: a batch is most of its time), then a new
+    one is started: it takes over the dead one's unacknowledged entries (``claim_idle_ms``) and the
+    rest. Every event counts once: the offline source holds 3,000, the aggregates equal the offline
+    engine's from scratch, and nothing is left pending."""
+    cfg, stream = streamed
+    now = pd.Timestamp(datetime.now(UTC))
+    users = [int(u) for u in validation.load_table(cfg)["user_id"].drop_duplicates().head(25)]
+    events = _events(cfg, 3000, seed=6, users=users, end=now)
+    _publish(stream, events)
+    first = _consumer_process(cfg, "first")
+    stats = stream_keys(cfg).stats
+    try:
+        deadline = time.monotonic() + 240
+        while int(stream.client.hget(stats, "events_total") or 0) < 400:
+            assert first.poll() is None, first.stdout.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the consumer applied nothing in 240 s"
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    read_before = int(stream.client.hget(stats, "events_total"))
+    assert read_before < 3000, "the consumer finished before it was killed: the test killed nothing"
+    second = _consumer_process(cfg, "second", "--idle-exit", "3")
+    out, _ = second.communicate(timeout=240)
+    assert second.returncode == 0, out.decode()[-2000:]
+    assert stream.pending() == 0 and stream.lag() == 0
+    assert len(event_log.read_events(cfg)) == 3000
+    _assert_equal(cfg, users)
+
+
+def test_the_broker_restarted_under_a_running_consumer_is_reconnected_to(streamed, broker) -> None:
+    """The broker stops and starts again (same port, same AOF) while a consumer runs in a thread:
+    the consumer waits, reconnects by itself and applies what was published after the restart."""
+    import threading
+
+    cfg, stream = streamed
+    now = pd.Timestamp(datetime.now(UTC))
+    users = [int(u) for u in validation.load_table(cfg)["user_id"].drop_duplicates().head(5)]
+    events = _events(cfg, 100, seed=7, users=users, end=now)
+    consumer = StreamConsumer(cfg, stream, name="steady", scorer=False)
+    consumer.bootstrap(now=now)
+    stop = threading.Event()
+    runner = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
+    runner.start()
+    try:
+        _publish(stream, events.iloc[:50])
+        _wait_for(lambda: consumer.totals["applied"] >= 50)
+        broker.stop()
+        broker.start()
+        _publish(stream, events.iloc[50:])
+        _wait_for(lambda: consumer.totals["applied"] >= 100)
+    finally:
+        stop.set()
+        runner.join(30)
+    assert consumer.totals["applied"] == 100 and consumer.totals["duplicates"] == 0
+    _assert_equal(cfg, users)
+
+
+def _wait_for(condition, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)

