@@ -23,7 +23,7 @@ import duckdb
 import pandas as pd
 
 from mlcycle.features.aggregations import AggregationSpec
-from mlcycle.features.transform import STATE_DELAY, aggregation_table, unix_seconds
+from mlcycle.features.transform import aggregation_table, unix_seconds
 from mlcycle.project.config import ProjectConfig
 
 WINDOWS = {"1h": "1 HOUR", "24h": "24 HOUR", "7d": "7 DAY", "30d": "30 DAY"}
@@ -74,9 +74,7 @@ def user_txn_stats(
 ) -> pd.DataFrame:
     """The declared per-user aggregates (the library's engine, ``aggregation_table``), plus the time
     of the user's last transaction, which the request-time features turn into "seconds since"."""
-    out = aggregation_table(transactions, spec or USER_AGGREGATIONS, con)
-    out["last_txn_unix"] = unix_seconds(out["event_timestamp"] - STATE_DELAY)
-    return out
+    return aggregation_table(transactions, spec or USER_AGGREGATIONS, con, last_event="last_txn_unix")
 
 
 def merchant_stats(transactions: pd.DataFrame, con: duckdb.DuckDBPyConnection | None = None) -> pd.DataFrame:

@@ -19,6 +19,12 @@ Access: without ``MLCYCLE_API_KEY`` only loopback clients are served (``mlcycle 
 ``/predict_batch`` and ``/rollout/status`` need ``x-api-key``. ``/admin/*`` need ``x-admin-token``.
 Probes (``/livez``, ``/readyz``) and ``/metrics`` are open. The API docs are at ``/docs`` (also
 ``/``): a self-contained page, no third-party script; the OpenAPI document is ``/docs.json``.
+
+Events: with ``streaming.publish_requests`` on, every scored request is also published to the
+project's event stream (``mlcycle.serving.publisher``), off the request path: a broker that is
+down costs ``/predict`` nothing, and is counted in ``mlcycle_stream_publish*``. ``/metrics`` also
+shows the stream consumer's figures (``mlcycle_stream_consumer_*``), read from the broker at scrape
+time, when it can be reached and there are figures to show.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from mlcycle.ops.service_process import is_loopback
 from mlcycle.project.config import load_config
 from mlcycle.registry import aliases as registry
 from mlcycle.serving import rollout
+from mlcycle.serving.publisher import PublisherReport, RequestPublisher, StreamFigures
 from mlcycle.serving.request_schema import request_model
 from mlcycle.serving.scorer import NotReady, Scorer
 
@@ -90,6 +97,45 @@ unknown_categories = bentoml.metrics.Counter(
     documentation="Scored requests with a category the feature definitions do not know, per field",
     labelnames=["field"],
 )
+
+
+class PublisherMetrics:
+    """The request publisher's figures as this worker's metrics, fed by the publisher's thread.
+    Counters add increments; gauges sum (queue depth) or take the worst (lag) over live workers."""
+
+    def __init__(self) -> None:
+        self.published = bentoml.metrics.Counter(
+            name="mlcycle_stream_published", documentation="Scored requests published as events"
+        )
+        self.failures = bentoml.metrics.Counter(
+            name="mlcycle_stream_publish_failures", documentation="Failed attempts to publish a batch (retried)"
+        )
+        self.dropped = bentoml.metrics.Counter(
+            name="mlcycle_stream_publish_dropped", documentation="Scored requests not published: the queue was full"
+        )
+        self.depth = bentoml.metrics.Gauge(
+            name="mlcycle_stream_publish_queue_depth", documentation="Scored requests waiting to be published",
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.lag_p50, self.lag_p99 = (
+            bentoml.metrics.Gauge(
+                name=f"mlcycle_stream_publish_lag_{q}_ms",
+                documentation=f"Scoring to published, {q} of recent requests (ms; worst worker)",
+                multiprocess_mode="livemax",
+            )
+            for q in ("p50", "p99")
+        )
+
+    def __call__(self, report: PublisherReport) -> None:
+        self.published.inc(report.published)
+        self.failures.inc(report.failures)
+        self.dropped.inc(report.dropped)
+        self.depth.set(report.queue_depth)
+        if report.lag_ms_p50 is not None and report.lag_ms_p99 is not None:
+            self.lag_p50.set(report.lag_ms_p50)
+            self.lag_p99.set(report.lag_ms_p99)
+
+
 # HTTP status of a failed API request → the reason label of mlcycle_errors_total.
 ERROR_REASONS = {
     400: "validation", 401: "unauthorized", 403: "unauthorized", 413: "too_large", 415: "unsupported_media_type",
@@ -103,6 +149,10 @@ OTHER_CLIENT_ERROR, SERVER_ERROR = "client_error", "server_error"
 # from this module when it builds the APIs, so it is made at import.
 CONFIG = load_config(os.environ.get("MLCYCLE_CONFIG"))
 Request = request_model(CONFIG)
+# `mlcycle up` starts the broker and sets MLCYCLE_STREAM_PUBLISH=1 for the service it starts.
+PUBLISHING = CONFIG.streaming.publish_requests or os.environ.get("MLCYCLE_STREAM_PUBLISH") == "1"
+# Only a publishing service has these (a counter at 0 would claim a publisher that does not exist).
+publisher_metrics = PublisherMetrics() if PUBLISHING else None
 
 
 class Prediction(BaseModel):
@@ -302,6 +352,18 @@ class ScoringService:
         self.scorer = Scorer(self.cfg, refresh_seconds=float(os.environ.get("MLCYCLE_REFRESH_SECONDS", "2")))
         self.scorer.load()
         self.scorer.start_refresh()  # aliases and policy re-read off the request path
+        self.publisher = RequestPublisher(self.cfg, report=publisher_metrics) if PUBLISHING else None
+        self.stream_figures = StreamFigures(self.cfg)
+
+    @bentoml.on_shutdown
+    def _stop_publisher(self) -> None:
+        """Flush what is queued (one attempt, about a second at most) before the worker exits."""
+        if self.publisher is not None:
+            self.publisher.stop()
+
+    def __metrics__(self, content: str) -> str:
+        """BentoML's hook for ``/metrics`` (run in a thread): the stream consumer's figures appended."""
+        return content + self.stream_figures.render()
 
     def __is_ready__(self) -> bool:
         if not self.scorer.ready:
@@ -311,11 +373,14 @@ class ScoringService:
     def _score(self, requests: list[BaseModel], ctx: bentoml.Context, endpoint: str) -> list[Prediction]:
         _require_caller(ctx)
         with latency.labels(endpoint=endpoint).time():
+            rows = [r.model_dump() for r in requests]
             try:
-                results = self.scorer.score([r.model_dump() for r in requests])
+                results = self.scorer.score(rows)
             except (NotReady, FeatureStoreUnavailable) as exc:  # a short reason; the detail is logged
                 ctx.response.status_code = 503
                 return [Prediction(error=f"service unavailable: {exc}")]
+        if self.publisher is not None:  # a queue append: the broker is the publisher thread's business
+            self.publisher.submit(rows, results)
         # Counters once per batch and label set (each increment is a write to a shared memory map).
         counted = Counter((r.variant, r.model_version) for r in results)
         for (variant, version), n in counted.items():

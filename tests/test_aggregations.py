@@ -395,3 +395,38 @@ def test_a_declaration_dumped_to_json_loads_again_as_written() -> None:
     dumped = cfg.model_dump(mode="json")
     assert [a["window"] for a in dumped["features"]["aggregations"]["t"]["aggregations"]] == ["24h", "7d"]
     assert ProjectConfig.model_validate(dumped).features.aggregations == cfg.features.aggregations
+
+
+def test_expiry_rows_hand_worked() -> None:
+    """Events of one key at 00:00 (x=10) and 00:30 (x=4), windows 1h and 2h, ``expiries``: the state
+    at every instant it changes — each event, and each instant an event leaves a window (t + w, when
+    ``(t+w-w, t+w]`` no longer holds t) — worked out by hand, with the entity's last event."""
+    t0 = pd.Timestamp("2026-03-01 00:00", tz="UTC")
+    events = pd.DataFrame({"k": [1, 1], "ts": [t0, t0 + pd.Timedelta(minutes=30)], "x": [10.0, 4.0]})
+    spec = AggregationSpec(
+        entities=("k",),
+        timestamp="ts",
+        aggregations=[
+            one("count", window="1h", name="count_1h"),
+            one("sum", window="1h", column="x", name="sum_x_1h"),
+            one("count", window="2h", name="count_2h"),
+            one("sum", window="2h", column="x", name="sum_x_2h"),
+        ],
+    )
+    got = compute_offline(events, spec, deduplicate=True, expiries=True).sort_values("ts").reset_index(drop=True)
+    minutes = [0, 30, 60, 90, 120, 150]
+    assert list(got["ts"]) == [t0 + pd.Timedelta(minutes=m) for m in minutes]
+    assert list(got["count_1h"]) == [1, 2, 1, 0, 0, 0]
+    np.testing.assert_array_equal(got["sum_x_1h"], [10, 14, 4, np.nan, np.nan, np.nan])
+    assert list(got["count_2h"]) == [1, 2, 2, 2, 1, 0]
+    np.testing.assert_array_equal(got["sum_x_2h"], [10, 14, 14, 14, 4, np.nan])
+    last = t0.value // 1000 + 30 * 60 * 1_000_000
+    assert list(got["__last_t"]) == [t0.value // 1000, *[last] * 5]
+    # The incremental engine's query at each instant says the same (the stream's timers use it).
+    engine = IncrementalAggregator(spec)
+    for t, x in zip(events["ts"], events["x"], strict=True):
+        engine.update(1, t, {"x": x})
+    for row in got.iloc[2:].itertuples(index=False):
+        online = engine.query(1, row.ts)
+        assert (online["count_1h"], online["count_2h"]) == (row.count_1h, row.count_2h)
+        np.testing.assert_array_equal([online["sum_x_1h"], online["sum_x_2h"]], [row.sum_x_1h, row.sum_x_2h])

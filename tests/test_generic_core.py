@@ -75,6 +75,7 @@ FORBIDDEN_IMPORTS = {
     "monitoring": ("mlcycle.cli",),
     "project": ("mlcycle.cli",),
     "ops": ("mlcycle.cli",),
+    "streaming": ("mlcycle.cli",),
     "decisions.py": ("mlcycle.",),
     "stats.py": ("mlcycle.",),
 }

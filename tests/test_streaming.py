@@ -50,6 +50,8 @@ def streamed(project: ProjectConfig, broker: LocalRedisServer, tmp_path: Path):
     raw = yaml.safe_load(path.read_text())
     raw["project"] = f"t{tmp_path.name[-12:].replace('-', '_')}"  # its own keys on the shared broker
     raw["streaming"] = {"local_port": broker.port, "batch_size": 200, "claim_idle_ms": 200, "block_ms": 100}
+    # Windows expire on time here: the offline rows and the consumer's timers both decay a count.
+    raw["features"]["aggregations"][TABLE]["expire_on_time"] = True
     path.write_text(yaml.safe_dump(raw))
     cfg = load_config(path)
     client = connect(broker.url)
@@ -84,14 +86,13 @@ def _drain(consumer: StreamConsumer, name: str | None = None) -> int:
     return done
 
 
-def _oracle(cfg: ProjectConfig, users: list[int]) -> pd.DataFrame:
-    """The offline engine's row after each user's newest event, over every event once."""
+def _oracle(cfg: ProjectConfig, users: list[int], at: pd.Timestamp) -> pd.DataFrame:
+    """The offline engine's row at instant ``at`` (the point-in-time join's: the latest row stamped
+    by then — after the newest event, or where an event left a window since), every event once."""
     every = event_log.with_streamed(cfg, validation.load_table(cfg))
     spec = cfg.features.aggregations[TABLE]
-    states = aggregation_table(every, spec)
-    states[last_event_column(TABLE, spec)] = (
-        states["event_timestamp"] - pd.Timedelta(microseconds=1) - pd.Timestamp(0, tz="UTC")
-    ) // pd.Timedelta(seconds=1)
+    states = aggregation_table(every, spec, last_event=last_event_column(TABLE, spec))
+    states = states[states["event_timestamp"] <= at + pd.Timedelta(microseconds=1)]
     latest = states[states["user_id"].isin(users)].sort_values("event_timestamp").groupby("user_id").tail(1)
     return latest.set_index("user_id").sort_index()
 
@@ -106,10 +107,14 @@ def _online(cfg: ProjectConfig, users: list[int]) -> pd.DataFrame:
     return frame.set_index("user_id").sort_index()
 
 
-def _assert_equal(cfg: ProjectConfig, users: list[int]) -> None:
+def _assert_equal(cfg: ProjectConfig, users: list[int], consumer: StreamConsumer) -> None:
+    """Online (Feast's read) equals offline at one instant, once the consumer has written every
+    window expiry up to it."""
+    at = pd.Timestamp(datetime.now(UTC))
+    consumer.expire(at=at.to_pydatetime())
     spec = cfg.features.aggregations[TABLE]
     names = [*spec.output_names, last_event_column(TABLE, spec)]
-    want, got = _oracle(cfg, users), _online(cfg, users)
+    want, got = _oracle(cfg, users, at), _online(cfg, users)
     assert list(got.index) == list(want.index)
     for name in names:
         np.testing.assert_allclose(
@@ -135,7 +140,7 @@ def test_online_aggregates_equal_the_offline_engine_after_duplicates_replays_and
     assert consumer.totals["applied"] == 240
     assert consumer.totals["duplicates"] == 90
     assert len(event_log.read_events(cfg)) == 240  # the offline source holds each event once
-    _assert_equal(cfg, users)
+    _assert_equal(cfg, users, consumer)
     assert stream.pending() == 0
 
 
@@ -157,7 +162,7 @@ def test_two_consumers_in_one_group_share_the_stream_and_apply_each_event_once(s
     assert a.totals["events"] > 0 and b.totals["events"] > 0  # both had a share
     assert a.totals["events"] + b.totals["events"] == 300
     assert a.totals["applied"] + b.totals["applied"] == 300
-    _assert_equal(cfg, users)
+    _assert_equal(cfg, users, a)
 
 
 def test_poison_events_go_to_the_dead_letter_stream_with_their_reason(streamed) -> None:
@@ -216,7 +221,7 @@ def test_a_consumer_that_dies_before_acknowledging_is_taken_over_and_nothing_cou
     assert heir.totals["applied"] == 0 and heir.totals["duplicates"] == 60
     assert stream.pending() == 0
     assert len(event_log.read_events(cfg)) == 60
-    _assert_equal(cfg, users)
+    _assert_equal(cfg, users, heir)
 
 
 def _consumer_process(cfg: ProjectConfig, name: str, *extra: str) -> subprocess.Popen[bytes]:
@@ -258,7 +263,7 @@ def test_a_consumer_sigkilled_mid_batch_under_load_loses_nothing_and_counts_noth
     assert second.returncode == 0, out.decode()[-2000:]
     assert stream.pending() == 0 and stream.lag() == 0
     assert len(event_log.read_events(cfg)) == 3000
-    _assert_equal(cfg, users)
+    _assert_equal(cfg, users, StreamConsumer(cfg, stream, name="check", scorer=False))
 
 
 def test_the_broker_restarted_under_a_running_consumer_is_reconnected_to(streamed, broker) -> None:
@@ -286,7 +291,7 @@ def test_the_broker_restarted_under_a_running_consumer_is_reconnected_to(streame
         stop.set()
         runner.join(30)
     assert consumer.totals["applied"] == 100 and consumer.totals["duplicates"] == 0
-    _assert_equal(cfg, users)
+    _assert_equal(cfg, users, consumer)
 
 
 def _wait_for(condition, timeout: float = 120.0) -> None:

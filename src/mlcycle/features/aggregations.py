@@ -240,6 +240,12 @@ class AggregationSpec(BaseModel):
     entities: tuple[str, ...] = Field(min_length=1)
     timestamp: str = "event_timestamp"
     aggregations: tuple[WindowAggregation, ...] = Field(min_length=1)
+    expire_on_time: bool = Field(
+        False,
+        description="Feature tables also hold the state at each instant an event leaves a window (a 1h count "
+        "drops an event an hour later, without a new event), and the stream consumer writes it online then. "
+        "False: the state as of the entity's last event, as it stood after that event.",
+    )
     last_event_column: str | None = Field(
         None,
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
@@ -291,7 +297,11 @@ def _quote(name: str) -> str:
 
 
 def offline_sql(
-    spec: AggregationSpec, source: str, float_columns: Iterable[str] = (), deduplicate: bool = False
+    spec: AggregationSpec,
+    source: str,
+    float_columns: Iterable[str] = (),
+    deduplicate: bool = False,
+    expiries: bool = False,
 ) -> str:
     """The DuckDB query computing ``spec`` for every event of ``source`` (a table name or a FROM expression).
 
@@ -300,6 +310,11 @@ def offline_sql(
     would not be). ``float_columns`` get NaN turned into NULL, so that a NaN read from a file is missing,
     as pandas' NaN already is. ``deduplicate`` keeps one row per (entity, timestamp) — tied rows carry
     identical values anyway.
+
+    ``expiries`` adds the states at the instants events leave windows (``t + window`` for every event
+    and window; an event at ``t`` is outside ``(t + w - w, t + w]``): rows with no event of their own
+    (null values, not counted), deduplicated with any event at the same instant. Every row then also
+    has ``__last_t``, the entity's latest event at or before it (epoch microseconds).
     """
     keys = ", ".join(_quote(k) for k in spec.entities)
     ts = _quote(spec.timestamp)
@@ -330,11 +345,36 @@ def offline_sql(
         f"RANGE BETWEEN {w // timedelta(microseconds=1) - 1} PRECEDING AND CURRENT ROW)"
         for w, name in windows.items()
     )
-    qualify = f"\nQUALIFY row_number() OVER (PARTITION BY {keys}, __t) = 1" if deduplicate else ""
+    if not expiries:
+        qualify = f"\nQUALIFY row_number() OVER (PARTITION BY {keys}, __t) = 1" if deduplicate else ""
+        return (
+            f"SELECT {keys}, {ts},\n       " + ",\n       ".join(exprs) + "\n"
+            f"FROM (SELECT *, {', '.join(prepared)} FROM {source})\n"
+            f"WINDOW {window_defs}{qualify}"
+        )
+    # Events (``__e`` = 1) and, per window, a valueless row where each event leaves it (``__e`` null):
+    # ``count(*)`` becomes ``count(__e)``; the other functions skip the nulls already.
+    values = [c for c in spec.columns]
+    source_cols = [_quote(k) for k in spec.entities] + ["__t", "1 AS __e"]
+    source_cols += [_quote("__v_" + c) if c in floats else _quote(c) for c in values]
+    names = [_quote("__v_" + c) if c in floats else _quote(c) for c in values]
+    events = f"SELECT {', '.join(source_cols)} FROM (SELECT *, {', '.join(prepared)} FROM {source})"
+    leaving = [
+        f"SELECT {keys}, __t + {w // timedelta(microseconds=1)} AS __t, NULL AS __e"
+        + "".join(f", NULL AS {n}" for n in names)
+        + " FROM __events_only"
+        for w in spec.windows
+    ]
+    exprs = [e.replace("count(*) OVER", "count(__e) OVER") for e in exprs]
     return (
-        f"SELECT {keys}, {ts},\n       " + ",\n       ".join(exprs) + "\n"
-        f"FROM (SELECT *, {', '.join(prepared)} FROM {source})\n"
-        f"WINDOW {window_defs}{qualify}"
+        f"WITH __events_only AS ({events}),\n"
+        f"__rows AS (SELECT * FROM __events_only UNION ALL {' UNION ALL '.join(leaving)})\n"
+        f"SELECT {keys}, make_timestamp(__t)::TIMESTAMPTZ AS {ts},\n       " + ",\n       ".join(exprs) + ",\n"
+        f"       max(CASE WHEN __e = 1 THEN __t END) OVER (PARTITION BY {keys} ORDER BY __t "
+        "RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS __last_t\n"
+        f"FROM __rows\n"
+        f"WINDOW {window_defs}\n"
+        f"QUALIFY row_number() OVER (PARTITION BY {keys}, __t ORDER BY __e NULLS LAST) = 1"
     )
 
 
@@ -349,6 +389,7 @@ def compute_offline(
     spec: AggregationSpec,
     *,
     deduplicate: bool = False,
+    expiries: bool = False,
     con: duckdb.DuckDBPyConnection | None = None,
 ) -> pd.DataFrame:
     """Every declared aggregate after every event: one row per event (row order unspecified).
@@ -374,7 +415,7 @@ def compute_offline(
     if missing_ts and missing_ts[0]:
         raise ValueError(f"{missing_ts[0]} events have no timestamp in {spec.timestamp!r}: drop or fix them first")
     floats = [c for c in spec.columns if types[c] in ("DOUBLE", "FLOAT")]
-    return con.execute(offline_sql(spec, source, floats, deduplicate)).df()
+    return con.execute(offline_sql(spec, source, floats, deduplicate, expiries)).df()
 
 
 def _sql_string(text: str) -> str:

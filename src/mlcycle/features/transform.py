@@ -65,14 +65,25 @@ def unix_seconds(ts: pd.Series) -> np.ndarray:
     return ((utc - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype="int64")
 
 
-def aggregation_table(events: pd.DataFrame, spec: AggregationSpec, con: Any = None) -> pd.DataFrame:
+def aggregation_table(
+    events: pd.DataFrame, spec: AggregationSpec, con: Any = None, last_event: str | None = None
+) -> pd.DataFrame:
     """The declared aggregates after each event (window ``(t - w, t]``), stamped one microsecond
     later. Events of one entity at the same instant share one state: one row per (entity, time),
-    so the point-in-time join has no ties."""
+    so the point-in-time join has no ties. With ``spec.expire_on_time``, also the state at each
+    instant an event leaves a window, stamped the same way. ``last_event`` names a column to add:
+    the entity's latest event at or before each row (Unix seconds)."""
     columns = sorted({*spec.entities, spec.timestamp, *spec.columns})
-    out = compute_offline(events[columns], spec, deduplicate=True, con=con)
-    stamped = out.pop(spec.timestamp)
+    expiries = spec.expire_on_time
+    out = compute_offline(events[columns], spec, deduplicate=True, expiries=expiries, con=con)
+    stamped = pd.to_datetime(out.pop(spec.timestamp), utc=True)
     out[FEATURE_TIMESTAMP] = stamped + STATE_DELAY
+    if expiries:
+        last_us = out.pop("__last_t").to_numpy(dtype="int64")
+        if last_event:
+            out[last_event] = last_us // 1_000_000
+    elif last_event:
+        out[last_event] = unix_seconds(stamped)
     return out.sort_values([FEATURE_TIMESTAMP, *spec.entities], kind="stable").reset_index(drop=True)
 
 
@@ -87,9 +98,7 @@ def declared_tables(events: pd.DataFrame, cfg: ProjectConfig, con: Any = None) -
     for name, spec in cfg.features.aggregations.items():
         if spec.timestamp != cfg.table.timestamp and spec.timestamp not in events:
             spec = spec.model_copy(update={"timestamp": cfg.table.timestamp})
-        table = aggregation_table(events, spec, con)
-        table[last_event_column(name, spec)] = unix_seconds(table[FEATURE_TIMESTAMP] - STATE_DELAY)
-        tables[name] = table
+        tables[name] = aggregation_table(events, spec, con, last_event=last_event_column(name, spec))
     return tables
 
 

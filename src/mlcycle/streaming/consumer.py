@@ -54,13 +54,22 @@ from mlcycle.data import event_log
 from mlcycle.features import open_project_store
 from mlcycle.features.aggregations import AggregationSpec, IncrementalAggregator
 from mlcycle.features.store import write_online
-from mlcycle.features.transform import STATE_DELAY, last_event_column
+from mlcycle.features.transform import last_event_column
 from mlcycle.project.config import ProjectConfig
 from mlcycle.streaming.broker import EventStream, Message, connect
 from mlcycle.streaming.events import SOURCE_API, Event, EventSchema, Poison
 
 log = logging.getLogger("mlcycle.stream")
 
+# Drop a fired expiry (only if no one moved it since) and keep the earliest pending one (ZADD LT).
+_TIMER_SCRIPT = """
+if ARGV[2] ~= '' then
+  local current = redis.call('ZSCORE', KEYS[1], ARGV[1])
+  if current and tonumber(current) == tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) end
+end
+if ARGV[3] ~= '' then redis.call('ZADD', KEYS[1], 'LT', ARGV[3], ARGV[1]) end
+return 1
+"""
 SCORED_TTL_S = 7 * 86_400  # a redelivery comes within minutes; a week covers a replay of old entries
 RECENT = 5_000  # events whose freshness / scoring latency the quantiles describe
 
@@ -86,6 +95,10 @@ class StreamKeys:
     @property
     def stats(self) -> str:
         return f"{self.ns}:stats"
+
+    @property
+    def timers(self) -> str:
+        return f"{self.ns}:timers"
 
     def state(self, table: str, entity: str) -> str:
         return f"{self.ns}:state:{table}:{entity}"
@@ -188,6 +201,7 @@ class StreamConsumer:
             scorer.load()
             scorer.start_refresh()
         self.scorer = scorer or None
+        self._expiring = any(t.spec.expire_on_time for t in self.tables)
         self.totals = {"events": 0, "applied": 0, "duplicates": 0, "dead": 0, "scored": 0, "unscored": 0}
         self.freshness: deque[float] = deque(maxlen=RECENT)
         self.scoring: deque[float] = deque(maxlen=RECENT)
@@ -223,6 +237,11 @@ class StreamConsumer:
                 if len(pipe) >= 5_000:
                     seeded += sum(pipe.execute())
             seeded += sum(pipe.execute())
+            if table.spec.expire_on_time:  # their windows expire on time too, from the next round on
+                timers = self.client.pipeline(transaction=False)
+                for entity in dict.fromkeys(json.dumps(k) for k in _key_lists(frame, table.spec.entities)):
+                    self._timer(timers, table, entity, fired=None, next_at=moment.value // 1_000)
+                timers.execute()
         return seeded
 
     # ------------------------------------------------------------------ loop
@@ -242,6 +261,11 @@ class StreamConsumer:
                 log.warning("broker unavailable, retrying: %s", exc)
                 stop.wait(0.5)
                 continue
+            if self._expiring:
+                try:
+                    self.expire()
+                except redis.RedisError as exc:
+                    log.warning("window expiries not written this round: %s", exc)
             if not messages:
                 if idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
                     break
@@ -346,7 +370,7 @@ class StreamConsumer:
     # ------------------------------------------------------------------ features
     def _apply(self, events: list[Event], result: BatchResult) -> None:
         pipe = self.client.pipeline(transaction=True)
-        touched: list[tuple[_Table, str, dict[str, Any]]] = []
+        touched: list[tuple[_Table, str, str, dict[str, Any]]] = []
         index: dict[tuple[str, str], int] = {}
         for event in events:
             for table in self.tables:
@@ -357,8 +381,8 @@ class StreamConsumer:
                 if (table.name, entity) not in index:
                     index[(table.name, entity)] = len(touched)
                     keys = {k: event.row[k] for k in table.spec.entities}
-                    touched.append((table, key, keys))
-        for _, key, _ in touched:
+                    touched.append((table, entity, key, keys))
+        for _, _, key, _ in touched:
             pipe.hgetall(key)
             pipe.get(key + ":written")
         replies = pipe.execute()
@@ -369,40 +393,125 @@ class StreamConsumer:
         result.applied += sum(1 for r in inserted[:: len(self.tables)] if r)
         result.entities += len(touched)
         rows: dict[str, list] = {t.name: [] for t in self.tables}
-        prune = self.client.pipeline(transaction=False)
-        for (table, key, keys), state, before in zip(touched, states, written_before, strict=True):
-            (values, stamp_us), stale = self._aggregate(table, state)
-            # Feast's Redis store keeps a row only if it is newer than the stored one: a late event
-            # that changes the aggregates after the same newest event is written a microsecond later.
-            if before is not None and stamp_us <= int(before):
-                stamp_us = int(before) + 1
-            stamp = pd.Timestamp(stamp_us, unit="us", tz="UTC").to_pydatetime()
-            rows[table.name].append((keys, values, stamp))
-            prune.set(key + ":written", stamp_us)
+        after = self.client.pipeline(transaction=False)
+        for (table, entity, key, keys), state, before in zip(touched, states, written_before, strict=True):
+            computed = self._aggregate(table, state)
+            if computed is None:
+                continue
+            values, at, next_expiry, stale = computed
+            rows[table.name].append((keys, values, self._stamp(after, key, at, before)))
             if stale:
-                prune.hdel(key, *stale)
+                after.hdel(key, *stale)
+            if table.spec.expire_on_time and next_expiry is not None:
+                self._timer(after, table, entity, fired=None, next_at=next_expiry)
         for table in self.tables:
             write_online(self.store, table.view, rows[table.name])
         written = self.clock()
         result.freshness_ms += [(written - e.timestamp).total_seconds() * 1000 for e in events]
-        prune.execute()
+        after.execute()
 
-    def _aggregate(self, table: _Table, state: dict[bytes, bytes]) -> tuple[tuple[dict, int], list[bytes]]:
-        """The entity's row after its newest event, from its event set, and the events no window
-        of that instant reaches any more (to forget)."""
+    def _stamp(self, pipe: Any, key: str, at: int, before: bytes | None) -> datetime:
+        """The online row's time: one microsecond after the instant it describes, as offline. Feast's
+        Redis store keeps a row only if it is newer than the stored one, so a late event that changes
+        the state of the same instant is written a microsecond after the last write."""
+        stamp_us = at + 1
+        if before is not None and stamp_us <= int(before):
+            stamp_us = int(before) + 1
+        pipe.set(key + ":written", stamp_us)
+        return pd.Timestamp(stamp_us, unit="us", tz="UTC").to_pydatetime()
+
+    def _timer(self, pipe: Any, table: _Table, entity: str, fired: int | None, next_at: int | None) -> None:
+        """Keep the entity's earliest pending expiry instant; drop a fired one (if unchanged)."""
+        member = f"{table.name}\x1f{entity}"
+        pipe.eval(_TIMER_SCRIPT, 1, self.keys.timers, member, "" if fired is None else str(fired),
+                  "" if next_at is None else str(next_at))  # fmt: skip
+
+    def _aggregate(
+        self, table: _Table, state: dict[bytes, bytes], at: int | None = None
+    ) -> tuple[dict[str, Any], int, int | None, list[bytes]] | None:
+        """The entity's state at instant ``at`` (default: its newest event) from its event set: the
+        row's values, the instant, the next instant an event leaves a window after it (None: none
+        left), and the events no window reaches any more (to forget). None for an empty set."""
+        if not state:
+            return None
         decoded = sorted((json.loads(v)[0], k.decode(), json.loads(v)[1], k) for k, v in state.items())
         newest = decoded[-1][0]
-        cutoff = newest - table.window_us
-        stale = [raw for t, _, _, raw in decoded if t <= cutoff]
+        at = newest if at is None else at
+        stale = [raw for t, _, _, raw in decoded if t <= newest - table.window_us]
         engine = IncrementalAggregator(table.spec)
         values: dict[str, Any] = {}
+        last: int | None = None
+        live: list[int] = []
         for t, _, vals, _ in decoded:
-            if t <= cutoff:
-                continue
-            values = engine.update("e", t, dict(zip(table.columns, vals, strict=True)))
+            if t > at:
+                break
+            last = t
+            if t > at - table.window_us:
+                values = engine.update("e", t, dict(zip(table.columns, vals, strict=True)))
+                live.append(t)
+        if last is None:
+            return None
+        if at > last or not values:
+            values = engine.query("e", at)
+        windows_us = [w // pd.Timedelta(microseconds=1) for w in table.spec.windows]
+        leaving = [t + w for t in live for w in windows_us if t + w > at]
         values = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in values.items()}
-        values[table.last_event] = newest // 1_000_000
-        return (values, newest + STATE_DELAY // pd.Timedelta(microseconds=1)), stale
+        values[table.last_event] = last // 1_000_000
+        return values, at, min(leaving, default=None), stale
+
+    # ------------------------------------------------------------------ windows expiring on time
+    def expire(self, at: datetime | None = None, limit: int = 500) -> int:
+        """Write the state of every entity whose events left a window at or before ``at`` (default
+        now), as offline has a row at that instant: a 1h count drops an event an hour later with no
+        new event. Returns how many rows were written."""
+        moment = at or self.clock()
+        written = 0
+        while (done := self._expire_round(moment, limit)) is not None:
+            written += done
+        return written
+
+    def _expire_round(self, at: datetime, limit: int) -> int | None:
+        """One round of due timers (None: none was due)."""
+        now_us = pd.Timestamp(at).value // 1_000
+        due = self.client.zrangebyscore(self.keys.timers, "-inf", now_us, start=0, num=limit, withscores=True)
+        if not due:
+            return None
+        tables = {t.name: t for t in self.tables}
+        items = []
+        for member, score in due:
+            name, _, entity = member.decode().partition("\x1f")
+            if name in tables:
+                items.append((tables[name], entity, self.keys.state(name, entity), int(score)))
+        pipe = self.client.pipeline(transaction=False)
+        for _, _, key, _ in items:
+            pipe.hgetall(key)
+            pipe.get(key + ":written")
+        replies = pipe.execute()
+        rows: dict[str, list] = {t.name: [] for t in self.tables}
+        after = self.client.pipeline(transaction=False)
+        for (table, entity, key, fired), state, before in zip(items, replies[0::2], replies[1::2], strict=True):
+            # Straight to the entity's last change at or before now: its state then is its state now,
+            # and the row offline has at that instant (the instants in between were passed over).
+            live = [json.loads(v)[0] for v in state.values()]
+            windows_us = [w // pd.Timedelta(microseconds=1) for w in table.spec.windows]
+            scheduled = fired
+            fired = max([t + w for t in live for w in windows_us if fired <= t + w <= now_us], default=fired)
+            computed = self._aggregate(table, state, at=fired)
+            if computed is None:
+                self._timer(after, table, entity, fired=scheduled, next_at=None)
+                continue
+            values, _, next_expiry, _ = computed
+            newest = max(json.loads(v)[0] for v in state.values())
+            if newest >= fired:  # a later event's row already stands: only the next instant is due
+                next_expiry = self._aggregate(table, state)[2]  # type: ignore[index]
+            else:
+                keys = dict(zip(table.spec.entities, json.loads(entity), strict=True))
+                rows[table.name].append((keys, values, self._stamp(after, key, fired, before)))
+            self._timer(after, table, entity, fired=scheduled, next_at=next_expiry)
+        for table in self.tables:
+            write_online(self.store, table.view, rows[table.name])
+        after.execute()
+        return sum(len(r) for r in rows.values())
 
     def _offline_row(self, event: Event) -> dict[str, Any]:
         return dict(event.row)
