@@ -182,6 +182,9 @@ def test_poison_events_go_to_the_dead_letter_stream_with_their_reason(streamed) 
     stream.publish_many(bad)
     _publish(stream, good)
     consumer = StreamConsumer(cfg, stream, name="c", scorer=False)
+    time.sleep(0.01)
+    live = {**row, "transaction_id": 10**13 + 9, "event_timestamp": pd.Timestamp(datetime.now(UTC))}
+    stream.publish(encode(live))  # stamped after the consumer started: a live event, applied
     _drain(consumer)
     dead = stream.dead_letters()
     reasons = [d["reason"] for d in dead]
@@ -190,7 +193,7 @@ def test_poison_events_go_to_the_dead_letter_stream_with_their_reason(streamed) 
                    "user_id", "channel"):  # fmt: skip
         assert any(needle in r for r in reasons), (needle, reasons)
     assert json.loads(dead[-1]["payload"])["event"]  # the original entry is kept
-    assert consumer.totals["applied"] == 5
+    assert consumer.totals["applied"] == 6
     assert stream.pending() == 0
 
 
@@ -299,3 +302,57 @@ def _wait_for(condition, timeout: float = 120.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def scored_project(training_project: ProjectConfig, prefect_server, broker: LocalRedisServer, tmp_path_factory):
+    """A trained project (a champion) whose stream runs on the module's broker."""
+    from mlcycle.project.files import load_flow
+
+    root = tmp_path_factory.mktemp("scored") / "p"
+    cfg = clone_project(training_project, root)
+    path = cfg.root / "mlcycle.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["project"] = "scored_stream"
+    raw["streaming"] = {"local_port": broker.port, "block_ms": 100}
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
+    assert load_flow(cfg.root, "training", "train")(config=str(path))["alias"] == "champion"
+    return cfg
+
+
+def test_a_burst_on_the_stream_is_scored_with_the_burst_already_in_its_features(scored_project, broker) -> None:
+    """Ten small purchases of a new card, 30 s apart, arrive in one read: each is scored (same
+    Scorer as /predict) before its own state is written and after the previous one's, so the k-th
+    sees k-1 purchases in the last hour — what the offline join gives a training row (hand-worked:
+    missing for the first, a card with no row yet, then 1, …, 9). A redelivery is not scored again."""
+    from mlcycle.serving.prediction_store import read_logged_predictions
+
+    cfg = scored_project
+    stream = open_stream(cfg, connect(broker.url))
+    table = validation.load_table(cfg)
+    now = pd.Timestamp(datetime.now(UTC)).floor("s")
+    burst = _events(cfg, 10, seed=8, users=[8_000_001], end=now)
+    burst["event_timestamp"] = [now - pd.Timedelta(minutes=10) + pd.Timedelta(seconds=30 * k) for k in range(10)]
+    burst["amount"] = np.linspace(1.0, 5.0, 10)
+    burst["merchant_id"] = table["merchant_id"].drop_duplicates().head(10).to_numpy()
+    consumer = StreamConsumer(cfg, stream, name="scoring")
+    try:
+        consumer.bootstrap(now=now)
+        _publish(stream, burst)
+        _drain(consumer)
+        _publish(stream, burst)  # delivered again: applied once, scored once
+        _drain(consumer)
+    finally:
+        consumer.scorer.close()  # flushes the prediction log
+    decisions = stream.client.xrange(stream_keys(cfg).decisions)
+    ids = [int(fields[b"event_id"]) for _, fields in decisions]
+    assert ids == [int(i) for i in burst["transaction_id"]]
+    assert consumer.totals["scored"] == 10 and consumer.totals["applied"] == 10
+    logged = read_logged_predictions(cfg)
+    logged = logged[logged["event_id"].isin([str(i) for i in burst["transaction_id"]]) & ~logged["shadow"]]
+    logged = logged.assign(order=logged["event_id"].astype("int64")).sort_values("order")
+    seen = [json.loads(f)["txn_count_1h"] for f in logged["features"]]
+    assert seen == [None, *range(1, 10)]
+    scores = [float(fields[b"score"]) for _, fields in decisions]
+    assert all(0.0 <= s <= 1.0 for s in scores)

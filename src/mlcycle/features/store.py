@@ -145,36 +145,104 @@ def clear_online(store: FeatureStore) -> None:
     store.provider.teardown_infra(store.project, views, store.list_entities())
 
 
+class OnlineWriter:
+    """Rows into one feature view's online store, for a writer that calls many times (a stream
+    consumer): the view, its types and key layout resolved once, each value's ValueProto built
+    directly for the usual types (Feast's ``python_values_to_proto_values`` otherwise).
+
+    Feast's SQLite store is written as its ``online_write_batch`` writes it — the same table, key
+    bytes, value bytes and ``value_text``, the event time naive UTC — in one ``executemany`` per
+    call instead of one statement per feature (what the direct reader does for reads; a test reads
+    the rows back through Feast's ``get_online_features``). Any other store, or SQLite with vector
+    or value-number columns on, goes through the provider's ``online_write_batch`` (Redis keeps a
+    row only if it is newer than the stored one)."""
+
+    def __init__(self, store: FeatureStore, view_name: str) -> None:
+        self.store = store
+        self.view = store.get_feature_view(view_name)
+        self.types = {f.name: f.dtype.to_value_type() for f in self.view.features}
+        key_types = {c.name: c.dtype.to_value_type() for c in self.view.entity_columns}
+        self.key_names = tuple(self.view.join_keys)  # the order the readers build keys in
+        self.key_types = tuple(key_types.get(k, ValueType.UNKNOWN) for k in self.key_names)
+        self.version = store.config.entity_key_serialization_version
+        self._sqlite = self._sqlite_target(store)
+
+    def _sqlite_target(self, store: FeatureStore) -> tuple[str, str] | None:
+        from feast.infra.online_stores.sqlite import SqliteOnlineStore, _quote_id, _table_id
+
+        config = store.config
+        online = config.online_store
+        if not isinstance(store.provider.online_store, SqliteOnlineStore):
+            return None
+        if getattr(online, "vector_enabled", False) or getattr(online, "enable_openai_compatible_store", False):
+            return None
+        versioned = bool(getattr(config.registry, "enable_online_feature_view_versioning", False))
+        path = str(Path(SqliteOnlineStore._get_db_path(config)).resolve())
+        return path, _quote_id(_table_id(config.project, self.view, versioned))
+
+    def _proto(self, name: str, value: object) -> ValueProto:
+        if _is_missing(value):
+            return ValueProto()
+        kind = self.types[name]
+        if kind == ValueType.INT64 and isinstance(value, int | np.integer) and not isinstance(value, bool):
+            return ValueProto(int64_val=int(value))
+        if kind == ValueType.DOUBLE and isinstance(value, int | float | np.number) and not isinstance(value, bool):
+            return ValueProto(double_val=float(value))
+        if kind == ValueType.STRING and isinstance(value, str):
+            return ValueProto(string_val=value)
+        return python_values_to_proto_values([value], kind)[0]
+
+    def write(self, rows: Sequence[tuple[Mapping[str, object], Mapping[str, object], datetime]]) -> int:
+        """(entity keys, feature values, event time) per entity; a feature a row does not name is
+        left as it is (Feast stores features one by one)."""
+        if not rows:
+            return 0
+        now = datetime.now(UTC)
+        data = []
+        for keys, values, event_time in rows:
+            entity_key = _entity_key(self.key_names, self.key_types, tuple(keys[k] for k in self.key_names))
+            protos = {name: self._proto(name, value) for name, value in values.items() if name in self.types}
+            data.append((entity_key, protos, event_time, now))
+        if self._sqlite is None:
+            self.store.provider.online_write_batch(self.store.config, self.view, data, progress=None)
+        else:
+            self._write_sqlite(data)
+        return len(data)
+
+    def _write_sqlite(self, data: list) -> None:
+        from feast.infra.online_stores.sqlite import extract_text_and_num
+
+        _, table = self._sqlite  # type: ignore[misc]
+        params = []
+        for entity_key, protos, event_time, created in data:
+            key = serialize_entity_key(entity_key, entity_key_serialization_version=self.version)
+            ts, made = _naive_utc(event_time), _naive_utc(created)
+            for name, proto in protos.items():
+                params.append((key, name, proto.SerializeToString(), extract_text_and_num(proto, False)[0], ts, made))
+        # Feast's own connection: its datetime adapter (registered by Feast's module) stores the times.
+        conn = self.store.provider.online_store._get_conn(self.store.config)
+        with conn:
+            conn.executemany(
+                f"INSERT INTO {table} (entity_key, feature_name, value, value_text, event_ts, created_ts) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
+                "value = excluded.value, value_text = excluded.value_text, event_ts = excluded.event_ts, "
+                "created_ts = excluded.created_ts",
+                params,
+            )
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo is not None else moment
+
+
 def write_online(
     store: FeatureStore,
     view_name: str,
     rows: Sequence[tuple[Mapping[str, object], Mapping[str, object], datetime]],
 ) -> int:
-    """Write feature rows to the online store through Feast's own write path (the provider's
-    ``online_write_batch``, as ``write_to_online_store`` and ``materialize`` end up calling), so
-    ``feast``, ``online_vector`` and the service read them like materialized ones.
-
-    ``rows``: (entity keys, feature values, event time) per entity. Values are converted to the
-    view's declared types; a feature the row does not name is left as it is (Feast stores features
-    one by one). No DataFrame per call: a stream consumer writes a few rows at a time."""
-    view = store.get_feature_view(view_name)
-    types = {f.name: f.dtype.to_value_type() for f in view.features}
-    key_types = {c.name: c.dtype.to_value_type() for c in view.entity_columns}
-    now = datetime.now(UTC)
-    data = []
-    key_names = tuple(view.join_keys)  # the order the readers build keys in
-    key_value_types = tuple(key_types.get(k, ValueType.UNKNOWN) for k in key_names)
-    for keys, values, event_time in rows:
-        entity_key = _entity_key(key_names, key_value_types, tuple(keys[k] for k in key_names))
-        protos = {
-            name: python_values_to_proto_values([None if _is_missing(value) else value], types[name])[0]
-            for name, value in values.items()
-            if name in types
-        }
-        data.append((entity_key, protos, event_time, now))
-    if data:
-        store.provider.online_write_batch(store.config, view, data, progress=None)
-    return len(data)
+    """Write feature rows to the online store through Feast's write layout (``OnlineWriter``), so
+    ``feast``, ``online_vector`` and the service read them like materialized ones."""
+    return OnlineWriter(store, view_name).write(rows)
 
 
 def _is_missing(value: object) -> bool:

@@ -12,7 +12,7 @@ Per batch of events read from the consumer group:
    event ``/predict`` published (``source=api``) was scored there and is not scored again.
 3. **Apply** it: the event goes into its entity's event set in Redis (``HSETNX`` by event id:
    a redelivered or replayed event changes nothing), the entity's aggregates are recomputed from
-   that set by the declarations' incremental engine, and written to the online store through
+   that set by the declarations (``aggregate_at``), and written to the online store through
    Feast's write path. The set keeps the events inside the longest window of the entity's newest.
 4. **Append** the batch's events to the offline source (``mlcycle.data.event_log``).
 5. **Acknowledge** — only now. Killed anywhere before, the batch comes back (to this consumer on
@@ -43,7 +43,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -52,14 +52,15 @@ import redis
 
 from mlcycle.data import event_log
 from mlcycle.features import open_project_store
-from mlcycle.features.aggregations import AggregationSpec, IncrementalAggregator
-from mlcycle.features.store import write_online
+from mlcycle.features.aggregations import AggregationSpec, aggregate_at
+from mlcycle.features.store import OnlineWriter
 from mlcycle.features.transform import last_event_column
 from mlcycle.project.config import ProjectConfig
 from mlcycle.streaming.broker import EventStream, Message, connect
 from mlcycle.streaming.events import SOURCE_API, Event, EventSchema, Poison
 
 log = logging.getLogger("mlcycle.stream")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Drop a fired expiry (only if no one moved it since) and keep the earliest pending one (ZADD LT).
 _TIMER_SCRIPT = """
@@ -140,6 +141,8 @@ class _Table:
     window_us: int  # the longest window
     columns: tuple[str, ...]
     last_event: str
+    writer: OnlineWriter
+    windows_us: tuple[int, ...]
 
 
 @dataclass
@@ -184,14 +187,17 @@ class StreamConsumer:
                     f"features.aggregations.{name}: no Feast feature view named '{name}' to write to "
                     "(run `mlcycle features publish` after declaring it)"
                 )
+            windows_us = tuple(w // pd.Timedelta(microseconds=1) for w in spec.windows)
             self.tables.append(
                 _Table(
                     name,
                     spec,
                     name,
-                    max(w // pd.Timedelta(microseconds=1) for w in spec.windows),
+                    max(windows_us),
                     tuple(spec.columns),
                     last_event_column(name, spec),
+                    OnlineWriter(self.store, name),
+                    windows_us,
                 )
             )
         if scorer is None and cfg.streaming.score:
@@ -292,7 +298,9 @@ class StreamConsumer:
             else:
                 seen.add(event.event_id)
                 unique.append(event)
-        for round_events in self._rounds(unique):
+        # Rounds (no entity twice in one) matter for scoring only: each event is scored with the
+        # ones before it applied. Features alone apply a batch at once, each entity read once.
+        for round_events in self._rounds(unique) if self.scorer is not None else [unique] if unique else []:
             result.rounds += 1
             if self.scorer is not None:
                 self._score(round_events, result)
@@ -405,7 +413,7 @@ class StreamConsumer:
             if table.spec.expire_on_time and next_expiry is not None:
                 self._timer(after, table, entity, fired=None, next_at=next_expiry)
         for table in self.tables:
-            write_online(self.store, table.view, rows[table.name])
+            table.writer.write(rows[table.name])
         written = self.clock()
         result.freshness_ms += [(written - e.timestamp).total_seconds() * 1000 for e in events]
         after.execute()
@@ -418,7 +426,7 @@ class StreamConsumer:
         if before is not None and stamp_us <= int(before):
             stamp_us = int(before) + 1
         pipe.set(key + ":written", stamp_us)
-        return pd.Timestamp(stamp_us, unit="us", tz="UTC").to_pydatetime()
+        return _EPOCH + timedelta(microseconds=stamp_us)
 
     def _timer(self, pipe: Any, table: _Table, entity: str, fired: int | None, next_at: int | None) -> None:
         """Keep the entity's earliest pending expiry instant; drop a fired one (if unchanged)."""
@@ -431,33 +439,27 @@ class StreamConsumer:
     ) -> tuple[dict[str, Any], int, int | None, list[bytes]] | None:
         """The entity's state at instant ``at`` (default: its newest event) from its event set: the
         row's values, the instant, the next instant an event leaves a window after it (None: none
-        left), and the events no window reaches any more (to forget). None for an empty set."""
+        left, or windows do not expire on time), and the events no window reaches any more (to
+        forget). None for an empty set."""
         if not state:
             return None
-        decoded = sorted((json.loads(v)[0], k.decode(), json.loads(v)[1], k) for k, v in state.items())
+        # (time, values, event id), by time then id: ties in a fixed order, values never compared.
+        decoded = sorted(((*json.loads(v), k) for k, v in state.items()), key=lambda e: (e[0], e[2]))
         newest = decoded[-1][0]
         at = newest if at is None else at
-        stale = [raw for t, _, _, raw in decoded if t <= newest - table.window_us]
-        engine = IncrementalAggregator(table.spec)
-        values: dict[str, Any] = {}
-        last: int | None = None
-        live: list[int] = []
-        for t, _, vals, _ in decoded:
-            if t > at:
-                break
-            last = t
-            if t > at - table.window_us:
-                values = engine.update("e", t, dict(zip(table.columns, vals, strict=True)))
-                live.append(t)
+        stale = [raw for t, _, raw in decoded if t <= newest - table.window_us]
+        since = at - table.window_us
+        live = [(t, values) for t, values, _ in decoded if since < t <= at]
+        last = next((t for t, _, _ in reversed(decoded) if t <= at), None)
         if last is None:
             return None
-        if at > last or not values:
-            values = engine.query("e", at)
-        windows_us = [w // pd.Timedelta(microseconds=1) for w in table.spec.windows]
-        leaving = [t + w for t in live for w in windows_us if t + w > at]
-        values = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in values.items()}
+        values = aggregate_at(table.spec, live, at)
+        values = {k: (None if isinstance(v, float) and v != v else v) for k, v in values.items()}
         values[table.last_event] = last // 1_000_000
-        return values, at, min(leaving, default=None), stale
+        leaving = None
+        if table.spec.expire_on_time:
+            leaving = min((t + w for t, _ in live for w in table.windows_us if t + w > at), default=None)
+        return values, at, leaving, stale
 
     # ------------------------------------------------------------------ windows expiring on time
     def expire(self, at: datetime | None = None, limit: int = 500) -> int:
@@ -509,7 +511,7 @@ class StreamConsumer:
                 rows[table.name].append((keys, values, self._stamp(after, key, fired, before)))
             self._timer(after, table, entity, fired=scheduled, next_at=next_expiry)
         for table in self.tables:
-            write_online(self.store, table.view, rows[table.name])
+            table.writer.write(rows[table.name])
         after.execute()
         return sum(len(r) for r in rows.values())
 

@@ -97,16 +97,20 @@ class EventSchema:
             )
         )
         self.max_future = cfg.streaming.max_future_delta
-        contract = validation.table_schema(cfg)
-        label_columns = {cfg.table.label, cfg.table.label_available_at}
-        # The table's contract, column by column, minus the label (an event has none yet). Checks
-        # across columns are the table's: they run when the events join it in a feature build.
-        self.contract = (
-            None
-            if contract is None
-            else pandera.pandas.DataFrameSchema(
-                {name: column for name, column in contract.columns.items() if name not in label_columns}
-            )
+        self.cfg = cfg
+        self.label_columns = {cfg.table.label, cfg.table.label_available_at}
+        self.contract = self._contract_at(None)
+
+    def _contract_at(self, now: datetime | None) -> Any:
+        """The table's contract as of ``now``, column by column, minus the label (an event has none
+        yet). A contract's checks may be relative to the moment of validation ("not in the future"):
+        it is built for each batch's clock, never once at start. Checks across columns are the
+        table's: they run when the events join it in a feature build."""
+        contract = validation.table_schema(self.cfg, now=now)
+        if contract is None:
+            return None
+        return pandera.pandas.DataFrameSchema(
+            {name: column for name, column in contract.columns.items() if name not in self.label_columns}
         )
 
     def decode(self, messages: Sequence[Any], now: datetime | None = None) -> tuple[list[Event], list[Poison]]:
@@ -118,6 +122,7 @@ class EventSchema:
             checked = self._one(message, now_ts)
             (poison if isinstance(checked, Poison) else events).append(checked)
         if events and self.contract is not None:
+            self.contract = self._contract_at(now_ts.to_pydatetime())
             events, refused = self._contract(events)
             poison += refused
         return events, poison
