@@ -50,7 +50,7 @@ lint: install ## ruff check + format check
 bench: install ## run every benchmark in bench/
 	@for b in bench/*.py; do echo "== $$b"; PYTHONPATH=. $(UV) run --no-sync python $$b || exit 1; done
 
-up: install ## start Prefect server + worker + deployments, MLflow UI and the scoring service in the background; print URLs
+up: install ## start Prefect server + worker + deployments, MLflow UI, the scoring service, the event broker and the stream consumer in the background; print URLs
 	$(UV) run --no-sync mlcycle up
 
 down: install ## stop exactly what `make up` started

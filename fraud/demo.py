@@ -9,6 +9,7 @@ canary → promoted (or not) → a broken-upstream day → retraining refused, w
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import threading
@@ -45,7 +46,7 @@ def run(cfg: ProjectConfig, console: Console, requests: int = 1500) -> None:
     if running:
         raise DemoFailed(f"the local stack is running ({', '.join(running)}): `make down` first — the demo "
                          "starts from a clean data/ directory and its own servers")  # fmt: skip
-    steps = Steps(console, total=12)
+    steps = Steps(console, total=13)
     console.rule("[bold]mlcycle demo[/bold]")
     console.print(f"project {cfg.project!r}, profile {cfg.profile!r}, state in {cfg.data_path}")
     if cfg.profile == "scale":
@@ -118,7 +119,8 @@ def _story(cfg, console, steps, world, drift_at, prefect_url, requests, out) -> 
             if v1["alias"] != registry.CHAMPION:
                 raise DemoFailed("v1 did not become champion: the story cannot go on")
         service_port = 3000 if stack.port_free(3000) else free_port()
-        with steps.step("Scoring service, deployments, worker; v1's production history since the change"):
+        with steps.step("Event broker, scoring service, deployments, worker; v1's production history since the change"):
+            stack.start_broker(cfg, wait=True, out=out)  # the service publishes every scored request to it
             service_url = stack.start_service(cfg, service_port, wait=False, out=out)
             deployed = stack.deploy(cfg, api_url, out=out)
             console.print(f"      deployments: {', '.join(deployed)}")
@@ -140,6 +142,10 @@ def _story(cfg, console, steps, world, drift_at, prefect_url, requests, out) -> 
                 stats = replay(service_url, recent, requests, concurrency=4, on_response=lambda: bar.advance(task))
             console.print(f"      {stats.status.get(200, 0):,}/{stats.sent:,} answered 200, p50 {stats.p(50):.1f} ms, "
                           f"p99 {stats.p(99):.1f} ms")  # fmt: skip
+        with steps.step(
+            "A card-testing burst on the event stream: ten tiny purchases minutes apart, scored as they arrive"
+        ):
+            _stream_burst(cfg, console, tx)
         monitor = load_flow(cfg.root, "monitoring", "monitor")
         with steps.step("Monitoring flow `monitor` over the last 7 days (events start retraining)"):
             since_events = datetime.now(UTC)
@@ -178,6 +184,71 @@ def _story(cfg, console, steps, world, drift_at, prefect_url, requests, out) -> 
         with steps.step("Summary"):
             _summary(cfg, console, client, prefect_url)
     console.rule(f"[bold green]demo finished in {steps.elapsed():.0f}s[/bold green]")
+
+
+def _stream_burst(cfg: ProjectConfig, console: Console, tx) -> None:
+    """Ten purchases of 0.50-5.00 on one card, three minutes apart, arrive on the stream. The consumer
+    (``mlcycle stream``, here in-process) scores each with the burst so far in its features — the
+    "transactions in the last hour" the model sees goes 0, 1, 2, … — where features as last
+    materialized (batch alone) would show none of it. Both scores are printed, whatever they say."""
+    import numpy as np
+    import pandas as pd
+
+    from mlcycle.serving.prediction_store import read_logged_predictions
+    from mlcycle.streaming.consumer import StreamConsumer, open_stream
+    from mlcycle.streaming.events import encode
+
+    consumer = StreamConsumer(cfg, open_stream(cfg), name="demo")
+    try:
+        seeded = consumer.bootstrap()
+        backlog = 0
+        while batch := consumer.stream.read(consumer.name, 500, 0):  # /predict's requests, published by the service
+            backlog += consumer.process(batch).read
+        rng = np.random.default_rng(3)
+        quiet = tx.groupby("user_id")["event_timestamp"].max()
+        user = int(quiet[quiet < quiet.max() - pd.Timedelta(days=2)].index[0])  # a card idle for days
+        base = tx[tx["user_id"] == user].iloc[-1].to_dict()
+        now = pd.Timestamp(datetime.now(UTC)).floor("s")
+        merchants = tx["merchant_id"].drop_duplicates().sample(10, random_state=3).to_numpy()
+        burst = [
+            {**{k: v for k, v in base.items() if k not in (cfg.table.label, cfg.table.label_available_at)},
+             "transaction_id": int(9 * 10**12 + k), "event_timestamp": now - pd.Timedelta(minutes=3 * (9 - k)),
+             "amount": round(float(rng.uniform(0.5, 5.0)), 2), "merchant_id": int(merchants[k])}
+            for k in range(10)
+        ]  # fmt: skip
+        requests = [{**row, "timestamp": row["event_timestamp"].to_pydatetime()} for row in burst]
+        batch_only = [a.score for a in consumer.scorer.score(requests)]  # features as last materialized
+        consumer.stream.publish_many([encode(row) for row in burst])
+        while batch := consumer.stream.read(consumer.name, 500, 0):
+            consumer.process(batch)
+    finally:
+        if consumer.scorer is not None:
+            consumer.scorer.close()  # flushes the prediction log
+    decided = {
+        fields[b"event_id"].decode(): float(fields[b"score"])
+        for _, fields in consumer.client.xrange(consumer.keys.decisions)
+    }
+    logged = read_logged_predictions(cfg)
+    logged = logged[logged["event_id"].isin([str(r["transaction_id"]) for r in burst]) & ~logged["shadow"]]
+    seen = {e: json.loads(f).get("txn_count_1h") for e, f in zip(logged["event_id"], logged["features"], strict=True)}
+    console.print(
+        f"      consumer: {seeded:,} recent events seeded, {backlog:,} requests /predict had published applied"
+    )
+    table = Table("#", "time", "amount", "txns in the last hour (stream)", "score, batch features", "score, stream")
+    for k, row in enumerate(burst):
+        event_id = str(row["transaction_id"])
+        count = seen.get(event_id)
+        table.add_row(str(k + 1), f"{row['event_timestamp']:%H:%M}", f"{row['amount']:.2f}",
+                      "—" if count is None else str(count), f"{batch_only[k]:.3f}",
+                      f"{decided[event_id]:.3f}" if event_id in decided else "not scored")  # fmt: skip
+    console.print(table)
+    last = str(burst[-1]["transaction_id"])
+    if last in decided:
+        rise = decided[last] - batch_only[-1]
+        console.print(
+            f"      the tenth purchase: score {decided[last]:.3f} with the burst in its features, "
+            f"{batch_only[-1]:.3f} with batch features alone ({'+' if rise >= 0 else ''}{rise:.3f})"
+        )
 
 
 def _pause_schedules(deployments: list[str]) -> None:

@@ -746,27 +746,41 @@ def stream(
 
     from mlcycle.streaming.broker import BrokerError
     from mlcycle.streaming.consumer import StreamConsumer, broker_url
-    from mlcycle.streaming.events import StreamConfigError
+    from mlcycle.streaming.events import EventSchema, StreamConfigError
 
     cfg = _config(config)
     if not score:
         cfg = cfg.model_copy(update={"streaming": cfg.streaming.model_copy(update={"score": False})})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        worker = StreamConsumer(cfg, name=consumer, scorer=None if cfg.streaming.score else False)
-    except (BrokerError, StreamConfigError, ValueError) as exc:
-        console.print(f"cannot start the consumer: {exc}", style="red", markup=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-    seeded = worker.bootstrap()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     from mlcycle.ops.scale import redact
 
     token = os.environ.get("MLCYCLE_STACK_ID", "")
+    console.print(f"stream consumer started ({token}) on {redact(broker_url(cfg))}", markup=False, soft_wrap=True)
+    try:
+        EventSchema(cfg)
+    except StreamConfigError as exc:  # the config itself: no wait can fix it
+        console.print(f"cannot stream: {exc}", style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    worker = None
+    while worker is None and not stop.is_set():
+        try:
+            worker = StreamConsumer(cfg, name=consumer, scorer=None if cfg.streaming.score else False)
+        except (BrokerError, ValueError) as exc:  # the broker not up yet, the feature views not published yet
+            console.print(f"waiting (retrying every 5 s): {exc}", markup=False, soft_wrap=True)
+            stop.wait(5)
+    if worker is None:
+        return
+    try:
+        seeded = worker.bootstrap()
+    except OSError as exc:  # no table yet: nothing to seed, the stream starts from empty windows
+        console.print(f"no history seeded ({exc})", markup=False, soft_wrap=True)
+        seeded = 0
     console.print(
-        f"stream consumer ready ({token}): {worker.name} in group {cfg.streaming.group!r} of {worker.keys.events} "
-        f"at {redact(broker_url(cfg))}; {seeded} events of the table's recent history seeded",
+        f"stream consumer ready: {worker.name} in group {cfg.streaming.group!r} of {worker.keys.events}; "
+        f"{seeded} events of the table's recent history seeded",
         markup=False,
         soft_wrap=True,
     )

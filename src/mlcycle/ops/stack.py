@@ -418,11 +418,12 @@ def _broker_answers(url: str) -> bool:
 
 
 def _consumer_ready(record: Record) -> bool:
-    """The consumer prints its launch token once it has joined its group (``mlcycle stream``):
-    nothing else to ask it, and the broker's URL (with a password in profile scale) is not kept
-    in the pid file."""
+    """The consumer prints its launch token once it runs (``mlcycle stream``): it then joins its
+    group, or waits for the broker and the project's feature views and says so in its log, as the
+    service waits for a champion. Nothing else to ask it, and the broker's URL (with a password in
+    profile scale) is not kept in the pid file."""
     try:
-        return f"stream consumer ready ({record.token})" in Path(record.log).read_text(errors="replace")
+        return f"stream consumer started ({record.token})" in Path(record.log).read_text(errors="replace")
     except OSError:
         return False
 
