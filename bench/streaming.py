@@ -43,12 +43,10 @@ publish time) while ours consumes (``read`` with the config's ``block_ms`` + ``p
 quantiles are of every event's (online write time - event time), from ``BatchResult.freshness_ms``
 (the values ``consumer.freshness`` keeps the last 5,000 of).
 
-Known defect, worked around for the freshness measurement and reported on its own RESULT line: the
-consumer's data contract is built once, when the consumer starts, and its ``not_in_future`` check
-compares event times with that moment, so the consumer as shipped dead-letters every event stamped
-after it started. A probe publishes a few live events to a consumer as shipped and counts the
-dead-lettered ones; the freshness consumer is then built with its contract's "now" one day ahead
-(``streaming.max_future`` still refuses events from the future).
+Live events: a probe publishes a few events stamped after the consumer started and counts the
+dead-lettered ones (its own RESULT line, target 0). The consumer's data contract has a "not in the
+future" check; it is rebuilt per batch with the batch's clock — a version that built it once, at
+start, dead-lettered every live event, which this probe found.
 
 Windows expiring on time (``expire_on_time`` in a declaration): ``process`` then also keeps one
 expiry timer per touched entity (a Redis sorted set), and ``run`` writes the states of entities
@@ -86,7 +84,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
@@ -179,21 +177,6 @@ def make_events(table: pd.DataFrame, cfg: ProjectConfig, users: np.ndarray, n: i
 def publish(stream: EventStream, events: Sequence[dict[str, str]], chunk: int = 2000) -> None:
     for start in range(0, len(events), chunk):
         stream.publish_many(events[start : start + chunk])
-
-
-@contextlib.contextmanager
-def contract_now_ahead(delta: timedelta) -> Iterator[None]:
-    """Consumers built inside get a data contract whose "now" is ``delta`` ahead (see the docstring)."""
-    original = validation.table_schema
-
-    def ahead(cfg: ProjectConfig, now: datetime | None = None) -> Any:
-        return original(cfg, now=(now or datetime.now(UTC)) + delta)
-
-    validation.table_schema = ahead
-    try:
-        yield
-    finally:
-        validation.table_schema = original
 
 
 # ------------------------------------------------------------------------------------------ raw side
@@ -612,8 +595,7 @@ def main() -> None:
             dead_live = probe_live(cfg, stream, store, template, next_id)
             print(f"probe: {dead_live} of {PROBE_EVENTS} live events dead-lettered by the consumer as shipped",
                   flush=True)  # fmt: skip
-            with contract_now_ahead(timedelta(days=1)):
-                live = StreamConsumer(cfg, stream, name="live", scorer=False, store=store)
+            live = StreamConsumer(cfg, stream, name="live", scorer=False, store=store)
             fresh, publisher, dead = freshness(live, server.url, template, args.rate, args.seconds,
                                                next_id + PROBE_EVENTS)  # fmt: skip
             client.close()

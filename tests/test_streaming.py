@@ -356,3 +356,107 @@ def test_a_burst_on_the_stream_is_scored_with_the_burst_already_in_its_features(
     assert seen == [None, *range(1, 10)]
     scores = [float(fields[b"score"]) for _, fields in decisions]
     assert all(0.0 <= s <= 1.0 for s in scores)
+
+
+def test_the_online_writer_encodes_values_byte_for_byte_as_feast_does(project: ProjectConfig) -> None:
+    """``OnlineWriter`` writes int64 and double cells without building a ValueProto: the bytes and
+    ``value_text`` must be those of ``SerializeToString`` and Feast's ``extract_text_and_num``."""
+    from feast.infra.online_stores.sqlite import extract_text_and_num
+    from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+    from feast.value_type import ValueType
+
+    from mlcycle.features.store import OnlineWriter
+
+    assert ValueProto.DESCRIPTOR.fields_by_name["int64_val"].number == 4
+    assert ValueProto.DESCRIPTOR.fields_by_name["double_val"].number == 5
+    writer = OnlineWriter(open_project_store(project), TABLE)
+    ints = [n for n, kind in writer.types.items() if kind == ValueType.INT64]
+    doubles = [n for n, kind in writer.types.items() if kind == ValueType.DOUBLE]
+    assert ints and doubles
+
+    def feast(proto: ValueProto) -> tuple[bytes, str | None]:
+        return proto.SerializeToString(), extract_text_and_num(proto, False)[0]
+
+    for value in [0, 1, -1, 127, 128, 300, -300, 2**31, -(2**31), 2**62, 2**63 - 1, -(2**63), 1_733_000_000,
+                  np.int64(-5), np.int32(7)]:  # fmt: skip
+        assert writer._cell(ints[0], value) == feast(ValueProto(int64_val=int(value))), value
+    for value in [0.0, -0.0, 1.5, -2.25, 0.1, 1e300, -1e-300, 5e-324, float("inf"), float("-inf"), 3, -7,
+                  123456789.123, np.float64(0.1), np.float32(0.1)]:  # fmt: skip
+        assert writer._cell(doubles[0], value) == feast(ValueProto(double_val=float(value))), value
+        assert writer._double(float(value)) == feast(ValueProto(double_val=float(value))), value
+    for missing in (None, float("nan"), np.nan):  # NaN is never written as a number: a missing value
+        assert writer._cell(doubles[0], missing) == (b"", None) == feast(ValueProto())
+        assert writer._cell(ints[0], missing) == (b"", None)
+
+
+def test_each_consumers_event_cache_follows_what_the_other_consumer_inserted(streamed, broker) -> None:
+    """Two consumers alternate on the same entities: each keeps the entities' decoded events, and
+    re-reads a set only when another writer inserted into it (its version token moved), so the
+    rows written by either are the offline engine's; one of them keeps a single entity cached."""
+    cfg, stream = streamed
+    now = pd.Timestamp(datetime.now(UTC))
+    users = [int(u) for u in validation.load_table(cfg)["user_id"].drop_duplicates().head(3)]
+    events = _events(cfg, 90, seed=6, users=users, end=now)
+    a = StreamConsumer(cfg, stream, name="a", scorer=False)
+    b = StreamConsumer(cfg, open_stream(cfg, connect(broker.url)), name="b", scorer=False, store=a.store)
+    b.cache_entities = 1
+    a.bootstrap(now=now)
+    for turn, start in enumerate(range(0, 90, 10)):
+        _publish(stream, events.iloc[start : start + 10])
+        _drain((a, b)[turn % 2])
+    _publish(stream, events.iloc[:30])  # a replay, to the consumer that went first
+    _drain(a)
+    assert a.totals["applied"] + b.totals["applied"] == 90
+    assert a.totals["duplicates"] == 30
+    keys = stream_keys(cfg)
+    state_keys = [keys.state(TABLE, json.dumps([u])) for u in users]
+    assert all(k in a._cache for k in state_keys) and len(b._cache) == 1  # a's started with the bootstrap
+    last = _events(cfg, 3, seed=7, users=users, end=now)  # the last word to a, for each user
+    last["user_id"] = users
+    _publish(stream, last)
+    _drain(a)
+    _assert_equal(cfg, users, a)
+    tokens = [stream.client.get(k + ":v") for k in state_keys]
+    assert all(tokens)
+    # Seeding again adds nothing, gives the sets new tokens (another consumer's cache is read again)
+    # and starts this consumer's cache with the sets as they are.
+    assert a.bootstrap(now=now) == 0
+    again = [stream.client.get(k + ":v") for k in state_keys]
+    assert all(t and t not in tokens for t in again)
+    assert [a._cache[k][0] for k in state_keys] == again
+    _publish(stream, _events(cfg, 6, seed=8, users=users, end=now))
+    _drain(a)
+    _assert_equal(cfg, users, a)
+
+
+def test_the_consumers_aggregates_equal_aggregate_at_on_json_values() -> None:
+    """The consumer computes the declared aggregates itself (each window's values read once): the
+    same definition as ``aggregate_at`` over values decoded from JSON (nulls, NaN, ties, bools)."""
+    import math
+    import random
+
+    from mlcycle.features.aggregations import AggregationSpec, aggregate_at
+    from mlcycle.streaming.consumer import _aggregates, _SpecView
+
+    functions = [("count", None), ("sum", "x"), ("mean", "x"), ("min", "x"), ("max", "y"), ("count_distinct", "m"),
+                 ("mean", "y")]  # fmt: skip
+    aggregations = [{"function": f, "column": c, "window": w} for w in ("10m", "1h", "1d") for f, c in functions]
+    spec = AggregationSpec(entities=("k",), aggregations=aggregations)
+    view = _SpecView(list(spec.columns), list(spec.windows), list(spec.aggregations))
+    rng = random.Random(5)
+    pick = [None, float("nan"), 0, -3, 2.5, 1e-9, 123456.789, True, 7]
+    for _ in range(300):
+        at = 10**15 + rng.randrange(0, 10**9)
+        n = rng.randrange(0, 40)
+        live = []
+        for _ in range(n):
+            values = [rng.choice(pick), rng.choice([*pick, rng.random()]), rng.choice(["a", "b", None, 3])]
+            t = at - rng.randrange(0, 2 * 86_400 * 10**6) // rng.choice([1, 60, 3600])
+            live.append((t, json.loads(json.dumps(values))))
+        live.sort(key=lambda e: e[0])
+        live = [(t, tuple(v)) for t, v in live if at - 86_400 * 10**6 < t <= at]
+        want = aggregate_at(spec, live, at)
+        got = _aggregates(tuple(spec.output_names), view.by_window, live, at)
+        assert list(got) == list(want)
+        for name, value in want.items():
+            assert (math.isnan(value) and math.isnan(got[name])) if value != value else got[name] == value, name

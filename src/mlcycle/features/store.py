@@ -21,6 +21,7 @@ import contextlib
 import io
 import os
 import sqlite3
+import struct
 import sys
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -157,6 +158,29 @@ class OnlineWriter:
     or value-number columns on, goes through the provider's ``online_write_batch`` (Redis keeps a
     row only if it is newer than the stored one)."""
 
+    # ValueProto's wire format for the two usual numeric fields (field numbers from Value_pb2:
+    # int64_val = 4, varint; double_val = 5, 64-bit); a test checks the bytes equal SerializeToString.
+    _INT64_TAG = bytes([4 << 3 | 0])
+    _DOUBLE_TAG = bytes([5 << 3 | 1])
+    _U64 = (1 << 64) - 1
+    _pack_double = staticmethod(struct.Struct("<d").pack)
+
+    @staticmethod
+    def _varint(number: int) -> bytes:
+        if number < 0x80:
+            return bytes((number,))
+        out = bytearray()
+        while number > 0x7F:
+            out.append((number & 0x7F) | 0x80)
+            number >>= 7
+        out.append(number)
+        return bytes(out)
+
+    @classmethod
+    def _double(cls, number: float) -> tuple[bytes, str]:
+        """A double's ``ValueProto`` bytes and ``value_text`` (NaN is missing: not for here)."""
+        return cls._DOUBLE_TAG + cls._pack_double(number), str(number)
+
     def __init__(self, store: FeatureStore, view_name: str) -> None:
         self.store = store
         self.view = store.get_feature_view(view_name)
@@ -166,6 +190,11 @@ class OnlineWriter:
         self.key_types = tuple(key_types.get(k, ValueType.UNKNOWN) for k in self.key_names)
         self.version = store.config.entity_key_serialization_version
         self._sqlite = self._sqlite_target(store)
+        # 1: int64, 2: double (encoded inline), 0: any other type (through the proto)
+        codes = {ValueType.INT64: 1, ValueType.DOUBLE: 2}
+        self._kinds = {name: codes.get(kind, 0) for name, kind in self.types.items()}
+        self._ints: dict[int, tuple[bytes, str | None]] = {}
+        self._keys: dict[tuple, bytes] = {}  # entity key values → serialized entity key
 
     def _sqlite_target(self, store: FeatureStore) -> tuple[str, str] | None:
         from feast.infra.online_stores.sqlite import SqliteOnlineStore, _quote_id, _table_id
@@ -198,28 +227,74 @@ class OnlineWriter:
         if not rows:
             return 0
         now = datetime.now(UTC)
+        if self._sqlite is not None:
+            self._write_sqlite(rows, now)
+            return len(rows)
         data = []
         for keys, values, event_time in rows:
             entity_key = _entity_key(self.key_names, self.key_types, tuple(keys[k] for k in self.key_names))
             protos = {name: self._proto(name, value) for name, value in values.items() if name in self.types}
             data.append((entity_key, protos, event_time, now))
-        if self._sqlite is None:
-            self.store.provider.online_write_batch(self.store.config, self.view, data, progress=None)
-        else:
-            self._write_sqlite(data)
+        self.store.provider.online_write_batch(self.store.config, self.view, data, progress=None)
         return len(data)
 
-    def _write_sqlite(self, data: list) -> None:
+    def _cell(self, name: str, value: object) -> tuple[bytes, str | None]:
+        """A value's ``ValueProto`` bytes and ``value_text``, as ``SerializeToString`` and Feast's
+        ``extract_text_and_num`` give them: int64 and double encoded directly (``value_bytes``),
+        anything else through the proto."""
+        if _is_missing(value):
+            return b"", None
+        kind = self.types[name]
+        if not isinstance(value, bool):
+            if kind == ValueType.INT64 and isinstance(value, int | np.integer):
+                number = int(value)
+                if -(1 << 63) <= number < (1 << 63):
+                    return self._INT64_TAG + self._varint(number & self._U64), str(number)
+            elif kind == ValueType.DOUBLE and isinstance(value, int | float | np.number):
+                return self._double(float(value))
         from feast.infra.online_stores.sqlite import extract_text_and_num
 
+        proto = self._proto(name, value)
+        return proto.SerializeToString(), extract_text_and_num(proto, False)[0]
+
+    def _write_sqlite(self, rows: Sequence[tuple[Mapping[str, object], Mapping[str, object], datetime]],
+                      created: datetime) -> None:  # fmt: skip
         _, table = self._sqlite  # type: ignore[misc]
+        # Feast's adapter for datetimes (registered by its module) applied once per distinct time
+        # rather than once per (entity, feature) row: the same value sqlite3 would store.
+        adapt = sqlite3.adapters.get((datetime, sqlite3.PrepareProtocol), lambda moment: moment)
+        made = adapt(_naive_utc(created))
         params = []
-        for entity_key, protos, event_time, created in data:
-            key = serialize_entity_key(entity_key, entity_key_serialization_version=self.version)
-            ts, made = _naive_utc(event_time), _naive_utc(created)
-            for name, proto in protos.items():
-                params.append((key, name, proto.SerializeToString(), extract_text_and_num(proto, False)[0], ts, made))
-        # Feast's own connection: its datetime adapter (registered by Feast's module) stores the times.
+        names, key_types, version, kinds = self.key_names, self.key_types, self.version, self._kinds
+        ints, double, entity_keys = self._ints, self._double, self._keys
+        if len(ints) > 65_536:
+            ints.clear()
+        if len(entity_keys) > 65_536:
+            entity_keys.clear()
+        for keys, values, event_time in rows:
+            key_values = tuple(keys[k] for k in names)
+            key = entity_keys.get(key_values)
+            if key is None:
+                key = entity_keys[key_values] = _key_bytes(names, key_types, key_values, version)
+            ts = adapt(_naive_utc(event_time))
+            for name, value in values.items():
+                kind = kinds.get(name)
+                if kind is None:
+                    continue
+                # The usual cases inline (an exact int / float of the view's type), as ``_cell``
+                # gives them; counts and times repeat, so an int's cell is kept once made.
+                if kind == 1 and type(value) is int:
+                    cell = ints.get(value)
+                    if cell is None:
+                        cell = ints[value] = self._cell(name, value)
+                    params.append((key, name, cell[0], cell[1], ts, made))
+                elif kind == 2 and type(value) is float and value == value:
+                    blob, text = double(value)
+                    params.append((key, name, blob, text, ts, made))
+                else:
+                    blob, text = self._cell(name, value)
+                    params.append((key, name, blob, text, ts, made))
+        # Feast's own connection (its pragmas, the same file).
         conn = self.store.provider.online_store._get_conn(self.store.config)
         with conn:
             conn.executemany(

@@ -14,6 +14,9 @@ Per batch of events read from the consumer group:
    a redelivered or replayed event changes nothing), the entity's aggregates are recomputed from
    that set by the declarations (``aggregate_at``), and written to the online store through
    Feast's write path. The set keeps the events inside the longest window of the entity's newest.
+   A consumer keeps each entity's decoded events in memory (bounded, least recently used dropped)
+   under the set's version token, which every writer whose ``HSETNX`` inserted replaces in the same
+   script: the set is read again only when the token moved (another consumer, a bootstrap).
 4. **Append** the batch's events to the offline source (``mlcycle.data.event_log``).
 5. **Acknowledge** — only now. Killed anywhere before, the batch comes back (to this consumer on
    restart, or to another once ``claim_idle_ms`` passes), and every step above is idempotent.
@@ -34,13 +37,17 @@ latency) go to a Redis hash that the service's ``/metrics`` and ``mlcycle status
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
+import math
 import os
 import socket
 import threading
 import time
-from collections import deque
+import uuid
+from bisect import bisect_right, insort
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -71,6 +78,43 @@ end
 if ARGV[3] ~= '' then redis.call('ZADD', KEYS[1], 'LT', ARGV[3], ARGV[1]) end
 return 1
 """
+# Each entity's events of a batch into its event set, by event id (HSETNX: a redelivered or replayed
+# event changes nothing), and what the consumer needs to recompute its row, in one atomic step.
+# Per entity (KEYS: its set, the set's version, its last written stamp; ARGV: the token the caller
+# has cached, the number of events, then id and payload of each): the flags (1: inserted), the set's
+# version (a token each writer whose HSETNX inserted replaces, so an unchanged token means no event
+# came in since), the last written stamp, and the whole set only when the caller's cached token is
+# not the current one (its cache may miss events). ARGV[1]: this call's token.
+_APPLY_SCRIPT = """
+local token = ARGV[1]
+local out = {}
+local a = 2
+for e = 1, #KEYS, 3 do
+  local set, vkey, wkey = KEYS[e], KEYS[e + 1], KEYS[e + 2]
+  local cached = ARGV[a]
+  local n = tonumber(ARGV[a + 1])
+  a = a + 2
+  local before = redis.call('GET', vkey)
+  local flags = {}
+  local inserted = 0
+  for i = 1, n do
+    local f = redis.call('HSETNX', set, ARGV[a], ARGV[a + 1])
+    a = a + 2
+    flags[i] = f
+    inserted = inserted + f
+  end
+  local version = before
+  if inserted > 0 or not before then
+    redis.call('SET', vkey, token)
+    version = token
+  end
+  local state = false
+  if not before or before ~= cached then state = redis.call('HGETALL', set) end
+  out[#out + 1] = {flags, version, redis.call('GET', wkey) or false, state}
+end
+return out
+"""
+CACHE_ENTITIES = 100_000  # entities whose decoded events a consumer keeps (least recently used dropped)
 SCORED_TTL_S = 7 * 86_400  # a redelivery comes within minutes; a week covers a replay of old entries
 RECENT = 5_000  # events whose freshness / scoring latency the quantiles describe
 
@@ -134,6 +178,71 @@ def open_stream(cfg: ProjectConfig, client: redis.Redis | None = None) -> EventS
 
 
 @dataclass(frozen=True)
+class _SpecView:
+    """What ``aggregate_at`` reads of a declaration, resolved once (``AggregationSpec`` derives its
+    columns and windows on every access)."""
+
+    columns: list[str]
+    windows: list[timedelta]
+    aggregations: list[Any]
+
+    @property
+    def by_window(self) -> list[tuple[int, list[tuple[str, str, int]]]]:
+        """(window in microseconds, its aggregations as (output, function, column index)), shortest first."""
+        return [
+            (w // timedelta(microseconds=1),
+             [(a.output_name, a.function, self.columns.index(a.column) if a.column else -1)
+              for a in self.aggregations if a.window == w])
+            for w in self.windows
+        ]  # fmt: skip
+
+
+_FUNCTIONS = frozenset({"count", "count_distinct", "sum", "mean", "min", "max"})
+
+
+def _aggregates(
+    order: tuple[str, ...],
+    by_window: list[tuple[int, list[tuple[str, str, int]]]],
+    live: list[tuple[int, Any]],
+    at: int,
+) -> dict[str, float | int]:
+    """``aggregate_at``'s definition (window ``(at - w, at]``, missing values skipped, sums by
+    ``math.fsum``) over events decoded from JSON (a value is missing when null or NaN), ``live``
+    sorted by time and none after ``at``: each window's values of a column are read once for all
+    the aggregations over them. A test holds it equal to ``aggregate_at``."""
+    times = [t for t, _ in live]
+    out: dict[str, float | int] = {}
+    for window_us, aggs in by_window:
+        inside = live[bisect_right(times, at - window_us) :]
+        present: dict[int, list[Any]] = {}
+        numbers: dict[int, list[float]] = {}
+        for name, function, i in aggs:
+            if function == "count":
+                out[name] = len(inside)
+                continue
+            values = present.get(i)
+            if values is None:
+                values = present[i] = [v[i] for _, v in inside if v[i] is not None and v[i] == v[i]]
+            if function == "count_distinct":
+                out[name] = len(set(values))
+                continue
+            floats = numbers.get(i)
+            if floats is None:
+                floats = numbers[i] = [float(v) for v in values]
+            if not floats:
+                out[name] = math.nan
+            elif function == "sum":
+                out[name] = math.fsum(floats)
+            elif function == "mean":
+                out[name] = math.fsum(floats) / len(floats)
+            elif function == "min":
+                out[name] = min(floats)
+            else:
+                out[name] = max(floats)
+    return {name: out[name] for name in order}
+
+
+@dataclass(frozen=True)
 class _Table:
     name: str
     spec: AggregationSpec
@@ -143,6 +252,9 @@ class _Table:
     last_event: str
     writer: OnlineWriter
     windows_us: tuple[int, ...]
+    resolved: _SpecView
+    order: tuple[str, ...]  # the aggregations' output names, as declared
+    by_window: list[tuple[int, list[tuple[str, str, int]]]] | None  # None: not all functions are ours
 
 
 @dataclass
@@ -198,6 +310,9 @@ class StreamConsumer:
                     last_event_column(name, spec),
                     OnlineWriter(self.store, name),
                     windows_us,
+                    (view := _SpecView(list(spec.columns), list(spec.windows), list(spec.aggregations))),
+                    tuple(spec.output_names),
+                    view.by_window if all(a.function in _FUNCTIONS for a in spec.aggregations) else None,
                 )
             )
         if scorer is None and cfg.streaming.score:
@@ -212,6 +327,13 @@ class StreamConsumer:
         self.freshness: deque[float] = deque(maxlen=RECENT)
         self.scoring: deque[float] = deque(maxlen=RECENT)
         self._rate: tuple[float, int] = (time.monotonic(), 0)
+        # Each entity's decoded events (time, values, event id) sorted by time then id, with the
+        # version token of its event set they reflect: valid while the token has not moved.
+        self._cache: OrderedDict[str, tuple[bytes, list[tuple[int, tuple[Any, ...], bytes]]]] = OrderedDict()
+        self.cache_entities = CACHE_ENTITIES
+        self._apply_script = self.client.register_script(_APPLY_SCRIPT)
+        self._token_prefix = f"{uuid.uuid4().hex[:16]}:"
+        self._token_seq = 0
 
     # ------------------------------------------------------------------ start
     def bootstrap(self, events: pd.DataFrame | None = None, now: datetime | None = None) -> int:
@@ -236,19 +358,52 @@ class StreamConsumer:
             frame = events.loc[recent, [*table.spec.entities, *table.columns]]
             keys = [self.keys.state(table.name, json.dumps(k)) for k in _key_lists(frame, table.spec.entities)]
             values = frame[list(table.columns)].astype(object).where(frame[list(table.columns)].notna(), None)
-            pipe = self.client.pipeline(transaction=False)
+            # In one transaction with the events, the sets' version tokens are dropped: a consumer's
+            # cache of those entities is read again.
+            pipe = self.client.pipeline(transaction=True)
+            chunk: set[str] = set()
             for key, event_id, t, row in zip(keys, ids[recent], micros[recent], values.itertuples(index=False),
                                              strict=True):  # fmt: skip
                 pipe.hsetnx(key, event_id, json.dumps([int(t), [_json_value(v) for v in row]]))
+                chunk.add(key)
                 if len(pipe) >= 5_000:
-                    seeded += sum(pipe.execute())
-            seeded += sum(pipe.execute())
+                    seeded += self._flush_seed(pipe, chunk)
+            seeded += self._flush_seed(pipe, chunk)
             if table.spec.expire_on_time:  # their windows expire on time too, from the next round on
                 timers = self.client.pipeline(transaction=False)
                 for entity in dict.fromkeys(json.dumps(k) for k in _key_lists(frame, table.spec.entities)):
                     self._timer(timers, table, entity, fired=None, next_at=moment.value // 1_000)
                 timers.execute()
         return seeded
+
+    def _flush_seed(self, pipe: Any, keys: set[str]) -> int:
+        """Run a transaction of HSETNX, with a new version token for each set they went into and
+        its events read back: this consumer's cache starts with them (as if it had just inserted
+        them), another consumer's cache of those sets is read again. How many events were new."""
+        if not len(pipe):
+            return 0
+        seeded = len(pipe)
+        token = self._next_token()
+        order = list(keys)
+        for key in order:
+            pipe.set(key + ":v", token)
+            pipe.hgetall(key)
+        replies = pipe.execute()
+        keys.clear()
+        for key, state in zip(order, replies[seeded + 1 :: 2], strict=True):
+            self._remember(key, token, _decoded(state.items()))
+        return sum(replies[:seeded])
+
+    def _next_token(self) -> bytes:
+        """A version token no other write of any consumer uses."""
+        self._token_seq += 1
+        return f"{self._token_prefix}{self._token_seq}".encode()
+
+    def _remember(self, key: str, version: bytes, decoded: list[tuple[int, tuple[Any, ...], bytes]]) -> None:
+        self._cache[key] = (version, decoded)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_entities:
+            self._cache.popitem(last=False)
 
     # ------------------------------------------------------------------ loop
     def run(
@@ -284,6 +439,20 @@ class StreamConsumer:
 
     # ------------------------------------------------------------------ one batch
     def process(self, messages: Sequence[Message]) -> BatchResult:
+        """One batch (see the module's docstring). The cyclic garbage collector is paused for the
+        batch (and resumed after, if it was on): a batch's objects are freed by reference counting
+        when it ends, while collections inside it would carry them to the oldest generation and set
+        off full collections of the whole process's heap, about a sixth of a batch's time."""
+        paused = gc.isenabled()
+        if paused:
+            gc.disable()
+        try:
+            return self._process(messages)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _process(self, messages: Sequence[Message]) -> BatchResult:
         result = BatchResult(read=len(messages))
         by_id = {m.id: m for m in messages}
         events, poison = self.schema.decode(messages, now=self.clock())
@@ -377,46 +546,81 @@ class StreamConsumer:
 
     # ------------------------------------------------------------------ features
     def _apply(self, events: list[Event], result: BatchResult) -> None:
-        pipe = self.client.pipeline(transaction=True)
-        touched: list[tuple[_Table, str, str, dict[str, Any]]] = []
-        index: dict[tuple[str, str], int] = {}
+        # Per (table, entity): its events of this round, into its set in one script call each.
+        touched: dict[tuple[str, str], tuple[_Table, str, str, dict[str, Any], list[tuple[Event, str]]]] = {}
+        firsts: list[tuple[tuple[str, str], int]] = []  # per event: its first table's entity, position
         for event in events:
-            for table in self.tables:
+            for n, table in enumerate(self.tables):
                 entity = self._entity(table, event)
-                key = self.keys.state(table.name, entity)
-                values = [event.row.get(c) for c in table.columns]
-                pipe.hsetnx(key, event.event_id, json.dumps([event.micros, values]))
-                if (table.name, entity) not in index:
-                    index[(table.name, entity)] = len(touched)
+                item = touched.get((table.name, entity))
+                if item is None:
                     keys = {k: event.row[k] for k in table.spec.entities}
-                    touched.append((table, entity, key, keys))
-        for _, _, key, _ in touched:
-            pipe.hgetall(key)
-            pipe.get(key + ":written")
-        replies = pipe.execute()
-        inserted = replies[: len(replies) - 2 * len(touched)]
-        tail = replies[len(replies) - 2 * len(touched) :]
-        states, written_before = tail[0::2], tail[1::2]
-        result.duplicates += sum(1 for r in inserted[:: len(self.tables)] if not r)
-        result.applied += sum(1 for r in inserted[:: len(self.tables)] if r)
+                    item = touched[(table.name, entity)] = (
+                        table,
+                        entity,
+                        self.keys.state(table.name, entity),
+                        keys,
+                        [],
+                    )
+                if n == 0:
+                    firsts.append(((table.name, entity), len(item[4])))
+                values = [event.row.get(c) for c in table.columns]
+                item[4].append((event, json.dumps([event.micros, values])))
+        token = self._next_token()
+        script_keys: list[str] = []
+        args: list[Any] = [token]
+        for _, _, key, _, pending in touched.values():
+            cached = self._cache.get(key)
+            script_keys += (key, key + ":v", key + ":written")
+            args += (cached[0] if cached is not None else b"", len(pending))
+            for event, payload in pending:
+                args += (event.event_id, payload)
+        replies = dict(zip(touched, self._apply_script(keys=script_keys, args=args), strict=True))
+        for where, position in firsts:
+            if replies[where][0][position]:
+                result.applied += 1
+            else:
+                result.duplicates += 1
         result.entities += len(touched)
         rows: dict[str, list] = {t.name: [] for t in self.tables}
         after = self.client.pipeline(transaction=False)
-        for (table, entity, key, keys), state, before in zip(touched, states, written_before, strict=True):
-            computed = self._aggregate(table, state)
+        for where, (table, entity, key, keys, pending) in touched.items():
+            flags, version, before, state = replies[where]
+            decoded = self._events(key, flags, version, state, pending)
+            computed = self._aggregate_sorted(table, decoded)
             if computed is None:
                 continue
             values, at, next_expiry, stale = computed
             rows[table.name].append((keys, values, self._stamp(after, key, at, before)))
             if stale:
                 after.hdel(key, *stale)
+                del decoded[: len(stale)]  # the oldest ones: the cache forgets them too
             if table.spec.expire_on_time and next_expiry is not None:
                 self._timer(after, table, entity, fired=None, next_at=next_expiry)
         for table in self.tables:
             table.writer.write(rows[table.name])
-        written = self.clock()
-        result.freshness_ms += [(written - e.timestamp).total_seconds() * 1000 for e in events]
+        written_us = (self.clock() - _EPOCH) // timedelta(microseconds=1)
+        result.freshness_ms += [(written_us - e.micros) / 1000 for e in events]
         after.execute()
+
+    def _events(
+        self, key: str, flags: list[int], version: bytes, state: list[bytes] | None, pending: list[tuple[Event, str]]
+    ) -> list[tuple[int, tuple[Any, ...], bytes]]:
+        """The entity's events, sorted by (time, id), kept in the cache under the set's version: the
+        whole set when the script returned it (the cache was missing or behind), else the cached
+        events plus the ones this call inserted (the token did not move: no one else inserted).
+        Values are kept as tuples of plain values, which the garbage collector stops tracking: a
+        cache of lists would make every full collection walk it."""
+        if state is not None:
+            decoded = _decoded(zip(state[0::2], state[1::2], strict=True))
+        else:
+            decoded = self._cache[key][1]
+            for (event, payload), inserted in zip(pending, flags, strict=True):
+                if inserted:
+                    t, values = json.loads(payload)
+                    insort(decoded, (t, tuple(values), event.event_id.encode()), key=_by_time_then_id)
+        self._remember(key, version, decoded)
+        return decoded
 
     def _stamp(self, pipe: Any, key: str, at: int, before: bytes | None) -> datetime:
         """The online row's time: one microsecond after the instant it describes, as offline. Feast's
@@ -425,7 +629,7 @@ class StreamConsumer:
         stamp_us = at + 1
         if before is not None and stamp_us <= int(before):
             stamp_us = int(before) + 1
-        pipe.set(key + ":written", stamp_us)
+        pipe.execute_command("SET", key + ":written", stamp_us)
         return _EPOCH + timedelta(microseconds=stamp_us)
 
     def _timer(self, pipe: Any, table: _Table, entity: str, fired: int | None, next_at: int | None) -> None:
@@ -445,15 +649,29 @@ class StreamConsumer:
             return None
         # (time, values, event id), by time then id: ties in a fixed order, values never compared.
         decoded = sorted(((*json.loads(v), k) for k, v in state.items()), key=lambda e: (e[0], e[2]))
+        return self._aggregate_sorted(table, decoded, at)
+
+    def _aggregate_sorted(
+        self, table: _Table, decoded: list[tuple[int, list[Any], bytes]], at: int | None = None
+    ) -> tuple[dict[str, Any], int, int | None, list[bytes]] | None:
+        """``_aggregate`` over the entity's events already sorted by (time, id)."""
+        if not decoded:
+            return None
         newest = decoded[-1][0]
         at = newest if at is None else at
-        stale = [raw for t, _, raw in decoded if t <= newest - table.window_us]
-        since = at - table.window_us
-        live = [(t, values) for t, values, _ in decoded if since < t <= at]
-        last = next((t for t, _, _ in reversed(decoded) if t <= at), None)
-        if last is None:
+        times = [t for t, _, _ in decoded]
+        gone = bisect_right(times, newest - table.window_us)
+        stale = [raw for _, _, raw in decoded[:gone]]
+        end = bisect_right(times, at)
+        if end == 0:
             return None
-        values = aggregate_at(table.spec, live, at)
+        last = times[end - 1]
+        start = bisect_right(times, at - table.window_us, 0, end)
+        live = [(t, values) for t, values, _ in decoded[start:end]]
+        if table.by_window is not None:
+            values = _aggregates(table.order, table.by_window, live, at)
+        else:
+            values = aggregate_at(table.resolved, live, at)  # type: ignore[arg-type]
         values = {k: (None if isinstance(v, float) and v != v else v) for k, v in values.items()}
         values[table.last_event] = last // 1_000_000
         leaving = None
@@ -544,6 +762,20 @@ class StreamConsumer:
             self.client.hset(self.keys.stats, mapping={k: str(v) for k, v in stats.items()})
         except redis.RedisError:
             log.warning("could not record the consumer's figures")
+
+
+def _decoded(fields: Any) -> list[tuple[int, tuple[Any, ...], bytes]]:
+    """An event set's (event id, payload) pairs as (time, values, event id), by time then id."""
+    decoded = []
+    for event_id, payload in fields:
+        t, values = json.loads(payload)
+        decoded.append((t, tuple(values), event_id))
+    decoded.sort(key=_by_time_then_id)
+    return decoded
+
+
+def _by_time_then_id(event: tuple[int, Any, bytes]) -> tuple[int, bytes]:
+    return event[0], event[2]
 
 
 def _key_lists(frame: pd.DataFrame, keys: Sequence[str]) -> list[list[Any]]:
