@@ -460,3 +460,11 @@ def test_the_consumers_aggregates_equal_aggregate_at_on_json_values() -> None:
         assert list(got) == list(want)
         for name, value in want.items():
             assert (math.isnan(value) and math.isnan(got[name])) if value != value else got[name] == value, name
+
+
+def test_a_due_timer_of_a_table_no_longer_declared_is_dropped_not_spun_on(streamed) -> None:
+    cfg, stream = streamed
+    consumer = StreamConsumer(cfg, stream, name="timers", scorer=False)
+    consumer.client.zadd(consumer.keys.timers, {"renamed_table\x1f[1]": 1})
+    assert consumer.expire() == 0
+    assert consumer.client.zscore(consumer.keys.timers, "renamed_table\x1f[1]") is None

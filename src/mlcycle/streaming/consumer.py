@@ -115,6 +115,16 @@ end
 return out
 """
 CACHE_ENTITIES = 100_000  # entities whose decoded events a consumer keeps (least recently used dropped)
+# A decision is emitted once per event: the scored marker is set (NX) and the decision added together.
+_DECIDE_SCRIPT = """
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'EX', tonumber(ARGV[1])) then
+  local fields = {}
+  for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+  redis.call('XADD', KEYS[1], '*', unpack(fields))
+  return 1
+end
+return 0
+"""
 SCORED_TTL_S = 7 * 86_400  # a redelivery comes within minutes; a week covers a replay of old entries
 RECENT = 5_000  # events whose freshness / scoring latency the quantiles describe
 
@@ -332,6 +342,7 @@ class StreamConsumer:
         self._cache: OrderedDict[str, tuple[bytes, list[tuple[int, tuple[Any, ...], bytes]]]] = OrderedDict()
         self.cache_entities = CACHE_ENTITIES
         self._apply_script = self.client.register_script(_APPLY_SCRIPT)
+        self._decide_script = self.client.register_script(_DECIDE_SCRIPT)
         self._token_prefix = f"{uuid.uuid4().hex[:16]}:"
         self._token_seq = 0
 
@@ -525,23 +536,24 @@ class StreamConsumer:
             log.warning("events not scored (%s: %s); their features are applied", type(exc).__name__, exc)
             return
         per_event_ms = (time.perf_counter() - started) * 1000 / len(fresh)
-        pipe = self.client.pipeline(transaction=True)
+        pipe = self.client.pipeline(transaction=False)
         for event, answer in zip(fresh, scored, strict=True):
-            pipe.xadd(
-                self.keys.decisions,
-                {
-                    "event_id": event.event_id,
-                    "score": repr(answer.score),
-                    "decision": "" if answer.decision is None else str(int(answer.decision)),
-                    "model_version": answer.model_version,
-                    "variant": answer.variant,
-                    "request_id": answer.request_id,
-                    "features_missing": ",".join(answer.features_missing),
-                },
-            )
-            pipe.set(self.keys.scored(event.event_id), answer.request_id, ex=SCORED_TTL_S)
-        pipe.execute()
-        result.scored += len(fresh)
+            fields = {
+                "event_id": event.event_id,
+                "score": repr(answer.score),
+                "decision": "" if answer.decision is None else str(int(answer.decision)),
+                "model_version": answer.model_version,
+                "variant": answer.variant,
+                "request_id": answer.request_id,
+                "features_missing": ",".join(answer.features_missing),
+            }
+            # The marker and the decision in one step, the decision only if the marker was not
+            # there: a second scorer of the same event (a consumer that took over a slow batch, a
+            # retried call) emits nothing.
+            args = [SCORED_TTL_S, answer.request_id, *(x for kv in fields.items() for x in kv)]
+            self._decide_script(keys=[self.keys.decisions, self.keys.scored(event.event_id)], args=args, client=pipe)
+        emitted = sum(1 for done in pipe.execute() if done)
+        result.scored += emitted
         result.scoring_ms += [per_event_ms] * len(fresh)
 
     # ------------------------------------------------------------------ features
@@ -569,8 +581,11 @@ class StreamConsumer:
         token = self._next_token()
         script_keys: list[str] = []
         args: list[Any] = [token]
+        held: dict[str, list] = {}  # the cached lists sent as current: an eviction below cannot lose them
         for _, _, key, _, pending in touched.values():
             cached = self._cache.get(key)
+            if cached is not None:
+                held[key] = cached[1]
             script_keys += (key, key + ":v", key + ":written")
             args += (cached[0] if cached is not None else b"", len(pending))
             for event, payload in pending:
@@ -584,10 +599,18 @@ class StreamConsumer:
         result.entities += len(touched)
         rows: dict[str, list] = {t.name: [] for t in self.tables}
         after = self.client.pipeline(transaction=False)
+        now_us = (self.clock() - _EPOCH) // timedelta(microseconds=1)
         for where, (table, entity, key, keys, pending) in touched.items():
             flags, version, before, state = replies[where]
-            decoded = self._events(key, flags, version, state, pending)
-            computed = self._aggregate_sorted(table, decoded)
+            decoded = self._events(key, flags, version, state, pending, held.get(key))
+            at = None
+            if table.spec.expire_on_time and decoded:
+                # The row describes the entity now: after its newest event, or where an event left
+                # a window since (a late event must not bring back events already expired online).
+                newest = decoded[-1][0]
+                at = max((t + w for t, _, _ in decoded for w in table.windows_us if newest < t + w <= now_us),
+                         default=None)  # fmt: skip
+            computed = self._aggregate_sorted(table, decoded, at)
             if computed is None:
                 continue
             values, at, next_expiry, stale = computed
@@ -604,7 +627,13 @@ class StreamConsumer:
         after.execute()
 
     def _events(
-        self, key: str, flags: list[int], version: bytes, state: list[bytes] | None, pending: list[tuple[Event, str]]
+        self,
+        key: str,
+        flags: list[int],
+        version: bytes,
+        state: list[bytes] | None,
+        pending: list[tuple[Event, str]],
+        held: list | None,
     ) -> list[tuple[int, tuple[Any, ...], bytes]]:
         """The entity's events, sorted by (time, id), kept in the cache under the set's version: the
         whole set when the script returned it (the cache was missing or behind), else the cached
@@ -614,7 +643,7 @@ class StreamConsumer:
         if state is not None:
             decoded = _decoded(zip(state[0::2], state[1::2], strict=True))
         else:
-            decoded = self._cache[key][1]
+            decoded = held if held is not None else self._cache[key][1]
             for (event, payload), inserted in zip(pending, flags, strict=True):
                 if inserted:
                     t, values = json.loads(payload)
@@ -698,10 +727,15 @@ class StreamConsumer:
             return None
         tables = {t.name: t for t in self.tables}
         items = []
+        unknown = []
         for member, score in due:
             name, _, entity = member.decode().partition("\x1f")
             if name in tables:
                 items.append((tables[name], entity, self.keys.state(name, entity), int(score)))
+            else:  # a table no longer declared: its timers would be due forever
+                unknown.append(member)
+        if unknown:
+            self.client.zrem(self.keys.timers, *unknown)
         pipe = self.client.pipeline(transaction=False)
         for _, _, key, _ in items:
             pipe.hgetall(key)
@@ -716,17 +750,20 @@ class StreamConsumer:
             windows_us = [w // pd.Timedelta(microseconds=1) for w in table.spec.windows]
             scheduled = fired
             fired = max([t + w for t in live for w in windows_us if fired <= t + w <= now_us], default=fired)
+            if not state:
+                self._timer(after, table, entity, fired=scheduled, next_at=None)
+                continue
+            newest = max(live)
+            if newest >= fired:  # a later event's row already stands: only its next instant is due
+                self._timer(after, table, entity, fired=scheduled, next_at=self._aggregate(table, state)[2])  # type: ignore[index]
+                continue
             computed = self._aggregate(table, state, at=fired)
             if computed is None:
                 self._timer(after, table, entity, fired=scheduled, next_at=None)
                 continue
             values, _, next_expiry, _ = computed
-            newest = max(json.loads(v)[0] for v in state.values())
-            if newest >= fired:  # a later event's row already stands: only the next instant is due
-                next_expiry = self._aggregate(table, state)[2]  # type: ignore[index]
-            else:
-                keys = dict(zip(table.spec.entities, json.loads(entity), strict=True))
-                rows[table.name].append((keys, values, self._stamp(after, key, fired, before)))
+            keys = dict(zip(table.spec.entities, json.loads(entity), strict=True))
+            rows[table.name].append((keys, values, self._stamp(after, key, fired, before)))
             self._timer(after, table, entity, fired=scheduled, next_at=next_expiry)
         for table in self.tables:
             table.writer.write(rows[table.name])
