@@ -429,39 +429,6 @@ def test_each_consumers_event_cache_follows_what_the_other_consumer_inserted(str
     _assert_equal(cfg, users, a)
 
 
-def test_the_consumers_aggregates_equal_aggregate_at_on_json_values() -> None:
-    """The consumer computes the declared aggregates itself (each window's values read once): the
-    same definition as ``aggregate_at`` over values decoded from JSON (nulls, NaN, ties, bools)."""
-    import math
-    import random
-
-    from mlcycle.features.aggregations import AggregationSpec, aggregate_at
-    from mlcycle.streaming.consumer import _aggregates, _SpecView
-
-    functions = [("count", None), ("sum", "x"), ("mean", "x"), ("min", "x"), ("max", "y"), ("count_distinct", "m"),
-                 ("mean", "y")]  # fmt: skip
-    aggregations = [{"function": f, "column": c, "window": w} for w in ("10m", "1h", "1d") for f, c in functions]
-    spec = AggregationSpec(entities=("k",), aggregations=aggregations)
-    view = _SpecView(list(spec.columns), list(spec.windows), list(spec.aggregations))
-    rng = random.Random(5)
-    pick = [None, float("nan"), 0, -3, 2.5, 1e-9, 123456.789, True, 7]
-    for _ in range(300):
-        at = 10**15 + rng.randrange(0, 10**9)
-        n = rng.randrange(0, 40)
-        live = []
-        for _ in range(n):
-            values = [rng.choice(pick), rng.choice([*pick, rng.random()]), rng.choice(["a", "b", None, 3])]
-            t = at - rng.randrange(0, 2 * 86_400 * 10**6) // rng.choice([1, 60, 3600])
-            live.append((t, json.loads(json.dumps(values))))
-        live.sort(key=lambda e: e[0])
-        live = [(t, tuple(v)) for t, v in live if at - 86_400 * 10**6 < t <= at]
-        want = aggregate_at(spec, live, at)
-        got = _aggregates(tuple(spec.output_names), view.by_window, live, at)
-        assert list(got) == list(want)
-        for name, value in want.items():
-            assert (math.isnan(value) and math.isnan(got[name])) if value != value else got[name] == value, name
-
-
 def test_a_due_timer_of_a_table_no_longer_declared_is_dropped_not_spun_on(streamed) -> None:
     cfg, stream = streamed
     consumer = StreamConsumer(cfg, stream, name="timers", scorer=False)

@@ -38,9 +38,11 @@ from __future__ import annotations
 
 import math
 import re
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -561,39 +563,58 @@ class _WindowState:
         return count, sums, n, distinct, extremes
 
 
+@lru_cache(maxsize=256)
+def _plan(spec: AggregationSpec) -> tuple[tuple[str, ...], tuple[tuple[int, tuple[tuple[str, str, int], ...]], ...]]:
+    """The declarations by window, resolved once per spec (its columns and windows are derived on
+    every access): output order, and per window (in microseconds) its (output, function, column index)."""
+    columns = spec.columns
+    return tuple(spec.output_names), tuple(
+        (w // timedelta(microseconds=1),
+         tuple((a.output_name, a.function, columns.index(a.column) if a.column else -1)
+               for a in spec.aggregations if a.window == w))
+        for w in spec.windows
+    )  # fmt: skip
+
+
 def aggregate_at(spec: AggregationSpec, events: Sequence[tuple[int, Sequence[Any]]], at: int) -> dict[str, float | int]:
     """Every declared aggregate at instant ``at`` (epoch microseconds) from one entity's events,
-    given as (time, values in ``spec.columns`` order): the window ``(at - w, at]``, missing values
-    skipped as in SQL. A third engine of the same definition, for a caller that holds an entity's
-    events and needs one instant (a stream consumer rebuilding a row): one pass per window, no
-    state kept. Events after ``at`` are ignored."""
-    columns = spec.columns
+    given as (time, values in ``spec.columns`` order) **sorted by time**: the window
+    ``(at - w, at]``, missing values (None, NaN) skipped as in SQL, sums by ``math.fsum``; events after ``at``
+    are ignored. A third engine of the same definition, for a caller that holds an entity's events
+    and needs one instant (a stream consumer rebuilding a row): no state kept, and each window's
+    values of a column read once for all the aggregations over them."""
+    order, by_window = _plan(spec)
+    times = [t for t, _ in events]
+    end = bisect_right(times, at)
     out: dict[str, float | int] = {}
-    by_window: dict[timedelta, list[tuple[int, Sequence[Any]]]] = {}
-    for window in spec.windows:
-        since = at - window // timedelta(microseconds=1)
-        by_window[window] = [(t, v) for t, v in events if since < t <= at]
-    for agg in spec.aggregations:
-        inside = by_window[agg.window]
-        if agg.function == "count":
-            out[agg.output_name] = len(inside)
-            continue
-        i = columns.index(agg.column)  # type: ignore[arg-type]
-        if agg.function == "count_distinct":
-            out[agg.output_name] = len({v[i] for _, v in inside if not _missing(v[i])})
-            continue
-        values = [float(v[i]) for _, v in inside if not _missing(v[i])]
-        if not values:
-            out[agg.output_name] = math.nan
-        elif agg.function == "sum":
-            out[agg.output_name] = math.fsum(values)
-        elif agg.function == "mean":
-            out[agg.output_name] = math.fsum(values) / len(values)
-        elif agg.function == "min":
-            out[agg.output_name] = min(values)
-        else:
-            out[agg.output_name] = max(values)
-    return out
+    for window_us, aggs in by_window:
+        inside = events[bisect_right(times, at - window_us, 0, end) : end]
+        present: dict[int, list[Any]] = {}
+        numbers: dict[int, list[float]] = {}
+        for name, function, i in aggs:
+            if function == "count":
+                out[name] = len(inside)
+                continue
+            values = present.get(i)
+            if values is None:
+                values = present[i] = [x for _, v in inside if (x := v[i]) is not None and x == x]
+            if function == "count_distinct":
+                out[name] = len(set(values))
+                continue
+            floats = numbers.get(i)
+            if floats is None:
+                floats = numbers[i] = [float(v) for v in values]
+            if not floats:
+                out[name] = math.nan
+            elif function == "sum":
+                out[name] = math.fsum(floats)
+            elif function == "mean":
+                out[name] = math.fsum(floats) / len(floats)
+            elif function == "min":
+                out[name] = min(floats)
+            else:
+                out[name] = max(floats)
+    return {name: out[name] for name in order}
 
 
 class IncrementalAggregator:
@@ -674,29 +695,6 @@ class IncrementalAggregator:
             state.add(t, nums, raws)
             state.expire(t - self._windows_us[wi])
         return self._read(states, t, mutated=True)
-
-    def extend(self, entity: Hashable, events: Iterable[tuple[int, Mapping[str, Any]]]) -> None:
-        """Add events (epoch-microsecond times, in time order) without reading the aggregates after
-        each one, as ``update`` does: a consumer rebuilding an entity's state from its stored events
-        reads once, with ``query``, at the end."""
-        last, states = self._entities.get(entity, (None, None))
-        if states is None:
-            states = self._new_states()
-        for t, values in events:
-            if last is not None and t < last:
-                raise ValueError(f"events for entity {entity!r} must come in time order")
-            row = {c: values[c] for c in self._columns}
-            for wi, state in enumerate(states):
-                nums = tuple(None if _missing(v := row[c]) else float(v) for c in self._numeric[wi])
-                raws = tuple(None if _missing(v := row[c]) else v for c in self._raw[wi])
-                state.add(t, nums, raws)
-                state.expire(t - self._windows_us[wi])
-            last = t
-        if last is not None:
-            self._entities[entity] = (last, states)
-
-    def forget(self, entity: Hashable) -> None:
-        self._entities.pop(entity, None)
 
     def query(self, entity: Hashable, at: Any) -> dict[str, float | int]:
         """The entity's aggregates as of ``at`` without adding an event (the window ``(at - window, at]``).

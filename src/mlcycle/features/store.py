@@ -310,16 +310,6 @@ def _naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo is not None else moment
 
 
-def write_online(
-    store: FeatureStore,
-    view_name: str,
-    rows: Sequence[tuple[Mapping[str, object], Mapping[str, object], datetime]],
-) -> int:
-    """Write feature rows to the online store through Feast's write layout (``OnlineWriter``), so
-    ``feast``, ``online_vector`` and the service read them like materialized ones."""
-    return OnlineWriter(store, view_name).write(rows)
-
-
 def _is_missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and value != value)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,6 +38,9 @@ from urllib.parse import quote
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
+
+from mlcycle.ops.service_process import free_port
+from mlcycle.ops.stack import port_free
 
 FieldValue = str | bytes | int | float
 
@@ -412,24 +414,6 @@ def _conf_quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _port_in_use(port: int) -> bool:
-    """Whether something listens on 127.0.0.1:port. SO_REUSEADDR as redis-server sets it: the
-    TIME_WAIT sockets a just-stopped broker leaves do not count as busy."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((LOOPBACK, port))
-        except OSError:
-            return True
-    return False
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        return int(probe.getsockname()[1])
-
-
 def _is_redis_process(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -570,8 +554,8 @@ class LocalRedisServer:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._check_not_running_elsewhere()
         if not self.port:
-            self.port = _free_port()
-        elif _port_in_use(self.port):
+            self.port = free_port()
+        elif not port_free(self.port):
             raise PortInUse(
                 f"{LOOPBACK}:{self.port} is already in use by another process: stop it or choose another port "
                 "(port=0 picks a free one)"

@@ -40,7 +40,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import math
 import os
 import socket
 import threading
@@ -188,71 +187,6 @@ def open_stream(cfg: ProjectConfig, client: redis.Redis | None = None) -> EventS
 
 
 @dataclass(frozen=True)
-class _SpecView:
-    """What ``aggregate_at`` reads of a declaration, resolved once (``AggregationSpec`` derives its
-    columns and windows on every access)."""
-
-    columns: list[str]
-    windows: list[timedelta]
-    aggregations: list[Any]
-
-    @property
-    def by_window(self) -> list[tuple[int, list[tuple[str, str, int]]]]:
-        """(window in microseconds, its aggregations as (output, function, column index)), shortest first."""
-        return [
-            (w // timedelta(microseconds=1),
-             [(a.output_name, a.function, self.columns.index(a.column) if a.column else -1)
-              for a in self.aggregations if a.window == w])
-            for w in self.windows
-        ]  # fmt: skip
-
-
-_FUNCTIONS = frozenset({"count", "count_distinct", "sum", "mean", "min", "max"})
-
-
-def _aggregates(
-    order: tuple[str, ...],
-    by_window: list[tuple[int, list[tuple[str, str, int]]]],
-    live: list[tuple[int, Any]],
-    at: int,
-) -> dict[str, float | int]:
-    """``aggregate_at``'s definition (window ``(at - w, at]``, missing values skipped, sums by
-    ``math.fsum``) over events decoded from JSON (a value is missing when null or NaN), ``live``
-    sorted by time and none after ``at``: each window's values of a column are read once for all
-    the aggregations over them. A test holds it equal to ``aggregate_at``."""
-    times = [t for t, _ in live]
-    out: dict[str, float | int] = {}
-    for window_us, aggs in by_window:
-        inside = live[bisect_right(times, at - window_us) :]
-        present: dict[int, list[Any]] = {}
-        numbers: dict[int, list[float]] = {}
-        for name, function, i in aggs:
-            if function == "count":
-                out[name] = len(inside)
-                continue
-            values = present.get(i)
-            if values is None:
-                values = present[i] = [v[i] for _, v in inside if v[i] is not None and v[i] == v[i]]
-            if function == "count_distinct":
-                out[name] = len(set(values))
-                continue
-            floats = numbers.get(i)
-            if floats is None:
-                floats = numbers[i] = [float(v) for v in values]
-            if not floats:
-                out[name] = math.nan
-            elif function == "sum":
-                out[name] = math.fsum(floats)
-            elif function == "mean":
-                out[name] = math.fsum(floats) / len(floats)
-            elif function == "min":
-                out[name] = min(floats)
-            else:
-                out[name] = max(floats)
-    return {name: out[name] for name in order}
-
-
-@dataclass(frozen=True)
 class _Table:
     name: str
     spec: AggregationSpec
@@ -262,9 +196,6 @@ class _Table:
     last_event: str
     writer: OnlineWriter
     windows_us: tuple[int, ...]
-    resolved: _SpecView
-    order: tuple[str, ...]  # the aggregations' output names, as declared
-    by_window: list[tuple[int, list[tuple[str, str, int]]]] | None  # None: not all functions are ours
 
 
 @dataclass
@@ -320,9 +251,6 @@ class StreamConsumer:
                     last_event_column(name, spec),
                     OnlineWriter(self.store, name),
                     windows_us,
-                    (view := _SpecView(list(spec.columns), list(spec.windows), list(spec.aggregations))),
-                    tuple(spec.output_names),
-                    view.by_window if all(a.function in _FUNCTIONS for a in spec.aggregations) else None,
                 )
             )
         if scorer is None and cfg.streaming.score:
@@ -697,10 +625,7 @@ class StreamConsumer:
         last = times[end - 1]
         start = bisect_right(times, at - table.window_us, 0, end)
         live = [(t, values) for t, values, _ in decoded[start:end]]
-        if table.by_window is not None:
-            values = _aggregates(table.order, table.by_window, live, at)
-        else:
-            values = aggregate_at(table.resolved, live, at)  # type: ignore[arg-type]
+        values = aggregate_at(table.spec, live, at)
         values = {k: (None if isinstance(v, float) and v != v else v) for k, v in values.items()}
         values[table.last_event] = last // 1_000_000
         leaving = None
