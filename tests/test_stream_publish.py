@@ -24,6 +24,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from mlcycle.ops.service_process import free_port
 from mlcycle.project.config import ProjectConfig, load_config
 from mlcycle.serving.publisher import (
     INT_ID_SPACE,
@@ -34,7 +35,7 @@ from mlcycle.serving.publisher import (
     scrape_client,
 )
 from mlcycle.serving.scorer import Scored
-from mlcycle.streaming.broker import LocalRedisServer, Message, _free_port, connect
+from mlcycle.streaming.broker import LocalRedisServer, Message, connect
 from mlcycle.streaming.consumer import open_stream, stream_keys
 from mlcycle.streaming.events import SOURCE_API, EventSchema
 
@@ -261,13 +262,13 @@ def test_no_consumer_figures_without_a_consumer_or_a_broker(base_config, server)
     # Wrong credentials read as an unreachable broker: absent.
     assert StreamFigures(publishing).render() == ""
     # No broker at all: absent, and no error for the scrape.
-    nowhere = project_on(base_config, _free_port())
+    nowhere = project_on(base_config, free_port())
     assert StreamFigures(nowhere).render() == ""
 
 
 def test_submit_with_an_unreachable_broker_is_counted_not_raised(base_config) -> None:
     """A broker that was never there (the service started with publishing on and no broker)."""
-    cfg = project_on(base_config, _free_port())
+    cfg = project_on(base_config, free_port())
     with RequestPublisher(cfg) as publisher:
         assert publisher.submit([request(1)], answers(1)) == 1
         wait_for(lambda: publisher.stats().publish_failures_total >= 1, "a failed attempt")
