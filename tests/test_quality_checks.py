@@ -47,6 +47,28 @@ def test_label_leak_is_caught() -> None:
     assert not verdict(df)["max_single_feature_auc"]
 
 
+def test_leak_strength_is_sklearns_auc_on_the_known_values_either_way_round() -> None:
+    """An inverted leak (high value ⇒ negative) is as strong as a direct one; missing values and
+    text are left out of a feature's AUC, and a constant feature is not scored."""
+    from sklearn.metrics import roc_auc_score
+
+    df = frame(4000, 0.1)
+    df["inverted"] = np.round(-df["signal"], 1)  # rounded: ties
+    df.loc[df.index[::7], "inverted"] = np.nan
+    df["text"] = df["signal"].round(2).astype(str).astype(object)
+    df.loc[df.index[::5], "text"] = "n/a"
+    df["constant"] = 3.0
+    result = check_training_set(df, ["inverted", "text", "constant"], "is_fraud", QualitySpec())
+    leak = next(c for c in result.checks if c.name == "max_single_feature_auc")
+    known = df["inverted"].notna()
+    inverted = roc_auc_score(df["is_fraud"][known], df["inverted"][known])
+    text = pd.to_numeric(df["text"], errors="coerce")
+    direct = roc_auc_score(df["is_fraud"][text.notna()], text[text.notna()])
+    assert inverted < 0.5 < direct
+    assert leak.evidence["by_feature"] == {"inverted": round(1 - inverted, 4), "text": round(direct, 4)}
+    assert leak.value == pytest.approx(max(1 - inverted, direct))
+
+
 def test_feature_clock_after_the_event_is_caught() -> None:
     df = frame()
     df.loc[:9, "last_txn_unix"] = df["request_unix"].iloc[0] + 60
@@ -227,3 +249,45 @@ def test_no_regression_is_judged_on_the_paired_delong_interval() -> None:
     assert check.status == "not_measurable" and not check.passed  # block by default
     warn = spec.model_copy(update={"when_unmeasurable": {**spec.when_unmeasurable, "no_regression": "warn"}})
     assert {c.name: c for c in run_gates(close, warn, champion).checks}["no_regression_roc_auc"].passed
+
+
+def test_classification_metrics_match_scikit_learn_overall_and_per_slice() -> None:
+    """One ranking shared by every slice gives what scikit-learn gives on each slice's own rows,
+    on a frame whose index is shuffled (positions, not labels, select the rows) and scores with ties."""
+    from sklearn.metrics import average_precision_score, brier_score_loss, precision_score, recall_score, roc_auc_score
+
+    from mlcycle.project.config import SliceSpec
+
+    rng = np.random.default_rng(11)
+    n = 3000
+    y = (rng.random(n) < 0.08).astype(int)
+    scores = np.round(np.clip(0.3 * y + rng.normal(0.3, 0.2, n), 0, 1), 2)  # two decimals: ties
+    df = pd.DataFrame(
+        {"label": y, "region": rng.choice(["north", "south", "east"], n), "age": rng.uniform(15, 90, n)},
+        index=rng.permutation(n) + 1000,
+    )
+    slices = [SliceSpec(column="age", name="age_band", bins=[0, 30, 60, 200], labels=["young", "mid", "old"])]
+    report = evaluate(df, scores, "label", 0.45, slices=slices, protected="region")
+    groups = {
+        "region": df["region"].to_numpy(),
+        "age_band": pd.cut(df["age"], [0, 30, 60, 200], labels=["young", "mid", "old"], right=False)
+        .astype(str)
+        .to_numpy(),
+    }
+    assert list(report.slices) == ["region", "age_band"]
+    for attribute, values in groups.items():
+        assert list(report.slices[attribute]) == sorted(set(values))
+        for group, m in report.slices[attribute].items():
+            rows = values == group
+            yg, sg = y[rows], scores[rows]
+            assert (m.n, m.positives) == (rows.sum(), yg.sum())
+            assert m.roc_auc == pytest.approx(roc_auc_score(yg, sg), abs=1e-12)
+            assert m.pr_auc == pytest.approx(average_precision_score(yg, sg), abs=1e-12)
+            assert m.precision == pytest.approx(precision_score(yg, sg >= 0.45))
+            assert m.recall == pytest.approx(recall_score(yg, sg >= 0.45))
+            assert m.brier == pytest.approx(brier_score_loss(yg, sg))
+    o = report.overall
+    assert o.roc_auc == pytest.approx(roc_auc_score(y, scores), abs=1e-12)
+    assert o.pr_auc == pytest.approx(average_precision_score(y, scores), abs=1e-12)
+    # The report keeps the rows' labels and scores in their own order (paired tests rely on it).
+    assert np.array_equal(report.labels, y) and np.array_equal(report.scores, scores)

@@ -211,3 +211,42 @@ def test_delong_paired_interval_covers_a_zero_difference_95_percent_of_the_time(
         auc_a, auc_b, se = delong_paired(y, a, b)
         covered += abs(auc_a - auc_b) <= 1.959964 * se
     assert 0.92 <= covered / 400 <= 0.98  # binomial sd of the share at 95%: 1.1 points
+
+
+def test_ranking_metrics_match_a_hand_worked_example_with_a_tie() -> None:
+    from mlcycle.stats import ranking_metrics
+
+    # Scores 0.9 (pos), 0.8 (neg), 0.8 (pos), 0.1 (neg). Pairs (pos, neg): 0.9>0.8, 0.9>0.1, 0.8=0.8
+    # (half), 0.8>0.1 → AUC = 3.5 / 4. Distinct thresholds: 0.9 → R=1/2, P=1; 0.8 → R=1, P=2/3;
+    # AP = 1/2·1 + 1/2·2/3 = 5/6.
+    auc, ap = ranking_metrics(np.array([1, 0, 1, 0]), np.array([0.9, 0.8, 0.8, 0.1]))
+    assert auc == pytest.approx(3.5 / 4) and ap == pytest.approx(5 / 6)
+    assert ranking_metrics(np.array([0, 0, 0]), np.array([0.1, 0.2, 0.3])) == (None, None)
+    assert ranking_metrics(np.array([1, 1]), np.array([0.1, 0.2])) == (None, None)
+
+
+def test_ranking_metrics_equal_sklearn_with_ties_and_on_subsets_of_one_ranking() -> None:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from mlcycle.stats import descending, ranking_metrics, ranking_metrics_ranked
+
+    rng = np.random.default_rng(3)
+    for trial in range(300):
+        n = int(rng.integers(2, 400))
+        y = (rng.random(n) < rng.uniform(0.01, 0.9)).astype(int)
+        # Half the trials on a handful of distinct scores: ties everywhere.
+        s = rng.integers(0, int(rng.integers(1, 12)), n) / 10 if trial % 2 else rng.random(n)
+        auc, ap = ranking_metrics(y, s)
+        if 0 < y.sum() < n:
+            assert auc == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+            assert ap == pytest.approx(average_precision_score(y, s), abs=1e-12)
+        else:
+            assert (auc, ap) == (None, None)
+        # A subset taken in the whole set's ranking is ranked: same answer as sklearn on the subset.
+        order = descending(s)
+        keep = rng.random(n) < 0.5
+        sub_y, sub_s = y[order][keep[order]], s[order][keep[order]]
+        if 0 < sub_y.sum() < len(sub_y):
+            auc, ap = ranking_metrics_ranked(sub_y, sub_s)
+            assert auc == pytest.approx(roc_auc_score(y[keep], s[keep]), abs=1e-12)
+            assert ap == pytest.approx(average_precision_score(y[keep], s[keep]), abs=1e-12)

@@ -4,6 +4,7 @@ real Feast. Gates decide; a failed gate or a bad training set never moves an ali
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -135,12 +136,23 @@ def corrupt_label_leak(cfg: ProjectConfig) -> None:
     ],
 )
 def test_bad_data_stops_the_flow_before_training_and_registers_nothing(
-    training_project: ProjectConfig, prefect_server, tmp_path: Path, corrupt, error, message: str
+    training_project: ProjectConfig,
+    prefect_server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    corrupt,
+    error,
+    message: str,
 ) -> None:
     cfg = clone_project(training_project, tmp_path / "p")
     corrupt(cfg)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     with pytest.raises(error, match=message):
         run_train(cfg)
+    # A rejected training set leaves no staged snapshot behind (it is written beside the checks).
+    assert list(scratch.glob("mlcycle-snapshot-*")) == []
     assert registered(cfg) == []
     client = registry.client_for(cfg)
     runs = client.search_runs(

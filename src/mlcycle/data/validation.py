@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
-from sklearn.metrics import roc_auc_score
 
 from mlcycle.decisions import CheckResult, Verdict, at_least, at_most, within
 from mlcycle.project.config import ProjectConfig, QualitySpec
+from mlcycle.stats import ranking_metrics
 
 TZ_DTYPE = pd.DatetimeTZDtype("ns", "UTC")
 # Dataframe-wide checks name the columns they relate, for the report.
@@ -232,6 +232,13 @@ def _strongest_alone(name: str, strength: dict[str, float], bound: float, nothin
     )
 
 
+def _leak_sample(n: int) -> np.ndarray:
+    """Positions of at most ``LEAK_SAMPLE_ROWS`` rows, seeded (the same rows on every run)."""
+    if n <= LEAK_SAMPLE_ROWS:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).choice(n, LEAK_SAMPLE_ROWS, replace=False))
+
+
 def check_training_set(
     frame: pd.DataFrame, features: list[str], label: str, spec: QualitySpec, task: str = "classification"
 ) -> Verdict:
@@ -255,22 +262,22 @@ def check_training_set(
     if missing:
         checks.append(CheckResult("features_present", None, None, ">=", False, f"missing: {', '.join(missing)}"))
     present = [f for f in features if f in frame]
-    null_rates = frame[present].isna().mean()
-    for feature in present:
+    for feature in present:  # column by column: ``frame[present]`` would copy the whole set first
         bound = spec.null_rate_overrides.get(feature, spec.max_null_rate)
-        checks.append(at_most(f"null_rate[{feature}]", float(null_rates[feature]), bound))
+        checks.append(at_most(f"null_rate[{feature}]", float(frame[feature].isna().mean()), bound))
     if task != "regression" and 0 < y.sum() < len(y):
         # On a bounded sample: a leak shows as an AUC near 1 on 200k rows as clearly as on 10M.
-        rows = frame.sample(min(len(frame), LEAK_SAMPLE_ROWS), random_state=0)
-        sample = rows[present].apply(pd.to_numeric, errors="coerce")
-        y_sample = rows[label].to_numpy()
+        take = _leak_sample(len(frame))
+        y_sample = y[take]
         auc = {}
         for feature in present:
-            values = sample[feature]
-            known = values.notna().to_numpy()
-            if known.sum() > 10 and 0 < y_sample[known].sum() < known.sum() and values[known].nunique() > 1:
-                score = roc_auc_score(y_sample[known], values[known])
-                auc[feature] = max(score, 1 - score)
+            values = pd.to_numeric(frame[feature].take(take), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+            known = ~np.isnan(values)
+            v, yk = values[known], y_sample[known]
+            if known.sum() > 10 and v.min() < v.max():
+                score, _ = ranking_metrics(yk, v)
+                if score is not None:
+                    auc[feature] = max(score, 1 - score)
         checks.append(_strongest_alone("max_single_feature_auc", auc, spec.max_single_feature_auc, 0.5))
     if "request_unix" in frame:
         clocks = [c for c in frame.columns if c.endswith("_unix") and c != "request_unix"]
@@ -308,7 +315,7 @@ def regression_label_checks(
     if distinct < 2:
         return checks
     present = [f for f in features if f in frame]
-    rows = frame.sample(min(len(frame), LEAK_SAMPLE_ROWS), random_state=0) if len(frame) > LEAK_SAMPLE_ROWS else frame
+    rows = frame.take(_leak_sample(len(frame)))
     target = pd.to_numeric(rows[label], errors="coerce")
     rho: dict[str, float] = {}
     for feature in present:

@@ -21,13 +21,9 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (
-    average_precision_score,
-    brier_score_loss,
-    roc_auc_score,
-)
 
 from mlcycle.project.config import SliceSpec
+from mlcycle.stats import descending, ranking_metrics_ranked
 
 Task = Literal["classification", "regression"]
 UNKNOWN = "unknown"  # the group of rows whose slicing value is missing
@@ -51,6 +47,14 @@ class Metrics:
 
 
 def metrics(y: np.ndarray, scores: np.ndarray, threshold: float) -> Metrics:
+    """Classification metrics of ``scores`` against ``y`` at ``threshold``."""
+    order = descending(scores)
+    return _ranked_metrics(np.asarray(y)[order], np.asarray(scores, dtype=float)[order], threshold)
+
+
+def _ranked_metrics(y: np.ndarray, scores: np.ndarray, threshold: float) -> Metrics:
+    """``metrics`` of rows already ranked by descending score (``mlcycle.stats.descending``): the
+    ROC-AUC and PR-AUC come from one pass over them, and the counts at the threshold do not care."""
     y = np.asarray(y).astype(int)
     scores = np.asarray(scores, dtype=float)
     pred = scores >= threshold
@@ -58,21 +62,21 @@ def metrics(y: np.ndarray, scores: np.ndarray, threshold: float) -> Metrics:
     fp = int((pred & (y == 0)).sum())
     fn = int((~pred & (y == 1)).sum())
     tn = int((~pred & (y == 0)).sum())
-    both = 0 < y.sum() < len(y)
     precision = tp / (tp + fp) if tp + fp else None
     recall = tp / (tp + fn) if tp + fn else None
     f1 = 2 * precision * recall / (precision + recall) if precision and recall else (0.0 if recall == 0 else None)
+    roc_auc, pr_auc = ranking_metrics_ranked(y, scores)
     return Metrics(
         n=len(y),
         positives=int(y.sum()),
-        roc_auc=float(roc_auc_score(y, scores)) if both else None,
-        pr_auc=float(average_precision_score(y, scores)) if both else None,
+        roc_auc=roc_auc,
+        pr_auc=pr_auc,
         accuracy=(tp + tn) / len(y) if len(y) else float("nan"),
         precision=precision,
         recall=recall,
         f1=f1,
         fpr=fp / (fp + tn) if fp + tn else None,
-        brier=float(brier_score_loss(y, scores)) if len(y) else float("nan"),
+        brier=float(np.mean((scores - y) ** 2)) if len(y) else float("nan"),
     )
 
 
@@ -112,13 +116,6 @@ def regression_metrics(y: np.ndarray, predictions: np.ndarray) -> RegressionMetr
         sq_error_sd=float(sq.std(ddof=1)) if n > 1 else None,
         abs_error_sd=float(ab.std(ddof=1)) if n > 1 else None,
     )
-
-
-def task_metrics(y: np.ndarray, scores: np.ndarray, threshold: float, task: Task) -> Metrics | RegressionMetrics:
-    """``metrics`` (classification, at ``threshold``) or ``regression_metrics`` (threshold unused)."""
-    if task == "regression":
-        return regression_metrics(y, scores)
-    return metrics(y, scores, threshold)
 
 
 def _bin_labels(spec: SliceSpec) -> list[str]:
@@ -249,14 +246,21 @@ def evaluate(
     if task == "regression":
         threshold = math.nan
     groups_of = slice_columns(frame, slices, protected)
+    # Classification ranks the rows once; every slice's group is taken in that order, so it is
+    # ranked too (regression needs no order, and takes the identity).
+    order = descending(scores) if task == "classification" else np.arange(len(y))
+    y_r, s_r = y[order], scores[order]
+
+    def measured(rows: np.ndarray) -> Metrics | RegressionMetrics:
+        if task == "regression":
+            return regression_metrics(y_r[rows], s_r[rows])
+        return _ranked_metrics(y_r[rows], s_r[rows], threshold)
+
     by_slice: dict[str, dict[str, Metrics | RegressionMetrics]] = {}
     for attribute in groups_of.columns:
-        groups = {}
-        for group, idx in groups_of.groupby(attribute).groups.items():
-            pos = frame.index.get_indexer(idx)
-            groups[str(group)] = task_metrics(y[pos], scores[pos], threshold, task)
-        by_slice[attribute] = dict(sorted(groups.items()))
-    overall = task_metrics(y, scores, threshold, task)
+        codes, names = pd.factorize(groups_of[attribute].to_numpy()[order])
+        by_slice[attribute] = {str(names[k]): measured(codes == k) for k in np.argsort(names.astype(str))}
+    overall = measured(np.ones(len(y), dtype=bool))
     return EvaluationReport(threshold, overall, by_slice, labels=np.asarray(y), scores=scores, task=task)
 
 
