@@ -91,7 +91,7 @@ def _round_trip(flavor: flavors.Flavor, model: object, experiment: str, name: st
 
     example = pd.DataFrame(X[:5].astype(np.float64), columns=FEATURES)
     with mlflow.start_run(experiment_id=experiment):
-        model_uri = flavor.log(model, "model", input_example=example, pip_requirements=_pip())
+        model_uri = flavor.log(model, "model", input_example=example, pip_requirements=_pip()).model_uri
     version = mlflow.register_model(model_uri, name).version
     mlflow.MlflowClient().set_registered_model_alias(name, "champion", version)
     uri = flavors.alias_uri(name, "champion")

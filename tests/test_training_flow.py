@@ -55,6 +55,11 @@ def test_first_model_passes_every_gate_and_becomes_champion(trained) -> None:
     assert run.data.tags["mlcycle.feature_service"] == cfg.features.feature_service
     assert run.data.metrics["test.roc_auc"] == pytest.approx(result["roc_auc"])
     assert any(k.startswith("slice.age_band.") for k in run.data.metrics)
+    # The metrics are the registered model's too (MLflow 3's LoggedModel), not only the run's.
+    version = client.get_model_version(cfg.model.name, "1")
+    assert version.source.startswith("models:/m-")  # registered from the LoggedModel
+    linked = {m.key: m.value for m in client.get_logged_model(version.source.removeprefix("models:/")).metrics}
+    assert linked["test.roc_auc"] == pytest.approx(result["roc_auc"]) and "baseline.test.roc_auc" in linked
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"reports", "data", "config", "model_card"} <= artifacts
     assert Path(result["model_card"]).read_text().count("<table>") >= 4

@@ -35,10 +35,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
 
 Task = Literal["classification", "regression"]
 TASKS: tuple[Task, ...] = ("classification", "regression")
@@ -169,8 +172,8 @@ class Flavor(ABC):
         """1-D float scores: P(positive class) for classification, the value for regression."""
 
     @abstractmethod
-    def _log(self, model: Any, name: str, signature: Any, input_example: Any, pip_requirements: list[str]) -> str:
-        """Log with MLflow's own flavor into the active run; return the model URI."""
+    def _log(self, model: Any, name: str, signature: Any, input_example: Any, pip_requirements: list[str]) -> ModelInfo:
+        """Log with MLflow's own flavor into the active run; return what MLflow says it logged."""
 
     @abstractmethod
     def load(self, model_uri: str) -> Any:
@@ -184,8 +187,9 @@ class Flavor(ABC):
         input_example: pd.DataFrame | np.ndarray,
         pip_requirements: list[str],
         signature: Any | None = None,
-    ) -> str:
-        """Log ``model`` into the active MLflow run and return its model URI (register that URI).
+    ) -> ModelInfo:
+        """Log ``model`` into the active MLflow run; return MLflow's record of it (register its
+        ``model_uri``; link the run's metrics to its ``model_id``).
 
         ``pip_requirements`` is required: MLflow's inference of them re-imports everything in a
         subprocess for minutes. Without ``signature``, one is inferred from ``input_example`` and
@@ -253,11 +257,11 @@ class _BoosterFlavor(Flavor):
     def _mlflow(self) -> Any:
         return importlib.import_module(f"mlflow.{self.mlflow_flavor}")
 
-    def _log(self, model: Any, name: str, signature: Any, input_example: Any, pip_requirements: list[str]) -> str:
+    def _log(self, model: Any, name: str, signature: Any, input_example: Any, pip_requirements: list[str]) -> ModelInfo:
         info = self._mlflow().log_model(
             model, name=name, signature=signature, input_example=input_example, pip_requirements=pip_requirements
         )
-        return info.model_uri
+        return info
 
     def load(self, model_uri: str) -> Any:
         """The booster behind a registry URI, in the library's own format."""
@@ -455,7 +459,7 @@ class SklearnFlavor(Flavor):
     def _trusted(self, type_name: str) -> bool:
         return type_name in SKOPS_EXTRA_TRUSTED or _allowed(type_name, self.allowed_prefixes)
 
-    def _log(self, model: Any, name: str, signature: Any, input_example: Any, pip_requirements: list[str]) -> str:
+    def _log(self, model: Any, name: str, signature: Any, input_example: Any, pip_requirements: list[str]) -> ModelInfo:
         import mlflow.sklearn
         import skops
         import skops.io
@@ -481,7 +485,7 @@ class SklearnFlavor(Flavor):
                 serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
                 skops_trusted_types=list(untrusted) or None,
             )
-        return info.model_uri
+        return info
 
     def load(self, model_uri: str) -> Any:
         """Download the registered model and load its skops file, trusting only allowlisted types.
