@@ -114,6 +114,11 @@ def test_known_answers(store) -> None:
 
     assert len(out) == len(entity), "every entity row must come back"
     assert out["tag"].tolist() == entity["tag"].tolist(), "in the order given"
+    # The training set is the caller's to change: writing into it leaves the entity rows alone.
+    before = entity.copy()
+    out.loc[0, "amount"] = -1.0
+    out.loc[0, "tag"] = "changed"
+    pd.testing.assert_frame_equal(entity, before)
     for (tag, *_, want_user, want_merchant), (_, row) in zip(CASES, out.iterrows(), strict=True):
         got_user = None if pd.isna(row["txn_count_1h"]) else int(row["txn_count_1h"])
         got_merchant = None if pd.isna(row["merchant_txn_count_7d"]) else int(row["merchant_txn_count_7d"])

@@ -145,10 +145,16 @@ class AsofRetrievalJob(RetrievalJob):
 
     def to_frame(self) -> pd.DataFrame:
         """The entity rows with the views' features, as pandas: what ``to_df`` gives, without sending
-        the entity columns through Arrow and back (about a second on a million rows with strings)."""
+        the entity columns through Arrow and back (about a second on a million rows with strings).
+
+        Column by column, without a copy: the entity columns are the job's own copy of the caller's
+        frame (``prepare_entity_df``), the feature columns fresh from Arrow. Dropping the row id,
+        resetting the index and concatenating copied a million rows twice more (0.8 s)."""
         features = self.feature_columns().to_pandas()
-        entities = self._entity_frame()
-        return pd.concat([entities.drop(columns=[c for c in features.columns if c in entities]), features], axis=1)
+        entities = self._entity_df
+        columns = {c: entities[c].array for c in entities.columns if c != ROW_ID and c not in features.columns}
+        columns.update({c: features[c].array for c in features.columns})
+        return pd.DataFrame(columns, copy=False)
 
     def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
         entities = pa.Table.from_pandas(self._entity_frame(), preserve_index=False)
