@@ -127,14 +127,14 @@ def train(config: str | None = None, as_of: datetime | None = None, window_days:
     frame, features = build_training_set(cfg, as_of, window_days)
     logger.info("training set: %d rows x %d features, label mean %.4g", len(frame), len(features),
                 frame[cfg.table.label].mean())  # fmt: skip
-    # The snapshot is written while the training set is checked: the checks keep one core busy,
-    # parquet encoding the other. Nothing else runs beside the fit or the latency measurement.
+    # The snapshot is written while the training set is checked and split: those keep one core
+    # busy, parquet encoding the other. It is done long before the latency is measured.
     staging = tempfile.mkdtemp(prefix="mlcycle-snapshot-")
     snapshot = snapshot_training_set.submit(frame, staging)
     try:
         quality = check_training_set(cfg, frame, features)
-        written = snapshot.result()
         candidate = train_candidate(cfg, frame, features)
+        written = snapshot.result()
         measure_latency(candidate)
         champion = score_champion(cfg, candidate.split.test)
         verdict = run_gates(cfg, candidate, champion)
