@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -323,6 +324,28 @@ def test_sql_prediction_log_keeps_a_refused_batch_and_retries(world: ScaleWorld,
     assert writer.written == 2
     logged = read_sql_predictions(scale.ScaleSettings.from_env().tracking_uri, since)
     assert set(logged["request_id"]) == {"first", "second"}
+
+
+def test_sql_prediction_log_copies_awkward_values_exactly(world: ScaleWorld) -> None:
+    """The batch goes in by COPY: text with tabs, newlines, backslashes and quotes, empty text,
+    NULLs, booleans and floats come back as they were sent."""
+    since = datetime.now(UTC)
+    odd = 'tab\there\nnew line \\ back "quoted" \\N not null'
+    records = [
+        {**_record("awkward"), "request": json.dumps({"note": odd}), "features_missing": "", "error": odd,
+         "score": 0.1 + 0.2, "decision": True, "threshold": 1e-300, "latency_ms": None, "event_id": None},
+        {**_record("plain"), "score": None, "decision": None, "shadow": True},
+    ]  # fmt: skip
+    writer = SqlPredictionLog(scale.ScaleSettings.from_env().tracking_uri, flush_seconds=0.1)
+    writer.append(records)
+    writer.close()
+    assert writer.written == 2
+    logged = read_sql_predictions(scale.ScaleSettings.from_env().tracking_uri, since).set_index("request_id")
+    awkward, plain = logged.loc["awkward"], logged.loc["plain"]
+    assert json.loads(awkward["request"]) == {"note": odd} and awkward["error"] == odd
+    assert awkward["features_missing"] == "" and awkward["score"] == 0.1 + 0.2 and awkward["threshold"] == 1e-300
+    assert bool(awkward["decision"]) is True and awkward["event_id"] is None and math.isnan(awkward["latency_ms"])
+    assert math.isnan(plain["score"]) and plain["decision"] is None and bool(plain["shadow"]) is True
 
 
 def test_sql_prediction_log_starts_without_a_database() -> None:

@@ -179,10 +179,25 @@ class SqlPredictionLog:
         return []
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
-        """One transaction: a reader sees the whole batch or none of it."""
+        """One transaction: a reader sees the whole batch or none of it.
+
+        On PostgreSQL through psycopg, one ``COPY ... FROM STDIN``: an ``executemany`` of a thousand
+        ``INSERT`` statements cost the database (on the same cores as the service, on a small host)
+        and the writer thread several times more, and took throughput from the requests."""
         engine, table = _engine_and_table(self.url)  # retried on the next batch if this fails
         with engine.begin() as conn:
-            conn.execute(table.insert(), rows)
+            if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
+                copy_rows(conn.connection.driver_connection, rows)
+            else:
+                conn.execute(table.insert(), rows)
+
+
+def copy_rows(connection: Any, rows: list[dict[str, Any]]) -> None:
+    """``rows`` into the table by ``COPY`` on a psycopg connection, inside its open transaction."""
+    statement = f"COPY {TABLE} ({', '.join(COLUMNS)}) FROM STDIN"  # our own names: plain identifiers
+    with connection.cursor() as cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            copy.write_row([row[c] for c in COLUMNS])
 
 
 def read_sql_predictions(url: str, since: datetime | None = None) -> pd.DataFrame:

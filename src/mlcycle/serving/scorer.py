@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import orjson
 
 from mlcycle.features.store import (
     REQUEST_TIME,
@@ -300,8 +301,8 @@ class Scorer:
             "request_id": scored.request_id,
             "logged_at": datetime.now(UTC),
             "event_id": None if event_id is None else str(event_id),
-            "entities": json.dumps({k: _plain(request.get(k)) for k in self.plan.join_keys}),
-            "request": json.dumps({k: _plain(v) for k, v in fields.items() if k != REQUEST_TIME}),
+            "entities": _json({k: _plain(request.get(k)) for k in self.plan.join_keys}),
+            "request": _json({k: _plain(v) for k, v in fields.items() if k != REQUEST_TIME}),
             "request_unix": fields[REQUEST_TIME],
             "variant": scored.variant,
             "model_version": scored.model_version,
@@ -311,7 +312,7 @@ class Scorer:
             "threshold": float(threshold),
             "latency_ms": latency_ms,
             "features_missing": ",".join(scored.features_missing),
-            "features": json.dumps(features),
+            "features": _json(features),
             "error": error,
         }
 
@@ -387,6 +388,12 @@ def _request_id() -> str:
         _ids.seed(os.urandom(32))
         _ids_pid = os.getpid()
     return f"{_ids.getrandbits(128):032x}"
+
+
+def _json(value: Any) -> str:
+    """JSON text of a log record's field (compact; NaN as null). orjson: the three texts of each
+    record were a fifth of a 1,000-row batch's time in the standard library's encoder."""
+    return orjson.dumps(value).decode()
 
 
 def _plain(value: Any) -> Any:
