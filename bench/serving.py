@@ -67,6 +67,7 @@ from mlcycle import TELEMETRY_OFF
 from mlcycle.features import pipeline
 from mlcycle.ops.service_process import free_port
 from mlcycle.project.config import ProjectConfig
+from mlcycle.serving.workers import service_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
@@ -811,7 +812,9 @@ def main() -> None:
         batch_body = json.dumps({"requests": transactions[:BATCH_SIZE]}).encode()
 
         with running_servers(cfg, tmp) as (bento, raw):
-            print(f"servers ready: bentoml {bento.startup_s:.0f}s, raw {raw.startup_s:.0f}s", flush=True)
+            workers = service_workers(cfg.profile, os.environ.get("MLCYCLE_WORKERS"), os.cpu_count())
+            print(f"servers ready: bentoml {bento.startup_s:.0f}s ({workers} worker{'s' * (workers > 1)}), "
+                  f"raw {raw.startup_s:.0f}s (1 worker)", flush=True)  # fmt: skip
             report = asyncio.run(check_same_scores(bento, raw, check_transactions(transactions, args.check)))
             if report["non200"] or not (report["single_ok"] and report["batch_ok"] and report["batch_vs_single_ok"]):
                 fail_check(report, bento, raw)

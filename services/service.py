@@ -36,7 +36,7 @@ import logging
 import os
 from collections import Counter
 from http import HTTPStatus
-from typing import Annotated
+from typing import Annotated, Any
 
 import bentoml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -51,6 +51,7 @@ from mlcycle.serving import rollout
 from mlcycle.serving.publisher import PublisherReport, RequestPublisher, StreamFigures
 from mlcycle.serving.request_schema import request_model
 from mlcycle.serving.scorer import NotReady, Scorer
+from mlcycle.serving.workers import service_workers
 
 MAX_BATCH = 1000
 INT64_MAX = 2**63 - 1  # ids are int64 in the online store and the prediction log
@@ -92,6 +93,20 @@ latency = bentoml.metrics.Histogram(
 errors = bentoml.metrics.Counter(
     name="mlcycle_errors", documentation="Failed API requests, by reason", labelnames=["reason"]
 )
+# Each metric's child per label set, looked up once per process: ``labels()`` takes the metric's
+# lock and builds its key from keyword arguments on every call, three times per request.
+_children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *values: str) -> Any:
+    """``metric.labels(*values)``, cached."""
+    key = (id(metric), values)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*values)
+    return found
+
+
 unknown_categories = bentoml.metrics.Counter(
     name="mlcycle_unknown_categories",
     documentation="Scored requests with a category the feature definitions do not know, per field",
@@ -334,7 +349,7 @@ def _require_caller(ctx: bentoml.Context) -> None:
 # log and /metrics already record every request): MLCYCLE_ACCESS_LOG=1 turns it back on.
 ACCESS_LOG = os.environ.get("MLCYCLE_ACCESS_LOG", "0").lower() in ("1", "true", "yes")
 # Worker processes (each with its own models, store connection and prediction-log writer).
-WORKERS = int(os.environ.get("MLCYCLE_WORKERS", "1"))
+WORKERS = service_workers(CONFIG.profile, os.environ.get("MLCYCLE_WORKERS"), os.cpu_count())
 # OpenTelemetry spans for the scoring routes (BentoML makes one per request, exported nowhere unless
 # a tracing exporter is configured): MLCYCLE_TRACING=1 keeps them.
 TRACING = os.environ.get("MLCYCLE_TRACING", "0").lower() in ("1", "true", "yes")
@@ -372,7 +387,7 @@ class ScoringService:
 
     def _score(self, requests: list[BaseModel], ctx: bentoml.Context, endpoint: str) -> list[Prediction]:
         _require_caller(ctx)
-        with latency.labels(endpoint=endpoint).time():
+        with child(latency, endpoint).time():
             rows = [r.model_dump() for r in requests]
             try:
                 results = self.scorer.score(rows)
@@ -384,11 +399,11 @@ class ScoringService:
         # Counters once per batch and label set (each increment is a write to a shared memory map).
         counted = Counter((r.variant, r.model_version) for r in results)
         for (variant, version), n in counted.items():
-            predictions.labels(variant=variant, model_version=version).inc(n)
+            child(predictions, variant, version).inc(n)
         for r in results:
-            scores.labels(variant=r.variant).observe(r.score)
+            child(scores, r.variant).observe(r.score)
         for name, n in Counter(name for r in results for name in r.unknown_categories).items():
-            unknown_categories.labels(field=name).inc(n)
+            child(unknown_categories, name).inc(n)
         return [Prediction(**r.__dict__) for r in results]
 
     @bentoml.api(route="/predict")

@@ -274,3 +274,29 @@ def test_a_client_error_is_one_warning_line_and_a_server_error_keeps_its_traceba
     assert "\n" not in line and "/predict" in line and "amount" in line and "secret-value" not in line, line
     assert server.levelno == logging.ERROR and server.exc_info is not None
     assert "Traceback" in logging.Formatter().format(server)
+
+
+@pytest.mark.parametrize(
+    ("profile", "override", "cores", "expected"),
+    [
+        ("local", None, 2, 1),  # the demo and the tests share the cores: one worker
+        ("local", "3", 2, 3),
+        ("scale", None, 2, 2),  # one per core
+        ("scale", None, 64, 8),  # at most 8 by default
+        ("scale", None, None, 1),  # cores unknown
+        ("scale", "1", 16, 1),
+        ("scale", " ", 4, 4),  # blank: not set
+    ],
+)
+def test_service_workers_follow_the_profile_and_the_override(profile, override, cores, expected) -> None:
+    from mlcycle.serving.workers import service_workers
+
+    assert service_workers(profile, override, cores) == expected
+
+
+@pytest.mark.parametrize("override", ["0", "-2", "two", "1.5"])
+def test_a_bad_worker_count_is_refused_by_name(override: str) -> None:
+    from mlcycle.serving.workers import service_workers
+
+    with pytest.raises(ConfigError, match="MLCYCLE_WORKERS"):
+        service_workers("scale", override, 2)
