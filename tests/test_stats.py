@@ -223,6 +223,8 @@ def test_ranking_metrics_match_a_hand_worked_example_with_a_tie() -> None:
     assert auc == pytest.approx(3.5 / 4) and ap == pytest.approx(5 / 6)
     assert ranking_metrics(np.array([0, 0, 0]), np.array([0.1, 0.2, 0.3])) == (None, None)
     assert ranking_metrics(np.array([1, 1]), np.array([0.1, 0.2])) == (None, None)
+    with pytest.raises(ValueError, match="1 of 3 scores are NaN"):  # as scikit-learn refuses them
+        ranking_metrics(np.array([1, 0, 1]), np.array([0.9, np.nan, 0.2]))
 
 
 def test_ranking_metrics_equal_sklearn_with_ties_and_on_subsets_of_one_ranking() -> None:

@@ -224,6 +224,8 @@ def ranking_metrics_ranked(y: np.ndarray, scores: np.ndarray) -> tuple[float, fl
     if positives == 0 or positives == n:
         return None, None
     s = np.asarray(scores, dtype=float)
+    if np.isnan(s).any():  # NaN ranks nowhere: a model that returns one is broken, not "ranked last"
+        raise ValueError(f"ranking metrics: {int(np.isnan(s).sum())} of {n} scores are NaN")
     last_of_score = np.r_[np.flatnonzero(s[1:] != s[:-1]), n - 1]  # the last row of each distinct score
     tp = hits[last_of_score]
     fp = last_of_score + 1 - tp
