@@ -48,9 +48,10 @@ from mlcycle.ops.service_process import is_loopback
 from mlcycle.project.config import load_config
 from mlcycle.registry import aliases as registry
 from mlcycle.serving import rollout
+from mlcycle.serving.batching import MicroBatcher
 from mlcycle.serving.publisher import PublisherReport, RequestPublisher, StreamFigures
 from mlcycle.serving.request_schema import request_model
-from mlcycle.serving.scorer import NotReady, Scorer
+from mlcycle.serving.scorer import NotReady, Scored, Scorer
 from mlcycle.serving.workers import service_workers
 
 MAX_BATCH = 1000
@@ -369,6 +370,7 @@ class ScoringService:
         self.scorer.start_refresh()  # aliases and policy re-read off the request path
         self.publisher = RequestPublisher(self.cfg, report=publisher_metrics) if PUBLISHING else None
         self.stream_figures = StreamFigures(self.cfg)
+        self.batcher: MicroBatcher[dict, Scored] = MicroBatcher(self._score_rows, max_size=64)
 
     @bentoml.on_shutdown
     def _stop_publisher(self) -> None:
@@ -385,17 +387,16 @@ class ScoringService:
             self.scorer.load()  # retry: the registry or the store may be back
         return self.scorer.ready
 
-    def _score(self, requests: list[BaseModel], ctx: bentoml.Context, endpoint: str) -> list[Prediction]:
-        _require_caller(ctx)
-        with child(latency, endpoint).time():
-            rows = [r.model_dump() for r in requests]
-            try:
-                results = self.scorer.score(rows)
-            except (NotReady, FeatureStoreUnavailable) as exc:  # a short reason; the detail is logged
-                ctx.response.status_code = 503
-                return [Prediction(error=f"service unavailable: {exc}")]
+    def _score_rows(self, rows: list[dict]) -> list[Scored]:
+        """Score, publish and count a list of requests (one call of ``/predict_batch``, or the
+        ``/predict`` calls the micro-batcher gathered)."""
+        results = self.scorer.score(rows)
         if self.publisher is not None:  # a queue append: the broker is the publisher thread's business
             self.publisher.submit(rows, results)
+        self._count(results)
+        return results
+
+    def _count(self, results: list[Scored]) -> None:
         # Counters once per batch and label set (each increment is a write to a shared memory map).
         counted = Counter((r.variant, r.model_version) for r in results)
         for (variant, version), n in counted.items():
@@ -404,14 +405,22 @@ class ScoringService:
             child(scores, r.variant).observe(r.score)
         for name, n in Counter(name for r in results for name in r.unknown_categories).items():
             child(unknown_categories, name).inc(n)
-        return [Prediction(**r.__dict__) for r in results]
 
     @bentoml.api(route="/predict")
     async def predict(self, request: Request, ctx: bentoml.Context) -> Prediction:
         """Score one request."""
         # On the event loop, not BentoML's thread pool: a score is about a millisecond of CPU under
-        # the GIL either way, and the hand-off to a pool thread and back cost as much again.
-        return self._score([request], ctx, "predict")[0]
+        # the GIL either way, and the hand-off to a pool thread and back cost as much again. The
+        # calls that arrive together are scored together (``MicroBatcher``: one store read, one
+        # model call); a lone call is scored on the loop's next turn.
+        _require_caller(ctx)
+        with child(latency, "predict").time():
+            try:
+                result = await self.batcher.submit(request.model_dump())
+            except (NotReady, FeatureStoreUnavailable) as exc:  # a short reason; the detail is logged
+                ctx.response.status_code = 503
+                return Prediction(error=f"service unavailable: {exc}")
+        return Prediction(**result.__dict__)
 
     @bentoml.api(route="/predict_batch")
     def predict_batch(
@@ -419,7 +428,14 @@ class ScoringService:
         ctx: bentoml.Context,
     ) -> list[Prediction]:  # fmt: skip
         """Score up to 1000 requests in one call."""
-        return self._score(requests, ctx, "predict_batch")
+        _require_caller(ctx)
+        with child(latency, "predict_batch").time():
+            try:
+                results = self._score_rows([r.model_dump() for r in requests])
+            except (NotReady, FeatureStoreUnavailable) as exc:  # a short reason; the detail is logged
+                ctx.response.status_code = 503
+                return [Prediction(error=f"service unavailable: {exc}")]
+        return [Prediction(**r.__dict__) for r in results]
 
     @bentoml.api(route="/rollout/status")
     def rollout_status(self, ctx: bentoml.Context) -> dict:
