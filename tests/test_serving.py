@@ -331,6 +331,37 @@ def test_batch_form_and_metrics(served) -> None:
     assert "mlcycle_predictions_total" in metrics and "mlcycle_score_bucket" in metrics
 
 
+def test_concurrent_single_calls_each_get_their_own_answer(served) -> None:
+    """Calls arriving together are scored together (the service's micro-batcher): each still gets
+    the answer it would get alone — the same as its row in /predict_batch at the same request time —
+    its own request id, and a malformed call among them is a 400 that costs the others nothing."""
+    import asyncio
+
+    _, client, tx = served
+    at = "2026-11-20T12:00:00+00:00"
+    rows = [{**body(r)["request"], "timestamp": at} for r in tx.tail(24).itertuples()]
+    expected = client.post("/predict_batch", json={"requests": rows}).json()
+
+    async def all_at_once() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=str(client.base_url), trust_env=False, timeout=30) as ac:
+            calls = [ac.post("/predict", json={"request": row}) for row in rows]
+            calls.insert(7, ac.post("/predict", json={"request": {**rows[0], "amount": -1}}))
+            return await asyncio.gather(*calls)
+
+    answers = asyncio.run(all_at_once())
+    bad = answers.pop(7)
+    assert bad.status_code == 400 and "amount" in bad.text
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
+    got = [a.json() for a in answers]
+    for one, batch in zip(got, expected, strict=True):
+        assert one["score"] == pytest.approx(batch["score"], rel=1e-12)
+        assert (one["model_version"], one["variant"], one["decision"]) == (
+            batch["model_version"], batch["variant"], batch["decision"]
+        )  # fmt: skip
+        assert one["features_missing"] == batch["features_missing"]
+    assert len({a["request_id"] for a in got}) == len(got)
+
+
 def test_admin_endpoints_need_the_token(served) -> None:
     _, client, _ = served
     change = {"change": {"mode": "canary", "percent": 50, "reason": "x"}}
