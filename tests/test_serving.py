@@ -338,6 +338,8 @@ def test_concurrent_single_calls_each_get_their_own_answer(served) -> None:
     import asyncio
 
     _, client, tx = served
+    set_traffic(client, "champion-only")  # whatever an earlier test left: one model answers all
+    time.sleep(1.2)  # the service re-reads the policy every 0.5 s
     at = "2026-11-20T12:00:00+00:00"
     rows = [{**body(r)["request"], "timestamp": at} for r in tx.tail(24).itertuples()]
     expected = client.post("/predict_batch", json={"requests": rows}).json()

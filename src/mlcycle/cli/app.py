@@ -214,7 +214,7 @@ def demo(
     """Run the project's narrated story (``demo:`` in mlcycle.yaml). The reference project's: data with
     injected drift → v1 champion → service + traffic → monitoring → event-triggered retraining →
     canary → promotion, then a broken-upstream day that retraining refuses. Starts (and stops) its
-    own Prefect server, worker and scoring service; 4–8 minutes on 2 cores."""
+    own Prefect server, worker and scoring service; 3–8 minutes on 2 cores."""
     import warnings
 
     from mlcycle.data.validation import ContractViolation

@@ -34,8 +34,6 @@ class MicroBatcher(Generic[T, R]):
         self.max_size = max_size
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._scheduled = False
-        self.calls = 0  # calls of fn so far (batches scored)
-        self.items = 0  # items answered so far
 
     async def submit(self, item: T) -> R:
         loop = asyncio.get_running_loop()
@@ -62,8 +60,6 @@ class MicroBatcher(Generic[T, R]):
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            self.calls += 1
-            self.items += len(batch)
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)

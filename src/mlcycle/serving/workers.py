@@ -13,10 +13,10 @@ def service_workers(profile: str, override: str | None, cores: int | None) -> in
 
     ``override`` (``MLCYCLE_WORKERS``) wins: a positive integer. Otherwise profile ``scale`` — the
     production profile, whose service owns its host — runs one worker per core (at most 8): one
-    worker is one core, and on two cores a second one took the service from 0.40x to 0.50x the raw
-    app's throughput at 8 clients. Profile ``local`` runs one: the demo and the tests share the
-    cores with the load, the flows and the stream consumer, where a second worker measured no better
-    and doubles the start-up and the memory."""
+    worker is one core; on two cores, before the micro-batcher, a second worker took throughput at 8
+    clients from 0.40x the raw app's to 0.43-0.50x. Profile ``local`` runs one: the demo and the
+    tests share the cores with the load, the flows and the stream consumer, where a second worker
+    measured no better and doubles the start-up and the memory."""
     if override is not None and override.strip():
         try:
             workers = int(override)

@@ -46,12 +46,6 @@ class Metrics:
         return asdict(self)
 
 
-def metrics(y: np.ndarray, scores: np.ndarray, threshold: float) -> Metrics:
-    """Classification metrics of ``scores`` against ``y`` at ``threshold``."""
-    order = descending(scores)
-    return _ranked_metrics(np.asarray(y)[order], np.asarray(scores, dtype=float)[order], threshold)
-
-
 def _ranked_metrics(y: np.ndarray, scores: np.ndarray, threshold: float) -> Metrics:
     """``metrics`` of rows already ranked by descending score (``mlcycle.stats.descending``): the
     ROC-AUC and PR-AUC come from one pass over them, and the counts at the threshold do not care."""
