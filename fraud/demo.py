@@ -62,7 +62,10 @@ def run(cfg: ProjectConfig, console: Console, requests: int = 1500) -> None:
             "drift": STORY_DRIFT,
         }
     )
-    drift_at = world.resolved_start() + timedelta(days=STORY_DRIFT.start_day)
+    # One start for the data and the story's dates, even if midnight passes while the demo runs.
+    start = world.resolved_start()
+    world = world.model_copy(update={"start": start})
+    drift_at = start + timedelta(days=STORY_DRIFT.start_day)
     out = lambda message: console.print(f"      {message.strip()}")  # noqa: E731
     # The Prefect server takes long to start cold: it starts now and comes up while data is built.
     prefect_port = 4200 if stack.port_free(4200) else free_port()

@@ -246,8 +246,10 @@ def generate(spec: DataSpec | None = None) -> Dataset:
     columns it names: a drifted stream equals the undrifted one with the same seed everywhere else.
     """
     spec = spec or DataSpec()
-    rng = np.random.default_rng(spec.seed)
+    # Today's midnight is read once: users and transactions must not straddle one that passes.
     start = pd.Timestamp(spec.resolved_start())
+    spec = spec.model_copy(update={"start": start.to_pydatetime()})
+    rng = np.random.default_rng(spec.seed)
     users, u = _users(spec, rng)
     merchants, m = _merchants(spec, rng)
     drift = spec.drift

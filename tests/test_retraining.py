@@ -18,6 +18,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from fraud.generator import spec_of
 
@@ -45,13 +46,20 @@ GATES = {**TEST_GATES, "fairness_min_support": 5, "max_fairness_gap": 1.0, "min_
 
 
 @pytest.fixture(scope="module")
-def drifted(tmp_path_factory: pytest.TempPathFactory, prefect_server: str) -> tuple[ProjectConfig, dict]:
-    cfg = copy_project(tmp_path_factory.mktemp("drifted"), WORLD, {"gates": GATES, "monitoring": MONITORING})
+def drifted(
+    tmp_path_factory: pytest.TempPathFactory, prefect_server: str, one_training_day_per_session: pd.Timestamp
+) -> tuple[ProjectConfig, dict]:
+    # The world ends at the session's midnight, the day its trainings cut labels at: a midnight
+    # passing during the module moves neither the data nor the drift day.
+    start = one_training_day_per_session.to_pydatetime() - timedelta(days=WORLD["days"])
+    world = {**WORLD, "start": start.isoformat()}
+    cfg = copy_project(tmp_path_factory.mktemp("drifted"), world, {"gates": GATES, "monitoring": MONITORING})
     (cfg.root / "prefect.yaml").write_text((REPO_ROOT / "prefect.yaml").read_text())
     pipeline.generate_data(cfg)
     pipeline.build_features(cfg)
     pipeline.publish_features(cfg)
-    drift_at = spec_of(cfg).resolved_start() + timedelta(days=DRIFT_DAY)
+    assert spec_of(cfg).resolved_start() == start
+    drift_at = start + timedelta(days=DRIFT_DAY)
     v1 = load_flow(cfg.root, "training", "train")(config=str(cfg.root / "mlcycle.yaml"), as_of=drift_at)
     assert v1["alias"] == registry.CHAMPION, v1
     rows, version = batch.backfill_prediction_log(cfg, drift_at - timedelta(days=14), datetime.now(UTC))

@@ -304,8 +304,11 @@ def test_sql_prediction_log_keeps_a_refused_batch_and_retries(world: ScaleWorld,
     """PostgreSQL refusing a batch (a restart, a failover) costs no records: the batch waits for the next try."""
     calls: list[int] = []
     insert = SqlPredictionLog._insert
+    checked = threading.Event()
 
     def refuse_once(self: SqlPredictionLog, rows: list[dict]) -> None:
+        if calls:  # the retry (0.2 s on) waits until the test has seen the refused batch kept
+            assert checked.wait(60), "the test never checked the refused batch"
         calls.append(len(rows))
         if len(calls) == 1:
             raise OSError("connection refused (simulated)")
@@ -319,6 +322,7 @@ def test_sql_prediction_log_keeps_a_refused_batch_and_retries(world: ScaleWorld,
     while not calls and time.monotonic() < deadline:
         time.sleep(0.05)
     assert calls == [1] and writer.written == 0  # refused, kept
+    checked.set()
     writer.append([_record("second")])
     writer.close()
     assert writer.written == 2
@@ -460,13 +464,15 @@ def test_redis_outage_is_a_503_and_serving_recovers_by_itself(
             _, _, down = traffic.wait_for(lambda a: a[1] == 503, timeout=30, after=stopped_at)
             assert "online feature store unavailable" in down["error"], down
 
-            restarted_at = time.monotonic()
             cache.start()  # same port, empty: this Redis keeps nothing on disk
+            restarted_at = time.monotonic()  # it answers from here on (start() waits for its PING)
             pipeline.publish_features(cfg, fresh=True)  # refill it, from this process
             republished_at = time.monotonic()
             recovered_at, _, _ = traffic.wait_for(lambda a: a[1] == 200 and a[2]["features_missing"] == [],
                                                   timeout=60, after=republished_at)  # fmt: skip
-            time.sleep(1.5)  # a few more answers after recovery
+            deadline = time.monotonic() + 60  # a few more answers after recovery; only a hang guard
+            while sum(a[0] > recovered_at for a in list(traffic.answers)) < 5 and time.monotonic() < deadline:
+                time.sleep(0.1)
             traffic.stop()
             thread.join(10)
 

@@ -432,7 +432,7 @@ def test_promotion_and_rollback_reach_the_running_service(served) -> None:
     registry.move_alias(client_ml, log, cfg.model.name, registry.CHALLENGER, challenger, "restore for later tests")
 
 
-def wait_for_version(client: httpx.Client, payload: dict, version: str, timeout: float = 10.0) -> bool:
+def wait_for_version(client: httpx.Client, payload: dict, version: str, timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if client.post("/predict", json=payload).json()["model_version"] == version:

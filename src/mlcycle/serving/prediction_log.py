@@ -211,8 +211,13 @@ def recover(directory: str | Path) -> int:
 
 
 def read_predictions(directory: str | Path, since: datetime | None = None) -> pd.DataFrame:
-    """Every logged prediction (optionally since a time), oldest first."""
+    """Every logged prediction (optionally since a time), oldest first.
+
+    Dead writers' journals are recovered first: a service killed before it could flush (a crash, a
+    stop that ran out of time) would otherwise hide its last answers from monitoring until the next
+    service started."""
     directory = Path(directory)
+    recover(directory)
     files = sorted(directory.glob("date=*/part-*.parquet"))
     if since is not None:
         day = since.astimezone(UTC).strftime("%Y-%m-%d")
