@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,6 +64,73 @@ def test_records_of_a_killed_writer_are_recovered_and_a_live_writers_journal_is_
     assert recover(tmp_path) == 0  # once only
     live.close()
     assert len(read_predictions(tmp_path / "live")) == 10
+
+
+def test_readers_never_take_a_live_writers_segments(tmp_path: Path) -> None:
+    """Readers recovering dead writers' journals while a live writer rotates and flushes every few
+    milliseconds: every record reaches parquet exactly once, and no read fails. (A segment unlocked
+    before it was written and deleted was taken for a dead writer's: its records written twice.)"""
+    log = PredictionLog(tmp_path, flush_seconds=0.002)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                recover(tmp_path)
+            except BaseException as error:  # any failure is the finding
+                errors.append(error)
+                return
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(0, 2000, 10):
+            log.append(records(10, i))
+            time.sleep(0.001)
+    finally:
+        log.close()
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not errors, errors
+    ids = read_predictions(tmp_path)["request_id"]
+    assert len(ids) == 2000 and set(ids) == {f"r{i}" for i in range(2000)}
+    assert list((tmp_path / JOURNAL_DIR).iterdir()) == []
+
+
+def test_a_batch_that_fails_to_write_stays_queued_and_is_written_once(tmp_path: Path, monkeypatch) -> None:
+    """A disk error on three flushes in a row: the records stay in the journal (locked: the writer
+    lives), the retries do not open a segment each, and the records go into parquet once, when the
+    disk is back; the next segments' flush does not delete them."""
+    from mlcycle.serving import prediction_log
+
+    write_part = prediction_log._write_part
+    failures: list[int] = []
+    disk_back = threading.Event()
+
+    def fail_until_back(directory: Path, frame, day: str) -> None:
+        if not disk_back.is_set():
+            failures.append(len(frame))
+            raise OSError("no space left on device (simulated)")
+        write_part(directory, frame, day)
+
+    monkeypatch.setattr(prediction_log, "_write_part", fail_until_back)
+    log = PredictionLog(tmp_path, flush_seconds=0.02)
+    log.append(records(30))
+    deadline = time.monotonic() + 30  # only a hang guard
+    while len(failures) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert failures[:3] == [30, 30, 30]
+    assert recover(tmp_path) == 0  # a live writer's journal, failed batch included: not a reader's
+    assert len(list((tmp_path / JOURNAL_DIR).glob("*.jsonl"))) == 2  # the failed segment and the current one
+    disk_back.set()
+    log.append(records(20, 30))
+    log.close()
+    ids = read_predictions(tmp_path)["request_id"]
+    assert sorted(ids) == sorted(f"r{i}" for i in range(50))
+    assert list((tmp_path / JOURNAL_DIR).iterdir()) == []
 
 
 @pytest.mark.slow

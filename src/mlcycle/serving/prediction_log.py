@@ -56,7 +56,12 @@ class PredictionLog:
     into the kernel's page cache, so a killed process loses nothing it returned an answer for)
     before it returns; a background thread turns them into parquet in batches and deletes the
     journal segments it has written. A journal left by a dead process (its lock released) is
-    recovered into parquet when the next log opens on the directory, or by ``recover``."""
+    recovered into parquet when the next log opens on the directory, by the next reader, or by
+    ``recover``.
+
+    A segment stays locked until its records are in parquet and it is deleted: a lock released
+    earlier would let a reader take a live writer's segment for a dead one's and write its records
+    a second time. A batch that fails to write stays queued and locked, and is tried again."""
 
     def __init__(self, directory: str | Path, flush_rows: int = 2000, flush_seconds: float = 1.0):
         self.directory = Path(directory)
@@ -75,6 +80,7 @@ class PredictionLog:
         self._name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._segment = 0
         self._fd = self._open_segment()
+        self._finished: dict[int, int] = {}  # segment -> its fd, still locked, until it is written
         recover(self.directory)
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
@@ -83,8 +89,13 @@ class PredictionLog:
         return self.journal_dir / f"{self._name}-{segment:08d}.jsonl"
 
     def _open_segment(self) -> int:
-        fd = os.open(self._segment_path(self._segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while this process lives: not recoverable
+        """A new segment, locked before it appears under its name: a reader that found it unlocked
+        in between would take it for a dead writer's (and this writer's lock would then fail)."""
+        path = self._segment_path(self._segment)
+        staging = path.with_name(f".{path.name}.new")  # not a ``*.jsonl``: no reader looks at it
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held until the segment is written and deleted
+        staging.rename(path)
         return fd
 
     def append(self, records: Iterable[Mapping[str, Any]]) -> None:
@@ -110,35 +121,50 @@ class PredictionLog:
         self._thread.join(timeout)
 
     def _rotate(self) -> int:
-        """Start a new journal segment; returns the last one whose records are all queued."""
+        """Start a new journal segment; returns the last one whose records are all queued. The
+        finished segment keeps its lock (``_finished``) until it is written and deleted."""
         with self._lock:
-            old_fd, old = self._fd, self._segment
+            self._finished[self._segment] = self._fd
+            done = self._segment
             self._segment += 1
             self._fd = self._open_segment()
-        os.close(old_fd)
-        return old
+        return done
+
+    def _release(self, upto: int, delete: bool) -> None:
+        """Unlock the finished segments up to ``upto``; deleted first, so no reader ever finds one
+        of them unlocked (``recover`` skips a file that is gone by the time it holds the lock)."""
+        for segment in [s for s in self._finished if s <= upto]:
+            if delete:
+                self._segment_path(segment).unlink(missing_ok=True)
+            os.close(self._finished.pop(segment))
 
     def _run(self) -> None:
         pending: list[tuple[int, dict[str, Any]]] = []
-        closing = False
+        closing = failed = False
+        done = -1
         while not closing:
             self._wake.wait(self.flush_seconds)
             self._wake.clear()
             closing = self._closing
             if not (self._pending or pending or closing):
                 continue
-            done = self._rotate()
+            if not failed or closing:  # a retry keeps the segments it has: one open file per round would pile up
+                done = self._rotate()
             # Everything of the finished segments is in the deque by now (appended under the lock).
             while self._pending:
                 pending.append(self._pending.popleft())
-            batch = [r for segment, r in pending if segment <= done]
-            pending = [(segment, r) for segment, r in pending if segment > done]
-            if self._flush(batch):
-                for segment in range(done + 1):
-                    self._segment_path(segment).unlink(missing_ok=True)
+            failed = not self._flush([r for segment, r in pending if segment <= done])
+            if not failed:
+                pending = [(segment, r) for segment, r in pending if segment > done]
+                self._release(done, delete=True)
+            # else: the records stay queued and their segments locked, for the next round
         if not pending and not self._pending:
+            with self._lock:
+                self._segment_path(self._segment).unlink(missing_ok=True)
+                os.close(self._fd)
+        else:  # never written here: unlocked, the journal is any reader's to recover
+            self._release(self._segment - 1, delete=False)
             os.close(self._fd)
-            self._segment_path(self._segment).unlink(missing_ok=True)
 
     def _flush(self, batch: list[dict[str, Any]]) -> bool:
         if not batch:
@@ -204,7 +230,7 @@ def recover(directory: str | Path) -> int:
                     _write_part(Path(directory), part, str(day))
                 recovered += len(records)
                 log.warning("prediction log: recovered %d records from %s", len(records), path.name)
-            path.unlink()
+            path.unlink(missing_ok=True)
         finally:
             os.close(fd)
     return recovered
