@@ -47,8 +47,9 @@ class Metrics:
 
 
 def _ranked_metrics(y: np.ndarray, scores: np.ndarray, threshold: float) -> Metrics:
-    """``metrics`` of rows already ranked by descending score (``mlcycle.stats.descending``): the
-    ROC-AUC and PR-AUC come from one pass over them, and the counts at the threshold do not care."""
+    """Classification metrics at ``threshold`` of rows already ranked by descending score
+    (``mlcycle.stats.descending``): the ROC-AUC and PR-AUC come from one pass over them, and the
+    counts at the threshold do not care about the order."""
     y = np.asarray(y).astype(int)
     scores = np.asarray(scores, dtype=float)
     pred = scores >= threshold
