@@ -8,8 +8,13 @@ project (generated data, features published to the SQLite online store, a champi
   Feast ``get_online_features`` through ``mlcycle.features.store.online_vector``, TTL nulling, the
   on-demand pandas transform, rollout routing, registry refresh every 2 s, Prometheus metrics,
   asynchronous prediction log).
-- raw: a bare ASGI callable on uvicorn (1 worker, no access log) doing only the physical work of a
-  score. Per request: one SQLite query per feature view on the online store file of
+- raw: a bare ASGI callable on uvicorn (no access log) doing only the physical work of a score, with
+  the service's shape: as many uvicorn workers as the service has (``service_workers``: one per
+  core in profile scale, one in local, ``MLCYCLE_WORKERS`` for both), and the service's batching
+  rule written out with asyncio (no mlcycle code): the ``/predict`` calls that reach a worker within
+  one turn of its event loop are scored in one call (one store read per view, one matrix, one
+  ``inplace_predict``; at most the ``max_size`` of the service's ``MicroBatcher``), a lone call after
+  one ``call_soon`` hop. Per score: one SQLite query per feature view on the online store file of
   ``feature_store.yaml`` (``<project>_<view>`` tables, by entity key serialized with Feast's
   ``serialize_entity_key`` at the repo's serialization version), ``ValueProto`` decode, the TTL
   applied as ``online_vector`` does (null when older than the view's TTL or stamped after the
@@ -17,12 +22,15 @@ project (generated data, features published to the SQLite online store, a champi
   in the order of the champion's ``mlcycle.features`` tag, and one ``inplace_predict`` (booster
   loaded once by alias with ``mlflow.xgboost.load_model``, ``nthread=1``). Feast metadata and MLflow
   are used at start-up only: no Feast call, pandas or MLflow per request. ``/predict_batch`` reads
-  each view once for all the batch's keys (``IN``) and predicts the matrix in one call.
+  each view once for all the batch's keys (``IN``) and predicts the matrix in one call. In profile
+  scale the read is one pipelined Redis ``HMGET`` per entity in Feast's layout.
 
 Before measuring, the same requests are scored by both apps (``--check``, default 200, with a fixed
 ``timestamp`` so both see the same request time; a fifth each: now, three days later so a TTL
 expires, a day earlier so rows are stamped after the request, an unknown user, an unknown merchant)
-on ``/predict`` and on ``/predict_batch``; the run aborts unless the scores agree (``np.allclose``).
+on ``/predict`` and on ``/predict_batch``, and then 16 at a time on ``/predict`` to each app (its
+batching puts calls together: each must get the score it got alone); the run aborts unless the
+scores agree (``np.allclose``). Both apps' worker counts and batching are printed.
 
 Online: an httpx.AsyncClient (HTTP/1.1, no proxy, as many connections as clients) sends
 ``--requests`` POST /predict per app and level, bodies sampled from real transactions. Each app
@@ -31,8 +39,8 @@ gets 100 warm-up requests; then per level (1, 8, 32 clients) the apps are measur
 Batch: POST /predict_batch of 1,000 requests, one client, ``--batch-calls`` per app alternating;
 rows/s from the median call.
 
-    uv run python bench/serving.py [--requests 2000] [--concurrency 1,8,32] [--batch-calls 10]
-                                   [--workdir DIR]  # keep and reuse the set-up project
+    uv run python bench/serving.py [--profile local|scale] [--requests 2000] [--concurrency 1,8,32]
+                                   [--batch-calls 10] [--workdir DIR]  # keep and reuse the set-up project
 
 Targets (service / raw, issue 12): p50 at 1 client at most 2x; req/s at 8 clients at least 0.5x;
 p99 at 8 clients at most 3x; /predict_batch rows/s at least 0.5x. A FAIL exits non-zero.
@@ -46,6 +54,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -78,6 +87,7 @@ REQUEST_TIMEOUT_S = 30.0
 WARMUP_REQUESTS = 100
 ROUNDS = 3
 CHECK_REQUESTS = 200
+CHECK_CONCURRENCY = 16  # the check's concurrent pass: calls in flight per app
 BODY_POOL = 2000
 BATCH_SIZE = 1000
 BATCH_CALLS = 10
@@ -93,12 +103,15 @@ TARGET_BATCH = 0.5  # service /predict_batch rows/s at least 0.5x the raw app's
 RAW_MODULE = "raw_app"
 RAW_APP = '''"""Raw app: the physical path of one score, on a bare ASGI callable served by uvicorn.
 
-Per request: SQLite reads of the entity rows by serialized entity key (one query per feature view),
-ValueProto decode, TTL nulling, the on-demand features in plain Python, one inplace_predict.
+Per score: SQLite reads of the entity rows by serialized entity key (one query per feature view;
+Redis HMGET in profile scale), ValueProto decode, TTL nulling, the on-demand features in plain
+Python, one inplace_predict. Concurrent /predict calls of one event-loop turn share one score.
 Feast, MLflow and the registry are used at start-up only (metadata, the champion); pandas never.
 """
 
+import asyncio
 import math
+import mmap
 import os
 import sqlite3
 import struct
@@ -286,7 +299,80 @@ def score(transactions):
     ]
 
 
-stats = {"seconds": 0.0, "calls": 0}
+# ---- server-side figures, summed over the workers: each worker writes its own slot (a small
+# memory-mapped file, as the service's Prometheus counters are) and /stats adds every worker's up.
+STATS_DIR = Path(os.environ["RAW_STATS_DIR"])
+STATS_DIR.mkdir(parents=True, exist_ok=True)
+_STATS_FORMAT = "<dqq"  # seconds inside /predict's scoring, /predict calls, model calls for them
+_stats_file = (STATS_DIR / f"{os.getpid()}.stats").open("w+b")
+_stats_file.write(bytes(struct.calcsize(_STATS_FORMAT)))
+_stats_file.flush()
+_stats_map = mmap.mmap(_stats_file.fileno(), struct.calcsize(_STATS_FORMAT))
+_stats = [0.0, 0, 0]
+
+
+def count(seconds=0.0, calls=0, batches=0):
+    _stats[0] += seconds
+    _stats[1] += calls
+    _stats[2] += batches
+    struct.pack_into(_STATS_FORMAT, _stats_map, 0, *_stats)
+
+
+def all_stats():
+    total = [0.0, 0, 0]
+    for path in STATS_DIR.glob("*.stats"):
+        data = path.read_bytes()
+        if len(data) >= struct.calcsize(_STATS_FORMAT):
+            for k, v in enumerate(struct.unpack_from(_STATS_FORMAT, data)):
+                total[k] += v
+    return {"seconds": total[0], "calls": total[1], "batches": total[2]}
+
+
+# ---- micro-batching, the service's rule written out with asyncio: the /predict calls that reach
+# this worker before its event loop's next turn are scored in one score() call (one store read per
+# view, one matrix, one inplace_predict), at most BATCH_MAX per call; a lone call waits one
+# call_soon hop, never a timer. RAW_BATCH_MAX=0: every call scored alone.
+BATCH_MAX = int(os.environ.get("RAW_BATCH_MAX", "0"))
+_pending = []  # (transaction, future)
+_scheduled = False
+
+
+def _flush():
+    global _scheduled
+    _scheduled = False
+    pending = _pending[:]
+    _pending.clear()
+    for start in range(0, len(pending), BATCH_MAX):
+        batch = [(tx, future) for tx, future in pending[start : start + BATCH_MAX] if not future.done()]
+        if not batch:
+            continue
+        try:
+            results = score([tx for tx, _ in batch])
+        except Exception as exc:  # every call of this batch answers it; the next batch goes on
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            continue
+        count(batches=1)
+        for (_, future), result in zip(batch, results):
+            if not future.done():
+                future.set_result(result)
+
+
+async def score_one(tx):
+    global _scheduled
+    if not BATCH_MAX:
+        count(batches=1)
+        return score([tx])[0]
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+    _pending.append((tx, future))
+    if not _scheduled:
+        _scheduled = True
+        loop.call_soon(_flush)
+    return await future
+
+
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -314,17 +400,16 @@ async def app(scope, receive, send):
         more = message.get("more_body", False)
     try:
         if path == "/predict":
-            started = time.perf_counter()
-            out = score([orjson.loads(b"".join(chunks))["request"]])[0]
-            stats["seconds"] += time.perf_counter() - started
-            stats["calls"] += 1
+            started = time.perf_counter()  # as the service's histogram: the wait for the batch included
+            out = await score_one(orjson.loads(b"".join(chunks))["request"])
+            count(seconds=time.perf_counter() - started, calls=1)
             await respond(send, 200, out)
         elif path == "/predict_batch":
             await respond(send, 200, score(orjson.loads(b"".join(chunks))["requests"]))
         elif path == "/readyz":
             await respond(send, 200, {"ready": True})
         elif path == "/stats":
-            await respond(send, 200, stats)
+            await respond(send, 200, all_stats())
         else:
             await respond(send, 404, {"error": f"no route {path}"})
     except Exception as exc:  # a bench app: the error in the answer
@@ -340,6 +425,14 @@ class Server:
     base_url: str
     log_path: Path
     startup_s: float = 0.0
+    workers: int = 1
+    batch_max: int = 0  # micro-batching: at most this many concurrent /predict calls per model call; 0: none
+
+    @property
+    def batching(self) -> str:
+        if not self.batch_max:
+            return "each /predict call scored alone"
+        return f"concurrent /predict calls of one event-loop turn scored together (at most {self.batch_max})"
 
     def log_tail(self, lines: int = 40) -> str:
         if not self.log_path.exists():
@@ -414,22 +507,52 @@ def stop_server(server: Server, timeout: float = STOP_TIMEOUT_S) -> None:
         server.proc.wait(timeout=timeout)
 
 
+SERVICE_SOURCE = ROOT / "services" / "service.py"
+
+
+def service_batch_max(source: Path = SERVICE_SOURCE) -> int:
+    """How many concurrent ``/predict`` calls the service scores in one call: the ``max_size`` of its
+    ``MicroBatcher`` (read from its source, so the raw app follows it); 0 when it does not batch."""
+    text = source.read_text()
+    if "MicroBatcher(" not in text:
+        return 0
+    found = re.search(r"MicroBatcher\([^)]*max_size\s*=\s*(\d+)", text)
+    if found is None:
+        from mlcycle.serving.batching import MicroBatcher
+
+        return int(MicroBatcher(lambda items: items).max_size)  # the default
+    return int(found.group(1))
+
+
 @contextlib.contextmanager
 def running_servers(cfg: ProjectConfig, tmp: Path) -> Iterator[tuple[Server, Server]]:
-    """The BentoML service and the raw app, both ready; always stopped on the way out."""
+    """The BentoML service and the raw app, both ready; always stopped on the way out.
+
+    The raw app runs as many worker processes as the service (``service_workers``, as
+    services/service.py sizes it: MLCYCLE_WORKERS, else one per core in profile scale, one in
+    local) and batches concurrent ``/predict`` calls by the same rule as the service's
+    ``MicroBatcher`` (written out in the raw app with asyncio), so the two differ only in what
+    each does per call."""
     env = {**os.environ, **TELEMETRY_OFF, "MLCYCLE_CONFIG": str(cfg.root / "mlcycle.yaml")}
     (tmp / f"{RAW_MODULE}.py").write_text(RAW_APP)
+    workers = service_workers(cfg.profile, os.environ.get("MLCYCLE_WORKERS"), os.cpu_count())
+    batch_max = service_batch_max()
+    stats_dir = tmp / "raw-stats"
+    shutil.rmtree(stats_dir, ignore_errors=True)  # a directory used before: no stopped workers' figures
     bento_port, raw_port = free_port(), free_port()
     bento_cmd = [sys.executable, "-m", "bentoml", "serve", "services.service:ScoringService"]
-    raw_cmd = [sys.executable, "-m", "uvicorn", f"{RAW_MODULE}:app", "--workers", "1", "--no-access-log",
+    raw_cmd = [sys.executable, "-m", "uvicorn", f"{RAW_MODULE}:app", "--workers", str(workers), "--no-access-log",
                "--log-level", "warning"]  # fmt: skip
     bento_env = {**env, "BENTOML_HOME": str(tmp / "bentoml_home"), "BENTOML_DO_NOT_TRACK": "True"}
+    raw_env = {**env, "RAW_STATS_DIR": str(stats_dir), "RAW_BATCH_MAX": str(batch_max)}
     servers: list[Server] = []
     try:
         bento_cmd += ["--host", LOOPBACK, "--port", str(bento_port)]
         servers.append(start_server("bentoml", bento_cmd, bento_env, ROOT, bento_port, tmp / "bentoml.log"))
         raw_cmd += ["--host", LOOPBACK, "--port", str(raw_port)]
-        servers.append(start_server("raw", raw_cmd, env, tmp, raw_port, tmp / "raw.log"))
+        servers.append(start_server("raw", raw_cmd, raw_env, tmp, raw_port, tmp / "raw.log"))
+        for server in servers:
+            server.workers, server.batch_max = workers, batch_max
         wait_ready(servers)
         yield servers[0], servers[1]
     finally:
@@ -446,6 +569,7 @@ class Measurement:
     seconds: float = 0.0
     scoring_s: float = 0.0  # server-side, inside the scoring call (priming requests included)
     scoring_calls: int = 0
+    model_calls: int = 0  # the model calls that answered those /predict calls (0: not known)
 
     def add(self, other: Measurement) -> None:
         self.latencies += other.latencies
@@ -454,6 +578,11 @@ class Measurement:
         self.seconds += other.seconds
         self.scoring_s += other.scoring_s
         self.scoring_calls += other.scoring_calls
+        self.model_calls += other.model_calls
+
+    @property
+    def calls_per_model_call(self) -> float | None:
+        return self.scoring_calls / self.model_calls if self.model_calls > 0 else None
 
     @property
     def scoring_ms(self) -> float | None:
@@ -550,10 +679,27 @@ def check_transactions(transactions: Sequence[dict[str, Any]], n: int) -> list[d
     return out
 
 
+async def concurrent_scores(server: Server, transactions: Sequence[dict[str, Any]]) -> list[float | str]:
+    """Each transaction's /predict score, sent ``CHECK_CONCURRENCY`` at a time (an error text for a
+    non-200), in the transactions' order."""
+    async with client_for_load(CHECK_CONCURRENCY) as client:
+
+        async def one(tx: dict[str, Any]) -> float | str:
+            response = await client.post(server.base_url + "/predict", json={"request": tx})
+            if response.status_code != 200:
+                return f"{response.status_code}: {response.text[:300]}"
+            return float(response.json()["score"])
+
+        return list(await asyncio.gather(*(one(tx) for tx in transactions)))
+
+
 async def check_same_scores(bento: Server, raw: Server, transactions: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The same requests on both apps, one by one on /predict and all at once on /predict_batch."""
+    """The same requests on both apps: one by one on /predict, all at once on /predict_batch, and
+    ``CHECK_CONCURRENCY`` at a time on /predict (so each app's micro-batching puts calls together;
+    each call must get the score it got alone)."""
     report: dict[str, Any] = {"n": len(transactions), "non200": [], "missing_differ": 0, "with_missing": 0}
     a_scores, b_scores = [], []
+    alone: dict[str, list[float | None]] = {"bentoml": [], "raw": []}
     async with httpx.AsyncClient(trust_env=False, timeout=REQUEST_TIMEOUT_S) as client:
         for tx in transactions:
             answers = []
@@ -562,6 +708,7 @@ async def check_same_scores(bento: Server, raw: Server, transactions: Sequence[d
                 if response.status_code != 200:
                     report["non200"].append(f"{server.name} /predict {response.status_code}: {response.text[:300]}")
                 answers.append(response.json() if response.status_code == 200 else None)
+                alone[server.name].append(answers[-1]["score"] if answers[-1] is not None else None)
             if None in answers:
                 continue
             a_scores.append(answers[0]["score"])
@@ -574,6 +721,26 @@ async def check_same_scores(bento: Server, raw: Server, transactions: Sequence[d
             if response.status_code != 200:
                 report["non200"].append(f"{server.name} /predict_batch {response.status_code}: {response.text[:300]}")
             batch.append([r["score"] for r in response.json()] if response.status_code == 200 else None)
+        report["concurrent_diff"], report["concurrent_ok"] = 0.0, True
+        for server in (bento, raw):
+            before = await scoring_totals(client, server)
+            together = await concurrent_scores(server, transactions)
+            after = await scoring_totals(client, server)
+            report[f"{server.name}_concurrent_calls"] = after[1] - before[1]
+            report[f"{server.name}_concurrent_model_calls"] = after[2] - before[2]
+            differ = []
+            for i, (x, y) in enumerate(zip(alone[server.name], together, strict=True)):
+                if isinstance(y, str):
+                    report["non200"].append(f"{server.name} concurrent /predict: {y}")
+                    report["concurrent_ok"] = False
+                elif x is not None:
+                    report["concurrent_diff"] = max(report["concurrent_diff"], abs(x - y))
+                    if not np.isclose(x, y):
+                        differ.append(f"#{i} {x:.4f} alone, {y:.4f} together")
+            if differ:
+                report["concurrent_ok"] = False
+                report["non200"].append(f"{server.name}: {len(differ)} concurrent /predict calls scored otherwise "
+                                        f"than alone: {', '.join(differ[:5])}")  # fmt: skip
     a, b = np.asarray(a_scores, dtype=float), np.asarray(b_scores, dtype=float)
     report["compared"] = len(a)
     report["single_ok"] = len(a) == len(transactions) and bool(np.allclose(a, b))
@@ -584,23 +751,27 @@ async def check_same_scores(bento: Server, raw: Server, transactions: Sequence[d
     return report
 
 
-async def scoring_totals(client: httpx.AsyncClient, server: Server) -> tuple[float, int]:
-    """(seconds, calls) spent inside the scoring call of /predict so far, as the server measures it.
+async def scoring_totals(client: httpx.AsyncClient, server: Server) -> tuple[float, int, int]:
+    """(seconds, calls, model calls) of /predict's scoring so far, as the server measures it, over
+    all its workers: from the call's submission to its result (the wait for the batch included).
 
-    BentoML: the service's ``mlcycle_predict_seconds`` histogram around ``Scorer.score``; raw app:
-    its own counter around ``score``. (0, 0) when unreadable."""
+    BentoML: the service's ``mlcycle_predict_seconds`` histogram around ``MicroBatcher.submit``, and
+    the count of its ``mlcycle_predict_batch_size`` histogram (0 where the service has none); raw
+    app: its own counters around ``score_one`` and ``score``. (0, 0, 0) when unreadable."""
     with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
         if server.name == "raw":
             stats = (await client.get(server.base_url + "/stats")).json()
-            return float(stats["seconds"]), int(stats["calls"])
+            return float(stats["seconds"]), int(stats["calls"]), int(stats["batches"])
         text = (await client.get(server.base_url + "/metrics")).text
         found = {
             kind: re.search(rf'mlcycle_predict_seconds_{kind}\{{[^}}]*endpoint="predict"[^}}]*\}}\s+(\S+)', text)
             for kind in ("sum", "count")
         }
+        batches = re.search(r"^mlcycle_predict_batch_size_count(?:\{[^}]*\})?\s+(\S+)", text, re.MULTILINE)
         if found["sum"] and found["count"]:
-            return float(found["sum"].group(1)), int(float(found["count"].group(1)))
-    return 0.0, 0
+            model_calls = int(float(batches.group(1))) if batches else 0
+            return float(found["sum"].group(1)), int(float(found["count"].group(1))), model_calls
+    return 0.0, 0, 0
 
 
 async def measure(
@@ -618,10 +789,12 @@ async def measure(
             for r, size in enumerate(round_sizes(n)):
                 order = [("bento", bento), ("raw", raw)]
                 for name, server in order if r % 2 == 0 else order[::-1]:
-                    seconds, calls = await scoring_totals(stats, server)
+                    before = await scoring_totals(stats, server)
                     measured = await load(server.base_url + "/predict", bodies, size, c, offset)
-                    seconds_after, calls_after = await scoring_totals(stats, server)
-                    measured.scoring_s, measured.scoring_calls = seconds_after - seconds, calls_after - calls
+                    after = await scoring_totals(stats, server)
+                    measured.scoring_s, measured.scoring_calls, measured.model_calls = (
+                        a - b for a, b in zip(after, before, strict=True)
+                    )
                     results[c][name].add(measured)
                 offset += size
             m = results[c]
@@ -686,9 +859,12 @@ def setup(cfg: ProjectConfig) -> str:
     return str(result["version"])
 
 
-def prepared_project(workdir: Path | None, tmp: Path) -> tuple[ProjectConfig, str, float]:
+def prepared_project(
+    workdir: Path | None, tmp: Path, created: list[ProjectConfig] | None = None
+) -> tuple[ProjectConfig, str, float]:
     """The bench project, set up; with ``workdir``, one set up by an earlier run is reused.
-    Returns (config, champion version, setup seconds)."""
+    Returns (config, champion version, setup seconds). ``created`` gets the config as soon as it
+    exists, so a set-up that fails half-way is cleaned up too (its online rows)."""
     from mlcycle.project.config import load_config
 
     started = time.perf_counter()
@@ -698,6 +874,8 @@ def prepared_project(workdir: Path | None, tmp: Path) -> tuple[ProjectConfig, st
         return load_config(root / "project" / "mlcycle.yaml"), marker.read_text().strip(), 0.0
     root.mkdir(parents=True, exist_ok=True)
     cfg = bench_project(root / "project")
+    if created is not None:
+        created.append(cfg)
     version = setup(cfg)
     marker.write_text(version)
     return cfg, version, time.perf_counter() - started
@@ -764,6 +942,9 @@ def fail_check(report: dict[str, Any], bento: Server, raw: Server) -> None:
         problems.append(f"/predict_batch scores differ (largest difference {report['batch_diff']:.3g})")
     if not report["batch_vs_single_ok"]:
         problems.append("the raw app's /predict_batch and /predict disagree")
+    if not report["concurrent_ok"]:
+        problems.append(f"concurrent /predict calls did not get the scores they got alone (largest difference "
+                        f"{report['concurrent_diff']:.3g}): a batcher mixed calls up")  # fmt: skip
     raise SystemExit(
         "ABORT: the raw app does not compute what the service computes, so the comparison would mean "
         "nothing:\n  " + "\n  ".join(problems) + f"\nbentoml log tail:\n{bento.log_tail(15)}\n"
@@ -802,8 +983,9 @@ def main() -> None:
         profile_environment(args.profile, keep=args.workdir is not None) as cleanup,
     ):
         tmp = Path(tmp_name)
-        cfg, version, setup_s = prepared_project(args.workdir, tmp)
-        cleanup.append(cfg)
+        cfg, version, setup_s = prepared_project(args.workdir, tmp, cleanup)
+        if cfg not in cleanup:  # reused from --workdir
+            cleanup.append(cfg)
         reused = " (reused from --workdir)" if not setup_s else f" in {setup_s:.0f}s"
         print(f"setup: {DATA['n_transactions']:,} transactions, features published, champion v{version}{reused}",
               flush=True)  # fmt: skip
@@ -812,17 +994,23 @@ def main() -> None:
         batch_body = json.dumps({"requests": transactions[:BATCH_SIZE]}).encode()
 
         with running_servers(cfg, tmp) as (bento, raw):
-            workers = service_workers(cfg.profile, os.environ.get("MLCYCLE_WORKERS"), os.cpu_count())
-            print(f"servers ready: bentoml {bento.startup_s:.0f}s ({workers} worker{'s' * (workers > 1)}), "
-                  f"raw {raw.startup_s:.0f}s (1 worker)", flush=True)  # fmt: skip
+            print(f"servers ready: bentoml {bento.startup_s:.0f}s, raw {raw.startup_s:.0f}s; load average (1 min) "
+                  f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)  # fmt: skip
+            for server in (bento, raw):
+                print(f"  {server.name}: {server.workers} worker{'s' * (server.workers > 1)}; batching: "
+                      f"{server.batching}", flush=True)  # fmt: skip
             report = asyncio.run(check_same_scores(bento, raw, check_transactions(transactions, args.check)))
-            if report["non200"] or not (report["single_ok"] and report["batch_ok"] and report["batch_vs_single_ok"]):
+            checks = ("single_ok", "batch_ok", "batch_vs_single_ok", "concurrent_ok")
+            if report["non200"] or not all(report[k] for k in checks):
                 fail_check(report, bento, raw)
             print(
                 f"check: {report['n']} requests (now, +3 days, -1 day, unknown user, unknown merchant) scored by "
                 f"both on /predict and /predict_batch: scores equal (np.allclose; largest difference "
                 f"{report['single_diff']:.2e} single, {report['batch_diff']:.2e} batch); {report['with_missing']} "
-                f"with features missing, features_missing differs on {report['missing_differ']}",
+                f"with features missing, features_missing differs on {report['missing_differ']}; "
+                f"{CHECK_CONCURRENCY} at a time on /predict: each app's scores as alone (largest difference "
+                f"{report['concurrent_diff']:.2e}); model calls for them: bentoml "
+                f"{report['bentoml_concurrent_model_calls'] or 'n/a'}, raw {report['raw_concurrent_model_calls']}",
                 flush=True,
             )
             results, warm_errors = asyncio.run(measure(bento, raw, bodies, args.requests, levels))
@@ -830,11 +1018,14 @@ def main() -> None:
             print("  batch measured", flush=True)
 
     print()
+    read = "SQLite by entity key" if args.profile == "local" else "Redis HMGET by entity key"
     print(f"online: POST /predict, {args.requests} measured requests per app and level in {ROUNDS} alternating "
           f"rounds, {len(bodies)} distinct bodies, profile {args.profile} ({STORES[args.profile]}). raw = bare ASGI on "
-          f"uvicorn, 1 worker: SQLite by entity key + ValueProto decode + TTL + plain-Python on-demand "
-          f"features + inplace_predict; no Feast, pandas or MLflow per request, no validation, routing, "
-          f"metrics or prediction log (the BentoML service: all of them)")  # fmt: skip
+          f"uvicorn: {read} + ValueProto decode + TTL + plain-Python on-demand features + inplace_predict; no "
+          f"Feast, pandas or MLflow per request, no validation, routing, metrics or prediction log (the BentoML "
+          f"service: all of them)")  # fmt: skip
+    for server in (bento, raw):
+        print(f"  {server.name}: {server.workers} worker{'s' * (server.workers > 1)}; {server.batching}")
     header = (
         f"{'clients':>7} | {'bento p50 ms':>12} | {'raw p50 ms':>10} | {'p50 ratio':>9} | {'bento p99':>9} | "
         f"{'raw p99':>8} | {'p99 ratio':>9} | {'bento rps':>9} | {'raw rps':>8} | {'rps ratio':>9} | "
@@ -852,17 +1043,21 @@ def main() -> None:
             f"{b.rps / a.rps:>9.2f} | {f'{b.errors}/{a.errors}':>12}"
         )
     print()
-    print("server-side mean ms per request inside the scoring call (bento: Scorer.score incl. routing and")
-    print("log records; raw: score), and what the rest of the stack adds to the p50 (HTTP, framework,")
-    print("client, queueing):")
+    print("server-side mean ms per request from its submission to its score (the wait for its batch included;")
+    print("bento: MicroBatcher.submit → Scorer.score incl. routing and log records; raw: score_one → score),")
+    print("what the rest of the stack adds to the p50 (HTTP, framework, client, queueing), and the /predict")
+    print("calls per model call (how much each app's batching put together; bento: mlcycle_predict_batch_size):")
     print(f"{'clients':>7} | {'bento score':>11} | {'raw score':>9} | {'bento p50 - score':>17} | "
-          f"{'raw p50 - score':>15}")  # fmt: skip
+          f"{'raw p50 - score':>15} | {'calls/model call b/raw':>22}")  # fmt: skip
     for c, m in results.items():
         b, a = m["bento"].scoring_ms, m["raw"].scoring_ms
         if b is None or a is None:
             print(f"{c:>7} | (server-side timings unavailable)")
             continue
-        print(f"{c:>7} | {b:>11.2f} | {a:>9.2f} | {m['bento'].p50_ms - b:>17.2f} | {m['raw'].p50_ms - a:>15.2f}")
+        per = "/".join("n/a" if x is None else f"{x:.2f}" for x in (m["bento"].calls_per_model_call,
+                                                                    m["raw"].calls_per_model_call))  # fmt: skip
+        print(f"{c:>7} | {b:>11.2f} | {a:>9.2f} | {m['bento'].p50_ms - b:>17.2f} | {m['raw'].p50_ms - a:>15.2f} | "
+              f"{per:>22}")  # fmt: skip
     if warm_errors:
         print(f"note: {warm_errors} non-200 in warm-up (not measured)")
 
@@ -875,7 +1070,8 @@ def main() -> None:
     print(f"{'app':<10}{'median ms':>12}{'rows/s':>12}")
     print(f"{'bento':<10}{bento_s * 1000:>12.1f}{bento_rows:>12,.0f}")
     print(f"{'raw':<10}{raw_s * 1000:>12.1f}{raw_rows:>12,.0f}")
-    print(f"total runtime {time.perf_counter() - total_started:.0f}s")
+    print(f"total runtime {time.perf_counter() - total_started:.0f}s; load average (1 min) at the end "
+          f"{os.getloadavg()[0]:.2f}")  # fmt: skip
     print()
     one, eight = results[1], results[8]
     p50_1 = one["bento"].p50_ms / one["raw"].p50_ms

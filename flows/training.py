@@ -160,12 +160,16 @@ def train(config: str | None = None, as_of: datetime | None = None, window_days:
     )
     create_markdown_artifact(summary, key="training-summary", description="training result")
     logger.info(summary.splitlines()[0])
+    for reason in verdict.reasons:
+        logger.info("refused: %s", reason)
     return {
         "run_id": record.run_id,
         "passed": record.passed,
         "version": record.version,
         "alias": record.alias,
         "failed": list(record.failed),
+        # Per refusing gate: its measured value, interval (with its confidence level) and bound.
+        "reasons": list(verdict.reasons),
         "task": cfg.task,
         **metrics,
         "model_card": str(record.card_html) if record.card_html else None,

@@ -18,7 +18,8 @@ Access: without ``MLCYCLE_API_KEY`` only loopback clients are served (``mlcycle 
 127.0.0.1 and refuses a non-loopback ``--host`` without a key); with it, ``/predict``,
 ``/predict_batch`` and ``/rollout/status`` need ``x-api-key``. ``/admin/*`` need ``x-admin-token``.
 Probes (``/livez``, ``/readyz``) and ``/metrics`` are open. The API docs are at ``/docs`` (also
-``/``): a self-contained page, no third-party script; the OpenAPI document is ``/docs.json``.
+``/``): a self-contained page, no third-party script; the OpenAPI document is ``/docs.json``, which
+declares every status each API answers (``api_answers``) and the tokens it takes.
 
 Events: with ``streaming.publish_requests`` on, every scored request is also published to the
 project's event stream (``mlcycle.serving.publisher``), off the request path: a broker that is
@@ -49,6 +50,14 @@ from mlcycle.project.config import load_config
 from mlcycle.registry import aliases as registry
 from mlcycle.serving import rollout
 from mlcycle.serving.batching import MicroBatcher
+from mlcycle.serving.openapi import (
+    Answer,
+    ErrorMessage,
+    HeaderToken,
+    ServeDocument,
+    ValidationFailure,
+    openapi_document,
+)
 from mlcycle.serving.publisher import PublisherReport, RequestPublisher, StreamFigures
 from mlcycle.serving.request_schema import request_model
 from mlcycle.serving.scorer import NotReady, Scored, Scorer
@@ -93,6 +102,11 @@ latency = bentoml.metrics.Histogram(
 )
 errors = bentoml.metrics.Counter(
     name="mlcycle_errors", documentation="Failed API requests, by reason", labelnames=["reason"]
+)
+batch_sizes = bentoml.metrics.Histogram(
+    name="mlcycle_predict_batch_size",
+    documentation="/predict calls scored together, per batch of the micro-batcher",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
 )
 # Each metric's child per label set, looked up once per process: ``labels()`` takes the metric's
 # lock and builds its key from keyword arguments on every call, three times per request.
@@ -182,11 +196,27 @@ class Prediction(BaseModel):
     error: str | None = None
 
 
+class RolloutStatus(BaseModel):
+    """The answer of ``/rollout/status``: built through this model so the document declares its shape."""
+
+    ready: bool
+    not_ready_reason: str | None = Field(description="Why the service cannot score (no internals); null when ready.")
+    models: dict[str, str] = Field(description="Alias → the model version it serves (e.g. champion: '3').")
+    policy: rollout.RolloutPolicy
+
+
+class Rollback(BaseModel):
+    """The answer of ``/admin/rollback``: the alias moves made, or (409) none and why."""
+
+    moves: list[str] = Field(description="One line per alias moved, e.g. 'champion: 3 -> 2'.")
+    error: str | None = Field(None, description="Only on a 409: why nothing was rolled back.")
+
+
 class TrafficChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mode: rollout.Mode
-    percent: Annotated[float, Field(ge=0, le=100)] = 0.0
+    percent: Annotated[float, Field(strict=True, ge=0, le=100)] = 0.0  # strict: `false` is not 0
     reason: Annotated[str, Field(min_length=1, max_length=500)]
 
 
@@ -199,6 +229,9 @@ class JsonBodiesOnly:
     """
 
     FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+    # BentoML refuses this one itself, with a body that is a list (``[{"error": …}]``), unlike every
+    # other error: refused here with the same answer as a form.
+    REFUSED_TYPES = (*FORM_TYPES, "application/vnd.bentoml+pickle")
 
     def __init__(self, app) -> None:
         self.app = app
@@ -208,7 +241,7 @@ class JsonBodiesOnly:
             # The first content-type header, as BentoML reads it.
             raw = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
             media = raw.decode("latin-1").split(";")[0].strip().lower()
-            if media in self.FORM_TYPES:
+            if media in self.REFUSED_TYPES:
                 message = f"unsupported content-type '{media}': send the body as JSON (content-type: application/json)"
                 await JSONResponse({"error": message}, status_code=415)(scope, receive, send)
                 return
@@ -251,7 +284,7 @@ def error_reason(status: int) -> str:
 class DocsPage:
     """ASGI middleware: ``GET /docs`` (and ``/``, where BentoML's stock page loads Google Tag
     Manager and Swagger UI) answer a self-contained page listing the endpoints, linking the raw
-    OpenAPI document BentoML serves at ``/docs.json``. No script, no third-party request."""
+    OpenAPI document at ``/docs.json``. No script, no third-party request."""
 
     PATHS = ("/", "/docs", "/docs/")
 
@@ -370,7 +403,9 @@ class ScoringService:
         self.scorer.start_refresh()  # aliases and policy re-read off the request path
         self.publisher = RequestPublisher(self.cfg, report=publisher_metrics) if PUBLISHING else None
         self.stream_figures = StreamFigures(self.cfg)
-        self.batcher: MicroBatcher[dict, Scored] = MicroBatcher(self._score_rows, max_size=64)
+        self.batcher: MicroBatcher[dict, Scored] = MicroBatcher(
+            self._score_rows, max_size=64, observe=batch_sizes.observe
+        )
 
     @bentoml.on_shutdown
     def _stop_publisher(self) -> None:
@@ -444,12 +479,12 @@ class ScoringService:
         if not admin:
             _require_caller(ctx)
         self.scorer.refresh()
-        return {
-            "ready": self.scorer.ready,
-            "not_ready_reason": self.scorer.unavailable,
-            "models": {alias: slot.version for alias, slot in self.scorer.slots.items()},
-            "policy": self.scorer.policy.model_dump(mode="json"),
-        }
+        return RolloutStatus(
+            ready=self.scorer.ready,
+            not_ready_reason=self.scorer.unavailable,
+            models={alias: slot.version for alias, slot in self.scorer.slots.items()},
+            policy=self.scorer.policy,
+        ).model_dump(mode="json")
 
     def _admin(self, ctx: bentoml.Context) -> None:
         if not os.environ.get("MLCYCLE_ADMIN_TOKEN"):
@@ -480,12 +515,82 @@ class ScoringService:
             events = rollout.rollback(client, log, self.cfg.model.name, reason, who="api:admin")
         except rollout.NothingToRollBack as exc:  # nothing changed: a conflict with the state, not our bug
             ctx.response.status_code = 409
-            return {"moves": [], "error": str(exc)}
+            return Rollback(moves=[], error=str(exc)).model_dump()
         self.scorer.refresh(force=True)
-        return {"moves": [f"{e.alias}: {e.from_version} -> {e.to_version}" for e in events]}
+        moves = [f"{e.alias}: {e.from_version} -> {e.to_version}" for e in events]
+        return Rollback(moves=moves).model_dump(exclude_none=True)
 
 
 # The first added is the outermost: errors are counted after every other middleware answered.
 ScoringService.add_asgi_middleware(CountErrors, routes=frozenset(m.route for m in ScoringService.apis.values()))
 ScoringService.add_asgi_middleware(DocsPage, page=docs_page(ScoringService.apis))
 ScoringService.add_asgi_middleware(JsonBodiesOnly)
+
+
+# Every status each API answers, as /docs.json declares it (mlcycle.serving.openapi: BentoML's own
+# document declares 200/400/404/500 for every API, a string `detail`, and drops null from answers).
+# tests/test_init_project_e2e.py runs schemathesis against a live service to hold them to its answers.
+def api_answers() -> dict[str, list[Answer]]:
+    """The declared answers per route; the 401s depend on which tokens are configured."""
+    keyed = bool(os.environ.get("MLCYCLE_API_KEY"))
+    fault = (
+        "The body is not valid JSON, or a field is at fault: `detail` names each one by its location "
+        "(`loc`, e.g. ['request', 'amount'])."
+    )
+    common = [
+        Answer(400, fault, ValidationFailure),
+        Answer(415, "The body is a form or multipart (or BentoML's pickle): send JSON.", ErrorMessage),
+        Answer(500, "Our bug (logged with its traceback); the caller gets no detail.", ErrorMessage),
+        Answer(504, "Not answered within the service's 30 s.", ErrorMessage),
+    ]
+    no_key = "A caller from another host: without MLCYCLE_API_KEY only loopback callers are served."
+    caller = Answer(401, "A missing or wrong x-api-key." if keyed else no_key, ErrorMessage)
+    admin = Answer(401, "A missing or wrong x-admin-token, or no MLCYCLE_ADMIN_TOKEN (admin off).", ErrorMessage)
+    down = (
+        "No champion yet, or the registry or the online store unreachable: `error` names the dependency "
+        "(the detail is in the service's log), every other field is null."
+    )
+    batch_down = down + " One item, whatever the batch's size."
+    nothing = "Nothing to roll back to (nothing changed): `error` says why."
+    not_ready = "Not ready: no champion yet, or a dependency unreachable (/rollout/status says which)."
+    return {
+        "/predict": [Answer(200, "Scored.", Prediction), caller, Answer(503, down, Prediction), *common],
+        "/predict_batch": [
+            Answer(200, "Scored: one answer per request, in order.", list[Prediction]),
+            caller,
+            Answer(503, batch_down, list[Prediction]),
+            *common,
+        ],
+        "/rollout/status": [Answer(200, "What serves now.", RolloutStatus), caller, *common],
+        "/admin/traffic": [Answer(200, "The policy now in force.", rollout.RolloutPolicy), admin, *common],
+        "/admin/rollback": [
+            Answer(200, "Rolled back: the alias moves.", Rollback),
+            admin,
+            Answer(409, nothing, Rollback),
+            *common,
+        ],
+        "/readyz": [Answer(503, not_ready)],
+    }
+
+
+def api_security() -> tuple[list[HeaderToken], dict[str, list[str]]]:
+    """The header tokens the document declares, as configured: the API key only when one is set
+    (otherwise loopback callers need none), the admin token on the admin endpoints always."""
+    api_key = HeaderToken("ApiKey", "x-api-key", "MLCYCLE_API_KEY of the service.")
+    admin = HeaderToken("AdminToken", "x-admin-token", "MLCYCLE_ADMIN_TOKEN of the service.")
+    security: dict[str, list[str]] = {"/admin/traffic": ["AdminToken"], "/admin/rollback": ["AdminToken"]}
+    if os.environ.get("MLCYCLE_API_KEY"):
+        security |= {"/predict": ["ApiKey"], "/predict_batch": ["ApiKey"], "/rollout/status": ["ApiKey"]}
+        if os.environ.get("MLCYCLE_ADMIN_TOKEN"):  # the admin token reads the status too
+            security["/rollout/status"] = ["ApiKey", "AdminToken"]
+    return [api_key, admin], security
+
+
+def api_document() -> dict[str, Any]:
+    """The OpenAPI document served at /docs.json."""
+    tokens, security = api_security()
+    base = ScoringService.openapi_spec.asdict()
+    return openapi_document(base, ScoringService.apis, api_answers(), tokens=tokens, security=security)
+
+
+ScoringService.add_asgi_middleware(ServeDocument, path="/docs.json", build=api_document)

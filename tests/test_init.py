@@ -387,6 +387,57 @@ def test_protected_attribute_is_a_slice_not_an_input(table: pd.DataFrame, tmp_pa
     assert "region" not in result.request_fields and "region_code" not in result.model_features
 
 
+def test_a_protected_attribute_that_is_no_input_reaches_the_evaluation_and_the_fairness_gate(
+    table: pd.DataFrame, tmp_path: Path
+):
+    """Issue 22: ``init --protected region`` rightly keeps region out of the model, and training then
+    stopped ("evaluation slice 'region': column 'region' is not in the evaluation rows"). The
+    training set must carry it beside the features, the model must not see it, and the fairness
+    gate must compare its groups. The expected groups and TPRs are counted here from the source
+    table (region looked up by each test row's order id) and scikit-learn's recall."""
+    from sklearn.metrics import recall_score
+
+    from mlcycle.features import pipeline
+    from mlcycle.features.store import apply_repo, open_store, plan_for
+    from mlcycle.project.config import GatesSpec
+    from mlcycle.training.fit import train_candidate
+    from mlcycle.training.gates import run_gates
+
+    region = np.where(np.arange(len(table)) % 3 == 0, "north", "south")
+    path = tmp_path / "regions.parquet"
+    table.assign(region=region).to_parquet(path, index=False)
+    result = init_project(tmp_path / "regions", path, **ROLES, entities=["customer_id"], protected="region",
+                          event_id="order_id")  # fmt: skip
+    cfg = load_config(result.config)
+    _feature_tables(cfg)
+    apply_repo(cfg.feature_repo_path)
+    features = list(plan_for(open_store(cfg.feature_repo_path), cfg.features.feature_service).model_features)
+    frame = pipeline.build_training_set(cfg)  # as the training flow builds it
+    assert not any("region" in f for f in features)
+
+    candidate = train_candidate(frame, features, cfg.model, label=cfg.table.label, task=cfg.task,
+                                slices=cfg.table.slices, protected=cfg.table.protected)  # fmt: skip
+    assert candidate.model.features == features and candidate.model.model.feature_names == features
+    test = candidate.split.test
+    truth = table.assign(region=region).set_index("order_id").loc[test["order_id"].to_numpy()]
+    assert test["region"].tolist() == truth["region"].tolist()  # the table's own value, row by row
+    flagged = candidate.model.predict(test) >= candidate.model.threshold
+    expected = {
+        g: recall_score(truth["churned"].to_numpy()[rows], flagged[rows])
+        for g in ("north", "south")
+        for rows in [truth["region"].to_numpy() == g]
+    }
+    slices = candidate.report.slices["region"]
+    assert set(slices) == {"north", "south"}
+    assert {g: m.n for g, m in slices.items()} == truth["region"].value_counts().to_dict()
+    assert {g: m.recall for g, m in slices.items()} == pytest.approx(expected)
+
+    verdict = run_gates(candidate.report, GatesSpec(fairness_min_support=5), protected=cfg.table.protected)
+    fairness = next(c for c in verdict.checks if c.name == "fairness_tpr_gap")
+    assert fairness.evidence.get("applicable", True) and fairness.evidence["groups"] == pytest.approx(expected)
+    assert fairness.value == pytest.approx(abs(expected["north"] - expected["south"]))
+
+
 # ------------------------------------------------------------------------------------------ bad input
 
 

@@ -10,15 +10,21 @@ column drifts, what the scores must lie in; not from the code under test.
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+from unittest import mock
 
 import httpx
 import numpy as np
 import pandas as pd
 import pytest
+import schemathesis
 import yaml
 from typer.testing import CliRunner
 
@@ -182,6 +188,109 @@ def test_online_vectors_equal_offline_rows_on_an_init_project(classification) ->
     assert aggregated and online[aggregated].notna().to_numpy().mean() > 0.5  # not vacuous
 
 
+API_KEY, ADMIN = "contract-api-key", "contract-admin-token"
+# Every phase and every check of `schemathesis run`, on every operation of /docs.json. Derandomized
+# (the same cases every run, so a CI failure is one anybody reproduces) and bounded (about a thousand
+# requests); nothing learned from an earlier run (no cache, no example database) or from the answers
+# (a request id or a policy's time fed back into the next cases would make each run draw others).
+CONTRACT: dict = {
+    "seed": 22,
+    "workers": 1,
+    "cache": {"enabled": False},
+    "generation": {"deterministic": True, "max-examples": 100, "database": "none"},
+    "phases": {
+        "examples": {"extra-data-sources": {"responses": False}},
+        "coverage": {"extra-data-sources": {"responses": False}},
+        "fuzzing": {"extra-data-sources": {"responses": False}, "error-feedback": {"enabled": False}},
+    },
+    "auth": {"openapi": {"ApiKey": {"api_key": API_KEY}, "AdminToken": {"api_key": ADMIN}}},
+}
+
+
+@dataclass
+class ContractRun:
+    failures: list[str]  # as `schemathesis run` reports them: the check, the answer, a curl to replay
+    statuses: dict[str, set[int]]  # per operation, the statuses the service answered
+    stop_reason: str
+
+
+def run_contract(schema: schemathesis.BaseSchema) -> ContractRun:
+    """Run schemathesis's engine (what `schemathesis run` runs) in this process, and collect what
+    it found. ``schemathesis.pytest.from_fixture``, its way to test a server a fixture starts, fails
+    on pytest 9.2 (it sets ``Function._nodeid``, which pytest no longer has)."""
+    from schemathesis.core.failures import format_failures
+    from schemathesis.engine import events, from_schema
+
+    found: list[str] = []
+    statuses: dict[str, set[int]] = {}
+    stop_reason = "no EngineFinished event"
+    for event in from_schema(schema).execute():
+        if isinstance(event, events.ScenarioFinished):
+            recorder = event.recorder
+            for case_id, interaction in recorder.interactions.items():
+                if interaction.response is not None:
+                    label = recorder.cases[case_id].value.operation.label if case_id in recorder.cases else "?"
+                    statuses.setdefault(label, set()).add(interaction.response.status_code)
+            for case_id, checks in recorder.checks.items():
+                failed = [check.failure_info for check in checks if check.failure_info is not None]
+                if failed:
+                    interaction = recorder.interactions.get(case_id)
+                    text = format_failures(
+                        case_id=case_id,
+                        response=interaction.response if interaction is not None else None,
+                        failures=[info.failure for info in failed],
+                        curl=failed[0].code_sample,
+                        config=schema.config.output,
+                    )
+                    found.append(f"{recorder.label}: {text}")
+        elif isinstance(event, events.NonFatalError):
+            found.append(f"{event.label}: {event.info.format()}")
+        elif isinstance(event, events.FatalError):
+            found.append(f"fatal: {event.exception!r}")
+        elif isinstance(event, events.EngineFinished):
+            stop_reason = str(event.stop_reason)
+            found.extend(f"after the run: {failure.title}: {failure.message}" for failure in event.failures)
+    return ContractRun(found, statuses, stop_reason)
+
+
+@pytest.fixture
+def contract_api(classification, tmp_path_factory) -> Iterator[schemathesis.BaseSchema]:
+    """The OpenAPI document of the classification project's service, as it serves it. The service
+    runs on a copy of the project with its registry (the fuzz moves the traffic policy and logs
+    predictions at any time; the copy keeps that from the other tests), for this test only, with an
+    API key and an admin token, so every guarded answer is tried with and without them."""
+    cfg, _ = classification
+    root = tmp_path_factory.mktemp("contract") / "project"
+    shutil.copytree(cfg.root, root, ignore=shutil.ignore_patterns("__pycache__", "service.log"))
+    env = {"MLCYCLE_API_KEY": API_KEY, "MLCYCLE_ADMIN_TOKEN": ADMIN, "MLCYCLE_WORKERS": "1"}
+    service = ServiceProcess(load_config(root / "mlcycle.yaml"), env=env)
+    service.start()
+    try:
+        with httpx.Client(base_url=service.url, trust_env=False, timeout=30) as http:
+            document = http.get("/docs.json").json()
+        # The calls go out through `requests`: no proxy variables, or loopback calls would leave.
+        config = schemathesis.Config.from_dict({**CONTRACT, "base-url": service.url})
+        with mock.patch.dict(os.environ, {k: "" for k in os.environ if k.lower().endswith("_proxy")}):
+            yield schemathesis.openapi.from_dict(document, config=config)
+    finally:
+        service.stop()
+
+
+def test_the_api_document_is_true_to_every_answer_of_an_init_projects_service(contract_api) -> None:
+    """Issue 22: schemathesis against /docs.json found a 400's `detail` a list where the document
+    said a string, a 200's `error` null where it said a non-nullable string, and 401 and 409
+    undeclared. Now every status, content type and body is one the document declares; a
+    schema-valid request is taken, an invalid one refused, a guarded operation refused without its
+    token, an undeclared method refused."""
+    run = run_contract(contract_api)
+    assert run.failures == [], "\n\n".join(run.failures)
+    assert run.stop_reason == "completed"
+    # Not vacuous: every API was called, and answered with its declared successes and refusals.
+    for operation in ("POST /predict", "POST /predict_batch", "POST /rollout/status", "POST /admin/traffic"):
+        assert {200, 400, 401} <= run.statuses.get(operation, set()), (operation, run.statuses)
+    assert {400, 401, 409} <= run.statuses.get("POST /admin/rollback", set()), run.statuses  # v1 only: 409
+
+
 def test_a_regression_table_without_entity_runs_the_whole_loop(tmp_path_factory, prefect_server) -> None:
     table = make_table(12_000, seed=5, task="regression")
     args = ["--label", "stay_days", "--task", "regression", "--label-delay", "2d", "--event-id", "visit_id"]
@@ -203,3 +312,35 @@ def test_a_regression_table_without_entity_runs_the_whole_loop(tmp_path_factory,
     drifted = set(out["check"].drifted_features)
     assert any(f.startswith("pressure") for f in drifted), out["check"].feature_drift
     assert date.fromisoformat(out["check"].window_end[:10]).year == 2019
+
+
+def test_a_table_without_an_event_id_is_monitored_and_up_leaves_the_stream_out(
+    tmp_path_factory, prefect_server
+) -> None:
+    """Issue 22: a table with no event id reached a champion and served, then `mlcycle monitor`
+    crashed (no label joins a prediction without an id). Now drift is judged, decay is "not
+    measurable" with the reason and the fix, and `up` does not plan a stream consumer that would
+    exit at once; the generic service runs, and `mlcycle down` is the way to stop."""
+    from mlcycle.ops import stack
+
+    table = make_table(12_000, seed=17, task="classification").drop(columns=["visit_id"])
+    cfg = init(tmp_path_factory.mktemp("init-no-id"), table, ["--label", "recovered", "--entity", "customer_id",
+                                                              "--label-delay", "7d"])  # fmt: skip
+    assert cfg.table.event_id is None
+    good = {"customer_id": 7, "pressure": 0.3, "dose": 1.2, "ward": "north"}
+    out = run_lifecycle(cfg, good, {**good, "pressure": "high"}, "pressure")
+    check = out["check"]
+    assert any(f.startswith("pressure") for f in check.drifted_features), check.feature_drift
+    assert check.prediction_drift is not None  # scores judged: they need no label
+    assert check.decay["state"] == "not_measurable" and "set table.event_id" in check.decay["reasons"][0]
+
+    shown = CliRunner().invoke(app, ["monitor", "--config", str(cfg.root / "mlcycle.yaml")])
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.split())  # the console wraps long lines
+    assert "| pressure" in text and "**drift**" in text
+    assert "Not measurable: no event id declared (table.event_id)" in text and "set table.event_id" in text
+
+    plan = stack.plan_up(cfg)
+    assert stack.CONSUMER not in plan.start and stack.SERVICE in plan.start
+    assert any("table.event_id" in line for line in plan.lines())
+    assert "make" not in stack.format_table({}, cfg) and "mlcycle down" in stack.format_table({}, cfg)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
 import pytest
 from pydantic import ValidationError
+from statsmodels.stats.proportion import confint_proportions_2indep
+from tests.conftest import REPO_ROOT
 
 from mlcycle.data.validation import check_training_set
 from mlcycle.decisions import CheckResult, Verdict
@@ -162,6 +165,8 @@ def test_fairness_gap_the_data_cannot_bound_is_not_measurable_never_a_silent_pas
     blocked = run_gates(groups_report(groups), GatesSpec(when_unmeasurable={"fairness": "block"}), protected="age_band")
     assert not blocked.passed and blocked.state == "not_measurable"
     assert [c.name for c in blocked.undecided] == [check.name] and not blocked.measured_failures
+    (why,) = blocked.reasons  # a refusal for want of evidence says so, with what was measured
+    assert why.startswith("N/M fairness_tpr_gap: measured 0.35 for A vs B (95% CI") and "not measurable" in why
 
 
 def test_fairness_passes_only_when_every_gap_is_confidently_within_the_limit() -> None:
@@ -185,6 +190,64 @@ def test_fairness_lower_bounds_are_adjusted_for_the_number_of_pairs() -> None:
     assert check.status == "not_measurable"
     assert len(check.evidence["pairs"]) == 15
     assert check.evidence["pairs"]["X vs Y"]["low"] == pytest.approx(0.1306, abs=1e-4)
+
+
+def _numbers(text: str) -> list[float]:
+    return [float(x) for x in re.findall(r"-?\d+\.\d+", text)]
+
+
+def refused_candidate() -> Verdict:
+    """Refused three ways: ROC-AUC 0.95 under a 0.97 floor, PR-AUC 0.8 under 0.9, and a TPR gap of
+    0.23 (X 0.75 vs Y 0.52 on 400 positives each) above 0.15."""
+    spec = GatesSpec(min_roc_auc=0.97, min_pr_auc=0.9, max_fairness_gap=0.15)
+    return run_gates(groups_report({"X": (0.75, 400), "Y": (0.52, 400)}), spec, protected="age_band")
+
+
+def test_a_refusal_states_each_failed_gates_value_interval_and_bound() -> None:
+    """Issue 22: a refused candidate said which gates failed, not by how much or how sure.
+
+    Expected numbers, from elsewhere than mlcycle: the gap's 95% interval is statsmodels' Newcombe
+    interval of 300/400 − 208/400 (0.1640 … 0.2931). The ROC-AUC's is Hanley & McNeil's, worked by
+    hand for A = 0.95 on 2,000 positives and 98,000 negatives: Q1 = A/(2−A) = 0.904762, Q2 =
+    2A²/(1+A) = 0.925641, var = (0.0475 + 1999·0.002262 + 97999·0.023141)/(2000·98000) = 1.1594e-5,
+    SE = 0.003405, 0.95 ± 1.96·SE = 0.9433 … 0.9567. PR-AUC has no interval, and says so."""
+    verdict = refused_candidate()
+    assert [c.name for c in verdict.failed] == ["min_roc_auc", "min_pr_auc", "fairness_tpr_gap"]
+    roc, pr, gap = verdict.reasons
+    low, high = confint_proportions_2indep(300, 400, 208, 400, method="newcomb", compare="diff", alpha=0.05)
+
+    assert "fairness_tpr_gap" in gap and "X vs Y" in gap and "95% CI" in gap and "<= 0.15" in gap
+    assert _numbers(gap) == pytest.approx([0.23, low, high, 0.15], abs=5e-5)
+    assert "min_roc_auc" in roc and "95% CI" in roc and ">= 0.97" in roc
+    assert _numbers(roc) == pytest.approx([0.95, 0.9433, 0.9567, 0.97], abs=5e-5)
+    assert "min_pr_auc" in pr and "no interval" in pr and ">= 0.9" in pr
+    assert _numbers(pr) == pytest.approx([0.8, 0.9])
+    # The same, in the markdown the training flow publishes as its Prefect artifact.
+    table = verdict.markdown()
+    assert all(reason in table for reason in verdict.reasons)
+    gap_row = next(row for row in table.splitlines() if row.startswith("| fairness_tpr_gap |"))
+    assert _numbers(gap_row.split("|")[3]) == pytest.approx([low, high], abs=5e-5)  # the interval column
+
+
+def test_mlcycle_train_prints_why_the_gates_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI shows each refusing gate's value, interval and bound, as the flow returned them."""
+    from typer.testing import CliRunner
+
+    from mlcycle.cli.app import app
+    from mlcycle.project import files
+
+    verdict = refused_candidate()
+    result = {"run_id": "r1", "passed": False, "version": None, "alias": None, "task": "classification",
+              "failed": [c.name for c in verdict.failed], "reasons": list(verdict.reasons),
+              "model_card": None}  # fmt: skip
+    monkeypatch.setattr(files, "load_flow", lambda root, module, name: lambda **_: result)
+    shown = CliRunner().invoke(app, ["train", "--config", str(REPO_ROOT / "mlcycle.yaml")])
+    assert shown.exit_code == 1, shown.output
+    output = " ".join(shown.output.split())  # the console wraps long lines
+    low, high = confint_proportions_2indep(300, 400, 208, 400, method="newcomb", compare="diff", alpha=0.05)
+    assert f"measured 0.23 for X vs Y (95% CI {low:.4g} … {high:.4g}), bound <= 0.15" in output
+    assert "min_roc_auc: measured 0.95 (95% CI 0.9433 … 0.9567" in output
+    assert "min_pr_auc: measured 0.8 (no interval" in output
 
 
 def test_fairness_with_too_few_supported_groups_follows_the_policy() -> None:

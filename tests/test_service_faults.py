@@ -14,6 +14,7 @@ import httpx
 import mlflow
 import numpy as np
 import pytest
+import schemathesis
 import xgboost as xgb
 from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import clone_project
@@ -80,6 +81,7 @@ class Guarded:
     registry_uri: str
     champion: str
     down_predict: httpx.Response  # answers while the registry was unreachable
+    down_batch: httpx.Response
     down_status: httpx.Response
     down_log: str
 
@@ -101,6 +103,7 @@ def guarded(training_project: ProjectConfig, tmp_path_factory: pytest.TempPathFa
         client = stack.enter_context(httpx.Client(base_url=service.url, trust_env=False, timeout=60))
         assert client.get("/readyz").status_code == 503
         down_predict = client.post("/predict", json={"request": GOOD}, headers=KEY)
+        down_batch = client.post("/predict_batch", json={"requests": [GOOD, GOOD]}, headers=KEY)
         down_status = client.post("/rollout/status", headers=KEY)
         down_log = service.log_path.read_bytes()[log_from:].decode(errors="replace")
 
@@ -113,7 +116,7 @@ def guarded(training_project: ProjectConfig, tmp_path_factory: pytest.TempPathFa
                                            log_path=tmp_path / "mlflow.log", cwd=tmp_path))  # fmt: skip
         champion = register_champion(cfg)
         assert wait_until_ready(client, timeout=60), service.log_tail()
-        yield Guarded(cfg, client, service, uri, champion, down_predict, down_status, down_log)
+        yield Guarded(cfg, client, service, uri, champion, down_predict, down_batch, down_status, down_log)
 
 
 def test_registry_unreachable_at_start_is_a_503_naming_the_dependency_and_nothing_more(guarded: Guarded) -> None:
@@ -137,6 +140,33 @@ def test_registry_unreachable_at_start_is_a_503_naming_the_dependency_and_nothin
     assert reasons and "Connection refused" in reasons[0], log[-3000:]
     before_first = log[: log.index(reasons[0])]
     assert before_first.count("Retrying (") <= 1, before_first[-3000:]
+
+
+def test_the_api_document_declares_the_answers_of_a_service_whose_registry_is_down(guarded: Guarded) -> None:
+    """Issue 22: a 503 and a 401 were answers /docs.json did not declare, so a client generated from
+    it could not read them. Each answer recorded here is checked against the document the service
+    serves (its status declared, its content type, its body valid against the declared schema)."""
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    client = guarded.client
+    api = schemathesis.openapi.from_dict(client.get("/docs.json").json())
+    text_amount = {"request": {**GOOD, "amount": "120.5"}}  # a 400 naming the field
+    answers = [
+        ("/predict", {"request": GOOD}, guarded.down_predict, 503),
+        ("/predict_batch", {"requests": [GOOD, GOOD]}, guarded.down_batch, 503),
+        ("/predict", {"request": GOOD}, client.post("/predict", json={"request": GOOD}), 401),
+        ("/admin/rollback", {"reason": "test"}, client.post("/admin/rollback", json={"reason": "test"}), 401),
+        ("/predict", text_amount, client.post("/predict", json=text_amount, headers=KEY), 400),
+    ]
+    checks = [status_code_conformance, content_type_conformance, response_schema_conformance]
+    for path, body, response, status in answers:
+        assert response.status_code == status, (path, response.text)
+        api[path]["POST"].Case(body=body).validate_response(response, checks=checks)
+    assert guarded.down_batch.json()[0]["error"] == "service unavailable: model registry unavailable"
 
 
 def test_the_service_recovers_by_itself_when_the_registry_comes_back(guarded: Guarded) -> None:

@@ -340,17 +340,35 @@ def test_batch_form_and_metrics(served) -> None:
     assert "mlcycle_predictions_total" in metrics and "mlcycle_score_bucket" in metrics
 
 
+def batch_sizes(client: httpx.Client) -> tuple[float, float, float]:
+    """The micro-batcher's histogram as /metrics has it: (batches, calls in them, batches of one)."""
+    return (metric_total(client, "mlcycle_predict_batch_size_count"),
+            metric_total(client, "mlcycle_predict_batch_size_sum"),
+            metric_total(client, "mlcycle_predict_batch_size_bucket", le="1.0"))  # fmt: skip
+
+
 def test_concurrent_single_calls_each_get_their_own_answer(served) -> None:
     """Calls arriving together are scored together (the service's micro-batcher): each still gets
     the answer it would get alone — the same as its row in /predict_batch at the same request time —
-    its own request id, and a malformed call among them is a 400 that costs the others nothing."""
+    its own request id, and a malformed call among them is a 400 that costs the others nothing.
+
+    Not vacuous: the request time is just after the data's newest event, so the calls of 24
+    different users carry their own window, merchant and profile features (a batcher that gave one
+    call another's features would change its score), and /metrics shows a batch of more than one
+    call. Whether calls share a batch depends on when they reach the worker's loop: the burst is
+    sent again (at most 10 times) until one did, each time with every answer checked."""
     import asyncio
 
     _, client, tx = served
     set_traffic(client, "champion-only")  # whatever an earlier test left: one model answers all
-    at = "2026-11-20T12:00:00+00:00"
-    rows = [{**body(r)["request"], "timestamp": at} for r in tx.tail(24).itertuples()]
+    newest = pd.Timestamp(tx["event_timestamp"].max())
+    at = (newest.floor("s") + pd.Timedelta(seconds=1)).isoformat()  # every stored row is known by then
+    last = tx.sort_values("event_timestamp", kind="stable").drop_duplicates("user_id", keep="last").tail(24)
+    rows = [{**body(r)["request"], "timestamp": at} for r in last.itertuples()]
+    assert len({r["user_id"] for r in rows}) == 24
     expected = client.post("/predict_batch", json={"requests": rows}).json()
+    complete = [e for e in expected if not e["features_missing"]]
+    assert len(complete) >= 12, [e["features_missing"] for e in expected]  # features, not nulls, are scored
 
     async def all_at_once() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=str(client.base_url), trust_env=False, timeout=30) as ac:
@@ -358,18 +376,27 @@ def test_concurrent_single_calls_each_get_their_own_answer(served) -> None:
             calls.insert(7, ac.post("/predict", json={"request": {**rows[0], "amount": -1}}))
             return await asyncio.gather(*calls)
 
-    answers = asyncio.run(all_at_once())
-    bad = answers.pop(7)
-    assert bad.status_code == 400 and "amount" in bad.text
-    assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
-    got = [a.json() for a in answers]
-    for one, batch in zip(got, expected, strict=True):
-        assert one["score"] == pytest.approx(batch["score"], rel=1e-12)
-        assert (one["model_version"], one["variant"], one["decision"]) == (
-            batch["model_version"], batch["variant"], batch["decision"]
-        )  # fmt: skip
-        assert one["features_missing"] == batch["features_missing"]
-    assert len({a["request_id"] for a in got}) == len(got)
+    shared = False
+    for _ in range(10):
+        batches, calls, alone = batch_sizes(client)
+        answers = asyncio.run(all_at_once())
+        bad = answers.pop(7)
+        assert bad.status_code == 400 and "amount" in bad.text
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
+        got = [a.json() for a in answers]
+        for one, batch in zip(got, expected, strict=True):
+            assert one["score"] == pytest.approx(batch["score"], rel=1e-12)
+            assert (one["model_version"], one["variant"], one["decision"]) == (
+                batch["model_version"], batch["variant"], batch["decision"]
+            )  # fmt: skip
+            assert one["features_missing"] == batch["features_missing"]
+        assert len({a["request_id"] for a in got}) == len(got)
+        after = batch_sizes(client)
+        assert after[1] - calls == 24  # each good call went through the batcher once; the 400 never did
+        if (after[0] - batches) - (after[2] - alone) >= 1:  # a batch of two or more calls
+            shared = True
+            break
+    assert shared, "ten bursts of 24 concurrent calls and never two in one batch"
 
 
 def test_admin_endpoints_need_the_token(served) -> None:

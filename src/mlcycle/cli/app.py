@@ -850,11 +850,15 @@ def up(
 
     Prefect server (SQLite in data/prefect), work pool `mlcycle-local`, every deployment of prefect.yaml, a worker.
 
-    The MLflow UI on the project's tracking store, and the BentoML scoring service.
+    The MLflow UI on the project's tracking store, and the BentoML scoring service (the project's own
+    services/, else mlcycle's generic one).
+
+    The event broker and stream consumer, when the project can stream (table.event_id and
+    features.aggregations set); otherwise they are not started, and why is printed.
 
     Each runs in its own process group; logs in data/run/<name>.log, pids in data/run/<name>.pid.
 
-    Pieces already running are reused. Stop everything with `mlcycle down` (make down).
+    Pieces already running are reused. Stop everything with `mlcycle down`.
     """
     from mlcycle.ops import stack
 
@@ -884,7 +888,8 @@ def down(
 
 @app.command()
 def status(config: ConfigOption = None) -> None:
-    """What `mlcycle up` started and is still running: pid, URL, health, log."""
+    """What `mlcycle up` started and is still running: pid, URL, health, log; for a piece that
+    exited, why (the last error line its log shows since it was started)."""
     from mlcycle.ops import stack
 
     cfg = _config(config)

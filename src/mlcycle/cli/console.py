@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mlcycle.ops.scale import redact
@@ -81,6 +82,9 @@ def print_training(console: Console, result: dict, indent: str = "      ") -> No
         )
     else:
         console.print(f"{indent}[red]rejected by the gates: {', '.join(result['failed'])}[/red]; no alias moved")
+        # What each refusing gate measured, how sure, against which bound (text, not rich markup).
+        for reason in result.get("reasons", []):
+            console.print(f"{indent}  {escape(reason)}")
 
 
 def print_rollout(console: Console, result: dict, indent: str = "      ") -> None:

@@ -20,7 +20,7 @@ from mlcycle.data.lineage import file_hash
 from mlcycle.data.validation import ContractReport, ContractViolation
 from mlcycle.features import store, transform
 from mlcycle.features.transform import project_object
-from mlcycle.project.config import ProjectConfig
+from mlcycle.project.config import EVENT_ID_FIX, ProjectConfig, slice_specs
 
 
 @dataclass(frozen=True)
@@ -107,12 +107,21 @@ def label_arrival(table: pd.DataFrame, cfg: ProjectConfig) -> pd.Series:
     return table[t.timestamp] + pd.Timedelta(days=t.label_delay_days)
 
 
+class NoEventId(ValueError):
+    """The project declares no event id (``table.event_id``), so a label cannot be joined to the
+    prediction that was logged for its event. Callers that can do without labels (monitoring's
+    drift) check ``cfg.table.event_id`` first and report what they cannot measure instead."""
+
+
 def labels_frame(table: pd.DataFrame, cfg: ProjectConfig) -> pd.DataFrame:
     """The table's labels in the lifecycle's own names (``event_id``, ``event_timestamp``, ``label``,
-    ``label_available_at``): what monitoring and the canary join logged predictions with."""
+    ``label_available_at``): what monitoring and the canary join logged predictions with. Raises
+    ``NoEventId`` when the project declares none: there is nothing to join on."""
     t = cfg.table
     if not t.event_id:
-        raise ValueError("table.event_id is not set: labels cannot be joined back to logged predictions")
+        raise NoEventId(
+            f"table.event_id is not set: labels cannot be joined back to logged predictions; {EVENT_ID_FIX}"
+        )
     return pd.DataFrame(
         {
             "event_id": table[t.event_id].astype(str).to_numpy(),
@@ -141,9 +150,11 @@ def labelled_entities(
     as_of: datetime | None = None,
     window_days: int | None = None,
     request_fields: Sequence[str] = (),
+    carried: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Entity rows with their label as known at ``as_of`` (default: the start of today, UTC), for
-    matured events only.
+    matured events only. ``carried`` names more of the table's columns to keep beside them (the
+    evaluation's slices, ``carried_columns``): they pass the point-in-time join untouched.
 
     Labels often arrive unevenly: positives (a dispute, a default) within days, negatives only when
     a window closes without one. So only events older than the label delay are used, and of those
@@ -165,20 +176,43 @@ def labelled_entities(
     entities = store.entity_frame(rows, t.entities, request_fields, t.timestamp)
     if t.event_id:
         entities[t.event_id] = rows[t.event_id].to_numpy()
+    for col in carried:
+        if col not in entities:
+            entities[col] = rows[col].to_numpy()
     entities[t.label] = label_values(rows[t.label], cfg).to_numpy()
     return entities
+
+
+def carried_columns(cfg: ProjectConfig, table: pd.DataFrame, plan: store.ServicePlan) -> list[str]:
+    """The table's columns that the evaluation slices and the protected attribute read and that the
+    feature service does not give: kept beside the training rows, never model inputs.
+
+    A protected attribute is rightly no model input (``mlcycle init`` leaves it out of every view),
+    yet the evaluation must group rows by it and the fairness gate compare those groups. A column
+    the service produces (a view's feature, an on-demand output) is left to the join: its value as
+    of the event is the one the service computes, and carrying the table's beside it would make two
+    columns of one name; one the entity rows hold already (a request field, a key) is not repeated.
+    The model reads only ``plan.model_features``, so a carried column never reaches its matrix."""
+    t = cfg.table
+    given = {ref.split(":", 1)[1] for ref in plan.view_refs} | set(plan.model_features)
+    given |= {f.name for odfv in plan.odfvs for f in odfv.features}
+    given |= {*plan.request_fields, *t.entities, t.timestamp, t.label, *filter(None, [t.event_id])}
+    wanted = dict.fromkeys(s.column for s in slice_specs(t.slices, t.protected))
+    return [col for col in wanted if col in table.columns and col not in given]
 
 
 def build_training_set(
     cfg: ProjectConfig, as_of: datetime | None = None, window_days: int | None = None
 ) -> pd.DataFrame:
-    """Point-in-time training rows (features + label) for every matured labelled event of the
-    latest ``window_days`` (default ``model.train_window_days``; None there: all of them)."""
+    """Point-in-time training rows (features + label, and the table's columns the evaluation slices
+    by: ``carried_columns``) for every matured labelled event of the latest ``window_days``
+    (default ``model.train_window_days``; None there: all of them)."""
     table = validation.load_table(cfg)
     window = window_days or cfg.model.train_window_days
     fs = store.open_project_store(cfg)
     plan = store.plan_for(fs, cfg.features.feature_service)
-    entities = labelled_entities(table, cfg, as_of, window, plan.request_fields)
+    carried = carried_columns(cfg, table, plan)
+    entities = labelled_entities(table, cfg, as_of, window, plan.request_fields, carried)
     return store.training_set(fs, entities, cfg.features.feature_service)
 
 

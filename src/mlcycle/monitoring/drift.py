@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mlcycle.project.config import MonitoringSpec
+from mlcycle.project.config import EVENT_ID_FIX, MonitoringSpec
 from mlcycle.stats import chi2_two_sample, mean_ratio_ci, psi_from_counts, total_variation
 from mlcycle.stats import psi as _psi
 
@@ -503,7 +503,10 @@ def decay_verdict(
     is classification's (it counts positives still on their way); regression says so. Without an
     event id (``columns.event_id`` None) no label can be joined to a prediction: not measurable."""
     if columns.event_id is None:
-        why = "not measurable: no event id declared (table.event_id), so no label can be joined to a prediction"
+        why = (
+            "not measurable: no event id declared (table.event_id), so no label can be joined to the prediction "
+            f"logged for its event; to measure it, {EVENT_ID_FIX}"
+        )
         return DecayVerdict(0, 0, 0, None, None, None, baseline_roc_auc, False, (why,), False, task=task,
                             baseline_rmse=baseline_rmse), []  # fmt: skip
     windows = performance_windows(predictions, labels, as_of, maturity_days, spec.decay_window_days,

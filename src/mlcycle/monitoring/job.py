@@ -257,7 +257,10 @@ class CheckResult:
                 + (": " + "; ".join(decay["reasons"]) if decay.get("reasons") else "")
             )
         else:
-            lines.append("Not measurable yet: " + "; ".join(decay.get("reasons") or ["no matured labels"]))
+            text = "; ".join(decay.get("reasons") or ["no matured labels"])
+            # "not measurable: …" (no event id) is not a matter of waiting; "not measurable yet" is.
+            measurable_later = not text.lower().startswith("not measurable")
+            lines.append(f"Not measurable yet: {text}" if measurable_later else text[0].upper() + text[1:])
         if decay.get("unlabelled"):
             lines.append(f"\n{decay['unlabelled']:,} matured predictions whose own label has not arrived are left out.")
         if decay.get("late_labels"):
@@ -323,7 +326,12 @@ def run_check(
     scores = current.loc[own, "score"].to_numpy(float)
     prediction = asdict(monitoring.prediction_drift(ref.scores, scores, spec)) if len(scores) else None
     anomalies = monitoring.upstream_anomalies(stats, current, spec) if enough else []
-    labels = labels_frame(load_table(cfg), cfg)
+    # Without an event id no label joins a logged prediction: decay is reported as not measurable
+    # (with the fix), and everything above, which needs no label, stands.
+    if cfg.table.event_id:
+        labels, columns = labels_frame(load_table(cfg), cfg), monitoring.LIFECYCLE_COLUMNS
+    else:
+        labels, columns = pd.DataFrame(), monitoring.LabelColumns(event_id=None)
     verdict, windows = monitoring.decay_verdict(
         answered[answered["model_version"].astype(str) == ref.version],
         labels,
@@ -331,6 +339,7 @@ def run_check(
         cfg.table.label_delay_days,
         spec,
         ref.baseline_roc_auc,
+        columns=columns,
         task=cfg.task,
         baseline_rmse=ref.baseline_rmse,
     )

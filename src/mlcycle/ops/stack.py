@@ -49,7 +49,7 @@ import yaml
 
 from mlcycle import TELEMETRY_OFF
 from mlcycle.ops import scale
-from mlcycle.project.config import DEFAULT_CONFIG_NAME, ProjectConfig
+from mlcycle.project.config import DEFAULT_CONFIG_NAME, EVENT_ID_FIX, ProjectConfig
 
 LOOPBACK = "127.0.0.1"
 WORK_POOL = "mlcycle-local"
@@ -421,11 +421,13 @@ def _consumer_ready(record: Record) -> bool:
     """The consumer prints its launch token once it runs (``mlcycle stream``): it then joins its
     group, or waits for the broker and the project's feature views and says so in its log, as the
     service waits for a champion. Nothing else to ask it, and the broker's URL (with a password in
-    profile scale) is not kept in the pid file."""
+    profile scale) is not kept in the pid file. A consumer that printed it and exited (a config it
+    cannot stream) is not ready: it is checked to be still running."""
     try:
-        return f"stream consumer started ({record.token})" in Path(record.log).read_text(errors="replace")
+        started = f"stream consumer started ({record.token})" in Path(record.log).read_text(errors="replace")
     except OSError:
         return False
+    return started and is_running(record)
 
 
 def _worker_online(client: httpx.Client, api_url: str, worker_name: str) -> bool:
@@ -734,9 +736,18 @@ def start_consumer(cfg: ProjectConfig, wait: bool = False, out: Out = _print) ->
 
 NOT_READY_HINT = (
     "it becomes ready by itself, within seconds, once the features are published and a champion is registered: "
-    "`mlcycle train` on a project whose features are built, or `make down`, `make demo`, `make up` "
-    "(the demo starts from a clean data/, where the stack keeps its pid files and Prefect's database)"
+    "`mlcycle features build`, `mlcycle features publish` and `mlcycle train`"
 )
+DEMO_HINT = (
+    ", or `make down`, `make demo`, `make up` (the demo starts from a clean data/, where the stack keeps its pid "
+    "files and Prefect's database)"
+)
+
+
+def not_ready_hint(cfg: ProjectConfig) -> str:
+    """What makes a started service ready; the Makefile's demo only where the project has one."""
+    demo = all(has_make_target(cfg.root, t) for t in ("down", "demo", "up"))
+    return NOT_READY_HINT + (DEMO_HINT if demo else "")
 
 
 def service_readiness(url: str, log: Path | str | None = None) -> tuple[bool, str]:
@@ -764,42 +775,135 @@ def start_service(cfg: ProjectConfig, port: int = 3000, wait: bool = True, out: 
 
     It starts without a champion (POST /predict and /readyz answer 503 until there is one) and
     picks one up by itself once registered, so it is started anyway and the reason is printed.
-    It is skipped only if the project has no service to run."""
-    from mlcycle.ops.service_process import ServiceProcess
-
-    if not (cfg.root / "services").is_dir():
-        out(f"scoring service skipped: {cfg.root / 'services'} not found (run from the project directory)")
+    It is skipped only if there is no service to run (``service_blocker``): neither the project's
+    own ``services/service.py`` nor mlcycle's generic one."""
+    if (why := service_blocker(cfg)) is not None:
+        out(f"scoring service skipped: {why}")
         return None
     if (record := _running(cfg, SERVICE)) is not None:
         out(f"scoring service already running at {record.url} (pid {record.pid}): reusing it")
         if wait:
             _raise_if_failed(wait_healthy(cfg, [SERVICE], out), SERVICE)
-            report_service(record.url, record.log, out)
+            report_service(record.url, record.log, out, not_ready_hint(cfg))
         return record.url
     _check_port(SERVICE, port)
-    service = ServiceProcess(cfg, port)
-    env = child_env(cfg, **{k: v for k, v in service.env.items() if k in ("BENTOML_HOME", "MLCYCLE_CONFIG")})
-    env["MLCYCLE_STREAM_PUBLISH"] = "1"  # under `up` the broker runs: each scored request is an event too
-    record = launch(cfg, SERVICE, service.command, service.url, env)
-    out(f"starting the scoring service on {service.url} …")
+    cmd, env, url = service_launch(cfg, port)
+    record = launch(cfg, SERVICE, cmd, url, env)
+    out(f"starting the scoring service on {url} …")
     if wait:
         _raise_if_failed(wait_healthy(cfg, [SERVICE], out), SERVICE)
-        report_service(record.url, record.log, out)
-    return service.url
+        report_service(record.url, record.log, out, not_ready_hint(cfg))
+    return url
 
 
-def report_service(url: str, log: str, out: Out = _print) -> bool:
+def service_launch(cfg: ProjectConfig, port: int) -> tuple[list[str], dict[str, str], str]:
+    """The scoring service's command, environment and URL under ``up``: ``mlcycle serve``'s command
+    (the project's own service, else mlcycle's generic one). Each scored request is published as an
+    event too, since the broker runs, but only in a project that can stream: without an event id
+    the publisher refuses to start, and the service with it."""
+    from mlcycle.ops.service_process import ServiceProcess
+
+    service = ServiceProcess(cfg, port)
+    env = child_env(cfg, **{k: v for k, v in service.env.items() if k in ("BENTOML_HOME", "MLCYCLE_CONFIG")})
+    if stream_blocker(cfg) is None:
+        env["MLCYCLE_STREAM_PUBLISH"] = "1"
+    else:
+        env.pop("MLCYCLE_STREAM_PUBLISH", None)
+    return service.command, env, service.url
+
+
+def report_service(url: str, log: str, out: Out = _print, hint: str = NOT_READY_HINT) -> bool:
     """Print whether the running service is ready to score; True if it is."""
     ready, reason = service_readiness(url, log)
     if ready:
         out(f"  scoring service ready at {url}")
     else:
         out(f"  scoring service is up at {url} but not ready: {reason}")
-        out(f"  ({NOT_READY_HINT})")
+        out(f"  ({hint})")
     return ready
 
 
 # ----------------------------------------------------------------------------- up / down / status
+def stream_blocker(cfg: ProjectConfig) -> str | None:
+    """Why the project's event stream (broker and consumer) cannot run, with the fix; None if it can.
+
+    Decided from the config alone, as ``mlcycle stream`` decides it (``EventSchema``): a consumer
+    started anyway would print that it started, pass ``up``'s health check and exit a moment later."""
+    from mlcycle.streaming.events import EventSchema, StreamConfigError
+
+    try:
+        EventSchema(cfg)
+    except StreamConfigError as exc:
+        fix = EVENT_ID_FIX if not cfg.table.event_id else "declare per-entity windows in features.aggregations"
+        return f"{exc}; to stream, {fix}, then run `mlcycle up` again"
+    return None
+
+
+def service_blocker(cfg: ProjectConfig) -> str | None:
+    """Why no scoring service can be started for the project, with the fix; None if one can. The
+    service is the project's own ``services/service.py``, else mlcycle's generic one
+    (``service_process.services_root``), which serves any project from its config."""
+    from mlcycle.ops.service_process import services_root
+
+    path = services_root(cfg.root) / "services" / "service.py"
+    if path.is_file():
+        return None
+    return (
+        f"no services/service.py in {cfg.root} and none beside mlcycle ({path}); run from the project "
+        "directory, or install mlcycle from a source checkout"
+    )
+
+
+def has_make_target(root: Path, target: str) -> bool:
+    """True if ``root/Makefile`` declares ``target`` (a rule line ``target:``), so hints can name it."""
+    try:
+        text = (Path(root) / "Makefile").read_text(errors="replace")
+    except OSError:
+        return False
+    return re.search(rf"^{re.escape(target)}\s*:(?!=)", text, flags=re.MULTILINE) is not None
+
+
+def stop_hint(cfg: ProjectConfig) -> str:
+    """How to stop what ``up`` started: ``mlcycle down`` everywhere, ``make down`` only in a project
+    whose Makefile has that target (a project made by ``mlcycle init`` has none)."""
+    return "mlcycle down" + (" (or: make down)" if has_make_target(cfg.root, "down") else "")
+
+
+@dataclass(frozen=True)
+class UpPlan:
+    """What ``up`` starts, decided from the project before anything starts: a piece that cannot run
+    is not started (it would look started, then exit), and ``skipped`` says why, with the fix."""
+
+    start: tuple[str, ...]
+    skipped: dict[str, str]
+    service_root: Path | None  # the directory holding services/service.py that the service runs from
+
+    def lines(self) -> list[str]:
+        """One line per reason (the broker and the consumer share theirs)."""
+        names: dict[str, list[str]] = {}
+        for name, why in self.skipped.items():
+            names.setdefault(why, []).append(name)
+        return [f"{' and '.join(group)} not started: {why}" for why, group in names.items()]
+
+
+def plan_up(cfg: ProjectConfig) -> UpPlan:
+    """The pieces ``up`` will start (the Prefect worker follows its server) and those it will not."""
+    from mlcycle.ops.service_process import services_root
+
+    start = [PREFECT_SERVER, MLFLOW_UI]
+    skipped: dict[str, str] = {}
+    if (why := service_blocker(cfg)) is None:
+        start.append(SERVICE)
+    else:
+        skipped[SERVICE] = why
+    if (why := stream_blocker(cfg)) is None:
+        start += [BROKER, CONSUMER]
+    else:
+        skipped[BROKER] = skipped[CONSUMER] = why
+    root = services_root(cfg.root) if SERVICE in start else None
+    return UpPlan(tuple(start), skipped, root)
+
+
 def up(
     cfg: ProjectConfig,
     prefect_port: int = DEFAULT_PORTS[PREFECT_SERVER],
@@ -816,12 +920,15 @@ def up(
     started = time.monotonic()
     problems: list[str] = []
     urls: dict[str, str] = {}
+    plan = plan_up(cfg)
     out(f"mlcycle up: {cfg.root} (state and logs in {run_dir(cfg)})")
+    for line in plan.lines():
+        out(line)
     try:
         launched: list[str] = []
         broker: str | None = None
         try:
-            if (broker := start_broker(cfg, wait=True, out=out)) is not None:
+            if BROKER in plan.start and (broker := start_broker(cfg, wait=True, out=out)) is not None:
                 urls["event broker"] = broker
         except StackError as exc:
             problems.append(str(exc))
@@ -830,12 +937,14 @@ def up(
             (MLFLOW_UI, start_mlflow_ui, mlflow_port),
             (SERVICE, start_service, service_port),
         ):
+            if name not in plan.start:
+                continue
             try:
                 if start(cfg, port, wait=False, out=out) is not None:
                     launched.append(name)
             except StackError as exc:
                 problems.append(str(exc))
-        if broker is not None:  # the consumer needs the broker
+        if broker is not None and CONSUMER in plan.start:  # the consumer needs the broker
             start_consumer(cfg, wait=False, out=out)
             launched.append(CONSUMER)
         results = wait_healthy(cfg, launched, out)
@@ -860,9 +969,9 @@ def up(
             urls["MLflow UI"] = mlflow.url
         if (service := live.get(SERVICE)) is not None:
             urls.update({"scoring service": service.url, "service metrics": service.url + "/metrics"})
-            report_service(service.url, service.log, out)
+            report_service(service.url, service.log, out, not_ready_hint(cfg))
     except KeyboardInterrupt:
-        out("interrupted: what started is recorded in data/run/*.pid; `mlcycle down` (make down) stops it")
+        out(f"interrupted: what started is recorded in data/run/*.pid; {stop_hint(cfg)} stops it")
         raise
     out(f"\nstack up in {time.monotonic() - started:.0f}s")
     out(format_table(urls, cfg))
@@ -877,7 +986,7 @@ def format_table(urls: dict[str, str], cfg: ProjectConfig) -> str:
     lines = [f"  {name.ljust(width)}  {url}" for name, url in urls.items()]
     lines += [
         f"  {'logs'.ljust(width)}  {run_dir(cfg)}/<name>.log ({', '.join(sorted(records(cfg)))}, deploy)",
-        f"  {'stop'.ljust(width)}  make down   (or: mlcycle down)",
+        f"  {'stop'.ljust(width)}  {stop_hint(cfg)}",
     ]
     return "\n".join(lines)
 
@@ -913,6 +1022,35 @@ class ComponentStatus:
     log: str
 
 
+# A line that says why a process stopped: a Python exception's last line ("ValueError: …"), or
+# what the pieces print when they give up ("cannot stream: …", "… failed", "Error: …").
+_ERROR_LINE = re.compile(r"error|exception|traceback|cannot|can't|failed|fatal|refus|denied|killed", re.IGNORECASE)
+REASON_CHARS = 300
+REASON_TAIL = 20  # an error line further up is old news (a retry that later succeeded), not the end
+
+
+def exit_reason(record: Record) -> str:
+    """Why the process of ``record`` is gone, from what it wrote to its log since ``launch`` put
+    the header of this start there: the last error-like line among its last ``REASON_TAIL``, else
+    its last line. A pid file alone only shows that the process is gone; the reason is what a
+    person needs."""
+    try:
+        text = Path(record.log).read_text(errors="replace")
+    except OSError:
+        return f"no log at {record.log or '(none recorded)'}"
+    own = text
+    if (header := text.rfind("\n=== ")) >= 0:
+        end = text.find("\n", header + 1)
+        own = "" if end < 0 else text[end + 1 :]
+    lines = [line.strip() for line in own.splitlines() if line.strip()]
+    if not lines:
+        return f"it wrote nothing to its log ({record.log})"
+    errors = [line for line in lines[-REASON_TAIL:] if _ERROR_LINE.search(line)]
+    line = (errors or lines)[-1]
+    line = line if len(line) <= REASON_CHARS else line[: REASON_CHARS - 1] + "…"
+    return f"{scale.redact(line)} (log {record.log})"
+
+
 def status(cfg: ProjectConfig) -> list[ComponentStatus]:
     """What the pid files in data/run say, checked: is each process still ours, does it answer."""
     rows: list[ComponentStatus] = []
@@ -923,7 +1061,7 @@ def status(cfg: ProjectConfig) -> list[ComponentStatus]:
                 continue
             running = is_running(record)
             if not running:
-                health = "stale pid file (process gone)"
+                health = f"exited: {exit_reason(record)}"
             elif name == SERVICE:
                 ready, reason = service_readiness(record.url, record.log)
                 health = "ready" if ready else f"up, not ready: {reason}"

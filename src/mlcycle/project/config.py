@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -55,6 +56,30 @@ class SliceSpec(StrictModel):
     @property
     def key(self) -> str:
         return self.name or self.column
+
+
+def slice_specs(slices: Sequence[SliceSpec] = (), protected: str | None = None) -> list[SliceSpec]:
+    """The declared slices, with the protected attribute first when no declared slice is named after
+    it: then its column's own values are its groups. A declared slice whose name (or column, when
+    unnamed) is the protected attribute is that attribute's slice, bins included. Here, beside the
+    declarations, because two stages read it: the evaluation groups rows by these slices, and the
+    training set carries their columns from the table (``features.pipeline.carried_columns``)."""
+    specs = list(slices)
+    if protected is not None and all(s.key != protected for s in specs):
+        specs.insert(0, SliceSpec(column=protected))
+    keys = [s.key for s in specs]
+    duplicated = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicated:
+        raise ValueError(f"evaluation slices named twice: {duplicated}; give each a distinct name")
+    return specs
+
+
+# What to do when a project declares no event id, said the same way wherever something needs one
+# (the labels joined to logged predictions, monitoring's decay, the event stream `mlcycle up` starts).
+EVENT_ID_FIX = (
+    "set table.event_id in mlcycle.yaml to a column that identifies each event (one value per row, never "
+    "missing) and have requests and events carry it"
+)
 
 
 class TableSpec(StrictModel):

@@ -255,7 +255,8 @@ def _event_id(frame: pd.DataFrame, given: str | None, taken: set[str], notes: li
             return str(col)
     notes.append(
         "no event id: no column is unique per row and named like an id, so a label that arrives later cannot be "
-        "joined to a logged prediction by id; add one and set table.event_id (or pass --event-id)"
+        "joined to a logged prediction by id: `mlcycle monitor` judges drift but reports performance decay as not "
+        "measurable, and `mlcycle up` starts no event stream; add one and set table.event_id (or pass --event-id)"
     )
     return None
 

@@ -25,13 +25,20 @@ class MicroBatcher(Generic[T, R]):
 
     ``fn`` runs on the event loop, synchronously, and must return one result per item, in order.
     An exception from ``fn`` is raised in every call of that batch; the next batch is unaffected.
-    One batcher belongs to one event loop (a BentoML worker has one)."""
+    One batcher belongs to one event loop (a BentoML worker has one).
 
-    def __init__(self, fn: Callable[[list[T]], Sequence[R]], max_size: int = 64) -> None:
+    ``observe`` (optional) is told the size of each batch handed to ``fn`` (the service's
+    ``mlcycle_predict_batch_size`` histogram): whether concurrent calls were scored together shows
+    in ``/metrics``."""
+
+    def __init__(
+        self, fn: Callable[[list[T]], Sequence[R]], max_size: int = 64, observe: Callable[[int], None] | None = None
+    ) -> None:
         if max_size < 1:
             raise ValueError(f"max_size must be at least 1, got {max_size}")
         self._fn = fn
         self.max_size = max_size
+        self._observe = observe
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._scheduled = False
 
@@ -51,7 +58,9 @@ class MicroBatcher(Generic[T, R]):
             batch = [(item, future) for item, future in pending[start : start + self.max_size] if not future.done()]
             if not batch:  # every caller of this batch gave up (a cancelled request)
                 continue
-            try:
+            try:  # (an observer's error fails this batch's calls, never leaves them waiting)
+                if self._observe is not None:
+                    self._observe(len(batch))
                 results = self._fn([item for item, _ in batch])
                 if len(results) != len(batch):
                     raise RuntimeError(f"batch function returned {len(results)} results for {len(batch)} items")

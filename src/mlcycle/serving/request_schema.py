@@ -8,9 +8,10 @@ while the registry is unreachable, and the service then answers 503 naming it, a
 
 Numbers are strict: a JSON boolean or a string is not a number (lax parsing scored ``true`` as 1.0
 and ``"120.5"`` as 120.5, hiding a client's bug behind a plausible score), infinities and NaN are
-refused, ids fit int64. A category outside the contract's set is *not* refused: it is scored and
-named in the answer (``unknown_categories``), because the world does produce new categories and a
-refusal would hide them from monitoring.
+refused, ids fit int64; and a number is not a time. The schema is what the OpenAPI document declares
+(``mlcycle.serving.openapi``), so what it accepts is what it says. A category outside the contract's
+set is *not* refused: it is scored and named in the answer (``unknown_categories``), because the
+world does produce new categories and a refusal would hide them from monitoring.
 """
 
 from __future__ import annotations
@@ -203,8 +204,10 @@ def request_model(cfg: ProjectConfig, name: str = "Request") -> type[BaseModel]:
             spec[field.name] = (annotation, Field(..., description=description))
         else:
             spec[field.name] = (annotation | None, Field(None, description=description))
+    # Strict: a date-time is text, as the document declares (lax parsing took a JSON number as Unix
+    # seconds, or as milliseconds past 2e10, so a client's wrong unit was scored at a wrong time).
     spec[TIMESTAMP_FIELD] = (
-        datetime | None,
-        Field(None, description="When the event happened (default: now; without an offset: UTC)."),
+        Annotated[datetime, Field(strict=True)] | None,
+        Field(None, description="When the event happened, ISO 8601 (default: now; without an offset: UTC)."),
     )
     return create_model(name, __config__=ConfigDict(extra="forbid"), **spec)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from mlcycle.project.config import SliceSpec
+from mlcycle.project.config import SliceSpec, slice_specs
 from mlcycle.stats import descending, ranking_metrics_ranked
 
 Task = Literal["classification", "regression"]
@@ -133,20 +133,6 @@ def _slice_values(frame: pd.DataFrame, spec: SliceSpec) -> pd.Series:
         groups = pd.cut(numeric, spec.bins, labels=_bin_labels(spec), right=False)
         return groups.astype(object).where(groups.notna(), UNKNOWN).astype(str)
     return values.astype(object).where(values.notna(), UNKNOWN).astype(str)
-
-
-def slice_specs(slices: Sequence[SliceSpec] = (), protected: str | None = None) -> list[SliceSpec]:
-    """The declared slices, with the protected attribute first when no declared slice is named after
-    it: then its column's own values are its groups. A declared slice whose name (or column, when
-    unnamed) is the protected attribute is that attribute's slice, bins included."""
-    specs = list(slices)
-    if protected is not None and all(s.key != protected for s in specs):
-        specs.insert(0, SliceSpec(column=protected))
-    keys = [s.key for s in specs]
-    duplicated = sorted({k for k in keys if keys.count(k) > 1})
-    if duplicated:
-        raise ValueError(f"evaluation slices named twice: {duplicated}; give each a distinct name")
-    return specs
 
 
 def slice_columns(frame: pd.DataFrame, slices: Sequence[SliceSpec] = (), protected: str | None = None) -> pd.DataFrame:

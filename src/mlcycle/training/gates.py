@@ -121,6 +121,7 @@ def fairness_gap(report: EvaluationReport, spec: GatesSpec, protected: str | Non
         f"{a} vs {b}, of {len(pairs)} pairs (lower bounds Bonferroni-adjusted, z={z_joint:.2f}); "
         + ", ".join(f"{g}={v:.3f} (n={n})" for g, (v, n) in rates.items()),
         pair=[a, b],
+        **_pairs_note(len(pairs), z_joint),
         pairs={f"{x} vs {y}": {"gap": g, "low": lo, "high": hi} for x, y, g, lo, hi in judged},
         groups={g: v for g, (v, _) in rates.items()},
         support={g: n for g, (_, n) in rates.items()},
@@ -133,6 +134,24 @@ def _auc_interval(auc: float | None, positives: int, negatives: int) -> str:
         return ""
     half = Z95 * auc_se(auc, positives, negatives)
     return f"95% CI {auc - half:.4f} … {auc + half:.4f} (Hanley–McNeil, {positives} positives)"
+
+
+def _auc_evidence(auc: float | None, positives: int, negatives: int) -> dict[str, Any]:
+    """The AUC's 95% Hanley–McNeil interval as evidence, so a refusal can state it beside the value
+    (the floor itself is judged on the point estimate, which the note says)."""
+    if auc is None or positives < 1 or negatives < 1:
+        return {}
+    half = Z95 * auc_se(auc, positives, negatives)
+    note = "Hanley–McNeil, the floor is judged on the point estimate"
+    return {"ci_low": auc - half, "ci_high": auc + half, "confidence": 0.95, "interval_note": note}
+
+
+def _pairs_note(pairs: int, z_joint: float) -> dict[str, str]:
+    """How a pairwise gate's reported interval was built: its lower bound is Bonferroni-adjusted
+    over the pairs (so a fail holds for them jointly), its upper bound is not."""
+    if pairs < 2:
+        return {}
+    return {"interval_note": f"lower bound Bonferroni-adjusted for {pairs} pairs (z={z_joint:.2f})"}
 
 
 def _bound_check(
@@ -214,9 +233,10 @@ def run_classification_gates(
     its own interval); PR-AUC's comparison stays a point estimate, said so in its detail."""
     o = candidate.overall
     negatives = o.n - o.positives
+    auc_ci = _auc_evidence(o.roc_auc, o.positives, negatives)
     checks = [
         _bound_check("min_roc_auc", o.roc_auc, spec.min_roc_auc, ">=", spec.on_unmeasurable("min_roc_auc"),
-                     _auc_interval(o.roc_auc, o.positives, negatives)),
+                     _auc_interval(o.roc_auc, o.positives, negatives), **auc_ci),
         _bound_check("min_pr_auc", o.pr_auc, spec.min_pr_auc, ">=", spec.on_unmeasurable("min_pr_auc")),
         fairness_gap(candidate, spec, protected),
         _latency_check(candidate, spec),
@@ -369,6 +389,7 @@ def fairness_mae_ratio(report: EvaluationReport, spec: GatesSpec, protected: str
         f"{a} vs {b}, of {len(pairs)} pairs (lower bounds Bonferroni-adjusted, z={z_joint:.2f}); MAE "
         + ", ".join(f"{g}={m:.4g} (n={n})" for g, (m, _, n) in errors.items()),
         pair=[a, b],
+        **_pairs_note(len(pairs), z_joint),
         pairs={f"{x} vs {y}": {"ratio": q, "low": lo, "high": hi} for x, y, q, lo, hi in judged},
         groups={g: m for g, (m, _, _) in errors.items()},
         support={g: n for g, (_, _, n) in errors.items()},
