@@ -34,7 +34,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serving
 from mlcycle import TELEMETRY_OFF
-from mlcycle.ops.service_process import free_port
+from mlcycle.net import free_port
 
 # (bucket, pattern on one py-spy frame "function (file:line)"); the innermost matching frame wins.
 BUCKETS: list[tuple[str, re.Pattern[str]]] = [

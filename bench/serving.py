@@ -74,7 +74,7 @@ import pandas as pd
 import mlcycle  # noqa: F401  (telemetry off)
 from mlcycle import TELEMETRY_OFF
 from mlcycle.features import pipeline
-from mlcycle.ops.service_process import free_port
+from mlcycle.net import free_port
 from mlcycle.project.config import ProjectConfig
 from mlcycle.serving.workers import service_workers
 

@@ -39,8 +39,8 @@ STORY_DRIFT = DriftSpec(start_day=80, amount_inflation=1.5, concept_drift=True, 
 
 
 def run(cfg: ProjectConfig, console: Console, requests: int = 1500) -> None:
+    from mlcycle.net import free_port
     from mlcycle.ops import stack
-    from mlcycle.ops.service_process import free_port
 
     running = [c.name for c in stack.status(cfg) if c.running]
     if running:
@@ -80,8 +80,8 @@ def run(cfg: ProjectConfig, console: Console, requests: int = 1500) -> None:
 def _story(cfg, console, steps, world, drift_at, prefect_url, requests, out) -> None:
     from fraud.traffic import replay
     from mlcycle.monitoring import retraining
+    from mlcycle.net import free_port
     from mlcycle.ops import stack
-    from mlcycle.ops.service_process import free_port
     from mlcycle.registry import aliases as registry
     from mlcycle.serving import batch
 

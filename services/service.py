@@ -22,7 +22,7 @@ Probes (``/livez``, ``/readyz``) and ``/metrics`` are open. The API docs are at 
 declares every status each API answers (``api_answers``) and the tokens it takes.
 
 Events: with ``streaming.publish_requests`` on, every scored request is also published to the
-project's event stream (``mlcycle.serving.publisher``), off the request path: a broker that is
+project's event stream (``mlcycle.streaming.publisher``), off the request path: a broker that is
 down costs ``/predict`` nothing, and is counted in ``mlcycle_stream_publish*``. ``/metrics`` also
 shows the stream consumer's figures (``mlcycle_stream_consumer_*``), read from the broker at scrape
 time, when it can be reached and there are figures to show.
@@ -58,10 +58,10 @@ from mlcycle.serving.openapi import (
     ValidationFailure,
     openapi_document,
 )
-from mlcycle.serving.publisher import PublisherReport, RequestPublisher, StreamFigures
 from mlcycle.serving.request_schema import request_model
 from mlcycle.serving.scorer import NotReady, Scored, Scorer
 from mlcycle.serving.workers import service_workers
+from mlcycle.streaming.publisher import PublisherReport, RequestPublisher, StreamFigures
 
 MAX_BATCH = 1000
 INT64_MAX = 2**63 - 1  # ids are int64 in the online store and the prediction log

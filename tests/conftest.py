@@ -107,7 +107,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory):
 
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from mlcycle.ops.service_process import free_port
+    from mlcycle.net import free_port
     from servers import LOOPBACK, SLOW_START_S, VENV_BIN, running_server, server_env
 
     home = tmp_path_factory.mktemp("prefect_home")

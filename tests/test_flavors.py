@@ -18,8 +18,8 @@ from sklearn.datasets import make_classification, make_regression
 from sklearn.metrics import roc_auc_score
 
 import mlcycle  # noqa: F401  (telemetry off before MLflow is imported)
-from mlcycle.training import flavors
-from mlcycle.training.flavors import (
+from mlcycle import flavors
+from mlcycle.flavors import (
     EstimatorNotAllowedError,
     EstimatorNotFoundError,
     MissingPredictProbaError,

@@ -276,7 +276,7 @@ def test_train_candidate_recovers_a_known_signal(spec: ModelSpec) -> None:
 
 
 def test_a_model_spec_is_checked_against_the_task() -> None:
-    from mlcycle.training.flavors import TaskMismatchError
+    from mlcycle.flavors import TaskMismatchError
 
     regressor = ModelSpec(flavor="sklearn", estimator="sklearn.linear_model.Ridge")
     regressor.check_task("regression")

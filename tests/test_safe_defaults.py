@@ -22,12 +22,12 @@ from typer.testing import CliRunner
 
 from mlcycle.features.store import Vectors
 from mlcycle.ops import stack
-from mlcycle.ops.scale import redact
 from mlcycle.ops.service_process import ExposedWithoutKey, check_exposure, is_loopback
 from mlcycle.project.config import ConfigError, ProjectConfig, load_config
 from mlcycle.serving import rollout
 from mlcycle.serving import scorer as serving
 from mlcycle.serving.prediction_log import PredictionLog
+from mlcycle.settings import redact
 
 SECRET = "hunter2-S3cret"
 

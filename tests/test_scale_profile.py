@@ -34,10 +34,11 @@ from fraud.traffic import request_body
 from psycopg import sql
 from tests.conftest import SMALL_DATA, TEST_GATES, copy_project
 
+from mlcycle import settings as scale
 from mlcycle.features import entity_frame, open_project_store, pipeline, plan_for, skew_report, training_set
 from mlcycle.features.store import online_vector
 from mlcycle.monitoring.job import answered_predictions
-from mlcycle.ops import scale, stack
+from mlcycle.ops import stack
 from mlcycle.ops.service_process import ServiceProcess, free_port
 from mlcycle.project.config import ConfigError, ProjectConfig, load_config
 from mlcycle.project.files import load_flow

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mlcycle.ops.service_process import free_port
+from mlcycle.net import free_port
 from mlcycle.project.config import ProjectConfig
 
 pytestmark = pytest.mark.slow

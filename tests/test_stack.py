@@ -20,8 +20,8 @@ import httpx
 import pytest
 from tests.conftest import copy_project
 
+from mlcycle.net import free_port
 from mlcycle.ops import stack
-from mlcycle.ops.service_process import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -121,17 +121,15 @@ def test_deploy_plan_deploys_all_or_skips_deployments_whose_flow_file_is_missing
 def test_approve_and_reject_find_the_prefect_server_that_up_recorded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlcycle.monitoring.retraining import api_url
-
     cfg = copy_project(tmp_path / "p")
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    assert api_url(cfg) is None
+    assert stack.api_url(cfg) is None
     stack.run_dir(cfg).mkdir(parents=True, exist_ok=True)
     record = stack.Record(stack.PREFECT_SERVER, 1, 1, "http://127.0.0.1:4321", ["prefect"], "now", "log", ".")
     record.write(stack.pid_path(cfg, stack.PREFECT_SERVER))
-    assert api_url(cfg) == "http://127.0.0.1:4321/api"
+    assert stack.api_url(cfg) == "http://127.0.0.1:4321/api"
     monkeypatch.setenv("PREFECT_API_URL", "http://elsewhere/api")
-    assert api_url(cfg) == "http://elsewhere/api"
+    assert stack.api_url(cfg) == "http://elsewhere/api"
 
 
 def test_the_event_broker_up_starts_is_stopped_by_down(tmp_path: Path) -> None:

@@ -24,19 +24,19 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from mlcycle.ops.service_process import free_port
+from mlcycle.net import free_port
 from mlcycle.project.config import ProjectConfig, load_config
-from mlcycle.serving.publisher import (
+from mlcycle.serving.scorer import Scored
+from mlcycle.streaming.broker import LocalRedisServer, Message, connect
+from mlcycle.streaming.consumer import open_stream, stream_keys
+from mlcycle.streaming.events import SOURCE_API, EventSchema
+from mlcycle.streaming.publisher import (
     PublisherReport,
     RequestPublisher,
     StreamFigures,
     fallback_event_id,
     scrape_client,
 )
-from mlcycle.serving.scorer import Scored
-from mlcycle.streaming.broker import LocalRedisServer, Message, connect
-from mlcycle.streaming.consumer import open_stream, stream_keys
-from mlcycle.streaming.events import SOURCE_API, EventSchema
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -157,7 +157,7 @@ def test_broker_down_submit_never_raises_failures_counted_then_published_after_r
         assert publisher.submit([request(1)], answers(1)) == 1
         wait_for(lambda: publisher.stats().published_total == 1, "published while the broker is up")
         server.stop()
-        caplog.set_level(logging.WARNING, logger="mlcycle.serving.publisher")
+        caplog.set_level(logging.WARNING, logger="mlcycle.streaming.publisher")
         # While the broker is down, submit is a queue append: it returns with the count queued and
         # raises nothing, whatever the background thread is going through.
         assert publisher.submit([request(2), request(3)], answers(2)) == 2

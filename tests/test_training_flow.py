@@ -326,11 +326,11 @@ def test_a_scikit_learn_flavor_trains_registers_batch_scores_monitors_and_reprod
     import mlflow
     from sklearn.ensemble import HistGradientBoostingClassifier
 
+    from mlcycle import flavors
     from mlcycle.monitoring import job as monitoring_job
     from mlcycle.serving import batch
     from mlcycle.serving import scorer as serving
     from mlcycle.training import fit as training
-    from mlcycle.training import flavors
 
     cfg = clone_project(training_project, tmp_path / "p", {"model": SKLEARN_MODEL})
     result = run_train(cfg)

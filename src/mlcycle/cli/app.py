@@ -218,7 +218,7 @@ def demo(
     import warnings
 
     from mlcycle.data.validation import ContractViolation
-    from mlcycle.features.transform import ProjectHookError, project_object
+    from mlcycle.project.hooks import ProjectHookError, project_object
 
     # Deprecation notices of the stack's own dependencies (numpy.core in Evidently, litestar) are
     # not the demo's news.
@@ -352,7 +352,7 @@ def _print_training_result(cfg: ProjectConfig, result: dict) -> None:
 def _mlflow_ui_command(cfg: ProjectConfig) -> str:
     """Printed on the console: without the database password (profile scale puts one in the URI)."""
     from mlcycle.cli.console import mlflow_ui_command
-    from mlcycle.ops.scale import redact
+    from mlcycle.settings import redact
 
     return redact(mlflow_ui_command(cfg))
 
@@ -637,10 +637,11 @@ def _decide(run: str, approve: bool, who: str | None, note: str, config: Path | 
     import getpass
 
     from mlcycle.monitoring import retraining
+    from mlcycle.ops import stack
 
     cfg = _config(config)
     try:
-        retraining.decide(run, approve, who or f"cli:{getpass.getuser()}", note, retraining.api_url(cfg))
+        retraining.decide(run, approve, who or f"cli:{getpass.getuser()}", note, stack.api_url(cfg))
     except Exception as exc:
         console.print(f"[red]could not resume {run}: {exc}[/red]")
         console.print("List the runs that wait for a decision with: mlcycle blocked")
@@ -678,9 +679,10 @@ def blocked(config: ConfigOption = None) -> None:
     """Retraining runs paused for a person's decision."""
 
     from mlcycle.monitoring import retraining
+    from mlcycle.ops import stack
 
     cfg = _config(config)
-    runs = retraining.blocked_runs(retraining.api_url(cfg))
+    runs = retraining.blocked_runs(stack.api_url(cfg))
     if not runs:
         console.print("no retraining waits for a decision")
     for r in runs:
@@ -755,7 +757,7 @@ def stream(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    from mlcycle.ops.scale import redact
+    from mlcycle.settings import redact
 
     token = os.environ.get("MLCYCLE_STACK_ID", "")
     console.print(f"stream consumer started ({token}) on {redact(broker_url(cfg))}", markup=False, soft_wrap=True)
@@ -945,7 +947,7 @@ def scale_env(config: ConfigOption = None) -> None:
     """Print `export` lines for profile scale: the MLCYCLE_* connection settings (defaults filled in) and
     the variables feature_store.scale.yaml reads, so `feast -f feature_store.scale.yaml …` runs in a shell:
     eval "$(mlcycle scale-env)"."""
-    from mlcycle.ops.scale import ScaleConfigError, ScaleSettings
+    from mlcycle.settings import ScaleConfigError, ScaleSettings
 
     _config(config)
     try:

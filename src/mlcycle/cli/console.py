@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from mlcycle.ops.scale import redact
 from mlcycle.project.config import ProjectConfig
+from mlcycle.settings import redact
 
 
 class Steps:

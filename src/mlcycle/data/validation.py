@@ -127,7 +127,7 @@ def table_schema(cfg: ProjectConfig, now: datetime | None = None) -> pa.DataFram
         from mlcycle.project.contract_inference import contract_from_yaml
 
         return contract_from_yaml(cfg.resolve(Path(ref)).read_text())
-    from mlcycle.features.transform import project_object
+    from mlcycle.project.hooks import project_object
 
     return project_object(cfg, ref)(now=now)
 

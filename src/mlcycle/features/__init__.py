@@ -2,9 +2,9 @@
 pipeline (validate → build → publish, point-in-time training sets), the Feast offline store and the
 store facade.
 
-The names below load on first use (PEP 562): the project config imports
-``mlcycle.features.aggregations``, and importing Feast (seconds to a minute on a loaded machine)
-must not be the price of reading a config file.
+The names below load on first use (PEP 562): importing Feast (seconds to a minute on a loaded
+machine) must not be the price of importing a light module of this package, such as the
+aggregation engines.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ from mlcycle.data import event_log, validation
 from mlcycle.data.lineage import file_hash
 from mlcycle.data.validation import ContractReport, ContractViolation
 from mlcycle.features import store, transform
-from mlcycle.features.transform import project_object
 from mlcycle.project.config import EVENT_ID_FIX, ProjectConfig, slice_specs
+from mlcycle.project.hooks import project_object
 
 
 @dataclass(frozen=True)

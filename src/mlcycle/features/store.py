@@ -46,8 +46,8 @@ from feast.type_map import python_values_to_proto_values
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mlcycle import quiet_stack_warnings
+from mlcycle import settings as scale
 from mlcycle.features.transform import unix_seconds
-from mlcycle.ops import scale
 
 if TYPE_CHECKING:
     from mlcycle.project.config import ProjectConfig

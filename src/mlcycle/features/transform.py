@@ -14,8 +14,6 @@ and the latest state, materialized online, is what a request arriving after it s
 
 from __future__ import annotations
 
-import importlib
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import pandas as pd
 
 from mlcycle.features.aggregations import AggregationSpec, compute_offline
 from mlcycle.project.config import ProjectConfig
+from mlcycle.project.hooks import project_object
 
 Transformations = Callable[[pd.DataFrame, ProjectConfig], Mapping[str, pd.DataFrame]]
 STATE_DELAY = pd.Timedelta(microseconds=1)
@@ -34,29 +33,6 @@ FEATURE_TIMESTAMP = "event_timestamp"
 # Each declared table also says when its entity's last event was (``<table>_last_event_unix``):
 # a short window's count of 0 means something else an hour after the last event than a month after.
 LAST_EVENT_SUFFIX = "_last_event_unix"
-
-
-class ProjectHookError(ImportError):
-    """A ``module:function`` the config names cannot be imported or is not callable."""
-
-
-def project_object(cfg: ProjectConfig, ref: str) -> Any:
-    """``module:function`` from the project directory (put first on ``sys.path``), as a project's
-    flows and Feast repo see it. Only names from the config file: never one a request names."""
-    module_name, _, attr = ref.partition(":")
-    root = str(cfg.root.resolve())
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ProjectHookError(
-            f"cannot import '{module_name}' (named by '{ref}' in the config) from {root}: {exc}"
-        ) from None
-    value = getattr(module, attr, None)
-    if not callable(value):
-        raise ProjectHookError(f"'{ref}': module '{module_name}' has no function '{attr}'")
-    return value
 
 
 def unix_seconds(ts: pd.Series) -> np.ndarray:

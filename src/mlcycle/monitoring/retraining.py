@@ -32,8 +32,8 @@ from uuid import UUID
 import sqlalchemy as sa
 from prefect.input import RunInput
 
+from mlcycle import settings as scale
 from mlcycle.data.validation import load_table, validate_table
-from mlcycle.ops import scale
 from mlcycle.project.config import ProjectConfig
 
 BLOCKED_EVENT = "mlcycle.retraining.blocked"
@@ -209,16 +209,6 @@ def single_flight(cfg: ProjectConfig) -> Iterator[bool]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
-
-
-def api_url(cfg: ProjectConfig) -> str | None:
-    """The Prefect API to talk to: PREFECT_API_URL, else the server ``mlcycle up`` recorded."""
-    if url := os.environ.get("PREFECT_API_URL"):
-        return url
-    from mlcycle.ops import stack
-
-    record = stack.Record.read(stack.pid_path(cfg, stack.PREFECT_SERVER))
-    return f"{record.url}/api" if record else None
 
 
 def _api(url: str | None) -> contextlib.AbstractContextManager:

@@ -12,7 +12,6 @@ import contextlib
 import ipaddress
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,9 +19,9 @@ from pathlib import Path
 
 import httpx
 
+from mlcycle.net import LOOPBACK, free_port  # free_port: importable from here, as before
 from mlcycle.project.config import ProjectConfig
 
-LOOPBACK = "127.0.0.1"
 API_KEY_VAR = "MLCYCLE_API_KEY"
 
 
@@ -68,12 +67,6 @@ def serve_command(port: int, host: str = LOOPBACK, project_root: Path | None = N
     every interface)."""
     where = ["--working-dir", str(services_root(project_root))] if project_root is not None else []
     return [sys.executable, "-m", "bentoml", "serve", SERVICE, *where, "--port", str(port), "--host", host]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
 
 
 class ServiceProcess:

@@ -35,7 +35,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -48,10 +47,10 @@ import httpx
 import yaml
 
 from mlcycle import TELEMETRY_OFF
-from mlcycle.ops import scale
+from mlcycle import settings as scale
+from mlcycle.net import LOOPBACK, port_free  # port_free: importable from here, as before
 from mlcycle.project.config import DEFAULT_CONFIG_NAME, EVENT_ID_FIX, ProjectConfig
 
-LOOPBACK = "127.0.0.1"
 WORK_POOL = "mlcycle-local"
 PREFECT_SERVER = "prefect-server"
 PREFECT_WORKER = "prefect-worker"
@@ -147,6 +146,17 @@ def run_dir(cfg: ProjectConfig) -> Path:
 
 def pid_path(cfg: ProjectConfig, name: str) -> Path:
     return run_dir(cfg) / f"{name}.pid"
+
+
+def api_url(cfg: ProjectConfig) -> str | None:
+    """The Prefect API to talk to: PREFECT_API_URL, else the server ``mlcycle up`` recorded.
+
+    Here, beside the pid records it reads, and not in ``monitoring.retraining`` whose functions take
+    the URL as an argument: the stack supervisor sits above monitoring (docs/architecture.md)."""
+    if url := os.environ.get("PREFECT_API_URL"):
+        return url
+    record = Record.read(pid_path(cfg, PREFECT_SERVER))
+    return f"{record.url}/api" if record else None
 
 
 def log_path(cfg: ProjectConfig, name: str) -> Path:
@@ -320,17 +330,6 @@ def _executable(name: str) -> str:
     if found is None:
         raise StackError(f"`{name}` not found in {VENV_BIN} or on PATH: run `make install`")
     return found
-
-
-def port_free(port: int, host: str = LOOPBACK) -> bool:
-    """True if nothing listens on host:port (a port in TIME_WAIT counts as free, as for the servers)."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def launch(

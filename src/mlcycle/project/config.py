@@ -21,8 +21,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mlcycle.decisions import OnUnmeasurable
-from mlcycle.features.aggregations import AggregationSpec
-from mlcycle.ops.scale import ScaleConfigError, ScaleSettings, redact
+from mlcycle.project.aggregations import AggregationSpec, parse_window
+from mlcycle.settings import ScaleConfigError, ScaleSettings, redact
 
 DEFAULT_CONFIG_NAME = "mlcycle.yaml"
 
@@ -123,8 +123,6 @@ class TableSpec(StrictModel):
     @field_validator("label_delay")
     @classmethod
     def _delay(cls, value: str) -> str:
-        from mlcycle.features.aggregations import parse_window
-
         parse_window(value)
         return value
 
@@ -137,8 +135,6 @@ class TableSpec(StrictModel):
 
     @property
     def label_delay_days(self) -> float:
-        from mlcycle.features.aggregations import parse_window
-
         return parse_window(self.label_delay).total_seconds() / 86400
 
     @property
@@ -220,7 +216,7 @@ class ModelSpec(StrictModel):
         """The flavor, estimator and parameters are checked at load, before any data is built.
         ``mlcycle.flavors`` is imported here, not at module level: it is light, but the estimator
         it resolves (and scikit-learn) is only imported for a config that names one."""
-        from mlcycle.training import flavors
+        from mlcycle import flavors
 
         if self.estimator is not None and self.flavor != "sklearn":
             raise ValueError(f"model.estimator is for the sklearn flavor; flavor {self.flavor!r} takes none")
@@ -245,7 +241,7 @@ class ModelSpec(StrictModel):
         """Raise a ``mlcycle.flavors.FlavorError`` (a ValueError) when the flavor, estimator and
         parameters do not fit ``task`` (a classifier for a regression, an xgboost objective of the
         other task, a classifier without predict_proba)."""
-        from mlcycle.training import flavors
+        from mlcycle import flavors
 
         flavor = flavors.flavor_for(self.flavor, estimator=self.estimator, allowed_prefixes=self.allowed_prefixes)
         flavor.validate(self.params if self.flavor != "xgboost" else {}, task)  # type: ignore[arg-type]

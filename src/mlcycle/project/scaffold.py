@@ -450,7 +450,7 @@ def _label_delay(
 ) -> str:
     from pydantic_core import PydanticCustomError
 
-    from mlcycle.features.aggregations import parse_window
+    from mlcycle.project.aggregations import parse_window
 
     if label_delay is None and spec.label_available_at:
         delay = (parsed[spec.label_available_at] - times).dropna()
@@ -823,7 +823,7 @@ def _imports(plan: _Plan) -> str:
 
 def _features_py(plan: _Plan, source: Path) -> str:
     """The project's Feast definitions as Python source (imported by ``feast apply``)."""
-    from mlcycle.features.aggregations import parse_window
+    from mlcycle.project.aggregations import parse_window
 
     p = plan.project
     header = _FEATURES_HEADER.format(project=p, source=source.name, imports=_imports(plan))

@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from mlcycle.ops import scale
+from mlcycle import settings as scale
 from mlcycle.project.config import ProjectConfig
 
 CHAMPION = "champion"

@@ -25,12 +25,12 @@ import xgboost as xgb
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
+from mlcycle import flavors
 from mlcycle.data import lineage
 from mlcycle.decisions import Verdict
 from mlcycle.project.config import ProjectConfig
 from mlcycle.registry import aliases as registry
 from mlcycle.registry import model_card
-from mlcycle.training import flavors
 from mlcycle.training.evaluation import EvaluationReport, evaluate
 from mlcycle.training.fit import Candidate, baseline_parameters, matrix
 

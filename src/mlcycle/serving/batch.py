@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 
+from mlcycle import flavors
 from mlcycle.data.validation import load_table
 from mlcycle.features import entity_frame, open_project_store, plan_for, training_set
 from mlcycle.features.store import REQUEST_TIME
 from mlcycle.project.config import ProjectConfig
 from mlcycle.registry import aliases as registry
 from mlcycle.registry.tracking import FEATURES_TAG, THRESHOLD_TAG, load_version
-from mlcycle.training import flavors
 from mlcycle.training.fit import matrix
 
 

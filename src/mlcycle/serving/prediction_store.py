@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from mlcycle.ops import scale
+from mlcycle import settings as scale
 from mlcycle.project.config import ProjectConfig
 from mlcycle.serving.prediction_log import COLUMNS, PredictionLog, expand, read_predictions, write_frame
 

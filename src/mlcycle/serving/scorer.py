@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from mlcycle import flavors
 from mlcycle.features.store import (
     REQUEST_TIME,
     FeatureStoreUnavailable,
@@ -34,14 +35,13 @@ from mlcycle.features.store import (
     open_project_store,
     plan_for,
 )
-from mlcycle.ops.scale import redact
 from mlcycle.project.config import ProjectConfig
 from mlcycle.registry import aliases as registry
 from mlcycle.registry.tracking import FEATURES_TAG, THRESHOLD_TAG, load_version
 from mlcycle.serving import rollout
 from mlcycle.serving.prediction_log import SHADOW_SUFFIX
 from mlcycle.serving.prediction_store import open_prediction_log
-from mlcycle.training import flavors
+from mlcycle.settings import redact
 from mlcycle.training.fit import for_single_rows
 
 log = logging.getLogger("mlcycle.serving")

@@ -39,12 +39,10 @@ import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
-from mlcycle.ops.service_process import free_port
-from mlcycle.ops.stack import port_free
+from mlcycle.net import LOOPBACK, free_port, port_free
 
 FieldValue = str | bytes | int | float
 
-LOOPBACK = "127.0.0.1"
 # A broker that is down must fail a call at once (connection refused), and one that is unreachable
 # (a dropped packet) within about a second, not after the OS's minutes-long connect timeout.
 CONNECT_TIMEOUT_S = 0.5

@@ -1,1 +1,2 @@
-"""Training: time split, model flavors, evaluation, gates."""
+"""Training: time split, evaluation, gates (the model flavors are ``mlcycle.flavors``, a leaf shared
+with the registry and serving)."""

@@ -25,8 +25,8 @@ from sklearn.metrics import precision_recall_curve
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from mlcycle import flavors
 from mlcycle.project.config import ModelSpec, SliceSpec, XGBoostParams
-from mlcycle.training import flavors
 from mlcycle.training.evaluation import EvaluationReport, evaluate, single_row_latency
 
 Task = Literal["classification", "regression"]

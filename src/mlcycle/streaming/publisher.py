@@ -64,14 +64,14 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from mlcycle.ops.scale import redact
 from mlcycle.project.config import ProjectConfig
 from mlcycle.serving.request_schema import TIMESTAMP_FIELD
+from mlcycle.settings import redact
 from mlcycle.streaming.broker import BrokerError, EventStream, connect
 from mlcycle.streaming.consumer import broker_url, read_stats, stream_keys
 from mlcycle.streaming.events import SOURCE_API, StreamConfigError, encode
 
-log = logging.getLogger("mlcycle.serving.publisher")
+log = logging.getLogger("mlcycle.streaming.publisher")
 
 QUEUE_LIMIT = 10_000
 BATCH_MAX = 500  # events per MULTI/EXEC: one round trip, and a transaction Redis executes in about a millisecond

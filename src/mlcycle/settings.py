@@ -24,8 +24,10 @@ them for a shell that runs the ``feast`` CLI.
 Passwords in these URLs never leave the process in clear: ``redact`` is the one helper every
 message, log line, pid file and command line that may hold a connection URL goes through.
 
-Nothing heavy is imported here: ``mlcycle.config`` uses this module, and psycopg is imported only
-by the function that needs it.
+A leaf at the bottom of the layers (docs/architecture.md): the project config, the stores, serving
+and the stack all read these settings, so this module imports nothing of mlcycle. Nothing heavy is
+imported here either: reading a config file must stay cheap, and psycopg is imported only by the
+function that needs it.
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ Safety — what a model file may make this process do:
 - A scikit-learn estimator named by a dotted path in config is imported only if its path starts
   with an allowed module prefix (default ``sklearn.``), and only if it is an estimator class: config
   text never becomes an arbitrary import.
+
+A leaf at the bottom of the layers (docs/architecture.md), not a part of ``training``: the project
+config checks a model spec with it when it is loaded, and training, the registry and serving all
+fit, log or load models through it. It imports nothing of mlcycle.
 """
 
 from __future__ import annotations
