@@ -847,7 +847,7 @@ def setup(cfg: ProjectConfig) -> str:
     """Data, features, online store, and a champion from the ``train`` flow; returns its version."""
     from prefect.testing.utilities import prefect_test_harness
 
-    from mlcycle.project.files import load_flow
+    from mlcycle.flows import load_flow
 
     pipeline.generate_data(cfg)
     pipeline.build_features(cfg)

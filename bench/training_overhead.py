@@ -75,8 +75,9 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 import mlcycle  # noqa: F401  (telemetry off)
 from mlcycle.features import apply_repo, open_project_store, pipeline, plan_for
+from mlcycle.flows import load_flow
 from mlcycle.project.config import ProjectConfig
-from mlcycle.project.files import copy_project, load_flow
+from mlcycle.project.files import copy_project
 from mlcycle.registry.aliases import CHAMPION, client_for, version_by_alias
 from mlcycle.registry.tracking import FEATURES_TAG, SNAPSHOT_ARTIFACT
 from mlcycle.training.fit import xgboost_params

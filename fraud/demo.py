@@ -22,8 +22,8 @@ from rich.table import Table
 from fraud.generator import DriftSpec, break_upstream, generate, spec_of
 from mlcycle.cli.console import Steps, mlflow_ui_command, print_check, print_training, progress
 from mlcycle.features import pipeline, store
+from mlcycle.flows import load_flow
 from mlcycle.project.config import ProjectConfig
-from mlcycle.project.files import load_flow
 
 
 class DemoFailed(RuntimeError):

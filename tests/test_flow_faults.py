@@ -11,8 +11,8 @@ import pytest
 
 from conftest import clone_project
 from mlcycle.data import validation
+from mlcycle.flows import load_flow
 from mlcycle.project.config import ProjectConfig
-from mlcycle.project.files import load_flow
 from mlcycle.registry import aliases as registry
 
 pytestmark = pytest.mark.slow

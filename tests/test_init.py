@@ -122,8 +122,9 @@ def test_init_writes_a_project_the_config_loader_accepts(entity_project: InitRes
     assert entity_project.project == "orders_2021"
     repo = ("feature_store.yaml", "feature_store.scale.yaml", "features.py")
     for rel in ("mlcycle.yaml", "contract.yaml", "README.md", ".gitignore", "data/raw/orders.parquet", "prefect.yaml",
-                "flows/training.py", *(f"feature_repo/{f}" for f in repo)):  # fmt: skip
+                *(f"feature_repo/{f}" for f in repo)):  # fmt: skip
         assert (root / rel).is_file(), rel
+    assert not (root / "flows").exists(), "the project runs mlcycle's flows from the package, not a copy"
     assert "data/" in (root / ".gitignore").read_text()
     cfg = load_config(root / "mlcycle.yaml")
     assert (cfg.project, cfg.task) == ("orders_2021", "classification")
@@ -170,7 +171,7 @@ def test_init_decides_each_column_and_says_so(entity_project: InitResult):
     assert "customer_id_stats_last_event_unix" not in r.model_features
     readme = (r.directory / "README.md").read_text()
     for text in ("`comment`", "mlcycle features build", "mlcycle replay --since", "mlcycle monitor", "contract.yaml",
-                 "prefect.yaml", "flows/", "prefect deploy --all", "prefect deployment run train/orders_2021",
+                 "prefect.yaml", "mlcycle.flows", "prefect deploy --all", "prefect deployment run train/orders_2021",
                  "_secs_since_last"):  # fmt: skip
         assert text in readme, text
     assert any("order_id" in n for n in r.notes)
@@ -272,9 +273,19 @@ def test_scaffold_names_the_columns_the_feature_build_writes():
 # ------------------------------------------------------------------------------------------ prefect
 
 
-def test_prefect_yaml_deploys_the_projects_own_flows(entity_project: InitResult):
-    """The reference project's deployments, for this project: entrypoints in its own flows/, named
-    and tagged for it, each reading its mlcycle.yaml; schedules and the event trigger kept."""
+def _module_entrypoint(reference: str) -> str:
+    """The reference project's file entrypoint (``flows/training.py:train``) as the module path into
+    the package that init writes (``mlcycle.flows.training.train``)."""
+    path, _, function = reference.partition(":")
+    return f"mlcycle.flows.{Path(path).stem}.{function}"
+
+
+def test_prefect_yaml_deploys_the_packages_flows(entity_project: InitResult):
+    """The reference project's deployments, for this project: entrypoints are module paths into the
+    installed mlcycle (no copy of the flows), named and tagged for it, each reading its mlcycle.yaml;
+    schedules and the event trigger kept."""
+    from prefect.flows import load_flow_from_entrypoint
+
     root = entity_project.directory
     repo = Path(__file__).resolve().parents[1]
     doc = yaml.safe_load((root / "prefect.yaml").read_text())
@@ -282,31 +293,59 @@ def test_prefect_yaml_deploys_the_projects_own_flows(entity_project: InitResult)
     assert doc["name"] == "orders_2021" and doc["build"] is None and doc["push"] is None
     assert "pull" not in doc  # `prefect deploy` records the project directory as the working directory
     deployments = doc["deployments"]
-    assert [d["entrypoint"] for d in deployments] == [d["entrypoint"] for d in reference["deployments"]]
-    for d in deployments:
-        path, _, function = d["entrypoint"].partition(":")
-        assert not Path(path).is_absolute() and path.startswith("flows/")
-        assert (root / path).is_file() and f"def {function}(" in (root / path).read_text()
+    expected = [_module_entrypoint(d["entrypoint"]) for d in reference["deployments"]]
+    assert [d["entrypoint"] for d in deployments] == expected
+    for d, ref in zip(deployments, reference["deployments"], strict=True):
+        # No colon: Prefect 3 imports it as a module path (prefect.flows.load_flow_from_flow_run), and its
+        # own loader finds the same flow the reference project's file entrypoint names.
+        assert ":" not in d["entrypoint"]
+        assert load_flow_from_entrypoint(d["entrypoint"]).name == load_flow_from_entrypoint(ref["entrypoint"]).name
         assert d["name"] == "orders_2021" and {"mlcycle", "orders_2021"} <= set(d["tags"])
         assert d["parameters"] == {"config": "mlcycle.yaml"} and (root / d["parameters"]["config"]).is_file()
         assert d["work_pool"] == reference["definitions"]["work_pool"]
         assert "fraud" not in d["description"]
-    # The flows are a copy of mlcycle's, without bytecode.
-    copied = sorted(p.name for p in (root / "flows").iterdir())
-    assert copied == sorted(p.name for p in (repo / "flows").glob("*.py"))
     # Schedules as the reference's; the retrain trigger listens to this project's model only.
     by_entry = {d["entrypoint"]: d for d in deployments}
     for ref in reference["deployments"]:
-        assert by_entry[ref["entrypoint"]].get("schedules") == ref.get("schedules")
+        assert by_entry[_module_entrypoint(ref["entrypoint"])].get("schedules") == ref.get("schedules")
     (retrain,) = [d for d in deployments if d.get("triggers")]
     (ref_retrain,) = [d for d in reference["deployments"] if d.get("triggers")]
     (trigger,) = retrain["triggers"]
     (ref_trigger,) = ref_retrain["triggers"]
-    assert retrain["entrypoint"] == "flows/retraining.py:retrain"
+    assert retrain["entrypoint"] == "mlcycle.flows.retraining.retrain"
     cfg = load_config(root / "mlcycle.yaml")
     assert trigger["match"] == {"prefect.resource.id": f"mlcycle.model.{cfg.model.name}"}
     assert trigger["expect"] == ref_trigger["expect"] and trigger["type"] == "event" and trigger["enabled"]
     assert trigger["parameters"] == {**ref_trigger["parameters"], "config": "mlcycle.yaml"}
+
+
+@pytest.mark.slow
+def test_prefect_deploy_accepts_the_module_path_entrypoints(table_file: Path, tmp_path: Path, prefect_server: str):
+    """``prefect deploy --all`` from an init'd project (no flows/ of its own) registers every
+    deployment with its module-path entrypoint, the project directory as the working directory."""
+    import subprocess
+    import sys
+
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    result = init_project(tmp_path / "deployed", table_file, **ROLES)
+    with get_client(sync_client=True) as client:
+        if not any(p.name == "mlcycle-local" for p in client.read_work_pools()):
+            client.create_work_pool(WorkPoolCreate(name="mlcycle-local", type="process"))
+    prefect = str(Path(sys.executable).parent / "prefect")
+    deployed = subprocess.run([prefect, "--no-prompt", "deploy", "--all"], cwd=result.directory, capture_output=True,
+                              text=True, timeout=600)  # fmt: skip
+    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    doc = yaml.safe_load((result.directory / "prefect.yaml").read_text())
+    with get_client(sync_client=True) as client:
+        for d in doc["deployments"]:
+            flow = d["entrypoint"].rpartition(".")[2].removesuffix("_flow")  # rollout_flow is the flow "rollout"
+            registered = client.read_deployment_by_name(f"{flow}/{result.project}")
+            assert registered.entrypoint == d["entrypoint"]
+            assert registered.pull_steps == [
+                {"prefect.deployments.steps.set_working_directory": {"directory": str(result.directory.resolve())}}
+            ]
 
 
 def test_prefect_yaml_names_a_yaml_keyword_project_as_text(table_file: Path, tmp_path: Path):

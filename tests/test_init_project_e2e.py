@@ -31,10 +31,10 @@ from typer.testing import CliRunner
 from mlcycle.cli.app import app
 from mlcycle.features import entity_frame, online_vector, pipeline, plan_for, skew_report, training_set
 from mlcycle.features.store import open_project_store
+from mlcycle.flows import load_flow
 from mlcycle.monitoring import job as monitoring_job
 from mlcycle.ops.service_process import ServiceProcess
 from mlcycle.project.config import ProjectConfig, load_config
-from mlcycle.project.files import load_flow
 from mlcycle.registry import aliases as registry
 from mlcycle.serving import batch
 from mlcycle.serving.replay import replay

@@ -146,8 +146,8 @@ def test_service_killed_during_traffic_loses_no_acknowledged_prediction(
     from fraud.traffic import request_body
 
     from conftest import clone_project
+    from mlcycle.flows import load_flow
     from mlcycle.ops.service_process import ServiceProcess
-    from mlcycle.project.files import load_flow
 
     cfg = clone_project(training_project, tmp_path / "p")
     assert load_flow(cfg.root, "training", "train")(config=str(cfg.root / "mlcycle.yaml"))["alias"] == "champion"

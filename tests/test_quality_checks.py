@@ -233,14 +233,14 @@ def test_mlcycle_train_prints_why_the_gates_refused(monkeypatch: pytest.MonkeyPa
     """The CLI shows each refusing gate's value, interval and bound, as the flow returned them."""
     from typer.testing import CliRunner
 
+    import mlcycle.flows
     from mlcycle.cli.app import app
-    from mlcycle.project import files
 
     verdict = refused_candidate()
     result = {"run_id": "r1", "passed": False, "version": None, "alias": None, "task": "classification",
               "failed": [c.name for c in verdict.failed], "reasons": list(verdict.reasons),
               "model_card": None}  # fmt: skip
-    monkeypatch.setattr(files, "load_flow", lambda root, module, name: lambda **_: result)
+    monkeypatch.setattr(mlcycle.flows, "load_flow", lambda root, module, name: lambda **_: result)
     shown = CliRunner().invoke(app, ["train", "--config", str(REPO_ROOT / "mlcycle.yaml")])
     assert shown.exit_code == 1, shown.output
     output = " ".join(shown.output.split())  # the console wraps long lines

@@ -24,8 +24,8 @@ from fraud.generator import spec_of
 
 from conftest import REPO_ROOT, TEST_GATES, copy_project
 from mlcycle.features import pipeline
+from mlcycle.flows import load_flow
 from mlcycle.project.config import ProjectConfig
-from mlcycle.project.files import load_flow
 from mlcycle.registry import aliases as registry
 from mlcycle.serving import batch
 

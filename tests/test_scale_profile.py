@@ -37,11 +37,11 @@ from tests.conftest import SMALL_DATA, TEST_GATES, copy_project
 from mlcycle import settings as scale
 from mlcycle.features import entity_frame, open_project_store, pipeline, plan_for, skew_report, training_set
 from mlcycle.features.store import online_vector
+from mlcycle.flows import load_flow
 from mlcycle.monitoring.job import answered_predictions
 from mlcycle.ops import stack
 from mlcycle.ops.service_process import ServiceProcess, free_port
 from mlcycle.project.config import ConfigError, ProjectConfig, load_config
-from mlcycle.project.files import load_flow
 from mlcycle.registry import aliases as registry
 from mlcycle.serving.prediction_log import COLUMNS
 from mlcycle.serving.prediction_store import TABLE, SqlPredictionLog, read_logged_predictions, read_sql_predictions

@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from tests.conftest import clone_project
 
 from mlcycle.features.pipeline import build_training_set
+from mlcycle.flows import load_flow
 from mlcycle.ops.service_process import ServiceProcess
 from mlcycle.project.config import ProjectConfig
-from mlcycle.project.files import load_flow
 from mlcycle.registry import aliases as registry
 from mlcycle.registry.tracking import FEATURES_TAG, THRESHOLD_TAG, pip_requirements
 from mlcycle.serving import rollout

@@ -118,6 +118,22 @@ def test_deploy_plan_deploys_all_or_skips_deployments_whose_flow_file_is_missing
     assert plan.args[-1] == "--all" and not plan.missing
 
 
+def test_deploy_plan_finds_module_path_entrypoints(tmp_path: Path) -> None:
+    """``mlcycle init`` writes module paths into the package (no colon, as Prefect 3 reads them):
+    deployable when the module is importable, reported missing when it is not."""
+    cfg = copy_project(tmp_path / "project")
+    prefect_file = tmp_path / "prefect.yaml"
+    deployments = [
+        {"name": "train", "entrypoint": "mlcycle.flows.training.train"},
+        {"name": "gone", "entrypoint": "mlcycle.flows.not_shipped.gone"},
+        {"name": "nowhere", "entrypoint": "no_such_package.flows.x"},
+    ]
+    prefect_file.write_text(json.dumps({"deployments": deployments}))
+    plan = stack.deploy_plan(cfg, prefect_file)
+    assert plan.names == ["train"]
+    assert plan.missing == ["gone (mlcycle.flows.not_shipped.gone)", "nowhere (no_such_package.flows.x)"]
+
+
 def test_approve_and_reject_find_the_prefect_server_that_up_recorded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -332,7 +332,7 @@ def _wait_for(condition, timeout: float = 120.0) -> None:
 @pytest.fixture(scope="module")
 def scored_project(training_project: ProjectConfig, prefect_server, broker: LocalRedisServer, tmp_path_factory):
     """A trained project (a champion) whose stream runs on the module's broker."""
-    from mlcycle.project.files import load_flow
+    from mlcycle.flows import load_flow
 
     root = tmp_path_factory.mktemp("scored") / "p"
     cfg = clone_project(training_project, root)

@@ -14,8 +14,8 @@ from mlflow import MlflowClient
 from tests.conftest import TRAINING_DATA, built_project, clone_project
 
 from mlcycle.data.validation import ContractViolation
+from mlcycle.flows import load_flow
 from mlcycle.project.config import ConfigError, ProjectConfig
-from mlcycle.project.files import load_flow
 from mlcycle.registry import aliases as registry
 from mlcycle.registry import tracking
 

@@ -266,7 +266,7 @@ def init(
     name: Annotated[str | None, typer.Option(help="Project name (default: the directory's name).")] = None,
     force: Annotated[bool, typer.Option(help="Write into a directory that holds files.")] = False,
 ) -> None:
-    """Make a runnable project from a table: data contract, Feast repo, config, flows, README.
+    """Make a runnable project from a table: data contract, Feast repo, config, prefect.yaml, README.
 
     Every command then works in that directory: features build|publish, train, serve, replay,
     monitor, retrain, batch-score, rollout, history, reproduce, prefect deploy --all, feast apply."""
@@ -328,7 +328,7 @@ def train(
 ) -> None:
     """Run the Prefect flow `train`: contract → training set → checks → model (the configured flavor) → gates →
     registry."""
-    from mlcycle.project.files import load_flow
+    from mlcycle.flows import load_flow
 
     cfg = _config(config)
     try:
@@ -530,7 +530,7 @@ def rollout_run(
     config: ConfigOption = None,
 ) -> None:
     """Run the Prefect flow `rollout`: canary the challenger 5→25→50% → promote, or roll back."""
-    from mlcycle.project.files import load_flow
+    from mlcycle.flows import load_flow
 
     cfg = _config(config)
     flow = load_flow(cfg.root, "rollout", "rollout_flow")
@@ -574,7 +574,7 @@ def batch_score(
     config: ConfigOption = None,
 ) -> None:
     """Run the Prefect flow `batch_score`: score a day's events with the champion."""
-    from mlcycle.project.files import load_flow
+    from mlcycle.flows import load_flow
 
     cfg = _config(config)
     flow = load_flow(cfg.root, "batch_score", "batch_score")
@@ -600,7 +600,7 @@ def monitor(
     Writes a summary and an Evidently report under data/monitoring/, logs an MLflow run and emits
     `mlcycle.drift.detected` / `mlcycle.performance.decayed` events (which start the `retrain`
     deployment when a Prefect server with the deployments runs: `make up`)."""
-    from mlcycle.project.files import load_flow
+    from mlcycle.flows import load_flow
 
     cfg = _config(config)
     flow = load_flow(cfg.root, "monitoring", "monitor")
@@ -624,7 +624,7 @@ def retrain(
     Retraining is single-flight (one at a time across events, schedules and hosts) with a cooldown;
     a skipped run says why. If the data looks broken the flow pauses for `mlcycle approve RUN` /
     `mlcycle reject RUN` (needs a Prefect server: `make up`)."""
-    from mlcycle.project.files import load_flow
+    from mlcycle.flows import load_flow
 
     cfg = _config(config)
     flow = load_flow(cfg.root, "retraining", "retrain")

@@ -29,6 +29,7 @@ compose them, and the ``mlcycle up/down/status`` commands are thin wrappers.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -564,16 +565,30 @@ class DeployPlan:
 
     args: list[str]
     names: list[str]
-    missing: list[str]  # "name (entrypoint)" of deployments whose entrypoint file does not exist
+    missing: list[str]  # "name (entrypoint)" of deployments whose entrypoint file or module does not exist
+
+
+def entrypoint_found(root: Path, entrypoint: str) -> bool:
+    """Whether ``prefect deploy`` can find a deployment's code: a file entrypoint
+    (``flows/training.py:train``) relative to the project root, or a module path without a colon
+    (``mlcycle.flows.training.train``, what ``mlcycle init`` writes) importable here. Prefect 3 tells
+    them apart the same way (``":" not in entrypoint``, prefect.flows.load_flow_from_flow_run)."""
+    if ":" in entrypoint:
+        return (Path(root) / entrypoint.split(":", 1)[0]).is_file()
+    module = entrypoint.rpartition(".")[0]
+    try:
+        return bool(module) and importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a missing parent package
+        return False
 
 
 def deploy_plan(cfg: ProjectConfig, prefect_file: Path) -> DeployPlan:
-    """``--all`` when every entrypoint file exists; otherwise the deployable ones by ``--name``,
+    """``--all`` when every entrypoint exists (file or module); otherwise the deployable ones by ``--name``,
     because ``prefect deploy --all`` stops at the first deployment it cannot load and would leave
     every later one undeployed. Entrypoints are relative to the project root, where deploy runs."""
     raw = yaml.safe_load(prefect_file.read_text()) or {}
     wanted = [d for d in raw.get("deployments") or [] if isinstance(d, dict)]
-    exists = [(cfg.root / str(d.get("entrypoint", "")).split(":", 1)[0]).is_file() for d in wanted]
+    exists = [entrypoint_found(cfg.root, str(d.get("entrypoint", ""))) for d in wanted]
     args = ["--no-prompt", "deploy", "--prefect-file", str(prefect_file)]
     names = [str(d.get("name")) for d, ok in zip(wanted, exists, strict=True) if ok]
     missing = [f"{d.get('name')} ({d.get('entrypoint')})" for d, ok in zip(wanted, exists, strict=True) if not ok]
@@ -598,7 +613,7 @@ def deploy(cfg: ProjectConfig, api_url: str, prefect_file: Path | None = None, o
     server. ``api_url`` is the API (``http://…/api``).
 
     ``prefect deploy --all`` stops at the first deployment it cannot load, so a deployment whose
-    entrypoint file does not exist (yet) is reported and the others are deployed by name."""
+    entrypoint (file or module) does not exist (yet) is reported and the others are deployed by name."""
     prefect_file = (prefect_file or cfg.root / "prefect.yaml").resolve()
     log = log_path(cfg, "deploy")
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -614,7 +629,7 @@ def deploy(cfg: ProjectConfig, api_url: str, prefect_file: Path | None = None, o
 
     plan = deploy_plan(cfg, prefect_file)
     for name in plan.missing:
-        out(f"  deployment {name}: entrypoint file not found, skipped")
+        out(f"  deployment {name}: entrypoint not found, skipped")
     if plan.args:
         out(f"deploying {', '.join(plan.names)} from {prefect_file.name} (prefect deploy; log {log}) …")
         started = time.monotonic()
@@ -626,7 +641,7 @@ def deploy(cfg: ProjectConfig, api_url: str, prefect_file: Path | None = None, o
     deployed = list_deployments(api_url)
     if plan.missing:
         done = ", ".join(deployed) or "none"
-        raise StackError(f"not deployed, entrypoint file missing: {', '.join(plan.missing)}; deployed: {done}")
+        raise StackError(f"not deployed, entrypoint missing: {', '.join(plan.missing)}; deployed: {done}")
     return deployed
 
 

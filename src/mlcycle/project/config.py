@@ -474,7 +474,7 @@ class MonitoringSpec(StrictModel):
 
 
 class RetrainingSpec(StrictModel):
-    """The retraining flow (flows/retraining.py): what it trains on and how long it waits for a person."""
+    """The retraining flow (mlcycle.flows.retraining): what it trains on and how long it waits for a person."""
 
     approval_timeout_s: int = Field(3600, ge=10, description="How long a blocked retraining waits for approve/reject.")
     rollout: bool = Field(True, description="Hand a registered challenger over to the rollout flow.")

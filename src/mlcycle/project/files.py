@@ -40,19 +40,3 @@ def project_modules(raw: dict) -> list[str]:
     table = raw.get("table") or {}
     refs = [raw.get("generator"), raw.get("demo"), table.get("transformations"), table.get("contract")]
     return sorted({ref.split(":")[0].split(".")[0] for ref in refs if isinstance(ref, str) and ":" in ref})
-
-
-def load_flow(root: Path, module: str, name: str):
-    """A Prefect flow from the project's ``flows/`` directory, loaded by path: flows are thin
-    scripts beside the library (and deployment entrypoints), not part of the package."""
-    import importlib.util
-
-    path = Path(root) / "flows" / f"{module}.py"
-    if not path.exists():  # a project without its own copy runs mlcycle's generic flows
-        path = Path(__file__).resolve().parents[3] / "flows" / f"{module}.py"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run mlcycle from a project directory (or pass --config)")
-    spec = importlib.util.spec_from_file_location(f"mlcycle_flows_{module}", path)
-    loaded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loaded)
-    return getattr(loaded, name)

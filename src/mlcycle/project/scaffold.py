@@ -14,9 +14,10 @@ is for, and writes a project directory that every command runs in without an edi
   entities, one FeatureView of declared aggregations per entity (with the entity's last-event clock),
   a RequestSource of the event's own fields, an on-demand view that turns them (and the clocks) into
   model inputs, and the FeatureService;
-- ``flows/`` and ``prefect.yaml``: a copy of mlcycle's Prefect flows and their deployments (those of the
-  reference project, named for this one, entrypoints in ``flows/``), so ``prefect deploy --all`` runs
-  from the project directory;
+- ``prefect.yaml``: the deployments of mlcycle's Prefect flows (those of the reference project, named
+  for this one), whose entrypoints are module paths into the installed package (``mlcycle.flows.*``),
+  never a copy, so a newer mlcycle fixes every project; ``prefect deploy --all`` runs from the
+  project directory;
 - ``README.md``: what was inferred, what was left out, the commands in order.
 
 Which column becomes what: the event time, the label, its arrival time, the entity keys, the event
@@ -96,7 +97,10 @@ FEATURE_TIMESTAMP = "event_timestamp"
 LAST_EVENT_SUFFIX = "_last_event_unix"
 RECENCY_SUFFIX = "_secs_since_last"
 PREFECT_FILE = "prefect.yaml"
-FLOWS_DIR = "flows"
+FLOWS_DIR = "flows"  # a project's own flow files, if it keeps any (mlcycle.flows.load_flow prefers them)
+# The package of mlcycle's generic flows, named as text: the project layer writes entrypoints into it
+# and checks they are shipped, without importing it (it sits above this layer).
+FLOWS_PACKAGE = "mlcycle.flows"
 
 
 class InitError(ValueError):
@@ -1015,16 +1019,23 @@ def _feature_store_yaml(project: str, scale: bool) -> str:
     )
 
 
-def _flows_source() -> Path:
-    """mlcycle's generic flows (``flows/`` beside the package in a source checkout): a project gets
-    its own copy, the entrypoints of its Prefect deployments."""
-    import mlcycle
-
-    return Path(mlcycle.__file__).resolve().parents[2] / FLOWS_DIR
+def _flow_entrypoint(module: str, function: str) -> str:
+    """A module-path entrypoint (``mlcycle.flows.training.train``): no colon, so Prefect 3 imports it
+    from the installed package instead of loading a file relative to the project directory."""
+    return f"{FLOWS_PACKAGE}.{module}.{function}"
 
 
-# The deployments of the reference project's prefect.yaml, named for this project: (flow file,
-# function, deployment purpose, tag, extra lines). Deployment names are unique per flow on a Prefect
+def _flow_source(module: str) -> Path:
+    """The file of mlcycle's generic flow ``module`` inside the installed package (a wheel's
+    site-packages or a checkout's src/), found from the root package so nothing above is imported."""
+    import importlib.resources
+
+    root = importlib.resources.files("mlcycle")
+    return Path(str(root / FLOWS_PACKAGE.rpartition(".")[2] / f"{module}.py"))
+
+
+# The deployments of the reference project's prefect.yaml, named for this project: (module of
+# mlcycle.flows, function, deployment purpose, tag, extra lines). Deployment names are unique per flow on a Prefect
 # server, so every project's are its own name (``train/<project>``), beside the reference's ``train/train``.
 _DEPLOYMENTS: tuple[tuple[str, str, str, str, str], ...] = (
     (
@@ -1101,15 +1112,15 @@ def _prefect_version() -> str | None:
 
 
 def _prefect_yaml(plan: _Plan) -> str:
-    """prefect.yaml of the project: the reference project's deployments, entrypoints in the project's
-    own ``flows/``, named and tagged for the project, each reading the project's mlcycle.yaml."""
+    """prefect.yaml of the project: the reference project's deployments, entrypoints in the installed
+    mlcycle package (module paths), named and tagged for the project, each reading its mlcycle.yaml."""
     p = plan.project
     config = _y(CONFIG_NAME)
     version = _prefect_version()
     head = textwrap.dedent(
         f"""\
-        # Prefect deployments of project {p}'s flows (flows/, copied from mlcycle by `mlcycle init`), on a
-        # local process work pool. From this directory:
+        # Prefect deployments of project {p}: mlcycle's flows, imported from the installed package
+        # (module-path entrypoints), on a local process work pool. From this directory:
         #   prefect server start                                  # another terminal
         #   prefect work-pool create mlcycle-local --type process
         #   prefect deploy --all
@@ -1140,7 +1151,7 @@ def _prefect_yaml(plan: _Plan) -> str:
         lines += [
             f"  - name: {_y(p)}",
             f"    description: {_y(description.format(p=p))}",
-            f"    entrypoint: {FLOWS_DIR}/{module}.py:{function}",
+            f"    entrypoint: {_flow_entrypoint(module, function)}",
             f"    parameters: {{config: {config}}}",
             f"    tags: [mlcycle, {_y(p)}, {tag}]",
             "    work_pool: *local_pool",
@@ -1150,7 +1161,7 @@ def _prefect_yaml(plan: _Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _readme(plan: _Plan, source: Path, prefect: bool = True) -> str:
+def _readme(plan: _Plan, source: Path) -> str:
     spec = plan.spec
     p = plan.project
     lines = [
@@ -1213,24 +1224,25 @@ def _readme(plan: _Plan, source: Path, prefect: bool = True) -> str:
             f"  - `<table>{RECENCY_SUFFIX}`: seconds since the entity's last earlier event (empty for its first, "
             f"or past the view's ttl), from the feature table's `<table>{LAST_EVENT_SUFFIX}`"
         )
-    if prefect:
-        lines += [
-            "",
-            "## Schedule it with Prefect",
-            "",
-            f"`{FLOWS_DIR}/` holds the flows the commands above run (a copy of mlcycle's: edit them here) and "
-            f"`{PREFECT_FILE}` their deployments, named `{plan.project}`: `train`, `monitor` (hourly), `retrain` "
-            "(weekly, and on the monitor's drift or decay events about this model), `rollout`, `batch_score` "
-            "(nightly). Each reads this directory's `mlcycle.yaml`.",
-            "",
-            "```bash",
-            "prefect server start                                   # another terminal",
-            "prefect work-pool create mlcycle-local --type process",
-            "prefect deploy --all                                   # from this directory",
-            "prefect worker start --pool mlcycle-local              # another terminal",
-            f"prefect deployment run train/{plan.project}",
-            "```",
-        ]
+    lines += [
+        "",
+        "## Schedule it with Prefect",
+        "",
+        f"The commands above run mlcycle's own flows (`{FLOWS_PACKAGE}.*`, from the installed package: a newer "
+        f"mlcycle updates them). `{PREFECT_FILE}` holds their deployments, named `{plan.project}`: `train`, "
+        "`monitor` (hourly), `retrain` (weekly, and on the monitor's drift or decay events about this model), "
+        "`rollout`, `batch_score` (nightly). Each reads this directory's `mlcycle.yaml`. To change a flow, "
+        f"write `{FLOWS_DIR}/<module>.py` here (the mlcycle commands then run it) and point its entrypoint at "
+        f"`{FLOWS_DIR}/<module>.py:<function>`.",
+        "",
+        "```bash",
+        "prefect server start                                   # another terminal",
+        "prefect work-pool create mlcycle-local --type process",
+        "prefect deploy --all                                   # from this directory",
+        "prefect worker start --pool mlcycle-local              # another terminal",
+        f"prefect deployment run train/{plan.project}",
+        "```",
+    ]
     if plan.left_out:
         lines += ["", "## Left out", "", "Not model inputs; add them if they are meaningful:", ""]
         lines += [f"- `{c}`: {why}" for c, why in plan.left_out.items()]
@@ -1351,18 +1363,10 @@ def init_project(
         features = _features_py(plan, source)
         compile(features, FEATURES_FILE, "exec")  # a syntax error here is init's bug: caught before writing
         (tmp / FEATURE_REPO / FEATURES_FILE).write_text(features)
-        flows = _flows_source()
-        if flows.is_dir():  # a source checkout: the project gets its own flows and their deployments
-            shutil.copytree(flows, tmp / FLOWS_DIR, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-            prefect = _prefect_yaml(plan)
-            _check_prefect_yaml(yaml.safe_load(prefect), tmp)  # init's bug if not: caught before writing
-            (tmp / PREFECT_FILE).write_text(prefect)
-        else:
-            plan.notes.append(
-                f"no {PREFECT_FILE}: mlcycle's flows/ directory is not beside the installed package ({flows}); "
-                "the mlcycle commands run the flows without Prefect deployments"
-            )
-        (tmp / "README.md").write_text(_readme(plan, source, prefect=flows.is_dir()))
+        prefect = _prefect_yaml(plan)
+        _check_prefect_yaml(yaml.safe_load(prefect))  # init's bug if not: caught before writing
+        (tmp / PREFECT_FILE).write_text(prefect)
+        (tmp / "README.md").write_text(_readme(plan, source))
         (tmp / ".gitignore").write_text("data/\n__pycache__/\n")
         try:
             cfg = load_config(tmp / CONFIG_NAME)
@@ -1390,13 +1394,15 @@ def init_project(
     )
 
 
-def _check_prefect_yaml(doc: Any, root: Path) -> None:
-    """Every deployment's entrypoint is a file of the project (``prefect deploy --all`` runs from it)."""
+def _check_prefect_yaml(doc: Any) -> None:
+    """Every deployment's entrypoint is a flow function shipped in the installed package (a wheel
+    built without a flow module must fail here, not at ``prefect deploy``)."""
     for deployment in doc["deployments"]:
-        path, _, function = deployment["entrypoint"].partition(":")
-        if not (root / path).is_file() or f"def {function}(" not in (root / path).read_text():
+        module, _, function = deployment["entrypoint"].removeprefix(f"{FLOWS_PACKAGE}.").rpartition(".")
+        path = _flow_source(module)
+        if not path.is_file() or f"def {function}(" not in path.read_text():
             raise InitError(
-                f"{PREFECT_FILE}: entrypoint {deployment['entrypoint']} is not in the copied flows",
+                f"{PREFECT_FILE}: entrypoint {deployment['entrypoint']} is not a flow of the installed mlcycle",
                 None,
                 "report this as a bug",
             )

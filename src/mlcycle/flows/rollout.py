@@ -1,0 +1,192 @@
+"""Prefect flow ``rollout``: step the challenger's traffic 5% → 25% → 50% → 100% under automated
+canary analysis, then promote it — or roll back by itself when a guard trips.
+
+The canary is bound to the two versions it started with: the analysis reads only their rows of the
+prediction log, and if the challenger (or champion) alias moves while it runs — a retraining, a
+person — the flow stops without promoting: judging v3 and promoting v2 must be impossible.
+
+Each step sets the policy in the registry (every replica obeys within seconds), waits until both
+versions have served enough requests since the policy changed, and judges them from the prediction
+log (error rate, p99 latency, score PSI, paired agreement on a shadow step, AUC / precision on
+matured labels). A check the data cannot decide yet keeps the step waiting, up to
+``max_wait_seconds``; still undecided then, the canary ends *undecided*: traffic back to the
+champion, nothing promoted, the challenger kept for a person or a later canary. Thin: the analysis
+is ``mlcycle.canary``, the policy ``mlcycle.rollout``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+import mlcycle  # noqa: F401  (telemetry off before the stack is imported)
+from mlcycle.data.validation import load_table
+from mlcycle.decisions import Verdict
+from mlcycle.features.pipeline import labels_frame
+from mlcycle.project.config import ProjectConfig, load_config
+from mlcycle.registry import aliases as registry
+from mlcycle.serving import canary, rollout
+from mlcycle.serving.prediction_store import read_logged_predictions
+
+IO = {"retries": 2, "retry_delay_seconds": 2, "cache_policy": NO_CACHE}
+
+
+def _who() -> str:
+    return f"flow:rollout/{flow_run.get_name() or 'local'}"
+
+
+@task(name="set-traffic", **IO)
+def set_traffic(cfg: ProjectConfig, percent: float, reason: str) -> rollout.RolloutPolicy:
+    """A step of 0% is a shadow step: the challenger scores every request and answers none."""
+    client = registry.client_for(cfg)
+    log = registry.PromotionLog(cfg.promotion_log_uri)
+    policy = (
+        rollout.RolloutPolicy(mode="shadow") if percent <= 0 else rollout.RolloutPolicy(mode="canary", percent=percent)
+    )
+    return rollout.write_policy(client, log, cfg.model.name, policy, reason, _who())
+
+
+@task(name="aliases", **IO)
+def aliases(cfg: ProjectConfig) -> tuple[str | None, str | None]:
+    """(challenger, champion) versions in the registry now."""
+    client = registry.client_for(cfg)
+    found = [registry.version_by_alias(client, cfg.model.name, a) for a in (registry.CHALLENGER, registry.CHAMPION)]
+    return tuple(str(v.version) if v is not None else None for v in found)  # type: ignore[return-value]
+
+
+def moved(bound: tuple[str, str], now: tuple[str | None, str | None]) -> str | None:
+    """Why the canary no longer judges what it started with, or None."""
+    names = (registry.CHALLENGER, registry.CHAMPION)
+    changes = [f"{n} v{b} → {'v' + c if c else 'none'}" for n, b, c in zip(names, bound, now, strict=True) if b != c]
+    return "; ".join(changes) or None
+
+
+@task(name="collect-predictions", **IO)
+def collect(
+    cfg: ProjectConfig, since: datetime, versions: tuple[str, str], wait_s: float, max_wait_s: float
+) -> pd.DataFrame:
+    """Wait (bounded) until both versions have enough requests since ``since``; matured labels attached."""
+    challenger_version, champion_version = versions
+    deadline = time.monotonic() + max_wait_s
+    time.sleep(wait_s)
+    while True:
+        predictions = read_logged_predictions(cfg, since)
+        champion, challenger = canary.variant_rows(predictions, challenger_version, champion_version)
+        if min(len(champion), len(challenger)) >= cfg.canary.min_requests or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    if not cfg.table.event_id:  # no event id: no label joins a request (the quality check says so)
+        return canary.attach_labels(predictions, pd.DataFrame(), datetime.now(UTC), 0.0, "label", key=None)
+    labels = labels_frame(load_table(cfg), cfg)  # the lifecycle's names: event_id, label, label_available_at
+    return canary.attach_labels(predictions, labels, datetime.now(UTC), cfg.table.label_delay_days, "label")
+
+
+@task(name="analyze-canary", cache_policy=NO_CACHE)
+def analyze(cfg: ProjectConfig, predictions: pd.DataFrame, versions: tuple[str, str], percent: float) -> Verdict:
+    verdict = canary.analyze(predictions, cfg.canary, challenger_version=versions[0], champion_version=versions[1],
+                             looks=cfg.canary.max_looks, shadow=percent <= 0, task=cfg.task)  # fmt: skip
+    step = "shadow" if percent <= 0 else f"{percent:g}%"
+    title = f"### canary of v{versions[0]} against v{versions[1]}, {step}\n\n"
+    create_markdown_artifact(title + verdict.markdown(), key=f"canary-{int(percent)}")
+    return verdict
+
+
+@task(name="promote-challenger", **IO)
+def promote(cfg: ProjectConfig, versions: tuple[str, str], reason: str) -> str | None:
+    """Promote the bound challenger — unless an alias moved since the last check (then say how)."""
+    client = registry.client_for(cfg)
+    log = registry.PromotionLog(cfg.promotion_log_uri)
+    if why := moved(versions, aliases.fn(cfg)):
+        return why
+    registry.promote(client, log, cfg.model.name, versions[0], reason, _who())
+    rollout.write_policy(client, log, cfg.model.name, rollout.RolloutPolicy(), "canary complete", _who())
+    return None
+
+
+@task(name="roll-back", **IO)
+def roll_back(cfg: ProjectConfig, reason: str) -> None:
+    client = registry.client_for(cfg)
+    rollout.abort_canary(client, registry.PromotionLog(cfg.promotion_log_uri), cfg.model.name, reason, _who())
+
+
+@task(name="end-canary", **IO)
+def end_canary(cfg: ProjectConfig, reason: str) -> None:
+    """Traffic back to the champion, aliases untouched (an undecided canary, or one whose alias moved)."""
+    client = registry.client_for(cfg)
+    log = registry.PromotionLog(cfg.promotion_log_uri)
+    rollout.write_policy(client, log, cfg.model.name, rollout.RolloutPolicy(mode="champion-only"), reason, _who())
+
+
+@flow(name="rollout", log_prints=True)
+def rollout_flow(
+    config: str | None = None, wait_seconds: float = 20.0, max_wait_seconds: float = 600.0
+) -> dict[str, Any]:
+    """Canary the current challenger; promote it, roll it back, or end undecided, with the evidence of each step."""
+    logger = get_run_logger()
+    cfg = load_config(config)
+    challenger, champion = aliases(cfg)
+    if challenger is None or champion is None:
+        raise RuntimeError("a canary needs both a champion and a challenger alias")
+    versions = (challenger, champion)
+    version = challenger
+    steps: list[dict[str, Any]] = []
+
+    def aborted(why: str, percent: float) -> dict[str, Any]:
+        reason = f"canary of v{version} aborted at {percent:g}%: alias moved ({why}); not promoted"
+        logger.error(reason)
+        end_canary(cfg, reason)
+        return {"outcome": "aborted", "version": version, "reason": reason, "steps": steps}
+
+    for percent in cfg.canary.steps:
+        if percent >= 100:
+            break
+        step = "shadow" if percent <= 0 else f"{percent:g}%"
+        policy = set_traffic(cfg, percent, f"canary step {step} for v{version} against v{champion}")
+        since = policy.updated_at or datetime.now(UTC)  # the window starts at this policy's change
+        deadline = time.monotonic() + max_wait_seconds
+        looks = 0  # analyses with enough requests: at most max_looks, each interval widened for them
+        while True:
+            if why := moved(versions, aliases(cfg)):
+                return aborted(why, percent)
+            left = max(0.0, deadline - time.monotonic())
+            predictions = collect(cfg, since, versions, min(wait_seconds, left), left)
+            verdict = analyze(cfg, predictions, versions, percent)
+            looks += canary.enough_data(verdict)
+            if verdict.state != "not_measurable" or time.monotonic() >= deadline or looks >= cfg.canary.max_looks:
+                break
+            logger.info("canary %s: waiting (%s)", step, "; ".join(c.line() for c in verdict.undecided))
+        if why := moved(versions, aliases(cfg)):
+            return aborted(why, percent)
+        steps.append({"percent": percent, "passed": verdict.passed, "state": verdict.state,
+                      "checks": [c.line() for c in verdict.checks],
+                      "warnings": [c.name for c in verdict.warnings]})  # fmt: skip
+        logger.info("canary %s: %s", step, verdict.state)
+        if verdict.state == "fail":
+            failed = ", ".join(c.name for c in verdict.measured_failures)
+            roll_back(cfg, f"canary of v{version} failed at {step}: {failed}")
+            return {"outcome": "rolled back", "version": version, "failed": failed, "steps": steps}
+        if verdict.state == "not_measurable":
+            undecided = ", ".join(c.name for c in verdict.undecided)
+            reason = (f"canary of v{version} undecided at {step} after {looks} looks: {undecided} "
+                      "not measurable; not promoted, challenger kept")  # fmt: skip
+            end_canary(cfg, reason)
+            return {"outcome": "undecided", "version": version, "undecided": undecided, "reason": reason,
+                    "steps": steps}  # fmt: skip
+    passed = ", ".join("shadow" if s["percent"] <= 0 else f"{s['percent']:g}%" for s in steps)
+    warned = sorted({w for s in steps for w in s["warnings"]})
+    note = f" (not judged, accepted by config: {', '.join(warned)})" if warned else ""
+    if why := promote(cfg, versions, f"canary passed at {passed}{note}"):
+        return aborted(why, 100.0)
+    return {"outcome": "promoted", "version": version, "steps": steps, "warnings": warned}
+
+
+if __name__ == "__main__":
+    print(rollout_flow(sys.argv[1] if len(sys.argv) > 1 else None))
