@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("mlcycle.streaming",),
     ("mlcycle.monitoring",),
     ("mlcycle.flows",),
-    ("mlcycle.ops",),
+    ("mlcycle.ops", "mlcycle.service"),
     ("mlcycle.cli",),
 )
 # Imports against the order that stay for now, each with its reason (importer, imported module).

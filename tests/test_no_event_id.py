@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tests.conftest import REPO_ROOT, copy_project
+from tests.conftest import copy_project
 from typer.testing import CliRunner
 
 from mlcycle.cli.app import app
@@ -32,8 +32,6 @@ from mlcycle.project.config import MonitoringSpec, ProjectConfig, load_config
 from mlcycle.project.scaffold import init_project
 
 START = pd.Timestamp("2022-05-01", tz="UTC")
-# The mlcycle checkout's generic service: what `mlcycle serve` falls back to in a project without one.
-GENERIC_SERVICE = REPO_ROOT / "services" / "service.py"
 
 
 def _table(n: int = 2_000, seed: int = 3) -> pd.DataFrame:
@@ -154,13 +152,13 @@ def test_up_plans_the_stream_where_the_table_has_an_event_id(with_id: ProjectCon
 
 
 def test_up_in_an_init_project_runs_the_generic_service_and_says_mlcycle_down(no_id: ProjectConfig) -> None:
-    assert GENERIC_SERVICE.is_file(), "this test runs from a source checkout"
     assert not (no_id.root / "services").exists() and not (no_id.root / "Makefile").exists()
     plan = stack.plan_up(no_id)
     assert stack.SERVICE in plan.start and stack.SERVICE not in plan.skipped
-    assert plan.service_root == REPO_ROOT
+    assert plan.service == "mlcycle.service:ScoringService"  # the installed package's, no checkout needed
     cmd, _, url = stack.service_launch(no_id, 3999)
-    assert cmd[cmd.index("--working-dir") + 1] == str(REPO_ROOT) and url.endswith(":3999")
+    assert "mlcycle.service:ScoringService" in cmd and url.endswith(":3999")
+    assert cmd[cmd.index("--working-dir") + 1] == str(no_id.root)
     table = stack.format_table({"scoring service": url}, no_id)
     assert "mlcycle down" in table and "make" not in table
     assert "make" not in stack.not_ready_hint(no_id)
@@ -168,7 +166,7 @@ def test_up_in_an_init_project_runs_the_generic_service_and_says_mlcycle_down(no
 
 def test_a_project_with_its_own_service_and_makefile_keeps_them(tmp_path: Path) -> None:
     cfg = copy_project(tmp_path / "reference")  # the reference project: its own services/
-    assert stack.plan_up(cfg).service_root == cfg.root
+    assert stack.plan_up(cfg).service == "services.service:ScoringService"
     assert "make" not in stack.stop_hint(cfg)
     (cfg.root / "Makefile").write_text("NAME := x\nup: ## start\n\tmlcycle up\ndown: ## stop\n\tmlcycle down\n")
     assert stack.stop_hint(cfg) == "mlcycle down (or: make down)"

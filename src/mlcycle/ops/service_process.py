@@ -51,22 +51,26 @@ def check_exposure(host: str, environ: dict[str, str] | None = None) -> None:
         )
 
 
-SERVICE = "services.service:ScoringService"
+PROJECT_SERVICE = "services.service:ScoringService"
+GENERIC_SERVICE = "mlcycle.service:ScoringService"
 
 
-def services_root(project_root: Path) -> Path:
-    """Where ``services/service.py`` is: the project's own copy if it has one, else mlcycle's (one
-    generic service for every project; its schema comes from the project's FeatureService)."""
+def service_target(project_root: Path) -> str:
+    """What ``bentoml serve`` runs for a project: its own ``services/service.py`` if it has one,
+    else mlcycle's generic service from the installed package (one service for every project; its
+    schema comes from the project's FeatureService), so no source checkout is needed."""
     if (Path(project_root) / "services" / "service.py").exists():
-        return Path(project_root)
-    return Path(__file__).resolve().parents[3]
+        return PROJECT_SERVICE
+    return GENERIC_SERVICE
 
 
 def serve_command(port: int, host: str = LOOPBACK, project_root: Path | None = None) -> list[str]:
-    """``bentoml serve`` of the generic service; ``--host`` always explicit (BentoML's default is
-    every interface)."""
-    where = ["--working-dir", str(services_root(project_root))] if project_root is not None else []
-    return [sys.executable, "-m", "bentoml", "serve", SERVICE, *where, "--port", str(port), "--host", host]
+    """``bentoml serve`` of the project's service, run from the project directory; ``--host`` always
+    explicit (BentoML's default is every interface)."""
+    root = Path(project_root) if project_root is not None else Path.cwd()
+    target = service_target(root)
+    return [sys.executable, "-m", "bentoml", "serve", target, "--working-dir", str(root), "--port", str(port),
+            "--host", host]  # fmt: skip
 
 
 class ServiceProcess:

@@ -855,17 +855,16 @@ def stream_blocker(cfg: ProjectConfig) -> str | None:
 
 def service_blocker(cfg: ProjectConfig) -> str | None:
     """Why no scoring service can be started for the project, with the fix; None if one can. The
-    service is the project's own ``services/service.py``, else mlcycle's generic one
-    (``service_process.services_root``), which serves any project from its config."""
-    from mlcycle.ops.service_process import services_root
+    service is the project's own ``services/service.py``, else mlcycle's generic ``mlcycle.service``
+    (``service_process.service_target``), which serves any project from its config; it is missing
+    only from a broken install."""
+    import importlib.util
 
-    path = services_root(cfg.root) / "services" / "service.py"
-    if path.is_file():
+    from mlcycle.ops.service_process import GENERIC_SERVICE, service_target
+
+    if service_target(cfg.root) != GENERIC_SERVICE or importlib.util.find_spec("mlcycle.service") is not None:
         return None
-    return (
-        f"no services/service.py in {cfg.root} and none beside mlcycle ({path}); run from the project "
-        "directory, or install mlcycle from a source checkout"
-    )
+    return "mlcycle.service is not importable: reinstall mlcycle (pip install --force-reinstall mlcycle)"
 
 
 def has_make_target(root: Path, target: str) -> bool:
@@ -890,7 +889,7 @@ class UpPlan:
 
     start: tuple[str, ...]
     skipped: dict[str, str]
-    service_root: Path | None  # the directory holding services/service.py that the service runs from
+    service: str | None  # what `bentoml serve` runs (service_process.service_target), None if not started
 
     def lines(self) -> list[str]:
         """One line per reason (the broker and the consumer share theirs)."""
@@ -902,7 +901,7 @@ class UpPlan:
 
 def plan_up(cfg: ProjectConfig) -> UpPlan:
     """The pieces ``up`` will start (the Prefect worker follows its server) and those it will not."""
-    from mlcycle.ops.service_process import services_root
+    from mlcycle.ops.service_process import service_target
 
     start = [PREFECT_SERVER, MLFLOW_UI]
     skipped: dict[str, str] = {}
@@ -914,8 +913,8 @@ def plan_up(cfg: ProjectConfig) -> UpPlan:
         start += [BROKER, CONSUMER]
     else:
         skipped[BROKER] = skipped[CONSUMER] = why
-    root = services_root(cfg.root) if SERVICE in start else None
-    return UpPlan(tuple(start), skipped, root)
+    target = service_target(cfg.root) if SERVICE in start else None
+    return UpPlan(tuple(start), skipped, target)
 
 
 def up(
