@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The second use case, from nothing to a monitored model: a seeded table of deliveries → mlcycle init
-# → features → train (as of April) → serve → replay April as live traffic → monitor → batch-score.
-# Run it as `make example` from the repository root (it uses the repository's environment).
+# → features → train (as of April) → serve → replay April as live traffic → monitor → batch-score →
+# reproduce. Run it as `make example` from the repository root (it uses the repository's environment);
+# tests/test_installed_wheel.py runs it with mlcycle installed from its wheel, outside the checkout.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 mlcycle="${MLCYCLE:-mlcycle}"
@@ -22,8 +23,13 @@ for _ in $(seq 240); do
   curl -sf "http://127.0.0.1:$port/readyz" > /dev/null && break
   sleep 1
 done
-"$mlcycle" replay --since 2025-04-01 --url "http://127.0.0.1:$port" --rate 400
+curl -sf -X POST "http://127.0.0.1:$port/predict" -H 'content-type: application/json' \
+  -d '{"request": {"restaurant_id": 7, "distance_km": 3.2, "items": 4, "weather": "rain", "vehicle": "bike",
+       "timestamp": "2025-04-01T12:00:00Z"}}'
+echo
+"$mlcycle" replay --since 2025-04-01 --rate 400   # finds the service `mlcycle serve` started
 kill $service && wait $service 2>/dev/null || true
 "$mlcycle" monitor
 "$mlcycle" batch-score --day 2025-04-15
 "$mlcycle" history
+"$mlcycle" reproduce 1

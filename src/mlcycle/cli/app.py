@@ -36,6 +36,18 @@ ConfigOption = Annotated[
 
 
 def _config(path: Path | None) -> ProjectConfig:
+    import os
+
+    given = path or os.environ.get("MLCYCLE_CONFIG")
+    file = Path(given) if given else Path.cwd() / "mlcycle.yaml"
+    if not file.is_file():  # the defaults would run a project nobody made, writing data/ wherever we are
+        where = f"{file} does not exist" if given else f"no mlcycle.yaml in {Path.cwd()}"
+        console.print(
+            f"{where}: not an mlcycle project. Make one from a table with `mlcycle init DIR --data TABLE "
+            "--timestamp COL --label COL`, then run commands in DIR (or pass --config DIR/mlcycle.yaml)",
+            style="red", markup=False, soft_wrap=True,
+        )  # fmt: skip
+        raise typer.Exit(2)
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -299,7 +311,10 @@ def replay(
     until: Annotated[str | None, typer.Option(help="...and before this (exclusive).")] = None,
     rate: Annotated[float | None, typer.Option(help="Requests per second (default: as fast as answered).")] = None,
     batch: Annotated[int, typer.Option(min=1, max=1000, help="Rows per request (>1: /predict_batch).")] = 1,
-    url: Annotated[str, typer.Option(help="The scoring service.")] = "http://127.0.0.1:3000",
+    url: Annotated[
+        str | None,
+        typer.Option(help="The scoring service (default: the one `mlcycle serve` or `up` runs for this project)."),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Send the table's rows from --since on to the running service as live traffic, each at its own
@@ -307,10 +322,19 @@ def replay(
     the service needs one, comes from MLCYCLE_API_KEY (never an argument: ps shows arguments)."""
     import os
 
+    from mlcycle.ops.stack import running_url
     from mlcycle.serving.replay import ReplayError
     from mlcycle.serving.replay import replay as send
 
     cfg = _config(config)
+    url = url or running_url(cfg)
+    if url is None:
+        console.print(
+            f"no scoring service runs for the project in {cfg.root}: start one with `mlcycle serve` (another "
+            "terminal) or `mlcycle up`, or name a running one with --url",
+            style="red", markup=False, soft_wrap=True,
+        )  # fmt: skip
+        raise typer.Exit(2)
     try:
         result = send(cfg, url, since, until, rate=rate, batch=batch, api_key=os.environ.get("MLCYCLE_API_KEY"))
     except ReplayError as exc:
@@ -711,9 +735,17 @@ def serve(
     except ExposedWithoutKey as exc:
         console.print(str(exc), style="red", markup=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    env = {**os.environ, "MLCYCLE_CONFIG": str(cfg.root / "mlcycle.yaml")}
-    os.chdir(cfg.root)
+    from mlcycle.ops.stack import SERVICE, TOKEN_VAR, ServiceAlreadyRunning, record_foreground
+
     cmd = serve_command(port, host, cfg.root)
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    try:  # recorded like `up`'s service, so `replay`, `status` and `down` find it
+        token = record_foreground(cfg, SERVICE, cmd, url)
+    except ServiceAlreadyRunning as exc:
+        console.print(str(exc), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    env = {**os.environ, "MLCYCLE_CONFIG": str(cfg.root / "mlcycle.yaml"), TOKEN_VAR: token}
+    os.chdir(cfg.root)
     os.execvpe(cmd[0], cmd, env)
 
 
@@ -877,7 +909,7 @@ def down(
     timeout: Annotated[float, typer.Option(help="Seconds to wait after SIGTERM before SIGKILL.")] = 20.0,
     config: ConfigOption = None,
 ) -> None:
-    """Stop exactly what `mlcycle up` started (the processes recorded in data/run/*.pid).
+    """Stop exactly what `mlcycle up` (or `mlcycle serve`) started: the processes recorded in data/run/*.pid.
 
     SIGTERM to each process group, SIGKILL after --timeout.
 

@@ -378,6 +378,45 @@ def launch(
     return record
 
 
+class ServiceAlreadyRunning(StackError):
+    """The project's scoring service already runs (``up`` or ``serve`` recorded it): a second one
+    would overwrite its record, and ``down`` would no longer stop the first."""
+
+
+def record_foreground(cfg: ProjectConfig, name: str, command: list[str], url: str) -> str:
+    """Record a process that replaces the caller in its terminal (``mlcycle serve`` execs
+    ``bentoml serve``), as ``launch`` records background ones, so ``replay``, ``status`` and
+    ``down`` find it. The pid survives ``exec``; the returned token goes into the process's
+    environment, which is how its children are recognized as ours."""
+    current = records(cfg).get(name)
+    if current is not None and is_running(current):
+        raise ServiceAlreadyRunning(
+            f"the project's {name} already runs at {current.url} (pid {current.pid}, since {current.started_at}): "
+            "use it, or stop it first with `mlcycle down`"
+        )
+    run_dir(cfg).mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(8)
+    Record(
+        name=name,
+        pid=os.getpid(),
+        pgid=os.getpgrp(),
+        url=url,
+        command=[scale.redact(arg) for arg in command],
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        log="",  # its output goes to the terminal it runs in
+        cwd=str(cfg.root),
+        token=token,
+        extra={"foreground": "1"},
+    ).write(pid_path(cfg, name))
+    return token
+
+
+def running_url(cfg: ProjectConfig, name: str = SERVICE) -> str | None:
+    """The URL of the project's ``name`` process if one that ``up`` or ``serve`` started still runs."""
+    record = records(cfg).get(name)
+    return record.url if record is not None and is_running(record) else None
+
+
 def log_tail(record: Record, lines: int = 30) -> str:
     """The log's last lines, redacted: they go into error messages printed on the console."""
     try:
@@ -1047,6 +1086,8 @@ def exit_reason(record: Record) -> str:
     the header of this start there: the last error-like line among its last ``REASON_TAIL``, else
     its last line. A pid file alone only shows that the process is gone; the reason is what a
     person needs."""
+    if not record.log and record.extra.get("foreground"):
+        return "stopped (it ran in a terminal, `mlcycle serve`, where its output went)"
     try:
         text = Path(record.log).read_text(errors="replace")
     except OSError:
