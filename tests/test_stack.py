@@ -168,3 +168,42 @@ def test_the_event_broker_up_starts_is_stopped_by_down(tmp_path: Path) -> None:
     assert not stack.is_running(record)
     with pytest.raises(redis.ConnectionError):
         client.ping()
+
+
+def test_a_foreground_serve_is_found_by_replay_status_and_down(tmp_path: Path) -> None:
+    """`mlcycle serve` execs bentoml in its terminal: it records itself first (pid kept by exec,
+    token in the environment), so `replay` finds its URL, a second serve is refused, `down` stops
+    it. Here a child records itself the same way and execs `sleep`."""
+    from typer.testing import CliRunner
+
+    from mlcycle.cli.app import app
+
+    cfg = copy_project(tmp_path / "project")
+    config = str(cfg.root / "mlcycle.yaml")
+    refused = CliRunner().invoke(app, ["replay", "--since", "2026-01-01", "--config", config])
+    assert refused.exit_code == 2 and "mlcycle serve" in refused.output and "--url" in refused.output
+    child = (
+        "import os, sys\n"
+        "from mlcycle.project.config import load_config\n"
+        "from mlcycle.ops import stack\n"
+        f"token = stack.record_foreground(load_config({config!r}), stack.SERVICE, ['sleep', '60'], 'http://127.0.0.1:3999')\n"
+        "os.execvpe('sleep', ['sleep', '60'], {**os.environ, stack.TOKEN_VAR: token})\n"
+    )  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", child], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while stack.running_url(cfg) is None and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert stack.running_url(cfg) == "http://127.0.0.1:3999"
+        with pytest.raises(stack.ServiceAlreadyRunning, match="mlcycle down"):
+            stack.record_foreground(cfg, stack.SERVICE, ["x"], "http://127.0.0.1:1")
+        assert stack.down(cfg)[stack.SERVICE] == "stopped"
+        assert proc.wait(timeout=30) is not None
+        assert stack.running_url(cfg) is None
+    finally:
+        proc.kill()
+        proc.wait()
+    # A stopped foreground service leaves a record whose reason says where its output went.
+    stack.record_foreground(cfg, stack.SERVICE, ["sleep", "60"], "http://127.0.0.1:3999")
+    (row,) = stack.status(cfg)
+    assert not row.running and "ran in a terminal" in row.health

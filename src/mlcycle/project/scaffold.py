@@ -1,7 +1,7 @@
 """``mlcycle init``: a runnable project from one table.
 
 :func:`init_project` reads a parquet or CSV table, checks it can carry the lifecycle
-(:func:`mlcycle.contract_inference.check_table`), infers its data contract, decides what each column
+(:func:`mlcycle.project.contract_inference.check_table`), infers its data contract, decides what each column
 is for, and writes a project directory that every command runs in without an edit:
 
 - ``mlcycle.yaml``: the table's columns by role, the declared per-entity aggregations, the model,
@@ -30,20 +30,24 @@ windows the table's span supports and the mean of the first numeric fields over 
 computed point in time by the declarative engine (``features.aggregations``), and the seconds since
 its last earlier event (``<table>_secs_since_last``, NaN for its first).
 
-Nothing is written for a bad table or bad arguments: the project is assembled in a temporary
-directory beside the target, validated (``load_config`` must accept it), then moved into place.
+The text files are rendered from template files shipped in the package (``mlcycle/templates/``,
+:mod:`mlcycle.project.templates`); this module decides every value and hands them over as data. The
+reference project's ``feature_repo/feature_store*.yaml`` and ``prefect.yaml`` come from the same
+templates (:func:`reference_files`), so the two cannot drift apart.
+
+Nothing is written for a bad table, bad arguments or a template that cannot be rendered: the project
+is assembled in a temporary directory beside the target, validated (``load_config`` must accept it),
+then moved into place.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import re
 import shutil
 import tempfile
-import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -66,6 +70,7 @@ from mlcycle.project.contract_inference import (
     prepare_table,
     read_table,
 )
+from mlcycle.project.templates import TemplateError, render
 
 __all__ = ["InitError", "InitResult", "TableError", "TargetNotEmpty", "init_project", "project_name"]
 
@@ -550,15 +555,24 @@ def _plan(
 
 
 # ------------------------------------------------------------------------------------------ files
+# Every generated text file is a template under mlcycle/templates/ (rendered by
+# mlcycle.project.templates): what follows only decides the values and hands them over as data.
 
-
-def _y(value: Any) -> str:
-    """One YAML scalar or flow collection."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    return (
-        yaml.safe_dump(value, default_flow_style=True, width=10**6, sort_keys=False).strip().removesuffix("...").strip()
-    )
+CONFIG_TEMPLATE = "mlcycle.yaml.j2"
+FEATURES_TEMPLATE = "feature_repo/features.py.j2"
+FEATURE_STORE_TEMPLATE = "feature_repo/feature_store.yaml.j2"
+PREFECT_TEMPLATE = "prefect.yaml.j2"
+README_TEMPLATE = "README.md.j2"
+# The Feast configs of both profiles (mlcycle.features.store picks one by the project's profile).
+FEATURE_STORE_FILES = {False: "feature_store.yaml", True: "feature_store.scale.yaml"}
+# mlcycle's flows, by their key in prefect.yaml.j2: (module of mlcycle.flows, flow function).
+FLOWS: dict[str, tuple[str, str]] = {
+    "train": ("training", "train"),
+    "monitor": ("monitoring", "monitor"),
+    "retrain": ("retraining", "retrain"),
+    "rollout": ("rollout", "rollout_flow"),
+    "batch_score": ("batch_score", "batch_score"),
+}
 
 
 def _round_sig(x: float, digits: int = 2) -> float:
@@ -587,242 +601,70 @@ def _monitoring_window(rows_per_day: float) -> int:
     return 90
 
 
+def _described(plan: _Plan, source: Path) -> dict[str, Any]:
+    """What both mlcycle.yaml and the README say about the table and its roles."""
+    spec = plan.spec
+    return {
+        "project": plan.project,
+        "source": source.name,
+        "rows": spec.rows,
+        "task": spec.task,
+        "spec": spec,
+        "positive_rate": None if plan.positive_rate is None else f"{plan.positive_rate:.2%}",
+        "label_delay": plan.label_delay,
+        "event_id": plan.event_id,
+        "protected": plan.protected,
+        "windows": plan.windows,
+    }
+
+
 def _config_text(plan: _Plan, source: Path) -> str:
-    """mlcycle.yaml as text: YAML libraries do not write comments, and the comments are the point."""
-    spec, p = plan.spec, plan.project
+    """mlcycle.yaml, with the gates, checks and windows fitted to the table's task, size and pace."""
+    spec = plan.spec
     cls = spec.task == "classification"
+    rate = plan.positive_rate or 0.0
     window = _monitoring_window(plan.rows_per_day)
     per_window = plan.rows_per_day * window
-    lines: list[str] = []
-
-    def put(text: str = "", comment: str = "", indent: int = 0) -> None:
-        line = " " * indent + text
-        if comment:
-            line = f"{line.ljust(30)} # {comment}" if text else f"{line}# {comment}"
-        lines.append(line.rstrip())
-
-    def note(text: str, indent: int = 0) -> None:
-        for part in textwrap.wrap(text, 100 - indent - 2):
-            lines.append(" " * indent + "# " + part)
-
-    note(
-        f"mlcycle project '{p}', written by `mlcycle init` from {source.name} ({spec.rows} rows) on "
-        f"{datetime.now(UTC):%Y-%m-%d}. One file drives the project (mlcycle.config.ProjectConfig; unknown keys "
-        "are errors). Paths are relative to this file; generated state goes to data/ (git-ignored). README.md "
-        "says what was inferred and which commands to run."
+    quality: dict[str, Any] = {"min_rows": int(min(1000, max(100, spec.rows // 5))), "min_label_rate": None}
+    if cls and rate:
+        # A third to three times the table's rate: outside it the label is broken, not the world.
+        quality.update(min_label_rate=_round_sig(rate / 3), max_label_rate=min(1.0, _round_sig(min(0.99, rate * 3))))
+    gates = {
+        # A random ranking's PR-AUC is the positive rate: ask for a quarter of the way from there to a
+        # perfect 1 (for rare positives about 1.25x their rate; for common ones not above 1).
+        "min_pr_auc": _round_sig(min(0.95, max(0.01, rate + 0.25 * (1 - rate)))) if cls else None,
+        # What predicting the mean scores: the label's standard deviation (0 when it has none).
+        "max_rmse": None if cls else _round_up_sig(plan.label_std or 0.0),
+    }
+    monitoring = {
+        "rows_per_day": f"{plan.rows_per_day:.4g}",
+        "window_days": window,
+        "rows_per_window": f"{per_window:.0f}",
+        "min_rows": int(max(100, min(500, per_window // 2))),
+        "lookback_days": window * 14,
+    }
+    return render(
+        CONFIG_TEMPLATE,
+        **_described(plan, source),
+        date=f"{datetime.now(UTC):%Y-%m-%d}",
+        classification=cls,
+        table=plan.table,
+        aggregations=plan.aggregations,
+        model_name=_model_name(plan.project),
+        quality=quality,
+        gates=gates,
+        monitoring=monitoring,
+        few_positives=cls and rate < 0.1,
     )
-    put(f"project: {_y(p)}")
-    put("profile: local", "local: SQLite + files, nothing to start | scale: Redis + PostgreSQL")
-    put(f"task: {spec.task}")
-    put()
-    note(
-        "The event table and the role of each column the lifecycle reads. contract.yaml describes every "
-        "column; feature_repo/features.py says which ones the model uses and how."
-    )
-    put("table:")
-    put(f"path: data/raw/{plan.table}.parquet", "the table, as init read it (UTC timestamps)", 2)
-    put(f"contract: {CONTRACT_NAME}", "inferred from the table: read it and tighten it", 2)
-    put(f"timestamp: {_y(spec.timestamp)}", "when the event happened (UTC)", 2)
-    put(f"label: {_y(spec.label)}", "what the model predicts", 2)
-    if cls:
-        put(f"positive_label: {_y(spec.positive_label)}", f"the class scored ({plan.positive_rate:.2%} of rows)", 2)
-    if plan.event_id:
-        put(f"event_id: {_y(plan.event_id)}", "requests carry it, so a later label joins its prediction", 2)
-    else:
-        put(comment="event_id: none — no column identifies each row; add one so labels join predictions", indent=2)
-    put(
-        f"entities: {_y(list(spec.entities))}",
-        "features looked up per key online" if spec.entities else "none: every feature comes in the request",
-        2,
-    )
-    if spec.label_available_at:
-        put(f"label_available_at: {_y(spec.label_available_at)}", "when each row's label became known", 2)
-        put(f"label_delay: {plan.label_delay}", "maturity horizon: 99% of labels arrive within it", 2)
-    else:
-        put(f"label_delay: {plan.label_delay}", "each label is taken as known this long after its event", 2)
-    if plan.protected:
-        put(f"protected: {_y(plan.protected)}", "fairness gates compare its groups; never a model input", 2)
-        put("slices:", "evaluation metrics per group", 2)
-        put(f"- {{column: {_y(plan.protected)}}}", indent=4)
-    else:
-        put(comment="protected: <column>      a protected attribute for the fairness gates (optional)", indent=2)
-        put(comment="slices: [{column: <column>}]      evaluation metrics per group (optional)", indent=2)
-    put(comment="transformations: module:function      your own table → feature tables (optional)", indent=2)
-    put()
-    put("serving:")
-    if spec.entities:
-        put(f"routing_key: {_y(spec.entities[0])}", f"a canary keeps each {spec.entities[0]} on one model", 2)
-    else:
-        put("routing_key: request_id", "no entity: a canary routes each request on its own", 2)
-    put()
-    put("features:")
-    put(f"feature_repo: {FEATURE_REPO}", indent=2)
-    put(f"feature_service: {p}_v1", "feature_repo/features.py: the model's inputs, offline and online", 2)
-    if plan.aggregations:
-        note(
-            "Per-entity window aggregations, declared once: computed point in time offline (the state after "
-            "each event, stamped 1 µs later, so a row never sees its own event) and published online. Windows: "
-            f"{', '.join(plan.windows)} (those the table's span and pace support).",
-            2,
-        )
-        put("aggregations:", indent=2)
-        for name, agg in plan.aggregations.items():
-            put(f"{name}:", indent=4)
-            put(f"entities: {_y(agg['entities'])}", indent=6)
-            put(f"timestamp: {_y(agg['timestamp'])}", indent=6)
-            put("aggregations:", indent=6)
-            for a in agg["aggregations"]:
-                put(f"- {_y(a)}", indent=8)
-    else:
-        put(comment="aggregations: none — without an entity every feature comes in the request", indent=2)
-    put()
-    put("model:")
-    put(f"name: {_y(_model_name(p))}", "registered model name in MLflow", 2)
-    put("flavor: xgboost", "or lightgbm, or sklearn with estimator: <dotted path>", 2)
-    if cls:
-        put("threshold: max_f1", "decision threshold picked on the validation slice", 2)
-    put()
-    put("tracking:")
-    put(f"experiment: {_y(p)}", indent=2)
-    put()
-    put("quality:", "checks on the training set, before training: failing one stops the run")
-    put(f"min_rows: {int(min(1000, max(100, spec.rows // 5)))}", "fewer training rows: no training", 2)
-    if cls and plan.positive_rate:
-        r = plan.positive_rate
-        put(f"min_label_rate: {_round_sig(r / 3)}", f"a third to three times the table's {r:.2%}: outside,", 2)
-        put(f"max_label_rate: {min(1.0, _round_sig(min(0.99, r * 3)))}", "the label is broken, not the world", 2)
-    put()
-    put("gates:", "a candidate must meet these to be registered with an alias")
-    if cls:
-        r = plan.positive_rate or 0.0
-        put("min_roc_auc: 0.65", "clearly better than chance; raise it once you know what a good model", 2)
-        put(comment="reaches on this table", indent=2)
-        # A random ranking's PR-AUC is the positive rate: ask for a quarter of the way from there to
-        # a perfect 1 (for rare positives about 1.25x their rate; for common ones not above 1).
-        put(
-            f"min_pr_auc: {_round_sig(min(0.95, max(0.01, r + 0.25 * (1 - r))))}",
-            "a quarter of the way from the positive rate (a random ranking's PR-AUC) to 1",
-            2,
-        )
-    else:
-        std = _round_up_sig(plan.label_std or 0.0)
-        if std > 0:
-            put(f"max_rmse: {std}", "the label's standard deviation: what predicting the mean scores", 2)
-        put("max_regression_rmse: 0.02", "at most 2% worse than the champion on the same rows", 2)
-    note(
-        "A gate the data cannot decide (an interval straddling its bound): block refuses the model, warn "
-        "registers it with the warning in its model card.",
-        2,
-    )
-    put(
-        "when_unmeasurable: {min_roc_auc: block, min_pr_auc: block, max_rmse: block, no_regression: block,",
-        indent=2,
-    )
-    put("fairness: warn, max_p99_latency_ms: block}", indent=22)
-    put()
-    put("monitoring:")
-    note(
-        f"The table holds about {plan.rows_per_day:.4g} rows a day: windows of {window} day(s) hold about "
-        f"{per_window:.0f}.",
-        2,
-    )
-    put(f"window_days: {window}", "the current window: the latest days of the log, by event time", 2)
-    put(f"min_rows: {int(max(100, min(500, per_window // 2)))}", "fewer predictions in the window: no verdict", 2)
-    put(f"decay_window_days: {window}", "a performance window, judged once its labels have matured", 2)
-    put(f"decay_lookback_days: {window * 14}", indent=2)
-    if cls:
-        put("min_roc_auc: 0.6", "alert below this ROC-AUC on matured labels (or 0.05 below the test's)", 2)
-    put()
-    put("canary:")
-    note("A shadow step first (0: the challenger scores every request, the champion answers), then shares.", 2)
-    put("steps: [0, 5, 25, 50, 100]", indent=2)
-    note(
-        f"Labels take {plan.label_delay}; a canary lasts minutes, so its own requests have no matured labels: "
-        "online quality is reported as not judged, and the canary decides on errors, latency, score PSI and "
-        "the two models' agreement. Offline, the gates compared them on the same matured window.",
-        2,
-    )
-    if cls:
-        put("auc_without_matured_labels: warn", indent=2)
-        if (plan.positive_rate or 0) < 0.1:
-            note("Few positives: the kappa of the two models' flags needs more pairs than a canary sees.", 2)
-            put("flag_kappa_on_unmeasurable: warn", indent=2)
-    else:
-        put("rmse_without_matured_labels: warn", indent=2)
-    put()
-    put("retraining:")
-    put("cooldown_hours: 6", "none within this long of a retraining that trained", 2)
-    put("train_window_days: null", "every matured day; a number of days forgets an older world", 2)
-    return "\n".join(lines) + "\n"
 
 
-_FEATURES_HEADER = '''\
-"""Feast definitions of project {project}, written by `mlcycle init` from {source} — edit freely.
-
-Definitions only: the tables behind the views are built by `mlcycle features build` (the declared
-aggregations of mlcycle.yaml) into ../data/features/. Paths are relative to this directory.
-"""
-
-{imports}'''
-
-
-def _q(text: str) -> str:
-    """A double-quoted Python string literal (JSON's escapes are Python's too)."""
-    return json.dumps(text, ensure_ascii=False)
-
-
-def _lit(value: Any, indent: int = 4) -> str:
-    """A Python literal in the house style (double quotes), one item per line when long."""
-    if isinstance(value, str):
-        return _q(value)
-    if isinstance(value, dict):
-        items = [f"{_q(k)}: {_lit(v, indent + 4)}" for k, v in value.items()]
-        open_, close = "{", "}"
-    else:
-        items = [_lit(v, indent + 4) for v in value]
-        open_, close = "[", "]"
-    flat = open_ + ", ".join(items) + close
-    if len(flat) + indent <= 100:
-        return flat
-    pad = " " * (indent + 4)
-    return open_ + "\n" + "".join(f"{pad}{item},\n" for item in items) + " " * indent + close
-
-
-def _names(names: Sequence[str], indent: int = 4) -> str:
-    """A list of Python expressions (names, calls), one per line when long."""
-    flat = "[" + ", ".join(names) + "]"
-    if len(flat) + indent + 20 <= 100:
-        return flat
-    pad = " " * (indent + 4)
-    return "[\n" + "".join(f"{pad}{n},\n" for n in names) + " " * indent + "]"
-
-
-def _timedelta_code(window: timedelta) -> str:
+def _ttl(window: timedelta) -> tuple[str, int]:
+    """A view's ttl as ``timedelta``'s largest whole unit (``days=30``, not ``seconds=2592000``)."""
     seconds = int(window.total_seconds())
     for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
         if seconds % size == 0:
-            return f"timedelta({unit}={seconds // size})"
-    return f"timedelta(seconds={seconds})"
-
-
-def _imports(plan: _Plan) -> str:
-    """Only what the definitions use: a project's own lint must pass on the generated file."""
-    feast = ["FeatureService", "Field", "RequestSource"]
-    types = {"Float64", "Int64"}
-    types |= {"Bool"} if plan.boolean else set()
-    types |= {"String"} if plan.categorical else set()
-    lines = []
-    if plan.aggregations:
-        feast += ["Entity", "FeatureView", "FileSource", "ValueType"]
-        lines += ["from datetime import timedelta", ""]
-    lines += [
-        f"from feast import {', '.join(sorted(feast))}",
-        "from feast.on_demand_feature_view import on_demand_feature_view",
-        f"from feast.types import {', '.join(sorted(types))}",
-    ]
-    if plan.aggregations:
-        lines += ["", 'FEATURES_DIR = "../data/features"']
-    return "\n".join(lines) + "\n"
+            return unit, seconds // size
+    return "seconds", seconds
 
 
 def _features_py(plan: _Plan, source: Path) -> str:
@@ -830,199 +672,46 @@ def _features_py(plan: _Plan, source: Path) -> str:
     from mlcycle.project.aggregations import parse_window
 
     p = plan.project
-    header = _FEATURES_HEADER.format(project=p, source=source.name, imports=_imports(plan))
-    out = [header]
-    for entity, vtype in plan.entity_types.items():
-        out.append(
-            f"\n{entity}_entity = Entity(\n"
-            f"    name={_q(entity)},\n"
-            f"    join_keys=[{_q(entity)}],\n"
-            f"    value_type=ValueType.{vtype},\n"
-            f"    description={_q(f'The key {entity} of the table.')},\n"
-            ")\n"
-        )
     views = []
     for name, agg in plan.aggregations.items():
-        ttl = max(parse_window(a["window"]) for a in agg["aggregations"])
-        entity = agg["entities"][0]
-        fields = "".join(
-            f"        Field(name={_q(a['name'])}, dtype={'Int64' if a['function'] == 'count' else 'Float64'}),\n"
+        unit, count = _ttl(max(parse_window(a["window"]) for a in agg["aggregations"]))
+        fields = [
+            {"name": a["name"], "dtype": "Int64" if a["function"] == "count" else "Float64"}
             for a in agg["aggregations"]
+        ]
+        views.append(
+            {"name": name, "entity": agg["entities"][0], "ttl_unit": unit, "ttl_count": count, "fields": fields}
         )
-        # The entity's last event as of the row: the on-demand view's input for the seconds since it.
-        fields += f"        Field(name={_q(name + LAST_EVENT_SUFFIX)}, dtype=Int64),\n"
-        out.append(
-            f"\n{name}_source = FileSource(\n"
-            f"    name={_q(name + '_source')},\n"
-            f'    path=f"{{FEATURES_DIR}}/{name}.parquet",\n'
-            f"    timestamp_field={_q(FEATURE_TIMESTAMP)},\n"
-            ")\n"
-            f"\n{name} = FeatureView(\n"
-            f"    name={_q(name)},\n"
-            f"    entities=[{entity}_entity],\n"
-            "    # Past the longest window every aggregate is empty: an older row says nothing about now.\n"
-            f"    ttl={_timedelta_code(ttl)},\n"
-            f"    schema=[\n{fields}    ],\n"
-            f"    source={name}_source,\n"
-            "    online=True,\n"
-            f"    description={_q(f'Aggregations per {entity} (features.aggregations.{name}), as of each event')},\n"
-            ")\n"
-        )
-        views.append(name)
-    ftype = {"numeric": "Float64", "boolean": "Bool", "categorical": "String"}
-
-    def kind(col: str) -> str:
-        return "categorical" if col in plan.categorical else "boolean" if col in plan.boolean else "numeric"
-
-    req_fields = "".join(f"        Field(name={_q(c)}, dtype={ftype[kind(c)]}),\n" for c in plan.request_fields)
-    out.append(
-        f"\n{p}_request = RequestSource(\n"
-        f"    name={_q(p + '_request')},\n"
-        f"    schema=[\n{req_fields}"
-        '        Field(name="request_unix", dtype=Int64),  # the event time (Unix seconds), set by the service\n'
-        "    ],\n"
-        '    description="The event\'s own fields, as a request carries them.",\n'
-        ")\n"
-    )
-    schema = "".join(
-        f"        Field(name={_q(plan.output_name(c))}, dtype={'Int64' if c in plan.categorical else 'Float64'}),\n"
+    # Only what the definitions use: a project's own lint must pass on the generated file.
+    feast = {"FeatureService", "Field", "RequestSource"}
+    feast |= {"Entity", "FeatureView", "FileSource", "ValueType"} if views else set()
+    types = {"Float64", "Int64"} | ({"Bool"} if plan.boolean else set()) | ({"String"} if plan.categorical else set())
+    dtype = {**dict.fromkeys(plan.numeric, "Float64"), **dict.fromkeys(plan.boolean, "Bool")}
+    dtype.update(dict.fromkeys(plan.categorical, "String"))
+    outputs = [
+        {"name": plan.output_name(c), "dtype": "Int64" if c in plan.categorical else "Float64"}
         for c in plan.request_fields
+    ]
+    return render(
+        FEATURES_TEMPLATE,
+        project=p,
+        source=source.name,
+        feast_imports=sorted(feast),
+        types=sorted(types),
+        entities=[{"name": e, "value_type": t} for e, t in plan.entity_types.items()],
+        views=views,
+        feature_timestamp=FEATURE_TIMESTAMP,
+        last_event_suffix=LAST_EVENT_SUFFIX,
+        recency_suffix=RECENCY_SUFFIX,
+        request_fields=[{"name": c, "dtype": dtype[c]} for c in plan.request_fields],
+        outputs=outputs + [{"name": n, "dtype": "Float64"} for n in plan.recency.values()],
+        numeric={c: plan.output_name(c) for c in plan.numeric},
+        boolean={c: plan.output_name(c) for c in plan.boolean},
+        categories={c: list(v) for c, v in plan.categorical.items()},
+        recency=plan.recency,
+        odfv_sources=[f"{p}_request", *(v["name"] for v in views)],
+        service_features=[*(f"model_inputs({v['name']})" for v in views), f"{p}_request_features"],
     )
-    schema += "".join(f"        Field(name={_q(n)}, dtype=Float64),\n" for n in plan.recency.values())
-    numeric = {c: plan.output_name(c) for c in plan.numeric}
-    boolean = {c: plan.output_name(c) for c in plan.boolean}
-    categories = {c: list(v) for c, v in plan.categorical.items()}
-    recency = ""
-    if plan.recency:
-        recency = (
-            "    # Seconds since the entity's last earlier event (its view's last-event clock): NaN when it has\n"
-            "    # none, or none within the view's ttl.\n"
-            f"    recency = {_lit(plan.recency)}\n"
-            '    request = numbers(inputs["request_unix"])\n'
-            "    for col, name in recency.items():\n"
-            "        out[name] = request - numbers(inputs[col])\n"
-        )
-    description = "Request fields → model inputs: numbers as floats, yes/no as 1/0, categories as codes."
-    if plan.recency:
-        description = "Model inputs: request fields (numbers, yes/no as 1/0, category codes), secs since last event."
-    out.append(
-        "\n\n@on_demand_feature_view(\n"
-        # The views are sources for their last-event clocks (views without them in the model's inputs).
-        f"    sources={_names([f'{p}_request', *views])},\n"
-        f"    schema=[\n{schema}    ],\n"
-        '    mode="python",\n'
-        f"    description={_q(description)},\n"
-        ")\n"
-        f"def {p}_request_features(inputs: dict) -> dict:\n"
-        "    # Feast runs this function from its source text in a fresh namespace: imports and constants\n"
-        "    # must live inside it. mlcycle passes NumPy columns (one row online, millions offline) and\n"
-        "    # takes arrays back; Feast (`feast apply`, its feature server) passes lists and gets lists.\n"
-        "    import numpy as np\n"
-        "\n"
-        f"    numeric = {_lit(numeric)}\n"
-        f"    boolean = {_lit(boolean)}\n"
-        "    # A category's code is its index in the contract's sorted set; missing or unknown: -1.\n"
-        f"    categories = {_lit(categories)}\n"
-        "\n"
-        "    def number(value) -> float:  # missing or not a number: NaN\n"
-        "        try:\n"
-        "            return float(value)\n"
-        "        except (TypeError, ValueError):\n"
-        "            return np.nan\n"
-        "\n"
-        "    def numbers(values) -> np.ndarray:\n"
-        '        if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":\n'
-        '            return values.astype("float64")\n'
-        '        return np.array([number(v) for v in values], dtype="float64")\n'
-        "\n"
-        "    out = {}\n"
-        "    for col, name in numeric.items():\n"
-        "        out[name] = numbers(inputs[col])\n"
-        "    yes_no = {True: 1.0, False: 0.0}  # 1 and 0 too (they equal True and False)\n"
-        "    for col, name in boolean.items():\n"
-        "        out[name] = np.array([yes_no.get(v, np.nan) if v is not None else np.nan for v in inputs[col]])\n"
-        "    for col, values in categories.items():\n"
-        "        codes = {v: i for i, v in enumerate(values)}\n"
-        "        known = [-1 if v is None else codes.get(str(v), -1) for v in inputs[col]]\n"
-        '        out[f"{col}_code"] = np.array(known, dtype="int64")\n'
-        f"{recency}"
-        "    first = next(iter(inputs.values()))\n"
-        "    return {k: v.tolist() for k, v in out.items()} if isinstance(first, list) else out\n"
-    )
-    if views:
-        out.append(
-            "\n\ndef model_inputs(view: FeatureView):\n"
-            f'    """The view\'s features but ``<view>{LAST_EVENT_SUFFIX}``: an input of the on-demand view\'s\n'
-            f"    ``<view>{RECENCY_SUFFIX}``, not of the model (a raw clock would let it learn the calendar).\n"
-            '    """\n'
-            f'    return view[[f.name for f in view.schema if f.name != view.name + "{LAST_EVENT_SUFFIX}"]]\n'
-        )
-    features = _names([*(f"model_inputs({v})" for v in views), f"{p}_request_features"])
-    out.append(
-        f"\n\n{p}_v1 = FeatureService(\n"
-        f"    name={_q(p + '_v1')},\n"
-        f"    features={features},\n"
-        f"    description={_q(f'Inputs of the {p} model: one service builds training sets and online vectors.')},\n"
-        ")\n"
-    )
-    return "".join(out)
-
-
-def _feature_store_yaml(project: str, scale: bool) -> str:
-    if scale:
-        return textwrap.dedent(
-            f"""\
-            # Profile `scale` (profile: scale in mlcycle.yaml, or MLCYCLE_PROFILE=scale): online store on Redis,
-            # registry in PostgreSQL, so any number of scoring replicas and materialization jobs share one state.
-            # The ${{…}} values are derived by mlcycle (mlcycle/scale.py) from MLCYCLE_REDIS_URL, MLCYCLE_REDIS_PREFIX
-            # and MLCYCLE_PG_URL. For the feast CLI, from here:
-            #   eval "$(mlcycle scale-env)" && feast -f feature_store.scale.yaml apply
-            project: mlcycle_{project}${{MLCYCLE_FEAST_PROJECT_SUFFIX}}
-            provider: local
-            registry:
-              registry_type: sql
-              path: ${{MLCYCLE_FEAST_REGISTRY_URL}}
-              cache_ttl_seconds: 60
-              # Materializing flips a view to MATERIALIZING in the shared registry; without this, scoring
-              # replicas that refresh their registry cache meanwhile refuse to read that view (503s).
-              serve_features_while_materializing: true
-              sqlalchemy_config_kwargs:
-                echo: false
-                pool_pre_ping: true   # a restarted PostgreSQL leaves dead pooled connections behind
-            offline_store:
-              # Unchanged from the local profile: DuckDB reads the feature files directly.
-              type: mlcycle.features.offline_store.AsofDuckDBOfflineStore
-            online_store:
-              type: redis
-              connection_string: ${{MLCYCLE_FEAST_REDIS}}
-            entity_key_serialization_version: 3
-            """
-        )
-    return textwrap.dedent(
-        f"""\
-        # Embedded defaults (profile `local`): everything under ../data/ (git-ignored), nothing to start.
-        # Paths are relative to this directory, so `feast` works from here: `cd feature_repo && feast apply`.
-        project: mlcycle_{project}
-        provider: local
-        registry:
-          registry_type: file
-          path: ../data/feast/registry.db
-          cache_ttl_seconds: 60
-        offline_store:
-          # DuckDB ASOF LEFT JOIN for point-in-time training sets: keeps every entity row.
-          type: mlcycle.features.offline_store.AsofDuckDBOfflineStore
-        online_store:
-          type: sqlite
-          path: ../data/feast/online_store.db
-        entity_key_serialization_version: 3
-        """
-    )
-
-
-def _flow_entrypoint(module: str, function: str) -> str:
-    """A module-path entrypoint (``mlcycle.flows.training.train``): no colon, so Prefect 3 imports it
-    from the installed package instead of loading a file relative to the project directory."""
-    return f"{FLOWS_PACKAGE}.{module}.{function}"
 
 
 def _flow_source(module: str) -> Path:
@@ -1034,74 +723,6 @@ def _flow_source(module: str) -> Path:
     return Path(str(root / FLOWS_PACKAGE.rpartition(".")[2] / f"{module}.py"))
 
 
-# The deployments of the reference project's prefect.yaml, named for this project: (module of
-# mlcycle.flows, function, deployment purpose, tag, extra lines). Deployment names are unique per flow on a Prefect
-# server, so every project's are its own name (``train/<project>``), beside the reference's ``train/train``.
-_DEPLOYMENTS: tuple[tuple[str, str, str, str, str], ...] = (
-    (
-        "training",
-        "train",
-        "Train, evaluate and (if every gate passes) register the model of project {p}.",
-        "training",
-        "",
-    ),
-    (
-        "monitoring",
-        "monitor",
-        "Check the champion: feature and score drift, matured-label quality, Evidently report; emit events.",
-        "monitoring",
-        """\
-    schedules:
-      - cron: "0 * * * *"
-        timezone: UTC
-""",
-    ),
-    (
-        "retraining",
-        "retrain",
-        "Retrain on the latest matured window (guarded; pauses for a person on broken data); canary the challenger.",
-        "retraining",
-        """\
-    schedules:
-      - cron: "0 4 * * 1"   # weekly, whatever the monitors say
-        timezone: UTC
-    # Started by the monitor's events about this project's model (the resource is model.name in
-    # mlcycle.yaml: change both together). One check may emit both; the flow runs once per check.
-    triggers:
-      - type: event
-        enabled: true
-        match:
-          prefect.resource.id: {resource}
-        expect:
-          - mlcycle.drift.detected
-          - mlcycle.performance.decayed
-        parameters:
-          config: {config}
-          trigger: "{{{{ event.event }}}}"
-          summary_path: "{{{{ event.payload.summary_path }}}}"
-""",
-    ),
-    (
-        "rollout",
-        "rollout_flow",
-        "Canary the challenger 5% -> 25% -> 50% under automated analysis; promote or roll back.",
-        "rollout",
-        "",
-    ),
-    (
-        "batch_score",
-        "batch_score",
-        "Score yesterday's events with the champion (offline features).",
-        "batch",
-        """\
-    schedules:
-      - cron: "30 2 * * *"
-        timezone: UTC
-""",
-    ),
-)
-
-
 def _prefect_version() -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -1111,156 +732,79 @@ def _prefect_version() -> str | None:
         return None
 
 
-def _prefect_yaml(plan: _Plan) -> str:
-    """prefect.yaml of the project: the reference project's deployments, entrypoints in the installed
-    mlcycle package (module paths), named and tagged for the project, each reading its mlcycle.yaml."""
-    p = plan.project
-    config = _y(CONFIG_NAME)
-    version = _prefect_version()
-    head = textwrap.dedent(
-        f"""\
-        # Prefect deployments of project {p}: mlcycle's flows, imported from the installed package
-        # (module-path entrypoints), on a local process work pool. From this directory:
-        #   prefect server start                                  # another terminal
-        #   prefect work-pool create mlcycle-local --type process
-        #   prefect deploy --all
-        #   prefect worker start --pool mlcycle-local             # another terminal
-        #   prefect deployment run train/{p}
-        # No pull section: `prefect deploy` records this directory as the working directory, so the worker
-        # runs each flow here, where config: {CONFIG_NAME} (relative to it), feature_repo/ and data/ are.
-        name: {_y(p)}
-        """
+def _prefect_yaml(
+    project: str, *, own_flows: bool, names: dict[str, str], parameters: dict[str, str], model_name: str | None
+) -> str:
+    """prefect.yaml: mlcycle's five flows as deployments, of an init project or of the reference one.
+
+    An init project's entrypoints are module paths into the installed package (no colon, so Prefect 3
+    imports ``mlcycle.flows.training.train`` instead of loading a file relative to the project: a newer
+    mlcycle fixes every project); the reference project's are its own ``flows/<module>.py`` files.
+    Deployment names are unique per flow on a Prefect server, so an init project's are all its own
+    name (``train/<project>``), beside the reference's ``train/train``.
+    """
+    entrypoints = {
+        key: f"{FLOWS_DIR}/{module}.py:{function}" if own_flows else f"{FLOWS_PACKAGE}.{module}.{function}"
+        for key, (module, function) in FLOWS.items()
+    }
+    return render(
+        PREFECT_TEMPLATE,
+        project=project,
+        prefect_version=_prefect_version(),
+        own_flows=own_flows,
+        names=names,
+        entrypoints=entrypoints,
+        parameters=parameters,
+        model_name=model_name,
     )
-    lines = [head.rstrip("\n")]
-    if version:
-        lines.append(f"prefect-version: {version}")
-    lines += [
-        "",
-        "build: null",
-        "push: null",
-        "",
-        "definitions:",
-        "  work_pool: &local_pool",
-        "    name: mlcycle-local",
-        "    work_queue_name: default",
-        "    job_variables: {}",
-        "",
-        "deployments:",
-    ]
-    for module, function, description, tag, extra in _DEPLOYMENTS:
-        lines += [
-            f"  - name: {_y(p)}",
-            f"    description: {_y(description.format(p=p))}",
-            f"    entrypoint: {_flow_entrypoint(module, function)}",
-            f"    parameters: {{config: {config}}}",
-            f"    tags: [mlcycle, {_y(p)}, {tag}]",
-            "    work_pool: *local_pool",
-        ]
-        if extra:
-            lines.append(extra.format(resource=_y(f"mlcycle.model.{_model_name(p)}"), config=config).rstrip("\n"))
-    return "\n".join(lines) + "\n"
 
 
 def _readme(plan: _Plan, source: Path) -> str:
-    spec = plan.spec
-    p = plan.project
-    lines = [
-        f"# {p}",
-        "",
-        f"An mlcycle project made by `mlcycle init` from `{source.name}`: {spec.rows} rows, "
-        f"{spec.task}, events from the table's own calendar. Every command below runs from this directory.",
-        "",
-        "## Run it",
-        "",
-        "```bash",
-        "mlcycle features build      # validate the table against contract.yaml, build the feature tables",
-        "mlcycle features publish    # feast apply + materialize into the online store",
-        "mlcycle train               # train, evaluate, gate, register the champion",
-        "mlcycle serve               # the scoring service on http://127.0.0.1:3000 (another terminal)",
-        f"mlcycle replay --since {plan.replay_since:%Y-%m-%d}   # the table's rows from then on, as live traffic",
-        "mlcycle monitor             # drift and delayed-label quality over the latest window of the log",
-        "```",
-        "",
-        "`mlcycle replay` sends each row with its own event time, so the prediction log and monitoring run on "
-        f"the table's calendar (it spans {plan.end - plan.span:%Y-%m-%d} to {plan.end:%Y-%m-%d}). The date "
-        "above leaves the latest tenth of the rows; pick any date after the training cut (rows the model did "
-        "not learn from). `--rate N` paces it at N requests a second.",
-        "",
-        "## What was inferred",
-        "",
-        f"- event time `{spec.timestamp}`, label `{spec.label}`"
-        + (
-            f" (positive class {spec.positive_label!r}, {plan.positive_rate:.2%} of rows)"
-            if plan.positive_rate is not None
-            else ""
-        )
-        + (f", label known at `{spec.label_available_at}`" if spec.label_available_at else "")
-        + f", label delay {plan.label_delay}",
-        "- entity keys: "
-        + (", ".join(f"`{e}`" for e in spec.entities) or "none — each row is scored from the request"),
-        f"- event id: `{plan.event_id}`"
-        if plan.event_id
-        else "- event id: none — labels that arrive later cannot be joined "
-        "to logged predictions by id, so monitoring cannot judge the served model on them; add a unique row id "
-        "column and set `table.event_id`",
-    ]
-    if plan.protected:
-        lines.append(
-            f"- protected attribute `{plan.protected}`: a fairness gate and evaluation slice, never a model input"
-        )
-    lines += [
-        "- request fields (what `/predict` takes besides the keys and `timestamp`): "
-        + (", ".join(f"`{c}`" for c in plan.request_fields) or "none"),
-        f"- model inputs ({len(plan.model_features)}): " + ", ".join(f"`{c}`" for c in plan.model_features),
-        "  - `<col>_value`: a number (or yes/no as 1/0) as sent; `<col>_code`: a category's index in the "
-        "contract's set, -1 for missing or unknown",
-    ]
-    if plan.aggregations:
-        lines.append(
-            f"  - per entity: counts of its events over {', '.join(plan.windows)} and means of numeric fields "
-            "(features.aggregations in mlcycle.yaml), each as of the event, never including it"
-        )
-        lines.append(
-            f"  - `<table>{RECENCY_SUFFIX}`: seconds since the entity's last earlier event (empty for its first, "
-            f"or past the view's ttl), from the feature table's `<table>{LAST_EVENT_SUFFIX}`"
-        )
-    lines += [
-        "",
-        "## Schedule it with Prefect",
-        "",
-        f"The commands above run mlcycle's own flows (`{FLOWS_PACKAGE}.*`, from the installed package: a newer "
-        f"mlcycle updates them). `{PREFECT_FILE}` holds their deployments, named `{plan.project}`: `train`, "
-        "`monitor` (hourly), `retrain` (weekly, and on the monitor's drift or decay events about this model), "
-        "`rollout`, `batch_score` (nightly). Each reads this directory's `mlcycle.yaml`. To change a flow, "
-        f"write `{FLOWS_DIR}/<module>.py` here (the mlcycle commands then run it) and point its entrypoint at "
-        f"`{FLOWS_DIR}/<module>.py:<function>`.",
-        "",
-        "```bash",
-        "prefect server start                                   # another terminal",
-        "prefect work-pool create mlcycle-local --type process",
-        "prefect deploy --all                                   # from this directory",
-        "prefect worker start --pool mlcycle-local              # another terminal",
-        f"prefect deployment run train/{plan.project}",
-        "```",
-    ]
-    if plan.left_out:
-        lines += ["", "## Left out", "", "Not model inputs; add them if they are meaningful:", ""]
-        lines += [f"- `{c}`: {why}" for c, why in plan.left_out.items()]
-    if plan.notes:
-        lines += ["", "## Decisions taken for you", ""] + [f"- {n}" for n in plan.notes]
-    lines += [
-        "",
-        "## Tighten it",
-        "",
-        "- `contract.yaml`: every bound was taken from this table with a margin (the comment beside it says "
-        "from what). Narrow ranges to what you know is true, drop categories that should not occur, lower "
-        "`max_null_rate` where a missing value means a broken upstream. `mlcycle features build` enforces it.",
-        "- `mlcycle.yaml`: the gates (`gates:`) are floors for any table; raise them once you know what a good "
-        "model reaches here. Monitoring windows were sized to the table's pace.",
-        "- `feature_repo/features.py`: the request fields and the on-demand view; add derived features there, "
-        "declare more aggregations in `mlcycle.yaml`, or name your own `table.transformations`.",
-    ]
-    return "\n".join(lines) + "\n"
+    """README.md: what was inferred and left out, and the commands to run, in order."""
+    assert plan.end is not None and plan.replay_since is not None  # set by _plan
+    return render(
+        README_TEMPLATE,
+        **_described(plan, source),
+        positive_class=repr(plan.spec.positive_label),
+        replay_since=f"{plan.replay_since:%Y-%m-%d}",
+        first_day=f"{plan.end - plan.span:%Y-%m-%d}",
+        last_day=f"{plan.end:%Y-%m-%d}",
+        request_fields=plan.request_fields,
+        model_features=plan.model_features,
+        aggregations=bool(plan.aggregations),
+        last_event_suffix=LAST_EVENT_SUFFIX,
+        recency_suffix=RECENCY_SUFFIX,
+        flows_package=FLOWS_PACKAGE,
+        flows_dir=FLOWS_DIR,
+        prefect_file=PREFECT_FILE,
+        left_out=plan.left_out,
+        notes=plan.notes,
+    )
+
+
+def reference_files(root: str | Path = ".") -> dict[Path, str]:
+    """The files of the reference project at ``root`` that init's own templates render, path →
+    text: its Feast configs (both profiles) and prefect.yaml. One template for both keeps them from
+    drifting apart; a test holds the committed files equal to this. The reference's deployments are
+    its ``flows/<module>.py`` files, named for their flow (``train/train``, ``batch_score/batch-score``),
+    run with its mlcycle.yaml by default (no parameters), and ``retrain`` starts on any model's events."""
+    root = Path(root)
+    project = yaml.safe_load((root / CONFIG_NAME).read_text())["project"]
+    files = {
+        root / FEATURE_REPO / file: render(FEATURE_STORE_TEMPLATE, project=project, scale=scale)
+        for scale, file in FEATURE_STORE_FILES.items()
+    }
+    names = {key: key.replace("_", "-") for key in FLOWS}
+    files[root / PREFECT_FILE] = _prefect_yaml(project, own_flows=True, names=names, parameters={}, model_name=None)
+    return files
+
+
+def write_reference_files(root: str | Path = ".") -> list[Path]:
+    """Write :func:`reference_files` over the committed ones (after a template changes); the paths written."""
+    files = reference_files(root)
+    for path, text in files.items():
+        path.write_text(text)
+    return list(files)
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -1322,7 +866,7 @@ def init_project(
 ) -> InitResult:
     """Write a runnable project into ``directory`` from the table at ``data``.
 
-    Raises :class:`~mlcycle.contract_inference.TableError` for a table that cannot carry the
+    Raises :class:`~mlcycle.project.contract_inference.TableError` for a table that cannot carry the
     lifecycle (naming the column and the fix) and :class:`InitError` for arguments or a target
     directory that cannot be used (:class:`TargetNotEmpty` when it holds files and ``force`` is
     false). On any error nothing is written: the target is absent or as it was.
@@ -1357,16 +901,28 @@ def init_project(
         (tmp / FEATURE_REPO).mkdir()
         _prepared_for_disk(prepared, plan).to_parquet(tmp / "data" / "raw" / f"{table}.parquet", index=False)
         (tmp / CONTRACT_NAME).write_text(plan.contract.yaml)
-        (tmp / CONFIG_NAME).write_text(_config_text(plan, source))
-        (tmp / FEATURE_REPO / "feature_store.yaml").write_text(_feature_store_yaml(project, scale=False))
-        (tmp / FEATURE_REPO / "feature_store.scale.yaml").write_text(_feature_store_yaml(project, scale=True))
-        features = _features_py(plan, source)
-        compile(features, FEATURES_FILE, "exec")  # a syntax error here is init's bug: caught before writing
-        (tmp / FEATURE_REPO / FEATURES_FILE).write_text(features)
-        prefect = _prefect_yaml(plan)
-        _check_prefect_yaml(yaml.safe_load(prefect))  # init's bug if not: caught before writing
-        (tmp / PREFECT_FILE).write_text(prefect)
-        (tmp / "README.md").write_text(_readme(plan, source))
+        try:
+            (tmp / CONFIG_NAME).write_text(_config_text(plan, source))
+            for scale, file in FEATURE_STORE_FILES.items():
+                (tmp / FEATURE_REPO / file).write_text(render(FEATURE_STORE_TEMPLATE, project=project, scale=scale))
+            features = _features_py(plan, source)
+            compile(features, FEATURES_FILE, "exec")  # a syntax error here is init's bug: caught before writing
+            (tmp / FEATURE_REPO / FEATURES_FILE).write_text(features)
+            prefect = _prefect_yaml(
+                project,
+                own_flows=False,
+                names=dict.fromkeys(FLOWS, project),
+                parameters={"config": CONFIG_NAME},
+                model_name=_model_name(project),
+            )
+            _check_prefect_yaml(yaml.safe_load(prefect))  # init's bug if not: caught before writing
+            (tmp / PREFECT_FILE).write_text(prefect)
+            (tmp / "README.md").write_text(_readme(plan, source))
+            # HOOK bentofile.yaml: to be written here, into tmp like the others (so a failed render writes
+            # nothing). Its template and renderer belong to the serving side; project/ may not import
+            # mlcycle.ops (tests/test_layers.py), so the call is wired in where both are in reach.
+        except TemplateError as exc:  # a template of the installed package that cannot be rendered
+            raise InitError(f"a project file could not be rendered: {exc.message}", None, exc.fix) from exc
         (tmp / ".gitignore").write_text("data/\n__pycache__/\n")
         try:
             cfg = load_config(tmp / CONFIG_NAME)
