@@ -133,6 +133,20 @@ def test_a_directory_that_is_no_project_is_refused_with_the_fix(installed: Insta
     assert list(empty.iterdir()) == []  # nothing half-written
 
 
+def test_a_dependency_missing_from_the_environment_is_named_with_the_fix(installed: Installed) -> None:
+    """As if Feast had been left out (`--no-deps`, or removed since): `None` in sys.modules makes
+    its import fail as a missing package does, through the installed console script's own code."""
+    script = "import sys; sys.modules['feast'] = None; sys.argv = ['mlcycle', 'features', 'build']; "
+    script += "from mlcycle.cli import main; main()"
+    project = installed.root / "half"
+    project.mkdir()
+    (project / "mlcycle.yaml").write_text("project: half\n")
+    done = subprocess.run([installed.venv / "bin" / "python", "-c", script], cwd=project, env=installed.env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "'feast'" in done.stderr and "pip install" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_the_whole_loop_runs_from_the_wheel_outside_the_checkout(installed: Installed) -> None:
     example = installed.root / "example"
     example.mkdir()

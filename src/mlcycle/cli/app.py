@@ -7,7 +7,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -53,6 +53,21 @@ def _config(path: Path | None) -> ProjectConfig:
     except ConfigError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+
+
+def _run_flow(cfg: ProjectConfig, module: str, function: str, what: str, **parameters: Any) -> Any:
+    """Run one of the project's flows in this process; a failure prints the flow's own error (it
+    says what failed and the fix) without a traceback and exits 1. Prefect has logged the details."""
+    from mlcycle.flows import load_flow
+
+    try:
+        flow = load_flow(cfg.root, module, function)
+        return flow(config=str(cfg.root / "mlcycle.yaml"), **parameters)
+    except ModuleNotFoundError:
+        raise  # a missing dependency: the console script names it (mlcycle.cli.main)
+    except Exception as exc:
+        console.print(f"{what} stopped: {exc}", style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 def _fail_contract(exc: Exception) -> None:
@@ -352,15 +367,9 @@ def train(
 ) -> None:
     """Run the Prefect flow `train`: contract → training set → checks → model (the configured flavor) → gates →
     registry."""
-    from mlcycle.flows import load_flow
 
     cfg = _config(config)
-    try:
-        flow = load_flow(cfg.root, "training", "train")
-        result = flow(config=str(cfg.root / "mlcycle.yaml"), as_of=as_of)
-    except Exception as exc:  # the flow's own error says what failed; show it without a traceback
-        console.print(f"[red]training stopped: {exc}[/red]")
-        raise typer.Exit(1) from None
+    result = _run_flow(cfg, "training", "train", "training", as_of=as_of)
     _print_training_result(cfg, result)
     if not result["passed"]:
         raise typer.Exit(1)
@@ -554,11 +563,10 @@ def rollout_run(
     config: ConfigOption = None,
 ) -> None:
     """Run the Prefect flow `rollout`: canary the challenger 5→25→50% → promote, or roll back."""
-    from mlcycle.flows import load_flow
 
     cfg = _config(config)
-    flow = load_flow(cfg.root, "rollout", "rollout_flow")
-    result = flow(config=str(cfg.root / "mlcycle.yaml"), wait_seconds=wait_seconds, max_wait_seconds=max_wait_seconds)
+    result = _run_flow(cfg, "rollout", "rollout_flow", "rollout", wait_seconds=wait_seconds,
+                       max_wait_seconds=max_wait_seconds)  # fmt: skip
     from mlcycle.cli.console import print_rollout
 
     print_rollout(console, result, indent="")
@@ -598,11 +606,9 @@ def batch_score(
     config: ConfigOption = None,
 ) -> None:
     """Run the Prefect flow `batch_score`: score a day's events with the champion."""
-    from mlcycle.flows import load_flow
 
     cfg = _config(config)
-    flow = load_flow(cfg.root, "batch_score", "batch_score")
-    result = flow(config=str(cfg.root / "mlcycle.yaml"), day=day.date() if day else None)
+    result = _run_flow(cfg, "batch_score", "batch_score", "batch scoring", day=day.date() if day else None)
     console.print(f"{result['rows']:,} events of {result['day']} scored by v{result['model_version']} → "
                   f"{result['path']}")  # fmt: skip
 
@@ -624,11 +630,9 @@ def monitor(
     Writes a summary and an Evidently report under data/monitoring/, logs an MLflow run and emits
     `mlcycle.drift.detected` / `mlcycle.performance.decayed` events (which start the `retrain`
     deployment when a Prefect server with the deployments runs: `make up`)."""
-    from mlcycle.flows import load_flow
 
     cfg = _config(config)
-    flow = load_flow(cfg.root, "monitoring", "monitor")
-    result = flow(config=str(cfg.root / "mlcycle.yaml"), as_of=until, window_days=window_days, since=since)
+    result = _run_flow(cfg, "monitoring", "monitor", "monitoring", as_of=until, window_days=window_days, since=since)
     console.print(Path(result["summary_path"]).with_suffix(".md").read_text())
     console.print(f"\nsummary {result['summary_path']}\nreport  {result['report_html']}")
     console.print(f"events: {', '.join(result['events']) or 'none'}")
@@ -648,12 +652,10 @@ def retrain(
     Retraining is single-flight (one at a time across events, schedules and hosts) with a cooldown;
     a skipped run says why. If the data looks broken the flow pauses for `mlcycle approve RUN` /
     `mlcycle reject RUN` (needs a Prefect server: `make up`)."""
-    from mlcycle.flows import load_flow
 
     cfg = _config(config)
-    flow = load_flow(cfg.root, "retraining", "retrain")
-    result = flow(config=str(cfg.root / "mlcycle.yaml"), trigger="manual", summary_path=summary, rollout=rollout,
-                  ignore_cooldown=ignore_cooldown)  # fmt: skip
+    result = _run_flow(cfg, "retraining", "retrain", "retraining", trigger="manual", summary_path=summary,
+                       rollout=rollout, ignore_cooldown=ignore_cooldown)  # fmt: skip
     console.print(f"retraining: {result['outcome']}" + (f" ({result['reason']})" if result.get("reason") else ""))
 
 
