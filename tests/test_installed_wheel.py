@@ -27,6 +27,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import yaml
 
 from mlcycle import TELEMETRY_OFF
 from mlcycle.net import free_port
@@ -105,7 +106,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
             "PREFECT_API_URL", "PREFECT_HOME", "MLFLOW_TRACKING_URI", "BENTOML_HOME", "UV")  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(TELEMETRY_OFF)
-    env.update(HOME=str(home), PATH=f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.update(HOME=str(home), BENTOML_HOME=str(root / "bentoml"))
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
     return Installed(root, wheel, venv, env)
 
 
@@ -163,6 +165,10 @@ def test_the_whole_loop_runs_from_the_wheel_outside_the_checkout(installed: Inst
     assert _replayed(done.stdout) > 1000, done.stdout[-3000:]  # April's orders, every one answered
     assert "identical" in out, out[-3000:]  # reproduce: the same metrics from the recorded snapshot
 
+    # The champion's service as a Bento, from the installed mlcycle (no source tree to build a wheel from).
+    assert yaml.safe_load((project / "bentofile.yaml").read_text())["service"] == "mlcycle.service:ScoringService"
+    built = installed.mlcycle("build", cwd=project).stdout
+    assert re.search(r"Built Bento \S*delivery_times:\w+", built), built
     ports = {opt: str(free_port()) for opt in ("--prefect-port", "--mlflow-port", "--service-port")}
     try:
         installed.mlcycle("up", *(x for kv in ports.items() for x in kv), cwd=project, timeout=1500)

@@ -751,6 +751,35 @@ def serve(
     os.execvpe(cmd[0], cmd, env)
 
 
+@app.command()
+def build(
+    wheel: Annotated[
+        Path | None,
+        typer.Option(help="The mlcycle wheel to put in the Bento (default: the running mlcycle, packed into one)."),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Package the project's scoring service as a Bento in the BentoML store ($BENTOML_HOME).
+
+    It carries the mlcycle wheel, the requirements pinned to this environment, the config, contract and
+    Feast definitions; not the data: the output says how to serve it against the project's stores."""
+    from mlcycle.ops import bento
+
+    try:
+        cfg = bento.project_config(config)
+        result = bento.build(cfg, wheel=wheel)
+    except (bento.BuildError, ConfigError) as exc:
+        console.print(str(exc), style="red", markup=False, soft_wrap=True)
+        console.print("No Bento was built.")
+        raise typer.Exit(2) from None
+    console.print(
+        f"Built Bento [bold]{result.tag}[/bold] in {result.seconds:.1f}s: champion v{result.champion} serves; "
+        f"{result.wheel.name} and {result.requirements} pinned requirements; {result.path}"
+    )
+    console.print("Serve it where the project's registry and online store are:", markup=False)
+    console.print("  " + result.serve, markup=False, soft_wrap=True)
+
+
 # ----------------------------------------------------------------------------- the event stream
 stream_app = typer.Typer(
     help="The event stream (Redis Streams): run the consumer, publish events, read dead letters and figures."

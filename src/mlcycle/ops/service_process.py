@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from mlcycle.net import LOOPBACK, free_port  # free_port: importable from here, as before
+from mlcycle.project.bentofile import GENERIC_SERVICE, PROJECT_SERVICE, service_target  # noqa: F401
 from mlcycle.project.config import ProjectConfig
 
 API_KEY_VAR = "MLCYCLE_API_KEY"
@@ -49,19 +50,6 @@ def check_exposure(host: str, environ: dict[str, str] | None = None) -> None:
             f"{API_KEY_VAR}=$(openssl rand -hex 32)`) and send it as the x-api-key header, or serve on "
             f"{LOOPBACK} (the default) behind a proxy that authenticates."
         )
-
-
-PROJECT_SERVICE = "services.service:ScoringService"
-GENERIC_SERVICE = "mlcycle.service:ScoringService"
-
-
-def service_target(project_root: Path) -> str:
-    """What ``bentoml serve`` runs for a project: its own ``services/service.py`` if it has one,
-    else mlcycle's generic service from the installed package (one service for every project; its
-    schema comes from the project's FeatureService), so no source checkout is needed."""
-    if (Path(project_root) / "services" / "service.py").exists():
-        return PROJECT_SERVICE
-    return GENERIC_SERVICE
 
 
 def serve_command(port: int, host: str = LOOPBACK, project_root: Path | None = None) -> list[str]:

@@ -871,6 +871,7 @@ def init_project(
     directory that cannot be used (:class:`TargetNotEmpty` when it holds files and ``force`` is
     false). On any error nothing is written: the target is absent or as it was.
     """
+    from mlcycle.project.bentofile import BENTOFILE, bentofile_yaml
     from mlcycle.project.config import ConfigError, load_config
 
     directory = Path(directory).absolute()
@@ -918,9 +919,6 @@ def init_project(
             _check_prefect_yaml(yaml.safe_load(prefect))  # init's bug if not: caught before writing
             (tmp / PREFECT_FILE).write_text(prefect)
             (tmp / "README.md").write_text(_readme(plan, source))
-            # HOOK bentofile.yaml: to be written here, into tmp like the others (so a failed render writes
-            # nothing). Its template and renderer belong to the serving side; project/ may not import
-            # mlcycle.ops (tests/test_layers.py), so the call is wired in where both are in reach.
         except TemplateError as exc:  # a template of the installed package that cannot be rendered
             raise InitError(f"a project file could not be rendered: {exc.message}", None, exc.fix) from exc
         (tmp / ".gitignore").write_text("data/\n__pycache__/\n")
@@ -928,6 +926,10 @@ def init_project(
             cfg = load_config(tmp / CONFIG_NAME)
         except ConfigError as exc:  # init's own bug, or a config change it does not know yet
             raise InitError(f"the generated config does not validate: {exc}", None, "report this as a bug") from None
+        try:  # from the validated config: what the Bento carries is what the config names
+            (tmp / BENTOFILE).write_text(bentofile_yaml(cfg))
+        except TemplateError as exc:
+            raise InitError(f"a project file could not be rendered: {exc.message}", None, exc.fix) from exc
         _check_config(cfg, plan)
         written = _move_into(tmp, directory)
     except BaseException:
