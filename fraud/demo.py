@@ -157,7 +157,8 @@ def _story(cfg, console, steps, world, drift_at, prefect_url, requests, out) -> 
         with steps.step("Retraining started by the event (deployment `retrain` on the worker) → canary"):
             traffic = _Traffic(service_url, recent)
             try:
-                final = _wait_for_retraining(console, since_events, timeout=900)
+                final = _wait_for_retraining(console, since_events, timeout=900,
+                                             on_paused=lambda: _approve_as_a_person(cfg, console))  # fmt: skip
             finally:
                 traffic.stop()
             console.print(f"      ({traffic.sent:,} live requests sent meanwhile)")
@@ -353,10 +354,40 @@ def _retrain_runs(since: datetime) -> list:
     return [r for r in runs if "trigger" in r.parameters]
 
 
-def _wait_for_retraining(console: Console, since: datetime, timeout: float) -> str:
-    """Follow the retraining runs the events created until they are all final; print their states."""
-    deadline, seen = time.monotonic() + timeout, {}
+def _approve_as_a_person(cfg: ProjectConfig, console: Console) -> None:
+    """The rollout waits for an approver (rollout.require_approval): the demo decides as the person
+    running it, through the same checks as `mlcycle approve` (role, separation of duties)."""
+    from mlcycle.monitoring import retraining
+    from mlcycle.registry import aliases as registry
+    from mlcycle.registry import governance
+
+    client = registry.client_for(cfg)
+    log = registry.PromotionLog(cfg.promotion_log_uri)
+    candidate = registry.version_by_alias(client, cfg.model.name, registry.CHALLENGER)
+    if candidate is None:
+        return
+    version = str(candidate.version)
+    trained_by = (candidate.tags or {}).get(governance.TRAINED_BY_TAG)
+    person = governance.current_principal()
+    console.print(f"      v{version} passed its canary and waits for an approver (evidence: the run's "
+                  f"`approval-request` artifact, the version's tags); trained by {trained_by}")  # fmt: skip
+    console.print(f"        uv run mlcycle approve {version} --note …   # or: uv run mlcycle reject {version} --note …")
+    console.print(f"      the demo answers as the person running it, {person}: approve")
+    governance.decide(client, log, cfg.governance, cfg.model.name, version, person, True,
+                      "canary evidence read: every step passed")  # fmt: skip
+    retraining.resume_paused("rollout", {"version": version, "approve": True})
+
+
+def _wait_for_retraining(console: Console, since: datetime, timeout: float, on_paused=None) -> str:
+    """Follow the retraining runs the events created until they are all final; print their states.
+    A rollout paused for its approval is handed to ``on_paused`` once."""
+    from mlcycle.monitoring import retraining
+
+    deadline, seen, decided = time.monotonic() + timeout, {}, False
     while time.monotonic() < deadline:
+        if on_paused is not None and not decided and retraining.blocked_runs(None, "rollout"):
+            on_paused()
+            decided = True
         runs = _retrain_runs(since)
         for r in runs:
             state = r.state.name if r.state else "?"

@@ -265,7 +265,8 @@ def test_a_bento_built_and_served_scores_as_mlcycle_serve(project: ProjectConfig
     venv = tmp_path / "bento-venv"
     timings["venv install"] = install_bento_env(path, venv)
     probe = [str(venv / "bin" / "python"), "-c", "import mlcycle; print(mlcycle.__file__)"]
-    where = subprocess.run(probe, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": ""})
+    where = subprocess.run(probe, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""}, timeout=300)
+    assert where.returncode == 0, where.stderr[-3000:]
     assert where.stdout.startswith(str(venv)), where.stdout  # the Bento's wheel, not this checkout
 
     tx = pd.read_parquet(cfg.raw_dir / "transactions.parquet")

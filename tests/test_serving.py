@@ -16,10 +16,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import xgboost as xgb
+import yaml
 from fraud.traffic import request_body
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.conftest import clone_project
+from typer.testing import CliRunner
 
 from mlcycle.features.pipeline import build_training_set
 from mlcycle.flows import load_flow
@@ -46,7 +48,8 @@ def train(cfg: ProjectConfig) -> dict:
 def served(training_project: ProjectConfig, prefect_server, tmp_path_factory):
     """A project with a champion (v1) and a challenger (v2), and its service running."""
     root = tmp_path_factory.mktemp("served") / "p"
-    cfg = clone_project(training_project, root, {"canary": CANARY})
+    # The canary tests judge the canary; the approval after it has its own test (which turns it on).
+    cfg = clone_project(training_project, root, {"canary": CANARY, "rollout": {"require_approval": False}})
     assert train(cfg)["alias"] == "champion"
     second = train(cfg)
     assert second["alias"] == "challenger", second["failed"]
@@ -582,6 +585,62 @@ def test_canary_promotes_a_good_challenger(served) -> None:
     assert rollout.read_policy(registry.client_for(cfg), cfg.model.name).mode == "champion-only"
     row = next(tx.tail(1).itertuples())
     assert wait_for_version(client, body(row), str(candidate["version"]))
+
+
+def test_a_passed_canary_waits_for_an_approver_other_than_its_trainer(served, prefect_server, monkeypatch) -> None:
+    """rollout.require_approval: the canary passes, the flow pauses with its evidence on the version;
+    the person who trained it (this process's OS user) is refused; another principal approves
+    through the CLI, which wakes the flow; champion moves with the approver's name on the record."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from mlcycle.cli.app import app
+    from mlcycle.flows.rollout import EVIDENCE_TAG
+    from mlcycle.monitoring import retraining
+    from mlcycle.registry import governance
+
+    cfg, client, tx = served
+    config = cfg.root / "mlcycle.yaml"
+    original = config.read_text()
+    raw = yaml.safe_load(original)
+    raw["rollout"] = {"require_approval": True, "approval_timeout_s": 600}
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    monkeypatch.delenv("MLCYCLE_PRINCIPAL", raising=False)
+    try:
+        candidate = train(cfg)
+        assert candidate["alias"] == "challenger", candidate["failed"]
+        version = str(candidate["version"])
+        ml = registry.client_for(cfg)
+        champion = str(registry.version_by_alias(ml, cfg.model.name, registry.CHAMPION).version)
+        result: dict = {}
+
+        def rollout_in_a_thread() -> None:  # Prefect's settings are per context: name the session's server
+            with temporary_settings({PREFECT_API_URL: prefect_server}):
+                result.update(run_canary_with_traffic(cfg, client, tx))
+
+        canary = threading.Thread(target=rollout_in_a_thread)
+        canary.start()
+        deadline = time.monotonic() + 400
+        while not retraining.blocked_runs(prefect_server, "rollout") and canary.is_alive():
+            assert time.monotonic() < deadline, "the rollout never paused for its approval"
+            time.sleep(1.0)
+        assert canary.is_alive(), result
+        assert "mlcycle approve" in ml.get_model_version(cfg.model.name, version).tags[EVIDENCE_TAG]
+        assert str(registry.version_by_alias(ml, cfg.model.name, registry.CHAMPION).version) == champion
+
+        mine = CliRunner().invoke(app, ["approve", version, "--note", "looks fine to me", "--config", str(config)])
+        assert mine.exit_code == 1 and "separation-of-duties" in mine.output, mine.output
+        monkeypatch.setenv("MLCYCLE_PRINCIPAL", "alice")
+        theirs = CliRunner().invoke(app, ["approve", version, "--note", "evidence read", "--config", str(config)])
+        assert theirs.exit_code == 0 and "resumes" in theirs.output, theirs.output
+        canary.join(300)
+        assert result["outcome"] == "promoted", result
+        assert str(registry.version_by_alias(ml, cfg.model.name, registry.CHAMPION).version) == version
+        moved = next(e for e in registry.PromotionLog(cfg.promotion_log_uri).history(cfg.model.name)
+                     if e.alias == registry.CHAMPION)  # fmt: skip
+        assert moved.to_version == version and "approved by alice" in moved.reason
+        assert ml.get_model_version(cfg.model.name, version).tags[governance.BY_TAG] == "alice"
+    finally:
+        config.write_text(original)
 
 
 def test_online_store_unreachable_is_a_503_that_says_so_and_recovers(served) -> None:

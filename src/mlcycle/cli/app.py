@@ -426,15 +426,23 @@ def promote(
     reason: Annotated[str, typer.Option(help="Why: recorded in the promotion log.")] = "manual promotion",
     config: ConfigOption = None,
 ) -> None:
-    """Point `champion` at VERSION (recorded in the promotion log)."""
+    """Point `champion` at VERSION (recorded in the promotion log). Needs the approver role; with
+    rollout.require_approval, an approval of VERSION as it is now; never a rejected version."""
     from mlflow.exceptions import MlflowException
 
     from mlcycle.registry import aliases as registry
+    from mlcycle.registry import governance
 
     cfg = _config(config)
     client = registry.client_for(cfg)
+    log = registry.PromotionLog(cfg.promotion_log_uri)
+    principal = governance.current_principal()
     try:
-        events = registry.promote(client, registry.PromotionLog(cfg.promotion_log_uri), cfg.model.name, version, reason)
+        events = governance.promote(client, log, cfg.governance, cfg.model.name, version, reason, principal,
+                                    cfg.rollout.require_approval)  # fmt: skip
+    except governance.Refused as exc:
+        console.print(str(exc), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     except MlflowException as exc:
         console.print(f"[red]cannot promote {cfg.model.name} v{version}: {exc.message}[/red]")
         raise typer.Exit(1) from None
@@ -462,6 +470,106 @@ def history(
             e.reason,
         )  # fmt: skip
     console.print(table)
+
+
+@app.command()
+def audit(
+    version: Annotated[
+        str | None,
+        typer.Argument(help="A version: who trained it on what, its gates and canary, who decided, every move."),
+    ] = None,
+    verify: Annotated[bool, typer.Option(help="Check the promotion log's hash chain; exit 1 if broken.")] = False,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    config: ConfigOption = None,
+) -> None:
+    """Who did what, from the registry and the promotion log. Without VERSION: the whole log with
+    its hash chain (each row carries the hash of the one before, so an edited, deleted or reordered
+    row shows; `--verify` names the first). With VERSION: that version's whole record."""
+    import json
+
+    from mlcycle.registry import aliases as registry
+
+    cfg = _config(config)
+    log = registry.PromotionLog(cfg.promotion_log_uri)
+    if verify:
+        result = log.verify()
+        if as_json:
+            typer.echo(json.dumps(result.as_dict(), indent=2))
+        elif result.ok:
+            console.print(f"promotion log intact: {result.checked} rows checked, head {result.head[:12]}")
+            for note in result.notes:
+                console.print(f"note: {note}", markup=False)
+        else:
+            console.print(f"promotion log broken at {result.reason}", style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(0 if result.ok else 1)
+    if version is not None:
+        _audit_version(cfg, log, version, as_json)
+        return
+    rows = log.rows(cfg.model.name)
+    if as_json:
+        out = [{"id": r.id, **r.content, "prev_hash": r.prev_hash, "row_hash": r.row_hash} for r in rows]
+        typer.echo(json.dumps(out, indent=2, default=str))
+        return
+    if not rows:
+        console.print("no alias has moved yet")
+        return
+    table = Table("id", "when (UTC)", "alias", "action", "from", "to", "who", "why", "prev", "hash")
+    for r in rows:
+        c = r.content
+        table.add_row(
+            str(r.id), f"{c['at']:%Y-%m-%d %H:%M:%S}", c["alias"], c["action"] or "legacy", c["from_version"] or "-",
+            c["to_version"] or "-", c["actor"], c["reason"], (r.prev_hash or "-")[:12], (r.row_hash or "-")[:12],
+        )  # fmt: skip
+    console.print(table)
+
+
+def _audit_version(cfg: ProjectConfig, log: Any, version: str, as_json: bool) -> None:
+    import json
+
+    from mlcycle.registry import aliases as registry
+    from mlcycle.registry import audit as audits
+
+    try:
+        record = audits.version_audit(registry.client_for(cfg), log, cfg.model.name, version)
+    except audits.UnknownVersion as exc:
+        console.print(f"{exc}: `mlcycle history` lists the versions that moved", style="red", markup=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(record.to_dict(), indent=2, default=str))
+        return
+    a = record.approval
+    verified = {True: "authenticated", False: "unauthenticated", None: "-"}[record.authenticated]
+    facts = Table("", f"{record.model} v{record.version}", show_header=True)
+    for key, value in (
+        ("registered", record.created), ("run", record.run_id), ("trained by", record.trained_by),
+        ("triggered by", record.triggered_by), ("last changed by", record.last_changed_by),
+        ("data hash", record.data_hash), ("git commit", record.git_commit),
+        ("aliases now", ", ".join(record.aliases) or "none"),
+        ("approval", f"{a.state}" + (f" by {a.by} ({verified}) at {a.at}: {a.note}" if a.by else "")
+         + ("" if a.current or a.state != "approved" else " — VOID: the version changed since")),
+    ):  # fmt: skip
+        facts.add_row(key, str(value) if value is not None else "-")
+    console.print(facts)
+    gates = Table("gate", "status", "measured", title=f"gates ({record.gate_source})")
+    for g in record.gates:
+        gates.add_row(g["name"], g["status"], g["line"].split(":", 1)[-1].strip())
+    console.print(gates)
+    if record.canary:
+        canary = Table("step", "state", "checks", title="canary")
+        for step in record.canary:
+            name = "shadow" if step.get("percent", 0) <= 0 else f"{step['percent']:g}%"
+            canary.add_row(name, str(step.get("state")), "\n".join(step.get("checks", [])))
+        console.print(canary)
+    else:
+        console.print("canary: none recorded for this version")
+    moves = Table("id", "when (UTC)", "alias", "action", "from", "to", "who", "why", title="promotion log")
+    for e in record.events:
+        moves.add_row(str(e["id"]), str(e["at"])[:19], e["alias"], e["action"] or "move", e["from_version"] or "-",
+                      e["to_version"] or "-", e["actor"], e["reason"])  # fmt: skip
+    console.print(moves)
+    chain = record.chain
+    state = "intact" if chain["ok"] else f"BROKEN at {chain['reason']}"
+    console.print(f"promotion log {state} ({chain['rows_checked']} rows checked)", markup=False)
 
 
 @app.command()
@@ -659,6 +767,40 @@ def retrain(
     console.print(f"retraining: {result['outcome']}" + (f" ({result['reason']})" if result.get("reason") else ""))
 
 
+def _decide_version(cfg: ProjectConfig, version: str, approve: bool, note: str) -> None:
+    """A person's decision on the candidate: checked and recorded in the registry (who is the
+    principal this process runs as, never a typed name), then any rollout waiting for it is woken."""
+    from mlcycle.monitoring import retraining
+    from mlcycle.ops import stack
+    from mlcycle.registry import aliases as registry
+    from mlcycle.registry import governance
+
+    principal = governance.current_principal()
+    client = registry.client_for(cfg)
+    log = registry.PromotionLog(cfg.promotion_log_uri)
+    try:
+        approval = governance.decide(client, log, cfg.governance, cfg.model.name, version, principal, approve, note)
+    except governance.Refused as exc:
+        console.print(str(exc), style="red", markup=False, soft_wrap=True)
+        console.print("Nothing moved; the refusal is in the audit log (mlcycle history).", markup=False)
+        raise typer.Exit(1) from None
+    console.print(approval.line(), markup=False, soft_wrap=True)
+    if not principal.authenticated:
+        console.print(f"recorded as {principal}: nothing here verified who you are (no authenticating server)",
+                      markup=False, soft_wrap=True)  # fmt: skip
+    api = stack.api_url(cfg)
+    woken: list[str] = []
+    if api:
+        try:
+            woken = retraining.resume_paused("rollout", {"version": version, "approve": approve}, api)
+        except Exception as exc:  # the decision stands in the registry; a rollout re-reads it when woken
+            console.print(f"could not wake a waiting rollout at {api}: {exc}", markup=False, soft_wrap=True)
+    if woken:
+        console.print(f"rollout run {', '.join(woken)} resumes", markup=False)
+    elif approve:
+        console.print(f"no rollout waits for it; `mlcycle promote {version}` makes it champion", markup=False)
+
+
 def _decide(run: str, approve: bool, who: str | None, note: str, config: Path | None) -> None:
     import getpass
 
@@ -666,6 +808,13 @@ def _decide(run: str, approve: bool, who: str | None, note: str, config: Path | 
     from mlcycle.ops import stack
 
     cfg = _config(config)
+    if run.isdigit():  # a model version, not a flow-run id
+        if who:
+            console.print("--who does not apply to a model version: the decision is recorded under the principal "
+                          "you are (MLflow login, else the OS user)", style="red", markup=False)  # fmt: skip
+            raise typer.Exit(2)
+        _decide_version(cfg, run, approve, note)
+        return
     try:
         retraining.decide(run, approve, who or f"cli:{getpass.getuser()}", note, stack.api_url(cfg))
     except Exception as exc:
@@ -678,26 +827,37 @@ def _decide(run: str, approve: bool, who: str | None, note: str, config: Path | 
 WhoOption = Annotated[str | None, typer.Option(help="Who decides (recorded in the run's log).")]
 
 
+DecisionTarget = Annotated[
+    str,
+    typer.Argument(help="A model VERSION (the candidate, after its canary), or the flow-run id of a blocked "
+                        "retraining (see `mlcycle blocked`)."),
+]  # fmt: skip
+
+
 @app.command()
 def approve(
-    run: Annotated[str, typer.Argument(help="Flow-run id of the blocked retraining (see `mlcycle blocked`).")],
+    target: DecisionTarget,
     who: WhoOption = None,
-    note: Annotated[str, typer.Option(help="Why the data is fine to train on.")] = "",
+    note: Annotated[str, typer.Option(help="Why: recorded with the decision.")] = "",
     config: ConfigOption = None,
 ) -> None:
-    """Let a blocked retraining go ahead: you checked the data and it is right."""
-    _decide(run, True, who, note, config)
+    """Approve the candidate VERSION (it may become champion), or let a blocked retraining go ahead.
+
+    A version's approval needs the approver role, and not to have trained, triggered or last changed
+    it (separation of duties); it is recorded on the version and in the promotion log, and wakes the
+    rollout waiting for it."""
+    _decide(target, True, who, note, config)
 
 
 @app.command()
 def reject(
-    run: Annotated[str, typer.Argument(help="Flow-run id of the blocked retraining (see `mlcycle blocked`).")],
+    target: DecisionTarget,
     who: WhoOption = None,
-    note: Annotated[str, typer.Option(help="What is wrong upstream.")] = "",
+    note: Annotated[str, typer.Option(help="Why: recorded with the decision.")] = "",
     config: ConfigOption = None,
 ) -> None:
-    """Stop a blocked retraining: the data is broken; champion and traffic stay as they are."""
-    _decide(run, False, who, note, config)
+    """Reject the candidate VERSION (it loses `challenger` and never serves), or stop a blocked retraining."""
+    _decide(target, False, who, note, config)
 
 
 @app.command()
@@ -778,6 +938,123 @@ def build(
     )
     console.print("Serve it where the project's registry and online store are:", markup=False)
     console.print("  " + result.serve, markup=False, soft_wrap=True)
+
+
+# ----------------------------------------------------------------------------- CI (mlcycle ci)
+ci_app = typer.Typer(help="The checks a change must pass (JUnit XML for CI), the golden set, staging.")
+app.add_typer(ci_app, name="ci")
+
+
+def _print_ci_step(step: Any) -> None:
+    style = {"pass": "green", "fail": "red", "not_measurable": "yellow", "skipped": "dim"}[step.status]
+    mark = {"pass": "PASS", "fail": "FAIL", "not_measurable": "N/M", "skipped": "SKIP"}[step.status]
+    console.print(f"{mark:<5}{step.name:<12}{step.seconds:6.1f}s  {step.detail}", style=style, markup=False,
+                  soft_wrap=True)  # fmt: skip
+    for check in step.checks:
+        console.print(f"{'':<24}{check.line()}", markup=False, soft_wrap=True)
+
+
+@ci_app.callback(invoke_without_command=True)
+def ci(
+    ctx: typer.Context,
+    junit: Annotated[Path | None, typer.Option(help="Write JUnit XML here (one test case per step).")] = None,
+    skip: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A step not to run (repeatable): config, contract, skew, smoke_train, golden_set, champion, "
+            "behaviour, bento."
+        ),
+    ] = None,
+    strict: Annotated[
+        bool | None, typer.Option("--strict/--no-strict", help="Fail on a step the data cannot decide (ci.strict).")
+    ] = None,
+    bento_home: Annotated[
+        Path | None, typer.Option(help="Build the Bento into this BentoML store (default: a scratch one, removed).")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Check the project as it is in the working tree: config and `feast plan`, the contract on the latest
+    rows, train/serve skew on N entities, a smoke training with the `ci` profile (nothing registered), the
+    gates on the pinned golden set and against the champion, behavioural checks, the Bento build.
+
+    Exit 1 when a step fails (with --strict also when one is not measurable, e.g. no champion yet)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from mlcycle.ops import ci as ci_ops
+
+    cfg = _config(config)
+    try:
+        report = ci_ops.run_ci(cfg, skip=skip or (), strict=strict, bento_home=bento_home, on_step=_print_ci_step)
+    except ci_ops.CIError as exc:
+        console.print(str(exc), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    if junit:
+        console.print(f"JUnit XML: {report.write_junit(junit)}", markup=False)
+    counts = {s: sum(step.status == s for step in report.steps) for s in ("pass", "fail", "not_measurable", "skipped")}
+    summary = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in counts.items() if n)
+    if report.ok:
+        console.print(f"ci passed: {summary}", style="green", markup=False)
+        return
+    console.print(f"ci failed ({', '.join(s.name for s in report.failed)}): {summary}", style="red", markup=False)
+    raise typer.Exit(1)
+
+
+@ci_app.command("golden")
+def ci_golden(
+    rows: Annotated[int, typer.Option(min=10, help="Latest matured labelled rows of the table to freeze.")] = 2000,
+    repin: Annotated[bool, typer.Option(help="Pin the golden set file as it is now (a deliberate change).")] = False,
+    rewrite: Annotated[bool, typer.Option(help="Freeze the table's latest rows again, and pin them.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Make the golden set (the table's latest matured labelled rows, frozen in golden/golden_set.parquet) and
+    pin its sha256 as evaluation.golden_set in mlcycle.yaml; commit both. A pinned one changes only with
+    --repin or --rewrite."""
+    from mlcycle.ops import ci as ci_ops
+
+    cfg = _config(config)
+    try:
+        pinned = ci_ops.pin_golden_set(cfg, rows=rows, rewrite=rewrite, repin=repin)
+    except (ci_ops.CIError, ConfigError) as exc:
+        console.print(str(exc), style="red", markup=False, soft_wrap=True)
+        console.print("Nothing was pinned.")
+        raise typer.Exit(2) from None
+    what = "written and pinned" if pinned.written else "pinned as it is"
+    console.print(f"golden set {pinned.path} ({pinned.rows:,} rows) {what}: sha256 {pinned.sha256}", markup=False,
+                  soft_wrap=True)  # fmt: skip
+    console.print("evaluation.golden_set in mlcycle.yaml holds the pin: commit both files.", markup=False)
+
+
+@ci_app.command("staging")
+def ci_staging(
+    alias: Annotated[str, typer.Option(help="The registered model alias to check on its own.")] = "challenger",
+    junit: Annotated[Path | None, typer.Option(help="Write JUnit XML here.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Integration check of the version an alias names, alone: the golden set's requests through the online
+    feature path, scored by that version; every answer must be a valid score. Prints `version=N` (and writes
+    it to $GITHUB_OUTPUT when set) for the approval step."""
+    import os
+
+    from mlcycle.ops import ci as ci_ops
+    from mlcycle.training.golden import GoldenSetError
+
+    cfg = _config(config)
+    try:
+        step = ci_ops.staging_check(cfg, alias)
+    except (ci_ops.CIError, GoldenSetError) as exc:
+        console.print(str(exc), style="red", markup=False, soft_wrap=True)
+        console.print("Nothing was checked; nothing moved.")
+        raise typer.Exit(1) from None
+    _print_ci_step(step)
+    if junit:
+        ci_ops.CIReport(cfg.project, [step]).write_junit(junit)
+    version = step.name.partition(":v")[2]
+    console.print(f"version={version}", markup=False)
+    if out := os.environ.get("GITHUB_OUTPUT"):
+        with open(out, "a") as f:
+            f.write(f"version={version}\n")
+    if step.status != "pass":
+        raise typer.Exit(1)
 
 
 # ----------------------------------------------------------------------------- the event stream

@@ -113,7 +113,11 @@ def _retrain(
         return {"outcome": "skipped", "trigger": trigger, "reason": why}
     log.append(cfg.model.name, run_name, log.TRAINING, trigger, summary_path)
     train = load_flow(cfg.root, "training", "train")
-    result = train(config=str(cfg.root / "mlcycle.yaml"), window_days=cfg.retraining.train_window_days)
+    from mlcycle.registry.governance import current_principal
+
+    asked = current_principal().name if trigger == "manual" else trigger  # a person, else the event or schedule
+    result = train(config=str(cfg.root / "mlcycle.yaml"), window_days=cfg.retraining.train_window_days,
+                   triggered_by=asked)  # fmt: skip
     out: dict[str, Any] = {"trigger": trigger, "training": result, "approved_by": decision.who if decision else None}
     if not result["passed"]:
         return {**out, "outcome": "rejected by the gates"}

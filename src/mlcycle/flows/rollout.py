@@ -16,15 +16,17 @@ is ``mlcycle.canary``, the policy ``mlcycle.rollout``.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, pause_flow_run, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.input import RunInput
 from prefect.runtime import flow_run
 
 import mlcycle  # noqa: F401  (telemetry off before the stack is imported)
@@ -33,10 +35,21 @@ from mlcycle.decisions import Verdict
 from mlcycle.features.pipeline import labels_frame
 from mlcycle.project.config import ProjectConfig, load_config
 from mlcycle.registry import aliases as registry
+from mlcycle.registry import audit, governance
 from mlcycle.serving import canary, rollout
 from mlcycle.serving.prediction_store import read_logged_predictions
 
 IO = {"retries": 2, "retry_delay_seconds": 2, "cache_policy": NO_CACHE}
+EVIDENCE_TAG = "mlcycle.canary.evidence"  # the canary's steps, on the version the approver reads
+TAG_LIMIT = 5000  # characters MLflow keeps in a tag value
+
+
+class ApprovalDecision(RunInput):
+    """What `mlcycle approve|reject VERSION` sends a rollout paused for it. Only a wake-up call:
+    the decision itself is read back from the registry, where its checks recorded it."""
+
+    version: str
+    approve: bool
 
 
 def _who() -> str:
@@ -101,14 +114,79 @@ def analyze(cfg: ProjectConfig, predictions: pd.DataFrame, versions: tuple[str, 
 
 @task(name="promote-challenger", **IO)
 def promote(cfg: ProjectConfig, versions: tuple[str, str], reason: str) -> str | None:
-    """Promote the bound challenger — unless an alias moved since the last check (then say how)."""
+    """Promote the bound challenger — unless an alias moved since the last check, or the rules
+    refuse it (then say why). With ``rollout.require_approval`` the move carries out a recorded
+    approval; without, the flow's own principal must hold the approver role (open projects: all)."""
     client = registry.client_for(cfg)
     log = registry.PromotionLog(cfg.promotion_log_uri)
     if why := moved(versions, aliases.fn(cfg)):
         return why
-    registry.promote(client, log, cfg.model.name, versions[0], reason, _who())
+    principal = governance.Principal(_who(), False, "flow")
+    try:
+        required = cfg.rollout.require_approval
+        governance.promote(client, log, cfg.governance, cfg.model.name, versions[0], reason, principal, required,
+                           on_behalf_of_approval=required)  # fmt: skip
+    except governance.Refused as exc:
+        return str(exc)
     rollout.write_policy(client, log, cfg.model.name, rollout.RolloutPolicy(), "canary complete", _who())
     return None
+
+
+@task(name="request-approval", **IO)
+def request_approval(cfg: ProjectConfig, version: str, champion: str, steps: list[dict[str, Any]]) -> str:
+    """Put the canary's evidence where the approver reads it: a Prefect artifact and the MLflow
+    version's tag; the traffic stays where the last step left it while the person decides."""
+    lines = [f"### v{version} passed its canary against v{champion}: approve or reject", ""]
+    for step in steps:
+        name = "shadow" if step["percent"] <= 0 else f"{step['percent']:g}%"
+        lines += [f"**{name}**: {step['state']}", *(f"- {c}" for c in step["checks"]), ""]
+    lines += [f"`mlcycle approve {version} --note …` or `mlcycle reject {version} --note …`"]
+    text = "\n".join(lines)
+    create_markdown_artifact(text, key="approval-request", description=f"canary evidence for v{version}")
+    client = registry.client_for(cfg)
+    client.set_model_version_tag(cfg.model.name, version, EVIDENCE_TAG, text[:TAG_LIMIT])
+    return text
+
+
+@task(name="record-canary-step", **IO)
+def record_steps(cfg: ProjectConfig, version: str, steps: list[dict[str, Any]]) -> None:
+    """Each step's verdict on the version itself, so `mlcycle audit VERSION` shows the canary's
+    evidence after the flow run's logs are gone (the latest steps kept within MLflow's tag limit)."""
+    kept = list(steps)
+    while len(kept) > 1 and len(json.dumps(kept)) > TAG_LIMIT:
+        kept = kept[1:]
+    text = json.dumps(kept)[:TAG_LIMIT]
+    registry.client_for(cfg).set_model_version_tag(cfg.model.name, version, audit.CANARY_TAG, text)
+
+
+@task(name="read-approval", **IO)
+def read_approval(cfg: ProjectConfig, version: str) -> governance.Approval:
+    return governance.approval_of(registry.client_for(cfg).get_model_version(cfg.model.name, version))
+
+
+def await_approval(cfg: ProjectConfig, version: str, champion: str, steps: list[dict[str, Any]]) -> governance.Approval:
+    """Wait (paused, no worker slot held) for a person's decision on ``version``; the decision is
+    what the registry records, checked when it was made, not what the wake-up call says."""
+    logger = get_run_logger()
+    approval = read_approval(cfg, version)
+    if approval.valid or approval.state == governance.REJECTED:
+        return approval
+    request_approval(cfg, version, champion, steps)
+    logger.warning("v%s passed its canary and waits for an approver (up to %d s): mlcycle approve %s --note … | "
+                   "mlcycle reject %s --note …", version, cfg.rollout.approval_timeout_s, version, version)  # fmt: skip
+    deadline = time.monotonic() + cfg.rollout.approval_timeout_s
+    while time.monotonic() < deadline:
+        try:
+            pause_flow_run(wait_for_input=ApprovalDecision, timeout=max(10, int(deadline - time.monotonic())),
+                           poll_interval=2)  # fmt: skip
+        except Exception as exc:  # the pause timed out (Prefect's FlowPauseTimeout) or could not be kept
+            logger.warning("no decision on v%s: %s", version, exc)
+            break
+        approval = read_approval(cfg, version)
+        if approval.valid or approval.state == governance.REJECTED:
+            return approval
+        logger.warning("woken without a recorded decision on v%s (%s): waiting on", version, approval.line())
+    return read_approval(cfg, version)
 
 
 @task(name="roll-back", **IO)
@@ -168,6 +246,7 @@ def rollout_flow(
         steps.append({"percent": percent, "passed": verdict.passed, "state": verdict.state,
                       "checks": [c.line() for c in verdict.checks],
                       "warnings": [c.name for c in verdict.warnings]})  # fmt: skip
+        record_steps(cfg, version, steps)
         logger.info("canary %s: %s", step, verdict.state)
         if verdict.state == "fail":
             failed = ", ".join(c.name for c in verdict.measured_failures)
@@ -183,7 +262,17 @@ def rollout_flow(
     passed = ", ".join("shadow" if s["percent"] <= 0 else f"{s['percent']:g}%" for s in steps)
     warned = sorted({w for s in steps for w in s["warnings"]})
     note = f" (not judged, accepted by config: {', '.join(warned)})" if warned else ""
+    if cfg.rollout.require_approval:
+        approval = await_approval(cfg, version, champion, steps)
+        if not approval.valid:
+            outcome = "rejected" if approval.state == governance.REJECTED else "undecided"
+            reason = f"canary of v{version} passed; not promoted: {approval.line()}"
+            end_canary(cfg, reason)
+            return {"outcome": outcome, "version": version, "reason": reason, "steps": steps}
     if why := promote(cfg, versions, f"canary passed at {passed}{note}"):
+        if "refused" in why:
+            end_canary(cfg, f"canary of v{version} passed; not promoted: {why}")
+            return {"outcome": "refused", "version": version, "reason": why, "steps": steps}
         return aborted(why, 100.0)
     return {"outcome": "promoted", "version": version, "steps": steps, "warnings": warned}
 

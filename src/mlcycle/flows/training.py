@@ -111,15 +111,23 @@ def log_and_register(
     verdict: Verdict,
     champion: EvaluationReport | None,
     snapshot: tracking.Snapshot,
+    triggered_by: str | None = None,
 ) -> tracking.TrainingRecord:
     who = f"flow:train/{flow_run.get_name() or 'local'}"
-    return tracking.log_and_register(cfg, frame, candidate, quality, verdict, champion, who, snapshot)
+    return tracking.log_and_register(cfg, frame, candidate, quality, verdict, champion, who, snapshot, triggered_by)
 
 
 @flow(name="train", log_prints=True)
-def train(config: str | None = None, as_of: datetime | None = None, window_days: int | None = None) -> dict[str, Any]:
+def train(
+    config: str | None = None,
+    as_of: datetime | None = None,
+    window_days: int | None = None,
+    triggered_by: str | None = None,
+) -> dict[str, Any]:
     """Train, evaluate and (if every gate passes) register a model on the matured labels known
-    at ``as_of`` (now), of the latest ``window_days`` (default ``model.train_window_days``)."""
+    at ``as_of`` (now), of the latest ``window_days`` (default ``model.train_window_days``).
+    ``triggered_by``: who or what asked for it (an event, a schedule), recorded on the version for
+    separation of duties; default the principal this process runs as."""
     logger = get_run_logger()
     cfg = load_config(config)
     table = load_table(cfg)
@@ -138,7 +146,7 @@ def train(config: str | None = None, as_of: datetime | None = None, window_days:
         measure_latency(candidate)
         champion = score_champion(cfg, candidate.split.test)
         verdict = run_gates(cfg, candidate, champion)
-        record = log_and_register(cfg, frame, candidate, quality, verdict, champion, written)
+        record = log_and_register(cfg, frame, candidate, quality, verdict, champion, written, triggered_by)
     finally:
         snapshot.wait()
         shutil.rmtree(staging, ignore_errors=True)

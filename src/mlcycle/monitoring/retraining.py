@@ -230,8 +230,21 @@ def decide(flow_run_id: str, approve: bool, who: str, note: str = "", api: str |
         resume_flow_run(run_id, run_input={"approve": approve, "who": who, "note": note})
 
 
-def blocked_runs(api: str | None = None) -> list[dict[str, Any]]:
-    """Paused retraining runs waiting for a person, newest first."""
+def resume_paused(flow_name: str, run_input: dict[str, Any], api: str | None = None) -> list[str]:
+    """Wake every paused run of ``flow_name`` with ``run_input``; the ids of those woken. A rollout
+    waiting for an approval is woken this way after the decision was recorded in the registry."""
+    from prefect.flow_runs import resume_flow_run
+
+    woken = []
+    for run in blocked_runs(api, flow_name):
+        with _api(api):
+            resume_flow_run(UUID(run["id"]), run_input=run_input)
+        woken.append(run["id"])
+    return woken
+
+
+def blocked_runs(api: str | None = None, flow_name: str = "retrain") -> list[dict[str, Any]]:
+    """Paused runs of ``flow_name`` (a retraining, by default) waiting for a person, newest first."""
     from prefect import get_client
     from prefect.client.schemas.filters import (
         FlowFilter,
@@ -243,7 +256,7 @@ def blocked_runs(api: str | None = None) -> list[dict[str, Any]]:
 
     with _api(api), get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"])),
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
             flow_run_filter=FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"]))),
         )
     return [

@@ -58,6 +58,7 @@ PREFECT_WORKER = "prefect-worker"
 MLFLOW_UI = "mlflow-ui"
 SERVICE = "service"
 BROKER = "broker"  # profile local: the event stream's redis-server (profile scale uses its Redis)
+WORKER_PRINCIPAL = "service:prefect-worker"  # who the flows that `up`'s worker runs act as
 CONSUMER = "stream-consumer"  # `mlcycle stream`: events into online features, the offline source, scores
 # Stop order: the worker before the server it talks to; the consumer and service before the broker.
 COMPONENTS = (PREFECT_WORKER, CONSUMER, SERVICE, MLFLOW_UI, PREFECT_SERVER, BROKER)
@@ -699,6 +700,10 @@ def start_worker(cfg: ProjectConfig, api_url: str, wait: bool = True, out: Out =
     worker_name = f"mlcycle-{token}"
     cmd = [_executable("prefect"), "worker", "start", "--pool", WORK_POOL, "--name", worker_name]
     env = child_env(cfg, PREFECT_API_URL=api_url)
+    # The flows the worker runs act as a service of their own, not as the person who ran `up`: a
+    # person may then approve what a scheduled or event-started retraining trained (separation of
+    # duties compares principals). Recorded as unauthenticated where nothing verifies it.
+    env.setdefault("MLCYCLE_PRINCIPAL", WORKER_PRINCIPAL)
     launch(cfg, PREFECT_WORKER, cmd, api_url, env, token=token, worker_name=worker_name)
     out(f"starting a Prefect worker on pool {WORK_POOL!r} …")
     if wait:

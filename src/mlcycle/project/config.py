@@ -492,6 +492,50 @@ class RetrainingSpec(StrictModel):
     )
 
 
+ROLES = ("trainer", "approver", "operator", "viewer")
+Role = Literal["trainer", "approver", "operator", "viewer"]
+
+
+class GovernanceSpec(StrictModel):
+    """Who may change what (mlcycle.registry.governance). Principals are names as authenticated
+    (an MLflow tracking server's user) or ``os:<login>`` where nothing authenticates (profile
+    local: recorded as unauthenticated); ``group:<name>`` stands for the members ``groups`` lists.
+    No roles declared: every principal holds every role (a one-person project), still recorded."""
+
+    roles: dict[Role, list[str]] = Field(
+        default_factory=dict,
+        description="Role → principals or group:<name>: trainer (register versions, set challenger), approver "
+        "(approve or reject a version, move champion, roll back), operator (traffic, rollback), viewer.",
+    )
+    groups: dict[str, list[str]] = Field(default_factory=dict, description="Group name → principals.")
+    separation_of_duties: bool = Field(
+        True, description="Who trained, triggered or last changed a candidate may not approve it."
+    )
+    self_approval: list[str] = Field(
+        default_factory=list,
+        description="Exception policy: principals (or group:<name>) who may approve their own candidate (recorded).",
+    )
+
+    @model_validator(mode="after")
+    def _groups_exist(self) -> GovernanceSpec:
+        named = [p for ps in [*self.roles.values(), self.self_approval] for p in ps if p.startswith("group:")]
+        if missing := sorted({p[6:] for p in named} - set(self.groups)):
+            raise ValueError(f"governance names undeclared groups: {', '.join(missing)} (declare them under groups)")
+        return self
+
+
+class RolloutSpec(StrictModel):
+    """How a challenger becomes champion after its canary (mlcycle.flows.rollout)."""
+
+    require_approval: bool = Field(
+        False,
+        description="Pause before champion moves until an approver decides (mlcycle approve|reject VERSION).",
+    )
+    approval_timeout_s: int = Field(
+        86400, ge=10, description="How long a passed canary waits for the decision; then it ends undecided."
+    )
+
+
 class StreamingSpec(StrictModel):
     """The event stream (Redis Streams) and its consumer, ``mlcycle stream``.
 
@@ -526,6 +570,87 @@ class StreamingSpec(StrictModel):
         return pd.Timedelta(self.max_future).to_pytimedelta()
 
 
+# ----------------------------------------------------------------------------- CI (mlcycle ci)
+class GoldenSetSpec(StrictModel):
+    """A frozen table of labelled rows (the table's own columns) the gates judge every candidate on,
+    pinned by the sha256 of the file: a changed file is refused, never silently re-judged. Made and
+    pinned by ``mlcycle ci golden``; re-pinning is a deliberate, reviewed change of this file."""
+
+    path: Path = Field(Path("golden/golden_set.parquet"), description="Parquet file, relative to the config.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the file's bytes (mlcycle ci golden).")
+
+
+class InvarianceCheck(StrictModel):
+    """Changing ``field`` (a model input) to any of ``values`` must not move a row's score by more than
+    ``max_change``, on every golden row (Made-With-ML's invariance test)."""
+
+    field: str
+    values: list[Any] = Field(min_length=2)
+    max_change: float = Field(0.05, ge=0)
+
+
+class DirectionCheck(StrictModel):
+    """Raising ``field`` (a model input) through ``values`` (increasing) must not lower the score
+    (``increasing``) or raise it (``decreasing``) by more than ``tolerance``, on every golden row."""
+
+    field: str
+    values: list[float] = Field(min_length=2)
+    direction: Literal["increasing", "decreasing"]
+    tolerance: float = Field(0.0, ge=0)
+
+    @field_validator("values")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if value != sorted(set(value)):
+            raise ValueError("direction check values must be strictly increasing")
+        return value
+
+
+class EvaluationSpec(StrictModel):
+    """What every candidate is judged on besides its own test window (``mlcycle ci``)."""
+
+    golden_set: GoldenSetSpec | None = Field(None, description="The frozen golden set and its pin.")
+    invariance: list[InvarianceCheck] = Field(default_factory=list, description="Behavioural invariance checks.")
+    direction: list[DirectionCheck] = Field(default_factory=list, description="Behavioural direction checks.")
+
+
+class CISpec(StrictModel):
+    """``mlcycle ci``: how much data each step reads and the smoke training's hyperparameter profile."""
+
+    contract_rows: int = Field(50_000, ge=1, description="Latest rows of the table checked against the contract.")
+    skew_entities: int = Field(200, ge=1, description="Entities whose online vector is compared to the offline row.")
+    window_days: int | None = Field(30, ge=1, description="Smoke training: latest matured days (None: all).")
+    max_rows: int = Field(50_000, ge=100, description="Smoke training: at most this many of them (the latest).")
+    model: dict[str, Any] = Field(
+        default_factory=lambda: {"xgboost": {"num_boost_round": 200, "early_stopping_rounds": 20}},
+        description="The ci profile: overrides of the model section for the smoke training (nested keys merge).",
+    )
+    max_champion_drop: float = Field(
+        0.05,
+        ge=0,
+        description="Smoke model vs the champion on the golden set: largest ROC-AUC drop (regression: relative "
+        "RMSE increase) accepted; a smoke model trains on less, so this is wider than gates.max_regression_*.",
+    )
+    strict: bool = Field(False, description="A step the data cannot decide fails CI (default: reported, skipped).")
+
+    @field_validator("model")
+    @classmethod
+    def _model_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - set(ModelSpec.model_fields) | ({"name"} & set(value)))
+        if unknown:
+            raise ValueError(f"ci.model overrides unknown or fixed model keys: {unknown}")
+        return value
+
+    def model_spec(self, base: ModelSpec) -> ModelSpec:
+        """``base`` with the ci profile's overrides merged in (nested keys merge), validated."""
+
+        def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+            return {**a, **{k: merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+                            for k, v in b.items()}}  # fmt: skip
+
+        return ModelSpec.model_validate(merge(base.model_dump(), self.model))
+
+
 class ProjectConfig(StrictModel):
     project: str = "mlcycle"
     profile: Literal["local", "scale"] = "local"
@@ -548,6 +673,10 @@ class ProjectConfig(StrictModel):
     monitoring: MonitoringSpec = MonitoringSpec()
     retraining: RetrainingSpec = RetrainingSpec()
     streaming: StreamingSpec = StreamingSpec()
+    rollout: RolloutSpec = RolloutSpec()
+    governance: GovernanceSpec = GovernanceSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    ci: CISpec = CISpec()
 
     root: Path = Field(Path("."), exclude=True, description="Directory of the config file.")
 

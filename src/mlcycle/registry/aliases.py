@@ -8,6 +8,7 @@ SQL table (SQLite by default, PostgreSQL in profile ``scale``). ``mlcycle histor
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -25,6 +26,7 @@ from mlflow.exceptions import MlflowException
 
 from mlcycle import settings as scale
 from mlcycle.project.config import ProjectConfig
+from mlcycle.registry import audit_chain as chain
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -78,7 +80,9 @@ class PromotionEvent:
 
 
 class PromotionLog:
-    """Append-only: rows are inserted, never updated or deleted."""
+    """Append-only and tamper-evident: rows are inserted, never updated or deleted, and each carries
+    the hash of the one before (``audit_chain``), so ``verify`` finds an edited, deleted or reordered
+    row. The one update ever made is the sealing of rows an older mlcycle wrote (``_seal_legacy``)."""
 
     def __init__(self, uri: str):
         self.engine, self.table = scale.log_table(
@@ -90,29 +94,94 @@ class PromotionLog:
             sa.Column("actor", sa.String(256), nullable=False),
             sa.Column("reason", sa.Text, nullable=False),
             sa.Column("action", sa.String(32)),  # NULL in rows written before it existed: a move
+            sa.Column("prev_hash", sa.String(64)),  # NULL only in rows written before the chain
+            sa.Column("row_hash", sa.String(64)),
         )
         self._add_missing_columns()
+        self._seal_legacy()
 
     def _add_missing_columns(self) -> None:
-        """A log created by an older mlcycle lacks ``action``: add it (nullable, so old rows stay)."""
-        columns = {c["name"] for c in sa.inspect(self.engine).get_columns(self.table.name)}
-        if "action" in columns:
-            return
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(sa.text(f"ALTER TABLE {self.table.name} ADD COLUMN action VARCHAR(32)"))
-        except sa.exc.DBAPIError:  # another process added it first
-            if "action" not in {c["name"] for c in sa.inspect(self.engine).get_columns(self.table.name)}:
+        """A log created by an older mlcycle lacks ``action`` and the hashes: add them (nullable, so
+        old rows stay)."""
+        wanted = {"action": "VARCHAR(32)", "prev_hash": "VARCHAR(64)", "row_hash": "VARCHAR(64)"}
+        for name, kind in wanted.items():
+            if name in self._columns():
+                continue
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(sa.text(f"ALTER TABLE {self.table.name} ADD COLUMN {name} {kind}"))
+            except sa.exc.DBAPIError:  # another process added it first
+                if name not in self._columns():
+                    raise
+
+    def _columns(self) -> set[str]:
+        return {c["name"] for c in sa.inspect(self.engine).get_columns(self.table.name)}
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[sa.Connection]:
+        """A transaction holding the log's write lock, so that two appenders (threads, processes,
+        hosts) never both link to the same last row: SQLite's ``BEGIN IMMEDIATE`` (the database's
+        one writer lock, waited for up to 30 s), PostgreSQL's ``SHARE ROW EXCLUSIVE`` table lock
+        (conflicts with itself and with writes, not with readers)."""
+        with self.engine.connect() as conn:
+            dialect = self.engine.dialect.name
+            if dialect == "sqlite":
+                # pysqlite begins its own (deferred) transaction only before DML, so ours comes first.
+                conn.exec_driver_sql("PRAGMA busy_timeout = 30000")
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            elif dialect == "postgresql":
+                conn.execute(sa.text(f"LOCK TABLE {self.table.name} IN SHARE ROW EXCLUSIVE MODE"))
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
                 raise
+            conn.commit()
+
+    def _last_hash(self, conn: sa.Connection) -> str:
+        c = self.table.c
+        query = sa.select(c.row_hash).where(c.row_hash.is_not(None)).order_by(c.id.desc()).limit(1)
+        return conn.execute(query).scalar() or chain.GENESIS
+
+    def _insert(self, conn: sa.Connection, content: dict[str, Any]) -> None:
+        content = {**content, "at": chain.utc(content["at"])}  # SQLite drops the zone: store UTC
+        prev = self._last_hash(conn)
+        conn.execute(self.table.insert().values(**content, prev_hash=prev, row_hash=chain.row_hash(content, prev)))
+
+    def _seal_legacy(self) -> None:
+        """Hash, once, the rows of a log written before the chain existed, and record it in a
+        ``seal`` row. Only when no row has a hash yet: an unhashed row after the chain started was
+        written around it, and sealing it would hide that (``verify`` reports it instead)."""
+        c = self.table.c
+        with self.engine.connect() as conn:  # the common case, without the write lock
+            first = conn.execute(sa.select(c.id, c.row_hash).order_by(c.id).limit(1)).first()
+        if first is None or first.row_hash is not None:
+            return
+        with self._locked() as conn:
+            if conn.execute(sa.select(sa.func.count(c.row_hash))).scalar():
+                return  # another process sealed it, or the chain has started: nothing to seal
+            rows = conn.execute(sa.select(self.table).order_by(c.id)).mappings().all()
+            prev = chain.GENESIS
+            for row in rows:
+                digest = chain.row_hash(row, prev)
+                conn.execute(self.table.update().where(c.id == row["id"]).values(prev_hash=prev, row_hash=digest))
+                prev = digest
+            reason = (
+                f"sealed {len(rows)} rows (ids {rows[0]['id']}-{rows[-1]['id']}) written before the hash chain:"
+                " they are vouched for from this row on, not before"
+            )
+            note = PromotionEvent(datetime.now(UTC), "", "", None, None, "mlcycle", reason, chain.SEAL)
+            self._insert(conn, {name: getattr(note, name) for name in chain.CONTENT})
 
     def append(self, event: PromotionEvent) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(self.table.insert().values(**event.__dict__))
+        with self._locked() as conn:
+            self._insert(conn, {name: getattr(event, name) for name in chain.CONTENT})
 
     def history(self, model: str | None = None, limit: int | None = None) -> list[PromotionEvent]:
-        query = sa.select(self.table).order_by(self.table.c.id.desc())
+        c = self.table.c
+        query = sa.select(self.table).where(sa.or_(c.action.is_(None), c.action != chain.SEAL)).order_by(c.id.desc())
         if model:
-            query = query.where(self.table.c.model == model)
+            query = query.where(c.model == model)
         if limit:
             query = query.limit(limit)
         with self.engine.connect() as conn:
@@ -125,6 +194,23 @@ class PromotionLog:
             )
             for row in rows
         ]
+
+    def rows(self, model: str | None = None) -> list[chain.ChainRow]:
+        """The rows as stored, hashes included, oldest first (all of them: the chain is the log's)."""
+        c = self.table.c
+        query = sa.select(self.table).order_by(c.id)
+        if model is not None:
+            query = query.where(c.model == model)
+        with self.engine.connect() as conn:
+            found = conn.execute(query).mappings().all()
+        return [
+            chain.ChainRow(row["id"], {k: row[k] for k in chain.CONTENT}, row["prev_hash"], row["row_hash"])
+            for row in found
+        ]
+
+    def verify(self) -> chain.Verification:
+        """Check the whole chain, oldest row first; the first row that breaks it is named."""
+        return chain.verify(self.rows())
 
 
 def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:

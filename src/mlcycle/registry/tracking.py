@@ -145,6 +145,7 @@ def log_and_register(
     champion: EvaluationReport | None,
     who: str | None = None,
     snapshot: Snapshot | None = None,
+    triggered_by: str | None = None,
 ) -> TrainingRecord:
     """Log the run; register the model and move an alias if every gate passed. ``snapshot``: the
     training set already written by ``write_snapshot`` (of this ``frame``), else it is written here."""
@@ -226,6 +227,10 @@ def log_and_register(
         "mlcycle.run_id": run_id,
     }.items():
         client.set_model_version_tag(cfg.model.name, version, key, value)
+    from mlcycle.registry import governance
+
+    trainer = governance.current_principal().name  # the principal this process runs as, not the run's name
+    governance.mark_registered(client, cfg.model.name, version, trainer, triggered_by or trainer)
     has_champion = registry.version_by_alias(client, cfg.model.name, registry.CHAMPION) is not None
     alias = registry.CHALLENGER if has_champion else registry.CHAMPION
     o = report.overall
