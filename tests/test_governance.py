@@ -60,7 +60,9 @@ def test_an_approver_other_than_the_trainer_approves_and_the_rollout_then_promot
     moved = gov.promote(client, log, spec, NAME, v2, "canary passed", TRAINER, True, on_behalf_of_approval=True)
     assert moved[0].to_version == v2 and "approved by alice" in moved[0].reason
     assert str(registry.version_by_alias(client, NAME, registry.CHAMPION).version) == v2
-    assert v1 != v2
+    old = client.get_model_version(NAME, v1).tags  # the champion it replaced no longer serves: archived
+    assert (old[gov.STATE_TAG], old[gov.ARCHIVED_NOTE_TAG]) == ("archived", f"replaced by v{v2} as champion")
+    assert gov.approval_of(client.get_model_version(NAME, v1)).state == "archived"
 
 
 def test_self_approval_is_refused_named_and_logged_unless_the_policy_names_the_principal(world, tmp_path) -> None:

@@ -95,18 +95,31 @@ def test_a_champion_moved_outside_the_log_is_not_guessed(project) -> None:
 
 
 def test_cli_rollback_records_who_and_exits_non_zero_when_nothing_is_left(project, monkeypatch) -> None:
+    """The principal is who runs the command (no typed name); with roles declared, only an approver
+    or an operator rolls back, and a refusal moves nothing and is on the record."""
     cfg, client, log = project
-    monkeypatch.delenv("MLCYCLE_ACTOR", raising=False)
     registry.promote(client, log, cfg.model.name, "1", "first")
     registry.promote(client, log, cfg.model.name, "2", "second")
     config = ["--config", str(cfg.root / "mlcycle.yaml")]
-    first = CliRunner().invoke(app, ["rollback", "--reason", "bad", "--by", "person:alice", *config])
+    monkeypatch.setenv("MLCYCLE_PRINCIPAL", "alice")
+    first = CliRunner().invoke(app, ["rollback", "--reason", "bad", *config])
     assert first.exit_code == 0, first.output
     assert "champion: v2 → v1" in first.output
-    assert log.history(cfg.model.name, limit=1)[0].actor == "person:alice"
-    second = CliRunner().invoke(app, ["rollback", "--reason", "again", "--actor", "person:bob", *config])
+    assert log.history(cfg.model.name, limit=1)[0].actor == "alice (unauthenticated, environment)"
+    assert CliRunner().invoke(app, ["rollback", "--by", "person:bob", *config]).exit_code == 2  # no typed names
+    second = CliRunner().invoke(app, ["rollback", "--reason", "again", *config])
     assert second.exit_code == 1
     assert "nothing to roll back to" in " ".join(second.output.split())
+    assert champion(cfg, client) == "1"
+
+    registry.promote(client, log, cfg.model.name, "2", "again")
+    text = (cfg.root / "mlcycle.yaml").read_text()
+    (cfg.root / "mlcycle.yaml").write_text(text + "\ngovernance:\n  roles: {operator: [oncall], trainer: [alice]}\n")
+    refused = CliRunner().invoke(app, ["rollback", "--reason", "mine", *config])
+    assert refused.exit_code == 1 and "needs the approver or operator role, which oncall hold" in refused.output
+    assert champion(cfg, client) == "2" and log.history(cfg.model.name, limit=1)[0].action == "refused"
+    monkeypatch.setenv("MLCYCLE_PRINCIPAL", "oncall")
+    assert CliRunner().invoke(app, ["rollback", "--reason", "paged", *config]).exit_code == 0
     assert champion(cfg, client) == "1"
 
 

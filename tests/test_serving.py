@@ -403,10 +403,25 @@ def test_concurrent_single_calls_each_get_their_own_answer(served) -> None:
 
 
 def test_admin_endpoints_need_the_token(served) -> None:
-    _, client, _ = served
+    from mlcycle.serving import tokens
+
+    cfg, client, _ = served
     change = {"change": {"mode": "canary", "percent": 50, "reason": "x"}}
     assert client.post("/admin/traffic", json=change).status_code == 401
     assert client.post("/admin/traffic", json=change, headers={"x-admin-token": "wrong"}).status_code == 401
+    # A token of one's own, issued while the service runs: the log names its principal; revoked, refused.
+    path = tokens.tokens_file(cfg.data_path)
+    mine = tokens.issue(path, "ops-alice")
+    try:
+        back = {"change": {"mode": "champion-only", "percent": 0, "reason": "token test"}}
+        r = client.post("/admin/traffic", json=back, headers={"x-admin-token": mine})
+        assert r.status_code == 200, r.text
+        last = registry.PromotionLog(cfg.promotion_log_uri).history(cfg.model.name, limit=1)[0]
+        assert (last.alias, last.actor, last.reason) == ("traffic", "ops-alice (service token)", "token test")
+    finally:
+        tokens.revoke(path, "ops-alice")
+    r = client.post("/admin/traffic", json=back, headers={"x-admin-token": mine})
+    assert r.status_code == 401, r.text  # BentoML answers "Authorization error", never which check
 
 
 def test_canary_routing_is_proportional_and_sticky(served) -> None:

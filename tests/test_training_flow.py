@@ -388,3 +388,29 @@ def test_a_scikit_learn_flavor_trains_registers_batch_scores_monitors_and_reprod
     again = tracking.reproduce(cfg, "1")
     assert again.data_hash_matches and len(again.rows) > 50
     assert again.identical, [r for r in again.rows if r[1] != r[2]][:5]
+
+
+def test_only_a_trainer_registers_and_only_an_approver_makes_the_first_champion(
+    training_project: ProjectConfig, prefect_server, tmp_path_factory, monkeypatch
+) -> None:
+    """governance.roles declared: a principal without the trainer role gets its run logged and nothing
+    registered (the refusal in the log); a trainer who is no approver registers v1 as the challenger,
+    so no champion serves until an approver decides."""
+    from mlcycle.registry import governance
+
+    roles = {"governance": {"roles": {"trainer": ["bob"], "approver": ["alice"]}}}
+    cfg = clone_project(training_project, tmp_path_factory.mktemp("roles") / "p", roles)
+    monkeypatch.setenv("MLCYCLE_PRINCIPAL", "mallory")
+    refused = run_train(cfg)
+    assert not refused["passed"] and refused["version"] is None
+    assert "refused (role): mallory" in " ".join(refused["failed"]) and "trainer role" in " ".join(refused["failed"])
+    assert registered(cfg) == []
+    row = registry.PromotionLog(cfg.promotion_log_uri).history(cfg.model.name)[0]
+    assert (row.action, row.actor) == (governance.REFUSED_ACTION, "mallory (unauthenticated, environment)")
+
+    monkeypatch.setenv("MLCYCLE_PRINCIPAL", "bob")
+    result = run_train(cfg)
+    assert (result["version"], result["alias"]) == ("1", registry.CHALLENGER), result
+    assert champion(cfg) is None
+    tags = registry.client_for(cfg).get_model_version(cfg.model.name, "1").tags
+    assert (tags[governance.TRAINED_BY_TAG], tags[governance.STATE_TAG]) == ("bob", governance.PENDING)

@@ -48,7 +48,8 @@ from mlcycle.features.store import FeatureStoreUnavailable
 from mlcycle.ops.service_process import is_loopback
 from mlcycle.project.config import load_config
 from mlcycle.registry import aliases as registry
-from mlcycle.serving import rollout
+from mlcycle.registry import governance
+from mlcycle.serving import rollout, tokens
 from mlcycle.serving.batching import MicroBatcher
 from mlcycle.serving.openapi import (
     Answer,
@@ -475,7 +476,8 @@ class ScoringService:
     @bentoml.api(route="/rollout/status")
     def rollout_status(self, ctx: bentoml.Context) -> dict:
         """What serves now: aliases with their versions and the traffic policy (API key or admin token)."""
-        admin = bool(os.environ.get("MLCYCLE_ADMIN_TOKEN")) and _token_ok(ctx, "MLCYCLE_ADMIN_TOKEN", "x-admin-token")
+        given = ctx.request.headers.get("x-admin-token", "")
+        admin = bool(given) and tokens.principal_for(given, tokens.tokens_file(self.cfg.data_path)) is not None
         if not admin:
             _require_caller(ctx)
         self.scorer.refresh()
@@ -486,21 +488,36 @@ class ScoringService:
             policy=self.scorer.policy,
         ).model_dump(mode="json")
 
-    def _admin(self, ctx: bentoml.Context) -> None:
-        if not os.environ.get("MLCYCLE_ADMIN_TOKEN"):
-            raise Unauthorized("admin endpoints are off: set MLCYCLE_ADMIN_TOKEN")
-        if not _token_ok(ctx, "MLCYCLE_ADMIN_TOKEN", "x-admin-token"):
-            raise Unauthorized("missing or wrong x-admin-token")
+    def _admin(self, ctx: bentoml.Context, role: str, action: str) -> tuple[str, str | None]:
+        """The principal whose token this is, and the refusal if its role does not allow ``action``
+        (answered as a 403 naming the rule, and logged). No or an unknown token: 401."""
+        path = tokens.tokens_file(self.cfg.data_path)
+        if not tokens.configured(path):
+            raise Unauthorized("admin endpoints are off: issue a token (mlcycle token issue NAME)")
+        name = tokens.principal_for(ctx.request.headers.get("x-admin-token", ""), path)
+        if name is None:
+            raise Unauthorized("missing, wrong or revoked x-admin-token")
+        principal = governance.Principal(name, True, "service-token")
+        try:
+            governance.require_role(self.cfg.governance, principal, role, action)
+        except governance.Refused as exc:
+            log = registry.PromotionLog(self.cfg.promotion_log_uri)
+            governance.record_refusal(log, self.cfg.model.name, None, principal, exc)
+            ctx.response.status_code = 403
+            return name, str(exc)
+        return f"{name} (service token)", None
 
     @bentoml.api(route="/admin/traffic")
     def set_traffic(self, change: TrafficChange, ctx: bentoml.Context) -> dict:
         """Change the rollout policy (admin token required; recorded in the promotion log)."""
-        self._admin(ctx)
+        who, refused = self._admin(ctx, "operator", "change the traffic")
+        if refused:
+            return ErrorMessage(error=refused).model_dump()
         client = registry.client_for(self.cfg)
         log = registry.PromotionLog(self.cfg.promotion_log_uri)
         policy = rollout.write_policy(
             client, log, self.cfg.model.name, rollout.RolloutPolicy(mode=change.mode, percent=change.percent),
-            change.reason, who="api:admin",
+            change.reason, who=who,
         )  # fmt: skip
         self.scorer.refresh(force=True)  # apply now, not at the next refresh
         return policy.model_dump(mode="json")
@@ -508,11 +525,13 @@ class ScoringService:
     @bentoml.api(route="/admin/rollback")
     def rollback(self, reason: Annotated[str, Field(min_length=1, max_length=500)], ctx: bentoml.Context) -> dict:
         """Champion back to the previous one, traffic to champion-only (admin token required)."""
-        self._admin(ctx)
+        who, refused = self._admin(ctx, "operator", "roll back")
+        if refused:
+            return Rollback(moves=[], error=refused).model_dump()
         client = registry.client_for(self.cfg)
         log = registry.PromotionLog(self.cfg.promotion_log_uri)
         try:
-            events = rollout.rollback(client, log, self.cfg.model.name, reason, who="api:admin")
+            events = rollout.rollback(client, log, self.cfg.model.name, reason, who=who)
         except rollout.NothingToRollBack as exc:  # nothing changed: a conflict with the state, not our bug
             ctx.response.status_code = 409
             return Rollback(moves=[], error=str(exc)).model_dump()
@@ -545,7 +564,10 @@ def api_answers() -> dict[str, list[Answer]]:
     ]
     no_key = "A caller from another host: without MLCYCLE_API_KEY only loopback callers are served."
     caller = Answer(401, "A missing or wrong x-api-key." if keyed else no_key, ErrorMessage)
-    admin = Answer(401, "A missing or wrong x-admin-token, or no MLCYCLE_ADMIN_TOKEN (admin off).", ErrorMessage)
+    admin = Answer(401, "A missing, wrong or revoked x-admin-token, or no admin token at all (admin off).",
+                   ErrorMessage)  # fmt: skip
+    role = Answer(403, "The token's principal lacks the role (governance.roles): the message names it.",
+                  ErrorMessage)  # fmt: skip
     down = (
         "No champion yet, or the registry or the online store unreachable: `error` names the dependency "
         "(the detail is in the service's log), every other field is null."
@@ -562,10 +584,11 @@ def api_answers() -> dict[str, list[Answer]]:
             *common,
         ],
         "/rollout/status": [Answer(200, "What serves now.", RolloutStatus), caller, *common],
-        "/admin/traffic": [Answer(200, "The policy now in force.", rollout.RolloutPolicy), admin, *common],
+        "/admin/traffic": [Answer(200, "The policy now in force.", rollout.RolloutPolicy), admin, role, *common],
         "/admin/rollback": [
             Answer(200, "Rolled back: the alias moves.", Rollback),
             admin,
+            Answer(403, role.description, Rollback),
             Answer(409, nothing, Rollback),
             *common,
         ],
@@ -577,11 +600,11 @@ def api_security() -> tuple[list[HeaderToken], dict[str, list[str]]]:
     """The header tokens the document declares, as configured: the API key only when one is set
     (otherwise loopback callers need none), the admin token on the admin endpoints always."""
     api_key = HeaderToken("ApiKey", "x-api-key", "MLCYCLE_API_KEY of the service.")
-    admin = HeaderToken("AdminToken", "x-admin-token", "MLCYCLE_ADMIN_TOKEN of the service.")
+    admin = HeaderToken("AdminToken", "x-admin-token", "A principal's admin token (mlcycle token issue NAME).")
     security: dict[str, list[str]] = {"/admin/traffic": ["AdminToken"], "/admin/rollback": ["AdminToken"]}
     if os.environ.get("MLCYCLE_API_KEY"):
         security |= {"/predict": ["ApiKey"], "/predict_batch": ["ApiKey"], "/rollout/status": ["ApiKey"]}
-        if os.environ.get("MLCYCLE_ADMIN_TOKEN"):  # the admin token reads the status too
+        if tokens.configured(tokens.tokens_file(CONFIG.data_path)):  # an admin token reads the status too
             security["/rollout/status"] = ["ApiKey", "AdminToken"]
     return [api_key, admin], security
 

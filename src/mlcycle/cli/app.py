@@ -30,6 +30,7 @@ app.add_typer(features_app, name="features")
 # MLflow logs at INFO what it infers about the environment when saving a model: not news here.
 logging.getLogger("mlflow").setLevel(logging.ERROR)
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 110)
+err_console = Console(highlight=False, stderr=True)  # notes beside output meant for a pipe
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="Project config file (default: ./mlcycle.yaml).")
 ]
@@ -683,29 +684,33 @@ def rollout_run(
 @app.command()
 def rollback(
     reason: Annotated[str, typer.Option(help="Why: recorded in the promotion log.")] = "manual rollback",
-    by: Annotated[
-        str | None,
-        typer.Option("--by", "--actor", help="Who rolls back, as recorded (default: MLCYCLE_ACTOR, else user:LOGIN)."),
-    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Champion back to the champion before it (v3 → v2 → v1, from the promotion log), traffic to
-    champion-only, challenger cleared; services obey within seconds. Exit 1 when there is nothing
-    left to roll back to."""
+    champion-only, challenger cleared; services obey within seconds. Needs the approver or operator
+    role; recorded under the principal you are. Exit 1 when there is nothing left to roll back to."""
     from mlcycle.registry import aliases as registry
+    from mlcycle.registry import governance
     from mlcycle.serving import rollout
 
     cfg = _config(config)
     client = registry.client_for(cfg)
-    who = by.strip() if by and by.strip() else None
+    log = registry.PromotionLog(cfg.promotion_log_uri)
+    principal = governance.current_principal()
     try:
-        events = rollout.rollback(client, registry.PromotionLog(cfg.promotion_log_uri), cfg.model.name, reason, who)
+        governance.require_role(cfg.governance, principal, ("approver", "operator"), "roll back")
+    except governance.Refused as exc:
+        governance.record_refusal(log, cfg.model.name, None, principal, exc)
+        console.print(str(exc), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    try:
+        events = rollout.rollback(client, log, cfg.model.name, reason, str(principal))
     except rollout.NothingToRollBack as exc:
         console.print(f"[red]not rolled back: {exc}[/red]")
         raise typer.Exit(1) from None
     console.print("traffic: champion-only")
     for e in events:
-        console.print(f"{e.alias}: v{e.from_version or '-'} → v{e.to_version or '-'} (by {e.actor})")
+        console.print(f"{e.alias}: v{e.from_version or '-'} → v{e.to_version or '-'} (by {e.actor})", markup=False)
 
 
 @app.command("batch-score")
@@ -765,6 +770,56 @@ def retrain(
     result = _run_flow(cfg, "retraining", "retrain", "retraining", trigger="manual", summary_path=summary,
                        rollout=rollout, ignore_cooldown=ignore_cooldown)  # fmt: skip
     console.print(f"retraining: {result['outcome']}" + (f" ({result['reason']})" if result.get("reason") else ""))
+
+
+token_app = typer.Typer(help="Per-principal tokens for the service's admin API (/admin/traffic, /admin/rollback).")
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("issue")
+def token_issue(
+    principal: Annotated[str, typer.Argument(help="Who the token is for: the name the promotion log records.")],
+    config: ConfigOption = None,
+) -> None:
+    """Issue a token (replacing the principal's old one). Shown once; the service keeps its digest.
+    What it may do is the principal's role in governance.roles (operator: traffic and rollback)."""
+    from mlcycle.serving import tokens
+
+    cfg = _config(config)
+    path = tokens.tokens_file(cfg.data_path)
+    try:
+        token = tokens.issue(path, principal)
+    except tokens.TokenError as exc:
+        console.print(str(exc), style="red", markup=False)
+        raise typer.Exit(2) from None
+    typer.echo(token)
+    err_console.print(f"admin token for {principal}: shown once, kept as a digest in {path}; send it as "
+                      "the x-admin-token header. `mlcycle token revoke` ends it.", markup=False)  # fmt: skip
+
+
+@token_app.command("revoke")
+def token_revoke(principal: Annotated[str, typer.Argument(help="Whose token to end.")], config: ConfigOption = None):
+    """End a principal's token: the service refuses it from its next request."""
+    from mlcycle.serving import tokens
+
+    cfg = _config(config)
+    try:
+        tokens.revoke(tokens.tokens_file(cfg.data_path), principal)
+    except tokens.TokenError as exc:
+        console.print(str(exc), style="red", markup=False)
+        raise typer.Exit(1) from None
+    console.print(f"revoked the admin token of {principal}", markup=False)
+
+
+@token_app.command("list")
+def token_list(config: ConfigOption = None) -> None:
+    """The principals holding an admin token (never the tokens)."""
+    from mlcycle.serving import tokens
+
+    cfg = _config(config)
+    path = tokens.tokens_file(cfg.data_path)
+    held = sorted(tokens.read(path))
+    console.print("\n".join(held) if held else f"no admin tokens in {path}", markup=False)
 
 
 def _decide_version(cfg: ProjectConfig, version: str, approve: bool, note: str) -> None:
@@ -1022,6 +1077,25 @@ def ci_golden(
     console.print(f"golden set {pinned.path} ({pinned.rows:,} rows) {what}: sha256 {pinned.sha256}", markup=False,
                   soft_wrap=True)  # fmt: skip
     console.print("evaluation.golden_set in mlcycle.yaml holds the pin: commit both files.", markup=False)
+
+
+@ci_app.command("workflow")
+def ci_workflow(
+    force: Annotated[bool, typer.Option(help="Overwrite an existing .github/workflows/mlcycle.yml.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Write the GitHub Actions workflow into the project (.github/workflows/mlcycle.yml), as `mlcycle init`
+    does: `mlcycle ci` on pull requests; on main, train → gates → challenger → staging → approval → canary."""
+    from mlcycle.project.workflow import WORKFLOW_FILE, workflow_yaml
+
+    cfg = _config(config)
+    path = cfg.root / WORKFLOW_FILE
+    if path.exists() and not force:
+        console.print(f"{path} exists: pass --force to overwrite it", style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(workflow_yaml(cfg.project, generator=cfg.generator is not None))
+    console.print(f"wrote {path}", markup=False, soft_wrap=True)
 
 
 @ci_app.command("staging")

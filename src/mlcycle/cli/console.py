@@ -80,6 +80,8 @@ def print_training(console: Console, result: dict, indent: str = "      ") -> No
             )
             + f"; card {result['model_card']}"
         )
+    elif any(f.startswith("refused (") for f in result["failed"]):  # the gates passed; the rules refused
+        console.print(f"{indent}not registered: {'; '.join(result['failed'])}", style="red", markup=False)
     else:
         console.print(f"{indent}[red]rejected by the gates: {', '.join(result['failed'])}[/red]; no alias moved")
         # What each refusing gate measured, how sure, against which bound (text, not rich markup).

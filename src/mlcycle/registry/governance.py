@@ -40,6 +40,8 @@ STATE_TAG = "mlcycle.approval"
 BY_TAG, AT_TAG, NOTE_TAG = "mlcycle.approval.by", "mlcycle.approval.at", "mlcycle.approval.note"
 AUTHENTICATED_TAG = "mlcycle.approval.authenticated"
 FINGERPRINT_TAG = "mlcycle.approval.fingerprint"
+ARCHIVED_BY_TAG, ARCHIVED_AT_TAG = "mlcycle.archived.by", "mlcycle.archived.at"
+ARCHIVED_NOTE_TAG = "mlcycle.archived.note"
 TRAINED_BY_TAG, TRIGGERED_BY_TAG, CHANGED_BY_TAG = "mlcycle.trained_by", "mlcycle.triggered_by", "mlcycle.changed_by"
 GATES_TAG = "mlcycle.gates"  # "passed": only versions that passed every gate are registered
 # What an approval covers besides the run and the artifact: tags that change how the version scores.
@@ -98,15 +100,18 @@ def holds(spec: GovernanceSpec, principal: Principal, role: str) -> bool:
     return not spec.roles or principal.name in members(spec, spec.roles.get(role, []))  # type: ignore[call-overload]
 
 
-def require_role(spec: GovernanceSpec, principal: Principal, role: str, action: str) -> None:
-    if holds(spec, principal, role):
+def require_role(spec: GovernanceSpec, principal: Principal, role: str | tuple[str, ...], action: str) -> None:
+    """Refused unless ``principal`` holds ``role`` (or one of several); the message names who does."""
+    wanted = (role,) if isinstance(role, str) else role
+    if any(holds(spec, principal, r) for r in wanted):
         return
-    who = sorted(members(spec, spec.roles.get(role, [])))  # type: ignore[call-overload]
+    who = sorted(set().union(*(members(spec, spec.roles.get(r, [])) for r in wanted)))  # type: ignore[call-overload]
+    names = " or ".join(wanted)
     raise Refused(
         "role",
-        f"{principal} may not {action}: that needs the {role} role, which "
+        f"{principal} may not {action}: that needs the {names} role, which "
         + (f"{', '.join(who)} hold" if who else "nobody holds")
-        + f" (governance.roles.{role} in mlcycle.yaml)",
+        + f" (governance.roles.{wanted[0]} in mlcycle.yaml)",
     )
 
 
@@ -154,7 +159,10 @@ def mark_registered(client: MlflowClient, name: str, version: str, trained_by: s
         client.set_model_version_tag(name, version, key, value)
 
 
-def _refuse(log: registry.PromotionLog, name: str, version: str, principal: Principal, exc: Refused) -> Refused:
+def record_refusal(
+    log: registry.PromotionLog, name: str, version: str | None, principal: Principal, exc: Refused
+) -> Refused:
+    """Put a refused attempt in the promotion log (the audit shows attempts, not only successes)."""
     log.append(registry.PromotionEvent(datetime.now(UTC), name, APPROVAL, None, version, str(principal),
                                        str(exc), REFUSED_ACTION))  # fmt: skip
     return exc
@@ -206,7 +214,7 @@ def decide(
                 "(or name the principal in governance.self_approval)",
             )
     except Refused as exc:
-        raise _refuse(log, name, str(version), principal, exc) from None
+        raise record_refusal(log, name, str(version), principal, exc) from None
     state = APPROVED if approve else REJECTED
     at = datetime.now(UTC).isoformat(timespec="seconds")
     why = note or "no note"
@@ -256,7 +264,20 @@ def promote(
                 f"an approver runs `mlcycle approve {version} --note …`",
             )
     except Refused as exc:
-        raise _refuse(log, name, str(version), principal, exc) from None
+        raise record_refusal(log, name, str(version), principal, exc) from None
     if approval.valid:
         reason = f"{reason}; approved by {approval.by} at {approval.at}"
-    return registry.promote(client, log, name, str(version), reason, str(principal))
+    events = registry.promote(client, log, name, str(version), reason, str(principal))
+    replaced = {e.from_version for e in events if e.alias == registry.CHAMPION and e.from_version}
+    for old in replaced - {str(version)}:
+        archive(client, name, old, principal, f"replaced by v{version} as champion")
+    return events
+
+
+def archive(client: MlflowClient, name: str, version: str, principal: Principal, why: str) -> None:
+    """A version that no longer serves: archived, with who, when and why (its approval tags stay,
+    so the audit still shows who once approved it). A rollback may bring it back to serve."""
+    at = datetime.now(UTC).isoformat(timespec="seconds")
+    for key, value in {STATE_TAG: ARCHIVED, ARCHIVED_BY_TAG: principal.name, ARCHIVED_AT_TAG: at,
+                       ARCHIVED_NOTE_TAG: why}.items():  # fmt: skip
+        client.set_model_version_tag(name, str(version), key, value)

@@ -30,7 +30,7 @@ from mlcycle.data import lineage
 from mlcycle.decisions import Verdict
 from mlcycle.project.config import ProjectConfig
 from mlcycle.registry import aliases as registry
-from mlcycle.registry import model_card
+from mlcycle.registry import governance, model_card
 from mlcycle.training.evaluation import EvaluationReport, evaluate
 from mlcycle.training.fit import Candidate, baseline_parameters, matrix
 
@@ -216,6 +216,12 @@ def log_and_register(
 
     if not gates.passed:
         return TrainingRecord(run_id, False, None, None, tuple(c.name for c in gates.failed), None, None)
+    principal = governance.current_principal()  # the principal this process runs as, not the run's name
+    try:
+        governance.require_role(cfg.governance, principal, "trainer", "register a version")
+    except governance.Refused as exc:
+        governance.record_refusal(log, cfg.model.name, None, principal, exc)
+        return TrainingRecord(run_id, False, None, None, (str(exc),), None, None)
 
     version = str(mlflow.register_model(model_uri, cfg.model.name).version)
     for key, value in {
@@ -227,19 +233,19 @@ def log_and_register(
         "mlcycle.run_id": run_id,
     }.items():
         client.set_model_version_tag(cfg.model.name, version, key, value)
-    from mlcycle.registry import governance
-
-    trainer = governance.current_principal().name  # the principal this process runs as, not the run's name
-    governance.mark_registered(client, cfg.model.name, version, trainer, triggered_by or trainer)
+    governance.mark_registered(client, cfg.model.name, version, principal.name, triggered_by or principal.name)
     has_champion = registry.version_by_alias(client, cfg.model.name, registry.CHAMPION) is not None
-    alias = registry.CHALLENGER if has_champion else registry.CHAMPION
+    # The first model serves at once only for a principal who may move champion; else it waits as
+    # the challenger for an approver (`mlcycle approve`, then `mlcycle promote`).
+    first = not has_champion and governance.holds(cfg.governance, principal, "approver")
+    alias = registry.CHAMPION if first else registry.CHALLENGER
     o = report.overall
     measured = (
         f"rmse {o.rmse:.4g}, mae {o.mae:.4g}"
         if cfg.task == "regression"
         else f"roc_auc {o.roc_auc:.4f}, pr_auc {o.pr_auc:.4f}"
     )
-    reason = f"gates passed ({measured})" + ("" if has_champion else "; first model")
+    reason = f"gates passed ({measured})" + ("; first model" if first else "")
     registry.move_alias(client, log, cfg.model.name, alias, version, reason, who)
     md_path, html_path = write_model_card(cfg, client, run_id, version, [alias], candidate, quality, gates, data_hash)
     return TrainingRecord(run_id, True, version, alias, (), md_path, html_path)
