@@ -94,6 +94,8 @@ def test_monitor_finds_the_drift_and_the_decay_and_says_where_to_look(drifted) -
     )
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "monitoring")}
     assert {"monitoring/drift_report.html", "monitoring/summary.json"} <= artifacts
+    # Under the project's data (where backups look), not in ./mlruns of whatever the cwd was.
+    assert run.info.artifact_uri.startswith(cfg.data_path.as_uri() + "/"), run.info.artifact_uri
 
 
 def test_reference_is_computed_once_per_champion(drifted) -> None:

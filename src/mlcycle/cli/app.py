@@ -435,10 +435,13 @@ def promote(
     from mlcycle.registry import governance
 
     cfg = _config(config)
-    client = registry.client_for(cfg)
-    log = registry.PromotionLog(cfg.promotion_log_uri)
-    principal = governance.current_principal()
     try:
+        if gate := _gate():  # the gate checks who we are and the rules, and moves the alias
+            _print_moves(gate.promote(version, reason))
+            return
+        client = registry.client_for(cfg)
+        log = registry.PromotionLog(cfg.promotion_log_uri)
+        principal = governance.current_principal()
         events = governance.promote(client, log, cfg.governance, cfg.model.name, version, reason, principal,
                                     cfg.rollout.require_approval)  # fmt: skip
     except governance.Refused as exc:
@@ -447,8 +450,25 @@ def promote(
     except MlflowException as exc:
         console.print(f"[red]cannot promote {cfg.model.name} v{version}: {exc.message}[/red]")
         raise typer.Exit(1) from None
-    for e in events:
-        console.print(f"{e.alias}: v{e.from_version or '-'} → v{e.to_version or '-'} ({e.reason})")
+    _print_moves(events)
+
+
+def _gate() -> Any:
+    """The registry gate this process must go through (``MLCYCLE_REGISTRY_GATE_URL``: profile scale
+    with an authenticating MLflow server), as the MLflow user of MLFLOW_TRACKING_USERNAME; None
+    where the registry is reached directly (profile local: the principal is the OS user)."""
+    import os
+
+    from mlcycle.registry import gate
+
+    return gate.GateClient.from_env() if os.environ.get(gate.GATE_URL_ENV) else None
+
+
+def _print_moves(events: list[Any]) -> None:
+    for e in events:  # PromotionEvents, or the gate's answer ({alias, from, to, reason, …})
+        e = e if isinstance(e, dict) else {**e.__dict__, "from": e.from_version, "to": e.to_version}
+        line = f"{e['alias']}: v{e['from'] or '-'} → v{e['to'] or '-'} ({e['reason']})"
+        console.print(line, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -694,6 +714,18 @@ def rollback(
     from mlcycle.serving import rollout
 
     cfg = _config(config)
+    if gate := _gate():
+        try:
+            moves = gate.rollback(reason)
+        except governance.Refused as exc:
+            console.print(str(exc), style="red", markup=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except RuntimeError as exc:  # the gate's 409: nothing to roll back to
+            console.print(f"not rolled back: {exc}", style="red", markup=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        console.print("traffic: champion-only")
+        _print_moves(moves)
+        return
     client = registry.client_for(cfg)
     log = registry.PromotionLog(cfg.promotion_log_uri)
     principal = governance.current_principal()
@@ -830,16 +862,21 @@ def _decide_version(cfg: ProjectConfig, version: str, approve: bool, note: str) 
     from mlcycle.registry import aliases as registry
     from mlcycle.registry import governance
 
-    principal = governance.current_principal()
-    client = registry.client_for(cfg)
-    log = registry.PromotionLog(cfg.promotion_log_uri)
     try:
-        approval = governance.decide(client, log, cfg.governance, cfg.model.name, version, principal, approve, note)
+        if gate := _gate():  # the gate verifies the caller against the MLflow server and decides
+            principal = gate.whoami()
+            line = gate.approve(version, note) if approve else gate.reject(version, note)
+        else:
+            principal = governance.current_principal()
+            client = registry.client_for(cfg)
+            log = registry.PromotionLog(cfg.promotion_log_uri)
+            line = governance.decide(client, log, cfg.governance, cfg.model.name, version, principal, approve,
+                                     note).line()  # fmt: skip
     except governance.Refused as exc:
         console.print(str(exc), style="red", markup=False, soft_wrap=True)
         console.print("Nothing moved; the refusal is in the audit log (mlcycle history).", markup=False)
         raise typer.Exit(1) from None
-    console.print(approval.line(), markup=False, soft_wrap=True)
+    console.print(line, markup=False, soft_wrap=True)
     if not principal.authenticated:
         console.print(f"recorded as {principal}: nothing here verified who you are (no authenticating server)",
                       markup=False, soft_wrap=True)  # fmt: skip
@@ -1174,12 +1211,12 @@ def stream(
     from mlcycle.settings import redact
 
     token = os.environ.get("MLCYCLE_STACK_ID", "")
-    console.print(f"stream consumer started ({token}) on {redact(broker_url(cfg))}", markup=False, soft_wrap=True)
     try:
         EventSchema(cfg)
     except StreamConfigError as exc:  # the config itself: no wait can fix it
         console.print(f"cannot stream: {exc}", style="red", markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
+    console.print(f"stream consumer started ({token}) on {redact(broker_url(cfg))}", markup=False, soft_wrap=True)
     worker = None
     while worker is None and not stop.is_set():
         try:
@@ -1354,6 +1391,49 @@ def _print_stream_status(cfg: ProjectConfig) -> None:
     for name, value in figures:
         table.add_row(name, str(value))
     console.print(table)
+
+
+@app.command()
+def backup(
+    dest: Annotated[Path, typer.Argument(help="A new (or empty) directory for the backup.")],
+    config: ConfigOption = None,
+) -> None:
+    """Back the project up: registry and tracking store, promotion log, artifacts, feature tables,
+    prediction log, monitoring, Feast registry, config and contract, with a manifest of hashes.
+    Restore with `mlcycle restore DEST`; what is left out (rebuilt by other commands) is listed."""
+    from mlcycle.ops import backup as backups
+
+    cfg = _config(config)
+    name = config.name if config and config.suffix in (".yaml", ".yml") else "mlcycle.yaml"
+    try:
+        manifest = backups.backup(cfg, dest, name, out=lambda line: console.print(line, markup=False))
+    except backups.BackupError as exc:
+        console.print(f"not backed up: {exc}", style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    size = f"{len(manifest.files)} files, {manifest.total_bytes / 1e6:.1f} MB in {manifest.seconds:.1f} s"
+    console.print(f"backed up {cfg.project} to {dest.resolve()}: {size} (manifest.json)", markup=False)
+    for prefix, why in sorted(manifest.left_out.items()):
+        console.print(f"  left out data/{prefix}: {why}", markup=False)
+
+
+@app.command()
+def restore(
+    src: Annotated[Path, typer.Argument(help="A directory `mlcycle backup` wrote.")],
+    into: Annotated[Path, typer.Option(help="The project directory to restore into (its data/ empty).")] = Path("."),
+) -> None:
+    """Restore a backup into a project directory whose data/ is empty or absent (an empty machine, or
+    after a loss): every file is checked against the manifest first, nothing is written over state.
+    Then `mlcycle features publish` refills the online store, and the service serves the champion."""
+    from mlcycle.ops import backup as backups
+
+    try:
+        manifest, cfg = backups.restore(src, into, out=lambda line: console.print(line, markup=False))
+    except backups.BackupError as exc:
+        console.print(f"not restored: {exc}", style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    done = f"{len(manifest.files)} files checked, written in {manifest.seconds:.1f} s"
+    console.print(f"restored {manifest.project} ({manifest.created_at}) into {cfg.root}: {done}", markup=False)
+    console.print("next: mlcycle features publish   # the online store is not in a backup", markup=False)
 
 
 @app.command("scale-env")

@@ -17,6 +17,7 @@ is ``mlcycle.canary``, the policy ``mlcycle.rollout``.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -35,7 +36,7 @@ from mlcycle.decisions import Verdict
 from mlcycle.features.pipeline import labels_frame
 from mlcycle.project.config import ProjectConfig, load_config
 from mlcycle.registry import aliases as registry
-from mlcycle.registry import audit, governance
+from mlcycle.registry import audit, gate, governance
 from mlcycle.serving import canary, rollout
 from mlcycle.serving.prediction_store import read_logged_predictions
 
@@ -121,11 +122,17 @@ def promote(cfg: ProjectConfig, versions: tuple[str, str], reason: str) -> str |
     log = registry.PromotionLog(cfg.promotion_log_uri)
     if why := moved(versions, aliases.fn(cfg)):
         return why
-    principal = governance.Principal(_who(), False, "flow")
+    # The process's principal (the worker's service identity under `mlcycle up`) holds the role, or
+    # not; the run's name goes into the record beside it.
+    me = governance.current_principal()
+    principal = governance.Principal(f"{me.name}", me.authenticated, f"{me.via}, {_who()}")
     try:
         required = cfg.rollout.require_approval
-        governance.promote(client, log, cfg.governance, cfg.model.name, versions[0], reason, principal, required,
-                           on_behalf_of_approval=required)  # fmt: skip
+        if os.environ.get(gate.GATE_URL_ENV):  # profile scale with authentication: the gate moves it
+            gate.GateClient.from_env().promote(versions[0], reason, on_behalf_of_approval=required)
+        else:
+            governance.promote(client, log, cfg.governance, cfg.model.name, versions[0], reason, principal, required,
+                               on_behalf_of_approval=required)  # fmt: skip
     except governance.Refused as exc:
         return str(exc)
     rollout.write_policy(client, log, cfg.model.name, rollout.RolloutPolicy(), "canary complete", _who())
@@ -165,8 +172,9 @@ def read_approval(cfg: ProjectConfig, version: str) -> governance.Approval:
 
 
 def await_approval(cfg: ProjectConfig, version: str, champion: str, steps: list[dict[str, Any]]) -> governance.Approval:
-    """Wait (paused, no worker slot held) for a person's decision on ``version``; the decision is
-    what the registry records, checked when it was made, not what the wake-up call says."""
+    """Wait for a person's decision on ``version``, paused in this process (a Prefect pause, not a
+    suspend, so nothing re-runs); the decision is what the registry records, checked when it was
+    made, not what the wake-up call says."""
     logger = get_run_logger()
     approval = read_approval(cfg, version)
     if approval.valid or approval.state == governance.REJECTED:

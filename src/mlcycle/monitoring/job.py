@@ -390,7 +390,8 @@ def log_to_mlflow(cfg: ProjectConfig, result: CheckResult, directory: Path) -> s
     over time, the reports as artifacts."""
     import mlflow
 
-    registry.client_for(cfg)
+    client = registry.client_for(cfg)
+    registry.ensure_experiment(client, cfg.tracking.experiment + MONITORING_EXPERIMENT_SUFFIX, cfg.artifact_uri)
     mlflow.set_experiment(cfg.tracking.experiment + MONITORING_EXPERIMENT_SUFFIX)
     with mlflow.start_run(run_name=f"monitor v{result.champion_version}") as run:
         mlflow.set_tags({

@@ -46,15 +46,21 @@ def client_for(cfg: ProjectConfig) -> MlflowClient:
     mlflow.set_tracking_uri(cfg.tracking_uri)
     mlflow.set_registry_uri(cfg.tracking_uri)
     client = MlflowClient(cfg.tracking_uri, cfg.tracking_uri)
-    if client.get_experiment_by_name(cfg.tracking.experiment) is None:
+    ensure_experiment(client, cfg.tracking.experiment, cfg.artifact_uri)
+    mlflow.set_experiment(cfg.tracking.experiment)
+    return client
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str) -> None:
+    """Create ``name`` with its artifacts under the project's artifact root: MLflow's default is
+    ``./mlruns`` of whatever directory the process runs in, outside the project's data (and its backups)."""
+    if client.get_experiment_by_name(name) is None:
         try:
-            client.create_experiment(cfg.tracking.experiment, artifact_location=cfg.artifact_uri)
+            client.create_experiment(name, artifact_location=artifact_location)
         except MlflowException as exc:
             # Another process (a service retrying its start-up, a flow) created it in between.
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-    mlflow.set_experiment(cfg.tracking.experiment)
-    return client
 
 
 def actor() -> str:

@@ -141,4 +141,3 @@ def version_audit(client: MlflowClient, log: registry.PromotionLog, name: str, v
         events=events,
         chain=log.verify().as_dict(),
     )
-

@@ -10,6 +10,7 @@ one that fails is tagged with the failed gates and no alias moves.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from mlcycle.data import lineage
 from mlcycle.decisions import Verdict
 from mlcycle.project.config import ProjectConfig
 from mlcycle.registry import aliases as registry
-from mlcycle.registry import governance, model_card
+from mlcycle.registry import gate, governance, model_card
 from mlcycle.training.evaluation import EvaluationReport, evaluate
 from mlcycle.training.fit import Candidate, baseline_parameters, matrix
 
@@ -216,6 +217,22 @@ def log_and_register(
 
     if not gates.passed:
         return TrainingRecord(run_id, False, None, None, tuple(c.name for c in gates.failed), None, None)
+    version_tags = {
+        FEATURES_TAG: json.dumps(model.features),
+        THRESHOLD_TAG: str(model.threshold),
+        flavors.FLAVOR_TAG: model.flavor.name,
+        "mlcycle.feature_service": cfg.features.feature_service,
+        "mlcycle.data_hash": data_hash,
+        "mlcycle.run_id": run_id,
+    }
+    if os.environ.get(gate.GATE_URL_ENV):  # profile scale with authentication: the gate registers
+        try:
+            version = gate.GateClient.from_env().register(run_id, model_uri, version_tags, triggered_by)
+        except governance.Refused as exc:
+            return TrainingRecord(run_id, False, None, None, (str(exc),), None, None)
+        alias = registry.CHALLENGER  # the gate's rule: an approver makes any version champion
+        card = write_model_card(cfg, client, run_id, version, [alias], candidate, quality, gates, data_hash)
+        return TrainingRecord(run_id, True, version, alias, (), *card)
     principal = governance.current_principal()  # the principal this process runs as, not the run's name
     try:
         governance.require_role(cfg.governance, principal, "trainer", "register a version")
@@ -224,14 +241,7 @@ def log_and_register(
         return TrainingRecord(run_id, False, None, None, (str(exc),), None, None)
 
     version = str(mlflow.register_model(model_uri, cfg.model.name).version)
-    for key, value in {
-        FEATURES_TAG: json.dumps(model.features),
-        THRESHOLD_TAG: str(model.threshold),
-        flavors.FLAVOR_TAG: model.flavor.name,
-        "mlcycle.feature_service": cfg.features.feature_service,
-        "mlcycle.data_hash": data_hash,
-        "mlcycle.run_id": run_id,
-    }.items():
+    for key, value in version_tags.items():
         client.set_model_version_tag(cfg.model.name, version, key, value)
     governance.mark_registered(client, cfg.model.name, version, principal.name, triggered_by or principal.name)
     has_champion = registry.version_by_alias(client, cfg.model.name, registry.CHAMPION) is not None

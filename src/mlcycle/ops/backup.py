@@ -1,0 +1,323 @@
+"""``mlcycle backup DEST`` / ``mlcycle restore SRC``: a project's state as one versioned directory,
+and back, checked against a manifest of hashes.
+
+What a backup holds, and what it leaves out on purpose:
+
+- **SQLite databases** (the MLflow registry and tracking store, the promotion log, any other
+  ``*.db`` mlcycle keeps under ``data/``): copied with SQLite's online backup API, so each is a
+  consistent snapshot even while a flow or the service writes to it.
+- **Files**: artifacts (models, training snapshots, reports), feature tables, the prediction log,
+  monitoring reports and their reference, the offline event log, model cards.
+- **The project's definitions**: its config, data contract and Feast feature repo, so a restore on an
+  empty machine has a project to run.
+- **Left out**, each rebuilt by the tool that made it: the Feast registry and online store
+  (``mlcycle features publish``, from the feature repo and the tables), the BentoML store
+  (``mlcycle build``), Prefect's run history and the pid files of a running stack, the live
+  broker's append-only file (the offline event log is kept).
+
+The databases are copied one after another, not in one transaction across them: a promotion that
+lands during a backup may be in the promotion log and not yet on the alias, or the reverse. Take a
+backup when no rollout is running, or take another. The restore refuses a project that has state
+(``data/`` not empty): it restores next to nothing, never over something.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from mlcycle.project.config import DEFAULT_CONFIG_NAME, ProjectConfig, load_config
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+DATA, PROJECT = "data", "project"
+SQLITE_HEADER = b"SQLite format 3\x00"
+# Under data/: rebuilt by the tool that made it, or the state of live processes.
+LEFT_OUT = {
+    "bentoml": "the BentoML store: `mlcycle build` makes the Bento again",
+    "prefect": "Prefect's server database (run history): not needed to serve or retrain",
+    "run": "pid files of a running stack",
+    "stream/broker": "the live broker's append-only file (the offline event log in stream/events is kept)",
+    # The local Feast registry records what the online store holds; restored without the store it
+    # would make `features publish` skip the load. Both are rebuilt from feature_repo/ and the tables.
+    "feast": "the Feast registry and online store: `mlcycle features publish` rebuilds both",
+    "retraining.lock": "a lock file",
+}
+# MLflow's columns that hold absolute locations under the project's data directory.
+LOCATIONS = {
+    "experiments": ["artifact_location"],
+    "runs": ["artifact_uri"],
+    "model_versions": ["source", "storage_location"],
+    "logged_models": ["artifact_location"],
+    "tags": ["value"],
+    "params": ["value"],
+    "model_version_tags": ["value"],
+}
+
+Progress = Callable[[str], None]
+
+
+class BackupError(RuntimeError):
+    """A backup or restore that cannot go on; ``fix`` says what to do. Nothing was left half-written."""
+
+    def __init__(self, message: str, fix: str):
+        super().__init__(f"{message}: {fix}")
+        self.fix = fix
+
+
+@dataclass
+class Manifest:
+    format: int
+    created_at: str
+    mlcycle_version: str
+    project: str
+    profile: str
+    model: str
+    data_root: str  # where data/ was, so a restore elsewhere can relocate MLflow's absolute paths
+    config_name: str
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # path in the backup → sha256, bytes
+    left_out: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(int(f["bytes"]) for f in self.files.values())
+
+    def write(self, root: Path) -> None:
+        (root / MANIFEST).write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def read(cls, root: Path) -> Manifest:
+        path = root / MANIFEST
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise BackupError(f"{root} has no {MANIFEST}", "point at a directory `mlcycle backup` wrote") from None
+        except json.JSONDecodeError as exc:
+            raise BackupError(f"{path} is not valid JSON ({exc})", "the backup is damaged: use another") from None
+        if raw.get("format") != FORMAT:
+            raise BackupError(
+                f"{path} has format {raw.get('format')!r}, this mlcycle reads {FORMAT}",
+                "restore with the mlcycle version that wrote it",
+            )
+        return cls(**raw)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_sqlite(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+    except OSError:
+        return False
+
+
+def _left_out(rel: str) -> str | None:
+    for prefix in LEFT_OUT:
+        if rel == prefix or rel.startswith(prefix + "/"):
+            return prefix
+    return None
+
+
+def _data_files(data: Path) -> Iterator[tuple[str, Path]]:
+    for path in sorted(data.rglob("*")):
+        if not path.is_file() or path.name.endswith((".part", "-journal", "-wal", "-shm")):
+            continue
+        yield path.relative_to(data).as_posix(), path
+
+
+def _project_files(cfg: ProjectConfig, config_name: str) -> Iterator[tuple[str, Path]]:
+    """The definitions a project needs besides its data: config, contract, Feast repo."""
+    root = cfg.root.resolve()
+    wanted = [root / config_name]
+    if cfg.table.contract and ":" not in cfg.table.contract:
+        wanted.append(cfg.resolve(Path(cfg.table.contract)))
+    repo = cfg.feature_repo_path
+    if repo.is_dir():
+        wanted += [p for p in sorted(repo.rglob("*")) if p.is_file() and "__pycache__" not in p.parts]
+    for path in wanted:
+        if path.is_file() and path.resolve().is_relative_to(root):
+            yield path.resolve().relative_to(root).as_posix(), path
+
+
+def _copy_sqlite(src: Path, dst: Path) -> None:
+    """A consistent copy of a live database (SQLite's online backup API)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(f"{src.as_uri()}?mode=ro", uri=True) as source, sqlite3.connect(dst) as target:
+        source.backup(target)
+    source.close()
+    target.close()
+
+
+def _empty_or_absent(path: Path) -> bool:
+    return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+
+
+def backup(cfg: ProjectConfig, dest: Path, config_name: str = DEFAULT_CONFIG_NAME, out: Progress = print) -> Manifest:
+    """Write a backup of ``cfg``'s project to ``dest`` (absent or empty); nothing is left at ``dest``
+    if it fails."""
+    if cfg.profile != "local":
+        raise BackupError(
+            f"profile {cfg.profile}: its registry and logs live in PostgreSQL and Redis",
+            "this mlcycle backs up profile local only; back PostgreSQL up with pg_dump meanwhile",
+        )
+    dest = Path(dest).resolve()
+    data = cfg.data_path
+    if not _empty_or_absent(dest):
+        raise BackupError(f"{dest} exists and is not empty", "give a new directory (a backup never overwrites one)")
+    if dest.is_relative_to(data):
+        raise BackupError(f"{dest} is inside the project's data directory", "back up to a directory outside data/")
+    if not (data / "mlflow.db").exists() and not any(data.glob("*")):
+        raise BackupError(f"{data} holds nothing to back up", "train a model first (mlcycle train)")
+    started = time.monotonic()
+    staging = dest.parent / f".{dest.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    manifest = Manifest(
+        format=FORMAT,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        mlcycle_version=metadata.version("mlcycle"),
+        project=cfg.project,
+        profile=cfg.profile,
+        model=cfg.model.name,
+        data_root=str(data),
+        config_name=config_name,
+    )
+    try:
+        copied = 0
+        for rel, path in _data_files(data):
+            if (prefix := _left_out(rel)) is not None:
+                manifest.left_out.setdefault(prefix, LEFT_OUT[prefix])
+                continue
+            target = staging / DATA / rel
+            if is_sqlite(path):
+                _copy_sqlite(path, target)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+            copied += 1
+            if copied % 500 == 0:
+                out(f"  {copied} files copied …")
+        for rel, path in _project_files(cfg, config_name):
+            target = staging / PROJECT / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+        for path in sorted(staging.rglob("*")):
+            if path.is_file():
+                manifest.files[path.relative_to(staging).as_posix()] = {
+                    "sha256": sha256(path),
+                    "bytes": path.stat().st_size,
+                }
+        manifest.seconds = round(time.monotonic() - started, 2)
+        manifest.write(staging)
+        if dest.exists():
+            dest.rmdir()
+        os.replace(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def verify(src: Path) -> Manifest:
+    """The manifest, once every file it lists is there with its hash (and no file it does not list)."""
+    src = Path(src).resolve()
+    manifest = Manifest.read(src)
+    present = {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()} - {MANIFEST}
+    if missing := sorted(set(manifest.files) - present):
+        raise BackupError(
+            f"{len(missing)} files of the manifest are missing, first {missing[0]}",
+            "the backup is damaged: use another",
+        )
+    if extra := sorted(present - set(manifest.files)):
+        raise BackupError(
+            f"{len(extra)} files are not in the manifest, first {extra[0]}", "the backup was changed: use another"
+        )
+    for rel, expected in sorted(manifest.files.items()):
+        if sha256(src / rel) != expected["sha256"]:
+            raise BackupError(f"{rel} does not match the manifest's sha256", "the backup is damaged: use another")
+    return manifest
+
+
+def _relocate(db: Path, old: str, new: str) -> int:
+    """Point MLflow's absolute locations from the old data directory to the new one."""
+    changed = 0
+    pairs = [(Path(old).as_uri(), Path(new).as_uri()), (old, new)]
+    with sqlite3.connect(db) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table, columns in LOCATIONS.items():
+            if table not in tables:
+                continue
+            for column in columns:
+                for before, after in pairs:
+                    cur = conn.execute(
+                        f"UPDATE {table} SET {column} = replace({column}, ?, ?) WHERE instr({column}, ?) > 0",
+                        (before + "/", after + "/", before + "/"),
+                    )
+                    changed += cur.rowcount
+    conn.close()
+    return changed
+
+
+def restore(src: Path, root: Path, out: Progress = print) -> tuple[Manifest, ProjectConfig]:
+    """Bring the project in ``src`` back at ``root``: the manifest checked first, then ``data/``
+    written beside the project and moved into place in one rename. Refused, with nothing written,
+    over a project with state, or over a project file that differs from the backup's."""
+    root = Path(root).resolve()
+    started = time.monotonic()
+    manifest = verify(src)
+    src = Path(src).resolve()
+    data = root / DATA
+    if not _empty_or_absent(data):
+        raise BackupError(
+            f"{data} is not empty: a restore never writes over a project's state",
+            f"stop the project (mlcycle down) and move {data} aside, or restore into an empty directory",
+        )
+    project = {rel[len(PROJECT) + 1 :]: rel for rel in manifest.files if rel.startswith(PROJECT + "/")}
+    differs = [
+        p for p, rel in project.items() if (root / p).exists() and sha256(root / p) != manifest.files[rel]["sha256"]
+    ]
+    if differs:
+        raise BackupError(
+            f"{root / differs[0]} differs from the backup's copy ({len(differs)} project files differ)",
+            "move the project's own files aside, or restore into an empty directory",
+        )
+    staging = root / f".data.restoring-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        for rel in manifest.files:
+            if rel.startswith(DATA + "/"):
+                target = staging / rel[len(DATA) + 1 :]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src / rel, target)
+        if manifest.data_root != str(data) and (staging / "mlflow.db").exists():
+            moved = _relocate(staging / "mlflow.db", manifest.data_root, str(data))
+            out(f"  {moved} MLflow locations moved from {manifest.data_root} to {data}")
+        if data.exists():
+            data.rmdir()
+        os.replace(staging, data)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    for path, rel in project.items():  # only those missing: the others were checked equal
+        if not (root / path).exists():
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / rel, root / path)
+    manifest.seconds = round(time.monotonic() - started, 2)
+    return manifest, load_config(root / manifest.config_name)
