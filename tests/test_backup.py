@@ -90,7 +90,7 @@ def test_the_drill_back_up_destroy_restore(training_project: ProjectConfig, pref
     shutil.rmtree(cfg.data_path)  # the loss
     assert "restored" in cli("restore", str(dest), "--into", str(cfg.root))
     assert state(cfg) == before
-    cli("features", "publish", "--config", str(cfg.root / "mlcycle.yaml"))
+    cli("features", "publish", "--fresh", "--config", str(cfg.root / "mlcycle.yaml"))
     assert scores(cfg, bodies) == served_before
     result = tracking.reproduce(cfg, "2")
     assert result.data_hash_matches and result.identical, [r for r in result.rows if r[1] != r[2]][:5]

@@ -539,3 +539,65 @@ def test_the_stream_consumer_on_redis_equals_the_offline_engine_with_late_events
         for key in client.scan_iter(match=f"{stream_keys(scale_project).ns}*"):
             client.delete(key)
         client.close()
+
+
+def test_the_drill_in_profile_scale(world: ScaleWorld, scale_project: ProjectConfig, trained: dict, tmp_path) -> None:
+    """Back up, destroy (the test's database dropped, its Redis keys deleted, data/ removed),
+    restore, `features publish --fresh`: the same aliases, history and audit, the same scores
+    (the scorer /predict runs, in this process), and `reproduce` with identical metrics."""
+    from typer.testing import CliRunner
+
+    from mlcycle.cli.app import app
+    from mlcycle.ops import backup as backups
+    from mlcycle.registry import tracking
+
+    cfg = scale_project
+    config = ["--config", str(cfg.root / "mlcycle.yaml")]
+
+    def cli(*args: str) -> str:
+        result = CliRunner().invoke(app, [*args, *config])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    def scored() -> list[tuple]:
+        tx = pd.read_parquet(cfg.raw_dir / "transactions.parquet")
+        scorer = Scorer(cfg)
+        try:
+            scorer.load()
+            assert scorer.ready, scorer.not_ready_reason
+            results = scorer.score([request_body(r)["request"] for r in tx.tail(20).itertuples()])
+        finally:
+            scorer.close()
+        return [(r.score, r.model_version, tuple(r.features_missing)) for r in results]
+
+    def state() -> dict:
+        client = registry.client_for(cfg)
+        return {
+            "aliases": registry.aliases_of(client, cfg.model.name),
+            "history": cli("history"),
+            "audit": json.loads(cli("audit", "--json")),
+            "v1": {k: v for k, v in json.loads(cli("audit", "1", "--json")).items() if k != "created"},
+        }
+
+    before, scores_before = state(), scored()
+    dest = tmp_path / "backup"
+    manifest = backups.backup(cfg, dest, out=lambda _: None)
+    assert f"postgres/{world.database}.dump" in manifest.files and manifest.database == world.database
+    assert world.pg_url not in (dest / "manifest.json").read_text()
+
+    drop_database(world.database)  # the loss: the database, the online store, the files
+    client = redis.Redis.from_url(MACHINE_REDIS)
+    keys = project_keys(client, world.project)
+    for start in range(0, len(keys), 500):
+        client.delete(*keys[start : start + 500])
+    shutil.rmtree(cfg.data_path, ignore_errors=True)
+    assert not database_exists(world.database)
+
+    backups.restore(dest, cfg.root, out=lambda _: None)
+    with pytest.raises(backups.BackupError, match=r"database .* has \d+ tables"):  # never over state
+        backups.restore(dest, tmp_path / "again", out=lambda _: None)
+    pipeline.publish_features(cfg, fresh=True)
+    assert state() == before
+    assert scored() == scores_before
+    result = tracking.reproduce(cfg, "1")
+    assert result.data_hash_matches and result.identical

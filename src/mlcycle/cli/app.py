@@ -1033,7 +1033,7 @@ def build(
 
 
 # ----------------------------------------------------------------------------- CI (mlcycle ci)
-ci_app = typer.Typer(help="The checks a change must pass (JUnit XML for CI), the golden set, staging.")
+ci_app = typer.Typer()  # its help: the docstring of `ci` below
 app.add_typer(ci_app, name="ci")
 
 
@@ -1423,7 +1423,7 @@ def restore(
 ) -> None:
     """Restore a backup into a project directory whose data/ is empty or absent (an empty machine, or
     after a loss): every file is checked against the manifest first, nothing is written over state.
-    Then `mlcycle features publish` refills the online store, and the service serves the champion."""
+    Then `mlcycle features publish --fresh` refills the online store, and the service serves the champion."""
     from mlcycle.ops import backup as backups
 
     try:
@@ -1433,7 +1433,7 @@ def restore(
         raise typer.Exit(1) from None
     done = f"{len(manifest.files)} files checked, written in {manifest.seconds:.1f} s"
     console.print(f"restored {manifest.project} ({manifest.created_at}) into {cfg.root}: {done}", markup=False)
-    console.print("next: mlcycle features publish   # the online store is not in a backup", markup=False)
+    console.print("next: mlcycle features publish --fresh   # the online store is not in a backup", markup=False)
 
 
 @app.command("scale-env")

@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -35,12 +36,16 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import sqlalchemy as sa
 
 from mlcycle.project.config import DEFAULT_CONFIG_NAME, ProjectConfig, load_config
+from mlcycle.settings import ScaleSettings, ensure_database, forget_ensured, redact
 
 FORMAT = 1
 MANIFEST = "manifest.json"
-DATA, PROJECT = "data", "project"
+DATA, PROJECT, POSTGRES = "data", "project", "postgres"
 SQLITE_HEADER = b"SQLite format 3\x00"
 # Under data/: rebuilt by the tool that made it, or the state of live processes.
 LEFT_OUT = {
@@ -85,6 +90,7 @@ class Manifest:
     model: str
     data_root: str  # where data/ was, so a restore elsewhere can relocate MLflow's absolute paths
     config_name: str
+    database: str | None = None  # profile scale: the PostgreSQL database dumped (never its URL)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # path in the backup → sha256, bytes
     left_out: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
@@ -170,22 +176,65 @@ def _empty_or_absent(path: Path) -> bool:
     return not path.exists() or (path.is_dir() and not any(path.iterdir()))
 
 
+def _libpq(url: str) -> tuple[str, dict[str, str]]:
+    """A libpq URL without its password, and the environment that carries the password: pg_dump
+    and pg_restore must not show it to ``ps``."""
+    parts = urlsplit(url.replace("postgresql+psycopg://", "postgresql://", 1))
+    env = {**os.environ}
+    if parts.password:
+        env["PGPASSWORD"] = unquote(parts.password)
+    netloc = parts.hostname or ""
+    if parts.username:
+        netloc = f"{unquote(parts.username)}@{netloc}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(("postgresql", netloc, parts.path, parts.query, "")), env
+
+
+def _run_pg(tool: str, args: list[str], url: str) -> None:
+    binary = shutil.which(tool)
+    if binary is None:
+        raise BackupError(f"{tool} not found", "install PostgreSQL's client tools (Debian: postgresql-client)")
+    conninfo, env = _libpq(url)
+    result = subprocess.run([binary, *args, "--dbname", conninfo], env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BackupError(
+            f"{tool} failed: {redact(result.stderr.strip())[-500:]}", "check MLCYCLE_PG_URL and the server"
+        )
+
+
+def dump_database(url: str, path: Path) -> None:
+    """``pg_dump`` in its custom format (one consistent snapshot of the whole database)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _run_pg("pg_dump", ["--format=custom", "--no-owner", "--no-privileges", "--file", str(path)], url)
+
+
+def database_tables(url: str) -> list[str]:
+    """The tables in the database's public schema; [] when it has none (created when missing)."""
+    forget_ensured()  # a database dropped since this process last looked is created again
+    ensure_database(sqlalchemy_url(url))
+    engine = sa.create_engine(sqlalchemy_url(url))
+    try:
+        return sorted(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def sqlalchemy_url(url: str) -> str:
+    return url if "+" in url.split("://", 1)[0] else url.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
 def backup(cfg: ProjectConfig, dest: Path, config_name: str = DEFAULT_CONFIG_NAME, out: Progress = print) -> Manifest:
     """Write a backup of ``cfg``'s project to ``dest`` (absent or empty); nothing is left at ``dest``
     if it fails."""
-    if cfg.profile != "local":
-        raise BackupError(
-            f"profile {cfg.profile}: its registry and logs live in PostgreSQL and Redis",
-            "this mlcycle backs up profile local only; back PostgreSQL up with pg_dump meanwhile",
-        )
     dest = Path(dest).resolve()
     data = cfg.data_path
     if not _empty_or_absent(dest):
         raise BackupError(f"{dest} exists and is not empty", "give a new directory (a backup never overwrites one)")
     if dest.is_relative_to(data):
         raise BackupError(f"{dest} is inside the project's data directory", "back up to a directory outside data/")
-    if not (data / "mlflow.db").exists() and not any(data.glob("*")):
-        raise BackupError(f"{data} holds nothing to back up", "train a model first (mlcycle train)")
+    if cfg.profile == "local" and not (data / "mlflow.db").exists():
+        raise BackupError(f"{data} holds no registry to back up", "train a model first (mlcycle train)")
     started = time.monotonic()
     staging = dest.parent / f".{dest.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -200,8 +249,13 @@ def backup(cfg: ProjectConfig, dest: Path, config_name: str = DEFAULT_CONFIG_NAM
         config_name=config_name,
     )
     try:
+        if cfg.profile == "scale":  # the registry, logs and Feast registry: one database, one dump
+            out(f"  pg_dump of {cfg.scale.database} …")
+            dump_database(cfg.scale.pg_url, staging / POSTGRES / f"{cfg.scale.database}.dump")
+            manifest.database = cfg.scale.database
+            manifest.left_out.setdefault("redis", "the online store in Redis: `mlcycle features publish --fresh`")
         copied = 0
-        for rel, path in _data_files(data):
+        for rel, path in _data_files(data) if data.exists() else ():
             if (prefix := _left_out(rel)) is not None:
                 manifest.left_out.setdefault(prefix, LEFT_OUT[prefix])
                 continue
@@ -255,23 +309,26 @@ def verify(src: Path) -> Manifest:
     return manifest
 
 
-def _relocate(db: Path, old: str, new: str) -> int:
-    """Point MLflow's absolute locations from the old data directory to the new one."""
+def _relocate(url: str, old: str, new: str) -> int:
+    """Point MLflow's absolute locations (``url``: its SQLite file or PostgreSQL database) from the
+    old data directory to the new one."""
     changed = 0
     pairs = [(Path(old).as_uri(), Path(new).as_uri()), (old, new)]
-    with sqlite3.connect(db) as conn:
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        for table, columns in LOCATIONS.items():
-            if table not in tables:
-                continue
-            for column in columns:
-                for before, after in pairs:
-                    cur = conn.execute(
-                        f"UPDATE {table} SET {column} = replace({column}, ?, ?) WHERE instr({column}, ?) > 0",
-                        (before + "/", after + "/", before + "/"),
-                    )
-                    changed += cur.rowcount
-    conn.close()
+    engine = sa.create_engine(url)
+    find = "instr({c}, :before) > 0" if engine.dialect.name == "sqlite" else "strpos({c}, :before) > 0"
+    try:
+        with engine.begin() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+            for table, columns in LOCATIONS.items():
+                for column in columns if table in tables else ():
+                    for before, after in pairs:
+                        where = find.format(c=column)
+                        query = sa.text(
+                            f"UPDATE {table} SET {column} = replace({column}, :before, :after) WHERE {where}"
+                        )
+                        changed += conn.execute(query, {"before": before + "/", "after": after + "/"}).rowcount
+    finally:
+        engine.dispose()
     return changed
 
 
@@ -298,16 +355,34 @@ def restore(src: Path, root: Path, out: Progress = print) -> tuple[Manifest, Pro
             f"{root / differs[0]} differs from the backup's copy ({len(differs)} project files differ)",
             "move the project's own files aside, or restore into an empty directory",
         )
+    dump = next((rel for rel in manifest.files if rel.startswith(POSTGRES + "/")), None)
+    if manifest.profile == "scale" and dump is not None:
+        pg_target = ScaleSettings.from_env()
+        if tables := database_tables(pg_target.pg_url):
+            raise BackupError(
+                f"database {pg_target.database} has {len(tables)} tables ({', '.join(tables[:3])}, …): a restore never "
+                "writes over a project's state",
+                "point MLCYCLE_PG_URL at an empty database (it is created when missing)",
+            )
     staging = root / f".data.restoring-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
+        staging.mkdir(parents=True)
         for rel in manifest.files:
             if rel.startswith(DATA + "/"):
                 target = staging / rel[len(DATA) + 1 :]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src / rel, target)
-        if manifest.data_root != str(data) and (staging / "mlflow.db").exists():
-            moved = _relocate(staging / "mlflow.db", manifest.data_root, str(data))
+        registry_url = None
+        if manifest.profile == "scale" and dump is not None:
+            out(f"  pg_restore into {pg_target.database} …")  # one transaction: all or nothing
+            _run_pg("pg_restore", ["--no-owner", "--no-privileges", "--single-transaction", "--exit-on-error",
+                                   str(src / dump)], pg_target.pg_url)  # fmt: skip
+            registry_url = sqlalchemy_url(pg_target.pg_url)
+        elif (staging / "mlflow.db").exists():
+            registry_url = f"sqlite:///{staging / 'mlflow.db'}"
+        if manifest.data_root != str(data) and registry_url is not None:
+            moved = _relocate(registry_url, manifest.data_root, str(data))
             out(f"  {moved} MLflow locations moved from {manifest.data_root} to {data}")
         if data.exists():
             data.rmdir()
