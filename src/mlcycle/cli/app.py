@@ -602,7 +602,11 @@ def reproduce(
     from mlcycle.registry import tracking
 
     cfg = _config(config)
-    result = tracking.reproduce(cfg, version)
+    try:
+        result = tracking.reproduce(cfg, version)
+    except tracking.SnapshotExpired as exc:
+        console.print(str(exc), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     table = Table("metric", "recorded", "reproduced", "")
     for name, recorded, again in result.rows:
         if name.startswith("test.") or name == "threshold":
@@ -1391,6 +1395,17 @@ def _print_stream_status(cfg: ProjectConfig) -> None:
     for name, value in figures:
         table.add_row(name, str(value))
     console.print(table)
+
+
+@app.command()
+def retention(config: ConfigOption = None) -> None:
+    """Remove what each sink keeps past privacy.retention_days: prediction-log days (or rows),
+    monitoring reports, training snapshots no live version needs, broker entries already in the
+    offline event log. The scheduled `retention` deployment runs the same."""
+    cfg = _config(config)
+    result = _run_flow(cfg, "retention", "retention", "retention")
+    for line in result["lines"]:
+        console.print(line, markup=False, soft_wrap=True)
 
 
 @app.command()

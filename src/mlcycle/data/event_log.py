@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mlcycle.data import privacy
 from mlcycle.project.config import ProjectConfig
 
 PART_GLOB = "part-*.parquet"
@@ -27,11 +28,28 @@ def events_dir(cfg: ProjectConfig) -> Path:
     return cfg.data_path / "stream" / "events"
 
 
+SINK = "event_log"
+
+
+def check_privacy(cfg: ProjectConfig) -> None:
+    """At the consumer's start: the key when a rule hashes, and no rule on a column the feature build
+    keys or orders events by (entity keys, event id, time): those stay as the table holds them."""
+    privacy.check_writer(cfg.privacy, SINK)
+    t = cfg.table
+    keyed = [c for c in privacy.rules(cfg.privacy, SINK) if c in {*t.entities, t.event_id, t.timestamp}]
+    if keyed:
+        raise ValueError(
+            f"privacy: {', '.join(keyed)} is a key of the feature build and must be kept in the event log (the "
+            f"offline source the next features build reads): set event_log: keep for it in mlcycle.yaml"
+        )
+
+
 def append_events(cfg: ProjectConfig, frame: pd.DataFrame, first_id: str) -> Path | None:
     """One batch of applied events as a new part file; ``first_id`` (the batch's first stream id)
-    orders the parts by arrival."""
+    orders the parts by arrival. Written as the project's privacy rules allow (``event_log``)."""
     if frame.empty:
         return None
+    frame = privacy.redact(frame, cfg.privacy, SINK)
     directory = events_dir(cfg)
     directory.mkdir(parents=True, exist_ok=True)
     stem = f"part-{first_id.replace('-', '_')}-{uuid.uuid4().hex[:8]}"

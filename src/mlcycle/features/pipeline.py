@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from mlcycle.data import event_log, validation
+from mlcycle.data import event_log, privacy, validation
 from mlcycle.data.lineage import file_hash
 from mlcycle.data.validation import ContractReport, ContractViolation
 from mlcycle.features import store, transform
@@ -124,7 +124,8 @@ def labels_frame(table: pd.DataFrame, cfg: ProjectConfig) -> pd.DataFrame:
         )
     return pd.DataFrame(
         {
-            "event_id": table[t.event_id].astype(str).to_numpy(),
+            # As the prediction log holds it (a hashed event id joins its hashed log rows).
+            "event_id": privacy.as_logged(table[t.event_id].astype(str), t.event_id, cfg.privacy).to_numpy(),
             "event_timestamp": table[t.timestamp].to_numpy(),
             "label": label_values(table[t.label], cfg).to_numpy(),
             "label_available_at": label_arrival(table, cfg).to_numpy(),

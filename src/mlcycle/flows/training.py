@@ -21,10 +21,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 import mlcycle  # noqa: F401  (telemetry off before the stack is imported)
-from mlcycle.data import validation
+from mlcycle.data import privacy, validation
 from mlcycle.decisions import Verdict
 from mlcycle.features import open_project_store, pipeline, plan_for
-from mlcycle.project.config import ProjectConfig, load_config
+from mlcycle.project.config import PrivacySpec, ProjectConfig, load_config
 from mlcycle.registry import tracking
 from mlcycle.registry.aliases import client_for
 from mlcycle.training import fit as training
@@ -75,8 +75,8 @@ def check_training_set(cfg: ProjectConfig, frame: pd.DataFrame, features: list[s
 
 
 @task(name="snapshot-training-set", **CPU)
-def snapshot_training_set(frame: pd.DataFrame, directory: str) -> tracking.Snapshot:
-    return tracking.write_snapshot(frame, Path(directory))
+def snapshot_training_set(frame: pd.DataFrame, directory: str, policy: PrivacySpec | None = None) -> tracking.Snapshot:
+    return tracking.write_snapshot(frame, Path(directory), policy)
 
 
 @task(name="train-candidate", **CPU)
@@ -130,6 +130,7 @@ def train(
     separation of duties; default the principal this process runs as."""
     logger = get_run_logger()
     cfg = load_config(config)
+    privacy.check_writer(cfg.privacy, "training_snapshot")  # no key, no run: never a clear value written
     table = load_table(cfg)
     validate_contract(cfg, table)
     frame, features = build_training_set(cfg, as_of, window_days)
@@ -138,7 +139,7 @@ def train(
     # The snapshot is written while the training set is checked and split: those keep one core
     # busy, parquet encoding the other. It is done long before the latency is measured.
     staging = tempfile.mkdtemp(prefix="mlcycle-snapshot-")
-    snapshot = snapshot_training_set.submit(frame, staging)
+    snapshot = snapshot_training_set.submit(frame, staging, cfg.privacy)
     try:
         quality = check_training_set(cfg, frame, features)
         candidate = train_candidate(cfg, frame, features)

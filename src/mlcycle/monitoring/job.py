@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlcycle.data import privacy
 from mlcycle.data.validation import load_table
 from mlcycle.features.pipeline import labels_frame
 from mlcycle.monitoring import drift as monitoring
@@ -52,6 +53,9 @@ class ChampionReference:
     categorical: list[str]
     baseline_roc_auc: float | None
     baseline_rmse: float | None = None
+
+
+MONITORING_SINK = "monitoring"
 
 
 def held_out_rows(snapshot: pd.DataFrame, test_start: str | None) -> pd.DataFrame:
@@ -110,6 +114,12 @@ def champion_reference(cfg: ProjectConfig) -> ChampionReference:
         categorical = categorical_fields(cfg, frame)
         codes = {c + CODE_SUFFIX for c in categorical}
         numeric = [f for f in features if f not in codes]
+        # What monitoring may keep (privacy: monitoring): a feature it may not keep as a number is not
+        # compared as one; the model still scores the rows as they are (its own inputs).
+        hidden = privacy.rules(cfg.privacy, MONITORING_SINK)
+        numeric = [f for f in numeric if f not in hidden]
+        categorical = [c for c in categorical if hidden.get(c, ("keep",))[0] != "drop"]
+        frame = privacy.redact(frame, cfg.privacy, MONITORING_SINK)
         # Inputs: the whole training snapshot (what the model learned the world to be). Scores: only
         # the held-out evaluation window, because scores on the rows a model was fitted on are
         # in-sample (more confident than it will ever be on new rows) and would read as drift.
@@ -120,7 +130,8 @@ def champion_reference(cfg: ProjectConfig) -> ChampionReference:
         stats.save(directory / "stats")
         np.save(directory / "scores.npy", scores)
         keep = min(len(held_out), cfg.monitoring.evidently_sample)
-        sample = held_out[[*numeric, *categorical]].assign(score=scores).sample(keep, random_state=0)
+        sample = privacy.redact(held_out[[*numeric, *categorical]], cfg.privacy, MONITORING_SINK)
+        sample = sample.assign(score=scores).sample(keep, random_state=0)
         sample.to_parquet(directory / "sample.parquet", index=False)
         baseline = run.data.metrics.get("test.roc_auc")
         meta = {"format": REFERENCE_FORMAT, "version": version, "numeric": numeric, "categorical": categorical,
@@ -154,7 +165,8 @@ def answered_predictions(cfg: ProjectConfig, since: datetime | None = None) -> p
     frame = frame.assign(predicted_at=pd.to_datetime(frame["request_unix"].astype("int64"), unit="s", utc=True))
     features = pd.DataFrame.from_records([json.loads(f) if f else {} for f in frame["features"]], index=frame.index)
     features = features.drop(columns=[c for c in features.columns if c in frame.columns])
-    return pd.concat([frame.drop(columns=["features"]), features], axis=1).reset_index(drop=True)
+    frame = pd.concat([frame.drop(columns=["features"]), features], axis=1).reset_index(drop=True)
+    return privacy.redact(frame, cfg.privacy, MONITORING_SINK)
 
 
 @dataclass
@@ -178,6 +190,7 @@ class CheckResult:
     report_json: str | None = None
     summary_path: str | None = None
     mlflow_run_id: str | None = None
+    sampled: float = 1.0  # the prediction log's capture rate (privacy.capture.rate): it reads a sample
 
     @property
     def drift_detected(self) -> bool:
@@ -217,7 +230,8 @@ class CheckResult:
             + (", **performance decayed**" if self.performance_decayed else ""),
             "",
             f"Window {self.window_start} → {self.window_end}: {self.rows:,} answered predictions"
-            + ("" if self.enough_rows else " (too few for a drift verdict)"),
+            + ("" if self.enough_rows else " (too few for a drift verdict)")
+            + (f" (a {self.sampled:.0%} capture sample of the answers)" if self.sampled < 1 else ""),
             "",
         ]
         if self.upstream_anomalies:
@@ -357,6 +371,7 @@ def run_check(
         decay_windows=[_jsonable(w.as_dict()) for w in windows],
         upstream_anomalies=anomalies,
         skipped=skipped,
+        sampled=cfg.privacy.capture.rate,
     )
 
 

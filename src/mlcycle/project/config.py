@@ -581,8 +581,9 @@ class GoldenSetSpec(StrictModel):
 
 
 class InvarianceCheck(StrictModel):
-    """Changing ``field`` (a model input) to any of ``values`` must not move a row's score by more than
-    ``max_change``, on every golden row (Made-With-ML's invariance test)."""
+    """Changing ``field`` (a request field: the features are computed again; or a model input) to any of
+    ``values`` must not move a row's score by more than ``max_change``, on every golden row
+    (Made-With-ML's invariance test)."""
 
     field: str
     values: list[Any] = Field(min_length=2)
@@ -590,7 +591,7 @@ class InvarianceCheck(StrictModel):
 
 
 class DirectionCheck(StrictModel):
-    """Raising ``field`` (a model input) through ``values`` (increasing) must not lower the score
+    """Raising ``field`` (a request field or a model input) through ``values`` must not lower the score
     (``increasing``) or raise it (``decreasing``) by more than ``tolerance``, on every golden row."""
 
     field: str
@@ -619,7 +620,9 @@ class CISpec(StrictModel):
 
     contract_rows: int = Field(50_000, ge=1, description="Latest rows of the table checked against the contract.")
     skew_entities: int = Field(200, ge=1, description="Entities whose online vector is compared to the offline row.")
-    window_days: int | None = Field(30, ge=1, description="Smoke training: latest matured days (None: all).")
+    window_days: int | None = Field(
+        30, ge=1, description="Smoke training: days back from the newest matured event (None: all of them)."
+    )
     max_rows: int = Field(50_000, ge=100, description="Smoke training: at most this many of them (the latest).")
     model: dict[str, Any] = Field(
         default_factory=lambda: {"xgboost": {"num_boost_round": 200, "early_stopping_rounds": 20}},
@@ -651,6 +654,74 @@ class CISpec(StrictModel):
         return ModelSpec.model_validate(merge(base.model_dump(), self.model))
 
 
+# ----------------------------------------------------------------------------- privacy (PII)
+# Where mlcycle writes what it was given (mlcycle.data.privacy applies the rules at each write point).
+SINKS = ("prediction_log", "training_snapshot", "monitoring", "event_log")
+PiiAction = Literal["keep", "hash", "drop", "coarsen"]
+
+
+class PiiColumnSpec(StrictModel):
+    """A column holding personal data: its class and, per sink, what is written (``action`` for every
+    sink not named; neither: ``privacy.defaults`` of its class). ``coarsen``: numbers into ``bands``
+    (edges, left-closed), dates to their ``unit`` (year or month)."""
+
+    pii: Literal["direct", "quasi"]
+    action: PiiAction | None = None
+    prediction_log: PiiAction | None = None
+    training_snapshot: PiiAction | None = None
+    monitoring: PiiAction | None = None
+    event_log: PiiAction | None = None
+    bands: list[float] | None = Field(None, min_length=2, description="coarsen: band edges for a number.")
+    unit: Literal["year", "month"] | None = Field(None, description="coarsen: a date's precision kept.")
+
+    @model_validator(mode="after")
+    def _coarsen_needs_bands(self) -> PiiColumnSpec:
+        actions = {self.action, *(getattr(self, s) for s in SINKS)}
+        if self.bands is not None and list(self.bands) != sorted(set(self.bands)):
+            raise ValueError("privacy bands must be strictly increasing")
+        if self.bands is not None and self.unit is not None:
+            raise ValueError("privacy: give bands (numbers) or unit (dates), not both")
+        if "coarsen" in actions and self.bands is None and self.unit is None:
+            raise ValueError("privacy: coarsen needs bands (e.g. [0, 18, 30, 45, 65, 120]) or unit (year|month)")
+        return self
+
+
+class CaptureSpec(StrictModel):
+    rate: float = Field(1.0, gt=0, le=1, description="Share of requests the prediction log keeps (by request id).")
+
+
+class RetentionSpec(StrictModel):
+    """How many days each sink keeps what it wrote (None: forever), enforced by the ``retention``
+    flow (mlcycle retention). A training snapshot a registered, not archived, version needs for
+    ``reproduce`` is kept whatever its age."""
+
+    prediction_log: int | None = Field(None, ge=1, description="Days of logged predictions (parquet days or SQL rows).")
+    monitoring: int | None = Field(None, ge=1, description="Days of monitoring reports (references are kept).")
+    snapshots: int | None = Field(None, ge=1, description="Days of training snapshots no live version needs.")
+    stream: int | None = Field(None, ge=1, description="Days of broker entries the consumer has done with.")
+
+
+class PrivacySpec(StrictModel):
+    """PII declared once; nothing declared: every sink writes what it always did."""
+
+    columns: dict[str, PiiColumnSpec] = Field(default_factory=dict, description="Column → its PII class and rules.")
+    defaults: dict[Literal["direct", "quasi"], PiiAction] = Field(
+        default_factory=lambda: {"direct": "hash", "quasi": "keep"},
+        description="Per PII class, the action of a sink a column does not name.",
+    )
+    capture: CaptureSpec = CaptureSpec()
+    retention_days: RetentionSpec = RetentionSpec()
+
+    @model_validator(mode="after")
+    def _defaults_complete(self) -> PrivacySpec:
+        self.defaults = {"direct": "hash", "quasi": "keep", **self.defaults}
+        for name, spec in self.columns.items():
+            resolved = {getattr(spec, s) or spec.action or self.defaults[spec.pii] for s in SINKS}
+            if "coarsen" in resolved and spec.bands is None and spec.unit is None:
+                raise ValueError(f"privacy: column {name} is coarsened but has no bands or unit")
+        return self
+
+
 class ProjectConfig(StrictModel):
     project: str = "mlcycle"
     profile: Literal["local", "scale"] = "local"
@@ -677,6 +748,7 @@ class ProjectConfig(StrictModel):
     governance: GovernanceSpec = GovernanceSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
     ci: CISpec = CISpec()
+    privacy: PrivacySpec = PrivacySpec()
 
     root: Path = Field(Path("."), exclude=True, description="Directory of the config file.")
 

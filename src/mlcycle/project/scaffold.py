@@ -70,6 +70,7 @@ from mlcycle.project.contract_inference import (
     prepare_table,
     read_table,
 )
+from mlcycle.project.pii_inference import propose_pii
 from mlcycle.project.templates import TemplateError, render
 
 __all__ = ["InitError", "InitResult", "TableError", "TargetNotEmpty", "init_project", "project_name"]
@@ -190,6 +191,7 @@ class _Plan:
     rows_per_day: float = 0.0
     positive_rate: float | None = None
     label_std: float | None = None
+    privacy: dict[str, dict] = field(default_factory=dict)  # column → proposed PII rule (pii_inference)
 
     @property
     def request_fields(self) -> list[str]:
@@ -551,6 +553,10 @@ def _plan(
     _classify_columns(plan, frame)
     _declare_aggregations(plan, frame, times)
     _check_generated_names(plan)
+    roles = {spec.timestamp: "timestamp", spec.label: "label", **dict.fromkeys(entities, "entity"),
+             **({ev: "event_id"} if ev else {}), **({label_available_at: "label_available_at"}
+             if label_available_at else {})}  # fmt: skip
+    plan.privacy = propose_pii(frame, roles, now=plan.end)
     return plan, prepared
 
 
@@ -572,6 +578,7 @@ FLOWS: dict[str, tuple[str, str]] = {
     "retrain": ("retraining", "retrain"),
     "rollout": ("rollout", "rollout_flow"),
     "batch_score": ("batch_score", "batch_score"),
+    "retention": ("retention", "retention"),
 }
 
 
@@ -655,6 +662,7 @@ def _config_text(plan: _Plan, source: Path) -> str:
         gates=gates,
         monitoring=monitoring,
         few_positives=cls and rate < 0.1,
+        privacy={c: ({k: v for k, v in p.items() if k != "why"}, p["why"]) for c, p in plan.privacy.items()},
     )
 
 
@@ -735,7 +743,7 @@ def _prefect_version() -> str | None:
 def _prefect_yaml(
     project: str, *, own_flows: bool, names: dict[str, str], parameters: dict[str, str], model_name: str | None
 ) -> str:
-    """prefect.yaml: mlcycle's five flows as deployments, of an init project or of the reference one.
+    """prefect.yaml: mlcycle's flows as deployments, of an init project or of the reference one.
 
     An init project's entrypoints are module paths into the installed package (no colon, so Prefect 3
     imports ``mlcycle.flows.training.train`` instead of loading a file relative to the project: a newer
@@ -873,6 +881,7 @@ def init_project(
     """
     from mlcycle.project.bentofile import BENTOFILE, bentofile_yaml
     from mlcycle.project.config import ConfigError, load_config
+    from mlcycle.project.workflow import WORKFLOW_FILE, workflow_yaml
 
     directory = Path(directory).absolute()
     source = Path(data)
@@ -919,6 +928,8 @@ def init_project(
             _check_prefect_yaml(yaml.safe_load(prefect))  # init's bug if not: caught before writing
             (tmp / PREFECT_FILE).write_text(prefect)
             (tmp / "README.md").write_text(_readme(plan, source))
+            (tmp / WORKFLOW_FILE).parent.mkdir(parents=True)  # CI/CD: `mlcycle ci` on PRs, main → canary
+            (tmp / WORKFLOW_FILE).write_text(workflow_yaml(project, generator=False))
         except TemplateError as exc:  # a template of the installed package that cannot be rendered
             raise InitError(f"a project file could not be rendered: {exc.message}", None, exc.fix) from exc
         (tmp / ".gitignore").write_text("data/\n__pycache__/\n")

@@ -34,8 +34,16 @@ import pandas as pd
 import sqlalchemy as sa
 
 from mlcycle import settings as scale
+from mlcycle.data import privacy
 from mlcycle.project.config import ProjectConfig
-from mlcycle.serving.prediction_log import COLUMNS, PredictionLog, expand, read_predictions, write_frame
+from mlcycle.serving.prediction_log import (
+    COLUMNS,
+    SHADOW_SUFFIX,
+    PredictionLog,
+    expand,
+    read_predictions,
+    write_frame,
+)
 
 log = logging.getLogger("mlcycle.prediction_store")
 
@@ -228,12 +236,64 @@ def write_sql_frame(url: str, frame: pd.DataFrame) -> int:
     return len(rows)
 
 
+# ----------------------------------------------------------------------------- privacy
+SINK = "prediction_log"
+LOGGED_JSON = ("entities", "request", "features")
+
+
+def redact_record(record: Mapping[str, Any], cfg: ProjectConfig, key: bytes | None) -> dict[str, Any]:
+    """One log row as the project's privacy rules let the prediction log keep it: the tagged fields
+    of its JSON columns and, when the event id is tagged, the event id."""
+    out = dict(record)
+    policy = cfg.privacy
+    for column in LOGGED_JSON:
+        out[column] = privacy.redact_json(out.get(column), policy, SINK, key)
+    event_id = cfg.table.event_id
+    if event_id and out.get("event_id") is not None:
+        out["event_id"] = privacy.redact_mapping({event_id: out["event_id"]}, policy, SINK, key).get(event_id)
+    return out
+
+
+class RedactingWriter:
+    """A prediction log writer behind the project's privacy rules and capture rate: a record is
+    redacted (and sampled) before the writer sees it, so neither its journal nor its table nor its
+    parquet ever holds a clear value the rules hash or drop."""
+
+    def __init__(self, inner: PredictionWriter, cfg: ProjectConfig, key: bytes | None) -> None:
+        self.inner, self.cfg, self.key = inner, cfg, key
+        self.rate = cfg.privacy.capture.rate
+
+    def append(self, records: Iterable[Mapping[str, Any]]) -> None:
+        kept = [r for r in records if privacy.sampled(str(r.get("request_id", "")), self.rate, SHADOW_SUFFIX)]
+        if kept:
+            self.inner.append([redact_record(r, self.cfg, self.key) for r in kept])
+
+    @property
+    def written(self) -> int:
+        return self.inner.written
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.inner.close(timeout)
+
+
+def _guarded(cfg: ProjectConfig) -> tuple[bool, bytes | None]:
+    """Whether the log needs the privacy wrapper, and the key (``MissingKey`` at start when a hash
+    rule has none: a writer that would write clear values never starts)."""
+    key = privacy.pii_key(cfg.privacy, (SINK,))
+    return bool(privacy.rules(cfg.privacy, SINK)) or cfg.privacy.capture.rate < 1, key
+
+
 # ----------------------------------------------------------------------------- by profile
 def open_prediction_log(cfg: ProjectConfig, **options: Any) -> PredictionWriter:
-    """The project's prediction log writer: parquet under data/predictions, or the table."""
+    """The project's prediction log writer: parquet under data/predictions, or the table; behind the
+    project's privacy rules when it declares any."""
+    guarded, key = _guarded(cfg)
+    writer: PredictionWriter
     if cfg.profile == "scale":
-        return SqlPredictionLog(cfg.scale.tracking_uri, **options)
-    return PredictionLog(cfg.predictions_dir, **options)
+        writer = SqlPredictionLog(cfg.scale.tracking_uri, **options)
+    else:
+        writer = PredictionLog(cfg.predictions_dir, **options)
+    return RedactingWriter(writer, cfg, key) if guarded else writer
 
 
 def read_logged_predictions(cfg: ProjectConfig, since: datetime | None = None) -> pd.DataFrame:
@@ -245,6 +305,9 @@ def read_logged_predictions(cfg: ProjectConfig, since: datetime | None = None) -
 
 def write_logged_frame(cfg: ProjectConfig, frame: pd.DataFrame) -> int:
     """Write already-scored records (a backfill) where the project's readers will find them."""
+    guarded, key = _guarded(cfg)
+    if guarded:
+        frame = pd.DataFrame([redact_record(r, cfg, key) for r in frame.to_dict("records")], columns=frame.columns)
     if cfg.profile == "scale":
         return write_sql_frame(cfg.scale.tracking_uri, frame)
     return write_frame(cfg.predictions_dir, frame)

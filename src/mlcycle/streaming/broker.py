@@ -317,6 +317,30 @@ class EventStream:
         with self._broker_errors():
             return int(self.client.xack(self.stream, self.group, *ids))
 
+    def trim_done(self, before_ms: int) -> int:
+        """Delete the entries older than ``before_ms`` (epoch milliseconds) that the group is done with:
+        delivered and acknowledged, so already in the offline event log (the consumer appends before
+        it acknowledges). An entry still pending or never delivered stays, whatever its age. Returns
+        how many were deleted."""
+        with self._broker_errors():
+            try:
+                groups = self.client.xinfo_groups(self.stream)
+            except redis.exceptions.ResponseError as error:
+                if "no such key" in str(error).lower():
+                    return 0
+                raise
+            info = next((g for g in groups if _text(g["name"]) == self.group), None)
+            if info is None:
+                return 0  # nobody consumes yet: nothing is known to be in the offline log
+            bound = _entry_id_after(_text(info["last-delivered-id"]))
+            pending = self.client.xpending(self.stream, self.group)
+            if pending and int(pending.get("pending", 0)) > 0:
+                bound = min(bound, _id_key(_text(pending["min"])))
+            bound = min(bound, (before_ms, 0))
+            if bound <= (0, 0):
+                return 0
+            return int(self.client.xtrim(self.stream, minid=f"{bound[0]}-{bound[1]}", approximate=False))
+
     def _require_dead_letter(self) -> str:
         if self.dead_letter_stream is None:
             raise ValueError(f"{self!r} has no dead-letter stream: pass dead_letter=<stream> to EventStream")
@@ -619,3 +643,15 @@ class LocalRedisServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _entry_id_after(entry_id: str) -> tuple[int, int]:
+    """The smallest id after ``entry_id``: XTRIM MINID keeps ids >= it, so everything up to and
+    including ``entry_id`` may go."""
+    ms, seq = _id_key(entry_id)
+    return ms, seq + 1

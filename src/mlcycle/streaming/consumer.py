@@ -224,6 +224,7 @@ class StreamConsumer:
         store: Any = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
+        event_log.check_privacy(cfg)  # no key for a hash rule: refuse before reading an event
         self.cfg = cfg
         self.keys = stream_keys(cfg)
         self.stream = stream or open_stream(cfg)
