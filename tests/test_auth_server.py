@@ -227,7 +227,7 @@ def test_a_trainer_cannot_move_champion_through_mlflows_api(world: World) -> Non
                  json={"name": MODEL, "version": challenger, **production})  # fmt: skip
     assert [r.status_code for r in (set_alias, delete_alias, forge_approval, own_version, stage)] == [403] * 5
     with as_user(t), pytest.raises(MlflowException, match=DENIED):
-        MlflowClient(world.url).set_registered_model_alias(MODEL, "champion", challenger)
+        MlflowClient(world.url, world.url).set_registered_model_alias(MODEL, "champion", challenger)
 
     assert alias(world, "champion") == champion
     assert version_tags(world, challenger)[gov.STATE_TAG] == gov.PENDING

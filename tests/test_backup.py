@@ -119,12 +119,15 @@ def test_the_drill_back_up_destroy_restore(training_project: ProjectConfig, pref
 
 def test_bad_input_is_refused_and_nothing_is_written(training_project: ProjectConfig, tmp_path: Path) -> None:
     cfg = clone_project(training_project, tmp_path / "p")
+    with pytest.raises(backups.BackupError, match=r"holds no registry to back up.*mlcycle train"):
+        backups.backup(cfg, tmp_path / "too-early")
+    registry.client_for(cfg)  # a registry (its experiment), enough to back up
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "something").write_text("x")
     with pytest.raises(backups.BackupError, match="exists and is not empty"):
         backups.backup(cfg, occupied)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["occupied", "p"]  # no partial backup left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["occupied", "p"]  # no partial backup left anywhere
 
     dest = tmp_path / "b"
     backups.backup(cfg, dest, out=lambda _: None)

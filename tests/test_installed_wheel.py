@@ -40,9 +40,10 @@ EXAMPLE = REPO / "examples" / "delivery_times"
 MUST_CARRY = [
     "mlcycle/cli/app.py",
     "mlcycle/service.py",
-    *(f"mlcycle/flows/{m}.py" for m in ("training", "monitoring", "retraining", "rollout", "batch_score")),
+    *(f"mlcycle/flows/{m}.py" for m in ("training", "monitoring", "retraining", "rollout", "batch_score", "retention")),
 ]
-DEPLOYED = {"train", "monitor", "retrain", "rollout", "batch_score"}  # flow names of the generated prefect.yaml
+# Flow names of the generated prefect.yaml.
+DEPLOYED = {"train", "monitor", "retrain", "rollout", "batch_score", "retention"}
 
 
 def _uv() -> str:

@@ -6,6 +6,7 @@ feature table is written, so a bad file never reaches the feature store.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from mlcycle.data.validation import ContractReport, ContractViolation
 from mlcycle.features import store, transform
 from mlcycle.project.config import EVENT_ID_FIX, ProjectConfig, slice_specs
 from mlcycle.project.hooks import project_object
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,13 @@ def publish_features(cfg: ProjectConfig, end: datetime | None = None, fresh: boo
     pick up rows newer than the last one. Locally the registry and online store are files and are
     removed; in profile ``scale`` they are shared servers, so only this project's online rows are
     deleted and every view is reloaded in full (also the way to refill a Redis that lost its data)."""
+    # A copied project's registry manages the original's online store: start this one afresh
+    # rather than let `feast apply` change the original's tables.
+    if cfg.profile == "local" and not fresh and (foreign := store.copied_registry(cfg.feature_repo_path,
+                                                                                 store.fs_yaml_for(cfg))):  # fmt: skip
+        logger.warning("the Feast registry in %s manages another project's online store (%s): rebuilding "
+                       "this project's registry and online store", cfg.feast_dir, foreign[0])  # fmt: skip
+        fresh = True
     if fresh and cfg.profile == "local":
         shutil.rmtree(cfg.feast_dir, ignore_errors=True)
     fs_yaml = store.fs_yaml_for(cfg)

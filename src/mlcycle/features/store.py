@@ -94,6 +94,39 @@ def open_project_store(cfg: ProjectConfig) -> FeatureStore:
     return open_store(cfg.feature_repo_path, fs_yaml_for(cfg))
 
 
+def foreign_online_tables(registry_path: Path, online_path: Path) -> list[str]:
+    """The SQLite online-store files a local Feast registry file manages that are not ``online_path``.
+
+    Feast records each SQLite table it manages with the store file's absolute path. A project copied
+    with its ``data/`` (``cp -r``, a test's clone) keeps the original's registry, and its next
+    ``feast apply`` would update, or drop, the tables of the *original's* online store."""
+    from feast.protos.feast.core.Registry_pb2 import Registry as RegistryProto
+
+    try:
+        proto = RegistryProto()
+        proto.ParseFromString(registry_path.read_bytes())
+    except (OSError, ValueError):
+        return []
+    own = online_path.resolve()
+    found = {o.sqlite_table.path for o in proto.infra.infra_objects if o.WhichOneof("infra_object") == "sqlite_table"}
+    return sorted(p for p in found if Path(p).resolve() != own)
+
+
+def copied_registry(repo_path: Path, fs_yaml_file: Path) -> list[str]:
+    """``foreign_online_tables`` of a local repo's file registry and SQLite online store, as its
+    feature_store.yaml places them; [] for other registry or online store types."""
+    config = load_repo_config(Path(repo_path).resolve(), Path(fs_yaml_file).resolve())
+    registry, online = config.registry, config.online_store
+    if getattr(registry, "registry_type", "file") != "file" or getattr(online, "type", "") != "sqlite":
+        return []
+    repo = Path(repo_path).resolve()
+
+    def located(path: str) -> Path:
+        return Path(path) if Path(path).is_absolute() else repo / path
+
+    return foreign_online_tables(located(registry.path), located(online.path))
+
+
 def apply_repo(repo_path: str | Path, fs_yaml_file: str | Path | None = None, quiet: bool = True) -> None:
     """What ``feast apply`` does, in-process (one Python start instead of two)."""
     from feast.repo_operations import apply_total
