@@ -54,7 +54,8 @@ class ApprovalDecision(RunInput):
 
 
 def _who() -> str:
-    return f"flow:rollout/{flow_run.get_name() or 'local'}"
+    """The principal this process runs as, with the run that acted: every traffic move is on record."""
+    return f"{governance.current_principal()} via flow:rollout/{flow_run.get_name() or 'local'}"
 
 
 @task(name="set-traffic", **IO)
@@ -125,7 +126,7 @@ def promote(cfg: ProjectConfig, versions: tuple[str, str], reason: str) -> str |
     # The process's principal (the worker's service identity under `mlcycle up`) holds the role, or
     # not; the run's name goes into the record beside it.
     me = governance.current_principal()
-    principal = governance.Principal(f"{me.name}", me.authenticated, f"{me.via}, {_who()}")
+    principal = governance.Principal(me.name, me.authenticated, f"{me.via}, flow:rollout/{flow_run.get_name()}")
     try:
         required = cfg.rollout.require_approval
         if os.environ.get(gate.GATE_URL_ENV):  # profile scale with authentication: the gate moves it

@@ -172,6 +172,13 @@ def _copy_sqlite(src: Path, dst: Path) -> None:
     target.close()
 
 
+def _move_into(staging: Path, target: Path) -> None:
+    """``staging`` becomes ``target`` (absent, or an empty directory) in one rename."""
+    if target.exists():
+        target.rmdir()
+    os.replace(staging, target)
+
+
 def _empty_or_absent(path: Path) -> bool:
     return not path.exists() or (path.is_dir() and not any(path.iterdir()))
 
@@ -280,9 +287,7 @@ def backup(cfg: ProjectConfig, dest: Path, config_name: str = DEFAULT_CONFIG_NAM
                 }
         manifest.seconds = round(time.monotonic() - started, 2)
         manifest.write(staging)
-        if dest.exists():
-            dest.rmdir()
-        os.replace(staging, dest)
+        _move_into(staging, dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -384,9 +389,7 @@ def restore(src: Path, root: Path, out: Progress = print) -> tuple[Manifest, Pro
         if manifest.data_root != str(data) and registry_url is not None:
             moved = _relocate(registry_url, manifest.data_root, str(data))
             out(f"  {moved} MLflow locations moved from {manifest.data_root} to {data}")
-        if data.exists():
-            data.rmdir()
-        os.replace(staging, data)
+        _move_into(staging, data)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
