@@ -205,11 +205,19 @@ def install_bento_env(bento_path: Path, venv: Path) -> float:
     uv = uv_command()
     started = time.monotonic()
     subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True, timeout=120)
-    env = {**os.environ, "VIRTUAL_ENV": str(venv), "PATH": f"{Path(uv).parent}:{os.environ['PATH']}"}
-    env.pop("PYTHONPATH", None)
+    # The script's ``uv pip install`` targets the active venv; UV_PYTHON names it too, so no variable
+    # inherited from the test's own environment (``uv run`` sets some) can send it elsewhere.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CONDA_PREFIX", "UV_PROJECT_ENVIRONMENT")}
+    env |= {"VIRTUAL_ENV": str(venv), "UV_PYTHON": str(venv / "bin" / "python"),
+            "PATH": f"{Path(uv).parent}:{os.environ['PATH']}"}  # fmt: skip
     result = subprocess.run(["bash", str(bento_path / "env" / "python" / "install.sh")], env=env,
                             capture_output=True, text=True, timeout=900)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    probe = [str(venv / "bin" / "python"), "-c", "import mlcycle; print(mlcycle.__file__)"]
+    where = subprocess.run(probe, capture_output=True, text=True, env={**env, "PYTHONPATH": ""}, timeout=300)
+    # On a failure, what the Bento's own install script did (its ``set -x`` trace) is the evidence.
+    trace = f"--- install.sh:\n{result.stdout[-3000:]}{result.stderr[-6000:]}"
+    assert where.returncode == 0, f"{where.stderr[-1500:]}\n{trace}"
     return time.monotonic() - started
 
 
