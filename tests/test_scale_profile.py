@@ -604,3 +604,61 @@ def test_the_drill_in_profile_scale(world: ScaleWorld, scale_project: ProjectCon
     assert scored() == scores_before
     result = tracking.reproduce(cfg, "1")
     assert result.data_hash_matches and result.identical
+
+
+# ----------------------------------------------------------------------------- protect, on the servers
+# After the drill: these remove rows, and the drill compares the project with itself.
+def test_sql_retention_deletes_exactly_the_rows_before_the_cutoff(world: ScaleWorld, scale_project) -> None:
+    """Rows stamped in 1999 by hand, ``now`` = 2000-01-01, 3 days: the cut-off is 1999-12-29 00:00, so
+    the 20th, 25th and 28th go and the 30th stays; every row of the real runs (2026) is newer and stays."""
+    from mlcycle.monitoring import retention
+    from mlcycle.serving.prediction_store import write_sql_frame
+
+    url = scale.ScaleSettings.from_env().tracking_uri
+    days = ["1999-12-20", "1999-12-25", "1999-12-28T23:59:59", "1999-12-30"]
+    frame = pd.DataFrame([{**_record(f"old-{d}"), "logged_at": pd.Timestamp(d, tz="UTC")} for d in days])
+    write_sql_frame(url, frame)
+    before = pg_rows(world, f"SELECT count(*) FROM {TABLE}")[0][0]
+    result = retention.expire_prediction_log(scale_project, 3, datetime(2000, 1, 1, tzinfo=UTC))
+    assert (result.removed, result.kept) == (3, before - 3)
+    left = pg_rows(world, f"SELECT request_id FROM {TABLE} WHERE logged_at < '2000-01-01'")
+    assert left == [("old-1999-12-30",)]
+
+
+def test_forget_on_postgres_and_redis(world: ScaleWorld, scale_project: ProjectConfig) -> None:
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from mlcycle.ops import forget as erasure
+    from mlcycle.registry import governance as gov
+    from mlcycle.serving.prediction_store import open_prediction_log
+
+    cfg = scale_project
+    users = pd.read_parquet(cfg.table_path, columns=["user_id"])["user_id"].astype(int)
+    gone, kept = (int(u) for u in users.value_counts().index[:2])
+    writer = open_prediction_log(cfg, flush_seconds=0.05)
+    writer.append([{**_record(f"forget-{i}"), "entities": json.dumps({"user_id": u})}
+                   for i, u in enumerate([gone] * 3 + [kept] * 2)])  # fmt: skip
+    writer.close()
+
+    def logged(user: int) -> int:  # PostgreSQL's own JSON operator: another route than forget's
+        query = f"SELECT count(*) FROM {TABLE} WHERE (entities::json->>'user_id') = %s"
+        return pg_rows(world, query, str(user))[0][0]
+
+    def online_key(user: int) -> bytes:
+        proto = EntityKey(join_keys=["user_id"], entity_values=[Value(int64_val=user)])
+        return serialize_entity_key(proto, entity_key_serialization_version=3) + world.project.encode()
+
+    client = redis.Redis.from_url(world.redis_url)
+    expected, kept_rows = logged(gone), logged(kept)
+    assert expected >= 3 and client.exists(online_key(gone)) and client.exists(online_key(kept))
+
+    report = erasure.forget(cfg, f"user_id={gone}", gov.Principal("olga", True, "test"))
+    removed = {r.store: r.count for r in report.removed}
+    assert removed["prediction log"] == expected and removed["online store"] == 1
+    assert report.incomplete == []
+    assert logged(gone) == 0 and logged(kept) == kept_rows
+    assert not client.exists(online_key(gone)) and client.exists(online_key(kept))
+    last = registry.PromotionLog(cfg.promotion_log_uri).history(limit=1)[0]
+    assert last.action == "forget" and last.actor == "olga" and f"prediction log {expected}" in last.reason

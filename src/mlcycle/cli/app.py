@@ -1409,6 +1409,48 @@ def retention(config: ConfigOption = None) -> None:
 
 
 @app.command()
+def forget(
+    entity: Annotated[str, typer.Argument(help="COLUMN=KEY, e.g. user_id=42: an entity key column and its value.")],
+    config: ConfigOption = None,
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Erase one entity: its rows leave the prediction log, the online store, the stream's event sets
+    and entries, the offline event log, the feature tables and monitoring samples. Reports the
+    training snapshots that still hold it (and the versions trained on them) and the input table's
+    rows (yours to remove at the source). Recorded in the promotion log without the key. Needs the
+    operator or approver role; exits 1 when a store could not be reached (run it again)."""
+    import json
+
+    from mlcycle.ops import forget as erasure
+    from mlcycle.registry import governance
+
+    cfg = _config(config)
+    try:
+        report = erasure.forget(cfg, entity, governance.current_principal())
+    except (erasure.ForgetError, governance.Refused) as exc:
+        console.print(f"not forgotten: {exc}", style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        console.print(f"forgot {report.entity} (recorded as {report.reference}):", markup=False)
+        for removed in report.removed:
+            console.print(f"  {removed.line()}", markup=False, soft_wrap=True)
+        for hit in report.snapshots:
+            trained = ", ".join(f"v{v} ({state})" for v, state in hit.versions) or "no registered version"
+            console.print(f"  still held: training snapshot of run {hit.run_id} ({hit.rows} rows), trained {trained}; "
+                          "archive those versions and run mlcycle retention to expire it", markup=False,
+                          soft_wrap=True)  # fmt: skip
+        for path, rows in report.inputs.items():
+            console.print(f"  still held: the input table {path} ({rows} rows): remove them at the source, then "
+                          "mlcycle features build", markup=False, soft_wrap=True)  # fmt: skip
+    for problem in report.incomplete:
+        console.print(f"INCOMPLETE: {problem}", style="red", markup=False, soft_wrap=True)
+    if report.incomplete:
+        raise typer.Exit(1)
+
+
+@app.command()
 def backup(
     dest: Annotated[Path, typer.Argument(help="A new (or empty) directory for the backup.")],
     config: ConfigOption = None,

@@ -101,6 +101,9 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+as_text = _text  # public: what other modules compare a value as (``forget`` matches a key by it)
+
+
 def _missing(value: Any) -> bool:
     if value is None or value is pd.NaT or value is pd.NA:
         return True

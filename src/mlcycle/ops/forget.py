@@ -1,0 +1,531 @@
+"""``mlcycle forget ENTITY=KEY``: one entity's rows out of every store mlcycle keeps them in.
+
+An erasure request ("forget customer 42") has to reach every copy mlcycle made, and say plainly
+where copies remain that it may not touch. Per store:
+
+- **prediction log** (profile local: the day partitions, rewritten without the entity's rows; a
+  dead writer's journal is recovered into parquet first, a live writer's journal is searched and,
+  if it holds the entity, the run is reported incomplete. Profile scale: the rows deleted, then
+  ``VACUUM`` so the dead tuples go from the table's files too);
+- **online store** (Feast's SQLite tables with ``secure_delete`` and a WAL checkpoint, so the
+  bytes go from the file and not only from the index; Redis: the entity's hash);
+- **event sets** (the stream consumer's per-entity state in Redis, its version keys and expiry
+  timer) and the **stream entries** that carry the entity (events, dead letters); on the local
+  broker the append-only file is rewritten, or the deleted commands would stay in it;
+- **offline event log** and the **feature tables** mlcycle built (rewritten without the rows).
+
+A row matches when the entity column holds the key (as text: ``7``, ``7.0`` and ``"7"`` are one
+key, as ``privacy`` hashes them) or the key's HMAC token where a sink hashes the column.
+
+What it does not change, and says: training snapshots (MLflow artifacts a registered version was
+trained on: ``reproduce`` needs them; archiving the version lets retention expire them), and the
+inputs mlcycle reads but does not own (the project's table): their rows are counted so the owner
+can remove them at the source before the next ``features build``.
+
+The promotion log records who asked and what was removed, naming the entity's column and a
+reference (the key's HMAC token when ``MLCYCLE_PII_KEY`` is set, else a random reference printed
+once to the operator) — never the key itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from mlcycle.data import event_log, privacy
+from mlcycle.project.config import ProjectConfig
+from mlcycle.registry import aliases as registry
+from mlcycle.registry import governance
+from mlcycle.registry.tracking import SNAPSHOT_ARTIFACT
+
+ACTION = "forget"
+FILE_MODE = 0o600
+
+
+class ForgetError(ValueError):
+    """The request cannot be carried out as given (an entity that is not a key, a key found nowhere)."""
+
+
+@dataclass
+class Removed:
+    store: str
+    count: int = 0
+    unit: str = "rows"
+    notes: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        extra = f" ({'; '.join(self.notes)})" if self.notes else ""
+        return f"{self.store}: removed {self.count} {self.unit}{extra}"
+
+
+@dataclass
+class SnapshotHit:
+    """A training snapshot that still holds the entity, and the versions trained on it."""
+
+    run_id: str
+    rows: int
+    versions: list[tuple[str, str]]  # (version, approval state)
+
+
+@dataclass
+class ForgetReport:
+    entity: str
+    reference: str
+    removed: list[Removed]
+    snapshots: list[SnapshotHit]
+    inputs: dict[str, int]  # an input mlcycle reads (not its own) → rows of the entity it holds
+    incomplete: list[str]  # what could not be reached: the request is not done until these are
+
+    @property
+    def total(self) -> int:
+        return sum(r.count for r in self.removed)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "entity": self.entity,
+            "reference": self.reference,
+            "removed": {r.store: {"count": r.count, "unit": r.unit, "notes": r.notes} for r in self.removed},
+            "snapshots": [{"run_id": s.run_id, "rows": s.rows, "versions": s.versions} for s in self.snapshots],
+            "inputs": self.inputs,
+            "incomplete": self.incomplete,
+        }
+
+
+# ----------------------------------------------------------------------------- matching
+@dataclass(frozen=True)
+class Target:
+    """What identifies the entity's rows: its column, the key as text, and its token when hashed."""
+
+    column: str
+    key: str
+    token: str | None
+
+    def __contains__(self, value: Any) -> bool:
+        if value is None or (isinstance(value, float) and value != value):
+            return False
+        text = privacy.as_text(value)
+        return text == self.key or (self.token is not None and text == self.token)
+
+    def mask(self, values: pd.Series) -> pd.Series:
+        return values.map(lambda v: v in self).astype(bool)
+
+
+def parse_request(text: str) -> tuple[str, str]:
+    """``ENTITY=KEY`` split once; both parts non-empty."""
+    column, sep, key = text.partition("=")
+    if not sep or not column.strip() or not key.strip():
+        raise ForgetError(f"{text!r}: give the entity as COLUMN=KEY, e.g. user_id=42")
+    return column.strip(), key.strip()
+
+
+def entity_columns(cfg: ProjectConfig) -> list[str]:
+    """The columns mlcycle keys rows by: the table's entities and every aggregation table's."""
+    names = list(cfg.table.entities)
+    for spec in cfg.features.aggregations.values():
+        names += [e for e in spec.entities if e not in names]
+    return names
+
+
+def target_for(cfg: ProjectConfig, column: str, key: str) -> Target:
+    known = entity_columns(cfg)
+    if column not in known:
+        raise ForgetError(
+            f"{column} is not an entity of project {cfg.project}: forget works by entity key, one of "
+            f"{', '.join(known) or '(none: table.entities is empty)'} (table.entities in mlcycle.yaml)"
+        )
+    secret = privacy.pii_key()
+    return Target(column, privacy.as_text(key), privacy.hash_value(key, secret) if secret else None)
+
+
+# ----------------------------------------------------------------------------- files
+def _rewrite_without(path: Path, keep: pd.Series, frame: pd.DataFrame) -> None:
+    """The file again without the dropped rows (written aside and renamed), or gone if none is left."""
+    if not keep.any():
+        path.unlink()
+        return
+    tmp = path.with_name(f".{path.name}.forget")
+    frame[keep.to_numpy()].to_parquet(tmp, index=False)
+    os.chmod(tmp, path.stat().st_mode & 0o777)
+    os.replace(tmp, path)
+
+
+def _forget_in_parquet(paths: Iterable[Path], matches: Callable[[pd.DataFrame], pd.Series]) -> int:
+    removed = 0
+    for path in paths:
+        frame = pd.read_parquet(path)
+        if frame.empty:
+            continue
+        hit = matches(frame)
+        if hit.any():
+            removed += int(hit.sum())
+            _rewrite_without(path, ~hit, frame)
+    return removed
+
+
+def _entities_match(target: Target) -> Callable[[pd.DataFrame], pd.Series]:
+    """A prediction-log frame's rows whose ``entities`` JSON names the entity with the key."""
+
+    def matches(frame: pd.DataFrame) -> pd.Series:
+        if "entities" not in frame:
+            return pd.Series(False, index=frame.index)
+
+        def one(text: Any) -> bool:
+            if not isinstance(text, str) or not text:
+                return False
+            try:
+                return json.loads(text).get(target.column) in target
+            except (ValueError, AttributeError):
+                return False
+
+        return frame["entities"].map(one).astype(bool)
+
+    return matches
+
+
+def forget_prediction_log(cfg: ProjectConfig, target: Target) -> tuple[Removed, list[str]]:
+    if cfg.profile == "scale":
+        return _forget_sql_predictions(cfg, target), []
+    from mlcycle.serving.prediction_log import JOURNAL_DIR, recover
+
+    result = Removed("prediction log")
+    directory = cfg.predictions_dir
+    if not directory.is_dir():
+        return result, []
+    recover(directory)  # a dead writer's journal into parquet first, so it is searched below too
+    result.count = _forget_in_parquet(sorted(directory.glob("date=*/*.parquet")), _entities_match(target))
+    incomplete = []
+    live = 0
+    for segment in sorted((directory / JOURNAL_DIR).glob("*.jsonl")):
+        for line in segment.read_text(errors="replace").splitlines():
+            try:
+                entities = json.loads(line).get("entities")
+                entities = json.loads(entities) if isinstance(entities, str) else entities
+            except ValueError:
+                continue
+            live += isinstance(entities, dict) and entities.get(target.column) in target
+    if live:
+        incomplete.append(
+            f"prediction log: {live} records of the entity are in a running service's journal, not yet in "
+            "parquet: run forget again in a few seconds (the service writes its journal out every second)"
+        )
+    return result, incomplete
+
+
+def _forget_sql_predictions(cfg: ProjectConfig, target: Target) -> Removed:
+    import sqlalchemy as sa
+
+    from mlcycle.serving.prediction_store import TABLE
+
+    result = Removed("prediction log")
+    engine = sa.create_engine(cfg.scale.tracking_uri)
+    try:
+        with engine.begin() as conn:
+            if not sa.inspect(conn).has_table(TABLE):
+                return result
+            needles = [target.key] + ([target.token] if target.token else [])
+            where = sa.or_(*(sa.column("entities").contains(n, autoescape=True) for n in needles))
+            rows = conn.execute(sa.select(sa.column("id"), sa.column("entities")).select_from(sa.table(TABLE))
+                                .where(where)).all()  # fmt: skip
+            match = _entities_match(target)
+            frame = pd.DataFrame(rows, columns=["id", "entities"])
+            ids = [int(i) for i in frame.loc[match(frame), "id"]] if len(frame) else []
+            for start in range(0, len(ids), 1000):
+                chunk = ids[start : start + 1000]
+                conn.execute(sa.text(f"DELETE FROM {TABLE} WHERE id IN ({','.join(map(str, chunk))})"))
+            result.count = len(ids)
+        if result.count and engine.dialect.name == "postgresql":
+            # The deleted tuples stay in the table's files until a vacuum reclaims them.
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(sa.text(f"VACUUM {TABLE}"))
+            result.notes.append("table vacuumed")
+    finally:
+        engine.dispose()
+    return result
+
+
+def forget_event_log(cfg: ProjectConfig, target: Target) -> Removed:
+    result = Removed("offline event log")
+    directory = event_log.events_dir(cfg)
+    if directory.is_dir():
+        result.count = _forget_in_parquet(sorted(directory.glob(event_log.PART_GLOB)), _column_match(target))
+    return result
+
+
+def _column_match(target: Target) -> Callable[[pd.DataFrame], pd.Series]:
+    def matches(frame: pd.DataFrame) -> pd.Series:
+        if target.column not in frame:
+            return pd.Series(False, index=frame.index)
+        return target.mask(frame[target.column])
+
+    return matches
+
+
+def forget_feature_tables(cfg: ProjectConfig, target: Target) -> Removed:
+    result = Removed("feature tables")
+    if cfg.features_dir.is_dir():
+        result.count = _forget_in_parquet(sorted(cfg.features_dir.rglob("*.parquet")), _column_match(target))
+    return result
+
+
+def forget_monitoring(cfg: ProjectConfig, target: Target) -> Removed:
+    """Monitoring keeps model inputs, not keys; an entity column kept as an input is searched too."""
+    result = Removed("monitoring samples")
+    if cfg.monitoring_dir.is_dir():
+        result.count = _forget_in_parquet(sorted(cfg.monitoring_dir.rglob("*.parquet")), _column_match(target))
+    return result
+
+
+# ----------------------------------------------------------------------------- online store
+def _proto_value(value: Any) -> Any:
+    kind = value.WhichOneof("val")
+    return None if kind is None else getattr(value, kind)
+
+
+def _key_matches(entity_key: Any, target: Target) -> bool:
+    for name, value in zip(entity_key.join_keys, entity_key.entity_values, strict=False):
+        if name == target.column:
+            return _proto_value(value) in target
+    return False
+
+
+def forget_online(cfg: ProjectConfig, target: Target) -> tuple[Removed, list[str]]:
+    from feast.infra.key_encoding_utils import deserialize_entity_key, serialize_entity_key_prefix
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore, _table_id
+
+    from mlcycle.features import open_project_store
+
+    result = Removed("online store")
+    try:
+        store = open_project_store(cfg)
+        views = [v for v in store.list_feature_views() if target.column in v.join_keys]
+    except Exception as exc:
+        if cfg.profile == "local" and not cfg.feast_dir.exists():
+            return result, []  # never published: no online store
+        return result, [f"online store: the feature store did not open ({type(exc).__name__}: {exc}); fix it and "
+                        "run forget again"]  # fmt: skip
+    config = store.config
+    version = config.entity_key_serialization_version
+    online = store.provider.online_store
+    if isinstance(online, SqliteOnlineStore):
+        path = Path(SqliteOnlineStore._get_db_path(config))
+        if not path.exists():
+            return result, []
+        versioned = bool(getattr(config.registry, "enable_online_feature_view_versioning", False))
+        with sqlite3.connect(path, timeout=30) as db:
+            db.execute("PRAGMA secure_delete = ON")  # freed pages are zeroed, not left readable
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            for view in views:
+                table = _table_id(config.project, view, versioned)
+                if table not in tables:
+                    continue
+                keys = [k for (k,) in db.execute(f'SELECT DISTINCT entity_key FROM "{table}"')]
+                gone = [k for k in keys if _key_matches(deserialize_entity_key(k, version), target)]
+                for key in gone:
+                    db.execute(f'DELETE FROM "{table}" WHERE entity_key = ?', (key,))
+                result.count += len(gone)
+            db.commit()
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        result.unit = "entity rows"
+        return result, []
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    if not isinstance(online, RedisOnlineStore):
+        return result, [f"online store: {type(online).__name__} is not one forget can search (SQLite, Redis)"]
+    client = online._get_client(config.online_store)
+    project = config.project.encode()
+    seen: set[tuple[str, ...]] = set()
+    for view in views:
+        if tuple(view.join_keys) in seen:
+            continue  # one Redis hash holds every view of the same keys
+        seen.add(tuple(view.join_keys))
+        prefix = serialize_entity_key_prefix(list(view.join_keys), entity_key_serialization_version=version)
+        for redis_key in client.scan_iter(prefix + b"*" + project, count=1000):
+            raw = redis_key[: -len(project)]
+            if _key_matches(deserialize_entity_key(raw, version), target):
+                result.count += int(client.delete(redis_key))
+    result.unit = "entity rows"
+    return result, []
+
+
+# ----------------------------------------------------------------------------- broker
+def forget_broker(cfg: ProjectConfig, target: Target) -> tuple[list[Removed], list[str]]:
+    """The consumer's event sets and the stream entries that carry the entity."""
+    import redis
+
+    from mlcycle.streaming.broker import connect
+    from mlcycle.streaming.consumer import broker_url, stream_keys
+
+    sets, entries = Removed("event sets", unit="entities"), Removed("stream entries", unit="entries")
+    keys = stream_keys(cfg)
+    aof = cfg.data_path / "stream" / "broker"
+    client = connect(broker_url(cfg))
+    try:
+        client.ping()
+    except redis.exceptions.RedisError:
+        if cfg.profile == "scale" or any(aof.glob("appendonly*")):
+            where = "its append-only file in data/stream/broker" if cfg.profile == "local" else "Redis"
+            return [sets, entries], [
+                f"event broker unreachable: the event sets and stream entries in {where} were not searched; "
+                "start it (mlcycle up) and run forget again"
+            ]
+        return [sets, entries], []  # never started: nothing was streamed
+    try:
+        for table_name, spec in cfg.features.aggregations.items():
+            if target.column not in spec.entities:
+                continue
+            index = list(spec.entities).index(target.column)
+            head = keys.state(table_name, "")
+            for state in client.scan_iter(match=head.replace("[", "\\[") + "*", count=1000):
+                name = state.decode()
+                if name.endswith((":v", ":written")):
+                    continue
+                try:
+                    values = json.loads(name[len(head) :])
+                except ValueError:
+                    continue
+                if isinstance(values, list) and len(values) > index and values[index] in target:
+                    entity = name[len(head) :]
+                    client.delete(name, name + ":v", name + ":written")
+                    client.zrem(keys.timers, f"{table_name}\x1f{entity}")
+                    sets.count += 1
+        for stream in (keys.events, keys.dead):
+            gone = []
+            for entry_id, fields in client.xrange(stream):
+                if _entry_row(fields).get(target.column) in target:
+                    gone.append(entry_id)
+            for start in range(0, len(gone), 1000):
+                entries.count += int(client.xdel(stream, *gone[start : start + 1000]))
+        if cfg.profile == "local" and (sets.count or entries.count):
+            _rewrite_aof(client)
+            entries.notes.append("the broker's append-only file rewritten")
+    except (redis.exceptions.RedisError, RuntimeError, TimeoutError) as exc:
+        return [sets, entries], [f"event broker: {exc}; run forget again"]
+    return [sets, entries], []
+
+
+def _entry_row(fields: dict[bytes, bytes]) -> dict[str, Any]:
+    """An entry's event row: an event's ``event`` field, or a dead letter's ``payload`` (the parked
+    entry's fields as JSON, whose ``event`` is the row)."""
+    row: Any = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
+    for _ in range(2):
+        inner = row.get("event") or row.get("payload") if isinstance(row, dict) else None
+        if not isinstance(inner, str):
+            break
+        try:
+            row = json.loads(inner)
+        except ValueError:
+            return {}
+    return row if isinstance(row, dict) else {}
+
+
+def _rewrite_aof(client: Any, timeout_s: float = 120.0) -> None:
+    """An append-only file keeps every command ever applied, the deleted ones' writes included,
+    until it is rewritten from what the server now holds. Returns once the rewritten file is in
+    place: the rewrite is a forked child, counted in ``total_forks`` (no snapshotting runs here)."""
+    import time
+
+    if not client.info("persistence").get("aof_enabled"):
+        return
+    forks = int(client.info("stats").get("total_forks", 0))
+    client.bgrewriteaof()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = client.info("persistence")
+        started = int(client.info("stats").get("total_forks", 0)) > forks
+        if started and not state.get("aof_rewrite_in_progress") and not state.get("aof_rewrite_scheduled"):
+            if state.get("aof_last_bgrewrite_status", "ok") != "ok":
+                raise RuntimeError("the broker's append-only file rewrite failed: see its log in data/stream/broker")
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"the broker's append-only file was not rewritten within {timeout_s:.0f} s")
+
+
+# ----------------------------------------------------------------------------- what stays
+def snapshots_holding(cfg: ProjectConfig, target: Target) -> list[SnapshotHit]:
+    """Training snapshots (MLflow run artifacts) that hold the entity, and the versions trained on them."""
+    from urllib.parse import unquote, urlsplit
+
+    client = registry.client_for(cfg)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    if experiment is None:
+        return []
+    trained_on: dict[str, list[tuple[str, str]]] = {}
+    for version in registry.versions(client, cfg.model.name):
+        if version.run_id:
+            state = governance.approval_of(version).state
+            trained_on.setdefault(version.run_id, []).append((str(version.version), state))
+    hits = []
+    for run in client.search_runs([experiment.experiment_id], max_results=5000):
+        parts = urlsplit(run.info.artifact_uri)
+        if parts.scheme not in ("", "file"):
+            continue
+        path = Path(unquote(parts.path)) / SNAPSHOT_ARTIFACT
+        if not path.exists() or target.column not in pq.read_schema(path).names:
+            continue
+        column = pd.read_parquet(path, columns=[target.column])[target.column]
+        rows = int(target.mask(column).sum())
+        if rows:
+            hits.append(SnapshotHit(run.info.run_id, rows, sorted(trained_on.get(run.info.run_id, []))))
+    return hits
+
+
+def inputs_holding(cfg: ProjectConfig, target: Target) -> dict[str, int]:
+    path = cfg.table_path
+    if not path.exists() or target.column not in pq.read_schema(path).names:
+        return {}
+    rows = int(target.mask(pd.read_parquet(path, columns=[target.column])[target.column]).sum())
+    return {str(path): rows} if rows else {}
+
+
+# ----------------------------------------------------------------------------- the request
+def forget(
+    cfg: ProjectConfig, request: str, principal: governance.Principal, now: datetime | None = None
+) -> ForgetReport:
+    """Remove the entity's rows from every store mlcycle owns; record it; report what remains.
+
+    ``ForgetError`` for an entity that is not a key, or a key found nowhere (a typo must not read as
+    done). ``governance.Refused`` without the operator or approver role (refusals are recorded)."""
+    column, key = parse_request(request)
+    target = target_for(cfg, column, key)
+    log = registry.PromotionLog(cfg.promotion_log_uri)
+    try:
+        governance.require_role(cfg.governance, principal, ("operator", "approver"), "forget an entity")
+    except governance.Refused as exc:
+        raise governance.record_refusal(log, cfg.model.name, None, principal, exc) from None
+    removed: list[Removed] = []
+    incomplete: list[str] = []
+    found, missing = forget_prediction_log(cfg, target)
+    removed.append(found)
+    incomplete += missing
+    found, missing = forget_online(cfg, target)
+    removed.append(found)
+    incomplete += missing
+    broker, missing = forget_broker(cfg, target)
+    removed += broker
+    incomplete += missing
+    removed += [forget_event_log(cfg, target), forget_feature_tables(cfg, target), forget_monitoring(cfg, target)]
+    snapshots = snapshots_holding(cfg, target)
+    inputs = inputs_holding(cfg, target)
+    reference = target.token or f"ref:{secrets.token_hex(8)}"
+    if not any(r.count for r in removed) and not snapshots and not inputs and not incomplete:
+        raise ForgetError(
+            f"no row with {column}={key} in the prediction log, online store, event sets, stream, offline event "
+            f"log, feature tables, training snapshots or the table: check the key as the table writes it (text, "
+            f"no quotes); nothing was changed or recorded"
+        )
+    counts = ", ".join(f"{r.store} {r.count}" for r in removed if r.count) or "nothing mlcycle owns"
+    kept = f"; {len(snapshots)} training snapshots still hold it" if snapshots else ""
+    reason = f"forgot {column} {reference}: removed {counts}{kept}" + ("; INCOMPLETE" if incomplete else "")
+    log.append(registry.PromotionEvent(now or datetime.now(UTC), cfg.model.name, "privacy", None, None,
+                                       str(principal), reason, ACTION))  # fmt: skip
+    return ForgetReport(column, reference, removed, snapshots, inputs, incomplete)
