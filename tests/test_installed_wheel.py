@@ -40,10 +40,13 @@ EXAMPLE = REPO / "examples" / "delivery_times"
 MUST_CARRY = [
     "mlcycle/cli/app.py",
     "mlcycle/service.py",
-    *(f"mlcycle/flows/{m}.py" for m in ("training", "monitoring", "retraining", "rollout", "batch_score", "retention")),
+    *(
+        f"mlcycle/flows/{m}.py"
+        for m in ("training", "monitoring", "retraining", "rollout", "batch_score", "retention", "backup")
+    ),
 ]
 # Flow names of the generated prefect.yaml.
-DEPLOYED = {"train", "monitor", "retrain", "rollout", "batch_score", "retention"}
+DEPLOYED = {"train", "monitor", "retrain", "rollout", "batch_score", "retention", "backup"}
 
 
 def _uv() -> str:

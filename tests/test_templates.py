@@ -125,6 +125,7 @@ def test_the_reference_files_keep_what_the_project_runs_on() -> None:
         "train": "flows/training.py:train", "monitor": "flows/monitoring.py:monitor",
         "retrain": "flows/retraining.py:retrain", "rollout": "flows/rollout.py:rollout_flow",
         "batch-score": "flows/batch_score.py:batch_score", "retention": "flows/retention.py:retention",
+        "backup": "flows/backup.py:backup",
     }  # fmt: skip
     assert all((REPO_ROOT / e.partition(":")[0]).is_file() for e in names.values())
     assert all(d["parameters"] == {} for d in doc["deployments"])

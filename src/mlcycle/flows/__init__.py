@@ -2,7 +2,9 @@
 
 One module per flow: :mod:`~mlcycle.flows.training` (``train``), :mod:`~mlcycle.flows.monitoring`
 (``monitor``), :mod:`~mlcycle.flows.retraining` (``retrain``), :mod:`~mlcycle.flows.rollout`
-(``rollout_flow``) and :mod:`~mlcycle.flows.batch_score` (``batch_score``). A project may keep its
+(``rollout_flow``), :mod:`~mlcycle.flows.batch_score` (``batch_score``), :mod:`~mlcycle.flows.retention`
+(``retention``) and :mod:`~mlcycle.flows.backup` (``backup``, which stands in the ops layer: it runs
+``mlcycle backup``'s code). A project may keep its
 own ``flows/<module>.py`` (the reference project's are thin entrypoints over these; an older
 ``mlcycle init`` copied them); :func:`load_flow` prefers that file and falls back to this package.
 
@@ -26,6 +28,8 @@ FLOWS: dict[str, str] = {
     "retraining": "retrain",
     "rollout": "rollout_flow",
     "batch_score": "batch_score",
+    "retention": "retention",
+    "backup": "backup",
 }
 
 

@@ -294,6 +294,90 @@ def backup(cfg: ProjectConfig, dest: Path, config_name: str = DEFAULT_CONFIG_NAM
     return manifest
 
 
+STAMP = "%Y%m%dT%H%M%SZ"  # a scheduled backup's directory name under backup.dest: its UTC time
+
+
+@dataclass
+class ScheduledBackup:
+    """One run of the scheduled backup: ``done`` with where it went, or ``not configured`` (nothing
+    written, ``message`` says how to turn it on)."""
+
+    status: str  # "done" | "not configured"
+    message: str
+    path: Path | None = None
+    bytes: int = 0
+    files: int = 0
+    seconds: float = 0.0
+    pruned: list[Path] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "path": None if self.path is None else str(self.path),
+                "pruned": [str(p) for p in self.pruned]}  # fmt: skip
+
+
+def stamp_of(name: str) -> datetime | None:
+    """The UTC time a scheduled backup's directory name stands for, or None for any other name."""
+    try:
+        at = datetime.strptime(name, STAMP).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return at if at.strftime(STAMP) == name else None  # only the canonical spelling (zero-padded)
+
+
+def scheduled_backups(dest: Path, project: str) -> list[Path]:
+    """The scheduled backups of ``project`` in ``dest``, oldest first: directories named by a stamp
+    that hold a manifest this code wrote for that project. Anything else in ``dest`` is not one."""
+    found = []
+    for path in Path(dest).iterdir() if Path(dest).is_dir() else ():
+        if not path.is_dir() or path.is_symlink() or (at := stamp_of(path.name)) is None:
+            continue
+        try:
+            manifest = Manifest.read(path)
+        except (BackupError, TypeError, AttributeError):  # no manifest, not ours, another format
+            continue
+        if manifest.project == project:
+            found.append((at, path))
+    return [path for _, path in sorted(found)]
+
+
+def scheduled_backup(
+    cfg: ProjectConfig, now: datetime, config_name: str = DEFAULT_CONFIG_NAME, out: Progress = print
+) -> ScheduledBackup:
+    """The scheduled deployment's backup: :func:`backup` into ``backup.dest/<now as STAMP>/``, then
+    the project's scheduled backups beyond ``backup.keep`` removed, oldest first (never the one just
+    written, never anything :func:`scheduled_backups` does not list). ``backup.dest`` not set: nothing
+    written, status "not configured"."""
+    if cfg.backup.dest is None:
+        return ScheduledBackup(
+            "not configured",
+            "scheduled backup not configured: nothing was backed up. Set backup.dest in mlcycle.yaml "
+            "(e.g. `backup: {dest: /backups/" + cfg.project + ", keep: 7}`, outside data/) to turn it on",
+        )
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware (the stamp is UTC)")
+    dest = cfg.resolve(Path(cfg.backup.dest))
+    if dest.is_relative_to(cfg.data_path):
+        raise BackupError(f"backup.dest {dest} is inside the project's data directory", "set it outside data/")
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / now.astimezone(UTC).strftime(STAMP)
+    manifest = backup(cfg, target, config_name, out)
+    older = [p for p in scheduled_backups(dest, cfg.project) if p != target]
+    pruned = older[: max(0, len(older) - (cfg.backup.keep - 1))]
+    for path in pruned:
+        out(f"  removing {path.name} (backup.keep is {cfg.backup.keep})")
+        shutil.rmtree(path)
+    return ScheduledBackup(
+        "done",
+        f"backed up {cfg.project} to {target}: {len(manifest.files)} files, {manifest.total_bytes} bytes in "
+        f"{manifest.seconds:.1f} s; {len(pruned)} older removed, keep {cfg.backup.keep}",
+        path=target,
+        bytes=manifest.total_bytes,
+        files=len(manifest.files),
+        seconds=manifest.seconds,
+        pruned=pruned,
+    )
+
+
 def verify(src: Path) -> Manifest:
     """The manifest, once every file it lists is there with its hash (and no file it does not list)."""
     src = Path(src).resolve()

@@ -722,6 +722,19 @@ class PrivacySpec(StrictModel):
         return self
 
 
+class BackupSpec(StrictModel):
+    """The scheduled ``backup`` deployment (mlcycle.flows.backup): each run writes ``mlcycle backup``'s
+    directory into ``dest/<UTC stamp>/`` and keeps the newest ``keep`` of them. No ``dest``: the
+    scheduled backup is off, and each run says so (status "not configured") without writing anything."""
+
+    dest: Path | None = Field(
+        None,
+        description="Directory the scheduled backups go into, outside data/ (relative: to the project directory). "
+        "Not set: the scheduled backup is off.",
+    )
+    keep: int = Field(7, ge=1, description="How many scheduled backups of this project to keep in dest (the newest).")
+
+
 class ProjectConfig(StrictModel):
     project: str = "mlcycle"
     profile: Literal["local", "scale"] = "local"
@@ -749,6 +762,9 @@ class ProjectConfig(StrictModel):
     evaluation: EvaluationSpec = EvaluationSpec()
     ci: CISpec = CISpec()
     privacy: PrivacySpec = PrivacySpec()
+    backup: BackupSpec = Field(
+        default_factory=BackupSpec, description="The scheduled backup deployment: where it writes, how many it keeps."
+    )
 
     root: Path = Field(Path("."), exclude=True, description="Directory of the config file.")
 

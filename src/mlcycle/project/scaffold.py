@@ -579,6 +579,7 @@ FLOWS: dict[str, tuple[str, str]] = {
     "rollout": ("rollout", "rollout_flow"),
     "batch_score": ("batch_score", "batch_score"),
     "retention": ("retention", "retention"),
+    "backup": ("backup", "backup"),
 }
 
 
