@@ -17,6 +17,17 @@ export BENTOML_DO_NOT_TRACK := True
 unexport PYTHONDONTWRITEBYTECODE
 
 STAMP := .venv/.mlcycle-installed
+# promtool checks and unit-tests the generated Prometheus rules (tests/test_slo_rules.py): Debian's
+# `prometheus` package has it. Installed as root with apt-get when missing (`apt-get update` only when
+# the package lists lack it); the package's server is stopped and disabled at once where an init
+# system started it (a container's policy-rc.d does not), so nothing stays listening on :9090.
+PROMTOOL_INSTALL := { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	&& echo "promtool not found: installing Debian's prometheus package" \
+	&& { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+		|| { apt-get update -qq >/dev/null 2>&1 \
+			&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1; }; } \
+	&& { systemctl disable --now prometheus >/dev/null 2>&1 || service prometheus stop >/dev/null 2>&1 || true; } \
+	&& command -v promtool >/dev/null 2>&1; }
 LINT_DIRS := $(wildcard src tests flows services feature_repo bench fraud examples)
 
 .PHONY: help install demo example test lint bench up down clean
@@ -32,7 +43,9 @@ $(STAMP): pyproject.toml uv.lock
 	$(UV) sync --frozen --extra dev
 	@touch $@
 
-install: $(STAMP) ## create .venv from uv.lock
+install: $(STAMP) ## create .venv from uv.lock (and promtool, for the SLO rules' tests)
+	@command -v promtool >/dev/null 2>&1 || $(PROMTOOL_INSTALL) \
+		|| echo "promtool not installed (needs root and apt-get): tests/test_slo_rules.py will fail"
 
 demo: install ## run the lifecycle end to end on embedded defaults (SQLite, local files)
 	$(UV) run --no-sync mlcycle demo

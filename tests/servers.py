@@ -141,3 +141,42 @@ def running_server(
         yield server
     finally:
         stop_group(proc)
+
+
+class WebhookReceiver:
+    """A loopback HTTP endpoint that keeps every POSTed JSON body: where alerts are delivered in tests."""
+
+    def __init__(self) -> None:
+        import http.server
+        import json as _json
+        import threading
+
+        self.received: list[dict] = []
+        self.arrived = threading.Condition()
+        received, arrived = self.received, self.arrived
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # the http.server API names it
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with arrived:
+                    received.append(_json.loads(body or b"{}"))
+                    arrived.notify_all()
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        self.url = f"http://{LOOPBACK}:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def wait_for(self, count: int, timeout: float) -> list[dict]:
+        with self.arrived:
+            self.arrived.wait_for(lambda: len(self.received) >= count, timeout)
+            return list(self.received)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -162,6 +162,43 @@ def test_a_drift_event_starts_the_retrain_deployment(drifted, prefect_server: st
     assert scheduled and all(r.state.is_scheduled() for r in scheduled), "the monitor schedule queued no run"
 
 
+def test_a_real_monitor_run_pages_the_oncall_receiver_through_prefect(drifted, prefect_server, monkeypatch) -> None:
+    """alerts: in the config → a Prefect automation; the monitor flow finds the drift and emits its
+    event; the server's automation sends the message to a loopback webhook, naming the event, the
+    champion's version, the evidence, the runbook section and the command."""
+    from prefect.events.worker import EventsWorker
+
+    from mlcycle.ops import alerts
+    from mlcycle.project.config import AlertsSpec
+    from servers import WebhookReceiver
+
+    cfg, _ = drifted
+    receiver = WebhookReceiver()
+    monkeypatch.setenv("MLCYCLE_TEST_ONCALL_URL", receiver.url)
+    channel = {"type": "webhook", "url_env": "MLCYCLE_TEST_ONCALL_URL"}
+    route = {"on": ["drift", "decay"], "to": ["oncall"], "within": "1h"}
+    spec = AlertsSpec.model_validate({"channels": {"oncall": channel}, "routes": [route]})
+    paged = cfg.model_copy(update={"alerts": spec})
+    try:
+        alerts.sync(paged)
+        time.sleep(2)  # the trigger service loads new automations on its next refresh
+        result = load_flow(cfg.root, "monitoring", "monitor")(config=str(cfg.root / "mlcycle.yaml"), window_days=7)
+        assert "mlcycle.drift.detected" in result["events"], result["events"]
+        EventsWorker.drain_all()
+        messages = receiver.wait_for(1, 120)
+        assert messages, "no alert reached the receiver within 120 s"
+        body = messages[0]["body"]
+        version = registry.version_by_alias(registry.client_for(cfg), cfg.model.name, registry.CHAMPION).version
+        assert f"Version: v{version}" in body and result["events"][0] in body
+        assert any(feature in body for feature in result["drifted_features"])  # the evidence, by name
+        assert "docs/operations.md#runbook-drift-or-decay-alert" in body and "Act: mlcycle" in body
+        # One check emitting drift and decay pages once: the window after an alert is quiet, per model.
+        assert len(receiver.wait_for(2, 15)) == 1
+    finally:
+        alerts.remove(paged)
+        receiver.close()
+
+
 def test_retraining_after_real_drift_registers_a_challenger_that_beats_v1(drifted) -> None:
     cfg, result = drifted
     retrain = load_flow(cfg.root, "retraining", "retrain")

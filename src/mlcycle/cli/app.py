@@ -1408,6 +1408,70 @@ def retention(config: ConfigOption = None) -> None:
         console.print(line, markup=False, soft_wrap=True)
 
 
+alerts_app = typer.Typer(
+    help="Alerts that reach people: alerts: in mlcycle.yaml as Prefect notification blocks and automations.",
+    no_args_is_help=True,
+)
+app.add_typer(alerts_app, name="alerts")
+
+
+def _alerts_api(cfg: Any) -> str:
+    from mlcycle.ops import stack
+
+    api = stack.api_url(cfg)
+    if not api:
+        console.print("no Prefect server: start the stack (mlcycle up) or set PREFECT_API_URL", style="red")
+        raise typer.Exit(1)
+    return api
+
+
+@alerts_app.command("sync")
+def alerts_sync(config: ConfigOption = None) -> None:
+    """Put the project's alert channels (notification blocks) and routes (automations) on the Prefect
+    server, replacing what an earlier sync made; `mlcycle up` does it too."""
+    from mlcycle.ops import alerts
+
+    cfg = _config(config)
+    try:
+        synced = alerts.sync(cfg, _alerts_api(cfg))
+    except alerts.AlertError as exc:
+        console.print(f"alerts not set up: {exc}", style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(f"channels: {', '.join(synced.blocks) or 'none'}", markup=False)
+    console.print(f"automations: {', '.join(synced.automations) or 'none'}", markup=False)
+    if synced.removed:
+        console.print(f"removed: {', '.join(synced.removed)}", markup=False)
+
+
+@alerts_app.command("test")
+def alerts_test(config: ConfigOption = None) -> None:
+    """Send one test message to each channel, from this machine; exits 1 if any could not be sent."""
+    from mlcycle.ops import alerts
+
+    cfg = _config(config)
+    if not cfg.alerts.channels:
+        console.print("no alert channels in mlcycle.yaml (alerts.channels)", style="red")
+        raise typer.Exit(1)
+    results = alerts.send_test(cfg)
+    for name, outcome in results.items():
+        console.print(f"{name}: {outcome}", markup=False, soft_wrap=True)
+    if any(outcome != "sent" for outcome in results.values()):
+        raise typer.Exit(1)
+
+
+@alerts_app.command("remove")
+def alerts_remove(config: ConfigOption = None) -> None:
+    """Delete the project's alert automations from the Prefect server."""
+    from mlcycle.ops import alerts
+
+    cfg = _config(config)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: _alerts_api(cfg)}):
+        gone = alerts.remove(cfg)
+    console.print(f"removed: {', '.join(gone) or 'nothing'}", markup=False)
+
+
 @app.command()
 def forget(
     entity: Annotated[str, typer.Argument(help="COLUMN=KEY, e.g. user_id=42: an entity key column and its value.")],
@@ -1506,6 +1570,34 @@ def scale_env(config: ConfigOption = None) -> None:
     except ScaleConfigError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+
+
+slo_app = typer.Typer(help="Service level objectives (serving.slo) as Prometheus rules.", no_args_is_help=True)
+app.add_typer(slo_app, name="slo")
+
+
+@slo_app.command("rules")
+def slo_rules(
+    out: Annotated[
+        Path | None, typer.Option(help="Write the rules here (e.g. monitoring/prometheus-rules.yml).")
+    ] = None,
+    runbook_base: Annotated[
+        str, typer.Option(help="Where docs/operations.md is (a path or URL): each alert links a section of it.")
+    ] = "docs/operations.md",
+    config: ConfigOption = None,
+) -> None:
+    """Print (or write with --out) the Prometheus recording and alerting rules of serving.slo: p99 latency,
+    server-side error ratio, availability, the stream's lag and freshness; each alert with its runbook.
+    Check them with `promtool check rules FILE`; load them with `rule_files:` in prometheus.yml."""
+    from mlcycle.project.slo_rules import rules_yaml
+
+    text = rules_yaml(_config(config), runbook_base=runbook_base)
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    console.print(f"wrote {out}", markup=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -1018,6 +1018,14 @@ def up(
                 out(f"  deployments: {', '.join(deployed) or 'none'}")
             except StackError as exc:
                 problems.append(str(exc))
+            if cfg.alerts.routes:
+                from mlcycle.ops import alerts
+
+                try:
+                    synced = alerts.sync(cfg, api_url)
+                    out(f"  alerts: {len(synced.automations)} automations to {', '.join(synced.blocks)}")
+                except alerts.AlertError as exc:
+                    problems.append(f"alerts not set up: {exc}")
             try:
                 start_worker(cfg, api_url, out=out)
             except StackError as exc:

@@ -149,11 +149,61 @@ class TableSpec(StrictModel):
         return out
 
 
+# A Prometheus duration of one unit (what a rules file takes for a range or a ``for``): 30s, 5m, 1h, 1d.
+PROM_DURATION = r"^[1-9][0-9]*(ms|s|m|h|d|w)$"
+
+
+class SloSpec(StrictModel):
+    """The service's objectives, as the Prometheus rules ``mlcycle slo rules`` writes (and ``mlcycle init``
+    puts in ``monitoring/prometheus-rules.yml``): recording rules over the service's ``/metrics`` and an
+    alert per bound, each linking its runbook in docs/operations.md."""
+
+    p99_latency_ms: float = Field(
+        250.0, gt=0, le=2500, description="Bound on the p99 of mlcycle_predict_seconds per endpoint (ms). Best a "
+        "bucket edge (2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500 ms): between edges the quantile is interpolated."
+    )  # fmt: skip
+    error_ratio: float = Field(
+        0.01, gt=0, lt=1, description="Bound on the share of scoring calls answered with a server-side error "
+        "(503 unavailable, 504 timeout, 500): mlcycle_errors_total over mlcycle_predict_seconds_count. Client "
+        "errors (400, 401, 415) are the caller's and do not count."
+    )  # fmt: skip
+    availability: float = Field(
+        0.999, gt=0, lt=1, description="Objective for the share of scrapes the service answered (up == 1) over "
+        "availability_window; a failed or missing scrape also alerts on its own after alert_for."
+    )  # fmt: skip
+    window: str = Field(
+        "5m", pattern=PROM_DURATION, description="Range of the rates (request rate, error ratio, p99 latency): "
+        "at least four scrape intervals."
+    )  # fmt: skip
+    availability_window: str = Field(
+        "1d", pattern=PROM_DURATION, description="Range availability is measured over (at 0.999 over a day, "
+        "about 1.4 minutes without an answered scrape)."
+    )  # fmt: skip
+    alert_for: str = Field(
+        "5m", pattern=PROM_DURATION, description="How long a bound must be broken before its alert fires."
+    )
+    stream_lag_max: int = Field(
+        10_000, ge=1, description="Bound on the events in the stream not yet delivered to the consumer group "
+        "(mlcycle_stream_consumer_lag_events)."
+    )  # fmt: skip
+    freshness_max_s: float = Field(
+        60.0, gt=0, description="Bound on the p99 from an event's time to its online write "
+        "(mlcycle_stream_consumer_freshness_p99_ms), and on the age of the consumer's last figures."
+    )  # fmt: skip
+    job: str | None = Field(
+        None, description="The Prometheus scrape job of the service (the rules select job=\"<job>\"); "
+        "default: the project's name."
+    )  # fmt: skip
+
+
 class ServingSpec(StrictModel):
     routing_key: str | None = Field(
         None,
         description="Request field whose hash keeps a caller on one model during a canary (default: the first "
         "entity key; 'request_id': every request routed on its own).",
+    )
+    slo: SloSpec = Field(
+        default_factory=SloSpec, description="Service level objectives: the generated Prometheus rules' bounds."
     )
 
 
@@ -735,6 +785,84 @@ class BackupSpec(StrictModel):
     keep: int = Field(7, ge=1, description="How many scheduled backups of this project to keep in dest (the newest).")
 
 
+# What an alert route may be raised by: mlcycle's own events, and Prefect's about the project's flow runs.
+ALERT_SOURCES: dict[str, tuple[str, ...]] = {
+    "drift": ("mlcycle.drift.detected",),
+    "decay": ("mlcycle.performance.decayed",),
+    "retraining_blocked": ("mlcycle.retraining.blocked",),
+    "flow_failed": ("prefect.flow-run.Failed", "prefect.flow-run.Crashed", "prefect.flow-run.TimedOut"),
+    "flow_paused": ("prefect.flow-run.Paused", "prefect.flow-run.Suspended"),
+}
+CHANNEL_TYPES = ("webhook", "slack", "teams", "discord", "mattermost")
+
+
+class AlertChannelSpec(StrictModel):
+    """Where alerts go. The address is a secret: the config names the environment variable holding it."""
+
+    type: Literal["webhook", "slack", "teams", "discord", "mattermost"] = Field(
+        description="webhook: JSON POST {subject, body, severity, project, event} to the URL; slack, teams, discord, "
+        "mattermost: that service's incoming-webhook URL (Prefect's notification blocks, through apprise)."
+    )
+    url_env: str = Field(description="Environment variable holding the URL (never the URL itself in mlcycle.yaml).")
+
+    @field_validator("url_env")
+    @classmethod
+    def _env_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(f"url_env {value!r} is not an environment variable name: put the URL in the environment")
+        return value
+
+
+class AlertRouteSpec(StrictModel):
+    """Which conditions page which channels, and how long a condition must persist before they do."""
+
+    on: list[str] = Field(min_length=1, description=f"What raises it: {', '.join(ALERT_SOURCES)}.")
+    to: list[str] = Field(min_length=1, description="Channel names (alerts.channels).")
+    persist: int = Field(1, ge=1, description="Occurrences within `within` before the alert is sent (e.g. 3 checks).")
+    within: str = Field(
+        "1d",
+        description="The window persist counts in. Prefect's reactive trigger: after an alert, the rest of this "
+        "window is quiet (no second message for the same model), so it is also the quiet period.",
+    )
+    severity: Literal["page", "ticket", "info"] = "page"
+
+    @field_validator("on")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in ALERT_SOURCES]
+        if unknown:
+            raise ValueError(f"unknown alert source {', '.join(unknown)}: one of {', '.join(ALERT_SOURCES)}")
+        flows = [v for v in value if v.startswith("flow_")]
+        if flows and len(flows) != len(value):
+            raise ValueError(f"alert route on {', '.join(value)}: flow-run states and mlcycle's events go in separate "
+                             "routes (one is counted per flow run, the other per model)")  # fmt: skip
+        return value
+
+    @field_validator("within")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        parse_window(value)
+        return value
+
+
+class AlertsSpec(StrictModel):
+    """``alerts:``: channels and routes, turned into Prefect automations (``mlcycle alerts sync``, ``mlcycle up``)."""
+
+    channels: dict[str, AlertChannelSpec] = Field(default_factory=dict)
+    routes: list[AlertRouteSpec] = Field(default_factory=list)
+    runbook_base: str = Field(
+        "docs/operations.md", description="Where the runbooks are (a URL or path); each message links a section."
+    )
+
+    @model_validator(mode="after")
+    def _routes_name_channels(self) -> AlertsSpec:
+        for route in self.routes:
+            missing = [c for c in route.to if c not in self.channels]
+            if missing:
+                raise ValueError(f"alert route to {', '.join(missing)}: no such channel in alerts.channels")
+        return self
+
+
 class ProjectConfig(StrictModel):
     project: str = "mlcycle"
     profile: Literal["local", "scale"] = "local"
@@ -764,6 +892,9 @@ class ProjectConfig(StrictModel):
     privacy: PrivacySpec = PrivacySpec()
     backup: BackupSpec = Field(
         default_factory=BackupSpec, description="The scheduled backup deployment: where it writes, how many it keeps."
+    )
+    alerts: AlertsSpec = Field(
+        default_factory=AlertsSpec, description="Alert channels and routes (Prefect automations)."
     )
 
     root: Path = Field(Path("."), exclude=True, description="Directory of the config file.")

@@ -18,7 +18,9 @@ is for, and writes a project directory that every command runs in without an edi
   for this one), whose entrypoints are module paths into the installed package (``mlcycle.flows.*``),
   never a copy, so a newer mlcycle fixes every project; ``prefect deploy --all`` runs from the
   project directory;
-- ``README.md``: what was inferred, what was left out, the commands in order.
+- ``README.md``: what was inferred, what was left out, the commands in order;
+- ``monitoring/prometheus-rules.yml``: the service's objectives (``serving.slo``) as Prometheus
+  recording and alerting rules (:mod:`mlcycle.project.slo_rules`).
 
 Which column becomes what: the event time, the label, its arrival time, the entity keys, the event
 id and the protected attribute are never model inputs. Every other column comes in the request and
@@ -882,6 +884,7 @@ def init_project(
     """
     from mlcycle.project.bentofile import BENTOFILE, bentofile_yaml
     from mlcycle.project.config import ConfigError, load_config
+    from mlcycle.project.slo_rules import RULES_FILE, rules_yaml
     from mlcycle.project.workflow import WORKFLOW_FILE, workflow_yaml
 
     directory = Path(directory).absolute()
@@ -940,6 +943,8 @@ def init_project(
             raise InitError(f"the generated config does not validate: {exc}", None, "report this as a bug") from None
         try:  # from the validated config: what the Bento carries is what the config names
             (tmp / BENTOFILE).write_text(bentofile_yaml(cfg))
+            (tmp / RULES_FILE).parent.mkdir(parents=True)  # serving.slo as Prometheus rules
+            (tmp / RULES_FILE).write_text(rules_yaml(cfg))
         except TemplateError as exc:
             raise InitError(f"a project file could not be rendered: {exc.message}", None, exc.fix) from exc
         _check_config(cfg, plan)

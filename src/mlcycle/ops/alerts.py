@@ -1,0 +1,184 @@
+"""Alerts that reach people: ``alerts:`` in mlcycle.yaml as Prefect notification blocks and automations.
+
+mlcycle's monitor and retraining flows already emit events (``mlcycle.drift.detected``,
+``mlcycle.performance.decayed``, ``mlcycle.retraining.blocked``) and Prefect emits its own for every
+flow run's state. Delivery is Prefect's job, not a loop of ours: each channel becomes one of
+Prefect's notification blocks (the custom webhook block, or Slack / Teams / Discord / Mattermost,
+which go through apprise), and each route becomes an automation — a reactive ``EventTrigger`` on the
+route's events for this project's model (or its flows), counted per model (``for_each``), firing
+once ``persist`` occurrences fall within ``within``, with a ``SendNotification`` action whose body
+names the event, its evidence, the version, the runbook section and the command to act. The server
+sends it asynchronously, so a channel that is down never holds up monitoring.
+
+Prefect's reactive trigger fires as soon as the count is reached and then waits out the rest of its
+window before it can fire again: that window is the route's quiet period too, and no duplicate of
+the same condition is sent inside it.
+
+Everything mlcycle creates is named ``mlcycle-<project>-…`` and tagged ``mlcycle``; ``sync`` makes the
+server hold exactly what the config says (it updates in place and deletes its own leftovers,
+never anything else).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from mlcycle.project.aggregations import parse_window
+from mlcycle.project.config import ALERT_SOURCES, AlertChannelSpec, AlertRouteSpec, ProjectConfig
+from mlcycle.project.templates import render
+
+TAG = "mlcycle"
+# The runbook section and the command that acts on each source (docs/operations.md anchors).
+RUNBOOKS = {
+    "drift": ("runbook-drift-or-decay-alert", "mlcycle status; the retrain run started by itself: mlcycle history"),
+    "decay": ("runbook-drift-or-decay-alert", "mlcycle status; the retrain run started by itself: mlcycle history"),
+    "retraining_blocked": ("runbook-retraining-blocked-broken-upstream",
+                           "mlcycle blocked, then mlcycle approve RUN --note … or mlcycle reject RUN --note …"),
+    "flow_failed": ("runbook-service-not-ready--503s", "prefect flow-run logs RUN_ID; mlcycle status"),
+    "flow_paused": ("runbook-canary-outcomes", "mlcycle approve VERSION --note … or mlcycle reject VERSION --note …"),
+}  # fmt: skip
+KINDS = {"drift": "monitor", "decay": "monitor", "retraining_blocked": "blocked"}
+
+
+class AlertError(RuntimeError):
+    """The alert configuration cannot be put on the server as it is (a channel's URL is missing)."""
+
+
+@dataclass(frozen=True)
+class Synced:
+    blocks: list[str]
+    automations: list[str]
+    removed: list[str]
+
+
+def prefix(cfg: ProjectConfig) -> str:
+    return f"mlcycle-{cfg.project}".lower().replace("_", "-")
+
+
+def block_name(cfg: ProjectConfig, channel: str) -> str:
+    return f"{prefix(cfg)}-{channel}".lower().replace("_", "-")
+
+
+def automation_name(cfg: ProjectConfig, index: int, route: AlertRouteSpec) -> str:
+    return f"{prefix(cfg)}-alert-{index}-{'-'.join(route.on)}"
+
+
+def channel_url(name: str, spec: AlertChannelSpec) -> str:
+    url = os.environ.get(spec.url_env, "").strip()
+    if not url:
+        raise AlertError(f"alert channel {name}: {spec.url_env} is not set; export it with the channel's URL")
+    return url
+
+
+def make_block(cfg: ProjectConfig, name: str, spec: AlertChannelSpec) -> Any:
+    """The Prefect notification block for a channel (not saved)."""
+    from prefect.blocks import notifications as n
+
+    url = channel_url(name, spec)
+    if spec.type == "webhook":
+        payload = {"subject": "{{subject}}", "body": "{{body}}", "project": cfg.project, "channel": name}
+        return n.CustomWebhookNotificationBlock(name=block_name(cfg, name), url=url, json_data=payload, timeout=10)
+    kinds = {"slack": n.SlackWebhook, "teams": n.MicrosoftTeamsWebhook, "discord": n.DiscordWebhook,
+             "mattermost": n.MattermostWebhook}  # fmt: skip
+    return kinds[spec.type](url=url)
+
+
+def message(cfg: ProjectConfig, route: AlertRouteSpec) -> tuple[str, str]:
+    """The subject and body templates of a route (Prefect renders their event placeholders)."""
+    source = route.on[0]
+    anchor, command = RUNBOOKS[source]
+    subject_of = f"model {cfg.model.name}" if source in KINDS else f"a flow run of project {cfg.project}"
+    body = render("alert.txt.j2", severity=route.severity.upper(), project=cfg.project, subject_of=subject_of,
+                  kind=KINDS.get(source, "flow"), persist=route.persist, within=route.within,
+                  runbook=f"{cfg.alerts.runbook_base}#{anchor}", command=command)  # fmt: skip
+    subject = f"[{route.severity}] mlcycle {cfg.project}: {{{{ event.event }}}}"
+    return subject, body
+
+
+def trigger(cfg: ProjectConfig, route: AlertRouteSpec) -> Any:
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    expect = {e for source in route.on for e in ALERT_SOURCES[source]}
+    ours = [s for s in route.on if s in KINDS]
+    if ours and len(ours) != len(route.on):
+        raise AlertError(
+            f"alert route on {', '.join(route.on)}: mlcycle's events and flow-run states go in separate routes"
+        )
+    within = parse_window(route.within)
+    common = {"expect": expect, "posture": Posture.Reactive, "threshold": route.persist,
+              "within": max(within, timedelta(seconds=10))}  # fmt: skip
+    if ours:  # mlcycle's events about this project's model, counted per model
+        return EventTrigger(match={"prefect.resource.id": f"mlcycle.model.{cfg.model.name}"},
+                            for_each={"prefect.resource.id"}, **common)  # fmt: skip
+    # Flow runs of this project: its deployments carry the project's name as a tag.
+    return EventTrigger(match={"prefect.resource.id": "prefect.flow-run.*"},
+                        match_related={"prefect.resource.id": f"prefect.tag.{cfg.project}"},
+                        for_each={"prefect.resource.id"}, **common)  # fmt: skip
+
+
+def sync(cfg: ProjectConfig, api_url: str | None = None) -> Synced:
+    """Make the Prefect server (``api_url``, else PREFECT_API_URL) hold exactly the project's alert
+    blocks and automations: created or updated by name, this project's leftovers deleted."""
+    if api_url:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            return sync(cfg)
+    from prefect import get_client
+    from prefect.events.actions import SendNotification
+    from prefect.events.schemas.automations import AutomationCore
+
+    spec = cfg.alerts
+    blocks: dict[str, Any] = {}
+    for name, channel in spec.channels.items():
+        block = make_block(cfg, name, channel)
+        block.save(block_name(cfg, name), overwrite=True)
+        blocks[name] = block._block_document_id
+    wanted: dict[str, Any] = {}
+    for index, route in enumerate(spec.routes):
+        subject, body = message(cfg, route)
+        actions = [SendNotification(block_document_id=blocks[c], subject=subject, body=body) for c in route.to]
+        name = automation_name(cfg, index, route)
+        wanted[name] = AutomationCore(name=name, description=f"mlcycle alert route {index} of project {cfg.project}",
+                                  trigger=trigger(cfg, route), actions=actions, tags=[TAG, cfg.project])  # fmt: skip
+    removed = []
+    with get_client(sync_client=True) as client:
+        existing = {a.name: a for a in client.read_automations() if a.name.startswith(f"{prefix(cfg)}-alert-")}
+        for name, automation in existing.items():
+            client.delete_automation(automation.id)
+            if name not in wanted:
+                removed.append(name)
+        for automation in wanted.values():
+            client.create_automation(automation=automation)
+    return Synced([block_name(cfg, c) for c in blocks], list(wanted), removed)
+
+
+def remove(cfg: ProjectConfig) -> list[str]:
+    """Delete this project's alert automations (``mlcycle alerts sync`` puts them back)."""
+    from prefect import get_client
+
+    gone = []
+    with get_client(sync_client=True) as client:
+        for automation in client.read_automations():
+            if automation.name.startswith(f"{prefix(cfg)}-alert-"):
+                client.delete_automation(automation.id)
+                gone.append(automation.name)
+    return gone
+
+
+def send_test(cfg: ProjectConfig) -> dict[str, str]:
+    """One message to each channel, straight from here (no server needed): channel → "sent" or why not."""
+    out = {}
+    for name, channel in cfg.alerts.channels.items():
+        try:
+            block = make_block(cfg, name, channel)
+            body = (f"A test of channel {name} ({channel.type}) from mlcycle alerts test. Runbooks: "
+                    f"{cfg.alerts.runbook_base}")  # fmt: skip
+            block.notify(body, subject=f"mlcycle {cfg.project}: test alert to {name}")
+            out[name] = "sent"
+        except Exception as exc:  # every channel is tried; each failure is reported by name
+            out[name] = f"failed: {type(exc).__name__}: {exc}"
+    return out
