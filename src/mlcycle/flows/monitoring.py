@@ -20,7 +20,7 @@ from prefect.events import emit_event
 
 import mlcycle  # noqa: F401  (telemetry off before the stack is imported)
 from mlcycle.monitoring import job as monitoring_job
-from mlcycle.monitoring.retraining import DECAY_EVENT, DRIFT_EVENT
+from mlcycle.monitoring.retraining import DECAY_EVENT, DRIFT_EVENT, ESTIMATED_DECAY_EVENT
 from mlcycle.project.config import ProjectConfig, load_config
 
 IO = {"retries": 2, "retry_delay_seconds": 3, "cache_policy": NO_CACHE}
@@ -77,6 +77,9 @@ def monitor(
     if result.performance_decayed:
         _emit(DECAY_EVENT, cfg, result)
         events.append(DECAY_EVENT)
+    if result.estimated_decay:
+        _emit(ESTIMATED_DECAY_EVENT, cfg, result)
+        events.append(ESTIMATED_DECAY_EVENT)
     logger.info(
         "v%s: %d rows, drifted %s, score drift %s, matured ROC-AUC %s; events %s; summary %s",
         result.champion_version, result.rows, result.drifted_features or "none",

@@ -28,7 +28,7 @@ from mlcycle.features.pipeline import labels_frame
 from mlcycle.monitoring import drift as monitoring
 from mlcycle.project.config import ProjectConfig
 from mlcycle.registry import aliases as registry
-from mlcycle.registry.tracking import FEATURES_TAG, SNAPSHOT_ARTIFACT, load_version
+from mlcycle.registry.tracking import FEATURES_TAG, SNAPSHOT_ARTIFACT, THRESHOLD_TAG, load_version
 from mlcycle.serving.prediction_store import read_logged_predictions
 from mlcycle.training.fit import TIME_COLUMN
 
@@ -37,8 +37,11 @@ log = logging.getLogger("mlcycle.monitoring")
 # Codes of the categorical request fields (``<field>_code``): monitored through the fields themselves.
 CODE_SUFFIX = "_code"
 MONITORING_EXPERIMENT_SUFFIX = "-monitoring"
-# Bumped when what the cached reference holds changes (2: scores from the held-out window).
-REFERENCE_FORMAT = 2
+# Bumped when what the cached reference holds changes (2: scores from the held-out window; 3: its labels
+# and the decision threshold, which calibrate the label-free estimate).
+REFERENCE_FORMAT = 3
+ESTIMATE_SUMMARY_KEYS = ("state", "roc_auc", "roc_auc_ci", "precision", "recall", "rows", "expected_positives",
+                         "bound", "reasons")  # fmt: skip
 DECAY_SUMMARY_KEYS = ("state", "roc_auc", "roc_auc_ci", "precision", "recall", "positives", "reasons", "late_labels",
                       "rmse", "rmse_ci", "mae", "baseline_rmse")  # fmt: skip
 
@@ -53,6 +56,8 @@ class ChampionReference:
     categorical: list[str]
     baseline_roc_auc: float | None
     baseline_rmse: float | None = None
+    labels: np.ndarray | None = None  # classification: the held-out window's labels (1 = positive), as ``scores``
+    threshold: float = 0.5  # the champion's decision threshold
 
 
 MONITORING_SINK = "monitoring"
@@ -129,6 +134,8 @@ def champion_reference(cfg: ProjectConfig) -> ChampionReference:
         directory.mkdir(parents=True, exist_ok=True)
         stats.save(directory / "stats")
         np.save(directory / "scores.npy", scores)
+        if cfg.task == "classification":
+            np.save(directory / "labels.npy", positive_labels(held_out[cfg.table.label], cfg.table.positive_label))
         keep = min(len(held_out), cfg.monitoring.evidently_sample)
         sample = privacy.redact(held_out[[*numeric, *categorical]], cfg.privacy, MONITORING_SINK)
         sample = sample.assign(score=scores).sample(keep, random_state=0)
@@ -138,6 +145,7 @@ def champion_reference(cfg: ProjectConfig) -> ChampionReference:
                 "baseline_roc_auc": baseline, "baseline_rmse": run.data.metrics.get("test.rmse"),
                 "rows": len(frame), "score_rows": len(held_out),
                 "scores_from": "held-out evaluation window", "run_id": mv.run_id,
+                "threshold": float(mv.tags.get(THRESHOLD_TAG, 0.5)),
                 "computed_at": datetime.now(UTC).isoformat()}  # fmt: skip
         meta_path.write_text(json.dumps(meta, indent=2))
         log.info("reference for v%s: inputs from %d training rows, scores from %d held-out rows, cached in %s",
@@ -152,7 +160,104 @@ def champion_reference(cfg: ProjectConfig) -> ChampionReference:
         categorical=meta["categorical"],
         baseline_roc_auc=meta["baseline_roc_auc"],
         baseline_rmse=meta.get("baseline_rmse"),
+        labels=np.load(directory / "labels.npy") if (directory / "labels.npy").exists() else None,
+        threshold=float(meta.get("threshold", 0.5)),
     )
+
+
+def _estimate_line(estimate: dict[str, Any]) -> str:
+    if estimate.get("roc_auc") is None:
+        return "Not measurable: " + "; ".join(
+            r.removeprefix("not measurable: ") for r in estimate.get("reasons") or ["-"]
+        )
+    ci = estimate.get("roc_auc_ci")
+    state = {"pass": "fine", "fail": "**decayed (estimated)**"}.get(estimate.get("state", ""), "**not measurable yet**")
+    ci_text = f" ({estimate['confidence']:.0%} interval {ci[0]:.3f}–{ci[1]:.3f})" if ci else ""
+    calibration = estimate.get("calibration") or {}
+    return (
+        f"Expected ROC-AUC {estimate['roc_auc']:.3f}{ci_text}, precision {estimate['precision'] or float('nan'):.3f}, "
+        f"recall {estimate['recall'] or float('nan'):.3f} on {estimate['rows']:,} answers "
+        f"({estimate['expected_positives']:.1f} expected positives), against the champion's test "
+        f"{estimate['baseline_roc_auc']:.3f} less the allowed drop (bound {estimate['bound']:.3f}): {state}. "
+        f"Calibrated on the champion's held-out window ({calibration.get('calibration_rows', 0):,} rows, expected "
+        f"calibration error {calibration.get('ece_after', float('nan')):.3f}). Blind to concept drift: the inputs "
+        f"meaning something new shows only in the matured labels below."
+    )
+
+
+def estimate_windows(ref: ChampionReference, answers: pd.DataFrame, windows: list[dict[str, Any]]) -> None:
+    """Beside each matured window's realized ROC-AUC, what the estimate said of the same answers
+    without their labels: the record of how far the estimate can be trusted on this model."""
+    from mlcycle.monitoring import estimate as cbpe
+
+    judged = [w for w in windows if w.get("matured") and w.get("roc_auc") is not None]
+    if not judged or ref.labels is None or answers.empty:
+        return
+    try:
+        calibrator = cbpe.calibrate(ref.scores, ref.labels)
+    except cbpe.NotMeasurable:
+        return
+    times = answers["predicted_at"]
+    for w in judged:
+        part = answers.loc[(times >= pd.Timestamp(w["start"])) & (times < pd.Timestamp(w["end"])), "score"]
+        scores = part.to_numpy(float)
+        if not len(scores):
+            continue
+        result = cbpe.estimate(calibrator.apply(scores), scores, ref.threshold, seed=0)
+        ci = result.interval("roc_auc")
+        w["estimated_roc_auc"] = result.roc_auc
+        w["estimated_roc_auc_ci"] = list(ci) if ci else None
+
+
+def positive_labels(values: pd.Series, positive: Any) -> np.ndarray:
+    """Labels as 1 (the positive class) and 0: a 0/1 or boolean column as it is, anything else by
+    comparison with ``table.positive_label``."""
+    if pd.api.types.is_bool_dtype(values) or set(pd.unique(values.dropna())) <= {0, 1}:
+        return values.fillna(0).astype(int).to_numpy()
+    return (values == positive).astype(int).to_numpy()
+
+
+def label_free_estimate(cfg: ProjectConfig, ref: ChampionReference, scores: np.ndarray) -> dict[str, Any]:
+    """The window's expected ROC-AUC, precision and recall from its scores alone (CBPE, calibrated on
+    the champion's held-out window), judged against the champion's test ROC-AUC minus
+    ``monitoring.max_roc_auc_drop``: what the labels will most likely say, weeks before they do.
+
+    Under concept drift (the same inputs now meaning something else) the estimate cannot move: the
+    decay check on matured labels remains the judge, and the two are shown side by side."""
+    from mlcycle.monitoring import estimate as cbpe
+
+    out: dict[str, Any] = {"state": "not_measurable", "alert": False}
+    if cfg.task != "classification" or ref.labels is None or ref.baseline_roc_auc is None:
+        out["reasons"] = ["not measurable: the champion's reference has no held-out labels (classification only)"]
+        return out
+    try:
+        calibrator = cbpe.calibrate(ref.scores, ref.labels)
+    except cbpe.NotMeasurable as exc:
+        out["reasons"] = [f"not measurable: calibration: {exc.detail}"]
+        return out
+    result = cbpe.estimate(calibrator.apply(scores), scores, ref.threshold, seed=0) if len(scores) else None
+    if result is None:
+        out["reasons"] = ["not measurable: no answer of the champion in the window"]
+        return out
+    verdict = cbpe.estimated_decay(result, ref.baseline_roc_auc, cfg.monitoring.max_roc_auc_drop)
+    check = verdict.checks[0]
+    ci = result.interval("roc_auc")
+    return {
+        "state": verdict.state,
+        "alert": verdict.state == "fail",
+        "roc_auc": result.roc_auc,
+        "roc_auc_ci": list(ci) if ci else None,
+        "precision": result.precision,
+        "recall": result.recall,
+        "rows": result.n,
+        "expected_positives": result.expected_positives,
+        "baseline_roc_auc": ref.baseline_roc_auc,
+        "bound": check.bound,
+        "confidence": result.confidence,
+        "calibration": calibrator.evidence(),
+        "reasons": [check.line()],
+        "verdict": verdict.to_dict(),
+    }
 
 
 def answered_predictions(cfg: ProjectConfig, since: datetime | None = None) -> pd.DataFrame:
@@ -191,6 +296,7 @@ class CheckResult:
     summary_path: str | None = None
     mlflow_run_id: str | None = None
     sampled: float = 1.0  # the prediction log's capture rate (privacy.capture.rate): it reads a sample
+    estimate: dict[str, Any] = field(default_factory=dict)  # the label-free estimate of the window (CBPE)
 
     @property
     def drift_detected(self) -> bool:
@@ -200,9 +306,15 @@ class CheckResult:
     def performance_decayed(self) -> bool:
         return bool(self.decay.get("alert"))
 
+    @property
+    def estimated_decay(self) -> bool:
+        """The label-free estimate's whole interval is below the bound (never on a straddling one)."""
+        return self.enough_rows and bool(self.estimate.get("alert"))
+
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["drift_detected"], out["performance_decayed"] = self.drift_detected, self.performance_decayed
+        out["estimated_decay"] = self.estimated_decay
         return out
 
     def evidence(self) -> dict[str, Any]:
@@ -216,6 +328,7 @@ class CheckResult:
             "drifted_features": {d["feature"]: list(d["reasons"]) for d in drifted},
             "prediction_drift": self.prediction_drift,
             "decay": {k: self.decay.get(k) for k in DECAY_SUMMARY_KEYS},
+            "estimate": {k: self.estimate.get(k) for k in ESTIMATE_SUMMARY_KEYS},
             "upstream_anomalies": self.upstream_anomalies,
             "summary_path": self.summary_path,
             "report_html": self.report_html,
@@ -248,6 +361,7 @@ class CheckResult:
                       f"{pd_['mean_current']:.4f} ({pd_['mean_change']:+.1%}, 95% CI "
                       f"{_pct(pd_.get('mean_change_low'), '−∞')} … {_pct(pd_.get('mean_change_high'), '+∞')})"
                       + (" — **alert**: " + "; ".join(pd_.get("reasons") or ()) if pd_["alert"] else "")]  # fmt: skip
+        lines += ["", "### Estimated performance (label-free, CBPE)", "", _estimate_line(self.estimate)]
         lines += ["", "### Performance on matured labels", ""]
         if decay.get("rmse") is not None:
             ci = decay.get("rmse_ci")
@@ -281,10 +395,14 @@ class CheckResult:
             lines.append(f"\nLate labels: {decay['late_labels']['line']}.")
         judged = [w for w in self.decay_windows if w["matured"] and w.get("roc_auc") is not None]
         if judged:
-            lines += ["", "| window | predictions | positives | ROC-AUC | precision | recall |", "|---" * 6 + "|"]
+            lines += ["", "| window | predictions | positives | ROC-AUC | estimated (no labels) | precision | recall |",
+                      "|---" * 7 + "|"]  # fmt: skip
             for w in judged:
+                est = w.get("estimated_roc_auc")
+                ci = w.get("estimated_roc_auc_ci")
+                est_text = "—" if est is None else f"{est:.3f}" + (f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
                 lines.append(f"| {w['start'][:10]} | {w['predictions']:,} | {w['positives']} | {w['roc_auc']:.3f} | "
-                             f"{w['precision']:.3f} | {w['recall']:.3f} |")  # fmt: skip
+                             f"{est_text} | {w['precision']:.3f} | {w['recall']:.3f} |")  # fmt: skip
         pending = sum(1 for w in self.decay_windows if not w["matured"] and w["predictions"])
         if pending:
             lines.append(f"\n{pending} newer windows wait for their labels to mature.")
@@ -357,6 +475,9 @@ def run_check(
         task=cfg.task,
         baseline_rmse=ref.baseline_rmse,
     )
+    champion_answers = answered[answered["model_version"].astype(str) == ref.version]
+    decay_windows = [_jsonable(w.as_dict()) for w in windows]
+    estimate_windows(ref, champion_answers, decay_windows)
     return CheckResult(
         checked_at=datetime.now(UTC).isoformat(timespec="seconds"),
         champion_version=ref.version,
@@ -368,10 +489,11 @@ def run_check(
         feature_drift=[_jsonable(d.as_dict()) for d in drift],
         prediction_drift=_jsonable(prediction) if prediction else None,
         decay=_jsonable(verdict.as_dict()),
-        decay_windows=[_jsonable(w.as_dict()) for w in windows],
+        decay_windows=decay_windows,
         upstream_anomalies=anomalies,
         skipped=skipped,
         sampled=cfg.privacy.capture.rate,
+        estimate=_jsonable(label_free_estimate(cfg, ref, scores)),
     )
 
 

@@ -39,6 +39,9 @@ from mlcycle.project.config import ProjectConfig
 BLOCKED_EVENT = "mlcycle.retraining.blocked"
 DRIFT_EVENT = "mlcycle.drift.detected"
 DECAY_EVENT = "mlcycle.performance.decayed"
+# The label-free estimate's whole interval below the bound: an early warning for a person, which starts
+# no retraining by itself (the matured labels are the judge; the estimate is blind to concept drift).
+ESTIMATED_DECAY_EVENT = "mlcycle.performance.estimated_decay"
 
 
 class Decision(RunInput):

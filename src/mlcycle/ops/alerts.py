@@ -35,12 +35,15 @@ TAG = "mlcycle"
 RUNBOOKS = {
     "drift": ("runbook-drift-or-decay-alert", "mlcycle status; the retrain run started by itself: mlcycle history"),
     "decay": ("runbook-drift-or-decay-alert", "mlcycle status; the retrain run started by itself: mlcycle history"),
+    "estimated_decay": ("runbook-estimated-decay-no-labels-yet",
+                        "mlcycle status; read the summary's estimate beside the matured windows; retrain by hand "
+                        "(mlcycle retrain) if the inputs explain it"),
     "retraining_blocked": ("runbook-retraining-blocked-broken-upstream",
                            "mlcycle blocked, then mlcycle approve RUN --note … or mlcycle reject RUN --note …"),
     "flow_failed": ("runbook-service-not-ready--503s", "prefect flow-run logs RUN_ID; mlcycle status"),
     "flow_paused": ("runbook-canary-outcomes", "mlcycle approve VERSION --note … or mlcycle reject VERSION --note …"),
 }  # fmt: skip
-KINDS = {"drift": "monitor", "decay": "monitor", "retraining_blocked": "blocked"}
+KINDS = {"drift": "monitor", "decay": "monitor", "estimated_decay": "monitor", "retraining_blocked": "blocked"}
 
 
 class AlertError(RuntimeError):

@@ -789,6 +789,7 @@ class BackupSpec(StrictModel):
 ALERT_SOURCES: dict[str, tuple[str, ...]] = {
     "drift": ("mlcycle.drift.detected",),
     "decay": ("mlcycle.performance.decayed",),
+    "estimated_decay": ("mlcycle.performance.estimated_decay",),
     "retraining_blocked": ("mlcycle.retraining.blocked",),
     "flow_failed": ("prefect.flow-run.Failed", "prefect.flow-run.Crashed", "prefect.flow-run.TimedOut"),
     "flow_paused": ("prefect.flow-run.Paused", "prefect.flow-run.Suspended"),
