@@ -25,7 +25,8 @@ Events: with ``streaming.publish_requests`` on, every scored request is also pub
 project's event stream (``mlcycle.streaming.publisher``), off the request path: a broker that is
 down costs ``/predict`` nothing, and is counted in ``mlcycle_stream_publish*``. ``/metrics`` also
 shows the stream consumer's figures (``mlcycle_stream_consumer_*``), read from the broker at scrape
-time, when it can be reached and there are figures to show.
+time, when it can be reached and there are figures to show, and the newest monitoring check's figures
+(``mlcycle_monitor_*``: drift share, score PSI, realized and estimated ROC-AUC, verdicts).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from starlette.responses import HTMLResponse, JSONResponse
 
 import mlcycle  # noqa: F401  (telemetry off before the stack is imported)
 from mlcycle.features.store import FeatureStoreUnavailable
+from mlcycle.monitoring.figures import MonitorFigures
 from mlcycle.ops.service_process import is_loopback
 from mlcycle.project.config import load_config
 from mlcycle.registry import aliases as registry
@@ -404,6 +406,7 @@ class ScoringService:
         self.scorer.start_refresh()  # aliases and policy re-read off the request path
         self.publisher = RequestPublisher(self.cfg, report=publisher_metrics) if PUBLISHING else None
         self.stream_figures = StreamFigures(self.cfg)
+        self.monitor_figures = MonitorFigures(self.cfg)
         self.batcher: MicroBatcher[dict, Scored] = MicroBatcher(
             self._score_rows, max_size=64, observe=batch_sizes.observe
         )
@@ -415,8 +418,9 @@ class ScoringService:
             self.publisher.stop()
 
     def __metrics__(self, content: str) -> str:
-        """BentoML's hook for ``/metrics`` (run in a thread): the stream consumer's figures appended."""
-        return content + self.stream_figures.render()
+        """BentoML's hook for ``/metrics`` (run in a thread): the stream consumer's figures and the newest
+        monitoring check's (``mlcycle_monitor_*``) appended."""
+        return content + self.stream_figures.render() + self.monitor_figures.render()
 
     def __is_ready__(self) -> bool:
         if not self.scorer.ready:
