@@ -656,6 +656,9 @@ def rollout_status(config: ConfigOption = None) -> None:
         f"\nanalysis of v{challenger.version} against v{champion.version} since the last traffic change "
         f"({policy.updated_at:%Y-%m-%d %H:%M:%S} UTC; labels not attached here, see the rollout flow's report):"
     )
+    if cfg.privacy.capture.rate < 1:
+        console.print(f"  (read from a {cfg.privacy.capture.rate:.0%} capture sample of the requests: the counts are "
+                      "of logged requests)", markup=False)  # fmt: skip
     if not canary.enough_data(verdict):
         counts = ", ".join(f"{c.name.removeprefix('requests_')} {c.value:.0f}" for c in verdict.checks)
         console.print(f"  not enough requests for a verdict yet ({counts}; need {cfg.canary.min_requests} each)")

@@ -110,6 +110,11 @@ def analyze(cfg: ProjectConfig, predictions: pd.DataFrame, versions: tuple[str, 
                              looks=cfg.canary.max_looks, shadow=percent <= 0, task=cfg.task)  # fmt: skip
     step = "shadow" if percent <= 0 else f"{percent:g}%"
     title = f"### canary of v{versions[0]} against v{versions[1]}, {step}\n\n"
+    if (rate := cfg.privacy.capture.rate) < 1:  # the log keeps a sample: the counts are of logged requests
+        title += (
+            f"Read from a {rate:.0%} capture sample of the requests (privacy.capture.rate): sample sizes and "
+            "canary.min_requests count logged requests, so each step waits about 1/rate times longer.\n\n"
+        )
     create_markdown_artifact(title + verdict.markdown(), key=f"canary-{int(percent)}")
     return verdict
 
