@@ -1477,7 +1477,7 @@ def alerts_remove(config: ConfigOption = None) -> None:
 
 @app.command()
 def forget(
-    entity: Annotated[str, typer.Argument(help="COLUMN=KEY, e.g. user_id=42: an entity key column and its value.")],
+    entity: Annotated[str, typer.Argument(help="COLUMN=KEY, e.g. customer_id=42: an entity key column and its value.")],
     config: ConfigOption = None,
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:

@@ -38,7 +38,7 @@ DEFAULT_CONFIDENCE = 0.95
 ECE_BINS = 10
 CALIBRATION_FOLDS = 5
 # Simulated label draws are generated this many cells (rows × draws) at a time, so a large window
-# costs a bounded amount of memory, not n_boot copies of itself.
+# costs bounded memory, not n_boot copies of itself.
 _CHUNK_CELLS = 4_000_000
 METRICS = ("roc_auc", "precision", "recall", "f1")
 KIND = "performance.estimated_decay"

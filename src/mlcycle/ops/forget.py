@@ -124,7 +124,7 @@ def parse_request(text: str) -> tuple[str, str]:
     """``ENTITY=KEY`` split once; both parts non-empty."""
     column, sep, key = text.partition("=")
     if not sep or not column.strip() or not key.strip():
-        raise ForgetError(f"{text!r}: give the entity as COLUMN=KEY, e.g. user_id=42")
+        raise ForgetError(f"{text!r}: give the entity as COLUMN=KEY, e.g. customer_id=42")
     return column.strip(), key.strip()
 
 
