@@ -28,6 +28,14 @@ PROMTOOL_INSTALL := { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 
 			&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1; }; } \
 	&& { systemctl disable --now prometheus >/dev/null 2>&1 || service prometheus stop >/dev/null 2>&1 || true; } \
 	&& command -v promtool >/dev/null 2>&1; }
+# chromium loads the Evidently UI's dashboard headless (tests/test_dashboard.py): Debian's `chromium`
+# package, installed the same way (as root with apt-get when missing; never failing the install).
+CHROMIUM_INSTALL := { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	&& echo "chromium not found: installing Debian's chromium package" \
+	&& { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+		|| { apt-get update -qq >/dev/null 2>&1 \
+			&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; }; } \
+	&& command -v chromium >/dev/null 2>&1; }
 LINT_DIRS := $(wildcard src tests flows services feature_repo bench fraud examples)
 
 .PHONY: help install demo example test lint bench up down clean
@@ -43,9 +51,11 @@ $(STAMP): pyproject.toml uv.lock
 	$(UV) sync --frozen --extra dev
 	@touch $@
 
-install: $(STAMP) ## create .venv from uv.lock (and promtool, for the SLO rules' tests)
+install: $(STAMP) ## create .venv from uv.lock (and promtool, for the SLO rules' tests; chromium, for the dashboard's)
 	@command -v promtool >/dev/null 2>&1 || $(PROMTOOL_INSTALL) \
 		|| echo "promtool not installed (needs root and apt-get): tests/test_slo_rules.py will fail"
+	@command -v chromium >/dev/null 2>&1 || $(CHROMIUM_INSTALL) \
+		|| echo "chromium not installed (needs root and apt-get): tests/test_dashboard.py will fail"
 
 demo: install ## run the lifecycle end to end on embedded defaults (SQLite, local files)
 	$(UV) run --no-sync mlcycle demo

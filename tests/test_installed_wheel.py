@@ -173,11 +173,12 @@ def test_the_whole_loop_runs_from_the_wheel_outside_the_checkout(installed: Inst
     assert yaml.safe_load((project / "bentofile.yaml").read_text())["service"] == "mlcycle.service:ScoringService"
     built = installed.mlcycle("build", cwd=project).stdout
     assert re.search(r"Built Bento \S*delivery_times:\w+", built), built
-    ports = {opt: str(free_port()) for opt in ("--prefect-port", "--mlflow-port", "--service-port")}
+    ports = {opt: str(free_port()) for opt in ("--prefect-port", "--mlflow-port", "--service-port", "--evidently-port")}
     try:
         installed.mlcycle("up", *(x for kv in ports.items() for x in kv), cwd=project, timeout=1500)
         status = installed.mlcycle("status", cwd=project).stdout
-        for piece in ("prefect-server", "prefect-worker", "mlflow-ui", "service", "broker", "stream-consumer"):
+        for piece in ("prefect-server", "prefect-worker", "mlflow-ui", "service", "broker", "stream-consumer",
+                      "evidently-ui"):  # fmt: skip
             assert piece in status, status
         assert "exited" not in status, status
         api = f"http://127.0.0.1:{ports['--prefect-port']}/api"

@@ -350,3 +350,124 @@ def log_ratio_interval(
     log_ratio = math.log(mean_b / mean_a)
     se = math.sqrt(sd_a**2 / (n_a * mean_a**2) + sd_b**2 / (n_b * mean_b**2))
     return log_ratio, log_ratio - z * se, log_ratio + z * se
+
+
+# --- group-sequential tests (several looks at accumulating data) ---------------------------------
+
+
+def obrien_fleming_spending(fraction: Any, alpha: float = 0.05) -> Any:
+    """Lan–DeMets spending function of O'Brien–Fleming type for a two-sided test of total ``alpha``:
+    the type I error spent by information fraction ``t`` (0 < t ≤ 1), ``α/2`` per side as the
+    one-sided function ``2 − 2 Φ(z_{1−α/4} / √t)`` (the convention of Jennison & Turnbull, gsDesign
+    and rpact), so ``4 − 4 Φ(z_{1−α/4} / √t)`` in all. Spends almost nothing at early looks (an early
+    stop needs an overwhelming difference) and all of ``alpha`` at ``t = 1``."""
+    t = np.clip(np.asarray(fraction, float), 1e-12, 1.0)
+    return (4 - 4 * stats.norm.cdf(z_for(1 - alpha / 2) / np.sqrt(t)))[()]
+
+
+def group_sequential_bounds(fractions: Any, alpha: float = 0.05, grid: int = 401) -> np.ndarray:
+    """Two-sided critical values ``c_k`` for looks at increasing information fractions ``fractions``
+    (the last normally 1): stop at the first look with ``|Z_k| ≥ c_k``. Each look spends
+    ``α(t_k) − α(t_{k−1})`` of the O'Brien–Fleming-type function (``obrien_fleming_spending``), so the
+    chance of any false stop over all the looks is ``α(t_K)``, ``alpha`` when the last look is at 1.
+
+    Exact under the canonical joint distribution (``Z_k`` = score statistic over √information:
+    independent increments, ``corr(Z_j, Z_k) = √(t_j / t_k)``), computed by the recursive numerical
+    integration of Armitage, McPherson & Rowe (1969) on the continuation regions (Simpson's rule,
+    ``grid`` points). One look at ``t = 1``: the fixed-sample ``z_{1−α/2}``. Looks may be unequally
+    spaced and their number need not be planned: the spending function fixes each look's share."""
+    t = np.asarray(fractions, float)
+    if t.ndim != 1 or not len(t) or (t <= 0).any() or (np.diff(t) <= 0).any() or t[-1] > 1 + 1e-12:
+        raise ValueError(f"information fractions must increase within (0, 1], got {fractions!r}")
+    spent = np.diff(np.r_[0.0, obrien_fleming_spending(t, alpha)])
+    bounds = np.empty(len(t))
+    nodes = weights = density = None  # of S_{k−1} = Z_{k−1} √t_{k−1} on its continuation region
+    previous = 0.0
+    for k, (tk, share) in enumerate(zip(t, spent, strict=True)):
+        step = tk - previous
+        before = None if density is None else (nodes, weights * density, step)
+        # The probability of stopping here falls as the bound rises: find the bound that spends `share`.
+        high = 40.0
+        if share <= 0 or _exit_probability(high, tk, before) >= share:
+            bounds[k] = high
+        else:
+            bounds[k] = _brentq(lambda c, tk=tk, before=before, share=share: _exit_probability(c, tk, before) - share,
+                                0.0, high)  # fmt: skip
+        b = bounds[k] * math.sqrt(tk)
+        new_nodes = np.linspace(-b, b, grid)
+        h = new_nodes[1] - new_nodes[0]
+        new_weights = np.full(grid, 2.0)
+        new_weights[1::2] = 4.0
+        new_weights[0] = new_weights[-1] = 1.0
+        new_weights *= h / 3
+        if density is None:
+            new_density = stats.norm.pdf(new_nodes / math.sqrt(tk)) / math.sqrt(tk)
+        else:
+            sd = math.sqrt(step)
+            kernel = stats.norm.pdf((new_nodes[:, None] - nodes[None, :]) / sd) / sd
+            new_density = kernel @ (weights * density)
+        nodes, weights, density, previous = new_nodes, new_weights, new_density, tk
+    return bounds
+
+
+def _exit_probability(c: float, tk: float, before: tuple[np.ndarray, np.ndarray, float] | None) -> float:
+    """P(|Z_k| ≥ c and no earlier stop): from the weighted density of S_{k−1} on its continuation
+    region (``before``: nodes, density × quadrature weights, the information step); the first look
+    has none."""
+    if before is None:
+        return float(2 * stats.norm.sf(c))
+    nodes, mass, step = before
+    b, sd = c * math.sqrt(tk), math.sqrt(step)
+    return float(np.dot(mass, stats.norm.cdf((-b - nodes) / sd) + stats.norm.sf((b - nodes) / sd)))
+
+
+def _brentq(f: Any, low: float, high: float) -> float:
+    from scipy.optimize import brentq
+
+    return float(brentq(f, low, high, xtol=1e-10))
+
+
+def sequential_z(x_a: np.ndarray, x_b: np.ndarray) -> tuple[float, float, float]:
+    """``mean(b) − mean(a)`` of two independent arms' per-unit values, its standard error and the z
+    statistic (Welch): what each look of a group-sequential comparison judges. NaN z below two a side."""
+    a, b = np.asarray(x_a, float), np.asarray(x_b, float)
+    if len(a) < 2 or len(b) < 2:
+        return float("nan"), math.inf, float("nan")
+    diff = float(b.mean() - a.mean())
+    se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+    if se == 0:
+        return diff, 0.0, (0.0 if diff == 0 else math.copysign(math.inf, diff))
+    return diff, se, diff / se
+
+
+def skewed_mean_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean of a skewed sample with Hall's (1992) skewness-corrected interval: ``(mean, low, high)``.
+
+    Per-prediction costs are mostly zero with a long right tail (a missed positive costs its own value), and
+    there the symmetric t interval reaches too low and not high enough: simulated coverage of a
+    nominal 95% on 2,000 predictions of which 2% cost a lognormal sum, 93%. Hall's monotone
+    transformation of the t statistic, ``g(t) = t + a t² + a² t³ / 3 + b`` with ``a = γ / (3√n)``,
+    ``b = γ / (6√n)`` (γ the sample skewness), corrects the first-order skew; inverted at the normal
+    quantiles it gives 94% there with both tails near 2.5%, and the t interval's width when γ = 0.
+    The correction is capped at ``a = 1 / (6z)`` (extreme skewness; see below). Fewer than three
+    finite values: (-inf, inf); all values equal: a zero-width interval."""
+    x = np.asarray(values, float)
+    x = x[np.isfinite(x)]
+    n = len(x)
+    if n < 3:
+        return (float(x.mean()) if n else float("nan")), -math.inf, math.inf
+    mean, sd = float(x.mean()), float(x.std(ddof=1))
+    if sd == 0:
+        return mean, mean, mean
+    gamma = n / ((n - 1) * (n - 2)) * float(np.sum(((x - mean) / sd) ** 3))  # sample skewness, bias-adjusted
+    z, se = z_for(confidence), sd / math.sqrt(n)
+    # A first-order correction: past a = 1/(6z) (about 0.085 at 95%) the cubic's inverse at −z leaves
+    # its useful range and the upper end runs away (one outlier among few costs: skewness 40 put it at
+    # 4x the bootstrap's). The correction is capped there, where it stays close to the bootstrap.
+    a = math.copysign(min(abs(gamma) / (3 * math.sqrt(n)), 1 / (6 * z)), gamma)
+    b = a / 2
+
+    def inverse(y: float) -> float:
+        return y - b if abs(a) < 1e-12 else (np.cbrt(1 + 3 * a * (y - b)) - 1) / a
+
+    return mean, mean - se * float(inverse(z)), mean - se * float(inverse(-z))

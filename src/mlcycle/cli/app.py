@@ -1304,14 +1304,18 @@ def up(
     ] = 4200,
     mlflow_port: Annotated[int, typer.Option(envvar="MLCYCLE_MLFLOW_PORT", help="MLflow UI port.")] = 5000,
     service_port: Annotated[int, typer.Option(envvar="MLCYCLE_SERVICE_PORT", help="Scoring service port.")] = 3000,
+    evidently_port: Annotated[
+        int, typer.Option(envvar="MLCYCLE_EVIDENTLY_PORT", help="Evidently UI port (the monitoring dashboard).")
+    ] = 8000,
     config: ConfigOption = None,
 ) -> None:
     """Start the local stack in the background and print its URLs (what `make up` runs).
 
     Prefect server (SQLite in data/prefect), work pool `mlcycle-local`, every deployment of prefect.yaml, a worker.
 
-    The MLflow UI on the project's tracking store, and the BentoML scoring service (the project's own
-    services/, else mlcycle's generic one).
+    The MLflow UI on the project's tracking store, the Evidently UI on the monitoring dashboard's workspace
+    (data/monitoring/workspace), and the BentoML scoring service (the project's own services/, else mlcycle's
+    generic one).
 
     The event broker and stream consumer, when the project can stream (table.event_id and
     features.aggregations set); otherwise they are not started, and why is printed.
@@ -1324,7 +1328,8 @@ def up(
 
     cfg = _config(config)
     try:
-        stack.up(cfg, prefect_port=prefect_port, mlflow_port=mlflow_port, service_port=service_port, out=_stack_out)
+        stack.up(cfg, prefect_port=prefect_port, mlflow_port=mlflow_port, service_port=service_port, out=_stack_out,
+                 evidently_port=evidently_port)  # fmt: skip
     except stack.StackError as exc:
         console.print(str(exc), style="red", markup=False, soft_wrap=True)
         raise typer.Exit(1) from None

@@ -1,9 +1,11 @@
 """Prefect flow ``monitor``: the champion's inputs, scores and matured-label quality, checked.
 
 Scheduled (``prefect.yaml``), or by hand (``mlcycle monitor``). It writes a summary (Markdown
-artifact, JSON), an Evidently report (HTML + JSON, offline) and an MLflow run, and emits the events
+artifact, JSON), an Evidently report (HTML + JSON, offline), an MLflow run and a snapshot of the
+Evidently UI's dashboard (``data/monitoring/workspace``), and emits the events
 that start retraining: ``mlcycle.drift.detected`` and ``mlcycle.performance.decayed``, each carrying
-the evidence and the path of the summary. Thin: the work is ``mlcycle.monitoring_job``.
+the evidence and the path of the summary (and ``mlcycle.kpi.breached`` when a business KPI's whole
+interval is beyond its bound: an alert, not a retraining trigger). Thin: the work is ``mlcycle.monitoring_job``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from prefect.events import emit_event
 
 import mlcycle  # noqa: F401  (telemetry off before the stack is imported)
 from mlcycle.monitoring import job as monitoring_job
+from mlcycle.monitoring.kpi import KPI_EVENT
 from mlcycle.monitoring.retraining import DECAY_EVENT, DRIFT_EVENT, ESTIMATED_DECAY_EVENT
 from mlcycle.project.config import ProjectConfig, load_config
 
@@ -39,6 +42,19 @@ def reports(cfg: ProjectConfig, result: monitoring_job.CheckResult) -> Path:
 @task(name="log-to-mlflow", **IO)
 def log_run(cfg: ProjectConfig, result: monitoring_job.CheckResult, directory: Path) -> str:
     return monitoring_job.log_to_mlflow(cfg, result, directory)
+
+
+@task(name="record-dashboard", cache_policy=NO_CACHE)
+def dashboard(cfg: ProjectConfig, result: monitoring_job.CheckResult) -> str | None:
+    """The check as a snapshot of the Evidently UI's dashboard (``mlcycle up`` serves it). A failure
+    here is logged and never fails monitoring: the checks, reports and events do not depend on it."""
+    try:
+        from mlcycle.monitoring import dashboard as monitoring_dashboard
+
+        return monitoring_dashboard.record(cfg, result)
+    except Exception as exc:  # whatever Evidently raises, monitoring goes on
+        get_run_logger().warning("the dashboard snapshot was not recorded: %s: %s", type(exc).__name__, exc)
+        return None
 
 
 def _emit(name: str, cfg: ProjectConfig, result: monitoring_job.CheckResult) -> None:
@@ -66,6 +82,7 @@ def monitor(
     result = check(cfg, as_of, window_days, since)
     directory = reports(cfg, result)
     log_run(cfg, result, directory)
+    dashboard(cfg, result)
     create_markdown_artifact(result.markdown(), key="monitoring-summary", description="monitoring check")
     if result.report_html:
         create_link_artifact(Path(result.report_html).as_uri(), link_text="Evidently drift report (HTML, offline)",
@@ -80,6 +97,9 @@ def monitor(
     if result.estimated_decay:
         _emit(ESTIMATED_DECAY_EVENT, cfg, result)
         events.append(ESTIMATED_DECAY_EVENT)
+    if result.kpi_breached:
+        _emit(KPI_EVENT, cfg, result)
+        events.append(KPI_EVENT)
     logger.info(
         "v%s: %d rows, drifted %s, score drift %s, matured ROC-AUC %s; events %s; summary %s",
         result.champion_version, result.rows, result.drifted_features or "none",

@@ -26,7 +26,7 @@ from mlcycle.data import privacy
 from mlcycle.data.validation import load_table
 from mlcycle.features.pipeline import labels_frame
 from mlcycle.monitoring import drift as monitoring
-from mlcycle.project.config import ProjectConfig
+from mlcycle.project.config import EVENT_ID_FIX, ProjectConfig
 from mlcycle.registry import aliases as registry
 from mlcycle.registry.tracking import FEATURES_TAG, SNAPSHOT_ARTIFACT, THRESHOLD_TAG, load_version
 from mlcycle.serving.prediction_store import read_logged_predictions
@@ -42,6 +42,7 @@ MONITORING_EXPERIMENT_SUFFIX = "-monitoring"
 REFERENCE_FORMAT = 3
 ESTIMATE_SUMMARY_KEYS = ("state", "roc_auc", "roc_auc_ci", "precision", "recall", "rows", "expected_positives",
                          "bound", "reasons")  # fmt: skip
+KPI_SUMMARY_KEYS = ("window_start", "window_end", "outcomes", "breached", "metrics", "error")
 DECAY_SUMMARY_KEYS = ("state", "roc_auc", "roc_auc_ci", "precision", "recall", "positives", "reasons", "late_labels",
                       "rmse", "rmse_ci", "mae", "baseline_rmse")  # fmt: skip
 
@@ -297,6 +298,7 @@ class CheckResult:
     mlflow_run_id: str | None = None
     sampled: float = 1.0  # the prediction log's capture rate (privacy.capture.rate): it reads a sample
     estimate: dict[str, Any] = field(default_factory=dict)  # the label-free estimate of the window (CBPE)
+    kpis: dict[str, Any] = field(default_factory=dict)  # business KPIs on the newest matured window (kpis:)
 
     @property
     def drift_detected(self) -> bool:
@@ -311,10 +313,16 @@ class CheckResult:
         """The label-free estimate's whole interval is below the bound (never on a straddling one)."""
         return self.enough_rows and bool(self.estimate.get("alert"))
 
+    @property
+    def kpi_breached(self) -> bool:
+        """A KPI's whole interval is beyond its bound (never a straddling or unmeasurable one)."""
+        return bool(self.kpis.get("breached"))
+
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["drift_detected"], out["performance_decayed"] = self.drift_detected, self.performance_decayed
         out["estimated_decay"] = self.estimated_decay
+        out["kpi_breached"] = self.kpi_breached
         return out
 
     def evidence(self) -> dict[str, Any]:
@@ -329,6 +337,7 @@ class CheckResult:
             "prediction_drift": self.prediction_drift,
             "decay": {k: self.decay.get(k) for k in DECAY_SUMMARY_KEYS},
             "estimate": {k: self.estimate.get(k) for k in ESTIMATE_SUMMARY_KEYS},
+            "kpis": {k: self.kpis.get(k) for k in KPI_SUMMARY_KEYS},
             "upstream_anomalies": self.upstream_anomalies,
             "summary_path": self.summary_path,
             "report_html": self.report_html,
@@ -406,6 +415,13 @@ class CheckResult:
         pending = sum(1 for w in self.decay_windows if not w["matured"] and w["predictions"])
         if pending:
             lines.append(f"\n{pending} newer windows wait for their labels to mature.")
+        if self.kpis:
+            from mlcycle.monitoring import kpi
+
+            lines += ["", "### Business KPIs (matured outcomes)", ""]
+            if self.kpis.get("error"):
+                lines.append(f"**Not measurable**: {self.kpis['error']}")
+            lines += kpi.markdown(self.kpis)
         if self.skipped:
             lines += ["", "Skipped: " + "; ".join(self.skipped)]
         if self.report_html:
@@ -435,7 +451,8 @@ def run_check(
         answered = None
     # Request times are logged in whole seconds: a window starting mid-second keeps that second.
     start = (since or as_of - timedelta(days=window_days or spec.window_days)).replace(microsecond=0)
-    lookback = as_of - timedelta(days=spec.decay_lookback_days + cfg.table.label_delay_days + 2)
+    lookback_days = max(spec.decay_lookback_days, cfg.kpis.window_days if cfg.kpis.metrics else 0)
+    lookback = as_of - timedelta(days=lookback_days + cfg.table.label_delay_days + 2)
     if answered is None:
         answered = answered_predictions(cfg, min(start, lookback))
     current = answered[(answered["predicted_at"] >= start) & (answered["predicted_at"] < as_of)]
@@ -460,8 +477,9 @@ def run_check(
     anomalies = monitoring.upstream_anomalies(stats, current, spec) if enough else []
     # Without an event id no label joins a logged prediction: decay is reported as not measurable
     # (with the fix), and everything above, which needs no label, stands.
-    if cfg.table.event_id:
-        labels, columns = labels_frame(load_table(cfg), cfg), monitoring.LIFECYCLE_COLUMNS
+    table = load_table(cfg) if cfg.table.event_id else None
+    if table is not None:
+        labels, columns = labels_frame(table, cfg), monitoring.LIFECYCLE_COLUMNS
     else:
         labels, columns = pd.DataFrame(), monitoring.LabelColumns(event_id=None)
     verdict, windows = monitoring.decay_verdict(
@@ -494,7 +512,68 @@ def run_check(
         skipped=skipped,
         sampled=cfg.privacy.capture.rate,
         estimate=_jsonable(label_free_estimate(cfg, ref, scores)),
+        kpis=_jsonable(kpi_report(cfg, answered, table, as_of)),
     )
+
+
+def kpi_report(
+    cfg: ProjectConfig, answered: pd.DataFrame, table: pd.DataFrame | None, as_of: datetime
+) -> dict[str, Any]:
+    """The configured KPIs (``kpis:``) of every answer in the newest matured window, joined to the
+    outcome table by event id; ``{}`` when none is configured. An outcome table that cannot be joined
+    (no such column, duplicate ids) or a project without an event id leaves every KPI not measurable
+    with the fix in ``error``: it never stops the rest of the check."""
+    from mlcycle.monitoring import kpi
+
+    spec = cfg.kpis
+    if not spec.metrics:
+        return {}
+    try:
+        if not cfg.table.event_id:
+            raise kpi.KpiJoinError(
+                f"no outcome can be joined to a logged prediction without an event id: {EVENT_ID_FIX}"
+            )
+        outcomes = kpi_outcomes(cfg, table)
+    except (kpi.KpiJoinError, FileNotFoundError) as exc:
+        log.error("KPIs not measurable: %s", exc)
+        report = kpi.evaluate(answered.iloc[:0], _empty_outcomes(), spec, as_of, cfg.table.label_delay_days)
+        return {**report.as_dict(), "error": str(exc)}
+    report = kpi.evaluate(answered, outcomes, spec, as_of, cfg.table.label_delay_days, sampled=cfg.privacy.capture.rate)
+    return report.as_dict()
+
+
+def kpi_outcomes(cfg: ProjectConfig, table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The outcome table of ``kpis.outcomes`` as ``kpi.outcome_frame`` (the project's own table, or a
+    parquet file), its event ids as the prediction log holds them (hashed when privacy says so)."""
+    from mlcycle.monitoring import kpi
+
+    o, t = cfg.kpis.outcomes, cfg.table
+    own = o.path == "table"
+    if own:
+        frame, source = (table if table is not None else load_table(cfg)), f"the project's table ({cfg.table_path})"
+    else:
+        path = cfg.resolve(Path(o.path))
+        frame, source = pd.read_parquet(path), f"the outcome table {path}"
+    out = kpi.outcome_frame(
+        frame,
+        event_id=o.event_id or t.event_id or "",
+        outcome=o.outcome or t.label,
+        available_at=o.available_at or (t.label_available_at if own else None),
+        timestamp=o.timestamp or (t.timestamp if own else None),
+        maturity_days=t.label_delay_days,
+        positive_label=t.positive_label,
+        columns=kpi.weight_columns(cfg.kpis),
+        source=source,
+    )
+    if t.event_id:
+        out[kpi.EVENT_ID] = privacy.as_logged(out[kpi.EVENT_ID].astype(str), t.event_id, cfg.privacy).to_numpy()
+    return out
+
+
+def _empty_outcomes() -> pd.DataFrame:
+    from mlcycle.monitoring import kpi
+
+    return pd.DataFrame({kpi.EVENT_ID: [], kpi.POSITIVE: [], kpi.AVAILABLE_AT: pd.Series(dtype="datetime64[ns, UTC]")})
 
 
 def write_reports(cfg: ProjectConfig, result: CheckResult, current: pd.DataFrame | None = None) -> Path:
@@ -545,6 +624,9 @@ def log_to_mlflow(cfg: ProjectConfig, result: CheckResult, directory: Path) -> s
         for key in ("roc_auc", "precision", "recall", "rmse", "mae"):
             if result.decay.get(key) is not None:
                 metrics[f"matured.{key}"] = float(result.decay[key])
+        for m in result.kpis.get("metrics") or ():
+            if m.get("value") is not None:
+                metrics[f"kpi.{m['name']}"] = float(m["value"])
         mlflow.log_metrics(metrics)
         result.mlflow_run_id = run.info.run_id
         Path(result.summary_path or directory / "summary.json").write_text(

@@ -39,6 +39,7 @@ import pandas as pd
 
 HTML_NAME = "drift_report.html"
 JSON_NAME = "drift_report.json"
+SNAPSHOT_NAME = "drift_report.snapshot.json"  # Evidently's whole snapshot (widgets too): the dashboard's
 
 
 @dataclass(frozen=True)
@@ -238,6 +239,7 @@ def evidently_report(
         # snapshot.json() carries NumPy scalars and enums through Evidently's own encoder.
         payload: dict[str, Any] = json.loads(snapshot.json())
         document = snapshot.get_html_str(as_iframe=False)
+        (out_dir / SNAPSHOT_NAME).write_text(snapshot.dumps(), encoding="utf-8")  # for monitoring.dashboard
     else:
         payload = {"metrics": [], "tests": []}
         notes.append("No column had usable values on both sides: nothing to compare.")

@@ -38,12 +38,15 @@ RUNBOOKS = {
     "estimated_decay": ("runbook-estimated-decay-no-labels-yet",
                         "mlcycle status; read the summary's estimate beside the matured windows; retrain by hand "
                         "(mlcycle retrain) if the inputs explain it"),
+    "kpi": ("runbook-business-kpi-breached",
+            "mlcycle status; read the summary's Business KPIs table beside the matured windows' recall"),
     "retraining_blocked": ("runbook-retraining-blocked-broken-upstream",
                            "mlcycle blocked, then mlcycle approve RUN --note … or mlcycle reject RUN --note …"),
     "flow_failed": ("runbook-service-not-ready--503s", "prefect flow-run logs RUN_ID; mlcycle status"),
     "flow_paused": ("runbook-canary-outcomes", "mlcycle approve VERSION --note … or mlcycle reject VERSION --note …"),
 }  # fmt: skip
-KINDS = {"drift": "monitor", "decay": "monitor", "estimated_decay": "monitor", "retraining_blocked": "blocked"}
+KINDS = {"drift": "monitor", "decay": "monitor", "estimated_decay": "monitor", "kpi": "monitor",
+         "retraining_blocked": "blocked"}  # fmt: skip
 
 
 class AlertError(RuntimeError):

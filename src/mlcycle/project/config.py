@@ -790,6 +790,7 @@ ALERT_SOURCES: dict[str, tuple[str, ...]] = {
     "drift": ("mlcycle.drift.detected",),
     "decay": ("mlcycle.performance.decayed",),
     "estimated_decay": ("mlcycle.performance.estimated_decay",),
+    "kpi": ("mlcycle.kpi.breached",),
     "retraining_blocked": ("mlcycle.retraining.blocked",),
     "flow_failed": ("prefect.flow-run.Failed", "prefect.flow-run.Crashed", "prefect.flow-run.TimedOut"),
     "flow_paused": ("prefect.flow-run.Paused", "prefect.flow-run.Suspended"),
@@ -864,6 +865,117 @@ class AlertsSpec(StrictModel):
         return self
 
 
+# A cost weight: a number is a constant per prediction; text names a column of the outcome table (each
+# event's own cost, e.g. the value lost on a missed positive).
+KpiWeight = float | str
+KPI_EVENTS = ("flag", "miss", "false_alarm", "hit", "positive")
+
+
+class KpiOutcomesSpec(StrictModel):
+    """Where the business outcome of each prediction is, and how it joins the prediction log: one row per
+    event, keyed by the id requests carry (``table.event_id``). Only matured outcomes count, by the same
+    rule as labels: an outcome counts once it has arrived (``available_at``) and its prediction is at least
+    ``table.label_delay`` old."""
+
+    path: Path | Literal["table"] = Field(
+        "table",
+        description="'table': the project's own table (table.path); else a parquet file (relative: to the config).",
+    )
+    event_id: str | None = Field(
+        None, description="The outcome table's column holding the event id (default: table.event_id)."
+    )
+    outcome: str | None = Field(
+        None,
+        description="Column of the outcome that counts as positive (a 0/1 or boolean column, or compared with "
+        "table.positive_label); default: table.label.",
+    )
+    available_at: str | None = Field(
+        None,
+        description="Column: when each outcome became known (default: table.label_available_at for 'table'); none: "
+        "each outcome is taken as known table.label_delay after its event time (`timestamp`).",
+    )
+    timestamp: str | None = Field(None, description="Column: the event time (default: table.timestamp for 'table').")
+
+
+class KpiWeightsSpec(StrictModel):
+    """Per-prediction costs of a ``cost`` KPI: each a constant or an outcome-table column."""
+
+    miss: KpiWeight = Field(0.0, description="A positive outcome the model did not flag (e.g. the value lost).")
+    false_alarm: KpiWeight = Field(0.0, description="A flag on a negative outcome (e.g. a blocked good customer).")
+    review: KpiWeight = Field(0.0, description="Every flag, right or wrong (e.g. an analyst's review).")
+    hit: KpiWeight = Field(0.0, description="A flagged positive, beyond its review (negative: a saving).")
+
+    def columns(self) -> list[str]:
+        return [w for w in (self.miss, self.false_alarm, self.review, self.hit) if isinstance(w, str)]
+
+
+class KpiMetricSpec(StrictModel):
+    """One business KPI, measured per prediction on matured outcomes and judged against ``bound`` on its
+    interval: a breach only when the whole interval is beyond it, "not measurable" when it straddles it or
+    too few outcomes have matured."""
+
+    kind: Literal["cost", "rate", "mean"] = Field(
+        "cost",
+        description="cost: Σ weights per prediction; rate: share of predictions with `event`; mean: the mean of "
+        "the outcome table's `column` over the predictions.",
+    )
+    weights: KpiWeightsSpec = Field(default_factory=KpiWeightsSpec, description="cost: what each outcome costs.")
+    event: Literal["flag", "miss", "false_alarm", "hit", "positive"] | None = Field(
+        None, description="rate: which event is counted."
+    )
+    column: str | None = Field(None, description="mean: the outcome table's column averaged.")
+    aggregation: Literal["mean", "sum"] = Field(
+        "mean",
+        description="mean: per prediction (times `per`); sum: the window's total (the mean times its predictions; "
+        "a capture sample of the log, privacy.capture.rate, is scaled back up).",
+    )
+    per: float = Field(1000.0, gt=0, description="aggregation mean: the value is per this many predictions.")
+    bound: float = Field(description="The bound the KPI's interval is judged against.")
+    direction: Literal["lower_is_better", "higher_is_better"] = Field(
+        "lower_is_better", description="lower_is_better: a breach is the whole interval above the bound."
+    )
+    description: str = Field("", description="What it means to the business, for the summary.")
+
+    @model_validator(mode="after")
+    def _kind_fits(self) -> KpiMetricSpec:
+        if self.kind == "rate" and self.event is None:
+            raise ValueError(f"a rate KPI needs `event`: one of {', '.join(KPI_EVENTS)}")
+        if self.kind == "mean" and not self.column:
+            raise ValueError("a mean KPI needs `column`: the outcome table's column to average")
+        w = self.weights
+        if self.kind == "cost" and all(v == 0 for v in (w.miss, w.false_alarm, w.review, w.hit)):
+            raise ValueError("a cost KPI needs at least one weight (miss, false_alarm, review, hit)")
+        return self
+
+    @property
+    def comparison(self) -> Literal["<=", ">="]:
+        return "<=" if self.direction == "lower_is_better" else ">="
+
+
+class KpisSpec(StrictModel):
+    """``kpis:``: business KPIs joined from an outcome table to the logged predictions by event id, monitored
+    per matured window with an interval (verdict kind "kpi", event ``mlcycle.kpi.breached`` on a breach)."""
+
+    outcomes: KpiOutcomesSpec = Field(default_factory=KpiOutcomesSpec)
+    metrics: dict[str, KpiMetricSpec] = Field(default_factory=dict, description="KPI name → its definition.")
+    window_days: float = Field(
+        7.0,
+        gt=0,
+        description="The judged window: the newest window_days of predictions whose outcomes have matured, "
+        "[as_of − label_delay − window_days, as_of − label_delay).",
+    )
+    min_outcomes: int = Field(200, ge=2, description="Fewer matured outcomes in the window: not measurable.")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Of each KPI's interval.")
+
+    @field_validator("metrics")
+    @classmethod
+    def _names(cls, value: dict[str, KpiMetricSpec]) -> dict[str, KpiMetricSpec]:
+        bad = [k for k in value if not re.fullmatch(r"[A-Za-z_][\w]*", k)]
+        if bad:
+            raise ValueError(f"KPI names {', '.join(bad)}: letters, digits and _ only (they name metrics)")
+        return value
+
+
 class ProjectConfig(StrictModel):
     project: str = "mlcycle"
     profile: Literal["local", "scale"] = "local"
@@ -897,6 +1009,7 @@ class ProjectConfig(StrictModel):
     alerts: AlertsSpec = Field(
         default_factory=AlertsSpec, description="Alert channels and routes (Prefect automations)."
     )
+    kpis: KpisSpec = Field(default_factory=KpisSpec, description="Business KPIs on matured outcomes (none: off).")
 
     root: Path = Field(Path("."), exclude=True, description="Directory of the config file.")
 
