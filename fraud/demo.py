@@ -78,6 +78,14 @@ def run(cfg: ProjectConfig, console: Console, requests: int = 1500) -> None:
 
 
 def _story(cfg, console, steps, world, drift_at, prefect_url, requests, out) -> None:
+    pager = _Pager()
+    try:
+        _chapters(cfg, console, steps, world, drift_at, prefect_url, requests, out, pager)
+    finally:
+        pager.close()
+
+
+def _chapters(cfg, console, steps, world, drift_at, prefect_url, requests, out, pager) -> None:
     from fraud.traffic import replay
     from mlcycle.monitoring import retraining
     from mlcycle.net import free_port
@@ -127,6 +135,13 @@ def _story(cfg, console, steps, world, drift_at, prefect_url, requests, out) -> 
             service_url = stack.start_service(cfg, service_port, wait=False, out=out)
             deployed = stack.deploy(cfg, api_url, out=out)
             console.print(f"      deployments: {', '.join(deployed)}")
+            if cfg.alerts.routes:  # the on-call's pager: a loopback webhook the alerts' automations post to
+                from mlcycle.ops import alerts
+
+                os.environ.setdefault(cfg.alerts.channels["oncall"].url_env, pager.url)
+                synced = alerts.sync(cfg, api_url)
+                console.print(f"      alerts: {len(synced.automations)} Prefect automations paging the on-call "
+                              f"({os.environ[cfg.alerts.channels['oncall'].url_env]})")  # fmt: skip
             _pause_schedules(deployed)
             console.print(
                 "      their schedules are paused for the demo (the story drives the runs); `make up` keeps them"
@@ -154,6 +169,16 @@ def _story(cfg, console, steps, world, drift_at, prefect_url, requests, out) -> 
             since_events = datetime.now(UTC)
             checked = monitor(config=config_path, window_days=7)
             print_check(console, checked)
+            if cfg.alerts.routes:
+                from prefect.events.worker import EventsWorker
+
+                EventsWorker.drain_all()
+                pages = pager.wait(1, timeout=90)
+                for message in pages[:2]:
+                    _print_page(console, message)
+                if not pages:
+                    console.print("      no page arrived within 90 s (the Prefect server's automations are slow "
+                                  "to start on a busy machine)")  # fmt: skip
         with steps.step("Retraining started by the event (deployment `retrain` on the worker) → canary"):
             traffic = _Traffic(service_url, recent)
             try:
@@ -311,6 +336,51 @@ def _wait_ready(url: str, timeout: float = 120) -> bool:
                     return True
             time.sleep(1)
     return False
+
+
+class _Pager:
+    """The on-call's pager for the story: a loopback webhook that keeps what the alerts deliver
+    (``alerts.channels.oncall`` in mlcycle.yaml reads its URL from MLCYCLE_ONCALL_URL)."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        self.messages: list[dict] = []
+        self.arrived = threading.Condition()
+        messages, arrived = self.messages, self.arrived
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # the http.server API names it
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with arrived:
+                    messages.append(json.loads(body or b"{}"))
+                    arrived.notify_all()
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/pager"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, count: int, timeout: float) -> list[dict]:
+        with self.arrived:
+            self.arrived.wait_for(lambda: len(self.messages) >= count, timeout)
+            return list(self.messages)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _print_page(console: Console, message: dict) -> None:
+    lines = str(message.get("body", "")).splitlines()
+    console.print(f"      [red]PAGE[/red] {message.get('subject', '')}", markup=True)
+    for line in lines:
+        if line.startswith(("Version:", "Drifted features:", "Estimate", "Runbook:", "Act:")):
+            console.print(f"        {line[:160]}", markup=False)
 
 
 class _Traffic:

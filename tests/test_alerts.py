@@ -29,14 +29,14 @@ def project(tmp_path, routes: list[dict], name: str = "alerting") -> ProjectConf
 @pytest.mark.parametrize(
     ("alerts_section", "message"),
     [
-        ({"routes": [{"on": ["drift"], "to": ["pager"]}]}, "pager: no such channel"),
-        ({"channels": {"x": {"type": "webhook", "url_env": "x"}}, "routes": [{"on": ["dirft"], "to": ["x"]}]},
+        ({"routes": [{"when": ["drift"], "to": ["pager"]}]}, "pager: no such channel"),
+        ({"channels": {"x": {"type": "webhook", "url_env": "x"}}, "routes": [{"when": ["dirft"], "to": ["x"]}]},
          "unknown alert source dirft"),
-        ({"channels": {"x": {"type": "webhook", "url_env": "x"}}, "routes": [{"on": ["drift", "flow_failed"],
+        ({"channels": {"x": {"type": "webhook", "url_env": "x"}}, "routes": [{"when": ["drift", "flow_failed"],
           "to": ["x"]}]}, "separate routes"),
         ({"channels": {"x": {"type": "webhook", "url_env": "https://hooks.example/secret"}}}, "not an environment"),
         ({"channels": {"x": {"type": "sms", "url_env": "X"}}}, "webhook"),
-        ({"channels": {"x": {"type": "webhook", "url_env": "X"}}, "routes": [{"on": ["drift"], "to": ["x"],
+        ({"channels": {"x": {"type": "webhook", "url_env": "X"}}, "routes": [{"when": ["drift"], "to": ["x"],
           "within": "soon"}]}, "soon"),
     ],
 )  # fmt: skip
@@ -46,8 +46,8 @@ def test_the_config_refuses_routes_that_cannot_be_delivered(alerts_section: dict
 
 
 def test_a_message_names_the_event_evidence_runbook_and_command(tmp_path) -> None:
-    cfg = project(tmp_path, [{"on": ["drift", "decay"], "to": ["oncall"], "persist": 3, "within": "1d"},
-                             {"on": ["retraining_blocked"], "to": ["oncall"]}])  # fmt: skip
+    cfg = project(tmp_path, [{"when": ["drift", "decay"], "to": ["oncall"], "persist": 3, "within": "1d"},
+                             {"when": ["retraining_blocked"], "to": ["oncall"]}])  # fmt: skip
     subject, body = alerts.message(cfg, cfg.alerts.routes[0])
     assert "{{ event.event }}" in subject and "[page]" in subject
     assert "docs/operations.md#runbook-drift-or-decay-alert" in body
@@ -89,7 +89,7 @@ def test_on_a_prefect_server_a_route_waits_for_its_count_then_stays_quiet(tmp_pa
 
     receiver = WebhookReceiver()
     monkeypatch.setenv(URL_ENV, receiver.url)
-    cfg = project(tmp_path, [{"on": ["drift"], "to": ["oncall"], "persist": 2, "within": "1h"}],
+    cfg = project(tmp_path, [{"when": ["drift"], "to": ["oncall"], "persist": 2, "within": "1h"}],
                   name=f"alerting{int(time.time() * 1000) % 10**8}")  # fmt: skip
     try:
         synced = alerts.sync(cfg)
@@ -120,3 +120,20 @@ def test_on_a_prefect_server_a_route_waits_for_its_count_then_stays_quiet(tmp_pa
     finally:
         alerts.remove(cfg)
         receiver.close()
+
+
+def test_routes_read_from_yaml_as_written(tmp_path) -> None:
+    """YAML 1.1 reads a bare ``on`` as true: the route's key is ``when``, and the reference file loads."""
+    from mlcycle.project.config import load_config
+
+    (tmp_path / "mlcycle.yaml").write_text(
+        "alerts:\n  channels: {oncall: {type: webhook, url_env: ONCALL_URL}}\n"
+        "  routes:\n    - {when: [drift, decay], to: [oncall], persist: 3, within: 3d}\n"
+    )
+    (tmp_path / "feature_repo").mkdir()
+    route = load_config(tmp_path / "mlcycle.yaml").alerts.routes[0]
+    assert (route.when, route.persist, route.within) == (["drift", "decay"], 3, "3d")
+    from conftest import REPO_ROOT
+
+    reference = load_config(REPO_ROOT / "mlcycle.yaml").alerts
+    assert reference.channels["oncall"].url_env == "MLCYCLE_ONCALL_URL" and len(reference.routes) == 3

@@ -198,7 +198,7 @@ def project(tmp_path, **table) -> ProjectConfig:
     cfg = ProjectConfig.model_validate({
         "table": {"label": "fraud", "timestamp": "at", **table},
         "kpis": {"metrics": {"chargeback_cost": {"weights": {"miss": "amount"}, "bound": 2500}}, "min_outcomes": 2},
-        "alerts": {"channels": {"oncall": {"type": "webhook", "url_env": "X"}}, "routes": [{"on": ["kpi"],
+        "alerts": {"channels": {"oncall": {"type": "webhook", "url_env": "X"}}, "routes": [{"when": ["kpi"],
                    "to": ["oncall"]}]},
     })  # fmt: skip
     cfg.root = tmp_path

@@ -176,7 +176,7 @@ def test_a_real_monitor_run_pages_the_oncall_receiver_through_prefect(drifted, p
     receiver = WebhookReceiver()
     monkeypatch.setenv("MLCYCLE_TEST_ONCALL_URL", receiver.url)
     channel = {"type": "webhook", "url_env": "MLCYCLE_TEST_ONCALL_URL"}
-    route = {"on": ["drift", "decay"], "to": ["oncall"], "within": "1h"}
+    route = {"when": ["drift", "decay"], "to": ["oncall"], "within": "1h"}
     spec = AlertsSpec.model_validate({"channels": {"oncall": channel}, "routes": [route]})
     paged = cfg.model_copy(update={"alerts": spec})
     try:

@@ -57,6 +57,21 @@ def print_check(console: Console, result: dict) -> None:
         console.print(f"      matured labels: ROC-AUC {decay['roc_auc']:.3f} (test at training "
                       f"{decay['baseline_roc_auc']:.3f}) on {decay['positives']} positives"
                       + (" [red]decayed[/red]" if decay["alert"] else ""))  # fmt: skip
+    estimate = result.get("estimate") or {}
+    if estimate.get("roc_auc") is not None:
+        ci = estimate.get("roc_auc_ci") or [float("nan")] * 2
+        console.print(f"      label-free estimate: ROC-AUC {estimate['roc_auc']:.3f} ({ci[0]:.3f}–{ci[1]:.3f}) on "
+                      f"{estimate['rows']:,} answers, bound {estimate['bound']:.3f}"
+                      + (" [red]estimated decay[/red]" if estimate.get("alert") else f": {estimate['state']}"),
+                      )  # fmt: skip
+    windows = [w for w in result.get("decay_windows") or [] if w.get("estimated_roc_auc") is not None]
+    if windows:
+        pairs = ", ".join(f"{w['start'][5:10]} {w['roc_auc']:.3f}/{w['estimated_roc_auc']:.3f}" for w in windows[-7:])
+        console.print(f"      matured days, realized/estimated ROC-AUC: {pairs}")
+    for metric in (result.get("kpis") or {}).get("metrics") or []:
+        value = "n/a" if metric["value"] is None else f"{metric['value']:,.4g} {metric['unit']}"
+        state = {"fail": "[red]BREACHED[/red]", "pass": "pass"}.get(metric["state"], "not measurable yet")
+        console.print(f"      KPI {metric['name']}: {value} ({metric['comparison']} {metric['bound']:,.4g}): {state}")
     for anomaly in result["upstream_anomalies"]:
         console.print(f"      [red]broken upstream?[/red] {anomaly}")
     console.print(f"      report {result['report_html']}\n      events: {', '.join(result['events']) or 'none'}")

@@ -633,7 +633,17 @@ def log_to_mlflow(cfg: ProjectConfig, result: CheckResult, directory: Path) -> s
             json.dumps(result.as_dict(), indent=2, default=str)
         )
         (directory / "summary.md").write_text(result.markdown())
-        mlflow.log_artifacts(str(directory), "monitoring")
+        from mlcycle.monitoring.report import SNAPSHOT_NAME
+
+        # Evidently's whole snapshot (as large as the report) is the dashboard's, read from data/: the
+        # run keeps the report, the summary and the rest.
+        for path in sorted(directory.iterdir()):
+            if path.name == SNAPSHOT_NAME:
+                continue
+            if path.is_dir():
+                mlflow.log_artifacts(str(path), f"monitoring/{path.name}")
+            else:
+                mlflow.log_artifact(str(path), "monitoring")
     mlflow.set_experiment(cfg.tracking.experiment)
     return run.info.run_id
 

@@ -69,7 +69,7 @@ def block_name(cfg: ProjectConfig, channel: str) -> str:
 
 
 def automation_name(cfg: ProjectConfig, index: int, route: AlertRouteSpec) -> str:
-    return f"{prefix(cfg)}-alert-{index}-{'-'.join(route.on)}"
+    return f"{prefix(cfg)}-alert-{index}-{'-'.join(route.when)}"
 
 
 def channel_url(name: str, spec: AlertChannelSpec) -> str:
@@ -94,7 +94,7 @@ def make_block(cfg: ProjectConfig, name: str, spec: AlertChannelSpec) -> Any:
 
 def message(cfg: ProjectConfig, route: AlertRouteSpec) -> tuple[str, str]:
     """The subject and body templates of a route (Prefect renders their event placeholders)."""
-    source = route.on[0]
+    source = route.when[0]
     anchor, command = RUNBOOKS[source]
     subject_of = f"model {cfg.model.name}" if source in KINDS else f"a flow run of project {cfg.project}"
     body = render("alert.txt.j2", severity=route.severity.upper(), project=cfg.project, subject_of=subject_of,
@@ -107,11 +107,11 @@ def message(cfg: ProjectConfig, route: AlertRouteSpec) -> tuple[str, str]:
 def trigger(cfg: ProjectConfig, route: AlertRouteSpec) -> Any:
     from prefect.events.schemas.automations import EventTrigger, Posture
 
-    expect = {e for source in route.on for e in ALERT_SOURCES[source]}
-    ours = [s for s in route.on if s in KINDS]
-    if ours and len(ours) != len(route.on):
+    expect = {e for source in route.when for e in ALERT_SOURCES[source]}
+    ours = [s for s in route.when if s in KINDS]
+    if ours and len(ours) != len(route.when):
         raise AlertError(
-            f"alert route on {', '.join(route.on)}: mlcycle's events and flow-run states go in separate routes"
+            f"alert route on {', '.join(route.when)}: mlcycle's events and flow-run states go in separate routes"
         )
     within = parse_window(route.within)
     common = {"expect": expect, "posture": Posture.Reactive, "threshold": route.persist,

@@ -818,7 +818,8 @@ class AlertChannelSpec(StrictModel):
 class AlertRouteSpec(StrictModel):
     """Which conditions page which channels, and how long a condition must persist before they do."""
 
-    on: list[str] = Field(min_length=1, description=f"What raises it: {', '.join(ALERT_SOURCES)}.")
+    # "when", not "on": YAML 1.1 reads a bare ``on`` key as the boolean true.
+    when: list[str] = Field(min_length=1, description=f"What raises it: {', '.join(ALERT_SOURCES)}.")
     to: list[str] = Field(min_length=1, description="Channel names (alerts.channels).")
     persist: int = Field(1, ge=1, description="Occurrences within `within` before the alert is sent (e.g. 3 checks).")
     within: str = Field(
@@ -828,7 +829,7 @@ class AlertRouteSpec(StrictModel):
     )
     severity: Literal["page", "ticket", "info"] = "page"
 
-    @field_validator("on")
+    @field_validator("when")
     @classmethod
     def _known(cls, value: list[str]) -> list[str]:
         unknown = [v for v in value if v not in ALERT_SOURCES]
