@@ -354,3 +354,12 @@ def test_classification_metrics_match_scikit_learn_overall_and_per_slice() -> No
     assert o.pr_auc == pytest.approx(average_precision_score(y, scores), abs=1e-12)
     # The report keeps the rows' labels and scores in their own order (paired tests rely on it).
     assert np.array_equal(report.labels, y) and np.array_equal(report.scores, scores)
+
+
+def test_every_gate_has_one_registry_entry_and_one_policy_key() -> None:
+    """Adding a gate is its bound in GatesSpec, its policy key in GatesSpec.GATES and one registry
+    entry: the two lists must name the same gates, or a policy would govern nothing (or a gate none)."""
+    from mlcycle.training.gates import REGISTRY
+
+    assert sorted(g.key for g in REGISTRY) == sorted(GatesSpec.GATES)
+    assert len({g.key for g in REGISTRY}) == len(REGISTRY)

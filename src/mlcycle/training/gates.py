@@ -11,6 +11,9 @@ Gates depend on the task (the report's ``task``). Classification: ROC-AUC and PR
 gap in TPR (or FPR) between groups of the protected attribute, no regression in ROC-AUC / PR-AUC
 against the champion. Regression: a bound on RMSE, the ratio of mean absolute errors between
 groups of the protected attribute, no regression in RMSE against the champion. Both: p99 latency.
+``REGISTRY`` lists them, in report order, each with its judge per task: ``run_gates`` runs the
+entries of the candidate's task, so a new gate is one entry there, its bound in ``GatesSpec`` and its
+policy key in ``GatesSpec.GATES``.
 
 Two outcomes are passes that judged nothing, and say so in their detail (``evidence["applicable"]``
 is False): a gate whose bound is not configured (``None``), and the fairness gate of a project that
@@ -20,6 +23,8 @@ declares no protected attribute. They are not "not measurable" — no data could
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import combinations
 from typing import Any, Literal
 
@@ -194,22 +199,6 @@ def _paired_roc_auc(candidate: EvaluationReport, champion: EvaluationReport, spe
     )  # fmt: skip
 
 
-def run_gates(
-    candidate: EvaluationReport,
-    spec: GatesSpec,
-    champion: EvaluationReport | None = None,
-    *,
-    protected: str | None = None,
-) -> Verdict:
-    """Every gate of the candidate's task (``candidate.task``) on its evaluation window, and the
-    champion's report scored on the same rows. ``protected`` names the protected attribute
-    (``table.protected``), whose slice of the report the fairness gate compares; None: the fairness
-    gate is not applicable and says so."""
-    if candidate.task == "regression":
-        return run_regression_gates(candidate, spec, champion, protected=protected)
-    return run_classification_gates(candidate, spec, champion, protected=protected)
-
-
 def _latency_check(candidate: EvaluationReport, spec: GatesSpec) -> CheckResult:
     p99 = candidate.latency_ms.get("p99")
     detail = "" if p99 is not None else "no latency was measured"
@@ -217,33 +206,30 @@ def _latency_check(candidate: EvaluationReport, spec: GatesSpec) -> CheckResult:
     return _bound_check("max_p99_latency_ms", p99, spec.max_p99_latency_ms, "<=", policy, detail)
 
 
-def run_classification_gates(
-    candidate: EvaluationReport,
-    spec: GatesSpec,
-    champion: EvaluationReport | None = None,
-    *,
-    protected: str | None = None,
-) -> Verdict:
-    """Classification gates.
-
-    ROC-AUC and PR-AUC floors are judged on point estimates with the AUC's interval in the detail:
-    with hundreds of positives it is narrow next to the floor. The ROC-AUC comparison with the
-    champion is judged on DeLong's paired interval of the difference (same rows, so the two models'
-    errors move together: the difference is firmer than two separate intervals, and no firmer than
-    its own interval); PR-AUC's comparison stays a point estimate, said so in its detail."""
-    o = candidate.overall
+def _classification_floors(g: GateInputs) -> tuple[CheckResult, ...]:
+    """ROC-AUC floor, judged on the point estimate with the AUC's interval in the detail: with
+    hundreds of positives it is narrow next to the floor."""
+    o, spec = g.candidate.overall, g.spec
     negatives = o.n - o.positives
     auc_ci = _auc_evidence(o.roc_auc, o.positives, negatives)
-    checks = [
-        _bound_check("min_roc_auc", o.roc_auc, spec.min_roc_auc, ">=", spec.on_unmeasurable("min_roc_auc"),
-                     _auc_interval(o.roc_auc, o.positives, negatives), **auc_ci),
-        _bound_check("min_pr_auc", o.pr_auc, spec.min_pr_auc, ">=", spec.on_unmeasurable("min_pr_auc")),
-        fairness_gap(candidate, spec, protected),
-        _latency_check(candidate, spec),
-    ]  # fmt: skip
-    if champion is None:
-        checks.append(CheckResult("no_regression_vs_champion", None, None, ">=", True, "no champion yet"))
-        return Verdict("evaluation gates", tuple(checks))
+    return (_bound_check("min_roc_auc", o.roc_auc, spec.min_roc_auc, ">=", spec.on_unmeasurable("min_roc_auc"),
+                         _auc_interval(o.roc_auc, o.positives, negatives), **auc_ci),)  # fmt: skip
+
+
+def _pr_auc_floor(g: GateInputs) -> tuple[CheckResult, ...]:
+    o, spec = g.candidate.overall, g.spec
+    return (_bound_check("min_pr_auc", o.pr_auc, spec.min_pr_auc, ">=", spec.on_unmeasurable("min_pr_auc")),)
+
+
+def _classification_no_regression(g: GateInputs) -> tuple[CheckResult, ...]:
+    """The ROC-AUC comparison with the champion is judged on DeLong's paired interval of the
+    difference (same rows, so the two models' errors move together: the difference is firmer than
+    two separate intervals, and no firmer than its own interval); PR-AUC's comparison stays a point
+    estimate, said so in its detail."""
+    candidate, champion, spec = g.candidate, g.champion, g.spec
+    assert champion is not None
+    o = candidate.overall
+    checks: list[CheckResult] = []
     paired = _paired_roc_auc(candidate, champion, spec)
     for metric in ("roc_auc", "pr_auc"):
         if metric == "roc_auc" and paired is not None:
@@ -266,7 +252,7 @@ def run_classification_gates(
                 champion=theirs,
             )
         )
-    return Verdict("evaluation gates", tuple(checks))
+    return tuple(checks)
 
 
 # --- regression ---------------------------------------------------------------------------------------
@@ -397,23 +383,68 @@ def fairness_mae_ratio(report: EvaluationReport, spec: GatesSpec, protected: str
     )  # fmt: skip
 
 
-def run_regression_gates(
+# --- the registry -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GateInputs:
+    """What every gate reads: the candidate's report, the champion's on the same rows (None before
+    the first champion), the bounds, and the protected attribute (``table.protected``)."""
+
+    candidate: EvaluationReport
+    spec: GatesSpec
+    champion: EvaluationReport | None
+    protected: str | None
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One gate: its name in ``gates.when_unmeasurable`` (``GatesSpec.GATES``), and per task the
+    function that judges it. A gate not listed for a task does not run for that task."""
+
+    key: str
+    judges: dict[str, Callable[[GateInputs], tuple[CheckResult, ...]]]
+    needs_champion: bool = False
+
+
+def _no_champion(g: GateInputs) -> tuple[CheckResult, ...]:
+    comparison = "<=" if g.candidate.task == "regression" else ">="
+    return (CheckResult("no_regression_vs_champion", None, None, comparison, True, "no champion yet"),)
+
+
+# In the order the checks are reported. Adding a gate: its bound in ``GatesSpec``, its name in
+# ``GatesSpec.GATES`` (the policy key), and one entry here; a test holds the two lists equal.
+REGISTRY: tuple[Gate, ...] = (
+    Gate("min_roc_auc", {"classification": _classification_floors}),
+    Gate("min_pr_auc", {"classification": _pr_auc_floor}),
+    Gate("max_rmse", {"regression": lambda g: (max_rmse(g.candidate, g.spec),)}),
+    Gate("fairness", {"classification": lambda g: (fairness_gap(g.candidate, g.spec, g.protected),),
+                      "regression": lambda g: (fairness_mae_ratio(g.candidate, g.spec, g.protected),)}),
+    Gate("max_p99_latency_ms", {"classification": lambda g: (_latency_check(g.candidate, g.spec),),
+                                "regression": lambda g: (_latency_check(g.candidate, g.spec),)}),
+    Gate("no_regression", {"classification": _classification_no_regression,
+                           "regression": lambda g: (no_regression_rmse(g.candidate, g.champion, g.spec),)},  # type: ignore[arg-type]
+         needs_champion=True),
+)  # fmt: skip
+
+
+def run_gates(
     candidate: EvaluationReport,
     spec: GatesSpec,
     champion: EvaluationReport | None = None,
     *,
     protected: str | None = None,
 ) -> Verdict:
-    """Regression gates: ``max_rmse`` (its interval against the bound), fairness as the ratio of
-    mean absolute errors between groups, p99 latency, and no regression in RMSE against the
-    champion on the same rows (paired)."""
-    checks = [
-        max_rmse(candidate, spec),
-        fairness_mae_ratio(candidate, spec, protected),
-        _latency_check(candidate, spec),
-    ]
-    if champion is None:
-        checks.append(CheckResult("no_regression_vs_champion", None, None, "<=", True, "no champion yet"))
-    else:
-        checks.append(no_regression_rmse(candidate, champion, spec))
+    """Every gate of the candidate's task (``candidate.task``) on its evaluation window, and the
+    champion's report scored on the same rows. ``protected`` names the protected attribute
+    (``table.protected``), whose slice of the report the fairness gate compares; None: the fairness
+    gate is not applicable and says so. A gate that compares with the champion passes, saying so,
+    before there is one."""
+    inputs = GateInputs(candidate, spec, champion, protected)
+    checks: list[CheckResult] = []
+    for gate in REGISTRY:
+        judge = gate.judges.get(candidate.task)
+        if judge is None:
+            continue
+        checks.extend(_no_champion(inputs) if gate.needs_champion and champion is None else judge(inputs))
     return Verdict("evaluation gates", tuple(checks))
