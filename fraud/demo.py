@@ -377,7 +377,8 @@ class _Pager:
 
 def _print_page(console: Console, message: dict) -> None:
     lines = str(message.get("body", "")).splitlines()
-    console.print(f"      [red]PAGE[/red] {message.get('subject', '')}", markup=True)
+    console.print("      [red]PAGE[/red] ", end="")
+    console.print(str(message.get("subject", "")), markup=False)  # "[page] …": not rich markup
     for line in lines:
         if line.startswith(("Version:", "Drifted features:", "Estimate", "Runbook:", "Act:")):
             console.print(f"        {line[:160]}", markup=False)

@@ -59,8 +59,9 @@ def print_check(console: Console, result: dict) -> None:
                       + (" [red]decayed[/red]" if decay["alert"] else ""))  # fmt: skip
     estimate = result.get("estimate") or {}
     if estimate.get("roc_auc") is not None:
-        ci = estimate.get("roc_auc_ci") or [float("nan")] * 2
-        console.print(f"      label-free estimate: ROC-AUC {estimate['roc_auc']:.3f} ({ci[0]:.3f}–{ci[1]:.3f}) on "
+        ci = estimate.get("roc_auc_ci")
+        interval = f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "no interval: " + "; ".join(estimate.get("reasons") or [])
+        console.print(f"      label-free estimate: ROC-AUC {estimate['roc_auc']:.3f} ({interval}) on "
                       f"{estimate['rows']:,} answers, bound {estimate['bound']:.3f}"
                       + (" [red]estimated decay[/red]" if estimate.get("alert") else f": {estimate['state']}"),
                       )  # fmt: skip
