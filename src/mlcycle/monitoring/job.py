@@ -186,17 +186,33 @@ def _estimate_line(estimate: dict[str, Any]) -> str:
     )
 
 
-def estimate_windows(ref: ChampionReference, answers: pd.DataFrame, windows: list[dict[str, Any]]) -> None:
+def calibration(ref: ChampionReference) -> Any:
+    """The champion's map from scores to probabilities for the label-free estimate (fitted on its
+    held-out window), the ``NotMeasurable`` that says why there is none, or None without labels.
+    A check fits it once and hands it to ``label_free_estimate`` and ``estimate_windows``."""
+    from mlcycle.monitoring import estimate as cbpe
+
+    if ref.labels is None:
+        return None
+    try:
+        return cbpe.calibrate(ref.scores, ref.labels)
+    except cbpe.NotMeasurable as exc:
+        return exc
+
+
+def estimate_windows(
+    ref: ChampionReference, answers: pd.DataFrame, windows: list[dict[str, Any]], fitted: Any = None
+) -> None:
     """Beside each matured window's realized ROC-AUC, what the estimate said of the same answers
-    without their labels: the record of how far the estimate can be trusted on this model."""
+    without their labels: the record of how far the estimate can be trusted on this model.
+    ``fitted``: ``calibration(ref)`` when the caller has it (else fitted here)."""
     from mlcycle.monitoring import estimate as cbpe
 
     judged = [w for w in windows if w.get("matured") and w.get("roc_auc") is not None]
     if not judged or ref.labels is None or answers.empty:
         return
-    try:
-        calibrator = cbpe.calibrate(ref.scores, ref.labels)
-    except cbpe.NotMeasurable:
+    calibrator = fitted if fitted is not None else calibration(ref)
+    if not isinstance(calibrator, cbpe.Calibrator):
         return
     times = answers["predicted_at"]
     for w in judged:
@@ -218,7 +234,9 @@ def positive_labels(values: pd.Series, positive: Any) -> np.ndarray:
     return (values == positive).astype(int).to_numpy()
 
 
-def label_free_estimate(cfg: ProjectConfig, ref: ChampionReference, scores: np.ndarray) -> dict[str, Any]:
+def label_free_estimate(
+    cfg: ProjectConfig, ref: ChampionReference, scores: np.ndarray, fitted: Any = None
+) -> dict[str, Any]:
     """The window's expected ROC-AUC, precision and recall from its scores alone (CBPE, calibrated on
     the champion's held-out window), judged against the champion's test ROC-AUC minus
     ``monitoring.max_roc_auc_drop``: what the labels will most likely say, weeks before they do.
@@ -231,10 +249,9 @@ def label_free_estimate(cfg: ProjectConfig, ref: ChampionReference, scores: np.n
     if cfg.task != "classification" or ref.labels is None or ref.baseline_roc_auc is None:
         out["reasons"] = ["not measurable: the champion's reference has no held-out labels (classification only)"]
         return out
-    try:
-        calibrator = cbpe.calibrate(ref.scores, ref.labels)
-    except cbpe.NotMeasurable as exc:
-        out["reasons"] = [f"not measurable: calibration: {exc.detail}"]
+    calibrator = fitted if fitted is not None else calibration(ref)
+    if isinstance(calibrator, cbpe.NotMeasurable):
+        out["reasons"] = [f"not measurable: calibration: {calibrator.detail}"]
         return out
     result = cbpe.estimate(calibrator.apply(scores), scores, ref.threshold, seed=0) if len(scores) else None
     if result is None:
@@ -495,7 +512,8 @@ def run_check(
     )
     champion_answers = answered[answered["model_version"].astype(str) == ref.version]
     decay_windows = [_jsonable(w.as_dict()) for w in windows]
-    estimate_windows(ref, champion_answers, decay_windows)
+    fitted = calibration(ref)  # once per check, for the window's estimate and the matured days'
+    estimate_windows(ref, champion_answers, decay_windows, fitted)
     return CheckResult(
         checked_at=datetime.now(UTC).isoformat(timespec="seconds"),
         champion_version=ref.version,
@@ -511,7 +529,7 @@ def run_check(
         upstream_anomalies=anomalies,
         skipped=skipped,
         sampled=cfg.privacy.capture.rate,
-        estimate=_jsonable(label_free_estimate(cfg, ref, scores)),
+        estimate=_jsonable(label_free_estimate(cfg, ref, scores, fitted)),
         kpis=_jsonable(kpi_report(cfg, answered, table, as_of)),
     )
 
