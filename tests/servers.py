@@ -152,13 +152,15 @@ class WebhookReceiver:
         import threading
 
         self.received: list[dict] = []
+        self.paths: list[str] = []  # the path each body was POSTed to, in the same order
         self.arrived = threading.Condition()
-        received, arrived = self.received, self.arrived
+        received, paths, arrived = self.received, self.paths, self.arrived
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # the http.server API names it
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with arrived:
+                    paths.append(self.path)
                     received.append(_json.loads(body or b"{}"))
                     arrived.notify_all()
                 self.send_response(200)

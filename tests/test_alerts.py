@@ -80,6 +80,67 @@ def test_a_channel_without_its_url_is_named_and_alerts_test_reaches_a_receiver(t
         receiver.close()
 
 
+def _channel(tmp_path, kind: str) -> ProjectConfig:
+    channels = {"chat": {"type": kind, "url_env": URL_ENV}}
+    cfg = ProjectConfig.model_validate(
+        {"project": "alerting", "model": {"name": "m"}, "alerts": {"channels": channels}}
+    )
+    cfg.root = tmp_path
+    return cfg
+
+
+def test_discord_and_mattermost_urls_become_their_blocks_fields_and_a_bad_one_is_named_not_echoed(
+    tmp_path, monkeypatch
+) -> None:
+    discord = _channel(tmp_path, "discord")
+    monkeypatch.setenv(URL_ENV, "https://discord.com/api/webhooks/123456789/Ab-c_DEFsecret")
+    block = alerts.make_block(discord, "chat", discord.alerts.channels["chat"])
+    assert block.webhook_id.get_secret_value() == "123456789"
+    assert block.webhook_token.get_secret_value() == "Ab-c_DEFsecret"
+    mattermost = _channel(tmp_path, "mattermost")
+    monkeypatch.setenv(URL_ENV, "https://chat.example.org/team/hooks/xyzTOKEN42")
+    block = alerts.make_block(mattermost, "chat", mattermost.alerts.channels["chat"])
+    assert (block.hostname, block.port, block.secure, block.path) == ("chat.example.org", 443, True, "/team")
+    assert block.token.get_secret_value() == "xyzTOKEN42"
+    for cfg, bad in ((discord, "https://discord.com/channels/1/tok3nSECRET"),
+                     (mattermost, "https://chat.example.org/tok3nSECRET")):  # fmt: skip
+        monkeypatch.setenv(URL_ENV, bad)
+        with pytest.raises(alerts.AlertError, match=f"{URL_ENV} is not a") as caught:
+            alerts.make_block(cfg, "chat", cfg.alerts.channels["chat"])
+        assert "tok3nSECRET" not in str(caught.value)
+
+
+def test_a_mattermost_channel_is_reached_and_a_failure_does_not_show_the_token(tmp_path, monkeypatch) -> None:
+    cfg = _channel(tmp_path, "mattermost")
+    receiver = WebhookReceiver()
+    try:
+        monkeypatch.setenv(URL_ENV, receiver.url.removesuffix("/hook") + "/hooks/mmTOKENsecret9")
+        assert alerts.send_test(cfg) == {"chat": "sent"}
+        [got] = receiver.wait_for(1, 30)
+        assert receiver.paths == ["/hooks/mmTOKENsecret9"] and "A test of channel chat" in got["text"]
+        receiver.close()
+        outcome = alerts.send_test(cfg)["chat"]  # apprise answers False, not an error: still a failure
+        assert outcome.startswith("failed:") and "mmTOKENsecret9" not in outcome, outcome
+    finally:
+        receiver.close()
+
+
+def test_a_webhook_url_is_kept_secret_in_the_block_and_out_of_errors(tmp_path, monkeypatch) -> None:
+    cfg = project(tmp_path, [])
+    receiver = WebhookReceiver()
+    try:
+        url = receiver.url + "/whTOKENsecret7"
+        monkeypatch.setenv(URL_ENV, url)
+        block = alerts.make_block(cfg, "oncall", cfg.alerts.channels["oncall"])
+        assert "whTOKENsecret7" not in block.model_dump_json()  # what a saved block document shows
+        assert alerts.send_test(cfg) == {"oncall": "sent"} and receiver.paths == ["/hook/whTOKENsecret7"]
+        receiver.close()
+        outcome = alerts.send_test(cfg)["oncall"]
+        assert outcome.startswith("failed:") and "whTOKENsecret7" not in outcome, outcome
+    finally:
+        receiver.close()
+
+
 def test_on_a_prefect_server_a_route_waits_for_its_count_then_stays_quiet(tmp_path, monkeypatch, prefect_server):
     """persist 2 within 1h: the first event sends nothing, the second sends one message, two more
     (inside the same window, enough for a second count) none. Events are emitted by hand here, to the
@@ -114,9 +175,59 @@ def test_on_a_prefect_server_a_route_waits_for_its_count_then_stays_quiet(tmp_pa
         drift("7")
         drift("7")  # two more: the count is reached again, but inside the window it stays quiet
         assert len(receiver.wait_for(2, 20)) == 1
-        # A second sync replaces, not duplicates; remove takes them away.
+        # A second sync replaces, not duplicates; remove takes them away, and only them: not those of a
+        # project whose name starts like this one's, nor one named like ours but not tagged as ours.
+        neighbour = project(tmp_path, [{"when": ["drift"], "to": ["oncall"]}], name=f"{cfg.project}-alert")
+        assert alerts.sync(neighbour).automations[0].startswith(f"{alerts.prefix(cfg)}-alert-")
+        from prefect import get_client
+        from prefect.events.actions import DoNothing
+        from prefect.events.schemas.automations import AutomationCore
+
+        lookalike = f"{alerts.prefix(cfg)}-alert-9-drift"
+        with get_client(sync_client=True) as client:
+            client.create_automation(AutomationCore(name=lookalike, trigger=alerts.trigger(cfg, cfg.alerts.routes[0]),
+                                                    actions=[DoNothing()]))  # fmt: skip
         assert alerts.sync(cfg).automations == synced.automations
         assert alerts.remove(cfg) == synced.automations
+        with get_client(sync_client=True) as client:
+            left = {a.name for a in client.read_automations()}
+        assert lookalike in left and alerts.remove(neighbour) == [f"{alerts.prefix(neighbour)}-alert-0-drift"]
+    finally:
+        alerts.remove(cfg)
+        receiver.close()
+
+
+def test_on_a_prefect_server_a_flow_route_counts_failed_runs_per_deployment(tmp_path, monkeypatch, prefect_server):
+    """persist 2: two failed runs of one deployment page once; one failed run of another does not."""
+    import uuid
+
+    from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker
+
+    receiver = WebhookReceiver()
+    monkeypatch.setenv(URL_ENV, receiver.url)
+    cfg = project(tmp_path, [{"when": ["flow_failed"], "to": ["oncall"], "persist": 2, "within": "1h"}],
+                  name=f"flows{int(time.time() * 1000) % 10**8}")  # fmt: skip
+    try:
+        alerts.sync(cfg)
+        time.sleep(2)  # the trigger service loads new automations on its next refresh
+
+        def failed(deployment: uuid.UUID) -> None:
+            run = uuid.uuid4()
+            resource = {"prefect.resource.id": f"prefect.flow-run.{run}", "prefect.resource.name": f"run-{run}"}
+            role = "prefect.resource.role"
+            related = [{"prefect.resource.id": f"prefect.deployment.{deployment}", role: "deployment"},
+                       {"prefect.resource.id": f"prefect.tag.{cfg.project}", role: "tag"}]  # fmt: skip
+            emit_event(event="prefect.flow-run.Failed", resource=resource, related=related)
+            EventsWorker.drain_all()
+
+        monitor, backup = uuid.uuid4(), uuid.uuid4()
+        failed(monitor)
+        failed(backup)
+        assert receiver.wait_for(1, 15) == []  # one failure each: nothing yet
+        failed(monitor)
+        [message] = receiver.wait_for(1, 90)
+        assert "prefect.flow-run.Failed" in message["body"] and "#runbook-service-not-ready" in message["body"]
     finally:
         alerts.remove(cfg)
         receiver.close()

@@ -100,3 +100,19 @@ def test_matured_windows_get_the_estimate_beside_the_realized_value() -> None:
     np.fill_diagonal(pairs, 0)
     brute = ((order > 0) * pairs + 0.5 * (order == 0) * pairs).sum() / pairs.sum()
     assert windows[0]["estimated_roc_auc"] == pytest.approx(brute, abs=1e-9)
+
+
+def test_a_window_overlapping_the_held_out_window_is_not_graded_against_its_estimate() -> None:
+    """The calibration was fitted on the held-out window's labels: the estimate of answers from that
+    span is not put beside their realized value (it would be graded on its own training data)."""
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    ref = job.ChampionReference(**{**reference().__dict__,
+                                   "held_out_span": ("2025-12-20T00:00:00", "2026-01-01T06:00:00")})  # fmt: skip
+    scores, _ = world(2_000, seed=4)
+    answers = pd.DataFrame({"score": scores, "predicted_at": start + pd.to_timedelta(np.arange(2_000) % 2, "D")})
+    day = pd.Timedelta(days=1)
+    windows = [{"start": (start + d * day).isoformat(), "end": (start + (d + 1) * day).isoformat(), "matured": True,
+                "roc_auc": 0.8} for d in (0, 1)]  # fmt: skip
+    job.estimate_windows(ref, answers, windows)
+    assert "estimated_roc_auc" not in windows[0] and "held-out window" in windows[0]["estimate_skipped"]
+    assert windows[1]["estimated_roc_auc"] is not None and "estimate_skipped" not in windows[1]

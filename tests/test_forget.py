@@ -122,6 +122,8 @@ def world(project: ProjectConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     raw["privacy"] = {"columns": {"user_id": {"pii": "direct", "prediction_log": "hash"}}}
     path.write_text(yaml.safe_dump(raw))
     with LocalRedisServer(cfg.data_path / "stream" / "broker") as server:
+        # The AOF's RDB preamble compresses strings: uncompressed, a byte search sees what it holds.
+        connect(server.url).config_set("rdbcompression", "no")
         raw["streaming"] = {"local_port": server.port, "batch_size": 200, "block_ms": 100}
         path.write_text(yaml.safe_dump(raw))
         yield load_config(path), server
@@ -271,3 +273,56 @@ def test_the_command_says_what_it_did_and_exits_1_on_a_bad_request(project: Proj
     assert report["inputs"] == {str(cfg.table_path): int((table["user_id"] == user).sum())}
     assert report["reference"].startswith("ref:")  # no key set: a random reference, never the key
     assert not re.search(rf"\b{user}\b", registry.PromotionLog(cfg.promotion_log_uri).history(limit=1)[0].reason)
+
+
+def test_a_stream_entry_is_unwrapped_by_its_shape_not_by_its_columns() -> None:
+    row = {"user_id": 5, "event": json.dumps({"user_id": 9}), "payload": "{}"}  # a table with such columns
+    event = {b"event": json.dumps(row).encode(), b"source": b"api"}
+    assert erasure._entry_row(event)["user_id"] == 5
+    parked = {
+        b"id": b"1-1",
+        b"reason": b"bad",
+        b"payload": json.dumps({"event": json.dumps(row), "source": "api"}).encode(),
+    }
+    assert erasure._entry_row(parked)["user_id"] == 5
+    assert erasure._entry_row({b"payload": b"not json"}) == {} and erasure._entry_row({b"x": b"1"}) == {}
+
+
+def test_a_checkpoint_kept_busy_by_a_reader_is_reported(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "db.sqlite"
+    writer = sqlite3.connect(path)
+    writer.execute("PRAGMA journal_mode = WAL")
+    writer.execute("CREATE TABLE t (x)")
+    writer.commit()
+    reader = sqlite3.connect(path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM t").fetchone()  # a read snapshot: the log must stay
+    writer.execute("INSERT INTO t VALUES (1)")
+    writer.commit()
+    assert erasure._checkpoint(writer, tries=2, pause_s=0) is True
+    reader.rollback()
+    assert erasure._checkpoint(writer, tries=2, pause_s=0) is False
+    assert (tmp_path / "db.sqlite-wal").stat().st_size == 0  # TRUNCATE emptied the log
+
+
+def test_a_store_that_fails_leaves_the_request_incomplete_and_recorded(project: ProjectConfig, tmp_path: Path) -> None:
+    cfg = clone_project(project, tmp_path / "p")
+    table = validation.load_table(cfg)
+    counts = table["user_id"].value_counts()
+    user = int(counts[counts.index >= 1000].index[0])
+    online_db = next(p for p in Path(cfg.feast_dir).rglob("*.db") if "online" in p.name)
+    assert _key_bytes(user) in online_db.read_bytes()
+    (cfg.features_dir / "broken.parquet").write_bytes(b"PAR1 not a parquet file")
+
+    report = erasure.forget(cfg, f"user_id={user}", ALICE)
+
+    failed = [line for line in report.incomplete if line.startswith("feature tables: failed")]
+    assert len(failed) == 1 and "run forget again" in failed[0], report.incomplete
+    # The other stores were still done, and the table still reported.
+    assert {r.store: r.count for r in report.removed}["online store"] >= 1
+    assert _key_bytes(user) not in online_db.read_bytes()
+    assert report.inputs == {str(cfg.table_path): int((table["user_id"] == user).sum())}
+    last = registry.PromotionLog(cfg.promotion_log_uri).history(limit=1)[0]
+    assert last.action == "forget" and last.reason.endswith("INCOMPLETE")

@@ -69,7 +69,8 @@ def test_a_hand_worked_cost() -> None:
     id 6: missed fraud of 200    → 200
     Σ = 257 over 6 predictions: 42.8333 per prediction, 42,833.33 per 1,000. Left out: id 7 (its
     outcome arrives on Mar 5, after AS_OF) and id 8 (no outcome row); id 9 is after the window.
-    Review load at 5 per flag: 3 flags × 5 / 6 = 2.5 per prediction, 2,500 per 1,000. Miss rate: 2/6."""
+    Review load at 5 per flag: 3 flags × 5 / 6 = 2.5 per prediction, 2,500 per 1,000. Miss rate: 2/6.
+    The window's total counts all 8 of its predictions, ids 7 and 8 at the judged mean: 8 × 257/6."""
     predictions, outcomes = hand_worked()
     kpis = spec(
         cost={"weights": {"miss": "amount", "false_alarm": 2, "review": 1}, "bound": 1e9},
@@ -84,7 +85,7 @@ def test_a_hand_worked_cost() -> None:
     assert value["cost"] == pytest.approx(257 / 6 * 1000)
     assert value["review"] == pytest.approx(2500)
     assert value["misses"] == pytest.approx(2 / 6)
-    assert value["total"] == pytest.approx(257)
+    assert value["total"] == pytest.approx(8 * 257 / 6)
     assert all(v.kind == "kpi" and v.checks[0].interval is not None for v in report.verdicts.values())
     low, high = report.verdicts["misses"].checks[0].interval  # Wilson's, within [0, 1]
     assert 0 < low < 2 / 6 < high < 1
@@ -309,3 +310,66 @@ def test_a_sequential_look_on_a_kpi_and_unequal_arms() -> None:
     assert result.decision == "continue" and result.stopped_at is None
     assert [look.fraction for look in result.looks] == [0.075, 0.175]
     assert result.looks[0].bound > result.looks[1].bound > 3
+
+
+def test_both_arms_constant_but_different_is_a_finite_z_that_stops() -> None:
+    """No flag in 50 champion predictions, every one of 50 challenger predictions flagged: Welch has
+    no spread (z would be infinite and no look could stop). Pooled by hand: 100 values half ones,
+    variance 0.25·100/99, se √(0.2525·(1/50 + 1/50)) = 0.10050, z = 1/0.10050 = 9.950."""
+    from mlcycle.stats import sequential_z
+
+    diff, se, z = sequential_z(np.zeros(50), np.ones(50))
+    assert (diff, se, z) == (1.0, pytest.approx(0.100504, abs=1e-6), pytest.approx(9.9499, abs=1e-4))
+    result = kpi.sequential_ab(np.zeros(50), np.ones(50), [50], planned_per_arm=500)
+    assert result.decision == "challenger_higher" and result.stopped_at == 1
+    assert sequential_z(np.zeros(50), np.zeros(50))[2] == 0.0  # equal constants: no difference seen
+
+
+def test_a_quiet_window_gets_an_interval_from_what_the_weights_could_have_cost() -> None:
+    """300 matured outcomes, none flagged, none positive: every cost is 0. The interval is not [0, 0]:
+    an unseen share of other outcomes up to the Clopper–Pearson bound for 0 of 300 (scipy's beta
+    quantile) could each have cost the largest combination of the weights (a miss, 100)."""
+    n = 300
+    predictions = pd.DataFrame({"event_id": np.arange(n).astype(str), "decision": False, "predicted_at": IN_WINDOW})
+    outcomes = pd.DataFrame({kpi.EVENT_ID: np.arange(n), kpi.POSITIVE: 0.0, kpi.AVAILABLE_AT: ARRIVED})
+    weights = {"miss": 100, "false_alarm": 5, "review": 1}
+    report = kpi.evaluate(predictions, outcomes, spec(200, cost={"weights": weights, "per": 1, "bound": 50}),
+                          AS_OF, MATURITY)  # fmt: skip
+    check = report.verdicts["cost"].checks[0]
+    assert check.value == 0.0 and check.interval[0] == 0.0
+    assert check.interval[1] == pytest.approx(100 * stats.beta.ppf(0.975, 1, n), rel=1e-9)
+    assert report.verdicts["cost"].state == "pass"  # 1.22 < 50: decided by the interval, not by silence
+    tight = kpi.evaluate(predictions, outcomes, spec(200, cost={"weights": weights, "per": 1, "bound": 1}),
+                         AS_OF, MATURITY)  # fmt: skip
+    assert tight.verdicts["cost"].state == "not_measurable"  # the bound 1 lies inside [0, 1.22]
+    # A weight per row has no largest value: no interval, not measurable.
+    outcomes["amount"] = 10.0
+    per_row = kpi.evaluate(predictions, outcomes, spec(200, cost={"weights": {"miss": "amount"}, "per": 1,
+                                                                  "bound": 50}), AS_OF, MATURITY)  # fmt: skip
+    assert per_row.verdicts["cost"].state == "not_measurable"
+    assert "same value" in per_row.verdicts["cost"].checks[0].detail
+
+
+def test_a_window_total_counts_the_predictions_whose_outcome_is_missing() -> None:
+    """Ten predictions in the window, outcomes for six (two of them missed positives at 100 each): the
+    judged mean is 200/6 per prediction, the window's total 10 × 200/6 = 333.3, not the judged 200."""
+    predictions = pd.DataFrame({"event_id": np.arange(10).astype(str), "decision": False, "predicted_at": IN_WINDOW})
+    outcomes = pd.DataFrame({kpi.EVENT_ID: np.arange(6), kpi.POSITIVE: [1.0, 1.0, 0, 0, 0, 0],
+                             kpi.AVAILABLE_AT: ARRIVED})  # fmt: skip
+    report = kpi.evaluate(predictions, outcomes, spec(2, total={"weights": {"miss": 100}, "aggregation": "sum",
+                                                                "bound": 1e9}), AS_OF, MATURITY)  # fmt: skip
+    check = report.verdicts["total"].checks[0]
+    assert (report.predictions, report.outcomes, report.unlabelled) == (10, 6, 4)
+    assert check.value == pytest.approx(10 * 200 / 6)
+    assert "at the judged mean" in check.detail
+
+
+def test_an_outcome_whose_positive_class_is_0_is_read_as_training_reads_it() -> None:
+    table = pd.DataFrame({"tx": [1, 2, 3], "ok": [0, 1, 0], "known_at": [ARRIVED] * 3})
+    outcomes = kpi.outcome_frame(table, event_id="tx", outcome="ok", available_at="known_at", timestamp=None,
+                                 maturity_days=MATURITY, positive_label=0)  # fmt: skip
+    assert outcomes[kpi.POSITIVE].tolist() == [1.0, 0.0, 1.0]
+    words = pd.DataFrame({"tx": [1, 2, 3], "y": ["fraud", "ok", None], "known_at": [ARRIVED] * 3})
+    outcomes = kpi.outcome_frame(words, event_id="tx", outcome="y", available_at="known_at", timestamp=None,
+                                 maturity_days=MATURITY, positive_label="fraud")  # fmt: skip
+    assert outcomes[kpi.POSITIVE].iloc[:2].tolist() == [1.0, 0.0] and np.isnan(outcomes[kpi.POSITIVE].iloc[2])

@@ -653,6 +653,8 @@ def test_forget_on_postgres_and_redis(world: ScaleWorld, scale_project: ProjectC
     client = redis.Redis.from_url(world.redis_url)
     expected, kept_rows = logged(gone), logged(kept)
     assert expected >= 3 and client.exists(online_key(gone)) and client.exists(online_key(kept))
+    filenode = f"SELECT pg_relation_filenode('{TABLE}')"
+    before = pg_rows(world, filenode)[0][0]
 
     report = erasure.forget(cfg, f"user_id={gone}", gov.Principal("olga", True, "test"))
     removed = {r.store: r.count for r in report.removed}
@@ -662,3 +664,18 @@ def test_forget_on_postgres_and_redis(world: ScaleWorld, scale_project: ProjectC
     assert not client.exists(online_key(gone)) and client.exists(online_key(kept))
     last = registry.PromotionLog(cfg.promotion_log_uri).history(limit=1)[0]
     assert last.action == "forget" and last.actor == "olga" and f"prediction log {expected}" in last.reason
+    # The table was written anew (VACUUM FULL gives it a new file): a plain VACUUM leaves the deleted
+    # rows' bytes in the old file's pages.
+    assert pg_rows(world, filenode)[0][0] != before
+
+    # A key that JSON writers escape ("/" and non-ASCII, as pandas writes the batch log's entities)
+    # is found all the same.
+    odd = "x/\u00e9"
+    escaped = pd.DataFrame({"user_id": [odd]}).to_json(orient="records", lines=True).strip()
+    assert "\\/" in escaped and "\\u00e9" in escaped  # the writer escaped both, as the batch log's does
+    writer = open_prediction_log(cfg, flush_seconds=0.05)
+    writer.append([{**_record("forget-odd"), "entities": escaped}])
+    writer.close()
+    odd_report = erasure.forget(cfg, f"user_id={odd}", gov.Principal("olga", True, "test"))
+    assert {r.store: r.count for r in odd_report.removed}["prediction log"] == 1
+    assert pg_rows(world, f"SELECT count(*) FROM {TABLE} WHERE (entities::json->>'user_id') = %s", odd)[0][0] == 0

@@ -429,14 +429,22 @@ def _brentq(f: Any, low: float, high: float) -> float:
 
 def sequential_z(x_a: np.ndarray, x_b: np.ndarray) -> tuple[float, float, float]:
     """``mean(b) − mean(a)`` of two independent arms' per-unit values, its standard error and the z
-    statistic (Welch): what each look of a group-sequential comparison judges. NaN z below two a side."""
+    statistic (Welch; pooled when both arms are constant): what each look of a group-sequential
+    comparison judges. NaN z below two a side."""
     a, b = np.asarray(x_a, float), np.asarray(x_b, float)
     if len(a) < 2 or len(b) < 2:
         return float("nan"), math.inf, float("nan")
     diff = float(b.mean() - a.mean())
     se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
     if se == 0:
-        return diff, 0.0, (0.0 if diff == 0 else math.copysign(math.inf, diff))
+        # Both arms constant (no flag at all in one, every one flagged in the other): Welch has no
+        # spread to scale by, and an infinite z would stop any look. Under the null hypothesis both
+        # arms are one distribution, so the pooled sample's variance is the spread to use, as the
+        # two-proportion z-test pools for rates. Equal constants: no difference, z = 0.
+        pooled = float(np.concatenate([a, b]).var(ddof=1))
+        se = math.sqrt(pooled * (1 / len(a) + 1 / len(b)))
+        if se == 0:
+            return diff, 0.0, 0.0
     return diff, se, diff / se
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from mlcycle.data import event_log, privacy, validation
+from mlcycle.data.labels import encode_labels
 from mlcycle.data.lineage import file_hash
 from mlcycle.data.validation import ContractReport, ContractViolation
 from mlcycle.features import store, transform
@@ -145,14 +146,7 @@ def labels_frame(table: pd.DataFrame, cfg: ProjectConfig) -> pd.DataFrame:
 
 def label_values(labels: pd.Series, cfg: ProjectConfig) -> pd.Series:
     """Classification labels as 0/1 (the configured positive value is 1), regression as floats."""
-    if cfg.task == "regression":
-        return pd.to_numeric(labels, errors="coerce").astype("float64")
-    if pd.api.types.is_bool_dtype(labels.dtype):
-        return labels.astype("int8")
-    positive = cfg.table.positive_label
-    if pd.api.types.is_numeric_dtype(labels.dtype) and positive in (1, True, "1"):
-        return (labels.astype("float64") == 1).astype("int8").where(labels.notna())
-    return (labels.astype(str) == str(positive)).astype("int8").where(labels.notna())
+    return encode_labels(labels, cfg.task, cfg.table.positive_label)
 
 
 def labelled_entities(

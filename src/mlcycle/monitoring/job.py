@@ -38,8 +38,8 @@ log = logging.getLogger("mlcycle.monitoring")
 CODE_SUFFIX = "_code"
 MONITORING_EXPERIMENT_SUFFIX = "-monitoring"
 # Bumped when what the cached reference holds changes (2: scores from the held-out window; 3: its labels
-# and the decision threshold, which calibrate the label-free estimate).
-REFERENCE_FORMAT = 3
+# and the decision threshold, which calibrate the label-free estimate; 4: the held-out window's span).
+REFERENCE_FORMAT = 4
 ESTIMATE_SUMMARY_KEYS = ("state", "roc_auc", "roc_auc_ci", "precision", "recall", "rows", "expected_positives",
                          "bound", "reasons")  # fmt: skip
 KPI_SUMMARY_KEYS = ("window_start", "window_end", "outcomes", "breached", "metrics", "error")
@@ -59,6 +59,9 @@ class ChampionReference:
     baseline_rmse: float | None = None
     labels: np.ndarray | None = None  # classification: the held-out window's labels (1 = positive), as ``scores``
     threshold: float = 0.5  # the champion's decision threshold
+    # The held-out window's first and last event time (ISO): the estimate is calibrated on those rows,
+    # so it is not checked against the labels of answers from that span.
+    held_out_span: tuple[str, str] | None = None
 
 
 MONITORING_SINK = "monitoring"
@@ -136,7 +139,8 @@ def champion_reference(cfg: ProjectConfig) -> ChampionReference:
         stats.save(directory / "stats")
         np.save(directory / "scores.npy", scores)
         if cfg.task == "classification":
-            np.save(directory / "labels.npy", positive_labels(held_out[cfg.table.label], cfg.table.positive_label))
+            # The snapshot's labels are already 0/1 (the training set encodes them: label_values).
+            np.save(directory / "labels.npy", held_out[cfg.table.label].to_numpy().astype(int))
         keep = min(len(held_out), cfg.monitoring.evidently_sample)
         sample = privacy.redact(held_out[[*numeric, *categorical]], cfg.privacy, MONITORING_SINK)
         sample = sample.assign(score=scores).sample(keep, random_state=0)
@@ -145,6 +149,7 @@ def champion_reference(cfg: ProjectConfig) -> ChampionReference:
         meta = {"format": REFERENCE_FORMAT, "version": version, "numeric": numeric, "categorical": categorical,
                 "baseline_roc_auc": baseline, "baseline_rmse": run.data.metrics.get("test.rmse"),
                 "rows": len(frame), "score_rows": len(held_out),
+                "held_out_span": [held_out[TIME_COLUMN].min().isoformat(), held_out[TIME_COLUMN].max().isoformat()],
                 "scores_from": "held-out evaluation window", "run_id": mv.run_id,
                 "threshold": float(mv.tags.get(THRESHOLD_TAG, 0.5)),
                 "computed_at": datetime.now(UTC).isoformat()}  # fmt: skip
@@ -163,6 +168,7 @@ def champion_reference(cfg: ProjectConfig) -> ChampionReference:
         baseline_rmse=meta.get("baseline_rmse"),
         labels=np.load(directory / "labels.npy") if (directory / "labels.npy").exists() else None,
         threshold=float(meta.get("threshold", 0.5)),
+        held_out_span=tuple(meta["held_out_span"]) if meta.get("held_out_span") else None,
     )
 
 
@@ -215,7 +221,14 @@ def estimate_windows(
     if not isinstance(calibrator, cbpe.Calibrator):
         return
     times = answers["predicted_at"]
+    span = [pd.Timestamp(t) for t in ref.held_out_span] if ref.held_out_span else None
     for w in judged:
+        start, end = pd.Timestamp(w["start"]), pd.Timestamp(w["end"])
+        if span and start <= _as_utc(span[1]) and end > _as_utc(span[0]):
+            # The calibration was fitted on the held-out window's labels: checked against answers from
+            # the same span, the estimate would be graded on its own training data.
+            w["estimate_skipped"] = "the window overlaps the champion's held-out window, which calibrated the estimate"
+            continue
         part = answers.loc[(times >= pd.Timestamp(w["start"])) & (times < pd.Timestamp(w["end"])), "score"]
         scores = part.to_numpy(float)
         if not len(scores):
@@ -226,12 +239,8 @@ def estimate_windows(
         w["estimated_roc_auc_ci"] = list(ci) if ci else None
 
 
-def positive_labels(values: pd.Series, positive: Any) -> np.ndarray:
-    """Labels as 1 (the positive class) and 0: a 0/1 or boolean column as it is, anything else by
-    comparison with ``table.positive_label``."""
-    if pd.api.types.is_bool_dtype(values) or set(pd.unique(values.dropna())) <= {0, 1}:
-        return values.fillna(0).astype(int).to_numpy()
-    return (values == positive).astype(int).to_numpy()
+def _as_utc(moment: pd.Timestamp) -> pd.Timestamp:
+    return moment.tz_localize("UTC") if moment.tzinfo is None else moment
 
 
 def label_free_estimate(

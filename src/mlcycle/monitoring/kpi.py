@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from mlcycle.data.labels import encode_labels
 from mlcycle.decisions import CheckResult, Verdict, interval_check, not_measurable
 from mlcycle.project.config import KpiMetricSpec, KpisSpec, KpiWeight
 from mlcycle.stats import group_sequential_bounds, sequential_z, skewed_mean_interval, wilson_interval, z_for
@@ -81,11 +82,7 @@ def outcome_frame(
             "event's final outcome) or set kpis.outcomes.event_id to a column that is unique"
         )
     known = ids.notna()
-    values = table.loc[known, outcome]
-    if pd.api.types.is_bool_dtype(values.dtype) or set(pd.unique(values.dropna())) <= {0, 1}:
-        positive = values.astype(float)
-    else:
-        positive = (values == positive_label).astype(float).where(values.notna())
+    positive = encode_labels(table.loc[known, outcome], "classification", positive_label).astype(float)
     if available_at:
         arrived = pd.to_datetime(table.loc[known, available_at], utc=True)
     else:
@@ -160,16 +157,41 @@ def mean_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, 
     return skewed_mean_interval(values, confidence)
 
 
+def possible_values(metric: KpiMetricSpec) -> list[float] | None:
+    """Every value one prediction can take under a cost KPI with fixed weights (nothing happened, a
+    miss, a false alarm, a hit, each with its review); None when a weight is a column (unbounded)."""
+    if metric.kind != "cost" or metric.weights.columns():
+        return None
+    w = metric.weights
+    return [0.0, float(w.miss), float(w.review) + float(w.false_alarm), float(w.review) + float(w.hit)]
+
+
 def kpi_interval(
     values: np.ndarray, metric: KpiMetricSpec, confidence: float, scale: float
 ) -> tuple[float, float, float]:
     """The KPI and its interval, scaled (``per`` predictions, or the window's total). A rate's interval
-    is Wilson's (it stays within [0, 1] and does not collapse at 0 events); the others are t intervals."""
+    is Wilson's (it stays within [0, 1] and does not collapse at 0 events); the others are t intervals.
+
+    A sample whose values are all equal (a quiet window: no miss, no alarm) has no spread, and a t
+    interval would be zero-width — certainty from silence. For a cost with fixed weights the values
+    it could have taken are known, so the interval admits an unseen share of other values up to the
+    Clopper–Pearson bound for 0 of n (``1 − ((1 − c)/2)^(1/n)``), each as far as the weights reach;
+    otherwise (a weight per row, a mean of a column) there is no interval: NaN, "not measurable"."""
+    n = len(values)
     if metric.kind == "rate":
-        n = len(values)
         p = float(np.mean(values)) if n else float("nan")
         low, high = wilson_interval(p, n, z_for(confidence))
         return p * scale, low * scale, high * scale
+    finite = np.asarray(values, float)
+    finite = finite[np.isfinite(finite)]
+    if len(finite) >= 3 and float(finite.min()) == float(finite.max()):
+        mean = float(finite[0])
+        reach = possible_values(metric)
+        if reach is None:
+            return mean * scale, float("nan"), float("nan")
+        unseen = 1 - ((1 - confidence) / 2) ** (1 / len(finite))
+        low, high = mean - unseen * (mean - min(reach)), mean + unseen * (max(reach) - mean)
+        return mean * scale, min(low * scale, high * scale), max(low * scale, high * scale)
     mean, low, high = mean_interval(values, confidence)
     return mean * scale, low * scale, high * scale
 
@@ -224,6 +246,11 @@ def kpi_check(name: str, values: np.ndarray, metric: KpiMetricSpec, spec: KpisSp
                "more outcomes to mature, or widen kpis.window_days")  # fmt: skip
         return not_measurable(name, metric.bound, comparison, why, "wait", value=value, **evidence)
     value, low, high = kpi_interval(values, metric, spec.confidence, scale)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        why = (f"all {n:,} matured outcomes{context} have the same value and the KPI's values are not bounded (a "
+               "weight per row or a mean of a column): no interval yet; wait for outcomes that differ"
+               if n >= 3 else f"{n:,} matured outcomes{context}: an interval needs 3")  # fmt: skip
+        return not_measurable(name, metric.bound, comparison, why, "wait", value=value, **evidence)
     return interval_check(name, value, low, high, metric.bound, comparison, "wait",
                           f"{_unit(metric)}, {n:,} matured outcomes{context}", confidence=spec.confidence,
                           **evidence)  # fmt: skip
@@ -249,12 +276,18 @@ def evaluate(
     window = predictions[(times >= start) & (times < end)] if len(predictions) else predictions
     rows, unlabelled = join_outcomes(window, outcomes, as_of, event_id) if len(window) else (window, 0)
     context = f" in {start:%Y-%m-%d %H:%M} → {end:%Y-%m-%d %H:%M}"
+    # A window total counts every prediction of the window: those whose outcome has not arrived (or
+    # that carry no event id) are taken at the judged predictions' mean, and the detail says so.
+    extrapolated = (f", the total over all {len(window):,} predictions of the window at the judged mean"
+                    if unlabelled and len(rows) else "")  # fmt: skip
     report = KpiReport(start.isoformat(timespec="seconds"), end.isoformat(timespec="seconds"), len(window),
                        len(rows), unlabelled)  # fmt: skip
     for name, metric in spec.metrics.items():
         values = per_prediction(rows, metric) if len(rows) else np.array([])
-        scale = metric.per if metric.aggregation == "mean" else len(values) / max(sampled, 1e-12)
-        report.verdicts[name] = Verdict(KIND, (kpi_check(name, values, metric, spec, scale, context),))
+        total = metric.aggregation != "mean"
+        scale = len(window) / max(sampled, 1e-12) if total else metric.per
+        check = kpi_check(name, values, metric, spec, scale, context + (extrapolated if total else ""))
+        report.verdicts[name] = Verdict(KIND, (check,))
         report.descriptions[name] = metric.description
         report.units[name] = _unit(metric)
     return report

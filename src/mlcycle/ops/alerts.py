@@ -12,16 +12,20 @@ sends it asynchronously, so a channel that is down never holds up monitoring.
 
 Prefect's reactive trigger fires as soon as the count is reached and then waits out the rest of its
 window before it can fire again: that window is the route's quiet period too, and no duplicate of
-the same condition is sent inside it.
+the same condition is sent inside it. The windows are fixed blocks, not sliding: a window opens at
+the first matching event and closes ``within`` later, so "3 within 3d" means 3 events in the 3
+days after the first one; 2 late in one block and 1 early in the next do not fire. Flow-run routes
+count per deployment (a run fails once; per run a count above 1 would never be reached).
 
-Everything mlcycle creates is named ``mlcycle-<project>-…`` and tagged ``mlcycle``; ``sync`` makes the
-server hold exactly what the config says (it updates in place and deletes its own leftovers,
-never anything else).
+Everything mlcycle creates is named ``mlcycle-<project>-…`` and tagged ``mlcycle`` and the project;
+``sync`` makes the server hold exactly what the config says (it updates in place, creates what is
+new, then deletes its own leftovers, never anything else).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -79,17 +83,54 @@ def channel_url(name: str, spec: AlertChannelSpec) -> str:
     return url
 
 
+def _url_parts(name: str, spec: AlertChannelSpec, url: str, form: str, pattern: str) -> re.Match[str]:
+    found = re.fullmatch(pattern, url)
+    if found is None:  # the URL holds the channel's token: named by its variable, never echoed
+        raise AlertError(f"alert channel {name}: {spec.url_env} is not a {spec.type} webhook URL ({form})")
+    return found
+
+
 def make_block(cfg: ProjectConfig, name: str, spec: AlertChannelSpec) -> Any:
-    """The Prefect notification block for a channel (not saved)."""
+    """The Prefect notification block for a channel (not saved). The URL carries the channel's
+    token, so it goes only into the blocks' secret fields: the custom webhook's URL is a template
+    filled from its ``secrets``, Discord's and Mattermost's blocks take the URL's parts."""
     from prefect.blocks import notifications as n
 
     url = channel_url(name, spec)
     if spec.type == "webhook":
         payload = {"subject": "{{subject}}", "body": "{{body}}", "project": cfg.project, "channel": name}
-        return n.CustomWebhookNotificationBlock(name=block_name(cfg, name), url=url, json_data=payload, timeout=10)
-    kinds = {"slack": n.SlackWebhook, "teams": n.MicrosoftTeamsWebhook, "discord": n.DiscordWebhook,
-             "mattermost": n.MattermostWebhook}  # fmt: skip
+        return n.CustomWebhookNotificationBlock(
+            name=block_name(cfg, name),
+            url="{{channel_url}}",
+            secrets={"channel_url": url},
+            json_data=payload,
+            timeout=10,
+        )
+    if spec.type == "discord":
+        found = _url_parts(name, spec, url, "https://discord.com/api/webhooks/ID/TOKEN",
+                           r"https://(?:\w+\.)?discord(?:app)?\.com/api/webhooks/(\d+)/([\w-]+)/?")  # fmt: skip
+        return n.DiscordWebhook(webhook_id=found[1], webhook_token=found[2])
+    if spec.type == "mattermost":
+        found = _url_parts(name, spec, url, "http(s)://HOST[:PORT][/PATH]/hooks/TOKEN",
+                           r"(https?)://([^/:?#]+)(?::(\d+))?(/[^?#]*)?/hooks/([\w-]+)/?")  # fmt: skip
+        secure = found[1] == "https"
+        port = int(found[3]) if found[3] else (443 if secure else 80)
+        return n.MattermostWebhook(hostname=found[2], port=port, secure=secure, path=found[4] or None, token=found[5])
+    kinds = {"slack": n.SlackWebhook, "teams": n.MicrosoftTeamsWebhook}
     return kinds[spec.type](url=url)
+
+
+def _scrub(text: str, url: str) -> str:
+    """An error's text without the channel's URL or any part of it that could be its token."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    pieces = re.split(r"[/?&=;]", f"{parts.path}?{parts.query}")
+    userinfo = parts.netloc.rpartition("@")[0]
+    secrets = {url, parts.path, parts.query, userinfo, *(p for p in pieces if len(p) >= 8)} - {"", "/"}
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def message(cfg: ProjectConfig, route: AlertRouteSpec) -> tuple[str, str]:
@@ -119,10 +160,11 @@ def trigger(cfg: ProjectConfig, route: AlertRouteSpec) -> Any:
     if ours:  # mlcycle's events about this project's model, counted per model
         return EventTrigger(match={"prefect.resource.id": f"mlcycle.model.{cfg.model.name}"},
                             for_each={"prefect.resource.id"}, **common)  # fmt: skip
-    # Flow runs of this project: its deployments carry the project's name as a tag.
+    # Flow runs of this project: its deployments carry the project's name as a tag. Counted per
+    # deployment: a flow run fails once, so a count per run could never pass 1.
     return EventTrigger(match={"prefect.resource.id": "prefect.flow-run.*"},
                         match_related={"prefect.resource.id": f"prefect.tag.{cfg.project}"},
-                        for_each={"prefect.resource.id"}, **common)  # fmt: skip
+                        for_each={"related:deployment:prefect.resource.id"}, **common)  # fmt: skip
 
 
 def sync(cfg: ProjectConfig, api_url: str | None = None) -> Synced:
@@ -152,14 +194,26 @@ def sync(cfg: ProjectConfig, api_url: str | None = None) -> Synced:
                                   trigger=trigger(cfg, route), actions=actions, tags=[TAG, cfg.project])  # fmt: skip
     removed = []
     with get_client(sync_client=True) as client:
-        existing = {a.name: a for a in client.read_automations() if a.name.startswith(f"{prefix(cfg)}-alert-")}
+        existing = _ours(cfg, client.read_automations())
+        # Updated in place, then created, then leftovers deleted: no moment without the routes.
+        for name, automation in wanted.items():
+            if name in existing:
+                client.update_automation(existing.pop(name).id, automation)
+            else:
+                client.create_automation(automation=automation)
         for name, automation in existing.items():
             client.delete_automation(automation.id)
-            if name not in wanted:
-                removed.append(name)
-        for automation in wanted.values():
-            client.create_automation(automation=automation)
+            removed.append(name)
     return Synced([block_name(cfg, c) for c in blocks], list(wanted), removed)
+
+
+def _ours(cfg: ProjectConfig, automations: list[Any]) -> dict[str, Any]:
+    """This project's alert automations: named as ``automation_name`` names them and tagged with
+    mlcycle's tag and the project's name (a prefix alone would take another project's, e.g. of a
+    project named ``<this>-alert``)."""
+    pattern = re.compile(re.escape(prefix(cfg)) + r"-alert-\d+-[a-z_-]+")
+    return {a.name: a for a in automations
+            if pattern.fullmatch(a.name) and TAG in (a.tags or []) and cfg.project in (a.tags or [])}  # fmt: skip
 
 
 def remove(cfg: ProjectConfig) -> list[str]:
@@ -168,23 +222,29 @@ def remove(cfg: ProjectConfig) -> list[str]:
 
     gone = []
     with get_client(sync_client=True) as client:
-        for automation in client.read_automations():
-            if automation.name.startswith(f"{prefix(cfg)}-alert-"):
-                client.delete_automation(automation.id)
-                gone.append(automation.name)
+        for name, automation in _ours(cfg, client.read_automations()).items():
+            client.delete_automation(automation.id)
+            gone.append(name)
     return gone
 
 
 def send_test(cfg: ProjectConfig) -> dict[str, str]:
-    """One message to each channel, straight from here (no server needed): channel → "sent" or why not."""
+    """One message to each channel, straight from here (no server needed): channel → "sent" or why
+    not, the why without the channel's URL (it holds the token)."""
+    from prefect.blocks.abstract import NotificationError
+
     out = {}
     for name, channel in cfg.alerts.channels.items():
+        url = os.environ.get(channel.url_env, "")
         try:
             block = make_block(cfg, name, channel)
             body = (f"A test of channel {name} ({channel.type}) from mlcycle alerts test. Runbooks: "
                     f"{cfg.alerts.runbook_base}")  # fmt: skip
-            block.notify(body, subject=f"mlcycle {cfg.project}: test alert to {name}")
+            with block.raise_on_failure():  # apprise reports a failed send as False, not as an error
+                block.notify(body, subject=f"mlcycle {cfg.project}: test alert to {name}")
             out[name] = "sent"
+        except NotificationError as exc:
+            out[name] = "failed: " + _scrub(exc.log.strip().splitlines()[-1] if exc.log.strip() else "not sent", url)
         except Exception as exc:  # every channel is tried; each failure is reported by name
-            out[name] = f"failed: {type(exc).__name__}: {exc}"
+            out[name] = f"failed: {type(exc).__name__}: {_scrub(str(exc), url) if url else exc}"
     return out

@@ -29,10 +29,13 @@ once to the operator) — never the key itself.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import secrets
 import sqlite3
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -202,23 +205,34 @@ def forget_prediction_log(cfg: ProjectConfig, target: Target) -> tuple[Removed, 
     if not directory.is_dir():
         return result, []
     recover(directory)  # a dead writer's journal into parquet first, so it is searched below too
-    result.count = _forget_in_parquet(sorted(directory.glob("date=*/*.parquet")), _entities_match(target))
+    # A live writer's journal is read before the parquet is listed: a record it moves to parquet in
+    # between is then either found in the parquet or counted here, never missed by both.
     incomplete = []
     live = 0
     for segment in sorted((directory / JOURNAL_DIR).glob("*.jsonl")):
-        for line in segment.read_text(errors="replace").splitlines():
+        try:
+            text = segment.read_text(errors="replace")
+        except FileNotFoundError:
+            continue  # written out and removed since the listing: its records are in the parquet now
+        for line in text.splitlines():
             try:
                 entities = json.loads(line).get("entities")
                 entities = json.loads(entities) if isinstance(entities, str) else entities
-            except ValueError:
+            except (ValueError, AttributeError):
                 continue
             live += isinstance(entities, dict) and entities.get(target.column) in target
+    result.count = _forget_in_parquet(sorted(directory.glob("date=*/*.parquet")), _entities_match(target))
     if live:
         incomplete.append(
             f"prediction log: {live} records of the entity are in a running service's journal, not yet in "
             "parquet: run forget again in a few seconds (the service writes its journal out every second)"
         )
     return result, incomplete
+
+
+# Characters every JSON writer (json, pandas' ujson) writes as themselves: a key of only these can be
+# searched in JSON text as it is.
+_VERBATIM_IN_JSON = re.compile(r"[A-Za-z0-9 _.:@+,;=#%()*!?~^$'|{}\[\]-]*\Z")
 
 
 def _forget_sql_predictions(cfg: ProjectConfig, target: Target) -> Removed:
@@ -232,22 +246,28 @@ def _forget_sql_predictions(cfg: ProjectConfig, target: Target) -> Removed:
         with engine.begin() as conn:
             if not sa.inspect(conn).has_table(TABLE):
                 return result
+            query = sa.select(sa.column("id"), sa.column("entities")).select_from(sa.table(TABLE))
             needles = [target.key] + ([target.token] if target.token else [])
-            where = sa.or_(*(sa.column("entities").contains(n, autoescape=True) for n in needles))
-            rows = conn.execute(sa.select(sa.column("id"), sa.column("entities")).select_from(sa.table(TABLE))
-                                .where(where)).all()  # fmt: skip
+            if all(_VERBATIM_IN_JSON.match(n) for n in needles):
+                # A key JSON writes verbatim narrows the rows to decode; any other (a "/" or
+                # non-ASCII, which pandas writes escaped) would be missed by LIKE: every row is read.
+                query = query.where(sa.or_(*(sa.column("entities").contains(n, autoescape=True) for n in needles)))
             match = _entities_match(target)
-            frame = pd.DataFrame(rows, columns=["id", "entities"])
-            ids = [int(i) for i in frame.loc[match(frame), "id"]] if len(frame) else []
+            ids = []
+            for rows in conn.execution_options(yield_per=20_000).execute(query).partitions():
+                frame = pd.DataFrame(rows, columns=["id", "entities"])
+                ids += [int(i) for i in frame.loc[match(frame), "id"]]
             for start in range(0, len(ids), 1000):
                 chunk = ids[start : start + 1000]
                 conn.execute(sa.text(f"DELETE FROM {TABLE} WHERE id IN ({','.join(map(str, chunk))})"))
             result.count = len(ids)
         if result.count and engine.dialect.name == "postgresql":
-            # The deleted tuples stay in the table's files until a vacuum reclaims them.
+            # A deleted tuple's bytes stay in the table's pages until they are reused; a plain VACUUM
+            # only marks the space free. VACUUM FULL writes the table and its indexes anew (writers
+            # wait for it). The write-ahead log and base backups keep the rows until they age out.
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                conn.execute(sa.text(f"VACUUM {TABLE}"))
-            result.notes.append("table vacuumed")
+                conn.execute(sa.text(f"VACUUM FULL {TABLE}"))
+            result.notes.append("table rewritten (VACUUM FULL); PostgreSQL's WAL and backups age out on their own")
     finally:
         engine.dispose()
     return result
@@ -321,7 +341,7 @@ def forget_online(cfg: ProjectConfig, target: Target) -> tuple[Removed, list[str
         if not path.exists():
             return result, []
         versioned = bool(getattr(config.registry, "enable_online_feature_view_versioning", False))
-        with sqlite3.connect(path, timeout=30) as db:
+        with contextlib.closing(sqlite3.connect(path, timeout=30)) as db:
             db.execute("PRAGMA secure_delete = ON")  # freed pages are zeroed, not left readable
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             for view in views:
@@ -334,8 +354,13 @@ def forget_online(cfg: ProjectConfig, target: Target) -> tuple[Removed, list[str
                     db.execute(f'DELETE FROM "{table}" WHERE entity_key = ?', (key,))
                 result.count += len(gone)
             db.commit()
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy = _checkpoint(db)
         result.unit = "entity rows"
+        if busy and result.count:
+            return result, [
+                "online store: a reader kept the SQLite file's write-ahead log open, so the log still holds the "
+                "removed rows' old pages; stop the service (mlcycle down) and run forget again"
+            ]
         return result, []
     from feast.infra.online_stores.redis import RedisOnlineStore
 
@@ -357,12 +382,24 @@ def forget_online(cfg: ProjectConfig, target: Target) -> tuple[Removed, list[str
     return result, []
 
 
+def _checkpoint(db: sqlite3.Connection, tries: int = 50, pause_s: float = 0.1) -> bool:
+    """Copy the write-ahead log into the database file and truncate it, so the deleted rows' old
+    pages leave the log too; True when readers kept it busy through every try. A database not in
+    WAL mode has no log (the pragma answers -1 frames) and is never busy."""
+    for _ in range(tries):
+        busy, _frames, _copied = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if not busy:
+            return False
+        time.sleep(pause_s)
+    return True
+
+
 # ----------------------------------------------------------------------------- broker
 def forget_broker(cfg: ProjectConfig, target: Target) -> tuple[list[Removed], list[str]]:
     """The consumer's event sets and the stream entries that carry the entity."""
     import redis
 
-    from mlcycle.streaming.broker import connect
+    from mlcycle.streaming.broker import connect, remove_entries
     from mlcycle.streaming.consumer import broker_url, stream_keys
 
     sets, entries = Removed("event sets", unit="entities"), Removed("stream entries", unit="entries")
@@ -403,11 +440,12 @@ def forget_broker(cfg: ProjectConfig, target: Target) -> tuple[list[Removed], li
             for entry_id, fields in client.xrange(stream):
                 if _entry_row(fields).get(target.column) in target:
                     gone.append(entry_id)
-            for start in range(0, len(gone), 1000):
-                entries.count += int(client.xdel(stream, *gone[start : start + 1000]))
+            entries.count += remove_entries(client, stream, gone)
         if cfg.profile == "local" and (sets.count or entries.count):
             _rewrite_aof(client)
             entries.notes.append("the broker's append-only file rewritten")
+        elif entries.count or sets.count:
+            entries.notes.append("Redis's own snapshots and append-only file keep them until its next save or rewrite")
     except (redis.exceptions.RedisError, RuntimeError, TimeoutError) as exc:
         return [sets, entries], [f"event broker: {exc}; run forget again"]
     return [sets, entries], []
@@ -415,16 +453,19 @@ def forget_broker(cfg: ProjectConfig, target: Target) -> tuple[list[Removed], li
 
 def _entry_row(fields: dict[bytes, bytes]) -> dict[str, Any]:
     """An entry's event row: an event's ``event`` field, or a dead letter's ``payload`` (the parked
-    entry's fields as JSON, whose ``event`` is the row)."""
-    row: Any = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
-    for _ in range(2):
-        inner = row.get("event") or row.get("payload") if isinstance(row, dict) else None
-        if not isinstance(inner, str):
-            break
-        try:
-            row = json.loads(inner)
-        except ValueError:
-            return {}
+    entry's fields as JSON, whose ``event`` is the row). Unwrapped by shape, not by trying keys, so
+    a table with its own ``event`` or ``payload`` column is not unwrapped a second time."""
+    entry = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
+    try:
+        if "event" in entry:
+            row = json.loads(entry["event"])
+        elif "payload" in entry:
+            parked = json.loads(entry["payload"])
+            row = json.loads(parked["event"]) if isinstance(parked, dict) and "event" in parked else None
+        else:
+            row = None
+    except (ValueError, TypeError):
+        return {}
     return row if isinstance(row, dict) else {}
 
 
@@ -432,8 +473,6 @@ def _rewrite_aof(client: Any, timeout_s: float = 120.0) -> None:
     """An append-only file keeps every command ever applied, the deleted ones' writes included,
     until it is rewritten from what the server now holds. Returns once the rewritten file is in
     place: the rewrite is a forked child, counted in ``total_forks`` (no snapshotting runs here)."""
-    import time
-
     if not client.info("persistence").get("aof_enabled"):
         return
     forks = int(client.info("stats").get("total_forks", 0))
@@ -504,18 +543,34 @@ def forget(
         raise governance.record_refusal(log, cfg.model.name, None, principal, exc) from None
     removed: list[Removed] = []
     incomplete: list[str] = []
-    found, missing = forget_prediction_log(cfg, target)
-    removed.append(found)
-    incomplete += missing
-    found, missing = forget_online(cfg, target)
-    removed.append(found)
-    incomplete += missing
-    broker, missing = forget_broker(cfg, target)
-    removed += broker
-    incomplete += missing
-    removed += [forget_event_log(cfg, target), forget_feature_tables(cfg, target), forget_monitoring(cfg, target)]
-    snapshots = snapshots_holding(cfg, target)
-    inputs = inputs_holding(cfg, target)
+
+    def attempt(stores: tuple[str, ...], step: Callable[[], Any]) -> Any:
+        """One store's step; its failure is reported (and the request recorded as incomplete) while
+        the other stores are still done, so one broken store never hides what was removed."""
+        try:
+            return step()
+        except Exception as exc:  # any store's own error: named, the request left incomplete
+            incomplete.append(f"{' and '.join(stores)}: failed ({type(exc).__name__}: {exc}); fix it and run "
+                              "forget again")  # fmt: skip
+            return None
+
+    def one(step: Callable[[ProjectConfig, Target], Removed], store: str) -> None:
+        removed.append(attempt((store,), lambda: step(cfg, target)) or Removed(store))
+
+    def several(step: Callable[[ProjectConfig, Target], tuple[Any, list[str]]], stores: tuple[str, ...]) -> None:
+        done = attempt(stores, lambda: step(cfg, target))
+        found, missing = done if done is not None else ([Removed(s) for s in stores], [])
+        removed.extend(found if isinstance(found, list) else [found])
+        incomplete.extend(missing)
+
+    several(forget_prediction_log, ("prediction log",))
+    several(forget_online, ("online store",))
+    several(forget_broker, ("event sets", "stream entries"))
+    one(forget_event_log, "offline event log")
+    one(forget_feature_tables, "feature tables")
+    one(forget_monitoring, "monitoring samples")
+    snapshots = attempt(("training snapshots",), lambda: snapshots_holding(cfg, target)) or []
+    inputs = attempt(("inputs",), lambda: inputs_holding(cfg, target)) or {}
     reference = target.token or f"ref:{secrets.token_hex(8)}"
     if not any(r.count for r in removed) and not snapshots and not inputs and not incomplete:
         raise ForgetError(

