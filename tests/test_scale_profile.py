@@ -657,9 +657,9 @@ def test_forget_on_postgres_and_redis(world: ScaleWorld, scale_project: ProjectC
     before = pg_rows(world, filenode)[0][0]
 
     report = erasure.forget(cfg, f"user_id={gone}", gov.Principal("olga", True, "test"))
+    assert report.incomplete == []
     removed = {r.store: r.count for r in report.removed}
     assert removed["prediction log"] == expected and removed["online store"] == 1
-    assert report.incomplete == []
     assert logged(gone) == 0 and logged(kept) == kept_rows
     assert not client.exists(online_key(gone)) and client.exists(online_key(kept))
     last = registry.PromotionLog(cfg.promotion_log_uri).history(limit=1)[0]

@@ -241,7 +241,7 @@ def _forget_sql_predictions(cfg: ProjectConfig, target: Target) -> Removed:
     from mlcycle.serving.prediction_store import TABLE
 
     result = Removed("prediction log")
-    engine = sa.create_engine(cfg.scale.tracking_uri)
+    engine = sa.create_engine(cfg.scale.tracking_uri, hide_parameters=True)  # an error must not print the key
     try:
         with engine.begin() as conn:
             if not sa.inspect(conn).has_table(TABLE):
@@ -254,7 +254,7 @@ def _forget_sql_predictions(cfg: ProjectConfig, target: Target) -> Removed:
                 query = query.where(sa.or_(*(sa.column("entities").contains(n, autoescape=True) for n in needles)))
             match = _entities_match(target)
             ids = []
-            for rows in conn.execution_options(yield_per=20_000).execute(query).partitions():
+            for rows in conn.execute(query.execution_options(yield_per=20_000)).partitions():
                 frame = pd.DataFrame(rows, columns=["id", "entities"])
                 ids += [int(i) for i in frame.loc[match(frame), "id"]]
             for start in range(0, len(ids), 1000):
