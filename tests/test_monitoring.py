@@ -229,3 +229,31 @@ def test_broken_upstream_is_told_apart_from_drift() -> None:
     assert [f.split(":")[0] for f in found] == ["merchant_category", "channel"], found
     constant = current.assign(amount=9.99)
     assert monitoring.upstream_anomalies(stats, constant, spec) == ["amount: constant 9.99 (varied in the reference)"]
+
+
+def test_drift_is_one_verdict_and_a_thin_window_decides_nothing() -> None:
+    """The verdict's failed checks are exactly the drifted features' reasons; with fewer rows than
+    monitoring.min_rows every check is "not measurable yet", even where a statistic looks large."""
+    reference, current = windows(5, amount_inflation=1.6)
+    ref = reference_stats(reference, NUMERIC, CATEGORICAL)
+    features = feature_drift(ref, current, SPEC)
+    verdict = monitoring.drift_verdict(features, len(current), SPEC)
+    assert verdict.state == "fail"
+    assert sorted(c.detail for c in verdict.failed) == sorted(r for f in features for r in f.reasons)
+    assert {c.name.split()[0] for c in verdict.failed} == {"amount"}
+    thin = current.iloc[: SPEC.min_rows - 1]
+    verdict = monitoring.drift_verdict(feature_drift(ref, thin, SPEC), len(thin), SPEC)
+    assert verdict.state == "not_measurable" and not verdict.measured_failures
+    assert all("monitoring.min_rows" in c.detail for c in verdict.checks)
+
+
+def test_a_mean_change_whose_interval_straddles_the_bound_is_not_measurable_not_a_pass() -> None:
+    """The same mixture with 10% more high scores in a window of 1,000: the interval of the mean's
+    change reaches both sides of ±10%, so that check can decide neither way."""
+    rng = np.random.default_rng(8)
+    reference = score_mixture(rng, 20_000)
+    result = prediction_drift(reference, score_mixture(rng, 1000, positives=0.022), SPEC)
+    low, high = result.mean_change_low, result.mean_change_high
+    assert low < SPEC.score_mean_change < high or low < -SPEC.score_mean_change < high  # the premise
+    mean_check = {c.name: c for c in result.verdict().checks}["mean score change"]
+    assert mean_check.status == "not_measurable" and "straddles" in mean_check.detail and not result.alert

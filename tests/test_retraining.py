@@ -86,6 +86,15 @@ def test_monitor_finds_the_drift_and_the_decay_and_says_where_to_look(drifted) -
     assert "<html" in html.lower() and 'src="http' not in html
     summary = json.loads(Path(result["summary_path"]).read_text())
     assert summary["drifted_features"] == result["drifted_features"]
+    # The summary is the verdicts' serialization: each decision with its checks, the flags their states.
+    verdicts = summary["verdicts"]
+    assert {"drift", "score_drift", "decay", "estimated_decay"} <= set(verdicts)
+    assert verdicts["drift"]["state"] == "fail" and verdicts["decay"]["state"] == "fail"
+    failed = {c["name"] for c in verdicts["drift"]["checks"] if c["status"] == "fail"}
+    assert {f"{f} PSI" for f in amount_features} & failed, failed
+    assert summary["drift_detected"] == any(verdicts[k]["state"] == "fail" for k in ("drift", "score_drift"))
+    assert summary["performance_decayed"] == (verdicts["decay"]["state"] == "fail")
+    assert all(c["status"] in ("pass", "fail", "not_measurable") for v in verdicts.values() for c in v["checks"])
     client = registry.client_for(cfg)
     run = client.get_run(result["mlflow_run_id"])
     assert run.data.tags["mlcycle.drift_detected"] == "True"

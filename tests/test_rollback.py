@@ -3,9 +3,11 @@ local SQLite MLflow registry and promotion log in a temporary directory (no serv
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -196,3 +198,33 @@ def test_rollout_status_does_not_count_rows_after_the_canary_ended(project) -> N
     assert out.exit_code == 0, out.output
     assert "v3 against v1" in out.output
     assert "challenger 7" in out.output and "champion 250" in out.output, out.output
+
+
+def test_rollout_status_in_ab_mode_takes_and_records_a_look_of_the_sequential_test(project) -> None:
+    """Each `rollout status` in ab mode is a look, remembered for the next process: 300 a side, then
+    600 (10% vs 12% flagged, planned 686 per arm by the flag-rate formula): two looks, no stop."""
+    from mlcycle.monitoring import ab
+
+    cfg, client, log = project
+    registry.promote(client, log, cfg.model.name, "1", "first")
+    registry.move_alias(client, log, cfg.model.name, registry.CHALLENGER, "2", "retrained")
+    policy = rollout.write_policy(client, log, cfg.model.name, rollout.RolloutPolicy(mode="ab", percent=50), "a/b")
+    later = policy.updated_at + timedelta(seconds=1)
+
+    def arm(variant: str, version: str, flagged_every: int, at: datetime) -> pd.DataFrame:
+        rows = _rows(300, variant, version, at)
+        rows["decision"] = np.arange(300) % flagged_every == 0
+        return rows
+
+    config = ["rollout", "status", "--config", str(cfg.root / "mlcycle.yaml")]
+    write_frame(cfg.predictions_dir, pd.concat([arm("champion", "1", 10, later), arm("challenger", "2", 8, later)]))
+    first = CliRunner().invoke(app, config)
+    assert first.exit_code == 0, first.output
+    assert "A/B on flag_rate: 300 champion / 300 challenger values, planned 686 per arm" in first.output
+    assert "look 1: n 300 / 300" in first.output and "continue" in first.output
+    later = later + timedelta(seconds=5)
+    write_frame(cfg.predictions_dir, pd.concat([arm("champion", "1", 10, later), arm("challenger", "2", 8, later)]))
+    second = CliRunner().invoke(app, config)
+    assert "look 2: n 600 / 600" in second.output, second.output
+    [record] = json.loads(ab.looks_path(cfg).read_text()).values()
+    assert record["looks"] == [[300, 300], [600, 600]] and record["planned_per_arm"] == 686

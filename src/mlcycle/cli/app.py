@@ -665,7 +665,35 @@ def rollout_status(config: ConfigOption = None) -> None:
     for check in verdict.checks if canary.enough_data(verdict) else ():
         console.print(f"  {check.line()}")
     if policy.mode == "ab":
-        console.print("  " + canary.ab_report(predictions, cfg.canary, **versions).line())
+        _ab_look(cfg, policy, predictions, str(champion.version), str(challenger.version))
+
+
+def _ab_look(cfg: Any, policy: Any, predictions: Any, champion: str, challenger: str) -> None:
+    """The A/B's sequential test: this analysis is a look (recorded in data/rollout/ab-looks.json)."""
+    from datetime import UTC
+
+    from mlcycle.monitoring import ab
+    from mlcycle.serving import canary
+
+    spec = cfg.canary
+    fixed = canary.ab_report(predictions, spec, challenger_version=challenger, champion_version=champion)
+    planned = spec.ab_planned_per_arm or fixed.n_required_per_arm
+    metric = spec.ab_metric
+    if metric == ab.FLAG_RATE:
+        arms = ab.arm_values(predictions, champion, challenger)
+    else:
+        from mlcycle.monitoring.job import kpi_outcomes
+
+        arms = ab.arm_values(predictions, champion, challenger, metric, outcomes=kpi_outcomes(cfg),
+                             metric_spec=cfg.kpis.metrics[metric], as_of=datetime.now(UTC))  # fmt: skip
+    key = ab.ab_key(cfg.model.name, policy.updated_at, champion, challenger, metric)
+    result = ab.look(ab.looks_path(cfg), key, *arms, metric=metric, planned_per_arm=planned, alpha=spec.ab_alpha)
+    console.print(f"  A/B on {metric}: {len(arms[0]):,} champion / {len(arms[1]):,} challenger values, planned "
+                  f"{planned:,} per arm", markup=False)  # fmt: skip
+    console.print(f"  {result.line()}", markup=False, soft_wrap=True)
+    for i, taken in enumerate(result.looks, 1):
+        console.print(f"    look {i}: n {taken.n_champion:,} / {taken.n_challenger:,}, difference "
+                      f"{taken.difference:+.4g}, z {taken.z:+.2f}, bound ±{taken.bound:.2f}", markup=False)  # fmt: skip
 
 
 @rollout_app.command("set")

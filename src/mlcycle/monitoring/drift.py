@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from mlcycle.decisions import CheckResult, Verdict, interval_check, not_measurable
 from mlcycle.project.config import EVENT_ID_FIX, MonitoringSpec
 from mlcycle.stats import chi2_two_sample, mean_ratio_ci, psi_from_counts, total_variation
 from mlcycle.stats import psi as _psi
@@ -82,9 +83,10 @@ class FeatureDrift:
     drifted: bool = False
     reasons: tuple[str, ...] = field(default_factory=tuple)
     tvd: float | None = None  # categorical: total variation distance between the two distributions
+    checks: tuple[CheckResult, ...] = ()  # what decided ``drifted``: the drift verdict's checks
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "checks"}
 
 
 @dataclass(frozen=True)
@@ -129,22 +131,23 @@ def feature_drift(reference: ReferenceStats, current: pd.DataFrame, spec: Monito
         values = pd.to_numeric(current[col], errors="coerce").to_numpy(dtype=float)
         missing = float(np.isnan(values).mean()) if len(values) else 0.0
         cur = values[~np.isnan(values)]
-        reasons = []
+        checks = []
         if len(cur) and len(ref_values):
             ks = stats.ks_2samp(ref_values, cur)
             value = _psi(ref_values, cur)
             w = float(stats.wasserstein_distance(ref_values, cur))
-            if value >= spec.psi_drift:
-                reasons.append(f"PSI {value:.3f} >= {spec.psi_drift}")
-            if ks.pvalue < spec.ks_pvalue and ks.statistic >= spec.ks_min_statistic:
-                reasons.append(f"KS {ks.statistic:.3f} (p={ks.pvalue:.1e})")
             ks_stat, ks_p = float(ks.statistic), float(ks.pvalue)
+            checks += [_psi_check(col, value, spec),
+                       _test_check(f"{col} KS", ks_stat, spec.ks_min_statistic, ks_p, spec.ks_pvalue,
+                                   f"KS {ks_stat:.3f} (p={ks_p:.1e})")]  # fmt: skip
         else:
             value, w, ks_stat, ks_p = 0.0, None, None, None
-        if abs(missing - reference.missing[col]) >= spec.missing_rate_change:
-            reasons.append(f"missing {reference.missing[col]:.1%} → {missing:.1%}")
+            checks.append(not_measurable(f"{col} PSI", spec.psi_drift, "<=", f"no value of {col} in the window",
+                                         "wait", rows=len(values)))  # fmt: skip
+        checks.append(_missing_check(col, reference.missing[col], missing, spec))
+        reasons = _reasons(checks)
         out.append(FeatureDrift(col, "numeric", value, ks_p, ks_stat, w, reference.missing[col], missing,
-                                drifted=bool(reasons), reasons=tuple(reasons)))  # fmt: skip
+                                drifted=bool(reasons), reasons=reasons, checks=tuple(checks)))  # fmt: skip
     for col, ref_freq in reference.categorical.items():
         series = current[col].astype(object)
         missing = float(series.isna().mean()) if len(series) else 0.0
@@ -152,19 +155,58 @@ def feature_drift(reference: ReferenceStats, current: pd.DataFrame, spec: Monito
         # rows (reference_stats): that is the reference's sample size for the two-sample test.
         ref_rows = min(reference.rows, spec.reference_sample) * (1 - reference.missing[col])
         shift = _categorical_psi(ref_freq, ref_rows, series.dropna().astype(str))
-        reasons = []
-        if shift.psi >= spec.psi_drift:
-            reasons.append(f"PSI {shift.psi:.3f} >= {spec.psi_drift}")
-        if shift.pvalue < spec.categorical_pvalue and shift.tvd >= spec.categorical_min_tvd:
-            reasons.append(f"{shift.tvd:.1%} of rows changed category (χ² p={shift.pvalue:.1e})")
-        if shift.new_categories and shift.new_category_share >= spec.new_category_share:
-            reasons.append(f"new categories {', '.join(shift.new_categories)} ({shift.new_category_share:.1%} of rows)")
-        if abs(missing - reference.missing[col]) >= spec.missing_rate_change:
-            reasons.append(f"missing {reference.missing[col]:.1%} → {missing:.1%}")
+        new = ", ".join(shift.new_categories)
+        checks = [
+            _psi_check(col, shift.psi, spec),
+            _test_check(f"{col} changed category", shift.tvd, spec.categorical_min_tvd, shift.pvalue,
+                        spec.categorical_pvalue, f"{shift.tvd:.1%} of rows changed category (χ² p={shift.pvalue:.1e})"),
+            CheckResult(f"{col} new categories", shift.new_category_share, spec.new_category_share, "<=",
+                        not (shift.new_categories and shift.new_category_share >= spec.new_category_share),
+                        f"new categories {new} ({shift.new_category_share:.1%} of rows)" if new else "none",
+                        {"new_categories": list(shift.new_categories)}),
+            _missing_check(col, reference.missing[col], missing, spec),
+        ]  # fmt: skip
+        reasons = _reasons(checks)
         out.append(FeatureDrift(col, "categorical", shift.psi, shift.pvalue, shift.statistic, None,
                                 reference.missing[col], missing, shift.new_categories, shift.new_category_share,
-                                bool(reasons), tuple(reasons), shift.tvd))  # fmt: skip
+                                bool(reasons), reasons, shift.tvd, tuple(checks)))  # fmt: skip
     return out
+
+
+def _psi_check(col: str, value: float, spec: MonitoringSpec) -> CheckResult:
+    return CheckResult(f"{col} PSI", value, spec.psi_drift, "<=", value < spec.psi_drift,
+                       f"PSI {value:.3f} >= {spec.psi_drift}" if value >= spec.psi_drift else "")  # fmt: skip
+
+
+def _test_check(name: str, effect: float, min_effect: float, pvalue: float, alpha: float, text: str) -> CheckResult:
+    """A significance test that counts only with an effect large enough to matter: the check's value
+    is the effect, its bound the smallest that counts; the p-value is evidence beside it."""
+    drifted = pvalue < alpha and effect >= min_effect
+    return CheckResult(name, effect, min_effect, "<=", not drifted, text if drifted else "",
+                       {"pvalue": pvalue, "pvalue_bound": alpha})  # fmt: skip
+
+
+def _missing_check(col: str, reference: float, current: float, spec: MonitoringSpec) -> CheckResult:
+    change, bound = abs(current - reference), spec.missing_rate_change
+    detail = f"missing {reference:.1%} → {current:.1%}" if change >= bound else ""
+    return CheckResult(f"{col} missing share change", change, bound, "<=", change < bound, detail,
+                       {"reference": reference, "current": current})  # fmt: skip
+
+
+def _reasons(checks: list[CheckResult]) -> tuple[str, ...]:
+    return tuple(c.detail for c in checks if c.measurable and not c.passed)
+
+
+def drift_verdict(features: list[FeatureDrift], rows: int, spec: MonitoringSpec) -> Verdict:
+    """Feature drift as one verdict: every feature's checks (PSI, the effect-gated test, new
+    categories, missing share). Fewer rows than ``monitoring.min_rows``: every check not measurable
+    yet (``wait``), whatever it measured: a window that small moves by noise alone."""
+    checks = [c for f in features for c in f.checks]
+    if rows < spec.min_rows or not checks:
+        why = f"{rows:,} answered predictions in the window, fewer than monitoring.min_rows ({spec.min_rows:,})"
+        checks = [not_measurable(c.name, c.bound, c.comparison, why, "wait", value=c.value, **c.evidence)
+                  for c in checks] or [not_measurable("feature drift", None, "<=", why, "wait")]  # fmt: skip
+    return Verdict("drift", tuple(checks))
 
 
 @dataclass(frozen=True)
@@ -179,6 +221,13 @@ class PredictionDrift:
     mean_change_low: float = float("-inf")  # 95% interval of the relative change
     mean_change_high: float = float("inf")
     reasons: tuple[str, ...] = ()
+    checks: tuple[CheckResult, ...] = ()  # the score-drift verdict's: the PSI and the mean's change
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "checks"}
+
+    def verdict(self) -> Verdict:
+        return Verdict("score_drift", self.checks)
 
 
 def prediction_drift(reference_scores: np.ndarray, current_scores: np.ndarray, spec: MonitoringSpec) -> PredictionDrift:
@@ -191,15 +240,26 @@ def prediction_drift(reference_scores: np.ndarray, current_scores: np.ndarray, s
     ks = stats.ks_2samp(ref, cur)
     value = _psi(ref, cur)
     change, low, high = mean_ratio_ci(ref, cur)
-    reasons = []
-    if value >= spec.psi_drift:
-        reasons.append(f"score PSI {value:.3f} >= {spec.psi_drift}")
-    if low > spec.score_mean_change or high < -spec.score_mean_change:
-        reasons.append(
-            f"mean score {change:+.1%} (95% CI {low:+.1%} … {high:+.1%}) beyond ±{spec.score_mean_change:.0%}"
-        )
+    change, low, high = float(change), float(low), float(high)
+    bound = spec.score_mean_change
+    psi_text = f"score PSI {value:.3f} >= {spec.psi_drift}" if value >= spec.psi_drift else ""
+    psi_check = CheckResult("score PSI", value, spec.psi_drift, "<=", value < spec.psi_drift, psi_text)
+    text = f"mean score {change:+.1%} (95% CI {low:+.1%} … {high:+.1%})"
+    evidence = {"estimate": change, "ci_low": low, "ci_high": high, "confidence": 0.95}
+    if low > bound or high < -bound:
+        mean_check = CheckResult("mean score change", change, (-bound, bound), "within", False,
+                                 f"{text} beyond ±{bound:.0%}", evidence)  # fmt: skip
+    elif -bound <= low and high <= bound:
+        mean_check = CheckResult("mean score change", change, (-bound, bound), "within", True, text, evidence)
+    else:
+        why = f"{text} straddles ±{bound:.0%}" if np.isfinite(low) and np.isfinite(high) else (
+            "the reference's mean score is not positive: no interval for a relative change")  # fmt: skip
+        mean_check = not_measurable("mean score change", (-bound, bound), "within", why, "wait", value=change,
+                                    **evidence)  # fmt: skip
+    checks = (psi_check, mean_check)
+    reasons = _reasons(list(checks))
     return PredictionDrift(value, float(ks.statistic), float(ks.pvalue), float(ref.mean()), float(cur.mean()),
-                           float(change), bool(reasons), float(low), float(high), tuple(reasons))  # fmt: skip
+                           change, bool(reasons), low, high, reasons, checks)  # fmt: skip
 
 
 # --- performance decay on delayed labels ------------------------------------------------------------
@@ -473,9 +533,18 @@ class DecayVerdict:
     rmse_ci: tuple[float, float] | None = None
     mae: float | None = None
     baseline_rmse: float | None = None  # the champion's test RMSE when it was trained
+    checks: tuple[CheckResult, ...] = ()  # what decided ``state``: the decay verdict's checks
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "checks"}
+
+    def verdict(self) -> Verdict:
+        """The decay verdict: ``state`` "decayed" is its "fail", "ok" its "pass"."""
+        return Verdict("decay", self.checks)
+
+
+def _unjudged(name: str, reason: str, bound: float | None = None) -> tuple[CheckResult, ...]:
+    return (not_measurable(name, bound, ">=" if name.endswith("ROC-AUC") else "<=", reason, "wait"),)
 
 
 def decay_verdict(
@@ -508,14 +577,15 @@ def decay_verdict(
             f"logged for its event; to measure it, {EVENT_ID_FIX}"
         )
         return DecayVerdict(0, 0, 0, None, None, None, baseline_roc_auc, False, (why,), False, task=task,
-                            baseline_rmse=baseline_rmse), []  # fmt: skip
+                            baseline_rmse=baseline_rmse, checks=_unjudged(_metric(task), why)), []  # fmt: skip
     windows = performance_windows(predictions, labels, as_of, maturity_days, spec.decay_window_days,
                                   spec.decay_lookback_days, spec.min_label_coverage, columns=columns,
                                   task=task)  # fmt: skip
     matured = [w for w in windows if w.matured and w.predictions][-spec.decay_rolling_windows :]
     if not matured:
         empty = DecayVerdict(0, 0, 0, None, None, None, baseline_roc_auc, False, ("no matured window yet",), False,
-                             task=task, baseline_rmse=baseline_rmse)  # fmt: skip
+                             task=task, baseline_rmse=baseline_rmse,
+                             checks=_unjudged(_metric(task), "no matured window yet"))  # fmt: skip
         return empty, windows
     as_of_ts = _utc(as_of)
     normal = label_frame(labels, columns, maturity_days)
@@ -526,6 +596,10 @@ def decay_verdict(
         return _regression_decay(rows, unlabelled, len(matured), spec, baseline_rmse), windows
     return _classification_decay(rows, unlabelled, len(matured), normal, as_of_ts, maturity_days, spec,
                                  baseline_roc_auc), windows  # fmt: skip
+
+
+def _metric(task: Task) -> str:
+    return "matured RMSE" if task == "regression" else "matured ROC-AUC"
 
 
 def _classification_decay(
@@ -550,30 +624,31 @@ def _classification_decay(
         late = asdict(found) | {"line": found.line()} if found else None
     reasons: list[str] = []
     ci: tuple[float, float] | None = None
-    state = "not_measurable"
+    evidence = {"windows": pooled, "predictions": len(rows), "positives": positives}
     if positives < spec.decay_min_positives or auc is None:
-        reasons.append(
-            f"not measurable yet: {positives} positives in {pooled} matured windows (< {spec.decay_min_positives})"
-        )
+        why = f"{positives} positives in {pooled} matured windows (< {spec.decay_min_positives})"
+        checks: tuple[CheckResult, ...] = (not_measurable("matured ROC-AUC", spec.min_roc_auc, ">=", why, "wait",
+                                                          value=auc, **evidence),)  # fmt: skip
+        reasons.append(f"not measurable yet: {why}")
     else:
         se = auc_se(auc, positives, len(y) - positives)
         ci = (auc - Z95 * se, min(1.0, auc + Z95 * se))
         text = f"ROC-AUC {auc:.3f} (95% CI {ci[0]:.3f}–{ci[1]:.3f}, {positives} positives)"
-        bounds = [(spec.min_roc_auc, f"the floor {spec.min_roc_auc}")]
+        bounds = [("matured ROC-AUC floor", spec.min_roc_auc, f"the floor {spec.min_roc_auc}")]
         if baseline_roc_auc is not None:
-            bounds.append((baseline_roc_auc - spec.max_roc_auc_drop,
+            bounds.append(("matured ROC-AUC drop", baseline_roc_auc - spec.max_roc_auc_drop,
                            f"the champion's test {baseline_roc_auc:.3f} minus {spec.max_roc_auc_drop}"))  # fmt: skip
-        below = [what for bound, what in bounds if ci[1] < bound]
-        straddled = [what for bound, what in bounds if ci[0] < bound <= ci[1]]
-        if below:
-            state = "decayed"
-            reasons += [f"{text} is below {what}" for what in below]
-        elif straddled:
-            reasons += [f"not measurable yet: {text} straddles {what}" for what in straddled]
-        else:
-            state = "ok"
+        # Decayed only when the whole Hanley–McNeil interval is below a bound; straddling: not yet.
+        checks = tuple(interval_check(name, auc, ci[0], ci[1], bound, ">=", "wait", f"against {what}", **evidence)
+                       for name, bound, what in bounds)  # fmt: skip
+        below = [what for (_, _, what), c in zip(bounds, checks, strict=True) if c.measurable and not c.passed]
+        straddled = [what for (_, _, what), c in zip(bounds, checks, strict=True) if not c.measurable]
+        reasons += [f"{text} is below {what}" for what in below] or [
+            f"not measurable yet: {text} straddles {what}" for what in straddled]  # fmt: skip
+    state = {"fail": "decayed", "pass": "ok"}.get(Verdict("decay", checks).state, "not_measurable")
     return DecayVerdict(pooled, len(rows), positives, auc, precision, recall, baseline_roc_auc, state == "decayed",
-                        tuple(reasons), state != "not_measurable", ci, unlabelled, late, state)  # fmt: skip
+                        tuple(reasons), state != "not_measurable", ci, unlabelled, late, state,
+                        checks=checks)  # fmt: skip
 
 
 def _regression_decay(
@@ -587,29 +662,30 @@ def _regression_decay(
     mae = float(np.mean(np.abs(err))) if n else None
     reasons: list[str] = []
     ci: tuple[float, float] | None = None
-    state = "not_measurable"
+    name, evidence = "matured RMSE", {"windows": pooled, "labelled": n}
     if n < spec.decay_min_labelled:
-        reasons.append(
-            f"not measurable yet: {n} labelled rows in {pooled} matured windows (< {spec.decay_min_labelled})"
-        )
+        why = f"{n} labelled rows in {pooled} matured windows (< {spec.decay_min_labelled})"
+        check = not_measurable(name, None, "<=", why, "wait", value=rmse, **evidence)
+        reasons.append(f"not measurable yet: {why}")
     elif baseline_rmse is None:
-        reasons.append("not measurable: no test RMSE of the champion to compare with (the run records test.rmse)")
+        why = "not measurable: no test RMSE of the champion to compare with (the run records test.rmse)"
+        check = not_measurable(name, None, "<=", why, "wait", value=rmse, **evidence)
+        reasons.append(why)
         ci = (low, high)
     else:
         ci = (low, high)
         bound = baseline_rmse * (1 + spec.max_rmse_increase)
         text = f"RMSE {rmse:.4g} (95% CI {low:.4g}–{high:.4g}, {n} labelled rows)"
         what = f"the champion's test RMSE {baseline_rmse:.4g} plus {spec.max_rmse_increase:.0%} ({bound:.4g})"
-        if low > bound:
-            state = "decayed"
+        check = interval_check(name, rmse, low, high, bound, "<=", "wait", f"against {what}", **evidence)
+        if check.measurable and not check.passed:
             reasons.append(f"{text} is above {what}")
-        elif high > bound:
+        elif not check.measurable:
             reasons.append(f"not measurable yet: {text} straddles {what}")
-        else:
-            state = "ok"
+    state = {"fail": "decayed", "pass": "ok"}.get(Verdict("decay", (check,)).state, "not_measurable")
     return DecayVerdict(pooled, n, 0, None, None, None, None, state == "decayed", tuple(reasons),
                         state != "not_measurable", None, unlabelled, dict(LATE_LABELS_REGRESSION), state,
-                        "regression", rmse, ci, mae, baseline_rmse)  # fmt: skip
+                        "regression", rmse, ci, mae, baseline_rmse, (check,))  # fmt: skip
 
 
 # --- broken upstream ----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import pandas as pd
 
 from mlcycle.data import privacy
 from mlcycle.data.validation import load_table
+from mlcycle.decisions import Verdict, not_measurable
 from mlcycle.features.pipeline import labels_frame
 from mlcycle.monitoring import drift as monitoring
 from mlcycle.project.config import EVENT_ID_FIX, ProjectConfig
@@ -246,6 +247,13 @@ def _as_utc(moment: pd.Timestamp) -> pd.Timestamp:
 def label_free_estimate(
     cfg: ProjectConfig, ref: ChampionReference, scores: np.ndarray, fitted: Any = None
 ) -> dict[str, Any]:
+    """``estimate_verdict``'s summary section alone."""
+    return estimate_verdict(cfg, ref, scores, fitted)[0]
+
+
+def estimate_verdict(
+    cfg: ProjectConfig, ref: ChampionReference, scores: np.ndarray, fitted: Any = None
+) -> tuple[dict[str, Any], Verdict]:
     """The window's expected ROC-AUC, precision and recall from its scores alone (CBPE, calibrated on
     the champion's held-out window), judged against the champion's test ROC-AUC minus
     ``monitoring.max_roc_auc_drop``: what the labels will most likely say, weeks before they do.
@@ -254,18 +262,19 @@ def label_free_estimate(
     decay check on matured labels remains the judge, and the two are shown side by side."""
     from mlcycle.monitoring import estimate as cbpe
 
-    out: dict[str, Any] = {"state": "not_measurable", "alert": False}
+    def unmeasured(why: str) -> tuple[dict[str, Any], Verdict]:
+        check = not_measurable("estimated_roc_auc", None, ">=", why, "wait")
+        verdict = Verdict(cbpe.KIND, (check,))
+        return {"state": "not_measurable", "alert": False, "reasons": [why], "verdict": verdict.to_dict()}, verdict
+
     if cfg.task != "classification" or ref.labels is None or ref.baseline_roc_auc is None:
-        out["reasons"] = ["not measurable: the champion's reference has no held-out labels (classification only)"]
-        return out
+        return unmeasured("not measurable: the champion's reference has no held-out labels (classification only)")
     calibrator = fitted if fitted is not None else calibration(ref)
     if isinstance(calibrator, cbpe.NotMeasurable):
-        out["reasons"] = [f"not measurable: calibration: {calibrator.detail}"]
-        return out
+        return unmeasured(f"not measurable: calibration: {calibrator.detail}")
     result = cbpe.estimate(calibrator.apply(scores), scores, ref.threshold, seed=0) if len(scores) else None
     if result is None:
-        out["reasons"] = ["not measurable: no answer of the champion in the window"]
-        return out
+        return unmeasured("not measurable: no answer of the champion in the window")
     verdict = cbpe.estimated_decay(result, ref.baseline_roc_auc, cfg.monitoring.max_roc_auc_drop)
     check = verdict.checks[0]
     ci = result.interval("roc_auc")
@@ -284,7 +293,7 @@ def label_free_estimate(
         "calibration": calibrator.evidence(),
         "reasons": [check.line()],
         "verdict": verdict.to_dict(),
-    }
+    }, verdict
 
 
 def answered_predictions(cfg: ProjectConfig, since: datetime | None = None) -> pd.DataFrame:
@@ -325,27 +334,44 @@ class CheckResult:
     sampled: float = 1.0  # the prediction log's capture rate (privacy.capture.rate): it reads a sample
     estimate: dict[str, Any] = field(default_factory=dict)  # the label-free estimate of the window (CBPE)
     kpis: dict[str, Any] = field(default_factory=dict)  # business KPIs on the newest matured window (kpis:)
+    # Every decision of the check, by name: "drift", "score_drift", "decay", "estimated_decay",
+    # "kpi.<name>". The flags below are their states; the sections above are their evidence laid
+    # out for reading. (A result built by hand without verdicts falls back on the sections' flags.)
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
+
+    def _failed(self, *names: str) -> bool | None:
+        """Whether any named verdict failed; None when the check carries no verdicts."""
+        if not self.verdicts:
+            return None
+        return any(v.state == "fail" for k, v in self.verdicts.items() if k in names or k.split(".")[0] in names)
 
     @property
     def drift_detected(self) -> bool:
-        return self.enough_rows and (bool(self.drifted_features) or bool((self.prediction_drift or {}).get("alert")))
+        failed = self._failed("drift", "score_drift")
+        if failed is None:
+            failed = bool(self.drifted_features) or bool((self.prediction_drift or {}).get("alert"))
+        return self.enough_rows and failed
 
     @property
     def performance_decayed(self) -> bool:
-        return bool(self.decay.get("alert"))
+        failed = self._failed("decay")
+        return bool(self.decay.get("alert")) if failed is None else failed
 
     @property
     def estimated_decay(self) -> bool:
         """The label-free estimate's whole interval is below the bound (never on a straddling one)."""
-        return self.enough_rows and bool(self.estimate.get("alert"))
+        failed = self._failed("estimated_decay")
+        return self.enough_rows and (bool(self.estimate.get("alert")) if failed is None else failed)
 
     @property
     def kpi_breached(self) -> bool:
         """A KPI's whole interval is beyond its bound (never a straddling or unmeasurable one)."""
-        return bool(self.kpis.get("breached"))
+        failed = self._failed("kpi")
+        return bool(self.kpis.get("breached")) if failed is None else failed
 
     def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = asdict(replace(self, verdicts={}))
+        out["verdicts"] = _jsonable({name: v.to_dict() for name, v in self.verdicts.items()})
         out["drift_detected"], out["performance_decayed"] = self.drift_detected, self.performance_decayed
         out["estimated_decay"] = self.estimated_decay
         out["kpi_breached"] = self.kpi_breached
@@ -448,6 +474,11 @@ class CheckResult:
             if self.kpis.get("error"):
                 lines.append(f"**Not measurable**: {self.kpis['error']}")
             lines += kpi.markdown(self.kpis)
+        if self.verdicts:
+            lines += ["", "### Verdicts", "", "| verdict | state | checks | what decided it |", "|---|---|---|---|"]
+            for name, v in self.verdicts.items():
+                why = "; ".join(c.detail for c in (v.failed or v.checks) if c.detail)[:300] or "—"
+                lines.append(f"| {name} | {v.state.replace('_', ' ')} | {len(v.checks)} | {why} |")
         if self.skipped:
             lines += ["", "Skipped: " + "; ".join(self.skipped)]
         if self.report_html:
@@ -499,7 +530,8 @@ def run_check(
     # promotion) or of a canary's challenger say nothing about it. Inputs are inputs, whoever scored.
     own = current["model_version"].astype(str) == ref.version
     scores = current.loc[own, "score"].to_numpy(float)
-    prediction = asdict(monitoring.prediction_drift(ref.scores, scores, spec)) if len(scores) else None
+    score_drift = monitoring.prediction_drift(ref.scores, scores, spec) if len(scores) else None
+    prediction = score_drift.as_dict() if score_drift else None
     anomalies = monitoring.upstream_anomalies(stats, current, spec) if enough else []
     # Without an event id no label joins a logged prediction: decay is reported as not measurable
     # (with the fix), and everything above, which needs no label, stands.
@@ -523,6 +555,16 @@ def run_check(
     decay_windows = [_jsonable(w.as_dict()) for w in windows]
     fitted = calibration(ref)  # once per check, for the window's estimate and the matured days'
     estimate_windows(ref, champion_answers, decay_windows, fitted)
+    estimate, estimated = estimate_verdict(cfg, ref, scores, fitted)
+    kpis, kpi_decisions = kpi_verdicts(cfg, answered, table, as_of)
+    verdicts = {
+        "drift": monitoring.drift_verdict(drift, len(current), spec),
+        "score_drift": score_drift.verdict() if score_drift else Verdict("score_drift", (not_measurable(
+            "score PSI", spec.psi_drift, "<=", "no answer of the champion in the window", "wait"),)),
+        "decay": verdict.verdict(),
+        "estimated_decay": estimated,
+        **{f"kpi.{name}": v for name, v in kpi_decisions.items()},
+    }  # fmt: skip
     return CheckResult(
         checked_at=datetime.now(UTC).isoformat(timespec="seconds"),
         champion_version=ref.version,
@@ -538,14 +580,22 @@ def run_check(
         upstream_anomalies=anomalies,
         skipped=skipped,
         sampled=cfg.privacy.capture.rate,
-        estimate=_jsonable(label_free_estimate(cfg, ref, scores, fitted)),
-        kpis=_jsonable(kpi_report(cfg, answered, table, as_of)),
+        estimate=_jsonable(estimate),
+        kpis=_jsonable(kpis),
+        verdicts=verdicts,
     )
 
 
 def kpi_report(
     cfg: ProjectConfig, answered: pd.DataFrame, table: pd.DataFrame | None, as_of: datetime
 ) -> dict[str, Any]:
+    """``kpi_verdicts``' summary section alone."""
+    return kpi_verdicts(cfg, answered, table, as_of)[0]
+
+
+def kpi_verdicts(
+    cfg: ProjectConfig, answered: pd.DataFrame, table: pd.DataFrame | None, as_of: datetime
+) -> tuple[dict[str, Any], dict[str, Verdict]]:
     """The configured KPIs (``kpis:``) of every answer in the newest matured window, joined to the
     outcome table by event id; ``{}`` when none is configured. An outcome table that cannot be joined
     (no such column, duplicate ids) or a project without an event id leaves every KPI not measurable
@@ -554,7 +604,7 @@ def kpi_report(
 
     spec = cfg.kpis
     if not spec.metrics:
-        return {}
+        return {}, {}
     try:
         if not cfg.table.event_id:
             raise kpi.KpiJoinError(
@@ -564,9 +614,9 @@ def kpi_report(
     except (kpi.KpiJoinError, FileNotFoundError) as exc:
         log.error("KPIs not measurable: %s", exc)
         report = kpi.evaluate(answered.iloc[:0], _empty_outcomes(), spec, as_of, cfg.table.label_delay_days)
-        return {**report.as_dict(), "error": str(exc)}
+        return {**report.as_dict(), "error": str(exc)}, report.verdicts
     report = kpi.evaluate(answered, outcomes, spec, as_of, cfg.table.label_delay_days, sampled=cfg.privacy.capture.rate)
-    return report.as_dict()
+    return report.as_dict(), report.verdicts
 
 
 def kpi_outcomes(cfg: ProjectConfig, table: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -467,6 +467,17 @@ class CanarySpec(StrictModel):
     )
     ab_alpha: float = Field(0.05, gt=0, lt=1)
     ab_power: float = Field(0.8, gt=0, lt=1)
+    ab_metric: str = Field(
+        "flag_rate",
+        description="What the A/B test compares per prediction: flag_rate (the decision, 0/1), or the name of "
+        "a KPI under kpis.metrics (its per-prediction value on matured outcomes).",
+    )
+    ab_planned_per_arm: int | None = Field(
+        None,
+        ge=10,
+        description="The sequential test's planned sample per arm; default: the two-proportion "
+        "sample size for ab_minimum_detectable_effect on the flag rate.",
+    )
 
 
 class MonitoringSpec(StrictModel):
@@ -1013,6 +1024,14 @@ class ProjectConfig(StrictModel):
     kpis: KpisSpec = Field(default_factory=KpisSpec, description="Business KPIs on matured outcomes (none: off).")
 
     root: Path = Field(Path("."), exclude=True, description="Directory of the config file.")
+
+    @model_validator(mode="after")
+    def _ab_metric_is_known(self) -> ProjectConfig:
+        metric = self.canary.ab_metric
+        if metric != "flag_rate" and metric not in self.kpis.metrics:
+            known = ", ".join(["flag_rate", *self.kpis.metrics])
+            raise ValueError(f"canary.ab_metric {metric!r} is neither flag_rate nor a KPI under kpis.metrics ({known})")
+        return self
 
     @model_validator(mode="after")
     def _model_fits_task(self) -> ProjectConfig:
