@@ -34,6 +34,7 @@ import mlcycle  # noqa: F401  (telemetry off before the stack is imported)
 from mlcycle.data.validation import load_table
 from mlcycle.decisions import Verdict
 from mlcycle.features.pipeline import labels_frame
+from mlcycle.monitoring import canary_estimate
 from mlcycle.project.config import ProjectConfig, load_config
 from mlcycle.registry import aliases as registry
 from mlcycle.registry import audit, gate, governance
@@ -108,6 +109,24 @@ def collect(
 def analyze(cfg: ProjectConfig, predictions: pd.DataFrame, versions: tuple[str, str], percent: float) -> Verdict:
     verdict = canary.analyze(predictions, cfg.canary, challenger_version=versions[0], champion_version=versions[1],
                              looks=cfg.canary.max_looks, shadow=percent <= 0, task=cfg.task)  # fmt: skip
+    estimated = ""
+    if cfg.task == "classification" and canary.enough_data(verdict):
+        try:  # while labels are missing: both arms' label-free estimates, shown (and judged if configured)
+            compared = canary_estimate.compare_versions(
+                cfg,
+                predictions,
+                champion_version=versions[1],
+                challenger_version=versions[0],
+                looks=cfg.canary.max_looks,
+            )
+        except Exception as exc:  # the estimate is evidence beside the canary's checks, never its failure
+            get_run_logger().warning(
+                "label-free estimates of the canary not available: %s: %s", type(exc).__name__, exc
+            )
+        else:
+            estimated = "\n" + compared.markdown()
+            if cfg.canary.judge_on_estimates:
+                verdict = Verdict(verdict.kind, verdict.checks + compared.checks)
     step = "shadow" if percent <= 0 else f"{percent:g}%"
     title = f"### canary of v{versions[0]} against v{versions[1]}, {step}\n\n"
     if (rate := cfg.privacy.capture.rate) < 1:  # the log keeps a sample: the counts are of logged requests
@@ -115,7 +134,7 @@ def analyze(cfg: ProjectConfig, predictions: pd.DataFrame, versions: tuple[str, 
             f"Read from a {rate:.0%} capture sample of the requests (privacy.capture.rate): sample sizes and "
             "canary.min_requests count logged requests, so each step waits about 1/rate times longer.\n\n"
         )
-    create_markdown_artifact(title + verdict.markdown(), key=f"canary-{int(percent)}")
+    create_markdown_artifact(title + verdict.markdown() + estimated, key=f"canary-{int(percent)}")
     return verdict
 
 

@@ -101,14 +101,21 @@ def _reference_dir(cfg: ProjectConfig, version: str) -> Path:
 
 def champion_reference(cfg: ProjectConfig) -> ChampionReference:
     """The reference of the current champion, computed on first use and cached per version."""
+    client = registry.client_for(cfg)
+    mv = registry.version_by_alias(client, cfg.model.name, registry.CHAMPION)
+    if mv is None:
+        raise RuntimeError(f"no champion for '{cfg.model.name}': train and promote a model first (mlcycle train)")
+    return version_reference(cfg, mv)
+
+
+def version_reference(cfg: ProjectConfig, mv: Any) -> ChampionReference:
+    """The reference of a registered version (``mv``, a ModelVersion): its training inputs' statistics,
+    its scores and labels on its own held-out window; computed on first use, cached per version."""
     import mlflow
 
     from mlcycle.training.fit import matrix
 
     client = registry.client_for(cfg)
-    mv = registry.version_by_alias(client, cfg.model.name, registry.CHAMPION)
-    if mv is None:
-        raise RuntimeError(f"no champion for '{cfg.model.name}': train and promote a model first (mlcycle train)")
     version = str(mv.version)
     directory = _reference_dir(cfg, version)
     meta_path = directory / "meta.json"

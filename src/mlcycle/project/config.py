@@ -420,6 +420,15 @@ class CanarySpec(StrictModel):
     auc_on_unmeasurable: OnUnmeasurable = Field(
         "wait", description="Matured labels exist but the AUC difference's interval straddles max_auc_drop."
     )
+    judge_on_estimates: bool = Field(
+        False,
+        description="While labels are missing, the two arms' label-free ROC-AUC estimates are compared and shown; "
+        "true makes that comparison decide too (it cannot see concept drift: after the world changed the "
+        "champion's estimate is the stale, optimistic one).",
+    )
+    estimate_on_unmeasurable: OnUnmeasurable = Field(
+        "warn", description="The estimates' difference straddles -max_auc_drop, or an arm cannot be estimated."
+    )
     auc_without_matured_labels: OnUnmeasurable = Field(
         "wait",
         description="Too few matured labels to compute an AUC at all (labels take table.label_delay "
