@@ -221,3 +221,17 @@ def test_filters_write_each_syntax() -> None:
     assert py_literal({"a": ["b"]}) == '{"a": ["b"]}'
     long = py_literal({f"column_{i}": f"column_{i}_value" for i in range(6)})
     assert long.startswith("{\n        ") and long.endswith(",\n    }")  # one item a line, ruff's trailing comma
+
+
+def test_the_cluster_work_pool_runs_the_projects_bento_image_in_profile_scale() -> None:
+    """prefect.yaml's second pool: a kubernetes pool on the image `bentoml containerize` names after the
+    project's Bento (bentofile.bento_name), in profile scale; the local pool is what deployments use."""
+    from mlcycle.project.bentofile import bento_name_of
+
+    doc = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+    cluster = doc["definitions"]["cluster_pool"]
+    assert cluster["name"] == "mlcycle-kubernetes"
+    assert cluster["job_variables"]["image"] == f"{bento_name_of(doc['name'])}:latest" == "fraud:latest"
+    assert cluster["job_variables"]["env"] == {"MLCYCLE_PROFILE": "scale"}  # no secret in the file
+    assert {d["work_pool"]["name"] for d in doc["deployments"]} == {"mlcycle-local"}
+    assert "set_working_directory: {directory: /home/bentoml/bento/src}" in (REPO_ROOT / "prefect.yaml").read_text()

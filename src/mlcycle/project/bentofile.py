@@ -74,7 +74,11 @@ def include_patterns(cfg: ProjectConfig) -> list[str]:
 
 def bento_name(cfg: ProjectConfig) -> str:
     """The project's name as a Bento name (lower case letters, digits, ``_``, ``-``, ``.``)."""
-    name = re.sub(r"[^a-z0-9_.-]+", "-", cfg.project.lower()).strip("-._")
+    return bento_name_of(cfg.project)
+
+
+def bento_name_of(project: str) -> str:
+    name = re.sub(r"[^a-z0-9_.-]+", "-", project.lower()).strip("-._")
     return name or "mlcycle"
 
 

@@ -60,6 +60,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from mlcycle.project.bentofile import bento_name_of
 from mlcycle.project.contract_inference import (
     MAX_CATEGORIES,
     ColumnContract,
@@ -767,6 +768,7 @@ def _prefect_yaml(
         entrypoints=entrypoints,
         parameters=parameters,
         model_name=model_name,
+        bento_name=bento_name_of(project),
     )
 
 
