@@ -241,3 +241,116 @@ def log_table(uri: str, name: str, *columns: sa.Column) -> tuple[sa.Engine, sa.T
     )
     table.metadata.create_all(engine, checkfirst=True)
     return engine, table
+
+
+# ----------------------------------------------------------------------------- object storage
+S3_ENV_VARS = ("MLCYCLE_S3_ENDPOINT", "MLCYCLE_S3_BUCKET", "MLCYCLE_S3_PREFIX", "MLCYCLE_S3_CREATE_BUCKET")
+S3_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+DEFAULT_S3_REGION = "us-east-1"
+# A name S3 accepts: 3–63 lower-case letters, digits, dots and hyphens, starting and ending alphanumeric.
+BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+class ObjectStoreError(RuntimeError):
+    """The object store cannot be used as the environment describes it; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class ObjectStore:
+    """Where the bulk files go when the environment names an S3-compatible store.
+
+    ``MLCYCLE_S3_ENDPOINT`` (``http(s)://host:port``) and ``MLCYCLE_S3_BUCKET`` turn it on; without
+    them every file stays under the project's ``data/``. ``MLCYCLE_S3_PREFIX`` puts a project's keys
+    under a prefix of a shared bucket; ``MLCYCLE_S3_CREATE_BUCKET=1`` allows creating a missing bucket
+    (otherwise a missing bucket is an error: a typo must not make a new, empty store). Credentials
+    are the standard ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` that boto3 and MLflow read;
+    none of this ever comes from the project's config file."""
+
+    endpoint: str
+    bucket: str
+    prefix: str = ""
+    create_bucket: bool = False
+    region: str = DEFAULT_S3_REGION
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> ObjectStore | None:
+        env = os.environ if environ is None else environ
+        endpoint, bucket = env.get("MLCYCLE_S3_ENDPOINT", "").strip(), env.get("MLCYCLE_S3_BUCKET", "").strip()
+        if not endpoint and not bucket:
+            return None
+        if not endpoint or not bucket:
+            missing = "MLCYCLE_S3_ENDPOINT" if not endpoint else "MLCYCLE_S3_BUCKET"
+            raise ObjectStoreError(
+                f"object storage half configured: set {missing} too, or unset both to keep files local"
+            )
+        parts = urlsplit(endpoint)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+            raise ObjectStoreError(f"MLCYCLE_S3_ENDPOINT={redact(endpoint)!r}: expected http(s)://host:port")
+        if not BUCKET_PATTERN.match(bucket):
+            raise ObjectStoreError(f"MLCYCLE_S3_BUCKET={bucket!r}: 3–63 lower-case letters, digits, dots and hyphens")
+        missing = [v for v in S3_CREDENTIALS if not env.get(v)]
+        if missing:
+            raise ObjectStoreError(
+                f"MLCYCLE_S3_ENDPOINT is set but {' and '.join(missing)} not: export the store's keys"
+            )
+        prefix = env.get("MLCYCLE_S3_PREFIX", "").strip("/")
+        create = env.get("MLCYCLE_S3_CREATE_BUCKET", "").lower() in ("1", "true", "yes")
+        region = env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or DEFAULT_S3_REGION
+        return cls(endpoint.rstrip("/"), bucket, prefix, create, region)
+
+    def uri(self, *parts: str) -> str:
+        """``s3://bucket/prefix/parts…``."""
+        keys = "/".join(p.strip("/") for p in (self.prefix, *parts) if p.strip("/"))
+        return f"s3://{self.bucket}/{keys}"
+
+    def client_env(self) -> dict[str, str]:
+        """What MLflow's S3 artifact store (boto3) needs besides the keys: the endpoint and a region."""
+        return {"MLFLOW_S3_ENDPOINT_URL": self.endpoint, "AWS_DEFAULT_REGION": self.region}
+
+    def client(self) -> object:
+        import boto3
+        from botocore.config import Config
+
+        config = Config(s3={"addressing_style": "path"}, connect_timeout=2, read_timeout=30,
+                        retries={"max_attempts": 2, "mode": "standard"})  # fmt: skip
+        # A session of its own: boto3's default session keeps the keys it first read from the environment.
+        return boto3.session.Session().client("s3", endpoint_url=self.endpoint, region_name=self.region, config=config)
+
+
+_checked_stores: set[ObjectStore] = set()
+
+
+def ensure_object_store(store: ObjectStore) -> bool:
+    """Check once per process that the store answers with these keys and the bucket exists (created
+    only with ``MLCYCLE_S3_CREATE_BUCKET=1``), and export what MLflow's S3 client reads. True if the
+    bucket was created. Each failure names the variable to fix, never the secret."""
+    os.environ.update(store.client_env())
+    with _ensure_lock:
+        if store in _checked_stores:
+            return False
+        from botocore.exceptions import ClientError, EndpointConnectionError
+
+        client = store.client()
+        created = False
+        try:
+            client.head_bucket(Bucket=store.bucket)  # type: ignore[attr-defined]
+        except EndpointConnectionError:
+            raise ObjectStoreError(f"MLCYCLE_S3_ENDPOINT={store.endpoint}: no S3 server answers there; start it "
+                                   "or set MLCYCLE_S3_ENDPOINT to one that runs") from None  # fmt: skip
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
+                keys = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+                raise ObjectStoreError(f"the S3 server at {store.endpoint} refused {keys} ({code}): export the "
+                                       "store's keys") from None  # fmt: skip
+            if code not in ("404", "NoSuchBucket", "NotFound"):
+                raise ObjectStoreError(f"the S3 server at {store.endpoint} answered {code} for bucket "
+                                       f"{store.bucket}") from None  # fmt: skip
+            if not store.create_bucket:
+                where = f"MLCYCLE_S3_BUCKET={store.bucket}: no such bucket at {store.endpoint}"
+                fix = "create it, or set MLCYCLE_S3_CREATE_BUCKET=1 to let mlcycle create it"
+                raise ObjectStoreError(f"{where}; {fix}") from None
+            client.create_bucket(Bucket=store.bucket)  # type: ignore[attr-defined]
+            created = True
+        _checked_stores.add(store)
+        return created

@@ -321,6 +321,8 @@ def child_env(cfg: ProjectConfig, **extra: str) -> dict[str, str]:
     env.update(TELEMETRY_OFF)
     env["MLCYCLE_CONFIG"] = str(cfg.root / DEFAULT_CONFIG_NAME)
     env["PREFECT_HOME"] = str(prefect_home(cfg))
+    if (store := scale.ObjectStore.from_env()) is not None:  # MLflow's S3 client in the UI, service and worker
+        env.update(store.client_env())
     env.update(extra)
     return env
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mlcycle.decisions import OnUnmeasurable
 from mlcycle.project.aggregations import AggregationSpec, parse_window
-from mlcycle.settings import ScaleConfigError, ScaleSettings, redact
+from mlcycle.settings import ObjectStore, ScaleConfigError, ScaleSettings, redact
 
 DEFAULT_CONFIG_NAME = "mlcycle.yaml"
 
@@ -1080,8 +1080,16 @@ class ProjectConfig(StrictModel):
 
     @property
     def artifact_uri(self) -> str:
+        """Where new experiments keep their artifacts: ``tracking.artifact_location`` as written when it
+        is a URI; a relative path under the project, or with an object store in the environment
+        (``MLCYCLE_S3_*``, settings.ObjectStore) the same name under ``s3://bucket/prefix/<project>/``."""
         loc = self.tracking.artifact_location
-        return loc if "://" in loc else self.resolve(Path(loc)).as_uri()
+        if "://" in loc:
+            return loc
+        store = ObjectStore.from_env()
+        if store is not None:
+            return store.uri(self.project, Path(loc).name)
+        return self.resolve(Path(loc)).as_uri()
 
     @property
     def promotion_log_uri(self) -> str:

