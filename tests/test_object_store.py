@@ -124,3 +124,12 @@ def test_a_model_trained_with_an_object_store_lives_there_and_serves_and_reprodu
     np.testing.assert_allclose(flavor.predict(model, X), direct, rtol=1e-6)
 
     assert tracking.reproduce(cfg, "1").identical  # the snapshot read back from S3
+
+    # An erasure request finds the snapshot in the bucket (counted here from the copy read above).
+    from mlcycle.ops import forget as erasure
+
+    user = int(snapshot["user_id"].value_counts().index[0])
+    target = erasure.target_for(cfg, "user_id", str(user))
+    [hit] = erasure.snapshots_holding(cfg, target)
+    assert (hit.run_id, hit.rows) == (run.info.run_id, int((snapshot["user_id"] == user).sum()))
+    assert hit.versions == [("1", hit.versions[0][1])]

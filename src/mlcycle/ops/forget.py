@@ -506,16 +506,26 @@ def snapshots_holding(cfg: ProjectConfig, target: Target) -> list[SnapshotHit]:
     hits = []
     for run in client.search_runs([experiment.experiment_id], max_results=5000):
         parts = urlsplit(run.info.artifact_uri)
-        if parts.scheme not in ("", "file"):
-            continue
-        path = Path(unquote(parts.path)) / SNAPSHOT_ARTIFACT
-        if not path.exists() or target.column not in pq.read_schema(path).names:
-            continue
-        column = pd.read_parquet(path, columns=[target.column])[target.column]
-        rows = int(target.mask(column).sum())
+        if parts.scheme in ("", "file"):
+            rows = _rows_in(Path(unquote(parts.path)) / SNAPSHOT_ARTIFACT, target)
+        else:  # object storage: read through MLflow's artifact store, into a directory removed at once
+            import tempfile
+
+            names = {a.path for a in client.list_artifacts(run.info.run_id, SNAPSHOT_ARTIFACT.rsplit("/", 1)[0])}
+            if SNAPSHOT_ARTIFACT not in names:
+                continue
+            with tempfile.TemporaryDirectory(prefix="mlcycle-forget-") as directory:
+                rows = _rows_in(Path(client.download_artifacts(run.info.run_id, SNAPSHOT_ARTIFACT, directory)), target)
         if rows:
             hits.append(SnapshotHit(run.info.run_id, rows, sorted(trained_on.get(run.info.run_id, []))))
     return hits
+
+
+def _rows_in(path: Path, target: Target) -> int:
+    """The entity's rows in a snapshot file (0 when there is none or it has no such column)."""
+    if not path.exists() or target.column not in pq.read_schema(path).names:
+        return 0
+    return int(target.mask(pd.read_parquet(path, columns=[target.column])[target.column]).sum())
 
 
 def inputs_holding(cfg: ProjectConfig, target: Target) -> dict[str, int]:
