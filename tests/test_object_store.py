@@ -133,3 +133,29 @@ def test_a_model_trained_with_an_object_store_lives_there_and_serves_and_reprodu
     [hit] = erasure.snapshots_holding(cfg, target)
     assert (hit.run_id, hit.rows) == (run.info.run_id, int((snapshot["user_id"] == user).sum()))
     assert hit.versions == [("1", hit.versions[0][1])]
+
+
+def test_up_serves_the_loopback_store_the_environment_names_and_down_stops_it(tmp_path: Path, monkeypatch) -> None:
+    """`mlcycle up`'s object store: started where MLCYCLE_S3_ENDPOINT points (loopback, nothing there),
+    requiring the environment's keys, the secret kept off the command line; reused; stopped by down."""
+    import psutil
+
+    from mlcycle.ops import stack
+
+    cfg = ProjectConfig.model_validate({"project": "s3up", "model": {"name": "m"}})
+    cfg.root = tmp_path
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    _env(monkeypatch, endpoint, f"u-{uuid.uuid4().hex[:12]}")
+    lines: list[str] = []
+    assert stack.start_s3_server(cfg, wait=True, out=lines.append) == endpoint
+    record = stack.Record.read(stack.pid_path(cfg, stack.S3_SERVER))
+    assert record is not None and SECRET not in " ".join(psutil.Process(record.pid).cmdline())
+    assert oct((tmp_path / "data" / "s3" / "s3.json").stat().st_mode & 0o777) == "0o600"
+    assert settings.ensure_object_store(settings.ObjectStore.from_env()) is True  # the keys work; bucket made
+    assert stack.start_s3_server(cfg, out=lines.append) == endpoint and "reusing it" in lines[-1]
+    stack.down(cfg, out=lines.append)
+    assert not psutil.pid_exists(record.pid) or psutil.Process(record.pid).status() == psutil.STATUS_ZOMBIE
+    from mlcycle.net import port_free
+
+    assert port_free(port)

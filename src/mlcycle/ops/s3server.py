@@ -52,10 +52,11 @@ def weed_binary() -> Path:
 class LocalS3Server:
     """``weed mini`` on 127.0.0.1 with its data in ``directory``; ``endpoint`` once started."""
 
-    def __init__(self, directory: Path, access_key: str, secret_key: str) -> None:
+    def __init__(self, directory: Path, access_key: str, secret_key: str, s3_port: int = 0) -> None:
         self.directory = Path(directory).resolve()
         self._keys = (access_key, secret_key)
         self.ports = {role: (0, 0) for role in ROLES}
+        self._s3_port = s3_port  # 0: any free port
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -66,24 +67,33 @@ class LocalS3Server:
     def log(self) -> Path:
         return self.directory / "weed.log"
 
-    def start(self, timeout: float = READY_TIMEOUT_S) -> LocalS3Server:
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def command(self) -> list[str]:
+        """The server's command line, its credentials file written (mode 0600: the secret is never on
+        the command line ``ps`` shows) and its ports picked: for ``start`` or a supervisor."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         config = self.directory / "s3.json"
         identity = {"name": "mlcycle", "credentials": [{"accessKey": self._keys[0], "secretKey": self._keys[1]}],
                     "actions": ["Admin", "Read", "List", "Tagging", "Write"]}  # fmt: skip
-        config.write_text(json.dumps({"identities": [identity]}))
-        os.chmod(config, FILE_MODE)
-        picked: list[int] = []
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)  # never readable by others
+        os.fchmod(fd, FILE_MODE)
+        with os.fdopen(fd, "w") as file:
+            json.dump({"identities": [identity]}, file)
+        picked: list[int] = [self._s3_port] if self._s3_port else []
         while len(picked) < 2 * len(ROLES):  # ten different ports (the kernel may hand one out twice)
             if (port := free_port()) not in picked:
                 picked.append(port)
-        self.ports = {role: (picked[2 * i], picked[2 * i + 1]) for i, role in enumerate(ROLES)}
+        order = ("s3", *(r for r in ROLES if r != "s3"))
+        self.ports = {role: (picked[2 * i], picked[2 * i + 1]) for i, role in enumerate(order)}
         cmd = [str(weed_binary()), "mini", f"-dir={self.directory}", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}",
                "-master.telemetry=false", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
                "-s3.port.lance=0", f"-s3.config={config}", f"-filer.localSocket={self.directory / 'filer.sock'}",
                f"-s3.localSocket={self.directory / 's3.sock'}"]  # fmt: skip
         for role, (http, grpc) in self.ports.items():
             cmd += [f"-{role}.port={http}", f"-{role}.port.grpc={grpc}"]
+        return cmd
+
+    def start(self, timeout: float = READY_TIMEOUT_S) -> LocalS3Server:
+        cmd = self.command()
         with open(self.log, "ab") as log:
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout

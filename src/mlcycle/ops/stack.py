@@ -61,8 +61,10 @@ BROKER = "broker"  # profile local: the event stream's redis-server (profile sca
 WORKER_PRINCIPAL = "service:prefect-worker"  # who the flows that `up`'s worker runs act as
 CONSUMER = "stream-consumer"  # `mlcycle stream`: events into online features, the offline source, scores
 EVIDENTLY_UI = "evidently-ui"  # `evidently ui` on data/monitoring/workspace: the monitoring dashboard
-# Stop order: the worker before the server it talks to; the consumer and service before the broker.
-COMPONENTS = (PREFECT_WORKER, CONSUMER, SERVICE, MLFLOW_UI, EVIDENTLY_UI, PREFECT_SERVER, BROKER)
+S3_SERVER = "s3-server"  # SeaweedFS on the loopback endpoint MLCYCLE_S3_ENDPOINT names, when nothing serves it
+# Stop order: the worker before the server it talks to; the consumer and service before the broker;
+# the object store last (everything else may read or write it).
+COMPONENTS = (PREFECT_WORKER, CONSUMER, SERVICE, MLFLOW_UI, EVIDENTLY_UI, PREFECT_SERVER, BROKER, S3_SERVER)
 DEFAULT_PORTS = {PREFECT_SERVER: 4200, MLFLOW_UI: 5000, SERVICE: 3000, EVIDENTLY_UI: 8000}
 # The CLI option (and environment variable) that moves each server to another port.
 PORT_OPTIONS = {
@@ -71,10 +73,11 @@ PORT_OPTIONS = {
     SERVICE: "--service-port / MLCYCLE_SERVICE_PORT",
     EVIDENTLY_UI: "--evidently-port / MLCYCLE_EVIDENTLY_PORT",
 }
-HEALTH_PATHS = {PREFECT_SERVER: "/api/health", MLFLOW_UI: "/health", SERVICE: "/livez", EVIDENTLY_UI: "/api/version"}
+HEALTH_PATHS = {PREFECT_SERVER: "/api/health", MLFLOW_UI: "/health", SERVICE: "/livez", EVIDENTLY_UI: "/api/version",
+                S3_SERVER: "/healthz"}  # fmt: skip
 # Cold starts on a shared 2-core machine: Prefect migrates its database and copies its UI.
 TIMEOUTS = {PREFECT_SERVER: 300.0, MLFLOW_UI: 180.0, SERVICE: 300.0, PREFECT_WORKER: 180.0, BROKER: 30.0,
-            CONSUMER: 180.0, EVIDENTLY_UI: 180.0}  # fmt: skip
+            CONSUMER: 180.0, EVIDENTLY_UI: 180.0, S3_SERVER: 60.0}  # fmt: skip
 DEPLOY_TIMEOUT = 900.0
 STOP_TIMEOUT = 20.0
 PROGRESS_EVERY = 15.0
@@ -811,6 +814,38 @@ def start_broker(cfg: ProjectConfig, wait: bool = True, out: Out = _print) -> st
     return url
 
 
+def start_s3_server(cfg: ProjectConfig, wait: bool = True, out: Out = _print) -> str | None:
+    """The object store, when the environment names one on this machine that nothing serves yet:
+    SeaweedFS (``ops.s3server``) on the port of ``MLCYCLE_S3_ENDPOINT``, requiring the keys of
+    ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, its data in data/s3. A remote endpoint, or a
+    loopback port something already listens on, is the user's store: nothing is started. Returns
+    the endpoint when an object store is configured, None when files stay local."""
+    from urllib.parse import urlsplit
+
+    from mlcycle.ops.s3server import LocalS3Server
+
+    store = scale.ObjectStore.from_env()
+    if store is None:
+        return None
+    parts = urlsplit(store.endpoint)
+    if parts.hostname not in (LOOPBACK, "localhost") or parts.scheme != "http":
+        return store.endpoint
+    if (record := _running(cfg, S3_SERVER)) is not None:
+        out(f"object store already running at {record.url} (pid {record.pid}): reusing it")
+        return record.url
+    port = parts.port or 80
+    if not port_free(port):
+        out(f"object store: something already serves {store.endpoint}; using it")
+        return store.endpoint
+    server = LocalS3Server(cfg.data_path / "s3", os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"],
+                           s3_port=port)  # fmt: skip
+    launch(cfg, S3_SERVER, server.command(), store.endpoint, child_env(cfg))
+    out(f"starting the object store (SeaweedFS, S3 API) on {store.endpoint}, data in {server.directory} …")
+    if wait:
+        _raise_if_failed(wait_healthy(cfg, [S3_SERVER], out), S3_SERVER)
+    return store.endpoint
+
+
 def start_consumer(cfg: ProjectConfig, wait: bool = False, out: Out = _print) -> None:
     """``mlcycle stream``: the consumer that applies events to the online features, appends them
     to the offline source and scores them. One per ``up``; more can join the group by hand."""
@@ -1019,6 +1054,11 @@ def up(
     try:
         launched: list[str] = []
         broker: str | None = None
+        try:  # before the rest: the MLflow UI, the service and the flows read their artifacts there
+            if (endpoint := start_s3_server(cfg, wait=True, out=out)) is not None:
+                urls["object store"] = endpoint
+        except (StackError, scale.ObjectStoreError) as exc:
+            problems.append(str(exc))
         try:
             if BROKER in plan.start and (broker := start_broker(cfg, wait=True, out=out)) is not None:
                 urls["event broker"] = broker
