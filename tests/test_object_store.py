@@ -134,6 +134,28 @@ def test_a_model_trained_with_an_object_store_lives_there_and_serves_and_reprodu
     assert (hit.run_id, hit.rows) == (run.info.run_id, int((snapshot["user_id"] == user).sum()))
     assert hit.versions == [("1", hit.versions[0][1])]
 
+    # Backup and restore with the bucket: the project's objects into the backup, then back into
+    # another bucket of an empty machine, MLflow's locations following them.
+    from mlcycle.ops import backup as backups
+
+    manifest = backups.backup(cfg, tmp_path / "backup", out=lambda _line: None)
+    keys = [o["Key"] for o in _client(s3.endpoint).list_objects_v2(Bucket=bucket)["Contents"]]
+    assert manifest.object_store == f"s3://{bucket}/{cfg.project}/"
+    assert sorted(f.removeprefix("s3/") for f in manifest.files if f.startswith("s3/")) == sorted(
+        k.removeprefix(f"{cfg.project}/") for k in keys
+    )
+    other = f"r-{uuid.uuid4().hex[:12]}"
+    _env(monkeypatch, s3.endpoint, other)
+    _, restored = backups.restore(tmp_path / "backup", tmp_path / "restored", out=lambda _line: None)
+    moved = registry.client_for(restored).get_run(result["run_id"]).info.artifact_uri
+    assert moved.startswith(f"s3://{other}/{cfg.project}/mlartifacts/"), moved
+    flavor_r, model_r = tracking.load_version(restored, "1")
+    np.testing.assert_allclose(flavor_r.predict(model_r, X), direct, rtol=1e-6)
+    assert tracking.reproduce(restored, "1").identical
+    with pytest.raises(backups.BackupError, match=r"already holds .* objects"):
+        backups.restore(tmp_path / "backup", tmp_path / "again", out=lambda _line: None)
+    assert not (tmp_path / "again" / "data").exists()
+
 
 def test_up_serves_the_loopback_store_the_environment_names_and_down_stops_it(tmp_path: Path, monkeypatch) -> None:
     """`mlcycle up`'s object store: started where MLCYCLE_S3_ENDPOINT points (loopback, nothing there),

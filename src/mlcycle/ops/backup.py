@@ -41,11 +41,11 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import sqlalchemy as sa
 
 from mlcycle.project.config import DEFAULT_CONFIG_NAME, ProjectConfig, load_config
-from mlcycle.settings import ScaleSettings, ensure_database, forget_ensured, redact
+from mlcycle.settings import ObjectStore, ScaleSettings, ensure_database, ensure_object_store, forget_ensured, redact
 
 FORMAT = 1
 MANIFEST = "manifest.json"
-DATA, PROJECT, POSTGRES = "data", "project", "postgres"
+DATA, PROJECT, POSTGRES, OBJECTS = "data", "project", "postgres", "s3"
 SQLITE_HEADER = b"SQLite format 3\x00"
 # Under data/: rebuilt by the tool that made it, or the state of live processes.
 LEFT_OUT = {
@@ -91,6 +91,7 @@ class Manifest:
     data_root: str  # where data/ was, so a restore elsewhere can relocate MLflow's absolute paths
     config_name: str
     database: str | None = None  # profile scale: the PostgreSQL database dumped (never its URL)
+    object_store: str | None = None  # with MLCYCLE_S3_*: the project's s3://bucket/prefix/ copied into s3/
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # path in the backup → sha256, bytes
     left_out: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
@@ -261,6 +262,11 @@ def backup(cfg: ProjectConfig, dest: Path, config_name: str = DEFAULT_CONFIG_NAM
             dump_database(cfg.scale.pg_url, staging / POSTGRES / f"{cfg.scale.database}.dump")
             manifest.database = cfg.scale.database
             manifest.left_out.setdefault("redis", "the online store in Redis: `mlcycle features publish --fresh`")
+        if (store := ObjectStore.from_env()) is not None:  # the project's objects: artifacts, snapshots
+            ensure_object_store(store)
+            manifest.object_store = store.uri(cfg.project) + "/"
+            out(f"  copying {manifest.object_store} …")
+            out(f"  {_download_objects(store, cfg.project, staging / OBJECTS)} objects copied")
         copied = 0
         for rel, path in _data_files(data) if data.exists() else ():
             if (prefix := _left_out(rel)) is not None:
@@ -378,6 +384,43 @@ def scheduled_backup(
     )
 
 
+def _keys(store: ObjectStore, project: str) -> list[str]:
+    client: Any = store.client()
+    head = store.uri(project).removeprefix(f"s3://{store.bucket}/") + "/"
+    keys = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=head):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+    return keys
+
+
+def _download_objects(store: ObjectStore, project: str, target: Path) -> int:
+    client: Any = store.client()
+    head = store.uri(project).removeprefix(f"s3://{store.bucket}/") + "/"
+    keys = _keys(store, project)
+    for key in keys:
+        path = target / key[len(head) :]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        client.download_file(store.bucket, key, str(path))
+    return len(keys)
+
+
+def _upload_objects(store: ObjectStore, project: str, source: Path, files: list[str], put: list[str]) -> None:
+    """Put the backup's objects under the target store's project prefix, each key appended to
+    ``put`` once written (so a failed restore can remove exactly those: ``_delete_objects``)."""
+    client: Any = store.client()
+    head = store.uri(project).removeprefix(f"s3://{store.bucket}/") + "/"
+    for rel in files:
+        key = head + rel[len(OBJECTS) + 1 :]
+        client.upload_file(str(source / rel), store.bucket, key)
+        put.append(key)
+
+
+def _delete_objects(store: ObjectStore, keys: list[str]) -> None:
+    client: Any = store.client()
+    for start in range(0, len(keys), 1000):
+        client.delete_objects(Bucket=store.bucket, Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]]})
+
+
 def verify(src: Path) -> Manifest:
     """The manifest, once every file it lists is there with its hash (and no file it does not list)."""
     src = Path(src).resolve()
@@ -401,8 +444,16 @@ def verify(src: Path) -> Manifest:
 def _relocate(url: str, old: str, new: str) -> int:
     """Point MLflow's absolute locations (``url``: its SQLite file or PostgreSQL database) from the
     old data directory to the new one."""
+    return _replace_locations(url, [(Path(old).as_uri() + "/", Path(new).as_uri() + "/"), (old + "/", new + "/")])
+
+
+def _relocate_uri(url: str, old: str, new: str) -> int:
+    """The same for object-store locations (``s3://bucket/prefix/project/``, both ending in /)."""
+    return _replace_locations(url, [(old, new)])
+
+
+def _replace_locations(url: str, pairs: list[tuple[str, str]]) -> int:
     changed = 0
-    pairs = [(Path(old).as_uri(), Path(new).as_uri()), (old, new)]
     engine = sa.create_engine(url)
     find = "instr({c}, :before) > 0" if engine.dialect.name == "sqlite" else "strpos({c}, :before) > 0"
     try:
@@ -415,7 +466,7 @@ def _relocate(url: str, old: str, new: str) -> int:
                         query = sa.text(
                             f"UPDATE {table} SET {column} = replace({column}, :before, :after) WHERE {where}"
                         )
-                        changed += conn.execute(query, {"before": before + "/", "after": after + "/"}).rowcount
+                        changed += conn.execute(query, {"before": before, "after": after}).rowcount
     finally:
         engine.dispose()
     return changed
@@ -453,8 +504,24 @@ def restore(src: Path, root: Path, out: Progress = print) -> tuple[Manifest, Pro
                 "writes over a project's state",
                 "point MLCYCLE_PG_URL at an empty database (it is created when missing)",
             )
+    objects = sorted(rel for rel in manifest.files if rel.startswith(OBJECTS + "/"))
+    store = ObjectStore.from_env()
+    if objects:
+        if store is None:
+            raise BackupError(
+                f"the backup holds {len(objects)} objects of {manifest.object_store}, and no object store is set",
+                "export MLCYCLE_S3_ENDPOINT, MLCYCLE_S3_BUCKET and the store's keys (AWS_*) to restore them",
+            )
+        ensure_object_store(store)
+        if existing := _keys(store, manifest.project):
+            raise BackupError(
+                f"{store.uri(manifest.project)}/ already holds {len(existing)} objects: a restore never writes over "
+                "a project's state",
+                "point MLCYCLE_S3_BUCKET / MLCYCLE_S3_PREFIX at an empty place, or move those objects aside",
+            )
     staging = root / f".data.restoring-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
+    put: list[str] = []  # objects written into the store: removed again if the restore fails
     try:
         staging.mkdir(parents=True)
         for rel in manifest.files:
@@ -473,9 +540,18 @@ def restore(src: Path, root: Path, out: Progress = print) -> tuple[Manifest, Pro
         if manifest.data_root != str(data) and registry_url is not None:
             moved = _relocate(registry_url, manifest.data_root, str(data))
             out(f"  {moved} MLflow locations moved from {manifest.data_root} to {data}")
+        if objects and store is not None:
+            target = store.uri(manifest.project) + "/"
+            out(f"  putting {len(objects)} objects into {target} …")
+            _upload_objects(store, manifest.project, src, objects, put)
+            if manifest.object_store and manifest.object_store != target and registry_url is not None:
+                moved = _relocate_uri(registry_url, manifest.object_store, target)
+                out(f"  {moved} MLflow locations moved from {manifest.object_store} to {target}")
         _move_into(staging, data)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if put and store is not None:  # nothing half-restored: the bucket as the restore found it
+            _delete_objects(store, put)
         raise
     for path, rel in project.items():  # only those missing: the others were checked equal
         if not (root / path).exists():
