@@ -367,9 +367,14 @@ def test_a_window_total_counts_the_predictions_whose_outcome_is_missing() -> Non
 def test_an_outcome_whose_positive_class_is_0_is_read_as_training_reads_it() -> None:
     table = pd.DataFrame({"tx": [1, 2, 3], "ok": [0, 1, 0], "known_at": [ARRIVED] * 3})
     outcomes = kpi.outcome_frame(table, event_id="tx", outcome="ok", available_at="known_at", timestamp=None,
-                                 maturity_days=MATURITY, positive_label=0)  # fmt: skip
+                                 maturity_days=MATURITY, positive_label=0, is_label=True)  # fmt: skip
+    assert outcomes[kpi.POSITIVE].tolist() == [1.0, 0.0, 1.0]
+    # Another outcome column (a 0/1 chargeback flag beside a "fraud"/"legit" label) is used as it is.
+    chargebacks = pd.DataFrame({"tx": [1, 2, 3], "charged_back": [1, 0, 1], "known_at": [ARRIVED] * 3})
+    outcomes = kpi.outcome_frame(chargebacks, event_id="tx", outcome="charged_back", available_at="known_at",
+                                 timestamp=None, maturity_days=MATURITY, positive_label="fraud")  # fmt: skip
     assert outcomes[kpi.POSITIVE].tolist() == [1.0, 0.0, 1.0]
     words = pd.DataFrame({"tx": [1, 2, 3], "y": ["fraud", "ok", None], "known_at": [ARRIVED] * 3})
     outcomes = kpi.outcome_frame(words, event_id="tx", outcome="y", available_at="known_at", timestamp=None,
-                                 maturity_days=MATURITY, positive_label="fraud")  # fmt: skip
+                                 maturity_days=MATURITY, positive_label="fraud", is_label=True)  # fmt: skip
     assert outcomes[kpi.POSITIVE].iloc[:2].tolist() == [1.0, 0.0] and np.isnan(outcomes[kpi.POSITIVE].iloc[2])

@@ -227,4 +227,5 @@ def test_rollout_status_in_ab_mode_takes_and_records_a_look_of_the_sequential_te
     second = CliRunner().invoke(app, config)
     assert "look 2: n 600 / 600" in second.output, second.output
     [record] = json.loads(ab.looks_path(cfg).read_text()).values()
-    assert record["looks"] == [[300, 300], [600, 600]] and record["planned_per_arm"] == 686
+    assert [[look["n_champion"], look["n_challenger"]] for look in record["looks"]] == [[300, 300], [600, 600]]
+    assert record["planned_per_arm"] == 686

@@ -8,9 +8,14 @@ actually taken, so they are recorded: ``data/rollout/ab-looks.json`` keeps, per 
 change that started it, the two versions and the metric), the plan, each look's count per arm and
 the decision once reached.
 
+- A look is recorded with its statistic and bound when it is taken, and never recomputed: rows
+  that change later (an outcome arriving late inside an earlier look's span, a row forgotten)
+  must not re-run past looks, which would be more tests than the spending allows for.
 - A repeated analysis without new rows is not a look: it would spend α on no information.
 - After a stop, later analyses report the stop and take no look (more peeking would inflate the
-  false-positive rate the spending function guarantees).
+  false-positive rate the spending function guarantees); a recorded decision is never changed.
+- For a KPI, each arm's values are in the order their outcomes became known, so the series only
+  grows at its end.
 - The plan (per arm) is fixed at the first look: ``canary.ab_planned_per_arm``, else the
   two-proportion sample size for ``canary.ab_minimum_detectable_effect`` on the flag rate. The look
   that reaches it spends what is left of α and ends the test either way.
@@ -19,6 +24,7 @@ the decision once reached.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +36,7 @@ import pandas as pd
 from mlcycle.monitoring import kpi
 from mlcycle.project.config import ProjectConfig
 from mlcycle.serving.canary import variant_rows
+from mlcycle.stats import group_sequential_bounds, sequential_z
 
 FLAG_RATE = "flag_rate"
 FILE_MODE = 0o600
@@ -43,7 +50,7 @@ class ABRecord:
     metric: str
     planned_per_arm: int
     alpha: float
-    looks: list[list[int]] = field(default_factory=list)  # [n_champion, n_challenger] per look taken
+    looks: list[dict[str, float]] = field(default_factory=list)  # each look as taken (SequentialLook's fields)
     decision: str = "continue"
 
 
@@ -88,15 +95,20 @@ def look(
     """Take a look at both arms' values (each in arrival order) if they hold new information and the
     test has not stopped; record it; return the test's state over every look taken."""
     record = load(path, key) or ABRecord(key, metric, int(planned_per_arm), float(alpha))
-    looks = [(int(a), int(b)) for a, b in record.looks]
-    now = (len(champion), len(challenger))
-    if record.decision == "continue" and min(now) > (min(looks[-1]) if looks else 0):
-        looks.append(now)
-    result = kpi.sequential_ab(champion, challenger, looks, record.planned_per_arm, record.alpha)
-    record.looks = [[taken.n_champion, taken.n_challenger] for taken in result.looks]
-    record.decision = result.decision
-    _save(path, record)
-    return result
+    looks = [kpi.SequentialLook(**taken) for taken in record.looks]  # type: ignore[arg-type]
+    n_a, n_b = len(champion), len(challenger)
+    fraction = min(min(n_a, n_b) / record.planned_per_arm, 1.0)
+    if record.decision == "continue" and fraction > (looks[-1].fraction if looks else 0.0):
+        bound = group_sequential_bounds([*(taken.fraction for taken in looks), fraction], record.alpha)[-1]
+        diff, se, z = sequential_z(np.asarray(champion, float), np.asarray(challenger, float))
+        looks.append(kpi.SequentialLook(n_a, n_b, fraction, diff, se, z, bound))
+        if math.isfinite(z) and abs(z) >= bound:
+            record.decision = "challenger_higher" if z > 0 else "challenger_lower"
+        elif fraction >= 1.0:
+            record.decision = "no_difference"
+        record.looks = [asdict(taken) for taken in looks]
+        _save(path, record)
+    return kpi.SequentialResult(tuple(looks), record.alpha, record.decision)  # type: ignore[arg-type]
 
 
 def arm_values(
@@ -109,8 +121,9 @@ def arm_values(
     metric_spec: Any = None,
     as_of: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-prediction values of each arm in arrival order (``logged_at``, then request id): the 0/1
-    decision, or a KPI's value for the predictions whose outcome had arrived by ``as_of``."""
+    """Per-prediction values of each arm in arrival order: the 0/1 decision by ``logged_at`` (then
+    request id), or a KPI's value, for the predictions whose outcome had arrived by ``as_of``, by the
+    outcome's arrival."""
     arms = []
     for rows in variant_rows(predictions, challenger_version, champion_version):
         rows = rows.sort_values(["logged_at", "request_id"], kind="stable")
@@ -118,5 +131,7 @@ def arm_values(
             arms.append(rows["decision"].fillna(False).astype(bool).to_numpy(float))
             continue
         joined, _missing = kpi.join_outcomes(rows, outcomes, as_of) if len(rows) else (rows, 0)
+        if len(joined):  # in the order the outcomes became known: a late one joins the end, not the middle
+            joined = joined.sort_values([kpi.AVAILABLE_AT, "request_id"], kind="stable")
         arms.append(kpi.per_prediction(joined, metric_spec) if len(joined) else np.array([]))
     return arms[0], arms[1]

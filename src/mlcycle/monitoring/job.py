@@ -648,6 +648,7 @@ def kpi_outcomes(cfg: ProjectConfig, table: pd.DataFrame | None = None) -> pd.Da
         positive_label=t.positive_label,
         columns=kpi.weight_columns(cfg.kpis),
         source=source,
+        is_label=own and (o.outcome or t.label) == t.label,
     )
     if t.event_id:
         out[kpi.EVENT_ID] = privacy.as_logged(out[kpi.EVENT_ID].astype(str), t.event_id, cfg.privacy).to_numpy()

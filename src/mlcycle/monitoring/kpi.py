@@ -56,10 +56,13 @@ def outcome_frame(
     positive_label: Any = 1,
     columns: list[str] | tuple[str, ...] = (),
     source: str = "the outcome table",
+    is_label: bool = False,
 ) -> pd.DataFrame:
     """The outcome table in the names this module reads: ``event_id``, whether the outcome is positive
-    (0/1), when it became known (its ``available_at`` column, or ``timestamp`` plus the maturity delay)
-    and the weight ``columns`` the KPIs read. One row per event, or a ``KpiJoinError`` naming the fix."""
+    (0/1: the project's label as training encodes it when ``is_label``, else a 0/1 or boolean column
+    as it is and any other compared with ``positive_label``), when it became known (its
+    ``available_at`` column, or ``timestamp`` plus the maturity delay) and the weight ``columns`` the
+    KPIs read. One row per event, or a ``KpiJoinError`` naming the fix."""
     if event_id not in table.columns:
         raise KpiJoinError(
             f"{source} has no column {event_id!r} to join predictions on: set kpis.outcomes.event_id to the "
@@ -82,7 +85,13 @@ def outcome_frame(
             "event's final outcome) or set kpis.outcomes.event_id to a column that is unique"
         )
     known = ids.notna()
-    positive = encode_labels(table.loc[known, outcome], "classification", positive_label).astype(float)
+    values = table.loc[known, outcome]
+    if is_label:  # the table's own label: read exactly as training reads it (positive_label is 1)
+        positive = encode_labels(values, "classification", positive_label).astype(float)
+    elif pd.api.types.is_bool_dtype(values.dtype) or set(pd.unique(values.dropna())) <= {0, 1}:
+        positive = values.astype(float)  # another outcome column: a 0/1 or boolean one is used as it is
+    else:
+        positive = (values == positive_label).astype(float).where(values.notna())
     if available_at:
         arrived = pd.to_datetime(table.loc[known, available_at], utc=True)
     else:
