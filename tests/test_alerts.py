@@ -187,7 +187,13 @@ def test_on_a_prefect_server_a_route_waits_for_its_count_then_stays_quiet(tmp_pa
         with get_client(sync_client=True) as client:
             client.create_automation(AutomationCore(name=lookalike, trigger=alerts.trigger(cfg, cfg.alerts.routes[0]),
                                                     actions=[DoNothing()]))  # fmt: skip
+            # A duplicate of ours (two syncs that raced): the next sync leaves one.
+            client.create_automation(AutomationCore(name=synced.automations[0], tags=[alerts.TAG, cfg.project],
+                                                    trigger=alerts.trigger(cfg, cfg.alerts.routes[0]),
+                                                    actions=[DoNothing()]))  # fmt: skip
         assert alerts.sync(cfg).automations == synced.automations
+        with get_client(sync_client=True) as client:
+            assert [a.name for a in client.read_automations()].count(synced.automations[0]) == 1
         assert alerts.remove(cfg) == synced.automations
         with get_client(sync_client=True) as client:
             left = {a.name for a in client.read_automations()}

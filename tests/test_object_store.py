@@ -63,6 +63,8 @@ def test_the_environment_describes_the_store_and_a_half_description_is_refused()
              ({"MLCYCLE_S3_BUCKET": "mlc"}, "set MLCYCLE_S3_ENDPOINT too"),
              ({"MLCYCLE_S3_ENDPOINT": "s3.example.com", "MLCYCLE_S3_BUCKET": "mlc", **keys}, "expected http"),
              ({"MLCYCLE_S3_ENDPOINT": "http://h:1", "MLCYCLE_S3_BUCKET": "ML_bucket", **keys}, "lower-case"),
+             ({"MLCYCLE_S3_ENDPOINT": "http://h:port", "MLCYCLE_S3_BUCKET": "mlc", **keys}, "expected http"),
+             ({"MLCYCLE_S3_ENDPOINT": "http://k:s3cr3t@h:1", "MLCYCLE_S3_BUCKET": "mlc", **keys}, "keys in AWS_"),
              ({"MLCYCLE_S3_ENDPOINT": "http://h:1", "MLCYCLE_S3_BUCKET": "mlc"}, "AWS_ACCESS_KEY_ID and")]  # fmt: skip
     for env, message in cases:
         with pytest.raises(settings.ObjectStoreError, match=message):

@@ -284,8 +284,14 @@ class ObjectStore:
                 f"object storage half configured: set {missing} too, or unset both to keep files local"
             )
         parts = urlsplit(endpoint)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-            raise ObjectStoreError(f"MLCYCLE_S3_ENDPOINT={redact(endpoint)!r}: expected http(s)://host:port")
+        try:
+            parts.port  # noqa: B018  (a port that is not a number raises here)
+        except ValueError:
+            parts = urlsplit("")
+        if (parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/")
+                or "@" in parts.netloc):  # fmt: skip
+            shown = redact(endpoint)
+            raise ObjectStoreError(f"MLCYCLE_S3_ENDPOINT={shown!r}: expected http(s)://host:port (keys in AWS_*)")
         if not BUCKET_PATTERN.match(bucket):
             raise ObjectStoreError(f"MLCYCLE_S3_BUCKET={bucket!r}: 3–63 lower-case letters, digits, dots and hyphens")
         missing = [v for v in S3_CREDENTIALS if not env.get(v)]

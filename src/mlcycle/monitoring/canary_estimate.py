@@ -6,7 +6,10 @@ version's CBPE estimate (calibrated on that version's own held-out window) gives
 with an interval, and their difference (challenger − champion) is judged against
 ``-canary.max_auc_drop``: fail when the whole interval is below it, pass when it is wholly above,
 not measurable when it straddles. The two arms are independent samples, so the difference's
-standard error combines the two intervals' (normal approximation: half-width / z).
+standard error combines the two intervals' (normal approximation: half-width / z). Each interval
+holds the calibration fixed (labels simulated from the calibrated probabilities): the error of
+fitting it on a finite held-out window is not in it, so the comparison is narrower than the truth
+by that much, one more reason it decides only when configured to.
 
 The estimate cannot see concept drift: after the world changed, the champion's calibration is
 stale and its estimate optimistic, which is exactly when a retrained challenger is proposed. So the

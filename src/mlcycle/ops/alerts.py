@@ -195,25 +195,30 @@ def sync(cfg: ProjectConfig, api_url: str | None = None) -> Synced:
     removed = []
     with get_client(sync_client=True) as client:
         existing = _ours(cfg, client.read_automations())
-        # Updated in place, then created, then leftovers deleted: no moment without the routes.
+        # Updated in place, then created, then leftovers deleted: no moment without the routes. Two of
+        # one name (two syncs that raced) keep the first, the others are deleted as leftovers.
         for name, automation in wanted.items():
-            if name in existing:
-                client.update_automation(existing.pop(name).id, automation)
+            if existing.get(name):
+                client.update_automation(existing[name].pop(0).id, automation)
             else:
                 client.create_automation(automation=automation)
-        for name, automation in existing.items():
-            client.delete_automation(automation.id)
-            removed.append(name)
+        for name, extras in existing.items():
+            for automation in extras:
+                client.delete_automation(automation.id)
+                removed.append(name)
     return Synced([block_name(cfg, c) for c in blocks], list(wanted), removed)
 
 
-def _ours(cfg: ProjectConfig, automations: list[Any]) -> dict[str, Any]:
+def _ours(cfg: ProjectConfig, automations: list[Any]) -> dict[str, list[Any]]:
     """This project's alert automations: named as ``automation_name`` names them and tagged with
     mlcycle's tag and the project's name (a prefix alone would take another project's, e.g. of a
     project named ``<this>-alert``)."""
     pattern = re.compile(re.escape(prefix(cfg)) + r"-alert-\d+-[a-z_-]+")
-    return {a.name: a for a in automations
-            if pattern.fullmatch(a.name) and TAG in (a.tags or []) and cfg.project in (a.tags or [])}  # fmt: skip
+    ours: dict[str, list[Any]] = {}
+    for a in automations:
+        if pattern.fullmatch(a.name) and TAG in (a.tags or []) and cfg.project in (a.tags or []):
+            ours.setdefault(a.name, []).append(a)
+    return ours
 
 
 def remove(cfg: ProjectConfig) -> list[str]:
@@ -222,9 +227,10 @@ def remove(cfg: ProjectConfig) -> list[str]:
 
     gone = []
     with get_client(sync_client=True) as client:
-        for name, automation in _ours(cfg, client.read_automations()).items():
-            client.delete_automation(automation.id)
-            gone.append(name)
+        for name, automations in _ours(cfg, client.read_automations()).items():
+            for automation in automations:
+                client.delete_automation(automation.id)
+                gone.append(name)
     return gone
 
 

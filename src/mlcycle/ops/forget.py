@@ -261,7 +261,9 @@ def _forget_sql_predictions(cfg: ProjectConfig, target: Target) -> Removed:
                 chunk = ids[start : start + 1000]
                 conn.execute(sa.text(f"DELETE FROM {TABLE} WHERE id IN ({','.join(map(str, chunk))})"))
             result.count = len(ids)
-        if result.count and engine.dialect.name == "postgresql":
+        if engine.dialect.name == "postgresql" and (result.count or _dead_tuples(engine, TABLE)):
+            # Also when nothing was removed now: a run that deleted and then failed to rewrite leaves
+            # dead tuples, and running forget again must finish that.
             # A deleted tuple's bytes stay in the table's pages until they are reused; a plain VACUUM
             # only marks the space free. VACUUM FULL writes the table and its indexes anew (writers
             # wait for it). The write-ahead log and base backups keep the rows until they age out.
@@ -271,6 +273,14 @@ def _forget_sql_predictions(cfg: ProjectConfig, target: Target) -> Removed:
     finally:
         engine.dispose()
     return result
+
+
+def _dead_tuples(engine: Any, table: str) -> int:
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        query = sa.text("SELECT coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables WHERE relname = :t")
+        return int(conn.execute(query, {"t": table}).scalar() or 0)
 
 
 def forget_event_log(cfg: ProjectConfig, target: Target) -> Removed:
@@ -356,7 +366,7 @@ def forget_online(cfg: ProjectConfig, target: Target) -> tuple[Removed, list[str
             db.commit()
             busy = _checkpoint(db)
         result.unit = "entity rows"
-        if busy and result.count:
+        if busy:
             return result, [
                 "online store: a reader kept the SQLite file's write-ahead log open, so the log still holds the "
                 "removed rows' old pages; stop the service (mlcycle down) and run forget again"
@@ -441,14 +451,30 @@ def forget_broker(cfg: ProjectConfig, target: Target) -> tuple[list[Removed], li
                 if _entry_row(fields).get(target.column) in target:
                     gone.append(entry_id)
             entries.count += remove_entries(client, stream, gone)
-        if cfg.profile == "local" and (sets.count or entries.count):
+        if cfg.profile == "local":  # every time: an earlier run may have removed and then failed to rewrite
             _rewrite_aof(client)
-            entries.notes.append("the broker's append-only file rewritten")
-        elif entries.count or sets.count:
-            entries.notes.append("Redis's own snapshots and append-only file keep them until its next save or rewrite")
+            if sets.count or entries.count:
+                entries.notes.append("the broker's append-only file rewritten")
+        elif (sets.count or entries.count) and _persists(client):
+            return [sets, entries], [
+                "event broker: the entity's entries are gone from Redis's memory, but this Redis writes snapshots or "
+                "an append-only file, which keep them until it rewrites them: its operator runs BGREWRITEAOF (or "
+                "BGSAVE), then the request is complete"
+            ]
     except (redis.exceptions.RedisError, RuntimeError, TimeoutError) as exc:
         return [sets, entries], [f"event broker: {exc}; run forget again"]
     return [sets, entries], []
+
+
+def _persists(client: Any) -> bool:
+    """Whether a Redis writes its data to disk (an append-only file, or a snapshot schedule); a Redis
+    that will not say (CONFIG refused) is taken to persist."""
+    import redis
+
+    try:
+        return bool(client.info("persistence").get("aof_enabled")) or bool(client.config_get("save").get("save"))
+    except redis.exceptions.RedisError:
+        return True
 
 
 def _entry_row(fields: dict[bytes, bytes]) -> dict[str, Any]:
@@ -560,7 +586,9 @@ def forget(
         try:
             return step()
         except Exception as exc:  # any store's own error: named, the request left incomplete
-            incomplete.append(f"{' and '.join(stores)}: failed ({type(exc).__name__}: {exc}); fix it and run "
+            text = str(exc).replace(target.key, "<key>")
+            text = text.replace(target.token, "<token>") if target.token else text
+            incomplete.append(f"{' and '.join(stores)}: failed ({type(exc).__name__}: {text}); fix it and run "
                               "forget again")  # fmt: skip
             return None
 

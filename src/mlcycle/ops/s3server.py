@@ -71,6 +71,7 @@ class LocalS3Server:
         """The server's command line, its credentials file written (mode 0600: the secret is never on
         the command line ``ps`` shows) and its ports picked: for ``start`` or a supervisor."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)  # it holds the objects (snapshots of personal data) and the keys
         config = self.directory / "s3.json"
         identity = {"name": "mlcycle", "credentials": [{"accessKey": self._keys[0], "secretKey": self._keys[1]}],
                     "actions": ["Admin", "Read", "List", "Tagging", "Write"]}  # fmt: skip
