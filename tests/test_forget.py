@@ -326,3 +326,30 @@ def test_a_store_that_fails_leaves_the_request_incomplete_and_recorded(project: 
     assert report.inputs == {str(cfg.table_path): int((table["user_id"] == user).sum())}
     last = registry.PromotionLog(cfg.promotion_log_uri).history(limit=1)[0]
     assert last.action == "forget" and last.reason.endswith("INCOMPLETE")
+
+
+def test_a_shared_redis_that_writes_to_disk_leaves_the_stream_erasure_incomplete(
+    project: ProjectConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Profile scale: forget removes the entries from the shared Redis's memory, but not from the files
+    that Redis writes (its operator rewrites them): with persistence on, the request is INCOMPLETE and
+    says so; with persistence off (as this machine's own Redis runs), it is complete."""
+    with LocalRedisServer(tmp_path / "redis") as server:  # AOF on: a Redis that writes to disk
+        monkeypatch.setenv("MLCYCLE_PROFILE", "scale")
+        monkeypatch.setenv("MLCYCLE_REDIS_URL", server.url)
+        monkeypatch.setenv("MLCYCLE_REDIS_PREFIX", f"t{uuid.uuid4().hex[:8]}")
+        cfg = clone_project(project, tmp_path / "p")
+        assert cfg.profile == "scale"
+        client, keys = connect(server.url), stream_keys(cfg)
+        target = erasure.target_for(cfg, "user_id", "4242")
+        client.xadd(keys.events, encode({"user_id": 4242, "amount": 1.0}))
+        client.xadd(keys.events, encode({"user_id": 7, "amount": 2.0}))
+        removed, incomplete = erasure.forget_broker(cfg, target)
+        assert {r.store: r.count for r in removed}["stream entries"] == 1
+        assert len(incomplete) == 1 and "BGREWRITEAOF" in incomplete[0]
+        client.config_set("appendonly", "no")
+        client.config_set("save", "")
+        client.xadd(keys.events, encode({"user_id": 4242, "amount": 3.0}))
+        removed, incomplete = erasure.forget_broker(cfg, target)
+        assert {r.store: r.count for r in removed}["stream entries"] == 1 and incomplete == []
+        assert client.xlen(keys.events) == 1
