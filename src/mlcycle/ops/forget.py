@@ -268,6 +268,12 @@ def _forget_sql_predictions(cfg: ProjectConfig, target: Target) -> Removed:
             # only marks the space free. VACUUM FULL writes the table and its indexes anew (writers
             # wait for it). The write-ahead log and base backups keep the rows until they age out.
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                mine = (
+                    "SELECT pg_get_userbyid(relowner) = current_user FROM pg_class WHERE relname = :t AND relkind = 'r'"
+                )
+                owner = conn.execute(sa.text(mine), {"t": TABLE}).scalar()
+                if not owner:  # PostgreSQL only warns and skips the table for anyone else
+                    raise PermissionError(f"VACUUM FULL of {TABLE} needs the table's owner: run forget as that role")
                 conn.execute(sa.text(f"VACUUM FULL {TABLE}"))
             result.notes.append("table rewritten (VACUUM FULL); PostgreSQL's WAL and backups age out on their own")
     finally:
