@@ -1,0 +1,141 @@
+"""Training sets built partition by partition on a Dask cluster, where each partition's rows are read.
+
+A point-in-time join is per entity row (each row's features as they were at its own timestamp), so
+the labelled table can be cut into time ranges and each range joined on its own: the union is the
+single-node training set, row for row. Each Dask task reads only its range of the table (parquet
+filters on the timestamp column), applies the same steps as ``pipeline.build_training_set`` —
+the contract's representation, ``labelled_entities`` for the same ``as_of`` and window, the
+project's Feast store — and returns its rows; the driver reads only the timestamp column, to place
+the cuts. Nothing gathers the table into one process.
+
+The cluster: ``MLCYCLE_DASK_SCHEDULER`` (``tcp://host:port``) when set, else a local one (processes,
+loopback, no dashboard) for the duration of the call. Workers need the project's files (its config,
+``feature_repo/``, the table and feature tables) at the same path, or in object storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mlcycle.data import validation
+from mlcycle.project.config import DEFAULT_CONFIG_NAME, ProjectConfig, load_config
+
+SCHEDULER_ENV = "MLCYCLE_DASK_SCHEDULER"
+
+
+class EngineError(RuntimeError):
+    """The cluster cannot be reached or used; the message names the variable to set."""
+
+
+@contextlib.contextmanager
+def cluster_client(workers: int = 2) -> Iterator[Any]:
+    """A Dask client: on ``MLCYCLE_DASK_SCHEDULER`` when set, else on a local cluster of ``workers``
+    single-threaded processes on loopback, closed on exit."""
+    from distributed import Client, LocalCluster
+
+    address = os.environ.get(SCHEDULER_ENV, "").strip()
+    if address:
+        try:
+            client = Client(address, timeout="10s")
+        except OSError as exc:
+            raise EngineError(f"{SCHEDULER_ENV}={address}: no Dask scheduler answers there ({exc}); start one "
+                              f"or unset {SCHEDULER_ENV} for a local cluster") from None  # fmt: skip
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    with (
+        LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        ) as cluster,  # fmt: skip
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def cuts(
+    cfg: ProjectConfig, partitions: int, after: pd.Timestamp | None = None, until: pd.Timestamp | None = None
+) -> list[pd.Timestamp]:
+    """Boundaries of ``partitions`` time ranges of about equal rows among the events in
+    ``(after, until]`` (those a training set can use), from the timestamp column alone."""
+    import pyarrow.parquet as pq
+
+    column = cfg.table.timestamp
+    times = pd.Series(pq.read_table(cfg.table_path, columns=[column]).column(column).to_pandas())
+    times = pd.to_datetime(times, utc=True).dropna()
+    if until is not None:
+        times = times[times <= until]
+    if after is not None:
+        times = times[times > after]
+    times = times.sort_values()
+    if times.empty:
+        return []
+    inner = [times.iloc[int(len(times) * k / partitions)] for k in range(1, partitions)]
+    return sorted(set(inner))
+
+
+def _range(path: Path, column: str, low: pd.Timestamp | None, high: pd.Timestamp | None) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    kind = pq.read_schema(path).field(column).type
+    naive = pa.types.is_timestamp(kind) and kind.tz is None
+
+    def bound(moment: pd.Timestamp) -> pd.Timestamp:  # compared in the column's own kind of time
+        return moment.tz_convert("UTC").tz_localize(None) if naive else moment
+
+    filters = [(column, ">=", bound(low))] if low is not None else []
+    filters += [(column, "<", bound(high))] if high is not None else []
+    return pq.read_table(path, filters=filters or None).to_pandas()
+
+
+def training_partition(
+    config: str, low: pd.Timestamp | None, high: pd.Timestamp | None, as_of: datetime | None, window: int | None
+) -> pd.DataFrame:
+    """One range's training rows, in a worker: what ``pipeline.build_training_set`` does, on
+    ``[low, high)`` of the table only."""
+    from mlcycle.features import pipeline, store
+
+    cfg = load_config(config)
+    table = validation.normalize_table(_range(cfg.table_path, cfg.table.timestamp, low, high),
+                                       validation.table_schema(cfg))  # fmt: skip
+    fs = store.open_project_store(cfg)
+    plan = store.plan_for(fs, cfg.features.feature_service)
+    carried = pipeline.carried_columns(cfg, table, plan)
+    entities = pipeline.labelled_entities(table, cfg, as_of, window, plan.request_fields, carried)
+    if entities.empty:
+        return entities
+    return store.training_set(fs, entities, cfg.features.feature_service)
+
+
+def partitioned_training_set(
+    cfg: ProjectConfig,
+    client: Any,
+    as_of: datetime | None = None,
+    window_days: int | None = None,
+    partitions: int = 4,
+) -> list[Any]:
+    """Futures of the training set's partitions, one per time range, computed on the cluster. The
+    table must be parquet (its row groups are read by range)."""
+    if cfg.table_path.suffix.lower() != ".parquet":
+        raise EngineError(f"{cfg.table_path}: the dask engine reads parquet tables by range; convert it to parquet")
+    from mlcycle.features.pipeline import default_as_of
+
+    config = str(cfg.root / DEFAULT_CONFIG_NAME)
+    window = window_days or cfg.model.train_window_days
+    # Cut where the usable events are (matured by as_of, inside the window): each range gets work.
+    moment = pd.Timestamp(as_of) if as_of is not None else default_as_of()
+    until = (moment.tz_localize("UTC") if moment.tz is None else moment) - pd.Timedelta(days=cfg.table.label_delay_days)
+    after = until - pd.Timedelta(days=window) if window is not None else None
+    bounds: list[pd.Timestamp | None] = [None, *cuts(cfg, partitions, after, until), None]
+    return [client.submit(training_partition, config, low, high, as_of, window, pure=False)
+            for low, high in itertools.pairwise(bounds)]  # fmt: skip
