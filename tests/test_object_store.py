@@ -183,3 +183,17 @@ def test_up_serves_the_loopback_store_the_environment_names_and_down_stops_it(tm
     from mlcycle.net import port_free
 
     assert port_free(port)
+
+
+def test_a_half_set_store_is_reported_once_by_up_not_by_every_launch(tmp_path: Path, monkeypatch) -> None:
+    from mlcycle.ops import stack
+
+    cfg = ProjectConfig.model_validate({"project": "half", "model": {"name": "m"}})
+    cfg.root = tmp_path
+    monkeypatch.setenv("MLCYCLE_S3_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.delenv("MLCYCLE_S3_BUCKET", raising=False)
+    monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)
+    env = stack.child_env(cfg)  # every launch's environment: no error from it, no S3 settings in it
+    assert "MLFLOW_S3_ENDPOINT_URL" not in env and env["MLCYCLE_CONFIG"] == str(tmp_path / "mlcycle.yaml")
+    with pytest.raises(settings.ObjectStoreError, match="set MLCYCLE_S3_BUCKET too"):
+        stack.start_s3_server(cfg, out=lambda _line: None)

@@ -324,8 +324,11 @@ def child_env(cfg: ProjectConfig, **extra: str) -> dict[str, str]:
     env.update(TELEMETRY_OFF)
     env["MLCYCLE_CONFIG"] = str(cfg.root / DEFAULT_CONFIG_NAME)
     env["PREFECT_HOME"] = str(prefect_home(cfg))
-    if (store := scale.ObjectStore.from_env()) is not None:  # MLflow's S3 client in the UI, service and worker
-        env.update(store.client_env())
+    try:  # MLflow's S3 client in the UI, service and worker
+        if (store := scale.ObjectStore.from_env()) is not None:
+            env.update(store.client_env())
+    except scale.ObjectStoreError:
+        pass  # a half-set store is reported once, by start_s3_server, not by every launch
     env.update(extra)
     return env
 
