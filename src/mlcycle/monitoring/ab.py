@@ -24,7 +24,6 @@ the decision once reached.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,7 +35,6 @@ import pandas as pd
 from mlcycle.monitoring import kpi
 from mlcycle.project.config import ProjectConfig
 from mlcycle.serving.canary import variant_rows
-from mlcycle.stats import group_sequential_bounds, sequential_z
 
 FLAG_RATE = "flag_rate"
 FILE_MODE = 0o600
@@ -96,18 +94,15 @@ def look(
     test has not stopped; record it; return the test's state over every look taken."""
     record = load(path, key) or ABRecord(key, metric, int(planned_per_arm), float(alpha))
     looks = [kpi.SequentialLook(**taken) for taken in record.looks]  # type: ignore[arg-type]
-    n_a, n_b = len(champion), len(challenger)
-    fraction = min(min(n_a, n_b) / record.planned_per_arm, 1.0)
-    if record.decision == "continue" and fraction > (looks[-1].fraction if looks else 0.0):
-        bound = group_sequential_bounds([*(taken.fraction for taken in looks), fraction], record.alpha)[-1]
-        diff, se, z = sequential_z(np.asarray(champion, float), np.asarray(challenger, float))
-        looks.append(kpi.SequentialLook(n_a, n_b, fraction, diff, se, z, bound))
-        if math.isfinite(z) and abs(z) >= bound:
-            record.decision = "challenger_higher" if z > 0 else "challenger_lower"
-        elif fraction >= 1.0:
-            record.decision = "no_difference"
-        record.looks = [asdict(taken) for taken in looks]
-        _save(path, record)
+    if record.decision == "continue":
+        step = kpi.next_look(
+            champion, challenger, [taken.fraction for taken in looks], record.planned_per_arm, record.alpha
+        )
+        if step is not None:
+            looks.append(step)
+            record.decision = kpi.look_decision(step)
+            record.looks = [asdict(taken) for taken in looks]
+            _save(path, record)
     return kpi.SequentialResult(tuple(looks), record.alpha, record.decision)  # type: ignore[arg-type]
 
 

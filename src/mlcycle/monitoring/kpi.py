@@ -387,22 +387,42 @@ def sequential_ab(
     ``alpha``; a single look at the plan is the fixed-sample z-test."""
     a, b = np.asarray(champion, float), np.asarray(challenger, float)
     taken: list[SequentialLook] = []
-    fractions: list[float] = []
     for look in looks:
         n_a, n_b = (look, look) if isinstance(look, int | np.integer) else look
         n_a, n_b = min(int(n_a), len(a)), min(int(n_b), len(b))
-        t = min(min(n_a, n_b) / planned_per_arm, 1.0)
-        if fractions and t <= fractions[-1]:
+        step = next_look(a[:n_a], b[:n_b], [t.fraction for t in taken], planned_per_arm, alpha)
+        if step is None:
             continue  # no new information since the last look: not a look
-        fractions.append(t)
-        diff, se, z = sequential_z(a[:n_a], b[:n_b])
-        bound = _bounds(tuple(round(f, 9) for f in fractions), alpha)[-1]
-        taken.append(SequentialLook(n_a, n_b, t, diff, se, z, bound))
-        if math.isfinite(z) and abs(z) >= bound:
-            return SequentialResult(tuple(taken), alpha, "challenger_higher" if z > 0 else "challenger_lower")
-        if t >= 1.0:
-            return SequentialResult(tuple(taken), alpha, "no_difference")
+        taken.append(step)
+        decision = look_decision(step)
+        if decision != "continue":
+            return SequentialResult(tuple(taken), alpha, decision)
     return SequentialResult(tuple(taken), alpha, "continue")
+
+
+def next_look(
+    champion: np.ndarray, challenger: np.ndarray, fractions: list[float], planned_per_arm: int, alpha: float
+) -> SequentialLook | None:
+    """The look taken on both arms' values so far after looks at ``fractions``, or None when the arms
+    hold no new information (a look then would spend α for nothing). Its bound comes from the spending
+    function over the looks actually taken, so a recorded test and a replayed one agree."""
+    n_a, n_b = len(champion), len(challenger)
+    fraction = min(min(n_a, n_b) / planned_per_arm, 1.0)
+    if fractions and fraction <= fractions[-1]:
+        return None
+    bound = _bounds(tuple(round(f, 9) for f in [*fractions, fraction]), alpha)[-1]
+    diff, se, z = sequential_z(np.asarray(champion, float), np.asarray(challenger, float))
+    return SequentialLook(n_a, n_b, fraction, diff, se, z, bound)
+
+
+def look_decision(
+    look: SequentialLook,
+) -> Literal["challenger_higher", "challenger_lower", "no_difference", "continue"]:
+    """The stop rule: a z at or past its bound decides the direction; the look that reaches the plan
+    without a crossing decides no difference."""
+    if math.isfinite(look.z) and abs(look.z) >= look.bound:
+        return "challenger_higher" if look.z > 0 else "challenger_lower"
+    return "no_difference" if look.fraction >= 1.0 else "continue"
 
 
 def _utc(moment: datetime | pd.Timestamp) -> pd.Timestamp:
