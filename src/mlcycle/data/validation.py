@@ -239,6 +239,95 @@ def _leak_sample(n: int) -> np.ndarray:
     return np.sort(np.random.default_rng(0).choice(n, LEAK_SAMPLE_ROWS, replace=False))
 
 
+@dataclass(frozen=True)
+class TrainingSetStats:
+    """What the training-set checks of a classification read, in a form that adds up: the engine that
+    builds a training set in partitions computes one per partition and merges them
+    (:func:`merge_training_set_stats`), so no process holds the whole set."""
+
+    rows: int
+    label_sum: float | None  # None: the label column is missing
+    nulls: dict[str, int]  # per present feature
+    missing: tuple[str, ...]  # features absent from the set
+    late: int | None  # rows with a feature clock after the event (None: no request clock)
+    clocks: tuple[str, ...]
+    sample: pd.DataFrame  # the leak check's rows: present features and the label
+
+
+def training_set_stats(
+    frame: pd.DataFrame, features: list[str], label: str, sample: np.ndarray | None = None
+) -> TrainingSetStats:
+    """``sample``: positions of the rows the leak check scores (default ``_leak_sample``)."""
+    present = [f for f in features if f in frame]
+    has_label = label in frame
+    take = _leak_sample(len(frame)) if sample is None else sample
+    late, clocks = None, ()
+    if "request_unix" in frame:
+        clocks = tuple(c for c in frame.columns if c.endswith("_unix") and c != "request_unix")
+        event = pd.to_numeric(frame["request_unix"], errors="coerce")
+        late = sum(int((pd.to_numeric(frame[c], errors="coerce") > event).sum()) for c in clocks)
+    return TrainingSetStats(
+        rows=len(frame),
+        label_sum=float(frame[label].sum()) if has_label else None,
+        # column by column: ``frame[present]`` would copy the whole set first
+        nulls={f: int(frame[f].isna().sum()) for f in present},
+        missing=tuple(f for f in features if f not in frame),
+        late=late,
+        clocks=clocks,
+        sample=frame[[*present, *([label] if has_label else [])]].take(take).reset_index(drop=True),
+    )
+
+
+def merge_training_set_stats(parts: list[TrainingSetStats]) -> TrainingSetStats:
+    """The statistics of the partitions' union (their samples concatenated in partition order)."""
+    first = parts[0]
+    lates = [p.late for p in parts if p.late is not None]
+    return TrainingSetStats(
+        rows=sum(p.rows for p in parts),
+        label_sum=None if any(p.label_sum is None for p in parts) else sum(p.label_sum or 0.0 for p in parts),
+        nulls={f: sum(p.nulls.get(f, 0) for p in parts) for f in first.nulls},
+        missing=first.missing,
+        late=sum(lates) if lates else None,
+        clocks=first.clocks,
+        sample=pd.concat([p.sample for p in parts], ignore_index=True),
+    )
+
+
+def training_set_verdict(stats: TrainingSetStats, label: str, spec: QualitySpec) -> Verdict:
+    """The classification checks on a training set's statistics (see :func:`check_training_set`)."""
+    checks = [at_least("rows", float(stats.rows), float(spec.min_rows))]
+    if stats.label_sum is None:
+        return Verdict("training-set quality", (*checks, CheckResult("label_present", None, None, ">=", False, label)))
+    checks.append(
+        within(
+            "label_rate", stats.label_sum / stats.rows if stats.rows else None, spec.min_label_rate, spec.max_label_rate
+        )
+    )
+    if stats.missing:
+        checks.append(CheckResult("features_present", None, None, ">=", False, f"missing: {', '.join(stats.missing)}"))
+    for feature, nulls in stats.nulls.items():
+        bound = spec.null_rate_overrides.get(feature, spec.max_null_rate)
+        checks.append(at_most(f"null_rate[{feature}]", nulls / stats.rows if stats.rows else float("nan"), bound))
+    if 0 < stats.label_sum < stats.rows:
+        # On a bounded sample: a leak shows as an AUC near 1 on 200k rows as clearly as on 10M.
+        y_sample = stats.sample[label].to_numpy()
+        auc = {}
+        for feature in stats.nulls:
+            values = pd.to_numeric(stats.sample[feature], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+            known = ~np.isnan(values)
+            v, yk = values[known], y_sample[known]
+            if known.sum() > 10 and v.min() < v.max():
+                score, _ = ranking_metrics(yk, v)
+                if score is not None:
+                    auc[feature] = max(score, 1 - score)
+        checks.append(_strongest_alone("max_single_feature_auc", auc, spec.max_single_feature_auc, 0.5))
+    if stats.late is not None:
+        checks.append(
+            at_most("feature_after_event_rows", float(stats.late), 0.0, f"clocks checked: {', '.join(stats.clocks)}")
+        )
+    return Verdict("training-set quality", tuple(checks))
+
+
 def check_training_set(
     frame: pd.DataFrame, features: list[str], label: str, spec: QualitySpec, task: str = "classification"
 ) -> Verdict:
@@ -248,37 +337,18 @@ def check_training_set(
     the label almost perfectly (a leak: the label, or something computed after it, got in), and no
     feature clock later than the event it describes.
     """
+    if task != "regression":
+        return training_set_verdict(training_set_stats(frame, features, label), label, spec)
     checks = [at_least("rows", float(len(frame)), float(spec.min_rows))]
-    y = frame[label].to_numpy() if label in frame else None
-    if y is None:
+    if label not in frame:
         return Verdict("training-set quality", (*checks, CheckResult("label_present", None, None, ">=", False, label)))
-    if task == "regression":
-        checks += regression_label_checks(frame, features, label, spec)
-    else:
-        checks.append(
-            within("label_rate", float(y.mean()) if len(y) else None, spec.min_label_rate, spec.max_label_rate)
-        )
+    checks += regression_label_checks(frame, features, label, spec)
     missing = [f for f in features if f not in frame]
     if missing:
         checks.append(CheckResult("features_present", None, None, ">=", False, f"missing: {', '.join(missing)}"))
-    present = [f for f in features if f in frame]
-    for feature in present:  # column by column: ``frame[present]`` would copy the whole set first
+    for feature in [f for f in features if f in frame]:
         bound = spec.null_rate_overrides.get(feature, spec.max_null_rate)
         checks.append(at_most(f"null_rate[{feature}]", float(frame[feature].isna().mean()), bound))
-    if task != "regression" and 0 < y.sum() < len(y):
-        # On a bounded sample: a leak shows as an AUC near 1 on 200k rows as clearly as on 10M.
-        take = _leak_sample(len(frame))
-        y_sample = y[take]
-        auc = {}
-        for feature in present:
-            values = pd.to_numeric(frame[feature].take(take), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-            known = ~np.isnan(values)
-            v, yk = values[known], y_sample[known]
-            if known.sum() > 10 and v.min() < v.max():
-                score, _ = ranking_metrics(yk, v)
-                if score is not None:
-                    auc[feature] = max(score, 1 - score)
-        checks.append(_strongest_alone("max_single_feature_auc", auc, spec.max_single_feature_auc, 0.5))
     if "request_unix" in frame:
         clocks = [c for c in frame.columns if c.endswith("_unix") and c != "request_unix"]
         event = pd.to_numeric(frame["request_unix"], errors="coerce")

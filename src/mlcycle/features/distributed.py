@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import operator
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from mlcycle.data import validation
@@ -103,11 +106,33 @@ def training_partition(
 ) -> pd.DataFrame:
     """One range's training rows, in a worker: what ``pipeline.build_training_set`` does, on
     ``[low, high)`` of the table only."""
-    from mlcycle.features import pipeline, store
-
     cfg = load_config(config)
     table = validation.normalize_table(_range(cfg.table_path, cfg.table.timestamp, low, high),
                                        validation.table_schema(cfg))  # fmt: skip
+    return _joined(cfg, table, as_of, window)
+
+
+def checked_partition(
+    config: str, low: pd.Timestamp | None, high: pd.Timestamp | None, as_of: datetime | None, window: int | None
+) -> tuple[validation.ContractReport, np.ndarray | None, pd.DataFrame]:
+    """One range, in a worker: its rows checked against the contract (as ``validate_table`` checks the
+    whole table), the hashes of its distinct event ids (for duplicates across ranges) and its
+    training rows — none when the range breaks the contract: bad rows never train."""
+    cfg = load_config(config)
+    table = validation.normalize_table(_range(cfg.table_path, cfg.table.timestamp, low, high),
+                                       validation.table_schema(cfg))  # fmt: skip
+    report = validation.validate_table(table, cfg)
+    ids = None
+    if cfg.table.event_id and cfg.table.event_id in table:
+        ids = np.unique(pd.util.hash_array(table[cfg.table.event_id].astype(str).to_numpy(dtype=object)))
+    if not report.ok:
+        return report, ids, table.iloc[:0]
+    return report, ids, _joined(cfg, table, as_of, window)
+
+
+def _joined(cfg: ProjectConfig, table: pd.DataFrame, as_of: datetime | None, window: int | None) -> pd.DataFrame:
+    from mlcycle.features import pipeline, store
+
     fs = store.open_project_store(cfg)
     plan = store.plan_for(fs, cfg.features.feature_service)
     carried = pipeline.carried_columns(cfg, table, plan)
@@ -139,3 +164,86 @@ def partitioned_training_set(
     bounds: list[pd.Timestamp | None] = [None, *cuts(cfg, partitions, after, until), None]
     return [client.submit(training_partition, config, low, high, as_of, window, pure=False)
             for low, high in itertools.pairwise(bounds)]  # fmt: skip
+
+
+@dataclass
+class ClusterTrainingSet:
+    """A training set held on the cluster: one future per time range, each pinned to its worker
+    (``owners``: range k on the k-th worker in address order, round robin), and the table's contract
+    report merged over the ranges."""
+
+    parts: list[Any]
+    owners: list[str]
+    contract: validation.ContractReport
+
+
+def workers_of(client: Any) -> list[str]:
+    """The cluster's workers in address order: the placement of partitions follows it."""
+    workers = sorted(client.scheduler_info()["workers"])
+    if not workers:
+        raise EngineError(f"the Dask cluster has no worker; start one, or unset {SCHEDULER_ENV} for a local cluster")
+    return workers
+
+
+def placed_training_set(
+    cfg: ProjectConfig,
+    client: Any,
+    as_of: datetime | None = None,
+    window_days: int | None = None,
+    partitions: int | None = None,
+) -> ClusterTrainingSet:
+    """The whole table checked and the training set built, range by range on the cluster, each range
+    on a fixed worker, so that the same cluster size places the same rows on the same ranks (what a
+    reproduction needs). A contract failure leaves no training rows on the cluster."""
+    if cfg.table_path.suffix.lower() != ".parquet":
+        raise EngineError(f"{cfg.table_path}: the dask engine reads parquet tables by range; convert it to parquet")
+    from mlcycle.features.pipeline import default_as_of
+
+    config = str(cfg.root / DEFAULT_CONFIG_NAME)
+    window = window_days or cfg.model.train_window_days
+    moment = pd.Timestamp(as_of) if as_of is not None else default_as_of()
+    until = (moment.tz_localize("UTC") if moment.tz is None else moment) - pd.Timedelta(days=cfg.table.label_delay_days)
+    after = until - pd.Timedelta(days=window) if window is not None else None
+    bounds: list[pd.Timestamp | None] = [None, *cuts(cfg, partitions or cfg.model.partitions, after, until), None]
+    workers = workers_of(client)
+    owners = [workers[k % len(workers)] for k in range(len(bounds) - 1)]
+    checked = [
+        client.submit(checked_partition, config, low, high, as_of, window, pure=False, workers=[owner],
+                      allow_other_workers=False)
+        for (low, high), owner in zip(itertools.pairwise(bounds), owners, strict=True)
+    ]  # fmt: skip
+    pairs = list(zip(checked, owners, strict=True))
+    reports = client.gather([client.submit(operator.getitem, c, 0, workers=[o]) for c, o in pairs])
+    ids = client.gather([client.submit(operator.getitem, c, 1, workers=[o]) for c, o in pairs])
+    parts = [client.submit(operator.getitem, c, 2, workers=[o], allow_other_workers=False) for c, o in pairs]
+    contract = merge_reports(reports, ids, cfg.table.event_id)
+    if not contract.ok:
+        client.cancel(parts)
+        parts = []
+    return ClusterTrainingSet(parts, owners, contract)
+
+
+def merge_reports(
+    reports: list[validation.ContractReport], ids: list[np.ndarray | None], event_id: str | None
+) -> validation.ContractReport:
+    """One report for the table: the ranges' failures summed per column and check, and event ids that
+    repeat across ranges (each range checked its own) counted as a failure of ``unique``."""
+    merged: dict[tuple[str, str], validation.CheckFailure] = {}
+    for report in reports:
+        for f in report.failures:
+            seen = merged.get((f.column, f.check))
+            if seen is None:
+                merged[(f.column, f.check)] = f
+            else:
+                examples = tuple(dict.fromkeys([*seen.examples, *f.examples]))[:3]
+                merged[(f.column, f.check)] = validation.CheckFailure(f.column, f.check, seen.rows + f.rows, examples)
+    known = [h for h in ids if h is not None]
+    if event_id and known:
+        _, counts = np.unique(np.concatenate(known), return_counts=True)
+        repeated = int(counts[counts > 1].sum())
+        if repeated:
+            key = (event_id, "unique")
+            seen = merged.get(key)
+            rows = repeated + (seen.rows if seen else 0)
+            merged[key] = validation.CheckFailure(event_id, "unique", rows, seen.examples if seen else ())
+    return validation.ContractReport(sum(r.rows for r in reports), tuple(merged.values()))

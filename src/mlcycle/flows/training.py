@@ -23,10 +23,12 @@ from prefect.runtime import flow_run
 import mlcycle  # noqa: F401  (telemetry off before the stack is imported)
 from mlcycle.data import privacy, validation
 from mlcycle.decisions import Verdict
+from mlcycle.features import distributed as engine
 from mlcycle.features import open_project_store, pipeline, plan_for
 from mlcycle.project.config import PrivacySpec, ProjectConfig, load_config
 from mlcycle.registry import tracking
 from mlcycle.registry.aliases import client_for
+from mlcycle.training import distributed as cluster
 from mlcycle.training import fit as training
 from mlcycle.training import gates
 from mlcycle.training.evaluation import EvaluationReport
@@ -105,7 +107,7 @@ def run_gates(cfg: ProjectConfig, candidate: training.Candidate, champion: Evalu
 @task(name="log-and-register", **IO)
 def log_and_register(
     cfg: ProjectConfig,
-    frame: pd.DataFrame,
+    frame: pd.DataFrame | None,
     candidate: training.Candidate,
     quality: Verdict,
     verdict: Verdict,
@@ -117,20 +119,10 @@ def log_and_register(
     return tracking.log_and_register(cfg, frame, candidate, quality, verdict, champion, who, snapshot, triggered_by)
 
 
-@flow(name="train", log_prints=True)
-def train(
-    config: str | None = None,
-    as_of: datetime | None = None,
-    window_days: int | None = None,
-    triggered_by: str | None = None,
-) -> dict[str, Any]:
-    """Train, evaluate and (if every gate passes) register a model on the matured labels known
-    at ``as_of`` (now), of the latest ``window_days`` (default ``model.train_window_days``).
-    ``triggered_by``: who or what asked for it (an event, a schedule), recorded on the version for
-    separation of duties; default the principal this process runs as."""
+def _train_here(
+    cfg: ProjectConfig, as_of: datetime | None, window_days: int | None, triggered_by: str | None
+) -> tuple[training.Candidate, Verdict, tracking.TrainingRecord]:
     logger = get_run_logger()
-    cfg = load_config(config)
-    privacy.check_writer(cfg.privacy, "training_snapshot")  # no key, no run: never a clear value written
     table = load_table(cfg)
     validate_contract(cfg, table)
     frame, features = build_training_set(cfg, as_of, window_days)
@@ -151,6 +143,94 @@ def train(
     finally:
         snapshot.wait()
         shutil.rmtree(staging, ignore_errors=True)
+    return candidate, verdict, record
+
+
+# --- model.engine: dask -------------------------------------------------------------------------------
+
+
+@task(name="build-on-cluster", **CPU)
+def build_on_cluster(
+    cfg: ProjectConfig, client: Any, as_of: datetime | None, window_days: int | None
+) -> tuple[engine.ClusterTrainingSet, list[str]]:
+    built = engine.placed_training_set(cfg, client, as_of, window_days)
+    if not built.contract.ok:
+        create_markdown_artifact(f"```\n{built.contract.summary()}\n```", key="data-contract",
+                                 description="contract failed")  # fmt: skip
+        raise validation.ContractViolation(built.contract)
+    features = list(plan_for(open_project_store(cfg), cfg.features.feature_service).model_features)
+    return built, features
+
+
+@task(name="check-on-cluster", **CPU)
+def check_on_cluster(cfg: ProjectConfig, client: Any, built: engine.ClusterTrainingSet, features: list[str]) -> Verdict:
+    verdict = cluster.check_on_cluster(client, built.parts, built.owners, features, cfg.table.label, cfg.quality)
+    create_markdown_artifact(verdict.markdown(), key="training-set-checks", description="training-set checks")
+    if not verdict.passed:
+        run_id = tracking.log_rejected_training_set(cfg, verdict, None)
+        raise TrainingRejected(
+            f"training set rejected ({', '.join(c.name for c in verdict.failed)}); report in MLflow run {run_id}"
+        )
+    return verdict
+
+
+@task(name="snapshot-from-cluster", **IO)
+def snapshot_from_cluster(cfg: ProjectConfig, built: engine.ClusterTrainingSet, directory: str) -> tracking.Snapshot:
+    frames = (part.result() for part in built.parts)  # one partition in this process at a time
+    return tracking.write_partitioned_snapshot(frames, Path(directory), cfg.privacy, len(set(built.owners)))
+
+
+@task(name="train-on-cluster", **CPU)
+def train_on_cluster(
+    cfg: ProjectConfig, client: Any, built: engine.ClusterTrainingSet, features: list[str]
+) -> training.Candidate:
+    return cluster.train_candidate_on_cluster(client, built.parts, built.owners, features, cfg.model,
+                                              label=cfg.table.label, slices=cfg.table.slices,
+                                              protected=cfg.table.protected)  # fmt: skip
+
+
+def _train_on_cluster(
+    cfg: ProjectConfig, as_of: datetime | None, window_days: int | None, triggered_by: str | None
+) -> tuple[training.Candidate, Verdict, tracking.TrainingRecord]:
+    """The same steps, with the table checked, the training set built and the booster trained on the
+    Dask cluster, partition by partition; gates, MLflow and the registry as on one node."""
+    logger = get_run_logger()
+    with engine.cluster_client() as client:
+        built, features = build_on_cluster(cfg, client, as_of, window_days)
+        logger.info("training set on the cluster: %d partitions on %d workers, %d features",
+                    len(built.parts), len(set(built.owners)), len(features))  # fmt: skip
+        quality = check_on_cluster(cfg, client, built, features)
+        staging = tempfile.mkdtemp(prefix="mlcycle-snapshot-")
+        try:
+            written = snapshot_from_cluster(cfg, built, staging)
+            candidate = train_on_cluster(cfg, client, built, features)
+            measure_latency(candidate)
+            champion = score_champion(cfg, candidate.split.test)
+            verdict = run_gates(cfg, candidate, champion)
+            record = log_and_register(cfg, None, candidate, quality, verdict, champion, written, triggered_by)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return candidate, verdict, record
+
+
+@flow(name="train", log_prints=True)
+def train(
+    config: str | None = None,
+    as_of: datetime | None = None,
+    window_days: int | None = None,
+    triggered_by: str | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate and (if every gate passes) register a model on the matured labels known
+    at ``as_of`` (now), of the latest ``window_days`` (default ``model.train_window_days``).
+    ``triggered_by``: who or what asked for it (an event, a schedule), recorded on the version for
+    separation of duties; default the principal this process runs as."""
+    logger = get_run_logger()
+    cfg = load_config(config)
+    privacy.check_writer(cfg.privacy, "training_snapshot")  # no key, no run: never a clear value written
+    if cfg.model.engine == "dask":
+        candidate, verdict, record = _train_on_cluster(cfg, as_of, window_days, triggered_by)
+    else:
+        candidate, verdict, record = _train_here(cfg, as_of, window_days, triggered_by)
     o = candidate.report.overall
     if cfg.task == "regression":
         measured = f"RMSE {o.rmse:.4g} · MAE {o.mae:.4g} · R² {o.r2:.3f}"

@@ -260,6 +260,15 @@ class ModelSpec(StrictModel):
         default_factory=lambda: ["sklearn."],
         description="Module prefixes an estimator (and what a loaded model constructs) may come from.",
     )
+    engine: Literal["local", "dask"] = Field(
+        "local",
+        description="Where the training set is built and the model trained: 'local' (this process) or 'dask' "
+        "(partition by partition on the Dask cluster at MLCYCLE_DASK_SCHEDULER, else a local cluster; xgboost "
+        "trains with xgboost.dask). The table must be parquet.",
+    )
+    partitions: int = Field(
+        4, ge=1, le=10_000, description="dask engine: time ranges of about equal rows, one task (and partition) each."
+    )
 
     @model_validator(mode="after")
     def _flavor_usable(self) -> ModelSpec:
@@ -270,6 +279,11 @@ class ModelSpec(StrictModel):
 
         if self.estimator is not None and self.flavor != "sklearn":
             raise ValueError(f"model.estimator is for the sklearn flavor; flavor {self.flavor!r} takes none")
+        if self.engine == "dask" and self.flavor != "xgboost":
+            raise ValueError(
+                f"model.engine 'dask' trains the xgboost flavor (xgboost.dask); the {self.flavor} flavor trains on "
+                "one node: set model.engine: local, or flavor: xgboost"
+            )
         if self.flavor == "xgboost" and self.params:
             raise ValueError("the xgboost flavor takes its parameters under model.xgboost, not model.params")
         if self.flavor == "sklearn" and not self.estimator:
@@ -1046,6 +1060,9 @@ class ProjectConfig(StrictModel):
     def _model_fits_task(self) -> ProjectConfig:
         """A classifier for a regression (or the reverse) fails at load, before any data is built."""
         self.model.check_task(self.task)
+        if self.model.engine == "dask" and self.task != "classification":
+            raise ValueError("model.engine 'dask' trains classification models; a regression trains on one node "
+                             "(model.engine: local)")  # fmt: skip
         return self
 
     def resolve(self, path: Path) -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ SNAPSHOT_ARTIFACT = "data/training_set.parquet"
 CONFIG_ARTIFACT = "config/mlcycle.json"
 FEATURES_TAG = "mlcycle.features"
 THRESHOLD_TAG = "mlcycle.threshold"
+PARTITIONS_TAG = "mlcycle.partition_rows"
+WORKERS_TAG = "mlcycle.dask_workers"
 
 
 def pip_requirements() -> list[str]:
@@ -97,13 +100,14 @@ def load_version(cfg: ProjectConfig, version: str) -> tuple[flavors.Flavor, Any]
     return flavor, flavor.load(uri)
 
 
-def log_rejected_training_set(cfg: ProjectConfig, quality: Verdict, frame: pd.DataFrame) -> str:
-    """A training set that failed its checks: a FAILED run with the report, nothing registered."""
+def log_rejected_training_set(cfg: ProjectConfig, quality: Verdict, frame: pd.DataFrame | None) -> str:
+    """A training set that failed its checks: a FAILED run with the report, nothing registered.
+    ``frame`` None: the set is on a cluster (its rows are the checks' ``rows``, it has no hash here)."""
     registry.client_for(cfg)
     with mlflow.start_run(run_name="rejected-training-set") as run:
         mlflow.set_tags(
             {
-                **lineage_tags(cfg, lineage.frame_hash(frame)),
+                **lineage_tags(cfg, lineage.frame_hash(frame) if frame is not None else ""),
                 "mlcycle.stage": "quality",
                 "mlcycle.gates": "failed",
                 "mlcycle.failed_gates": ", ".join(c.name for c in quality.failed),
@@ -111,17 +115,23 @@ def log_rejected_training_set(cfg: ProjectConfig, quality: Verdict, frame: pd.Da
         )
         mlflow.log_dict(quality.to_dict(), "reports/training_set_quality.json")
         mlflow.log_text(quality.markdown(), "reports/training_set_quality.md")
-        mlflow.log_metric("rows", len(frame))
+        rows = len(frame) if frame is not None else next((c.value for c in quality.checks if c.name == "rows"), None)
+        if rows is not None:
+            mlflow.log_metric("rows", rows)
     mlflow.MlflowClient().set_terminated(run.info.run_id, status="FAILED")
     return run.info.run_id
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The training set as logged: a parquet file and the hash of its bytes (the data's id)."""
+    """The training set as logged: a parquet file and the hash of its bytes (the data's id). Written
+    from a cluster's partitions, each partition is one row group, and ``partition_rows`` and ``workers``
+    record how they were placed (a reproduction places them the same way)."""
 
     path: Path
     data_hash: str
+    partition_rows: tuple[int, ...] = ()
+    workers: int = 0
 
 
 def write_snapshot(frame: pd.DataFrame, directory: Path, policy: PrivacySpec | None = None) -> Snapshot:
@@ -139,9 +149,57 @@ def write_snapshot(frame: pd.DataFrame, directory: Path, policy: PrivacySpec | N
     return Snapshot(path, lineage.file_hash(path))
 
 
+def write_partitioned_snapshot(
+    frames: Iterable[pd.DataFrame], directory: Path, policy: PrivacySpec | None, workers: int
+) -> Snapshot:
+    """The training set written one partition at a time (one row group each), so that the writer
+    holds one partition, never the set. Categories are written as text: partitions each carry their
+    own category lists, which one parquet schema cannot hold."""
+    path = Path(directory) / "training_set.parquet"
+    writer: pq.ParquetWriter | None = None
+    rows: list[int] = []
+    try:
+        for frame in frames:
+            frame = privacy.redact(frame, policy, "training_snapshot")
+            categorical = [c for c in frame.columns if isinstance(frame[c].dtype, pd.CategoricalDtype)]
+            if categorical:
+                frame = frame.astype({c: object for c in categorical})
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if writer is None:
+                strings = [
+                    f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+                ]
+                writer = pq.ParquetWriter(path, table.schema, use_dictionary=strings)
+            else:
+                table = table.cast(writer.schema)
+            writer.write_table(table, row_group_size=max(len(table), 1))
+            rows.append(len(table))
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise ValueError("no partition to write: the training set is empty")
+    return Snapshot(path, lineage.file_hash(path), tuple(rows), workers)
+
+
+def read_partition(path: Path, rows: Sequence[int], k: int) -> pd.DataFrame:
+    """Partition ``k`` of a partitioned snapshot (``rows``: the recorded rows per partition)."""
+    handle = pq.ParquetFile(path)
+    start, group, seen = sum(rows[:k]), 0, 0
+    while seen < start:  # an empty partition wrote an empty row group: walk by rows, not by index
+        seen += handle.metadata.row_group(group).num_rows
+        group += 1
+    while group < handle.num_row_groups and handle.metadata.row_group(group).num_rows == 0 and rows[k] > 0:
+        group += 1
+    table = handle.read_row_group(group)
+    if table.num_rows != rows[k]:
+        raise ValueError(f"partition {k} of {path.name} holds {table.num_rows} rows, {rows[k]} recorded")
+    return table.to_pandas()
+
+
 def log_and_register(
     cfg: ProjectConfig,
-    frame: pd.DataFrame,
+    frame: pd.DataFrame | None,
     candidate: Candidate,
     quality: Verdict,
     gates: Verdict,
@@ -156,7 +214,10 @@ def log_and_register(
     log = registry.PromotionLog(cfg.promotion_log_uri)
     model, report = candidate.model, candidate.report
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name="train") as run:
-        snapshot = snapshot or write_snapshot(frame, Path(tmp), cfg.privacy)
+        if snapshot is None:
+            if frame is None:
+                raise ValueError("log_and_register needs the training set or its snapshot")
+            snapshot = write_snapshot(frame, Path(tmp), cfg.privacy)
         data_hash = snapshot.data_hash
         tags = lineage_tags(cfg, data_hash)
         tags.update(
@@ -170,6 +231,9 @@ def log_and_register(
                 flavors.FLAVOR_TAG: model.flavor.name,
             }
         )
+        if snapshot.partition_rows:
+            tags.update({"mlcycle.engine": "dask", PARTITIONS_TAG: json.dumps(list(snapshot.partition_rows)),
+                         WORKERS_TAG: str(snapshot.workers)})  # fmt: skip
         mlflow.set_tags(tags)
         prefix = "xgb" if model.flavor.name == "xgboost" else model.flavor.name
         params: dict[str, Any] = {
@@ -318,6 +382,34 @@ class Reproduction:
         )
 
 
+class ReproductionError(RuntimeError):
+    """The version cannot be retrained as it was (another cluster shape); the message says what to set."""
+
+
+def _reproduce_on_cluster(
+    snapshot: Path, rows: list[int], workers: int, features: list[str], spec: Any, where: dict[str, Any]
+) -> Candidate:
+    """Retrain a version trained on a Dask cluster: each recorded partition read from the snapshot
+    (one at a time) and placed on the worker it was trained on, on a cluster of as many workers
+    (``MLCYCLE_DASK_SCHEDULER``'s, else a local one): xgboost.dask's trees depend on which rows each
+    worker sketches, so another cluster size trains another model."""
+    from mlcycle.features import distributed as engine
+    from mlcycle.training.distributed import train_candidate_on_cluster
+
+    with engine.cluster_client(workers=workers) as client:
+        client.wait_for_workers(workers, timeout=120)
+        names = engine.workers_of(client)
+        if len(names) != workers:
+            raise ReproductionError(
+                f"this version was trained on {workers} Dask workers and this cluster has {len(names)}: xgboost.dask "
+                f"trains another model on another split of the rows; reproduce on a cluster of {workers} workers "
+                f"({engine.SCHEDULER_ENV}, or unset it for a local one)"
+            )
+        owners = [names[k % workers] for k in range(len(rows))]
+        parts = [client.scatter(read_partition(snapshot, rows, k), workers=[owners[k]]) for k in range(len(rows))]
+        return train_candidate_on_cluster(client, parts, owners, features, spec, **where)
+
+
 class SnapshotExpired(FileNotFoundError):
     """The data a version was trained on is no longer kept: it cannot be reproduced."""
 
@@ -339,17 +431,20 @@ def reproduce(cfg: ProjectConfig, version: str) -> Reproduction:
                 "retention (privacy.retention_days.snapshots) once no live version needed it, or by hand; "
                 f"v{version} cannot be reproduced ({type(exc).__name__})"
             ) from None
-        frame = pd.read_parquet(snapshot)
         actual_hash = lineage.file_hash(snapshot)
         recorded_cfg = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/{CONFIG_ARTIFACT}")
-    recorded_hash = run.data.tags.get("mlcycle.data_hash", "")
-    recorded = ProjectConfig.model_validate(recorded_cfg)
-    spec = recorded.model
-    features = json.loads(run.data.tags[FEATURES_TAG])
-    from mlcycle.training.fit import train_candidate  # local: training imports nothing from here
+        recorded = ProjectConfig.model_validate(recorded_cfg)
+        features = json.loads(run.data.tags[FEATURES_TAG])
+        where = {"label": recorded.table.label, "slices": recorded.table.slices, "protected": recorded.table.protected}
+        if PARTITIONS_TAG in run.data.tags:
+            rows, workers = json.loads(run.data.tags[PARTITIONS_TAG]), int(run.data.tags[WORKERS_TAG])
+            candidate = _reproduce_on_cluster(Path(snapshot), rows, workers, features, recorded.model, where)
+        else:
+            from mlcycle.training.fit import train_candidate
 
-    candidate = train_candidate(frame, features, spec, label=recorded.table.label, task=recorded.task,
-                                slices=recorded.table.slices, protected=recorded.table.protected)  # fmt: skip
+            frame = pd.read_parquet(snapshot)
+            candidate = train_candidate(frame, features, recorded.model, task=recorded.task, **where)  # type: ignore[arg-type]
+    recorded_hash = run.data.tags.get("mlcycle.data_hash", "")
     again = candidate.report.flat_metrics()
     rows = [
         (name, float(value), float(again.get(name, float("nan"))))

@@ -54,11 +54,16 @@ class TimeSplit:
         return {"train": window(self.train), "valid": window(self.valid), "test": window(self.test)}
 
 
+def split_instants(ts: pd.Series, valid_fraction: float, test_fraction: float) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """Where the validation and the test slices start: time quantiles of the rows' timestamps (the
+    cluster engine computes them from the timestamp column alone, the same way)."""
+    return pd.Timestamp(ts.quantile(1 - valid_fraction - test_fraction)), pd.Timestamp(ts.quantile(1 - test_fraction))
+
+
 def split_by_time(frame: pd.DataFrame, valid_fraction: float, test_fraction: float) -> TimeSplit:
     """Cut at time quantiles; rows at one instant all fall on the same side of a cut."""
     ts = frame[TIME_COLUMN]
-    valid_start = ts.quantile(1 - valid_fraction - test_fraction)
-    test_start = ts.quantile(1 - test_fraction)
+    valid_start, test_start = split_instants(ts, valid_fraction, test_fraction)
     train = frame[ts < valid_start]
     valid = frame[(ts >= valid_start) & (ts < test_start)]
     test = frame[ts >= test_start]
