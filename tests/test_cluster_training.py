@@ -119,3 +119,56 @@ def test_the_engine_refuses_what_it_cannot_train(training_project: ProjectConfig
         (tmp_path / "mlcycle.yaml").write_text(yaml.safe_dump({**raw, "model": {**raw.get("model", {}), **model}}))
         with pytest.raises(ValueError, match=message):
             load_config(tmp_path / "mlcycle.yaml")
+
+
+def _training_on(dask_scheduler) -> list[str]:  # runs on the scheduler
+    """Workers running one of xgboost.dask's training tasks (key prefix ``fn``)."""
+    return [ts.processing_on.address for ts in dask_scheduler.tasks.values()
+            if ts.state == "processing" and ts.prefix.name == "fn" and ts.processing_on]  # fmt: skip
+
+
+def test_a_worker_killed_mid_training_fails_the_flow_and_moves_nothing(
+    on_cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cluster at MLCYCLE_DASK_SCHEDULER loses a worker while xgboost.dask trains: the flow
+    fails with an error naming the lost worker, no version is registered and champion stays."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from distributed import Client, LocalCluster
+
+    cfg, _ = on_cluster
+    client = registry.client_for(cfg)
+    before = {v.version for v in client.search_model_versions(f"name='{cfg.model.name}'")}
+    champion = registry.version_by_alias(client, cfg.model.name, registry.CHAMPION)
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        ) as cluster,  # fmt: skip
+        Client(cluster) as watcher,
+    ):
+        watcher.wait_for_workers(2, timeout=120)
+        monkeypatch.setenv(engine.SCHEDULER_ENV, cluster.scheduler_address)
+        killed: list[str] = []
+
+        def kill_one_while_training() -> None:
+            deadline = time.monotonic() + 900
+            while time.monotonic() < deadline:
+                busy = watcher.run_on_scheduler(_training_on)
+                if len(set(busy)) == 2:  # both ranks inside the collective
+                    address = sorted(busy)[0]
+                    os.kill(watcher.run(os.getpid, workers=[address])[address], signal.SIGKILL)
+                    killed.append(address)
+                    return
+                time.sleep(0.05)
+
+        thread = threading.Thread(target=kill_one_while_training, daemon=True)
+        thread.start()
+        with pytest.raises(engine.EngineError, match="left the cluster while it held training partitions") as failed:
+            load_flow(cfg.root, "training", "train")(config=str(cfg.root / "mlcycle.yaml"))
+        thread.join(timeout=30)
+    assert killed and killed[0] in str(failed.value)
+    assert {v.version for v in client.search_model_versions(f"name='{cfg.model.name}'")} == before
+    assert registry.version_by_alias(client, cfg.model.name, registry.CHAMPION).version == champion.version

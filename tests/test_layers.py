@@ -20,7 +20,7 @@ ROOT = "mlcycle"
 # first layer holds the leaves: modules every stage shares and that import nothing of mlcycle.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("mlcycle", "mlcycle.decisions", "mlcycle.stats", "mlcycle.settings", "mlcycle.net", "mlcycle.flavors"),
-    ("mlcycle.project",),
+    ("mlcycle.project", "mlcycle.storage"),
     ("mlcycle.data",),
     ("mlcycle.features",),
     ("mlcycle.training",),

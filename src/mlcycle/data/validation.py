@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
+from mlcycle import storage
 from mlcycle.decisions import CheckResult, Verdict, at_least, at_most, within
 from mlcycle.project.config import ProjectConfig, QualitySpec
 from mlcycle.stats import ranking_metrics
@@ -195,7 +196,8 @@ def read_table_file(path: str | Path, timestamp_columns: Iterable[str] = ()) -> 
 def load_table(cfg: ProjectConfig, path: str | Path | None = None) -> pd.DataFrame:
     """The project's table (or another file of the same shape) in its contract's representation."""
     t = cfg.table
-    df = read_table_file(path or cfg.table_path, [c for c in (t.timestamp, t.label_available_at) if c])
+    where = path or storage.fetch(cfg.project, cfg.root, cfg.table_path)  # another host's table: from the store
+    df = read_table_file(where, [c for c in (t.timestamp, t.label_available_at) if c])
     return normalize_table(df, table_schema(cfg))
 
 

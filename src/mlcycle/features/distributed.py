@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import operator
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlcycle import storage
 from mlcycle.data import validation
 from mlcycle.project.config import DEFAULT_CONFIG_NAME, ProjectConfig, load_config
 
@@ -73,7 +75,8 @@ def cuts(
     import pyarrow.parquet as pq
 
     column = cfg.table.timestamp
-    times = pd.Series(pq.read_table(cfg.table_path, columns=[column]).column(column).to_pandas())
+    table = storage.fetch(cfg.project, cfg.root, cfg.table_path)  # another host's table: from the store
+    times = pd.Series(pq.read_table(table, columns=[column]).column(column).to_pandas())
     times = pd.to_datetime(times, utc=True).dropna()
     if until is not None:
         times = times[times <= until]
@@ -84,6 +87,13 @@ def cuts(
         return []
     inner = [times.iloc[int(len(times) * k / partitions)] for k in range(1, partitions)]
     return sorted(set(inner))
+
+
+def _table_range(cfg: ProjectConfig, low: pd.Timestamp | None, high: pd.Timestamp | None) -> pd.DataFrame:
+    """Rows ``[low, high)`` of the project's table (brought from the object store on another host),
+    in the contract's representation."""
+    path = storage.fetch(cfg.project, cfg.root, cfg.table_path)
+    return validation.normalize_table(_range(path, cfg.table.timestamp, low, high), validation.table_schema(cfg))
 
 
 def _range(path: Path, column: str, low: pd.Timestamp | None, high: pd.Timestamp | None) -> pd.DataFrame:
@@ -107,8 +117,7 @@ def training_partition(
     """One range's training rows, in a worker: what ``pipeline.build_training_set`` does, on
     ``[low, high)`` of the table only."""
     cfg = load_config(config)
-    table = validation.normalize_table(_range(cfg.table_path, cfg.table.timestamp, low, high),
-                                       validation.table_schema(cfg))  # fmt: skip
+    table = _table_range(cfg, low, high)
     return _joined(cfg, table, as_of, window)
 
 
@@ -119,8 +128,7 @@ def checked_partition(
     whole table), the hashes of its distinct event ids (for duplicates across ranges) and its
     training rows — none when the range breaks the contract: bad rows never train."""
     cfg = load_config(config)
-    table = validation.normalize_table(_range(cfg.table_path, cfg.table.timestamp, low, high),
-                                       validation.table_schema(cfg))  # fmt: skip
+    table = _table_range(cfg, low, high)
     report = validation.validate_table(table, cfg)
     ids = None
     if cfg.table.event_id and cfg.table.event_id in table:
@@ -177,6 +185,63 @@ class ClusterTrainingSet:
     contract: validation.ContractReport
 
 
+WATCH_INTERVAL_S = 0.5
+LOSS_GRACE_S = 10.0
+
+
+def watched(client: Any, owners: list[str], fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` (a blocking call on the cluster), stopped with an ``EngineError`` as
+    soon as a worker that holds a partition leaves the cluster. Partitions are pinned to their
+    workers (for reproducible placement), so a lost one could otherwise wait for its worker forever;
+    a restarted worker comes back under another address. Nothing is registered after such a stop:
+    the caller's flow fails, and running it again builds everything anew."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="mlcycle-cluster")
+    call = pool.submit(fn, *args, **kwargs)
+    try:
+        while True:
+            try:
+                return call.result(timeout=WATCH_INTERVAL_S)
+            except TimeoutError:
+                pass
+            except Exception as exc:
+                # A peer's failure can reach us before the scheduler has seen the worker go: look
+                # again for a while before calling it an error of its own.
+                for _ in range(int(LOSS_GRACE_S / WATCH_INTERVAL_S)):
+                    lost = _lost(client, owners)
+                    if lost:
+                        raise _lost_error(lost, exc) from exc
+                    time.sleep(WATCH_INTERVAL_S)
+                raise
+            lost = _lost(client, owners)
+            if lost:
+                raise _lost_error(lost, None)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def gather(client: Any, futures: list[Any], owners: list[str]) -> list[Any]:
+    """``client.gather(futures)``, watched for lost workers (:func:`watched`)."""
+    return watched(client, owners, client.gather, futures)  # type: ignore[no-any-return]
+
+
+def _lost(client: Any, owners: list[str]) -> list[str]:
+    try:
+        present = set(client.scheduler_info()["workers"])
+    except Exception:  # the scheduler itself is gone
+        return sorted(set(owners))
+    return sorted(set(owners) - present)
+
+
+def _lost_error(lost: list[str], cause: BaseException | None) -> EngineError:
+    why = f" ({type(cause).__name__}: {str(cause).strip().splitlines()[0][:200]})" if cause else ""
+    return EngineError(
+        f"Dask worker {', '.join(lost)} left the cluster while it held training partitions{why}; nothing was "
+        "registered: run the training again once the cluster is whole"
+    )
+
+
 def workers_of(client: Any) -> list[str]:
     """The cluster's workers in address order: the placement of partitions follows it."""
     workers = sorted(client.scheduler_info()["workers"])
@@ -213,8 +278,8 @@ def placed_training_set(
         for (low, high), owner in zip(itertools.pairwise(bounds), owners, strict=True)
     ]  # fmt: skip
     pairs = list(zip(checked, owners, strict=True))
-    reports = client.gather([client.submit(operator.getitem, c, 0, workers=[o]) for c, o in pairs])
-    ids = client.gather([client.submit(operator.getitem, c, 1, workers=[o]) for c, o in pairs])
+    reports = gather(client, [client.submit(operator.getitem, c, 0, workers=[o]) for c, o in pairs], owners)
+    ids = gather(client, [client.submit(operator.getitem, c, 1, workers=[o]) for c, o in pairs], owners)
     parts = [client.submit(operator.getitem, c, 2, workers=[o], allow_other_workers=False) for c, o in pairs]
     contract = merge_reports(reports, ids, cfg.table.event_id)
     if not contract.ok:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from mlcycle import storage
 from mlcycle.data import event_log, privacy, validation
 from mlcycle.data.labels import encode_labels
 from mlcycle.data.lineage import file_hash
@@ -69,6 +70,10 @@ def build_features(
     # since (each once, by event id), so the next training set's features contain them.
     tables = transform.build_tables(event_log.with_streamed(cfg, table), cfg)
     paths = transform.write_tables(tables, cfg.features_dir)
+    # With an object store, the table and the feature tables are there too: another host (a
+    # monitoring host's labels, a cluster's workers) reads them from it (mlcycle.storage).
+    for written in (path, *paths.values()):
+        storage.publish(cfg.project, cfg.root, Path(written))
     rows = {name: len(frame) for name, frame in tables.items()}
     return FeatureBuild(report=report, tables=paths, rows=rows, data_hash=file_hash(path))
 

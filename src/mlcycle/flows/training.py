@@ -175,8 +175,11 @@ def check_on_cluster(cfg: ProjectConfig, client: Any, built: engine.ClusterTrain
 
 
 @task(name="snapshot-from-cluster", **IO)
-def snapshot_from_cluster(cfg: ProjectConfig, built: engine.ClusterTrainingSet, directory: str) -> tracking.Snapshot:
-    frames = (part.result() for part in built.parts)  # one partition in this process at a time
+def snapshot_from_cluster(
+    cfg: ProjectConfig, client: Any, built: engine.ClusterTrainingSet, directory: str
+) -> tracking.Snapshot:
+    # One partition in this process at a time.
+    frames = (engine.watched(client, built.owners, part.result) for part in built.parts)
     return tracking.write_partitioned_snapshot(frames, Path(directory), cfg.privacy, len(set(built.owners)))
 
 
@@ -202,7 +205,7 @@ def _train_on_cluster(
         quality = check_on_cluster(cfg, client, built, features)
         staging = tempfile.mkdtemp(prefix="mlcycle-snapshot-")
         try:
-            written = snapshot_from_cluster(cfg, built, staging)
+            written = snapshot_from_cluster(cfg, client, built, staging)
             candidate = train_on_cluster(cfg, client, built, features)
             measure_latency(candidate)
             champion = score_champion(cfg, candidate.split.test)

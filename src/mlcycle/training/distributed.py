@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from mlcycle.data import validation
+from mlcycle.features import distributed as engine
 from mlcycle.project.config import ModelSpec, QualitySpec, SliceSpec
 from mlcycle.training.evaluation import evaluate
 from mlcycle.training.fit import (
@@ -116,7 +117,7 @@ def _baseline_sample(frame: pd.DataFrame, high: pd.Timestamp, features: list[str
 
 def part_rows(client: Any, parts: list[Any], owners: list[str]) -> list[int]:
     """Rows per partition (the snapshot records them: a reproduction cuts the same partitions)."""
-    return [int(n) for n in client.gather(_pinned(client, len, parts, owners))]
+    return [int(n) for n in engine.gather(client, _pinned(client, len, parts, owners), owners)]
 
 
 def check_on_cluster(
@@ -128,10 +129,10 @@ def check_on_cluster(
     total = sum(sizes)
     takes = [n if total <= validation.LEAK_SAMPLE_ROWS else round(validation.LEAK_SAMPLE_ROWS * n / total)
              for n in sizes]  # fmt: skip
-    stats = client.gather([
+    stats = engine.gather(client, [
         client.submit(_stats, part, features, label, take, k, workers=[owner], allow_other_workers=False, pure=False)
         for k, (part, owner, take) in enumerate(zip(parts, owners, takes, strict=True))
-    ])  # fmt: skip
+    ], owners)  # fmt: skip
     return validation.training_set_verdict(validation.merge_training_set_stats(stats), label, spec)
 
 
@@ -153,12 +154,13 @@ def train_candidate_on_cluster(
     gates) and the baseline's sample; the training slice never leaves the workers."""
     import dask.dataframe as dd
 
-    stamps = pd.concat(client.gather(_pinned(client, _times, parts, owners)), ignore_index=True)
+    stamps = pd.concat(engine.gather(client, _pinned(client, _times, parts, owners), owners), ignore_index=True)
     valid_start, test_start = split_instants(stamps, spec.valid_fraction, spec.test_fraction)
     train_stamps = stamps[stamps < valid_start]
-    valid = pd.concat(client.gather(_pinned(client, _rows_between, parts, owners, valid_start, test_start)),
-                      ignore_index=True)  # fmt: skip
-    test = pd.concat(client.gather(_pinned(client, _rows_between, parts, owners, test_start, None)), ignore_index=True)
+    valid = pd.concat(engine.gather(client, _pinned(client, _rows_between, parts, owners, valid_start, test_start),
+                                    owners), ignore_index=True)  # fmt: skip
+    test = pd.concat(engine.gather(client, _pinned(client, _rows_between, parts, owners, test_start, None), owners),
+                     ignore_index=True)  # fmt: skip
     for name, rows in (("train", train_stamps), ("valid", valid), ("test", test)):
         if rows.empty:
             raise ValueError(f"time split left the {name} slice empty ({len(stamps)} rows in all)")
@@ -167,16 +169,16 @@ def train_candidate_on_cluster(
     valid_parts = _pinned(client, _model_columns, parts, owners, valid_start, test_start, features, label)
     train = dd.from_delayed(train_parts, meta=meta, verify_meta=False)
     valid_dd = dd.from_delayed(valid_parts, meta=meta, verify_meta=False)
-    model = fit_xgboost_dask(client, train, valid_dd, features, label, spec, valid)
+    model = engine.watched(client, owners, fit_xgboost_dask, client, train, valid_dd, features, label, spec, valid)
     where = {"task": "classification", "slices": slices, "protected": protected}
     report = evaluate(test, model.predict(test), label, model.threshold, **where)  # type: ignore[arg-type]
     share = min(1.0, BASELINE_SAMPLE_ROWS / max(len(train_stamps), 1))
     sample = pd.concat(
-        client.gather([
+        engine.gather(client, [
             client.submit(_baseline_sample, part, valid_start, features, label, share, spec.seed + k,
                           workers=[owner], allow_other_workers=False, pure=False)
             for k, (part, owner) in enumerate(zip(parts, owners, strict=True))
-        ]), ignore_index=True,
+        ], owners), ignore_index=True,
     )  # fmt: skip
     baseline = fit_baseline(sample, features, label, spec.seed)
     valid_scores = baseline_scores(baseline, matrix(valid, features))

@@ -1,0 +1,82 @@
+"""A project's bulk files in object storage, so that hosts share servers, not a disk.
+
+With the environment's object store (``settings.ObjectStore``: ``MLCYCLE_S3_ENDPOINT``,
+``MLCYCLE_S3_BUCKET``, the ``AWS_*`` keys), a file the project writes under its root is also put
+at ``s3://bucket/prefix/<project>/files/<path under the root>`` (:func:`publish`), and a host that
+reads the file gets it from there when it is not its own (:func:`fetch`). The rule that keeps the
+copies honest: a file written on this host is the source (it is read as it is and published); a
+file fetched from the store is a cache, marked by a ``.<name>.etag`` beside it, and is fetched
+again when the object's ETag has changed. Without an object store both functions do nothing and
+every file stays on the local disk, as before.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mlcycle.settings import ObjectStore, ObjectStoreError, ensure_object_store
+
+FILES = "files"
+
+
+def _store() -> ObjectStore | None:
+    store = ObjectStore.from_env()
+    if store is not None:
+        ensure_object_store(store)
+    return store
+
+
+def key_of(store: ObjectStore, project: str, root: Path, path: Path) -> str:
+    """The object key of ``path`` (under ``root``) in ``store``, for project ``project``."""
+    try:
+        relative = Path(path).resolve().relative_to(Path(root).resolve())
+    except ValueError:
+        raise ObjectStoreError(f"{path} is outside the project at {root}: only project files go to the store") from None
+    return store.uri(project, FILES, relative.as_posix()).split("/", 3)[3]
+
+
+def _marker(path: Path) -> Path:
+    return path.with_name(f".{path.name}.etag")
+
+
+def publish(project: str, root: Path, path: Path) -> str | None:
+    """Put the file written here at its key; its URI, or None without an object store."""
+    store = _store()
+    if store is None:
+        return None
+    key = key_of(store, project, root, path)
+    store.client().upload_file(str(path), store.bucket, key)  # type: ignore[attr-defined]
+    _marker(Path(path)).unlink(missing_ok=True)  # written here: the source, not a cache
+    return f"s3://{store.bucket}/{key}"
+
+
+def fetch(project: str, root: Path, path: Path) -> Path:
+    """``path``, brought from the store when this host did not write it: absent, or a cache whose
+    object has changed since. A file written here is returned as it is; without an object store, or
+    without the object, ``path`` is returned untouched (its reader says what is missing)."""
+    path = Path(path)
+    marker = _marker(path)
+    if path.exists() and not marker.exists():
+        return path
+    store = _store()
+    if store is None:
+        return path
+    from botocore.exceptions import ClientError
+
+    client = store.client()
+    key = key_of(store, project, root, path)
+    try:
+        etag = str(client.head_object(Bucket=store.bucket, Key=key)["ETag"])  # type: ignore[attr-defined]
+    except ClientError as exc:
+        if str(exc.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchKey", "NotFound"):
+            return path
+        raise
+    if path.exists() and marker.read_text() == etag:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+    client.download_file(store.bucket, key, str(partial))  # type: ignore[attr-defined]
+    partial.replace(path)
+    marker.write_text(etag)
+    return path
