@@ -145,7 +145,7 @@ def test_a_worker_killed_mid_training_fails_the_flow_and_moves_nothing(
     champion = registry.version_by_alias(client, cfg.model.name, registry.CHAMPION)
     with (
         LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0"
         ) as cluster,  # fmt: skip
         Client(cluster) as watcher,
     ):
@@ -172,3 +172,17 @@ def test_a_worker_killed_mid_training_fails_the_flow_and_moves_nothing(
     assert killed and killed[0] in str(failed.value)
     assert {v.version for v in client.search_model_versions(f"name='{cfg.model.name}'")} == before
     assert registry.version_by_alias(client, cfg.model.name, registry.CHAMPION).version == champion.version
+
+
+def test_workers_with_other_profile_settings_are_refused_by_name(
+    training_project: ProjectConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers started before MLCYCLE_REDIS_PREFIX was set would join against another Feast project:
+    refused before any task, naming the variable and not its value."""
+    monkeypatch.delenv("MLCYCLE_REDIS_PREFIX", raising=False)
+    with engine.cluster_client(workers=1) as client:
+        client.wait_for_workers(1, timeout=120)
+        monkeypatch.setenv("MLCYCLE_REDIS_PREFIX", "driver-only-prefix")
+        with pytest.raises(engine.EngineError, match=r"other MLCYCLE_REDIS_PREFIX than this process") as refused:
+            engine.placed_training_set(training_project, client)
+    assert "driver-only-prefix" not in str(refused.value)

@@ -62,22 +62,21 @@ def servers(tmp_path_factory: pytest.TempPathFactory, prefect_server) -> Iterato
 
     token = secrets.token_hex(4)
     database, project = f"mlcycle_test_{token}", f"mlcycle_fraud_t{token}"
-    with (
-        LocalS3Server(tmp_path_factory.mktemp("s3"), KEY, SECRET) as s3,
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                     dashboard_address=None) as cluster,  # fmt: skip
-        pytest.MonkeyPatch.context() as mp,
-    ):
+    with LocalS3Server(tmp_path_factory.mktemp("s3"), KEY, SECRET) as s3, pytest.MonkeyPatch.context() as mp:
         env = {"MLCYCLE_PG_URL": f"{PG_SERVER}/{database}", "MLCYCLE_REDIS_URL": MACHINE_REDIS,
                "MLCYCLE_REDIS_PREFIX": f"t{token}", "MLCYCLE_S3_ENDPOINT": s3.endpoint,
                "MLCYCLE_S3_BUCKET": f"hosts-{uuid.uuid4().hex[:12]}", "MLCYCLE_S3_CREATE_BUCKET": "1",
                "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
-               "MLFLOW_S3_ENDPOINT_URL": s3.endpoint, "MLCYCLE_DASK_SCHEDULER": cluster.scheduler_address}  # fmt: skip
+               "MLFLOW_S3_ENDPOINT_URL": s3.endpoint}  # fmt: skip
         mp.delenv("MLCYCLE_PROFILE", raising=False)
         for name, value in env.items():
             mp.setenv(name, value)
         try:
-            yield {**env, "project": project}
+            # The scheduler's workers start with the same environment (they read the same servers).
+            with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                              dashboard_address="127.0.0.1:0") as cluster:  # fmt: skip
+                mp.setenv("MLCYCLE_DASK_SCHEDULER", cluster.scheduler_address)
+                yield {**env, "project": project}
         finally:
             client = redis.Redis.from_url(MACHINE_REDIS)
             keys = project_keys(client, project)

@@ -80,3 +80,33 @@ def fetch(project: str, root: Path, path: Path) -> Path:
     partial.replace(path)
     marker.write_text(etag)
     return path
+
+
+def project_of(path: Path) -> tuple[Path, str] | None:
+    """The project a file belongs to: the nearest directory above it holding the project's config,
+    and the project's name in it (``project:``). None outside any project."""
+    import yaml
+
+    from mlcycle.project.config import DEFAULT_CONFIG_NAME
+
+    for parent in Path(path).resolve().parents:
+        config = parent / DEFAULT_CONFIG_NAME
+        if config.is_file():
+            raw = yaml.safe_load(config.read_text()) or {}
+            return parent, str(raw.get("project", "mlcycle"))
+    return None
+
+
+def readable_uri(path: str | Path) -> str:
+    """Where a reader that opens URIs itself (DuckDB's ``read_parquet``) finds a project file: the
+    local path when this host has it, else its ``s3://`` URI when an object store is configured (the
+    file another host published), else the local path (whose absence its reader reports)."""
+    local = Path(path)
+    if "://" in str(path) or local.exists():
+        return str(path)
+    store = ObjectStore.from_env()
+    found = project_of(local) if store is not None else None
+    if store is None or found is None:
+        return str(path)
+    root, project = found
+    return f"s3://{store.bucket}/{key_of(store, project, root, local)}"

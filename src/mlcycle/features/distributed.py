@@ -9,8 +9,10 @@ project's Feast store — and returns its rows; the driver reads only the timest
 the cuts. Nothing gathers the table into one process.
 
 The cluster: ``MLCYCLE_DASK_SCHEDULER`` (``tcp://host:port``) when set, else a local one (processes,
-loopback, no dashboard) for the duration of the call. Workers need the project's files (its config,
-``feature_repo/``, the table and feature tables) at the same path, or in object storage.
+loopback, its HTTP endpoint on a free loopback port) for the duration of the call. Workers need the
+project's config and ``feature_repo/`` at the same path, and the driver's MLCYCLE_* settings (checked
+by hash before any task); the table and the feature tables they read from object storage when their
+host has no copy (``mlcycle.storage``).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def cluster_client(workers: int = 2) -> Iterator[Any]:
         return
     with (
         LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+            n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0"
         ) as cluster,  # fmt: skip
         Client(cluster) as client,
     ):
@@ -242,6 +244,30 @@ def _lost_error(lost: list[str], cause: BaseException | None) -> EngineError:
     )
 
 
+# What decides where a worker reads and writes: it must see what the driver sees. Compared by hash,
+# so no value (a URL may carry a password) leaves either side.
+SHARED_SETTINGS = ("MLCYCLE_PROFILE", "MLCYCLE_PG_URL", "MLCYCLE_REDIS_URL", "MLCYCLE_REDIS_PREFIX",
+                   "MLCYCLE_S3_ENDPOINT", "MLCYCLE_S3_BUCKET", "MLCYCLE_S3_PREFIX")  # fmt: skip
+
+
+def settings_fingerprint() -> dict[str, str]:
+    """Per shared setting, a hash of this process's value (empty when unset)."""
+    import hashlib
+
+    return {name: hashlib.sha256(os.environ.get(name, "").encode()).hexdigest()[:16] for name in SHARED_SETTINGS}
+
+
+def check_worker_settings(client: Any) -> None:
+    """Every worker runs with the driver's profile settings, or an ``EngineError`` names the ones that
+    differ: a worker with another ``MLCYCLE_REDIS_PREFIX`` would join against another Feast project."""
+    mine = settings_fingerprint()
+    theirs = client.run(settings_fingerprint)
+    differ = sorted({name for values in theirs.values() for name, value in values.items() if mine.get(name) != value})
+    if differ:
+        raise EngineError(f"the Dask workers run with other {', '.join(differ)} than this process: start them with "
+                          "the same MLCYCLE_* environment (values are compared by hash, never sent)")  # fmt: skip
+
+
 def workers_of(client: Any) -> list[str]:
     """The cluster's workers in address order: the placement of partitions follows it."""
     workers = sorted(client.scheduler_info()["workers"])
@@ -271,6 +297,7 @@ def placed_training_set(
     after = until - pd.Timedelta(days=window) if window is not None else None
     bounds: list[pd.Timestamp | None] = [None, *cuts(cfg, partitions or cfg.model.partitions, after, until), None]
     workers = workers_of(client)
+    check_worker_settings(client)
     owners = [workers[k % len(workers)] for k in range(len(bounds) - 1)]
     checked = [
         client.submit(checked_partition, config, low, high, as_of, window, pure=False, workers=[owner],

@@ -19,9 +19,11 @@ Use it in ``feature_store.yaml``::
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import duckdb
 import ibis
@@ -49,6 +51,9 @@ from feast.repo_config import RepoConfig
 from feast.saved_dataset import SavedDatasetStorage
 from pydantic import StrictStr
 
+from mlcycle import storage
+from mlcycle.settings import ObjectStore, ObjectStoreError
+
 ROW_ID = "__mlcycle_row"
 
 
@@ -64,7 +69,8 @@ def source_path(data_source: DataSource, repo_path: Any) -> str:
         raise TypeError(
             f"AsofDuckDBOfflineStore reads parquet FileSources; '{data_source.name}' is a {type(data_source).__name__}"
         )
-    return FileSource.get_uri_for_file_path(repo_path, data_source.path)
+    # A file this host does not have is read where another host published it (mlcycle.storage).
+    return storage.readable_uri(FileSource.get_uri_for_file_path(repo_path, data_source.path))
 
 
 def _read_repo_relative(data_source: DataSource, repo_path: str) -> ibis.Table:
@@ -81,17 +87,54 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _connect(threads: int | None) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
+def _connect(threads: int | None, sql: str = "") -> duckdb.DuckDBPyConnection:
+    """A connection in UTC that never downloads an extension; one that reads ``s3://`` sources
+    (``sql`` names them) loads httpfs from its package and the object store's keys."""
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     con.execute("SET TimeZone = 'UTC'")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
+    if "'s3://" in sql:
+        _attach_object_store(con)
     return con
+
+
+def httpfs_extension() -> Path:
+    """DuckDB's httpfs extension as the ``duckdb-extension-httpfs`` package installed it: loaded from
+    that file, so nothing is downloaded at run time."""
+    try:
+        import duckdb_extension_httpfs
+    except ImportError:
+        raise ObjectStoreError("reading feature tables from object storage needs the duckdb-extension-httpfs "
+                               "package (a dependency of mlcycle): reinstall mlcycle") from None  # fmt: skip
+    path = Path(duckdb_extension_httpfs.__file__).parent / "extensions" / f"v{duckdb.__version__}"
+    path = path / "httpfs.duckdb_extension"
+    if not path.is_file():
+        raise ObjectStoreError(f"duckdb-extension-httpfs has no build for DuckDB {duckdb.__version__} ({path.parent} "
+                               "missing): install the httpfs package of DuckDB's version")  # fmt: skip
+    return path
+
+
+def _attach_object_store(con: duckdb.DuckDBPyConnection) -> None:
+    store = ObjectStore.from_env()
+    if store is None:
+        raise ObjectStoreError("a feature source is in object storage (s3://) but MLCYCLE_S3_ENDPOINT and "
+                               "MLCYCLE_S3_BUCKET are not set")  # fmt: skip
+    con.execute(f"LOAD {_literal(str(httpfs_extension()))}")
+    endpoint = urlsplit(store.endpoint)
+    secret = (f"CREATE SECRET mlcycle_store (TYPE s3, KEY_ID {_literal(os.environ['AWS_ACCESS_KEY_ID'])}, "
+              f"SECRET {_literal(os.environ['AWS_SECRET_ACCESS_KEY'])}, ENDPOINT {_literal(endpoint.netloc)}, "
+              f"URL_STYLE 'path', USE_SSL {'true' if endpoint.scheme == 'https' else 'false'}, "
+              f"REGION {_literal(store.region)})")  # fmt: skip
+    try:
+        con.execute(secret)
+    except duckdb.Error as exc:  # its text may quote the statement, keys included
+        raise ObjectStoreError(f"DuckDB refused the object store's settings ({type(exc).__name__})") from None
 
 
 def _run(sql: str, threads: int | None) -> pa.Table:
     """One DuckDB statement, in UTC, on ``threads`` (None: every core)."""
-    con = _connect(threads)
+    con = _connect(threads, sql)
     try:
         return con.sql(sql).to_arrow_table()
     finally:
@@ -129,7 +172,7 @@ class AsofRetrievalJob(RetrievalJob):
 
     def feature_columns(self) -> pa.Table:
         """The views' feature columns, one row per entity row, in the entity rows' order."""
-        con = _connect(self._threads)
+        con = _connect(self._threads, self.sql)
         try:
             con.register("entity_df", self._entity_df[[ROW_ID, *self._join_columns]])
             columns: dict[str, pa.ChunkedArray] = {}
