@@ -23,7 +23,7 @@ from mlcycle import settings
 from mlcycle.flows import load_flow
 from mlcycle.net import free_port
 from mlcycle.ops.s3server import LocalS3Server
-from mlcycle.project.config import ProjectConfig
+from mlcycle.project.config import ProjectConfig, load_config
 from mlcycle.registry import aliases as registry
 from mlcycle.registry import tracking
 from mlcycle.training.fit import matrix
@@ -197,3 +197,42 @@ def test_a_half_set_store_is_reported_once_by_up_not_by_every_launch(tmp_path: P
     assert "MLFLOW_S3_ENDPOINT_URL" not in env and env["MLCYCLE_CONFIG"] == str(tmp_path / "mlcycle.yaml")
     with pytest.raises(settings.ObjectStoreError, match="set MLCYCLE_S3_BUCKET too"):
         stack.start_s3_server(cfg, out=lambda _line: None)
+
+
+def test_a_host_without_the_files_reads_them_from_the_store(
+    training_project: ProjectConfig, s3: LocalS3Server, monkeypatch, tmp_path: Path
+) -> None:
+    """Host A publishes its table and feature tables (``mlcycle.storage``); host B, a copy of the
+    project without them, builds the same training set, row for row: the table fetched whole (by
+    ETag), the feature tables read in place by DuckDB's httpfs extension from its package."""
+    import shutil
+
+    from mlcycle import storage
+    from mlcycle.features import pipeline
+
+    bucket = f"f-{uuid.uuid4().hex[:12]}"
+    _env(monkeypatch, s3.endpoint, bucket)
+    cfg_a = clone_project(training_project, tmp_path / "a")
+    files = (cfg_a.table_path, *cfg_a.features_dir.glob("*.parquet"))
+    published = [storage.publish(cfg_a.project, cfg_a.root, p) for p in files]
+    keys = {o["Key"] for o in _client(s3.endpoint).list_objects_v2(Bucket=bucket)["Contents"]}
+    assert {u.split("/", 3)[3] for u in published} <= keys and len(published) > 2
+
+    root_b = tmp_path / "b"
+    shutil.copytree(cfg_a.root, root_b, ignore=shutil.ignore_patterns("raw", "features", "mlflow.db", "mlartifacts"))
+    cfg_b = load_config(root_b / "mlcycle.yaml")
+    assert not cfg_b.table_path.exists() and not list(cfg_b.features_dir.glob("*.parquet"))
+
+    as_of = pipeline.default_as_of().to_pydatetime()
+    here = pipeline.build_training_set(cfg_a, as_of)
+    there = pipeline.build_training_set(cfg_b, as_of)
+    assert not list(cfg_b.features_dir.glob("*.parquet"))  # read in place, never downloaded
+    assert cfg_b.table_path.read_bytes() == cfg_a.table_path.read_bytes()  # the table fetched whole
+    pd.testing.assert_frame_equal(there.reset_index(drop=True), here.reset_index(drop=True))
+    assert len(here) > 1000
+
+    # A table host A writes again is fetched again: the cached copy's ETag no longer matches.
+    table = pd.read_parquet(cfg_a.table_path)
+    table.head(len(table) - 10).to_parquet(cfg_a.table_path, index=False)
+    storage.publish(cfg_a.project, cfg_a.root, cfg_a.table_path)
+    assert storage.fetch(cfg_b.project, cfg_b.root, cfg_b.table_path).read_bytes() == cfg_a.table_path.read_bytes()
