@@ -8,8 +8,10 @@ and nothing written under the project's ``data/mlartifacts``.
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import boto3
@@ -127,6 +129,28 @@ def test_a_model_trained_with_an_object_store_lives_there_and_serves_and_reprodu
 
     assert tracking.reproduce(cfg, "1").identical  # the snapshot read back from S3
 
+    # Retention expires snapshots in the bucket as on disk: a run no live version needs loses its
+    # snapshot object; the champion's run keeps its own (boto3 lists the keys).
+    import mlflow
+
+    from mlcycle.monitoring import retention
+
+    old = tmp_path / "old" / "training_set.parquet"
+    old.parent.mkdir()
+    snapshot.head(10).to_parquet(old)
+    with mlflow.start_run(run_name="old-training") as stale:
+        mlflow.log_artifact(str(old), "data")
+
+    def snapshot_keys() -> set[str]:
+        listed = _client(s3.endpoint).list_objects_v2(Bucket=bucket)["Contents"]
+        return {o["Key"].split("/mlartifacts/", 1)[1] for o in listed if o["Key"].endswith(tracking.SNAPSHOT_ARTIFACT)}
+
+    assert {f"{stale.info.run_id}/artifacts/{tracking.SNAPSHOT_ARTIFACT}"} < snapshot_keys()
+    expired = retention.expire_snapshots(cfg, 1, datetime.now(UTC) + timedelta(days=2))
+    assert (expired.removed, expired.kept) == (1, 1), expired
+    keys = snapshot_keys()
+    assert not any(k.startswith(stale.info.run_id) for k in keys) and any(k.startswith(run.info.run_id) for k in keys)
+
     # An erasure request finds the snapshot in the bucket (counted here from the copy read above).
     from mlcycle.ops import forget as erasure
 
@@ -236,3 +260,25 @@ def test_a_host_without_the_files_reads_them_from_the_store(
     table.head(len(table) - 10).to_parquet(cfg_a.table_path, index=False)
     storage.publish(cfg_a.project, cfg_a.root, cfg_a.table_path)
     assert storage.fetch(cfg_b.project, cfg_b.root, cfg_b.table_path).read_bytes() == cfg_a.table_path.read_bytes()
+
+    # An erasure request on host B reaches the published feature tables (read back by boto3) and
+    # counts the entity's rows in the table's published copy, which it does not own.
+    from mlcycle.ops import forget as erasure
+
+    def published_rows(user: int) -> int:
+        rows = 0
+        for obj in _client(s3.endpoint).list_objects_v2(Bucket=bucket)["Contents"]:
+            if "/data/features/" in obj["Key"] and obj["Key"].endswith(".parquet"):
+                body = _client(s3.endpoint).get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+                frame = pd.read_parquet(io.BytesIO(body))
+                rows += int((frame["user_id"].astype(str) == str(user)).sum()) if "user_id" in frame else 0
+        return rows
+
+    user = int(table["user_id"].value_counts().index[0])
+    assert published_rows(user) > 0
+    target = erasure.target_for(cfg_b, "user_id", str(user))
+    removed = erasure.forget_feature_tables(cfg_b, target)
+    assert removed.count > 0 and published_rows(user) == 0
+    held = erasure.inputs_holding(cfg_b, target)
+    in_copy = int((pd.read_parquet(cfg_a.table_path)["user_id"] == user).sum())
+    assert held[f"s3://{bucket}/{cfg_a.project}/files/data/raw/{cfg_a.table_path.name}"] == in_copy > 0

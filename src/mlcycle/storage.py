@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from mlcycle.settings import ObjectStore, ObjectStoreError, ensure_object_store
 
@@ -36,13 +37,18 @@ def key_of(store: ObjectStore, project: str, root: Path, path: Path) -> str:
     return store.uri(project, FILES, relative.as_posix()).split("/", 3)[3]
 
 
+def _inside(root: Path, path: Path) -> bool:
+    return Path(path).resolve().is_relative_to(Path(root).resolve())
+
+
 def _marker(path: Path) -> Path:
     return path.with_name(f".{path.name}.etag")
 
 
 def publish(project: str, root: Path, path: Path) -> str | None:
-    """Put the file written here at its key; its URI, or None without an object store."""
-    store = _store()
+    """Put the file written here at its key; its URI, or None without an object store or for a file
+    outside the project (a table kept elsewhere is its owner's to share)."""
+    store = _store() if _inside(root, path) else None
     if store is None:
         return None
     key = key_of(store, project, root, path)
@@ -57,7 +63,7 @@ def fetch(project: str, root: Path, path: Path) -> Path:
     without the object, ``path`` is returned untouched (its reader says what is missing)."""
     path = Path(path)
     marker = _marker(path)
-    if path.exists() and not marker.exists():
+    if (path.exists() and not marker.exists()) or not _inside(root, path):
         return path
     store = _store()
     if store is None:
@@ -110,3 +116,27 @@ def readable_uri(path: str | Path) -> str:
         return str(path)
     root, project = found
     return f"s3://{store.bucket}/{key_of(store, project, root, local)}"
+
+
+def published_under(project: str, root: Path, directory: Path) -> list[Path]:
+    """The local paths of the objects published under ``directory`` (a project directory), whether or
+    not this host has them; empty without an object store."""
+    store = _store()
+    if store is None:
+        return []
+    head = key_of(store, project, root, directory).rstrip("/") + "/"
+    base = store.uri(project, FILES).split("/", 3)[3] + "/"  # the key of the project's root
+    client: Any = store.client()
+    paths = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=head):
+        paths += [Path(root) / str(item["Key"])[len(base) :] for item in page.get("Contents", [])]
+    return sorted(paths)
+
+
+def remove(project: str, root: Path, path: Path) -> None:
+    """Delete a project file's object (a file removed here must not live on in the store)."""
+    store = _store()
+    if store is not None:
+        client: Any = store.client()
+        client.delete_object(Bucket=store.bucket, Key=key_of(store, project, root, path))
+    _marker(Path(path)).unlink(missing_ok=True)

@@ -122,11 +122,7 @@ def expire_snapshots(cfg: ProjectConfig, days: int | None, now: datetime) -> Sin
             needed[version.run_id] = str(version.version)
     limit_ms = int(cutoff(now, days).timestamp() * 1000)
     for run in client.search_runs([experiment.experiment_id], max_results=5000):
-        root = _local_path(run.info.artifact_uri)
-        path = None if root is None else root / SNAPSHOT_ARTIFACT
-        if path is None or not path.exists():
-            if root is None:
-                result.notes.append(f"run {run.info.run_id}: artifacts not on a local path, left alone")
+        if not _has_snapshot(run.info.artifact_uri):
             continue
         if run.info.start_time >= limit_ms:
             result.kept += 1
@@ -134,9 +130,32 @@ def expire_snapshots(cfg: ProjectConfig, days: int | None, now: datetime) -> Sin
             result.kept += 1
             result.notes.append(f"kept {run.info.run_id[:8]}: v{needed[run.info.run_id]} needs it for reproduce")
         else:
-            path.unlink()
+            _delete_snapshot(run.info.artifact_uri)
             result.removed += 1
     return result
+
+
+def _has_snapshot(artifact_uri: str) -> bool:
+    """Whether the run's artifacts still hold its snapshot: a file under a local root, or an object
+    in the store MLflow's artifact repository for the URI reaches (an ``s3://`` bucket)."""
+    root = _local_path(artifact_uri)
+    if root is not None:
+        return (root / SNAPSHOT_ARTIFACT).exists()
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    folder, name = SNAPSHOT_ARTIFACT.rsplit("/", 1)
+    listed = get_artifact_repository(artifact_uri).list_artifacts(folder)
+    return any(item.path.rsplit("/", 1)[-1] == name for item in listed)
+
+
+def _delete_snapshot(artifact_uri: str) -> None:
+    root = _local_path(artifact_uri)
+    if root is not None:
+        (root / SNAPSHOT_ARTIFACT).unlink()
+        return
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    get_artifact_repository(artifact_uri).delete_artifacts(SNAPSHOT_ARTIFACT)
 
 
 def trim_stream(cfg: ProjectConfig, days: int | None, now: datetime) -> SinkResult:

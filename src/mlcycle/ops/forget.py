@@ -35,6 +35,7 @@ import os
 import re
 import secrets
 import sqlite3
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
+from mlcycle import settings, storage
 from mlcycle.data import event_log, privacy
 from mlcycle.project.config import ProjectConfig
 from mlcycle.registry import aliases as registry
@@ -307,9 +309,20 @@ def _column_match(target: Target) -> Callable[[pd.DataFrame], pd.Series]:
 
 
 def forget_feature_tables(cfg: ProjectConfig, target: Target) -> Removed:
+    """The feature tables here and, with an object store, their published copies: those this host has
+    not got are fetched first, and every table is published again after the rewrite (a removed one
+    is deleted there), so a copy another host reads holds no row the local files do not."""
     result = Removed("feature tables")
-    if cfg.features_dir.is_dir():
-        result.count = _forget_in_parquet(sorted(cfg.features_dir.rglob("*.parquet")), _column_match(target))
+    published = storage.published_under(cfg.project, cfg.root, cfg.features_dir)
+    for path in published:
+        storage.fetch(cfg.project, cfg.root, path)
+    local = sorted(cfg.features_dir.rglob("*.parquet")) if cfg.features_dir.is_dir() else []
+    result.count = _forget_in_parquet(local, _column_match(target))
+    for path in sorted({*published, *local}):
+        if path.exists():
+            storage.publish(cfg.project, cfg.root, path)
+        else:
+            storage.remove(cfg.project, cfg.root, path)
     return result
 
 
@@ -561,11 +574,17 @@ def _rows_in(path: Path, target: Target) -> int:
 
 
 def inputs_holding(cfg: ProjectConfig, target: Target) -> dict[str, int]:
-    path = cfg.table_path
-    if not path.exists() or target.column not in pq.read_schema(path).names:
-        return {}
-    rows = int(target.mask(pd.read_parquet(path, columns=[target.column])[target.column]).sum())
-    return {str(path): rows} if rows else {}
+    """The entity's rows in the project's table, and in its copy in the object store (the owner's
+    fix at the source reaches it with the next ``features build``, which publishes the table)."""
+    holding = {str(cfg.table_path): _rows_in(cfg.table_path, target)}
+    store = settings.ObjectStore.from_env()
+    if store is not None and cfg.table_path in storage.published_under(cfg.project, cfg.root, cfg.table_path.parent):
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp) / cfg.table_path.name
+            key = storage.key_of(store, cfg.project, cfg.root, cfg.table_path)
+            store.client().download_file(store.bucket, key, str(copy))  # type: ignore[attr-defined]
+            holding[f"s3://{store.bucket}/{key}"] = _rows_in(copy, target)
+    return {where: rows for where, rows in holding.items() if rows}
 
 
 # ----------------------------------------------------------------------------- the request
