@@ -79,3 +79,13 @@ def test_arm_values_are_each_arms_decisions_in_arrival_order() -> None:
     })  # fmt: skip
     champion, challenger = ab.arm_values(rows, "1", "2")
     assert champion.tolist() == [0.0, 1.0] and challenger.tolist() == [1.0]  # c1 then c2; no shadow, no v0
+
+
+def test_an_arm_without_values_yet_is_no_look(tmp_path) -> None:
+    """Right after the split starts (no challenger answer yet), or before any outcome matured, there
+    is no information: no look is taken or recorded, and the first real look is still look 1."""
+    path, key = tmp_path / "ab-looks.json", "m|t|v1|v2|flag_rate"
+    empty = ab.look(path, key, np.ones(40), np.array([]), metric="flag_rate", planned_per_arm=500, alpha=0.05)
+    assert empty.decision == "continue" and empty.looks == () and ab.load(path, key) is None
+    first = ab.look(path, key, np.ones(100), np.zeros(100), metric="flag_rate", planned_per_arm=500, alpha=0.05)
+    assert len(first.looks) == 1 and first.looks[0].bound == pytest.approx(PUBLISHED[0], abs=2e-3)

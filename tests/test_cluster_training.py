@@ -83,7 +83,7 @@ def test_a_model_trained_on_the_cluster_is_registered_served_and_reproduced(on_c
 def test_the_contract_is_checked_range_by_range_as_on_the_whole_table(
     training_project: ProjectConfig, tmp_path: Path
 ) -> None:
-    """Bad rows in two ranges and an event id repeated across ranges: the report merged from the
+    """Bad rows in two ranges, a row without a time and an event id repeated across ranges: the report merged from the
     cluster's ranges is the single-node report on the whole table, and no training row is left."""
     cfg = clone_project(training_project, tmp_path / "p", {"model": {"engine": "dask", "partitions": 4}})
     table = pd.read_parquet(cfg.table_path)
@@ -92,6 +92,7 @@ def test_the_contract_is_checked_range_by_range_as_on_the_whole_table(
     table.loc[table.index[[n // 10, n - n // 10]], amount] = -5.0
     event_id = cfg.table.event_id
     table.loc[table.index[n // 2], event_id] = table.loc[table.index[5], event_id]
+    table.loc[table.index[n // 3], cfg.table.timestamp] = pd.NaT  # in no time range: the first one takes it
     table.to_parquet(cfg.table_path, index=False)
     cfg = load_config(cfg.root / "mlcycle.yaml")
 
@@ -108,6 +109,7 @@ def test_the_contract_is_checked_range_by_range_as_on_the_whole_table(
 
     assert by_check(built.contract) == by_check(expected)
     assert by_check(expected)[(event_id, "unique")] == 2
+    assert any(column == cfg.table.timestamp for column, _ in by_check(expected))
 
 
 def test_the_engine_refuses_what_it_cannot_train(training_project: ProjectConfig, tmp_path: Path) -> None:

@@ -94,3 +94,30 @@ def test_xgboost_trained_on_the_cluster_ranks_like_one_trained_on_one_node(
     on_one = roc_auc_score(truth, one.predict(split.test))
     on_cluster = roc_auc_score(truth, model.predict(split.test))
     assert on_cluster > 0.8 and abs(on_cluster - on_one) <= 0.02, (on_cluster, on_one)
+
+
+def test_the_placed_set_and_its_checks_are_the_single_node_ones(training_project: ProjectConfig, cluster) -> None:
+    """What the training flow's cluster engine uses: the table checked and the set built range by
+    range on pinned workers, then the training-set checks from per-partition statistics — equal to
+    ``validate_table`` and ``check_training_set`` on the single-node set (every row is in the leak
+    check's sample below 200k rows, so even its AUCs agree)."""
+    from mlcycle.data import validation
+    from mlcycle.features import open_project_store, plan_for
+    from mlcycle.training import distributed as cluster_training
+
+    cfg, (client, as_of, single) = training_project, cluster
+    built = distributed.placed_training_set(cfg, client, as_of, partitions=4)
+    assert built.contract.ok and built.contract.rows == len(pd.read_parquet(cfg.table_path))
+    assert sorted(set(built.owners)) == built.workers and len(built.parts) == 4
+    joined = pd.concat(client.gather(built.parts), ignore_index=True)
+    order = [cfg.table.event_id or cfg.table.timestamp]
+    pd.testing.assert_frame_equal(_canonical(joined, order), _canonical(single, order), check_dtype=False)
+
+    label = cfg.table.label
+    features = list(plan_for(open_project_store(cfg), cfg.features.feature_service).model_features)
+    assert len(single) < validation.LEAK_SAMPLE_ROWS
+    got = cluster_training.check_on_cluster(client, built.parts, built.owners, features, label, cfg.quality)
+    expected = validation.check_training_set(single, features, label, cfg.quality)
+    assert [c.name for c in got.checks] == [c.name for c in expected.checks]
+    for mine, theirs in zip(got.checks, expected.checks, strict=True):
+        assert mine.passed == theirs.passed and mine.value == pytest.approx(theirs.value, abs=1e-9), mine.name

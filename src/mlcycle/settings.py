@@ -35,6 +35,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import sys
 import threading
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -359,4 +360,19 @@ def ensure_object_store(store: ObjectStore) -> bool:
             client.create_bucket(Bucket=store.bucket)  # type: ignore[attr-defined]
             created = True
         _checked_stores.add(store)
+        _forget_mlflow_s3_clients()
         return created
+
+
+def _forget_mlflow_s3_clients() -> None:
+    """MLflow caches its boto3 client by endpoint, and boto3's default session the keys it first read
+    from the environment: a process that moves to another store (a restore into another bucket, a
+    test's own server) would sign with the previous keys. Both are dropped whenever a store is
+    checked for the first time."""
+    module = sys.modules.get("mlflow.store.artifact.s3_artifact_repo")
+    cached = getattr(module, "_cached_get_s3_client", None)
+    if cached is not None and hasattr(cached, "cache_clear"):
+        cached.cache_clear()
+    boto3 = sys.modules.get("boto3")
+    if boto3 is not None:  # MLflow's clients come from boto3's default session, which keeps the keys it read first
+        boto3.DEFAULT_SESSION = None

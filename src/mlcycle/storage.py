@@ -30,15 +30,15 @@ def _store() -> ObjectStore | None:
 
 def key_of(store: ObjectStore, project: str, root: Path, path: Path) -> str:
     """The object key of ``path`` (under ``root``) in ``store``, for project ``project``."""
-    try:
-        relative = Path(path).resolve().relative_to(Path(root).resolve())
+    try:  # by the paths as written: a data/ that is a symlink to another disk is still the project's
+        relative = Path(os.path.abspath(path)).relative_to(os.path.abspath(root))
     except ValueError:
         raise ObjectStoreError(f"{path} is outside the project at {root}: only project files go to the store") from None
     return store.uri(project, FILES, relative.as_posix()).split("/", 3)[3]
 
 
 def _inside(root: Path, path: Path) -> bool:
-    return Path(path).resolve().is_relative_to(Path(root).resolve())
+    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root))
 
 
 def _marker(path: Path) -> Path:
@@ -59,8 +59,11 @@ def publish(project: str, root: Path, path: Path) -> str | None:
 
 def fetch(project: str, root: Path, path: Path) -> Path:
     """``path``, brought from the store when this host did not write it: absent, or a cache whose
-    object has changed since. A file written here is returned as it is; without an object store, or
-    without the object, ``path`` is returned untouched (its reader says what is missing)."""
+    object has changed since (a cache whose object is gone is removed). A file written here is
+    returned as it is; without an object store, or without the object, ``path`` is returned as it
+    is (its reader says what is missing). Processes of one host refresh a file one at a time."""
+    import fcntl
+
     path = Path(path)
     marker = _marker(path)
     if (path.exists() and not marker.exists()) or not _inside(root, path):
@@ -70,21 +73,26 @@ def fetch(project: str, root: Path, path: Path) -> Path:
         return path
     from botocore.exceptions import ClientError
 
-    client = store.client()
+    client: Any = store.client()
     key = key_of(store, project, root, path)
-    try:
-        etag = str(client.head_object(Bucket=store.bucket, Key=key)["ETag"])  # type: ignore[attr-defined]
-    except ClientError as exc:
-        if str(exc.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchKey", "NotFound"):
-            return path
-        raise
-    if path.exists() and marker.read_text() == etag:
-        return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-    client.download_file(store.bucket, key, str(partial))  # type: ignore[attr-defined]
-    partial.replace(path)
-    marker.write_text(etag)
+    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            etag = str(client.head_object(Bucket=store.bucket, Key=key)["ETag"])
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) not in ("404", "NoSuchKey", "NotFound"):
+                raise
+            if marker.exists():  # the object was deleted: so is its cache
+                path.unlink(missing_ok=True)
+                marker.unlink(missing_ok=True)
+            return path
+        if path.exists() and marker.exists() and marker.read_text() == etag:
+            return path
+        partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+        client.download_file(store.bucket, key, str(partial))
+        marker.write_text(etag)  # under the lock: the file and its ETag change together
+        partial.replace(path)
     return path
 
 
@@ -108,8 +116,15 @@ def readable_uri(path: str | Path) -> str:
     local path when this host has it, else its ``s3://`` URI when an object store is configured (the
     file another host published), else the local path (whose absence its reader reports)."""
     local = Path(path)
-    if "://" in str(path) or local.exists():
+    if "://" in str(path):
         return str(path)
+    if local.exists():
+        if _marker(local).exists():  # a cache: refreshed if the object changed, removed if it is gone
+            found = project_of(local)
+            if found is not None:
+                fetch(found[1], found[0], local)
+        if local.exists():
+            return str(path)
     store = ObjectStore.from_env()
     found = project_of(local) if store is not None else None
     if store is None or found is None:
@@ -121,7 +136,7 @@ def readable_uri(path: str | Path) -> str:
 def published_under(project: str, root: Path, directory: Path) -> list[Path]:
     """The local paths of the objects published under ``directory`` (a project directory), whether or
     not this host has them; empty without an object store."""
-    store = _store()
+    store = _store() if _inside(root, directory) else None
     if store is None:
         return []
     head = key_of(store, project, root, directory).rstrip("/") + "/"

@@ -276,7 +276,8 @@ def training_set_stats(
         missing=tuple(f for f in features if f not in frame),
         late=late,
         clocks=clocks,
-        sample=frame[[*present, *([label] if has_label else [])]].take(take).reset_index(drop=True),
+        # the sampled rows first: selecting the columns first would copy every row of them
+        sample=frame.take(take)[[*present, *([label] if has_label else [])]].reset_index(drop=True),
     )
 
 

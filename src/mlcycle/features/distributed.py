@@ -23,7 +23,7 @@ import operator
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -108,9 +108,17 @@ def _range(path: Path, column: str, low: pd.Timestamp | None, high: pd.Timestamp
     def bound(moment: pd.Timestamp) -> pd.Timestamp:  # compared in the column's own kind of time
         return moment.tz_convert("UTC").tz_localize(None) if naive else moment
 
-    filters = [(column, ">=", bound(low))] if low is not None else []
-    filters += [(column, "<", bound(high))] if high is not None else []
-    return pq.read_table(path, filters=filters or None).to_pandas()
+    import pyarrow.compute as pc
+
+    field = pc.field(column)
+    keep = None
+    if low is not None:
+        keep = field >= bound(low)
+    if high is not None:
+        keep = field < bound(high) if keep is None else keep & (field < bound(high))
+    if keep is not None and low is None:
+        keep = keep | field.is_null()  # rows without a time go to the first range: the contract refuses them there
+    return pq.read_table(path, filters=keep).to_pandas()
 
 
 def training_partition(
@@ -185,6 +193,12 @@ class ClusterTrainingSet:
     parts: list[Any]
     owners: list[str]
     contract: validation.ContractReport
+    workers: list[str] = field(default_factory=list)  # the cluster's workers in address order
+
+    @property
+    def ranks(self) -> list[int]:
+        """Each partition's worker as its index in ``workers`` (what a reproduction places by)."""
+        return [self.workers.index(owner) for owner in self.owners]
 
 
 WATCH_INTERVAL_S = 0.5
@@ -201,6 +215,7 @@ def watched(client: Any, owners: list[str], fn: Any, *args: Any, **kwargs: Any) 
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="mlcycle-cluster")
     call = pool.submit(fn, *args, **kwargs)
+    silent = 0.0  # seconds the scheduler has not answered
     try:
         while True:
             try:
@@ -217,8 +232,12 @@ def watched(client: Any, owners: list[str], fn: Any, *args: Any, **kwargs: Any) 
                     time.sleep(WATCH_INTERVAL_S)
                 raise
             lost = _lost(client, owners)
+            silent = silent + WATCH_INTERVAL_S if lost is None else 0.0
             if lost:
                 raise _lost_error(lost, None)
+            if silent >= LOSS_GRACE_S:
+                raise EngineError(f"the Dask scheduler has not answered for {silent:.0f} s; nothing was registered: "
+                                  f"check it ({SCHEDULER_ENV}) and run the training again")  # fmt: skip
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
@@ -228,11 +247,13 @@ def gather(client: Any, futures: list[Any], owners: list[str]) -> list[Any]:
     return watched(client, owners, client.gather, futures)  # type: ignore[no-any-return]
 
 
-def _lost(client: Any, owners: list[str]) -> list[str]:
+def _lost(client: Any, owners: list[str]) -> list[str] | None:
+    """The owners the scheduler no longer lists (asked now, not from the client's cached view); None
+    when the scheduler does not answer (the caller counts how long)."""
     try:
-        present = set(client.scheduler_info()["workers"])
-    except Exception:  # the scheduler itself is gone
-        return sorted(set(owners))
+        present = set(client.nthreads())
+    except Exception:
+        return None
     return sorted(set(owners) - present)
 
 
@@ -270,7 +291,7 @@ def check_worker_settings(client: Any) -> None:
 
 def workers_of(client: Any) -> list[str]:
     """The cluster's workers in address order: the placement of partitions follows it."""
-    workers = sorted(client.scheduler_info()["workers"])
+    workers = sorted(client.nthreads())  # the scheduler's current list, not the client's cached view
     if not workers:
         raise EngineError(f"the Dask cluster has no worker; start one, or unset {SCHEDULER_ENV} for a local cluster")
     return workers
@@ -293,7 +314,11 @@ def placed_training_set(
     config = str(cfg.root / DEFAULT_CONFIG_NAME)
     window = window_days or cfg.model.train_window_days
     moment = pd.Timestamp(as_of) if as_of is not None else default_as_of()
-    until = (moment.tz_localize("UTC") if moment.tz is None else moment) - pd.Timedelta(days=cfg.table.label_delay_days)
+    moment = moment.tz_localize("UTC") if moment.tz is None else moment
+    # Every task cuts its labels at this one instant: left to each worker, a run crossing midnight
+    # would build some ranges with one day's labels and the rest with the next day's.
+    as_of = moment.to_pydatetime()
+    until = moment - pd.Timedelta(days=cfg.table.label_delay_days)
     after = until - pd.Timedelta(days=window) if window is not None else None
     bounds: list[pd.Timestamp | None] = [None, *cuts(cfg, partitions or cfg.model.partitions, after, until), None]
     workers = workers_of(client)
@@ -310,9 +335,18 @@ def placed_training_set(
     parts = [client.submit(operator.getitem, c, 2, workers=[o], allow_other_workers=False) for c, o in pairs]
     contract = merge_reports(reports, ids, cfg.table.event_id)
     if not contract.ok:
-        client.cancel(parts)
-        parts = []
-    return ClusterTrainingSet(parts, owners, contract)
+        for part in parts:  # released, not cancelled: cancelling tasks others depend on can drop the client
+            part.release()
+        return ClusterTrainingSet([], [], contract, workers)
+    # A range with no labelled row (labels not arrived, a small table cut finely) holds no training
+    # row and not even the feature columns: it is dropped, unless every range is empty (the checks
+    # then refuse the set for its rows).
+    rows = gather(client, [client.submit(len, p, workers=[o]) for p, o in zip(parts, owners, strict=True)], owners)
+    kept = [k for k, n in enumerate(rows) if n] or [0]
+    for k, part in enumerate(parts):
+        if k not in kept:
+            part.release()
+    return ClusterTrainingSet([parts[k] for k in kept], [owners[k] for k in kept], contract, workers)
 
 
 def merge_reports(

@@ -174,13 +174,13 @@ def check_on_cluster(cfg: ProjectConfig, client: Any, built: engine.ClusterTrain
     return verdict
 
 
-@task(name="snapshot-from-cluster", **IO)
+@task(name="snapshot-from-cluster", **CPU)  # no retries: a lost worker's partitions are gone
 def snapshot_from_cluster(
     cfg: ProjectConfig, client: Any, built: engine.ClusterTrainingSet, directory: str
 ) -> tracking.Snapshot:
     # One partition in this process at a time.
     frames = (engine.watched(client, built.owners, part.result) for part in built.parts)
-    return tracking.write_partitioned_snapshot(frames, Path(directory), cfg.privacy, len(set(built.owners)))
+    return tracking.write_partitioned_snapshot(frames, Path(directory), cfg.privacy, len(built.workers), built.ranks)
 
 
 @task(name="train-on-cluster", **CPU)

@@ -408,8 +408,8 @@ def next_look(
     function over the looks actually taken, so a recorded test and a replayed one agree."""
     n_a, n_b = len(champion), len(challenger)
     fraction = min(min(n_a, n_b) / planned_per_arm, 1.0)
-    if fractions and fraction <= fractions[-1]:
-        return None
+    if fraction <= (fractions[-1] if fractions else 0.0):
+        return None  # no new information (an arm still empty): spending α on it would be a look for nothing
     bound = _bounds(tuple(round(f, 9) for f in [*fractions, fraction]), alpha)[-1]
     diff, se, z = sequential_z(np.asarray(champion, float), np.asarray(challenger, float))
     return SequentialLook(n_a, n_b, fraction, diff, se, z, bound)

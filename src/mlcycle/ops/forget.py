@@ -314,6 +314,7 @@ def forget_feature_tables(cfg: ProjectConfig, target: Target) -> Removed:
     is deleted there), so a copy another host reads holds no row the local files do not."""
     result = Removed("feature tables")
     published = storage.published_under(cfg.project, cfg.root, cfg.features_dir)
+    borrowed = [p for p in published if not p.exists()]  # another host's: fetched for this request only
     for path in published:
         storage.fetch(cfg.project, cfg.root, path)
     local = sorted(cfg.features_dir.rglob("*.parquet")) if cfg.features_dir.is_dir() else []
@@ -323,6 +324,8 @@ def forget_feature_tables(cfg: ProjectConfig, target: Target) -> Removed:
             storage.publish(cfg.project, cfg.root, path)
         else:
             storage.remove(cfg.project, cfg.root, path)
+    for path in borrowed:  # not left here as files of this host's own, which it would read from then on
+        path.unlink(missing_ok=True)
     return result
 
 

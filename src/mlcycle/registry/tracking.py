@@ -43,6 +43,7 @@ FEATURES_TAG = "mlcycle.features"
 THRESHOLD_TAG = "mlcycle.threshold"
 PARTITIONS_TAG = "mlcycle.partition_rows"
 WORKERS_TAG = "mlcycle.dask_workers"
+RANKS_TAG = "mlcycle.partition_workers"
 
 
 def pip_requirements() -> list[str]:
@@ -131,7 +132,8 @@ class Snapshot:
     path: Path
     data_hash: str
     partition_rows: tuple[int, ...] = ()
-    workers: int = 0
+    workers: int = 0  # the cluster's size
+    partition_ranks: tuple[int, ...] = ()  # each partition's worker, by its index in address order
 
 
 def write_snapshot(frame: pd.DataFrame, directory: Path, policy: PrivacySpec | None = None) -> Snapshot:
@@ -150,7 +152,7 @@ def write_snapshot(frame: pd.DataFrame, directory: Path, policy: PrivacySpec | N
 
 
 def write_partitioned_snapshot(
-    frames: Iterable[pd.DataFrame], directory: Path, policy: PrivacySpec | None, workers: int
+    frames: Iterable[pd.DataFrame], directory: Path, policy: PrivacySpec | None, workers: int, ranks: Sequence[int]
 ) -> Snapshot:
     """The training set written one partition at a time (one row group each), so that the writer
     holds one partition, never the set. Categories are written as text: partitions each carry their
@@ -164,7 +166,13 @@ def write_partitioned_snapshot(
             categorical = [c for c in frame.columns if isinstance(frame[c].dtype, pd.CategoricalDtype)]
             if categorical:
                 frame = frame.astype({c: object for c in categorical})
+            # A text column with no value in this partition would be typed null, which the next
+            # partition's text cannot be cast to (nor this one to the first's text): text it is.
+            empty_text = [c for c in frame.columns if frame[c].dtype == object and frame[c].isna().all()]
             table = pa.Table.from_pandas(frame, preserve_index=False)
+            for name in empty_text:
+                index = table.schema.get_field_index(name)
+                table = table.set_column(index, name, table.column(name).cast(pa.string()))
             if writer is None:
                 strings = [
                     f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
@@ -179,7 +187,7 @@ def write_partitioned_snapshot(
             writer.close()
     if writer is None:
         raise ValueError("no partition to write: the training set is empty")
-    return Snapshot(path, lineage.file_hash(path), tuple(rows), workers)
+    return Snapshot(path, lineage.file_hash(path), tuple(rows), workers, tuple(ranks))
 
 
 def read_partition(path: Path, rows: Sequence[int], k: int) -> pd.DataFrame:
@@ -233,7 +241,8 @@ def log_and_register(
         )
         if snapshot.partition_rows:
             tags.update({"mlcycle.engine": "dask", PARTITIONS_TAG: json.dumps(list(snapshot.partition_rows)),
-                         WORKERS_TAG: str(snapshot.workers)})  # fmt: skip
+                         WORKERS_TAG: str(snapshot.workers),
+                         RANKS_TAG: json.dumps(list(snapshot.partition_ranks))})  # fmt: skip
         mlflow.set_tags(tags)
         prefix = "xgb" if model.flavor.name == "xgboost" else model.flavor.name
         params: dict[str, Any] = {
@@ -387,8 +396,9 @@ class ReproductionError(RuntimeError):
 
 
 def _reproduce_on_cluster(
-    snapshot: Path, rows: list[int], workers: int, features: list[str], spec: Any, where: dict[str, Any]
-) -> Candidate:
+    snapshot: Path, rows: list[int], ranks: list[int], workers: int, features: list[str], spec: Any,
+    where: dict[str, Any],
+) -> Candidate:  # fmt: skip
     """Retrain a version trained on a Dask cluster: each recorded partition read from the snapshot
     (one at a time) and placed on the worker it was trained on, on a cluster of as many workers
     (``MLCYCLE_DASK_SCHEDULER``'s, else a local one): xgboost.dask's trees depend on which rows each
@@ -405,7 +415,7 @@ def _reproduce_on_cluster(
                 f"trains another model on another split of the rows; reproduce on a cluster of {workers} workers "
                 f"({engine.SCHEDULER_ENV}, or unset it for a local one)"
             )
-        owners = [names[k % workers] for k in range(len(rows))]
+        owners = [names[rank] for rank in ranks]
         parts = [client.scatter(read_partition(snapshot, rows, k), workers=[owners[k]]) for k in range(len(rows))]
         return train_candidate_on_cluster(client, parts, owners, features, spec, **where)
 
@@ -438,7 +448,8 @@ def reproduce(cfg: ProjectConfig, version: str) -> Reproduction:
         where = {"label": recorded.table.label, "slices": recorded.table.slices, "protected": recorded.table.protected}
         if PARTITIONS_TAG in run.data.tags:
             rows, workers = json.loads(run.data.tags[PARTITIONS_TAG]), int(run.data.tags[WORKERS_TAG])
-            candidate = _reproduce_on_cluster(Path(snapshot), rows, workers, features, recorded.model, where)
+            ranks = json.loads(run.data.tags.get(RANKS_TAG, "null")) or [k % workers for k in range(len(rows))]
+            candidate = _reproduce_on_cluster(Path(snapshot), rows, ranks, workers, features, recorded.model, where)
         else:
             from mlcycle.training.fit import train_candidate
 

@@ -54,6 +54,9 @@ def fit_xgboost_dask(
     positives = float(train[label].sum().compute())
     rows = int(train.shape[0].compute())
     params = xgboost_params(spec.xgboost, spec.seed, (rows - positives) / max(positives, 1.0))
+    # Each worker trains with the threads Dask gives it: model.xgboost.nthread is one machine's
+    # setting, and on a worker of one thread it would oversubscribe the cores (the trees do not change).
+    params["nthread"] = max(1, min(client.nthreads().values()))
     dtrain = xgb.dask.DaskQuantileDMatrix(client, train[features], train[label], feature_names=features)
     dvalid = xgb.dask.DaskQuantileDMatrix(client, valid[features], valid[label], feature_names=features, ref=dtrain)
     out = xgb.dask.train(client, params, dtrain, num_boost_round=spec.xgboost.num_boost_round,
