@@ -123,12 +123,6 @@ def test_the_engine_refuses_what_it_cannot_train(training_project: ProjectConfig
             load_config(tmp_path / "mlcycle.yaml")
 
 
-def _training_on(dask_scheduler) -> list[str]:  # runs on the scheduler
-    """Workers running one of xgboost.dask's training tasks (key prefix ``fn``)."""
-    return [ts.processing_on.address for ts in dask_scheduler.tasks.values()
-            if ts.state == "processing" and ts.prefix.name == "fn" and ts.processing_on]  # fmt: skip
-
-
 def test_a_worker_killed_mid_training_fails_the_flow_and_moves_nothing(
     on_cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -139,26 +133,29 @@ def test_a_worker_killed_mid_training_fails_the_flow_and_moves_nothing(
     import threading
     import time
 
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     cfg, _ = on_cluster
     client = registry.client_for(cfg)
     before = {v.version for v in client.search_model_versions(f"name='{cfg.model.name}'")}
     champion = registry.version_by_alias(client, cfg.model.name, registry.CHAMPION)
     with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0"
-        ) as cluster,  # fmt: skip
+        engine.local_cluster(2) as cluster,  # its scheduler out of this process, as the flow's own is
         Client(cluster) as watcher,
     ):
         watcher.wait_for_workers(2, timeout=120)
         monkeypatch.setenv(engine.SCHEDULER_ENV, cluster.scheduler_address)
         killed: list[str] = []
 
+        def training_on(dask_scheduler) -> list[str]:  # runs in the scheduler's process (pickled by value)
+            """Workers running one of xgboost.dask's training tasks (key prefix ``fn``)."""
+            return [ts.processing_on.address for ts in dask_scheduler.tasks.values()
+                    if ts.state == "processing" and ts.prefix.name == "fn" and ts.processing_on]  # fmt: skip
+
         def kill_one_while_training() -> None:
             deadline = time.monotonic() + 900
             while time.monotonic() < deadline:
-                busy = watcher.run_on_scheduler(_training_on)
+                busy = watcher.run_on_scheduler(training_on)
                 if len(set(busy)) == 2:  # both ranks inside the collective
                     address = sorted(busy)[0]
                     os.kill(watcher.run(os.getpid, workers=[address])[address], signal.SIGKILL)
@@ -168,10 +165,12 @@ def test_a_worker_killed_mid_training_fails_the_flow_and_moves_nothing(
 
         thread = threading.Thread(target=kill_one_while_training, daemon=True)
         thread.start()
-        with pytest.raises(engine.EngineError, match="left the cluster while it held training partitions") as failed:
+        # The worker's loss, or the scheduler's (xgboost's tracker, in its process, may abort it).
+        either = "left the cluster while it held training partitions|the Dask scheduler has not answered"
+        with pytest.raises(engine.EngineError, match=either) as failed:
             load_flow(cfg.root, "training", "train")(config=str(cfg.root / "mlcycle.yaml"))
         thread.join(timeout=30)
-    assert killed and killed[0] in str(failed.value)
+    assert killed and ("left the cluster" not in str(failed.value) or killed[0] in str(failed.value))
     assert {v.version for v in client.search_model_versions(f"name='{cfg.model.name}'")} == before
     assert registry.version_by_alias(client, cfg.model.name, registry.CHAMPION).version == champion.version
 

@@ -46,7 +46,7 @@ class EngineError(RuntimeError):
 def cluster_client(workers: int = 2) -> Iterator[Any]:
     """A Dask client: on ``MLCYCLE_DASK_SCHEDULER`` when set, else on a local cluster of ``workers``
     single-threaded processes on loopback, closed on exit."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     address = os.environ.get(SCHEDULER_ENV, "").strip()
     if address:
@@ -60,13 +60,19 @@ def cluster_client(workers: int = 2) -> Iterator[Any]:
         finally:
             client.close()
         return
-    with (
-        LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0"
-        ) as cluster,  # fmt: skip
-        Client(cluster) as client,
-    ):
+    with local_cluster(workers) as cluster, Client(cluster) as client:
+        client.wait_for_workers(workers, timeout=120)  # they start in processes of their own
         yield client
+
+
+def local_cluster(workers: int) -> Any:
+    """A cluster on this machine whose scheduler, like its workers, runs in a process of its own:
+    xgboost.dask runs its tracker in the scheduler's process, and a tracker that meets a lost worker
+    can abort that process — it must not be the flow's. Loopback, HTTP endpoint on a free port."""
+    from distributed.deploy.subprocess import SubprocessCluster
+
+    return SubprocessCluster(host="127.0.0.1", n_workers=workers, threads_per_worker=1,
+                             dashboard_address="127.0.0.1:0", worker_class="distributed.Worker")  # fmt: skip
 
 
 def cuts(
@@ -225,19 +231,22 @@ def watched(client: Any, owners: list[str], fn: Any, *args: Any, **kwargs: Any) 
             except Exception as exc:
                 # A peer's failure can reach us before the scheduler has seen the worker go: look
                 # again for a while before calling it an error of its own.
+                answered = False
                 for _ in range(int(LOSS_GRACE_S / WATCH_INTERVAL_S)):
                     lost = _lost(client, owners)
                     if lost:
                         raise _lost_error(lost, exc) from exc
+                    answered = answered or lost is not None
                     time.sleep(WATCH_INTERVAL_S)
+                if not answered:
+                    raise _silent_error(LOSS_GRACE_S) from exc
                 raise
             lost = _lost(client, owners)
             silent = silent + WATCH_INTERVAL_S if lost is None else 0.0
             if lost:
                 raise _lost_error(lost, None)
             if silent >= LOSS_GRACE_S:
-                raise EngineError(f"the Dask scheduler has not answered for {silent:.0f} s; nothing was registered: "
-                                  f"check it ({SCHEDULER_ENV}) and run the training again")  # fmt: skip
+                raise _silent_error(silent)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
@@ -255,6 +264,11 @@ def _lost(client: Any, owners: list[str]) -> list[str] | None:
     except Exception:
         return None
     return sorted(set(owners) - present)
+
+
+def _silent_error(seconds: float) -> EngineError:
+    return EngineError(f"the Dask scheduler has not answered for {seconds:.0f} s; nothing was registered: check it "
+                       f"({SCHEDULER_ENV}) and run the training again")  # fmt: skip
 
 
 def _lost_error(lost: list[str], cause: BaseException | None) -> EngineError:
