@@ -49,10 +49,14 @@ def load_table(cfg: ProjectConfig) -> pd.DataFrame:
 @task(name="validate-contract", **CPU)
 def validate_contract(cfg: ProjectConfig, table: pd.DataFrame) -> validation.ContractReport:
     report = validation.validate_table(table, cfg)
+    _refuse_broken_contract(report)
+    return report
+
+
+def _refuse_broken_contract(report: validation.ContractReport) -> None:
     if not report.ok:
         create_markdown_artifact(f"```\n{report.summary()}\n```", key="data-contract", description="contract failed")
         raise validation.ContractViolation(report)
-    return report
 
 
 @task(name="build-training-set", **IO)
@@ -67,6 +71,12 @@ def build_training_set(
 @task(name="check-training-set", **CPU)
 def check_training_set(cfg: ProjectConfig, frame: pd.DataFrame, features: list[str]) -> Verdict:
     verdict = validation.check_training_set(frame, features, cfg.table.label, cfg.quality, cfg.task)
+    return _refuse_failed_set(cfg, verdict, frame)
+
+
+def _refuse_failed_set(cfg: ProjectConfig, verdict: Verdict, frame: pd.DataFrame | None) -> Verdict:
+    """The checks as an artifact; a failed set is logged as a rejected run and stops the flow
+    (``frame`` None: the set is on a cluster)."""
     create_markdown_artifact(verdict.markdown(), key="training-set-checks", description="training-set checks")
     if not verdict.passed:
         run_id = tracking.log_rejected_training_set(cfg, verdict, frame)
@@ -154,10 +164,7 @@ def build_on_cluster(
     cfg: ProjectConfig, client: Any, as_of: datetime | None, window_days: int | None
 ) -> tuple[engine.ClusterTrainingSet, list[str]]:
     built = engine.placed_training_set(cfg, client, as_of, window_days)
-    if not built.contract.ok:
-        create_markdown_artifact(f"```\n{built.contract.summary()}\n```", key="data-contract",
-                                 description="contract failed")  # fmt: skip
-        raise validation.ContractViolation(built.contract)
+    _refuse_broken_contract(built.contract)
     features = list(plan_for(open_project_store(cfg), cfg.features.feature_service).model_features)
     return built, features
 
@@ -165,13 +172,7 @@ def build_on_cluster(
 @task(name="check-on-cluster", **CPU)
 def check_on_cluster(cfg: ProjectConfig, client: Any, built: engine.ClusterTrainingSet, features: list[str]) -> Verdict:
     verdict = cluster.check_on_cluster(client, built.parts, built.owners, features, cfg.table.label, cfg.quality)
-    create_markdown_artifact(verdict.markdown(), key="training-set-checks", description="training-set checks")
-    if not verdict.passed:
-        run_id = tracking.log_rejected_training_set(cfg, verdict, None)
-        raise TrainingRejected(
-            f"training set rejected ({', '.join(c.name for c in verdict.failed)}); report in MLflow run {run_id}"
-        )
-    return verdict
+    return _refuse_failed_set(cfg, verdict, None)
 
 
 @task(name="snapshot-from-cluster", **CPU)  # no retries: a lost worker's partitions are gone
